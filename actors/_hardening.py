@@ -1,0 +1,57 @@
+"""Per-process hardening run at the start of every actor process of a host.
+
+Thespian installs log-only Python handlers for SIGSEGV & co., which turn a segfault into
+a process spinning at 100% CPU that is never reported dead; a SIGKILLed parent leaves its
+whole subtree running.  See THESPIAN_NOTES.md §2.2 and §2.6.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import sys
+
+__all__ = ["harden_process", "new_process_group", "in_actor_process"]
+
+_PR_SET_PDEATHSIG = 1
+_FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
+_hardened_pid: int | None = None
+
+
+def in_actor_process() -> bool:
+    """Whether this process runs a Thespian multiproc actor (not the host application)."""
+    return _hardened_pid == os.getpid()
+
+
+def harden_process() -> None:
+    """Make fatal signals fatal, dump Python stacks on faults, and die with the parent.
+
+    Safe to call more than once; does nothing the second time in the same process.
+    """
+    global _hardened_pid
+    if _hardened_pid == os.getpid():
+        return
+    for signum in _FATAL_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # SIGXCPU (soft CPU limit) must kill, not be logged by Thespian's handler.
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.__stderr__ or sys.stderr)
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(70)
+    _hardened_pid = os.getpid()
+
+
+def new_process_group() -> int:
+    """Put this process in a process group of its own (a sandbox root); return its pgid."""
+    try:
+        os.setpgid(0, 0)
+    except PermissionError:  # already a group/session leader
+        pass
+    return os.getpgid(0)

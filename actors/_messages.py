@@ -1,0 +1,215 @@
+"""Internal messages between the actors of a host (not API; may change any time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from plugin_host.config import ResourceLimits
+
+
+@attrs.frozen
+class SandboxContext:
+    """What every actor of a sandbox needs to know about it."""
+
+    sandbox_id: str
+    root: Any
+    """Address of the sandbox root (directory, routing)."""
+    heartbeat_interval: float
+    hang_timeout: float
+    shutdown_timeout: float
+    limits: ResourceLimits = ResourceLimits()
+
+
+@attrs.frozen
+class StartChild:
+    """Supervisor -> new child: become ``name`` running ``spec`` (a cloudpickled ChildSpec)."""
+
+    context: SandboxContext
+    name: str
+    incarnation: int
+    spec: bytes
+    directory: dict[str, Any] = attrs.field(factory=dict)
+    """Known sibling addresses (name -> address)."""
+    modules: dict[str, int] = attrs.field(factory=dict)
+    """Current version of each sandbox module."""
+
+
+@attrs.frozen
+class Started:
+    """Child -> supervisor: up and running (``init`` returned)."""
+
+    name: str
+    incarnation: int
+
+
+@attrs.frozen
+class StartFailed:
+    """Child -> supervisor: ``init`` (or loading the spec) raised; the child exits."""
+
+    name: str
+    incarnation: int
+    reason: str
+
+
+@attrs.frozen
+class Exiting:
+    """Child -> supervisor, just before it exits on its own."""
+
+    name: str
+    incarnation: int
+    reason: str
+    normal: bool
+
+
+@attrs.frozen
+class Ping:
+    """Supervisor -> child heartbeat."""
+
+    seq: int
+
+
+@attrs.frozen
+class Pong:
+    """Child -> supervisor heartbeat answer."""
+
+    name: str
+    incarnation: int
+    seq: int
+
+
+@attrs.frozen
+class Stop:
+    """Parent -> supervisor: stop every child (reverse start order), then answer ``Stopped``."""
+
+    reason: str = "shutdown"
+
+
+@attrs.frozen
+class Stopped:
+    """Supervisor -> parent: all children stopped."""
+
+    name: str
+
+
+@attrs.frozen
+class ChildUp:
+    """Any supervisor -> sandbox root: a child (re)started at ``address``."""
+
+    name: str
+    incarnation: int
+    address: Any
+    pid: int | None
+    supervisor: str
+    kind: str
+    module: str
+    restarts: int
+
+
+@attrs.frozen
+class ChildDown:
+    """Any supervisor -> sandbox root: a child stopped or crashed (``status`` says which)."""
+
+    name: str
+    incarnation: int
+    status: str
+    reason: str
+    restarting: bool
+
+
+@attrs.frozen
+class SupervisorFailed:
+    """Nested supervisor -> parent: restart intensity exceeded; it stops and exits."""
+
+    name: str
+    reason: str
+
+
+@attrs.frozen
+class DirectoryUpdate:
+    """Sandbox root -> every actor of the sandbox: where named actors are now."""
+
+    entries: dict[str, Any]
+
+
+@attrs.frozen
+class Route:
+    """Actor -> sandbox root: deliver ``message`` to the actor named ``name``."""
+
+    name: str
+    message: Any
+
+
+@attrs.frozen
+class StartSandbox:
+    """Admin -> sandbox root: load the code and start the tree."""
+
+    context: SandboxContext
+    supervisor: Any
+    """``module:Class`` / dotted path string, or a Blob of a class."""
+    sources: dict[str, tuple[str, str, bool]]
+    """Module name -> (path, source, is_package)."""
+    args: Any
+    modules: dict[str, int]
+
+
+@attrs.frozen
+class SandboxStatus:
+    """Sandbox root -> admin: state changes (``running``, ``failed``) and tree changes."""
+
+    sandbox_id: str
+    status: str
+    reason: str | None = None
+    children: tuple[Any, ...] = ()
+    """ChildInfo values in start order."""
+    restart_count: int = 0
+    directory: dict[str, tuple[Any, int]] = attrs.field(factory=dict)
+    """name -> (address, incarnation) of running actors."""
+    pid: int | None = None
+    error: Any = None
+    """The PluginHostError behind a ``start_failed`` status."""
+
+
+@attrs.frozen
+class HostBoot:
+    """Host -> admin: claim a fresh system (the token detects stale ones)."""
+
+    token: str
+    host_pid: int
+    host_create_time: float
+    config: Any
+
+    @property
+    def corr(self) -> str:
+        """The token doubles as the correlation id."""
+        return self.token
+
+
+@attrs.frozen
+class HostBooted:
+    """Admin -> host: the system is ours."""
+
+    token: str
+    admin_pid: int
+    system_pid: int
+    pgid: int
+
+    @property
+    def corr(self) -> str:
+        """The token doubles as the correlation id."""
+        return self.token
+
+
+@attrs.frozen
+class HostShutdown:
+    """Host -> admin: stop every sandbox gracefully; answered with ``Ok(pids)``."""
+
+    corr: str = ""
+
+
+@attrs.frozen
+class RunDone:
+    """Runner -> sandbox root: a ``Host.run`` function finished (so the root can forget it)."""
+
+    corr: str

@@ -1,0 +1,470 @@
+"""The admin actor: the host's front door (global name ``"plugin_host.admin"``).
+
+It speaks the ``plugin_host.messages`` protocol, owns one sandbox root per sandbox, keeps a
+mirror of every sandbox's state (so lookups and info never wait on a sandbox), and watches
+the host process: if the host dies without closing, the admin ends the whole actor system.
+It never imports plugin code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+from typing import Any, Callable
+
+import attrs
+import psutil
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+
+from plugin_host import codeload
+from plugin_host.config import SECURITY_PROFILES, HostConfig, ResourceLimits
+from plugin_host.errors import (
+    ActorNotFoundError,
+    BadRequestError,
+    HostStartError,
+    NoCapableNodeError,
+    PluginHostError,
+    SandboxExistsError,
+    SandboxNotFoundError,
+    SandboxStartError,
+)
+from plugin_host.messages import (
+    ActorRef,
+    BatchCreate,
+    BatchDestroy,
+    Blob,
+    Call,
+    Cast,
+    CreateSandbox,
+    DestroySandbox,
+    Failed,
+    GetSandboxInfo,
+    ListSandboxes,
+    LookupActor,
+    Ok,
+    RestartSandbox,
+    Run,
+)
+from plugin_host.values import SandboxInfo
+
+from . import _messages as m
+from ._base import HostActor
+from .sandbox import SandboxActor
+
+__all__ = ["AdminActor", "check_sandbox_id"]
+
+Done = Callable[[Any], None]
+"""Called with the result (a value, or a PluginHostError) of an admin operation."""
+
+
+def check_sandbox_id(sandbox_id: Any) -> None:
+    """Sandbox ids are 1-128 printable characters without path separators.
+
+    Raises:
+        BadRequestError: the id is not acceptable.
+    """
+    if not isinstance(sandbox_id, str) or not 1 <= len(sandbox_id) <= 128:
+        raise BadRequestError(f"sandbox id must be a string of 1 to 128 characters, got {sandbox_id!r}")
+    if not sandbox_id.isprintable() or "/" in sandbox_id or "\\" in sandbox_id or sandbox_id in (".", ".."):
+        raise BadRequestError(f"sandbox id {sandbox_id!r} has control characters or path separators")
+
+
+@attrs.define
+class _Sandbox:
+    """The admin's mirror of one sandbox."""
+
+    request: CreateSandbox
+    sources: dict[str, tuple[str, str, bool]]
+    modules: dict[str, int]
+    limits: ResourceLimits
+    created_at: float
+    root: Any = None
+    pid: int | None = None
+    status: str = "starting"
+    reason: str | None = None
+    restart_count: int = 0
+    children: tuple[Any, ...] = ()
+    directory: dict[str, tuple[Any, int]] = attrs.field(factory=dict)
+    action: str = "create"
+    deadline: float | None = None
+    waiters: list[Done] = attrs.field(factory=list)
+
+
+class AdminActor(HostActor):
+    """Front door of a host's actor system."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = HostConfig()
+        self.token: str | None = None
+        self.host: tuple[int, float] | None = None
+        self.sandboxes: dict[str, _Sandbox] = {}
+        self._ticking = False
+        self._shutdown_waiters: list[Done] = []
+        self._parked: list[tuple[LookupActor, Any, float]] = []
+
+    # -- boot and the host watchdog ----------------------------------------------------
+
+    def receiveMsg_HostBoot(self, msg: m.HostBoot, sender: Any) -> None:  # noqa: N802
+        """Claim this system for a host; a second, different claim means it is stale."""
+        if self.token is not None and self.token != msg.token:
+            self.send(sender, Failed(HostStartError("this actor system already belongs to another host "
+                                                    f"(pid {self.host[0] if self.host else '?'})")))
+            return
+        self.token, self.config = msg.token, msg.config
+        self.host = (msg.host_pid, msg.host_create_time)
+        self.send(sender, m.HostBooted(msg.token, os.getpid(), os.getppid(), os.getpgid(0)))
+        self._tick()
+
+    def _tick(self) -> None:
+        if not self._ticking and self.multiprocess and self.host is not None:
+            self._ticking = True
+            self.wakeupAfter(timedelta(seconds=min(1.0, self.config.heartbeat_interval)))
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+        """Tick: host still alive? sandboxes past their start or stop deadline?"""
+        self._ticking = False
+        if self.host is not None and not _process_alive(*self.host):
+            self._emergency_stop()
+            return
+        now = time.monotonic()
+        for sandbox_id, rec in list(self.sandboxes.items()):
+            if rec.deadline is not None and now > rec.deadline:
+                self._deadline_passed(sandbox_id, rec)
+        self._retry_parked(now)
+        self._tick()
+
+    def _emergency_stop(self) -> None:
+        """The host died without closing: take every process of this system down."""
+        for rec in self.sandboxes.values():
+            _kill_group(rec.pid)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    # -- create ---------------------------------------------------------------------------
+
+    def receiveMsg_CreateSandbox(self, msg: CreateSandbox, sender: Any) -> None:  # noqa: N802
+        """Create a sandbox; the reply comes once it runs (or failed to start)."""
+        self._create(msg, self._replier(sender, msg.corr))
+
+    def _replier(self, target: Any, corr: str) -> Done:
+        return lambda result: self.reply(target, result, corr)
+
+    def _create(self, req: CreateSandbox, done: Done) -> None:
+        try:
+            rec = self._new_record(req)
+        except PluginHostError as exc:
+            done(exc)
+            return
+        rec.waiters.append(done)
+        self.sandboxes[req.sandbox_id] = rec
+        self._start_root(req.sandbox_id, rec)
+
+    def _new_record(self, req: CreateSandbox) -> _Sandbox:
+        check_sandbox_id(req.sandbox_id)
+        if req.sandbox_id in self.sandboxes:
+            raise SandboxExistsError(f"sandbox {req.sandbox_id!r} already exists", sandbox_id=req.sandbox_id)
+        if not isinstance(req.supervisor, (str, Blob)):
+            raise BadRequestError("supervisor must be 'module:Class', a dotted path or a Blob of a class")
+        if req.security_profile is not None and req.security_profile not in SECURITY_PROFILES:
+            raise BadRequestError(f"security_profile must be one of {SECURITY_PROFILES}")
+        self._check_requirements(req.requirements)
+        limits = self.config.limits if req.limits is None else ResourceLimits.from_mapping(req.limits)
+        sources: dict[str, tuple[str, str, bool]] = {}
+        if req.sandbox_path is not None:
+            table = codeload.read_sandbox_folder(req.sandbox_path)
+            codeload.check_syntax(table)
+            sources = table.as_wire()
+        return _Sandbox(req, sources, {name: 1 for name in sources}, limits, time.time())
+
+    def _check_requirements(self, requirements: Any) -> None:
+        if not requirements:
+            return
+        if not isinstance(requirements, dict):
+            raise BadRequestError("requirements must be a mapping of capability name to value")
+        caps = self.config.capabilities
+        missing = {k: v for k, v in requirements.items() if caps.get(k) != v}
+        if missing:
+            raise NoCapableNodeError(f"no actor system offers {missing}", requirements=dict(requirements))
+
+    def _start_root(self, sandbox_id: str, rec: _Sandbox) -> None:
+        rec.root = self.createActor(SandboxActor)
+        rec.pid = getattr(self.child_process(), "pid", None)
+        rec.status, rec.reason, rec.children, rec.directory = "starting", None, (), {}
+        rec.deadline = time.monotonic() + self.config.start_timeout
+        cfg = self.config
+        context = m.SandboxContext(sandbox_id, rec.root, cfg.heartbeat_interval, cfg.hang_timeout,
+                                   cfg.shutdown_timeout, rec.limits)
+        self.send(rec.root, m.StartSandbox(context, rec.request.supervisor, rec.sources, rec.request.args,
+                                           dict(rec.modules)))
+        self._tick()
+
+    # -- reports from sandbox roots ------------------------------------------------------
+
+    def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: Any) -> None:  # noqa: N802
+        """Mirror a sandbox's state and answer whoever waits on it."""
+        rec = self.sandboxes.get(msg.sandbox_id)
+        if rec is None or rec.root != sender:
+            return  # a stale root
+        rec.children, rec.directory, rec.restart_count = msg.children, msg.directory, msg.restart_count
+        rec.pid = msg.pid or rec.pid
+        if msg.status == "running" and rec.status == "starting":
+            rec.status, rec.deadline = "running", None
+            self._fire(rec, self._info(msg.sandbox_id, rec))
+        elif msg.status == "failed" and rec.status in ("running", "starting"):
+            rec.status, rec.reason = "failed", msg.reason
+        elif msg.status == "start_failed":
+            error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
+            self._fire(rec, error)
+            self._stop_root(msg.sandbox_id, rec, "start_failed")
+        elif msg.status == "stopped" and rec.status == "stopping":
+            self.send(rec.root, ActorExitRequest())
+        self._retry_parked(time.monotonic())
+
+    def _fire(self, rec: _Sandbox, result: Any) -> None:
+        waiters, rec.waiters = rec.waiters, []
+        for done in waiters:
+            done(result)
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:  # noqa: N802
+        """A sandbox root exited: finish a stop, or record an unexpected death."""
+        for sandbox_id, rec in list(self.sandboxes.items()):
+            if rec.root is not None and rec.root == msg.childAddress:
+                self._root_gone(sandbox_id, rec)
+                return
+
+    def _root_gone(self, sandbox_id: str, rec: _Sandbox) -> None:
+        _kill_group(rec.pid)  # stragglers a plugin may have forked
+        rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
+        if rec.action == "restart":
+            rec.action, rec.restart_count = "create", 0
+            self._start_root(sandbox_id, rec)
+        elif rec.action in ("destroy", "start_failed"):
+            del self.sandboxes[sandbox_id]
+            self._fire(rec, None)
+            self._check_shutdown_done()
+        else:
+            rec.status, rec.reason = "failed", "the sandbox root process exited unexpectedly"
+            rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
+            self._fire(rec, SandboxStartError(rec.reason))
+
+    def _deadline_passed(self, sandbox_id: str, rec: _Sandbox) -> None:
+        rec.deadline = None
+        if rec.status == "starting":
+            self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} did not start within "
+                                              f"{self.config.start_timeout} s (hung import or init?)"))
+            rec.action = "start_failed"
+        _kill_group(rec.pid)  # a stop or start past its deadline: ChildActorExited follows
+
+    # -- destroy / restart / shutdown -----------------------------------------------------
+
+    def _stop_root(self, sandbox_id: str, rec: _Sandbox, action: str) -> None:
+        rec.action = action
+        if rec.root is None:
+            self._root_gone(sandbox_id, rec)
+            return
+        rec.status = "stopping"
+        rec.deadline = time.monotonic() + 2 * self.config.shutdown_timeout + 1.0
+        self.send(rec.root, m.Stop("shutdown"))
+        self._tick()
+
+    def receiveMsg_DestroySandbox(self, msg: DestroySandbox, sender: Any) -> None:  # noqa: N802
+        """Stop a sandbox (``terminate`` runs in every actor) and forget it."""
+        self._destroy(msg.sandbox_id, self._replier(sender, msg.corr))
+
+    def _destroy(self, sandbox_id: str, done: Done) -> None:
+        rec = self.sandboxes.get(sandbox_id)
+        if rec is None:
+            done(_not_found(sandbox_id))
+            return
+        rec.waiters.append(done)
+        if rec.action not in ("destroy", "start_failed"):
+            self._stop_root(sandbox_id, rec, "destroy")
+
+    def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Any) -> None:  # noqa: N802
+        """Stop the whole sandbox and start it again from its current code."""
+        rec = self.sandboxes.get(msg.sandbox_id)
+        if rec is None:
+            self.reply(sender, _not_found(msg.sandbox_id), msg.corr)
+            return
+        if rec.action in ("destroy", "start_failed"):
+            self.reply(sender, SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is being destroyed",
+                                                    sandbox_id=msg.sandbox_id), msg.corr)
+            return
+        rec.waiters.append(self._replier(sender, msg.corr))
+        if rec.action != "restart":
+            self._stop_root(msg.sandbox_id, rec, "restart")
+
+    def receiveMsg_HostShutdown(self, msg: m.HostShutdown, sender: Any) -> None:  # noqa: N802
+        """Destroy every sandbox, then answer (the host shuts the system down next)."""
+        self._shutdown_waiters.append(self._replier(sender, msg.corr))
+        for sandbox_id in list(self.sandboxes):
+            self._destroy(sandbox_id, lambda result: None)
+        self._check_shutdown_done()
+
+    def _check_shutdown_done(self) -> None:
+        if self._shutdown_waiters and not self.sandboxes:
+            waiters, self._shutdown_waiters = self._shutdown_waiters, []
+            for done in waiters:
+                done(None)
+
+    # -- batch -------------------------------------------------------------------------
+
+    def receiveMsg_BatchCreate(self, msg: BatchCreate, sender: Any) -> None:  # noqa: N802
+        """Create many sandboxes at once; one bad spec never fails the others."""
+        specs = msg.specs if isinstance(msg.specs, (list, tuple)) else None
+        if specs is None or not all(isinstance(s, CreateSandbox) for s in specs):
+            self.reply(sender, BadRequestError("BatchCreate.specs must be a list of CreateSandbox"), msg.corr)
+            return
+        self._batch(len(specs), sender, msg.corr, lambda i, done: self._create(specs[i], done))
+
+    def receiveMsg_BatchDestroy(self, msg: BatchDestroy, sender: Any) -> None:  # noqa: N802
+        """Destroy many sandboxes at once."""
+        ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
+        if ids is None:
+            self.reply(sender, BadRequestError("BatchDestroy.sandbox_ids must be a list"), msg.corr)
+            return
+        self._batch(len(ids), sender, msg.corr, lambda i, done: self._destroy(ids[i], done))
+
+    def _batch(self, count: int, sender: Any, corr: str, start: Callable[[int, Done], None]) -> None:
+        results: list[Any] = [None] * count
+        left = [count]
+
+        def slot(index: int) -> Done:
+            def done(result: Any) -> None:
+                results[index] = Failed(result) if isinstance(result, BaseException) else Ok(result)
+                left[0] -= 1
+                if left[0] == 0:
+                    self.reply(sender, results, corr)
+            return done
+
+        if count == 0:
+            self.reply(sender, [], corr)
+        for index in range(count):
+            start(index, slot(index))
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def _info(self, sandbox_id: str, rec: _Sandbox) -> SandboxInfo:
+        status = {"stopping": "running"}.get(rec.status, rec.status)
+        supervisor = rec.request.supervisor
+        label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
+        return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.restart_count, list(rec.children),
+                           dict(rec.modules), self._node(), rec.reason, rec.pid)
+
+    def _node(self) -> str:
+        return f"{self.config.bind_address}:{self.config.admin_port}"
+
+    def _get(self, sandbox_id: Any, sender: Any, corr: str) -> _Sandbox | None:
+        rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
+        if rec is None:
+            self.reply(sender, _not_found(sandbox_id), corr)
+        return rec
+
+    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Any) -> None:  # noqa: N802
+        """Every sandbox, by id."""
+        self.reply(sender, [self._info(i, r) for i, r in sorted(self.sandboxes.items())], msg.corr)
+
+    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Any) -> None:  # noqa: N802
+        """One sandbox."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is not None:
+            self.reply(sender, self._info(msg.sandbox_id, rec), msg.corr)
+
+    def _lookup(self, sandbox_id: str, rec: _Sandbox, name: Any) -> ActorRef:
+        entry = rec.directory.get(name) if isinstance(name, str) else None
+        if entry is not None and rec.status == "running":
+            return ActorRef(sandbox_id, name, entry[0], entry[1])
+        if rec.status == "failed":
+            raise ActorNotFoundError(f"sandbox {sandbox_id!r} has failed: {rec.reason}", sandbox_id=sandbox_id,
+                                     name=name)
+        known = any(c.name == name for c in rec.children)
+        transient = rec.status in ("starting", "stopping") or known
+        raise ActorNotFoundError(
+            f"actor {name!r} of sandbox {sandbox_id!r} is {'restarting' if transient else 'unknown'}",
+            sandbox_id=sandbox_id, name=name, stale=transient and rec.action != "destroy")
+
+    def receiveMsg_LookupActor(self, msg: LookupActor, sender: Any) -> None:  # noqa: N802
+        """Where a named actor runs now; with ``wait``, answered once it runs again."""
+        if not self._answer_lookup(msg, sender, final=msg.wait <= 0):
+            self._parked.append((msg, sender, time.monotonic() + msg.wait))
+            self._tick()
+
+    def _answer_lookup(self, msg: LookupActor, sender: Any, final: bool) -> bool:
+        """Reply to a lookup unless it should wait longer; return whether it was answered."""
+        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
+        if rec is None:
+            self.reply(sender, _not_found(msg.sandbox_id), msg.corr)
+            return True
+        try:
+            ref = self._lookup(msg.sandbox_id, rec, msg.name)
+            if ref.incarnation == msg.not_incarnation:
+                raise ActorNotFoundError(f"actor {msg.name!r} of sandbox {msg.sandbox_id!r} is restarting",
+                                         sandbox_id=msg.sandbox_id, name=msg.name, stale=True)
+        except PluginHostError as exc:
+            if getattr(exc, "stale", False) and not final:
+                return False
+            self.reply(sender, exc, msg.corr)
+            return True
+        self.reply(sender, ref, msg.corr)
+        return True
+
+    def _retry_parked(self, now: float) -> None:
+        parked, self._parked = self._parked, []
+        for msg, sender, deadline in parked:
+            if not self._answer_lookup(msg, sender, final=now >= deadline):
+                self._parked.append((msg, sender, deadline))
+
+    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
+        """Route a call to its actor; the actor answers the caller directly."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is None:
+            return
+        try:
+            ref = self._lookup(msg.sandbox_id, rec, msg.name)
+        except PluginHostError as exc:
+            self.reply(msg.reply_to or sender, exc, msg.corr)
+            return
+        self.send(ref.address, attrs.evolve(msg, reply_to=msg.reply_to or sender, incarnation=ref.incarnation))
+
+    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:  # noqa: N802
+        """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
+        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
+        entry = rec.directory.get(msg.name) if rec is not None and isinstance(msg.name, str) else None
+        if entry is not None:
+            self.send(entry[0], attrs.evolve(msg, incarnation=entry[1]))
+        elif rec is not None and isinstance(msg.name, str):
+            self.send(rec.root, m.Route(msg.name, msg))
+
+    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
+        """Run a function in a fresh process of the sandbox."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is None:
+            return
+        if rec.root is None or rec.status not in ("running", "failed") or not isinstance(msg.fn, Blob):
+            self.reply(sender, BadRequestError(f"cannot run in sandbox {msg.sandbox_id!r} now ({rec.status})"),
+                       msg.corr)
+            return
+        self.send(rec.root, attrs.evolve(msg, reply_to=msg.reply_to or sender))
+
+
+def _not_found(sandbox_id: Any) -> SandboxNotFoundError:
+    return SandboxNotFoundError(f"no sandbox {sandbox_id!r}", sandbox_id=sandbox_id)
+
+
+def _process_alive(pid: int, create_time: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _kill_group(pgid: int | None) -> None:
+    if not pgid:
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+

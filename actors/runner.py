@@ -1,0 +1,33 @@
+"""The one-shot actor behind ``Host.run``: runs a function inside a sandbox, then exits.
+
+It is forked from the sandbox root, so the function sees the sandbox's modules; a crash
+or hang of the function costs only this process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thespian.actors import ActorExitRequest
+
+from plugin_host.messages import Blob, Failed, Ok, Run
+
+from . import _messages as m
+from ._base import HostActor, plugin_error
+
+__all__ = ["RunnerActor"]
+
+
+class RunnerActor(HostActor):
+    """Runs one ``Run`` request and exits."""
+
+    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
+        """Call ``fn()`` and answer ``Ok(Blob(value))`` or ``Failed(PluginError)``."""
+        try:
+            value = msg.fn.load()()
+            reply: Ok | Failed = Ok(Blob.dump(value), msg.corr)
+        except Exception as exc:  # noqa: BLE001 - the sandbox boundary
+            reply = Failed(plugin_error(exc, "run"), msg.corr)
+        self.send(msg.reply_to or sender, reply)
+        self.send(sender, m.RunDone(msg.corr))
+        self.send(self.myAddress, ActorExitRequest())

@@ -1,0 +1,202 @@
+"""The sandbox root: one per sandbox, the root supervisor of its tree and keeper of its code.
+
+It runs in a process group of its own, installs the sandbox's modules into its own
+``sys.modules`` (every actor of the sandbox is forked from it, so they inherit them),
+keeps the directory of named actors, and reports the tree's state to the admin actor.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import time
+from datetime import timedelta
+from typing import Any
+
+import attrs
+
+from plugin_host import codeload
+from plugin_host.errors import InvalidSpecError, PluginHostError, RunTimeoutError, SandboxStartError
+from plugin_host.messages import Blob, Failed, Run, unblob
+from plugin_host.values import ChildInfo
+
+from . import _messages as m
+from ._base import describe_exception
+from ._hardening import new_process_group
+from ._spec import Supervisor, bare_plugin_supervisor
+from .plugin import Plugin
+from .runner import RunnerActor
+from .supervisor import SupervisorActor
+
+__all__ = ["SandboxActor", "resolve_supervisor"]
+
+# Host-side packages a sandbox module must never shadow inside its processes.
+_PROTECTED = ("actors", "plugin_host", "thespian", "cloudpickle", "attrs", "attr", "psutil")
+
+
+def resolve_supervisor(ref: Any, args: Any) -> type[Supervisor]:
+    """Turn ``"module:Class"``, a dotted path or a class into a checked ``Supervisor`` spec.
+
+    Raises:
+        SandboxStartError: the module cannot be imported or has no such class.
+        InvalidSpecError: the class is not a Supervisor or Plugin, or its spec is invalid.
+    """
+    cls = ref.load() if isinstance(ref, Blob) else ref
+    if isinstance(cls, str):
+        cls = _import_class(cls)
+    if isinstance(cls, type) and issubclass(cls, Plugin):
+        cls = bare_plugin_supervisor(cls, args)
+    if not (isinstance(cls, type) and issubclass(cls, Supervisor)):
+        raise InvalidSpecError(f"{ref!r} is neither a Supervisor nor a Plugin subclass")
+    cls.check()
+    return cls
+
+
+def _import_class(path: str) -> Any:
+    module_name, sep, qualname = path.partition(":")
+    if not sep:
+        module_name, _, qualname = path.rpartition(".")
+    if not module_name or not qualname:
+        raise SandboxStartError(f"supervisor {path!r} must be 'module:Class' or 'package.module.Class'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - plugin import-time code may raise anything
+        raise SandboxStartError(f"cannot import {module_name!r}: {describe_exception(exc)}") from None
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SandboxStartError(f"module {module_name!r} has no {qualname!r}") from None
+    return obj
+
+
+class SandboxActor(SupervisorActor):
+    """Root supervisor of one sandbox."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admin: Any = None
+        self.infos: dict[str, ChildInfo] = {}
+        self.live: dict[str, tuple[Any, int]] = {}
+        self.restart_count = 0
+        self.modules: dict[str, int] = {}
+        self._routes: dict[str, list[Any]] = {}
+        self._runners: list[tuple[Any, Any, Run, float]] = []
+
+    def setup_process(self) -> None:
+        """A process group of its own, so the whole sandbox can be killed at once."""
+        if self.multiprocess:
+            new_process_group()
+
+    def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: Any) -> None:  # noqa: N802
+        """Load the sandbox's code and start the tree."""
+        self.admin, self.parent = sender, sender
+        self.context = attrs.evolve(msg.context, root=self.myAddress)
+        self.modules = dict(msg.modules)
+        try:
+            if msg.sources:
+                codeload.install(codeload.CodeTable.from_wire(msg.sources), protected=_PROTECTED)
+            spec = resolve_supervisor(msg.supervisor, unblob(msg.args))
+        except PluginHostError as exc:
+            self._report_start_failure(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - plugin import-time code may raise anything
+            self._report_start_failure(SandboxStartError(describe_exception(exc)))
+            return
+        self.start_tree(spec)
+
+    def _report_start_failure(self, error: PluginHostError) -> None:
+        self.phase = "stopped"
+        self.send(self.admin, m.SandboxStatus(self.context.sandbox_id, "start_failed",  # type: ignore[union-attr]
+                                              reason=str(error), pid=os.getpid(), error=error))
+
+    # -- tree state ------------------------------------------------------------------------
+
+    def on_started(self) -> None:
+        """Every top-level child runs: the sandbox is up."""
+        self._report("running")
+
+    def on_all_down(self) -> None:
+        """Stopped, aborted or given up: report; the admin decides what comes next."""
+        status = {"stopping": "stopped", "aborting": "start_failed", "failing": "failed"}[self.phase]
+        error = SandboxStartError(self.reason or "") if status == "start_failed" else None
+        self.phase = "failed" if status == "failed" else "stopped"
+        self._report(status, error)
+
+    def _report(self, status: str, error: PluginHostError | None = None) -> None:
+        self.send(self.admin, m.SandboxStatus(
+            self.context.sandbox_id, status, reason=self.reason, children=tuple(self.infos.values()),  # type: ignore[union-attr]
+            restart_count=self.restart_count, directory=dict(self.live), pid=os.getpid(), error=error))
+
+    def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:  # noqa: N802
+        """A child of the tree (re)started: update the directory and tell everyone."""
+        self.infos[msg.name] = ChildInfo(msg.name, msg.pid, msg.restarts, msg.module, self.modules.get(msg.module),
+                                         "running", msg.supervisor, msg.kind)
+        self.live[msg.name] = (msg.address, msg.incarnation)
+        update = m.DirectoryUpdate({msg.name: msg.address})
+        for address, _ in self.live.values():
+            self.send(address, update)
+        self.directory[msg.name] = msg.address
+        for pending in self._routes.pop(msg.name, []):
+            self.send(msg.address, pending)
+        if self.phase != "starting":
+            self._report("failed" if self.phase == "failed" else "running")
+
+    def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: Any) -> None:  # noqa: N802
+        """A child of the tree stopped or crashed."""
+        if msg.restarting:
+            self.restart_count += 1
+        info = self.infos.get(msg.name)
+        if info is not None:
+            status = "restarting" if msg.restarting else msg.status
+            self.infos[msg.name] = attrs.evolve(info, pid=None, status=status)
+        entry = self.live.get(msg.name)
+        if entry is not None and entry[1] == msg.incarnation:
+            del self.live[msg.name]
+            self.directory.pop(msg.name, None)
+        if self.phase == "running":
+            self._report("running")
+
+    def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:  # noqa: N802
+        """Deliver a message for a named actor, holding it while that actor (re)starts."""
+        entry = self.live.get(msg.name)
+        if entry is not None:
+            self.send(entry[0], msg.message)
+        elif msg.name in self.infos or self.phase == "starting":
+            queue = self._routes.setdefault(msg.name, [])
+            if len(queue) < 1000:
+                queue.append(msg.message)
+
+    # -- Host.run ----------------------------------------------------------------------------
+
+    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
+        """Run a function in a fresh process of this sandbox."""
+        runner = self.createActor(RunnerActor)
+        process = self.child_process()
+        self._runners.append((runner, process, msg, time.monotonic() + msg.timeout))
+        self.send(runner, attrs.evolve(msg, reply_to=msg.reply_to or sender))
+        self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("run", msg.corr))
+
+    def receiveMsg_RunDone(self, msg: m.RunDone, sender: Any) -> None:  # noqa: N802
+        """A runner finished; it exits by itself."""
+        self._runners = [r for r in self._runners if r[2].corr != msg.corr]
+
+    def on_wakeup(self, payload: Any) -> None:
+        """A ``Host.run`` deadline: kill the runner if it is still there."""
+        if not (isinstance(payload, tuple) and payload[0] == "run"):
+            return
+        for runner in [r for r in self._runners if r[2].corr == payload[1]]:
+            self._runners.remove(runner)
+            _, process, run, _ = runner
+            if process is not None and process.pid:
+                try:
+                    os.kill(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.send(run.reply_to, Failed(RunTimeoutError(f"run did not finish within {run.timeout} s"), run.corr))
+
+    def on_other_exit(self, address: Any) -> None:
+        """A runner exited."""
+        self._runners = [r for r in self._runners if r[0] != address]
+

@@ -1,0 +1,340 @@
+"""Supervision: the ``Supervisor`` spec (re-exported) and the ``SupervisorActor`` that runs one.
+
+Thespian only tells a parent *that* a child exited (``ChildActorExited``, no reason), so
+supervision is ours: children say why before they exit on their own (``Exiting``), a
+silent death is a crash, heartbeats find hung children and kill them by pid, and OTP
+strategies and restart intensity decide what happens next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections import deque
+from datetime import timedelta
+from typing import Any
+
+import attrs
+import cloudpickle
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+
+from . import _messages as m
+from ._base import HostActor, describe_exception
+from ._spec import ChildSpec, Supervisor
+from .worker import WorkerActor
+
+__all__ = ["ChildSpec", "Supervisor", "SupervisorActor"]
+
+_incarnations = itertools.count(time.time_ns())
+
+
+@attrs.define
+class _Child:
+    """A supervisor's record of one child."""
+
+    spec: ChildSpec
+    blob: bytes
+    address: Any = None
+    pid: int | None = None
+    process: Any = None
+    incarnation: int = 0
+    status: str = "new"
+    restarts: int = 0
+    last_heard: float = 0.0
+    stop_since: float = 0.0
+    exit_reason: str | None = None
+    normal_exit: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.address is not None
+
+
+def _exit_description(process: Any) -> str:
+    code = getattr(process, "exitcode", None)
+    if code is None:
+        return "exited unexpectedly"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class SupervisorActor(HostActor):
+    """Runs one ``Supervisor`` spec: starts children in order, restarts them per strategy."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context: m.SandboxContext | None = None
+        self.actor_name = ""
+        self.incarnation = 0
+        self.parent: Any = None
+        self.spec: type[Supervisor] = Supervisor
+        self.children: list[_Child] = []
+        self.phase = "idle"  # starting | running | stopping | aborting | failing | failed | stopped
+        self.reason: str | None = None
+        self.directory: dict[str, Any] = {}
+        self._restart_times: deque[float] = deque()
+        self._pending: list[_Child] = []
+        self._stop_requester: Any = None
+        self._ticking = False
+        self._ping_seq = 0
+
+    # -- start ---------------------------------------------------------------------------
+
+    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:  # noqa: N802
+        """Started as a nested supervisor by its parent."""
+        self.context, self.parent = msg.context, sender
+        self.actor_name, self.incarnation = msg.name, msg.incarnation
+        self.directory = dict(msg.directory)
+        spec: ChildSpec = cloudpickle.loads(msg.spec)
+        self.start_tree(spec.plugin)
+
+    def start_tree(self, spec: type[Supervisor]) -> None:
+        """Start every child of ``spec`` (all at once; each answers ``Started``)."""
+        self.spec, self.phase = spec, "starting"
+        self.children = [_Child(child, cloudpickle.dumps(child)) for child in spec.children]
+        for child in self.children:
+            self._spawn(child)
+        self._tick()
+        self._check_started()
+
+    def _spawn(self, child: _Child) -> None:
+        kind = SupervisorActor if child.spec.is_supervisor else WorkerActor
+        child.incarnation = next(_incarnations)
+        child.exit_reason, child.normal_exit = None, False
+        try:
+            child.address = self.createActor(kind)
+        except Exception as exc:  # noqa: BLE001 - e.g. fork failure under a memory limit
+            child.status, child.address = "restarting", None
+            self._crashed(child, f"could not start: {describe_exception(exc)}", normal=False)
+            return
+        child.process = self.child_process()
+        child.pid = getattr(child.process, "pid", None)
+        child.status, child.last_heard = "starting", time.monotonic()
+        self.send(child.address, m.StartChild(self.context, child.spec.name, child.incarnation,  # type: ignore[arg-type]
+                                              child.blob, dict(self.directory)))
+
+    def _find(self, name: str, incarnation: int) -> _Child | None:
+        for child in self.children:
+            if child.spec.name == name and child.incarnation == incarnation:
+                return child
+        return None
+
+    def receiveMsg_Started(self, msg: m.Started, sender: Any) -> None:  # noqa: N802
+        """A child finished ``init``."""
+        child = self._find(msg.name, msg.incarnation)
+        if child is None or child.status != "starting":
+            return
+        child.status, child.last_heard = "running", time.monotonic()
+        self.to_root(m.ChildUp(
+            child.spec.name, child.incarnation, child.address, child.pid, self.actor_name,
+            "supervisor" if child.spec.is_supervisor else "worker", child.spec.plugin.__module__, child.restarts))
+        self._check_started()
+
+    def _check_started(self) -> None:
+        if self.phase == "starting" and all(c.status == "running" for c in self.children):
+            self.phase = "running"
+            self.on_started()
+
+    def on_started(self) -> None:
+        """Hook: every child runs.  A nested supervisor tells its parent."""
+        self.send(self.parent, m.Started(self.actor_name, self.incarnation))
+
+    def receiveMsg_StartFailed(self, msg: m.StartFailed, sender: Any) -> None:  # noqa: N802
+        """A child's ``init`` raised; it exits next."""
+        child = self._find(msg.name, msg.incarnation)
+        if child is not None:
+            child.exit_reason, child.normal_exit = msg.reason, False
+
+    def receiveMsg_Exiting(self, msg: m.Exiting, sender: Any) -> None:  # noqa: N802
+        """A child says why it is about to exit."""
+        child = self._find(msg.name, msg.incarnation)
+        if child is not None:
+            child.exit_reason, child.normal_exit = msg.reason, msg.normal
+
+    def receiveMsg_SupervisorFailed(self, msg: m.SupervisorFailed, sender: Any) -> None:  # noqa: N802
+        """A nested supervisor gave up; its exit counts as a crash."""
+        for child in self.children:
+            if child.spec.name == msg.name and child.alive:
+                child.exit_reason, child.normal_exit = msg.reason, False
+
+    # -- exits ---------------------------------------------------------------------------
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:  # noqa: N802
+        """Thespian reports a child process gone: decide what to do about it."""
+        child = next((c for c in self.children if c.alive and c.address == msg.childAddress), None)
+        if child is None:
+            self.on_other_exit(msg.childAddress)
+            return
+        child.address = None
+        reason = child.exit_reason or _exit_description(child.process)
+        child.pid = child.process = None
+        if child.status == "stopping":
+            child.status = "stopped"
+            self._report_down(child, "stopped", "shutdown", restarting=child in self._pending)
+            self._advance()
+            return
+        self._crashed(child, reason, child.normal_exit)
+
+    def on_other_exit(self, address: Any) -> None:
+        """Hook: an actor that is not a supervised child exited."""
+
+    def _crashed(self, child: _Child, reason: str, normal: bool) -> None:
+        if self.phase == "starting":
+            child.status = "failed"
+            self._report_down(child, "failed", reason, restarting=False)
+            self._shut_down_all("aborting", f"child {child.spec.name!r} failed to start: {reason}")
+            return
+        if self.phase != "running":
+            child.status = "stopped"
+            self._report_down(child, "stopped", reason, restarting=False)
+            self._advance()
+            return
+        restart = child.spec.restart == "permanent" or (child.spec.restart == "transient" and not normal)
+        if not restart:
+            child.status = "stopped"
+            self._report_down(child, "stopped" if normal else "crashed", reason, restarting=False)
+            return
+        if not self._allow_restart():
+            child.status = "failed"
+            self._report_down(child, "failed", reason, restarting=False)
+            self._shut_down_all("failing", f"reached max restart intensity ({self.spec.max_restarts} restarts "
+                                           f"in {self.spec.max_seconds} s); last: {child.spec.name}: {reason}")
+            return
+        self._restart_group(child, reason)
+
+    def _allow_restart(self) -> bool:
+        now = time.monotonic()
+        self._restart_times.append(now)
+        while self._restart_times and now - self._restart_times[0] > self.spec.max_seconds:
+            self._restart_times.popleft()
+        return len(self._restart_times) <= self.spec.max_restarts
+
+    def _restart_group(self, crashed: _Child, reason: str) -> None:
+        index = self.children.index(crashed)
+        group = {"one_for_one": [crashed], "one_for_all": list(self.children),
+                 "rest_for_one": self.children[index:]}[self.spec.strategy]
+        crashed.status = "restarting"
+        self._report_down(crashed, "crashed", reason, restarting=True)
+        for child in group:
+            if child is not crashed and child.alive and child.status != "stopping":
+                self._stop_child(child)
+            if child not in self._pending:
+                self._pending.append(child)
+        self._pending.sort(key=self.children.index)
+        self._advance()
+
+    def _stop_child(self, child: _Child) -> None:
+        child.status, child.stop_since = "stopping", time.monotonic()
+        self.send(child.address, m.Stop() if child.spec.is_supervisor else ActorExitRequest())
+
+    def _advance(self) -> None:
+        """Move on once every child we wait for is down."""
+        if any(c.alive for c in self._pending):
+            return
+        if self.phase == "running" and self._pending:
+            group, self._pending = self._pending, []
+            for child in group:
+                if child.spec.restart == "temporary" and child.status == "stopped":
+                    continue  # OTP: a temporary child stopped by a sibling's crash is not restarted
+                child.restarts += 1
+                self._spawn(child)
+            return
+        if self.phase in ("stopping", "aborting", "failing") and not any(c.alive for c in self.children):
+            self._pending = []
+            self.on_all_down()
+
+    def _shut_down_all(self, phase: str, reason: str) -> None:
+        self.phase, self.reason = phase, reason
+        for child in reversed(self.children):
+            if child.alive and child.status != "stopping":
+                self._stop_child(child)
+        self._advance()
+
+    def on_all_down(self) -> None:
+        """Hook: every child is down after a stop, an aborted start or a give-up."""
+        if self.phase == "stopping":
+            self.send(self.parent, m.Exiting(self.actor_name, self.incarnation, "shutdown", True))
+        elif self.phase == "aborting":
+            self.send(self.parent, m.StartFailed(self.actor_name, self.incarnation, self.reason or ""))
+        else:
+            self.send(self.parent, m.SupervisorFailed(self.actor_name, self.reason or ""))
+        self.phase = "stopped"
+        self.send(self.myAddress, ActorExitRequest())
+
+    def receiveMsg_Stop(self, msg: m.Stop, sender: Any) -> None:  # noqa: N802
+        """Stop every child, last started first, then report."""
+        self._stop_requester = sender
+        self._shut_down_all("stopping", msg.reason)
+
+    def _report_down(self, child: _Child, status: str, reason: str, restarting: bool) -> None:
+        self.to_root(m.ChildDown(child.spec.name, child.incarnation, status, reason, restarting))
+
+    def to_root(self, message: Any) -> None:
+        """Tell the sandbox root about the tree (handled at once when we are the root)."""
+        root = self.context.root  # type: ignore[union-attr]
+        if root == self.myAddress:
+            self.receiveMessage(message, self.myAddress)
+        else:
+            self.send(root, message)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if not self._ticking and self.multiprocess and self.context is not None:
+            self._ticking = True
+            self.wakeupAfter(timedelta(seconds=self.context.heartbeat_interval), payload="heartbeat")
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+        """Heartbeat tick: kill children that stopped answering, ping the others."""
+        if msg.payload != "heartbeat":
+            self.on_wakeup(msg.payload)
+            return
+        self._ticking = False
+        if self.phase == "stopped":
+            return
+        now, ctx = time.monotonic(), self.context
+        self._ping_seq += 1
+        for child in self.children:
+            if not child.alive:
+                continue
+            if child.status == "stopping":
+                if now - child.stop_since > ctx.shutdown_timeout:  # type: ignore[union-attr]
+                    self._kill(child, f"did not stop within {ctx.shutdown_timeout} s")  # type: ignore[union-attr]
+            elif now - child.last_heard > ctx.hang_timeout:  # type: ignore[union-attr]
+                self._kill(child, f"hung: no heartbeat for {ctx.hang_timeout} s")  # type: ignore[union-attr]
+            else:
+                self.send(child.address, m.Ping(self._ping_seq))
+        self._tick()
+
+    def on_wakeup(self, payload: Any) -> None:
+        """Hook: a wakeup that is not the heartbeat."""
+
+    def _kill(self, child: _Child, reason: str) -> None:
+        if child.pid is None:
+            return
+        if child.status != "stopping":
+            child.exit_reason, child.normal_exit = reason, False
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:  # noqa: N802
+        """A child answered a heartbeat."""
+        child = self._find(msg.name, msg.incarnation)
+        if child is not None:
+            child.last_heard = time.monotonic()
+
+    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
+        """Our parent's heartbeat."""
+        self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq))
+
+    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
+        """Keep the sandbox directory current for children started later."""
+        self.directory.update(msg.entries)

@@ -1,0 +1,239 @@
+"""The generic worker actor: hosts one ``Plugin`` behaviour and runs its callbacks.
+
+Plugin exceptions are caught here (Thespian would otherwise retry the message on the same
+instance and then send a ``PoisonMessage``): the caller gets ``Failed(PluginError)``, and the
+worker tells its supervisor why before it exits, so the supervisor can restart it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import traceback
+from typing import Any
+
+import cloudpickle
+from thespian.actors import ActorExitRequest, WakeupMessage
+
+from plugin_host.errors import ActorNotFoundError, CallTimeoutError, PluginError
+from plugin_host.messages import Blob, Call, Cast, Failed, Ok, unblob
+
+from . import _messages as m
+from ._base import HostActor, describe_exception, plugin_error
+from ._spec import ChildSpec
+from .plugin import Plugin
+
+__all__ = ["WorkerActor", "PluginRuntime"]
+
+
+class PluginRuntime:
+    """The services a running plugin reaches through ``self.call``, ``self.cast`` and friends."""
+
+    def __init__(self, worker: WorkerActor) -> None:
+        self._worker = worker
+
+    @property
+    def name(self) -> str:
+        """The actor's name."""
+        return self._worker.actor_name
+
+    @property
+    def sandbox_id(self) -> str:
+        """The sandbox's id."""
+        return self._worker.context.sandbox_id
+
+    def call(self, name: str, request: Any, timeout: float) -> Any:
+        """Blocking request/reply to a sibling (see ``Plugin.call``)."""
+        return self._worker.sibling_call(name, request, timeout)
+
+    def cast(self, name: str, message: Any) -> None:
+        """One-way message to a sibling."""
+        self._worker.sibling_cast(name, message)
+
+    def send_after(self, ms: float, message: Any) -> None:
+        """A timer that delivers ``message`` to ``handle_info``."""
+        self._worker.wakeupAfter(datetime.timedelta(milliseconds=ms), payload=("plugin", message))
+
+    def stop(self, reason: str) -> None:
+        """Stop after the current callback."""
+        self._worker.stop_reason = reason
+
+
+class WorkerActor(HostActor):
+    """Hosts one plugin behaviour; created only by a supervisor actor."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context: m.SandboxContext | None = None  # type: ignore[assignment]
+        self.actor_name = ""
+        self.incarnation = 0
+        self.parent: Any = None
+        self.directory: dict[str, Any] = {}
+        self.plugin: Plugin | None = None
+        self.state: Any = None
+        self.module = ""
+        self.messages = 0
+        self.stop_reason: str | None = None
+        self.dead = False
+        self._caller: Any = None
+
+    # -- start --------------------------------------------------------------------
+
+    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:  # noqa: N802
+        """Become the named actor: build the plugin and run its ``init``."""
+        self.context, self.parent = msg.context, sender
+        self.actor_name, self.incarnation = msg.name, msg.incarnation
+        self.directory = dict(msg.directory)
+        try:
+            spec: ChildSpec = cloudpickle.loads(msg.spec)
+            self.module = spec.plugin.__module__
+            plugin = spec.plugin()
+            plugin._ph_runtime = PluginRuntime(self)
+            self.state = plugin.init(spec.args)
+            self.plugin = plugin
+        except Exception as exc:  # noqa: BLE001 - the sandbox boundary: any plugin error
+            reason = f"init failed: {describe_exception(exc)}\n{traceback.format_exc()}"
+            self.send(sender, m.StartFailed(self.actor_name, self.incarnation, reason))
+            self._exit()
+            return
+        self.send(sender, m.Started(self.actor_name, self.incarnation))
+        self._after_callback()
+
+    # -- requests ------------------------------------------------------------------
+
+    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
+        """Run ``handle_call`` and answer ``Ok(Blob(reply))`` or ``Failed``."""
+        reply_to = msg.reply_to or sender
+        if not self._accepts(msg):
+            self.send(reply_to, Failed(self._not_me(msg.name), msg.corr))
+            return
+        self.messages += 1
+        try:
+            result = self.plugin.handle_call(unblob(msg.request), self.state)  # type: ignore[union-attr]
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise TypeError(f"handle_call must return (reply, new_state), got {type(result).__name__}")
+            reply, self.state = result
+        except Exception as exc:  # noqa: BLE001 - the sandbox boundary
+            self.send(reply_to, Failed(plugin_error(exc, self.actor_name), msg.corr))
+            self._crash(exc)
+            return
+        try:
+            payload = Blob.dump(reply)
+        except Exception as exc:  # noqa: BLE001 - an unserialisable reply is the caller's error only
+            self.send(reply_to, Failed(PluginError(f"{self.actor_name}: reply cannot be serialised: "
+                                                   f"{describe_exception(exc)}", actor=self.actor_name), msg.corr))
+        else:
+            self.send(reply_to, Ok(payload, msg.corr))
+        self._after_callback()
+
+    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:  # noqa: N802
+        """Run ``handle_cast``."""
+        if self._accepts(msg):
+            self._run_callback("handle_cast", unblob(msg.message))
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+        """Deliver a ``send_after`` timer to ``handle_info``."""
+        payload = msg.payload
+        if isinstance(payload, tuple) and len(payload) == 2 and payload[0] == "plugin":
+            self._run_callback("handle_info", payload[1])
+
+    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
+        """Any other message (from another actor) goes to ``handle_info``."""
+        if type(message).__module__.startswith("thespian."):
+            return
+        self._run_callback("handle_info", unblob(message))
+
+    # -- supervision plumbing ----------------------------------------------------------
+
+    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
+        """Heartbeat: prove this process is not stuck in a callback."""
+        self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq))
+
+    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
+        """Learn where siblings run now."""
+        self.directory.update(msg.entries)
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:  # noqa: N802
+        """Stopped by the supervisor (or exiting on our own): run ``terminate`` once."""
+        if self.plugin is not None and not self.dead:
+            self.dead = True
+            self._terminate("shutdown")
+
+    # -- internals -------------------------------------------------------------------
+
+    def _accepts(self, msg: Call | Cast) -> bool:
+        if self.dead or self.plugin is None or self.context is None:
+            return False
+        if msg.sandbox_id != self.context.sandbox_id or msg.name != self.actor_name:
+            return False
+        return msg.incarnation is None or msg.incarnation == self.incarnation
+
+    def _not_me(self, name: str) -> ActorNotFoundError:
+        sandbox = self.context.sandbox_id if self.context else ""
+        return ActorNotFoundError(f"actor {name!r} is not running here (restarting or moved)",
+                                  sandbox_id=sandbox, name=name, stale=True)
+
+    def _run_callback(self, hook: str, message: Any) -> None:
+        if self.plugin is None or self.dead:
+            return
+        self.messages += 1
+        try:
+            self.state = getattr(self.plugin, hook)(message, self.state)
+        except Exception as exc:  # noqa: BLE001 - the sandbox boundary
+            self._crash(exc)
+            return
+        self._after_callback()
+
+    def _after_callback(self) -> None:
+        if self.stop_reason is not None and not self.dead:
+            reason, normal = self.stop_reason, self.stop_reason == "normal"
+            self.dead = True
+            self._terminate(reason)
+            self.send(self.parent, m.Exiting(self.actor_name, self.incarnation, f"stopped: {reason}", normal))
+            self._exit()
+
+    def _crash(self, exc: BaseException) -> None:
+        self.dead = True
+        self._terminate(exc)
+        reason = f"{describe_exception(exc)}\n{''.join(traceback.format_exception(exc))}"
+        self.send(self.parent, m.Exiting(self.actor_name, self.incarnation, reason, False))
+        self._exit()
+
+    def _terminate(self, reason: Any) -> None:
+        try:
+            self.plugin.terminate(reason, self.state)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - terminate is best effort by contract
+            pass
+
+    def _exit(self) -> None:
+        self.dead = True
+        self.send(self.myAddress, ActorExitRequest())
+
+    # -- sibling messaging -------------------------------------------------------------
+
+    def sibling_cast(self, name: str, message: Any) -> None:
+        """Send a ``Cast`` to a sibling, through the sandbox root when its address is unknown."""
+        cast = Cast(sandbox_id=self.context.sandbox_id, name=name, message=Blob.dump(message))  # type: ignore[union-attr]
+        address = self.directory.get(name)
+        if address is None:
+            self.send(self.context.root, m.Route(name, cast))  # type: ignore[union-attr]
+        else:
+            self.send(address, cast)
+
+    def sibling_call(self, name: str, request: Any, timeout: float) -> Any:
+        """Blocking call to a sibling through this process's own external endpoint."""
+        from ._sibling import blocking_call
+
+        address = self.directory.get(name)
+        if address is None:
+            raise ActorNotFoundError(f"no actor {name!r} runs in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
+                                     sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
+        call = Call(sandbox_id=self.context.sandbox_id, name=name, request=Blob.dump(request),  # type: ignore[union-attr]
+                    corr=f"{os.getpid()}-{self.messages}")
+        reply = blocking_call(self, address, call, timeout)
+        if reply is None:
+            raise CallTimeoutError(f"{self.actor_name} -> {name}: no reply within {timeout} s",
+                                   sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
+        if isinstance(reply, Failed):
+            raise reply.error
+        return unblob(reply.value)

@@ -1,0 +1,249 @@
+"""The host's handle on its actor system: start, attach, ask with correlation ids, and stop.
+
+Thespian's ``ActorSystem`` object is not thread-safe and a timed-out ``ask`` leaves its
+late reply for the next ``ask``, so every thread gets its own private context and every
+request carries a correlation id; replies that do not match are dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+from thespian.actors import ActorSystem
+
+from . import _launcher
+from .config import HostConfig
+from .errors import HostClosedError, HostStartError
+
+__all__ = ["ActorSystemHandle", "DEAD", "free_port"]
+
+DEAD = object()
+"""``ask`` result when the target actor no longer exists (its address refused the message)."""
+
+_LAUNCH_TIMEOUT = 30.0
+
+
+def free_port(address: str) -> int:
+    """A TCP port nobody listens on at ``address`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(address: str, port: int) -> bool:
+    """Whether something accepts connections on ``address:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((address, port)) == 0
+
+
+class ActorSystemHandle:
+    """One actor system: its process tree, its contexts, and how to stop it for sure."""
+
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        self.port = 0
+        self.system: ActorSystem | None = None
+        self.system_pid: int | None = None
+        self.pgid: int | None = None
+        self._local = threading.local()
+        self._contexts: list[tuple[Any, Any]] = []
+        self._lock = threading.Lock()
+        self._serial = threading.RLock() if config.base == "simpleSystemBase" else None
+        self._corr = itertools.count()
+        self._corr_prefix = uuid.uuid4().hex[:12]
+        self.closed = False
+
+    # -- start / attach ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start a fresh system (through the launcher) and attach to it.
+
+        Raises:
+            HostStartError: the port is taken, or the system did not come up.
+        """
+        cfg = self.config
+        if cfg.base == "simpleSystemBase":
+            self.system = ActorSystem("simpleSystemBase", transientUnique=True)
+            return
+        self.port = cfg.admin_port or free_port(cfg.bind_address)
+        if port_in_use(cfg.bind_address, self.port):
+            raise HostStartError(
+                f"something already listens on {cfg.bind_address}:{self.port}; refusing to attach to a stale or "
+                "foreign actor system (choose another admin_port, or stop that system)", port=self.port)
+        self._launch()
+        _launcher.apply_bind_patch(cfg.bind_address)
+        self.system = ActorSystem("multiprocTCPBase", {"Admin Port": self.port}, transientUnique=True)
+
+    def _launch(self) -> None:
+        logs = Path(self.config.state_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "port": self.port, "bind": self.config.bind_address, "sys_path": [p for p in sys.path],
+            "log": str(logs / f"actors-{self.port}.log"), "thesplog": str(logs / f"thespian-{self.port}.log"),
+            "capabilities": self.config.capabilities, "leader": self.config.convention_leader,
+        }
+        import json
+
+        out = logs / f"launcher-{self.port}.log"
+        with open(out, "ab") as sink:
+            # Output to a file, never a pipe: the detached admin inherits it and would hold it open.
+            proc = subprocess.Popen([sys.executable, _launcher.__file__, json.dumps(spec)],
+                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, close_fds=True)
+        try:
+            code = proc.wait(_LAUNCH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise HostStartError(f"the actor system did not start within {_LAUNCH_TIMEOUT} s; see {out}") from None
+        if code != 0:
+            raise HostStartError(f"the actor system launcher failed (exit {code}); see {out}")
+
+    def attach_existing(self, port: int) -> None:
+        """Attach to a host that already runs (operator commands); never starts one."""
+        cfg = self.config
+        if not port_in_use(cfg.bind_address, port):
+            raise HostStartError(f"no plugin host listens on {cfg.bind_address}:{port}", port=port)
+        self.port = port
+        _launcher.apply_bind_patch(cfg.bind_address)
+        self.system = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+
+    def adopt(self, system_pid: int, pgid: int) -> None:
+        """Remember the processes to end for sure at :meth:`shutdown`."""
+        self.system_pid, self.pgid = system_pid, pgid
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def new_corr(self) -> str:
+        """A correlation id unique to this host."""
+        return f"{self._corr_prefix}-{next(self._corr)}"
+
+    def _context(self) -> Any:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            if self.closed or self.system is None:
+                raise HostClosedError("the host is closed")
+            manager = self.system.private()
+            ctx = manager.__enter__()
+            self._local.ctx = ctx
+            with self._lock:
+                self._contexts.append((manager, ctx))
+        return ctx
+
+    def create_actor(self, actor_class: Any, global_name: str | None = None) -> Any:
+        """Create a top-level actor (the admin)."""
+        assert self.system is not None
+        return self.system.createActor(actor_class, globalName=global_name)
+
+    def ask(self, address: Any, message: Any, timeout: float) -> Any:
+        """Send ``message`` (which has a ``corr``) and return the reply with the same ``corr``.
+
+        Returns:
+            The reply; ``None`` on timeout; :data:`DEAD` when the target does not exist.
+        """
+        if self._serial is not None:
+            with self._serial:
+                return self._ask(address, message, timeout)
+        return self._ask(address, message, timeout)
+
+    def _ask(self, address: Any, message: Any, timeout: float) -> Any:
+        ctx = self._context()
+        corr = message.corr
+        deadline = time.monotonic() + timeout
+        reply = ctx.ask(address, message, timeout)
+        while True:
+            if reply is not None and getattr(reply, "corr", None) == corr:
+                return reply
+            left = deadline - time.monotonic()
+            if reply is None:
+                # ask() answers None at once when the address refuses the message.
+                return DEAD if left > 0.005 and self._serial is None else None
+            if left <= 0:
+                return None
+            reply = ctx.listen(left)  # a stale reply of an earlier, timed-out request: drop it
+
+    def tell(self, address: Any, message: Any) -> None:
+        """Fire and forget (only to actors that cannot be dead, i.e. the admin)."""
+        if self._serial is not None:
+            with self._serial:
+                self._context().tell(address, message)
+            return
+        self._context().tell(address, message)
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def process_tree(self) -> list[psutil.Process]:
+        """Every process of this system (admin, logger, actors), as of now."""
+        if self.system_pid is None:
+            return []
+        try:
+            root = psutil.Process(self.system_pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def shutdown(self) -> None:
+        """Shut the system down and make sure no process of it is left, hung ones included."""
+        if self.closed:
+            return
+        self.closed = True
+        tree = self.process_tree()
+        try:
+            with self._lock:
+                contexts, self._contexts = self._contexts, []
+            for manager, _ in contexts:
+                try:
+                    manager.__exit__(None, None, None)
+                except Exception:  # noqa: BLE001 - best effort; the system goes down next
+                    pass
+            if self.system is not None:
+                self.system.shutdown()
+        finally:
+            self._kill_leftovers(tree)
+
+    def detach(self) -> None:
+        """Drop this process's contexts without stopping the system (operator commands)."""
+        self.closed = True
+        with self._lock:
+            contexts, self._contexts = self._contexts, []
+        for manager, _ in contexts:
+            try:
+                manager.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+    def _kill_leftovers(self, tree: list[psutil.Process]) -> None:
+        if self.pgid and any(_in_group(p, self.pgid) for p in tree):
+            os.killpg(self.pgid, signal.SIGKILL)  # the group is still ours: a member is alive
+        for proc in tree:
+            try:
+                if proc.is_running():  # checks the create time too: never a recycled pid
+                    proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs([p for p in tree if _running(p)], timeout=5)
+
+
+def _in_group(proc: psutil.Process, pgid: int) -> bool:
+    try:
+        return proc.is_running() and os.getpgid(proc.pid) == pgid
+    except (psutil.Error, ProcessLookupError):
+        return False
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

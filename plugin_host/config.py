@@ -1,0 +1,283 @@
+"""Host configuration: :class:`HostConfig` and per-sandbox :class:`ResourceLimits`.
+
+Both are frozen attrs classes validated at construction (a bad value raises
+:class:`~plugin_host.errors.ConfigError` naming the field).  Every ``HostConfig`` field not
+given explicitly is read from the environment variable ``PLUGIN_HOST_<FIELD>`` when set
+(explicit arguments win over the environment, which wins over the default).  Durations are
+seconds as floats unless the name carries another unit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["HostConfig", "ResourceLimits", "SUPPORTED_BASES", "SECURITY_PROFILES"]
+
+SUPPORTED_BASES = ("multiprocTCPBase", "simpleSystemBase")
+"""Thespian bases a host may run on; the queue and UDP bases lose crashes or big messages."""
+
+SECURITY_PROFILES = ("restricted", "standard", "permissive")
+"""Names of the security profiles, strictest first."""
+
+_ENV_PREFIX = "PLUGIN_HOST_"
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(
+            f"{attribute.name} must be a positive number or None, got {value!r}",
+            field=attribute.name,
+        )
+
+
+def _positive_required(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        raise ConfigError(f"{attribute.name} must be a positive number", field=attribute.name)
+    _positive(instance, attribute, value)
+
+
+def _positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{attribute.name} must be a positive integer or None, got {value!r}",
+            field=attribute.name,
+        )
+
+
+@attrs.frozen
+class ResourceLimits:
+    """Per-sandbox resource limits; ``None`` means unlimited.
+
+    Validated at construction.  Enforcement (rlimits in every actor process and the
+    monitor actor) is applied to every process of the sandbox.
+    """
+
+    max_memory_mb: float | None = attrs.field(default=None, validator=_positive)
+    """Memory per actor process, in MiB above the process's size at start."""
+    max_cpu_seconds: float | None = attrs.field(default=None, validator=_positive)
+    """Lifetime CPU seconds per actor process."""
+    call_cpu_budget_ms: float | None = attrs.field(default=None, validator=_positive)
+    """CPU milliseconds one callback may burn before it is interrupted."""
+    max_actors: int | None = attrs.field(default=None, validator=_positive_int)
+    """Actors a sandbox may run at once."""
+    max_mailbox: int | None = attrs.field(default=None, validator=_positive_int)
+    """Messages that may wait for one actor before calls fail fast."""
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | ResourceLimits | None) -> ResourceLimits:
+        """Build limits from a mapping (as found in JSON or the environment).
+
+        Raises:
+            ConfigError: unknown keys or invalid values.
+        """
+        if data is None:
+            return cls()
+        if isinstance(data, ResourceLimits):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"limits must be a mapping, got {type(data).__name__}", field="limits")
+        unknown = set(data) - {a.name for a in attrs.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown limit(s): {', '.join(sorted(unknown))}", field="limits")
+        return cls(**data)
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "plugin-host"
+
+
+def _parse_optional_int(text: str) -> int | None:
+    return None if text.lower() in ("", "none") else int(text)
+
+
+def _parse_optional_str(text: str) -> str | None:
+    return None if text.lower() in ("", "none") else text
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_json_mapping(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+def _parse_paths(text: str) -> tuple[str, ...]:
+    return tuple(p for p in text.split(os.pathsep) if p)
+
+
+def _from_env(name: str, parse: Callable[[str], Any], default: Callable[[], Any]) -> Any:
+    """An attrs default that reads ``PLUGIN_HOST_<NAME>`` first."""
+
+    def factory() -> Any:
+        variable = _ENV_PREFIX + name.upper()
+        raw = os.environ.get(variable)
+        if raw is None:
+            return default()
+        try:
+            return parse(raw)
+        except (ValueError, TypeError, ConfigError) as exc:
+            raise ConfigError(f"{variable}={raw!r} is not a valid {name}: {exc}", field=name) from None
+
+    return attrs.Factory(factory)
+
+
+def _check_base(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in SUPPORTED_BASES:
+        raise ConfigError(
+            f"base must be one of {', '.join(SUPPORTED_BASES)}, got {value!r} (multiprocQueueBase "
+            "misses killed children and multiprocUDPBase caps messages at 64 KiB)",
+            field="base",
+        )
+
+
+def _check_port(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"admin_port must be an integer in 1..65535 or None, got {value!r}", field="admin_port")
+
+
+def _check_address(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{attribute.name} must be an IPv4 address, got {value!r}", field=attribute.name) from None
+
+
+def _check_profile(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in SECURITY_PROFILES:
+        raise ConfigError(
+            f"security_profile must be one of {', '.join(SECURITY_PROFILES)}, got {value!r}",
+            field="security_profile",
+        )
+
+
+def _check_leader(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"convention_leader must be 'host:port', got {value!r}", field="convention_leader")
+
+
+def _check_mapping(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{attribute.name} must be a mapping with string keys", field=attribute.name)
+
+
+def _to_path(value: Any) -> Path:
+    try:
+        return Path(value).expanduser()
+    except TypeError:
+        raise ConfigError(f"state_dir must be a path, got {value!r}", field="state_dir") from None
+
+
+def _to_limits(value: Any) -> ResourceLimits:
+    return ResourceLimits.from_mapping(value)
+
+
+@attrs.frozen
+class HostConfig:
+    """Everything a :class:`~plugin_host.Host` needs to know; all fields are optional.
+
+    Raises:
+        ConfigError: a field (or its ``PLUGIN_HOST_<FIELD>`` variable) is invalid.
+    """
+
+    base: str = attrs.field(default=_from_env("base", str, lambda: "multiprocTCPBase"), validator=_check_base)
+    """Thespian system base: ``multiprocTCPBase`` (isolation) or ``simpleSystemBase`` (fast, in-process)."""
+    admin_port: int | None = attrs.field(
+        default=_from_env("admin_port", _parse_optional_int, lambda: None), validator=_check_port
+    )
+    """Admin TCP port; ``None`` picks a free one (the host refuses a port already in use)."""
+    bind_address: str = attrs.field(
+        default=_from_env("bind_address", str, lambda: "127.0.0.1"), validator=_check_address
+    )
+    """The only address any socket of the actor system binds to."""
+    state_dir: Path = attrs.field(default=_from_env("state_dir", Path, _default_state_dir), converter=_to_path)
+    """Where the registry, caches and logs live (default: the XDG state folder)."""
+    max_versions: int | None = attrs.field(
+        default=_from_env("max_versions", _parse_optional_int, lambda: None), validator=_positive_int
+    )
+    """Versions kept per module; ``None`` keeps all (the current one is never pruned)."""
+    call_timeout: float = attrs.field(default=_from_env("call_timeout", float, lambda: 10.0), validator=_positive_required)
+    """Default timeout of ``call`` and ``run``."""
+    compile_timeout: float = attrs.field(
+        default=_from_env("compile_timeout", float, lambda: 60.0), validator=_positive_required
+    )
+    """Default timeout of an isolated compilation."""
+    reload_timeout: float = attrs.field(
+        default=_from_env("reload_timeout", float, lambda: 30.0), validator=_positive_required
+    )
+    """Default timeout of a hot reload across a sandbox."""
+    start_timeout: float = attrs.field(default=_from_env("start_timeout", float, lambda: 30.0), validator=_positive_required)
+    """How long a sandbox (imports and every ``init``) may take to start."""
+    limits: ResourceLimits = attrs.field(
+        default=_from_env("limits", _parse_json_mapping, ResourceLimits), converter=_to_limits
+    )
+    """Default :class:`ResourceLimits` of a sandbox (the environment variable holds JSON)."""
+    security_profile: str = attrs.field(
+        default=_from_env("security_profile", str, lambda: "standard"), validator=_check_profile
+    )
+    """Default security profile: ``restricted``, ``standard`` or ``permissive``."""
+    heartbeat_interval: float = attrs.field(
+        default=_from_env("heartbeat_interval", float, lambda: 1.0), validator=_positive_required
+    )
+    """How often supervisors ping their children."""
+    hang_timeout: float = attrs.field(default=_from_env("hang_timeout", float, lambda: 10.0), validator=_positive_required)
+    """A child silent for this long (busy in a callback, or hung) is killed and restarted."""
+    shutdown_timeout: float = attrs.field(
+        default=_from_env("shutdown_timeout", float, lambda: 5.0), validator=_positive_required
+    )
+    """How long ``terminate`` may take when an actor is stopped before it is killed."""
+    probation_seconds: float = attrs.field(default=_from_env("probation_seconds", float, lambda: 0.0))
+    """After a reload, a crash within this window rolls back automatically (0 disables)."""
+    convention_leader: str | None = attrs.field(
+        default=_from_env("convention_leader", _parse_optional_str, lambda: None), validator=_check_leader
+    )
+    """``host:port`` of a convention leader to join, or ``None`` to stand alone."""
+    capabilities: dict[str, Any] = attrs.field(
+        default=_from_env("capabilities", _parse_json_mapping, dict), validator=_check_mapping, hash=False
+    )
+    """Capabilities this system offers to a convention."""
+    find_links: tuple[str, ...] = attrs.field(
+        default=_from_env("find_links", _parse_paths, tuple), converter=tuple
+    )
+    """Folders or URLs of wheels for installing sandbox requirements offline."""
+    no_index: bool = attrs.field(default=_from_env("no_index", _parse_bool, lambda: False))
+    """Install sandbox requirements from ``find_links`` only."""
+
+    @probation_seconds.validator
+    def _check_probation(self, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"probation_seconds must be >= 0, got {value!r}", field="probation_seconds")
+
+    @hang_timeout.validator
+    def _check_hang(self, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, (int, float)) and value <= self.heartbeat_interval:
+            raise ConfigError(
+                f"hang_timeout ({value}) must be longer than heartbeat_interval ({self.heartbeat_interval})",
+                field="hang_timeout",
+            )

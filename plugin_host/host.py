@@ -1,0 +1,352 @@
+"""``Host``: the facade an application embeds.  Every method is one admin request."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import attrs
+import psutil
+
+from actors import _messages as m
+from actors.admin import AdminActor
+
+from .config import HostConfig, ResourceLimits
+from .errors import (
+    ActorNotFoundError,
+    CallTimeoutError,
+    HostClosedError,
+    HostStartError,
+    InvalidSpecError,
+    PluginHostError,
+    RunTimeoutError,
+    SandboxStartError,
+)
+from .messages import (
+    ADMIN_GLOBAL_NAME,
+    ActorRef,
+    BatchCreate,
+    BatchDestroy,
+    Blob,
+    Call,
+    Cast,
+    CreateSandbox,
+    DestroySandbox,
+    Failed,
+    GetSandboxInfo,
+    ListSandboxes,
+    LookupActor,
+    Ok,
+    Request,
+    RestartSandbox,
+    Run,
+)
+from ._system import DEAD, ActorSystemHandle
+from .values import SandboxInfo
+
+__all__ = ["Host"]
+
+_ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
+
+
+class Host:
+    """Runs plugin sandboxes in a private Thespian actor system and talks to them.
+
+    The embedded default starts a ``multiprocTCPBase`` system on a free loopback port, in
+    which every actor is its own process.  Use it as a context manager, or call
+    :meth:`close`: closing ends every process the host started, hung ones included.
+
+    Args:
+        config: the configuration (default: ``HostConfig()``, i.e. defaults and the
+            ``PLUGIN_HOST_*`` environment).
+        **overrides: ``HostConfig`` fields to change, e.g. ``Host(call_timeout=2)``.
+
+    Raises:
+        ConfigError: an invalid configuration value.
+        HostStartError: the actor system could not be started.
+    """
+
+    def __init__(self, config: HostConfig | None = None, **overrides: Any) -> None:
+        config = config or HostConfig()
+        self.config: HostConfig = attrs.evolve(config, **overrides) if overrides else config
+        self._system = ActorSystemHandle(self.config)
+        self._refs: dict[tuple[str, str], ActorRef] = {}
+        self._admin: Any = None
+        self.pid = os.getpid()
+        try:
+            self._boot()
+        except BaseException:
+            self._system.shutdown()
+            raise
+
+    def _boot(self) -> None:
+        self._system.start()
+        self._admin = self._system.create_actor(AdminActor, ADMIN_GLOBAL_NAME)
+        config = attrs.evolve(self.config, admin_port=self._system.port or None)
+        token = self._system.new_corr()
+        boot = m.HostBoot(token, os.getpid(), psutil.Process().create_time(), config)
+        reply = self._system.ask(self._admin, boot, 30.0)  # matched on boot.corr, the token
+        if isinstance(reply, Failed):
+            raise reply.error
+        if not isinstance(reply, m.HostBooted) or reply.token != token:
+            raise HostStartError(f"the admin actor did not answer the boot request (got {reply!r})")
+        if self.config.base != "simpleSystemBase":
+            self._system.adopt(reply.system_pid, reply.pgid)
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every sandbox (``terminate`` runs), shut the actor system down, end every process.
+
+        Idempotent; never raises for a sandbox that misbehaves.
+        """
+        if self._system.closed:
+            return
+        try:
+            if self._admin is not None and os.getpid() == self.pid:
+                timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+                self._system.ask(self._admin, m.HostShutdown(self._system.new_corr()), timeout)
+        except Exception:  # noqa: BLE001 - closing must go on whatever happened
+            pass
+        finally:
+            self._system.shutdown()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._system.closed
+
+    @property
+    def actor_system(self) -> Any:
+        """The Thespian ``ActorSystem`` this host runs (for advanced use; not thread-safe)."""
+        return self._system.system
+
+    @property
+    def admin_address(self) -> Any:
+        """The admin actor's address: send it ``plugin_host.messages`` requests."""
+        return self._admin
+
+    @property
+    def admin_port(self) -> int | None:
+        """The TCP port of the actor system (``None`` on ``simpleSystemBase``)."""
+        return self._system.port or None
+
+    # -- admin requests -------------------------------------------------------------------
+
+    def _request(self, request: Request, timeout: float, on_timeout: Callable[[], PluginHostError]) -> Any:
+        if self._system.closed:
+            raise HostClosedError("the host is closed")
+        reply = self._system.ask(self._admin, attrs.evolve(request, corr=self._system.new_corr()), timeout)
+        if reply is None or reply is DEAD:
+            raise on_timeout()
+        if isinstance(reply, Failed):
+            raise reply.error
+        return reply.value
+
+    def _admin_timeout(self, what: str) -> Callable[[], PluginHostError]:
+        return lambda: CallTimeoutError(f"the admin actor did not answer {what} in time")
+
+    def create_sandbox(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: str | os.PathLike[str] | None = None,
+                       args: Any = None, limits: ResourceLimits | Mapping[str, Any] | None = None,
+                       security_profile: str | None = None, requirements: Mapping[str, Any] | None = None) -> SandboxInfo:
+        """Create a sandbox and wait until every actor of its tree runs.
+
+        Args:
+            sandbox_id: 1-128 printable characters, no path separators.
+            supervisor: ``"module:Class"`` inside ``sandbox_path``; without a folder, an
+                importable class or dotted path.  A bare ``Plugin`` class makes a one-child
+                sandbox whose actor is named after the class, lower-cased.
+            sandbox_path: a folder of Python source loaded into the sandbox's own namespace.
+            args: for a bare plugin, passed to its ``init``.
+            limits: ``ResourceLimits`` (default ``HostConfig.limits``).
+            security_profile: ``restricted``, ``standard`` or ``permissive``.
+            requirements: capabilities the actor system must offer.
+
+        Raises:
+            SandboxExistsError: the id is taken.
+            CompilationError: a module of the folder does not compile.
+            SandboxStartError: import, spec or ``init`` failure, or start timeout
+                (``InvalidSpecError`` for a bad spec).
+            BadRequestError: a malformed argument (e.g. the id).
+        """
+        request = self._create_request(sandbox_id, supervisor, sandbox_path=sandbox_path, args=args, limits=limits,
+                                       security_profile=security_profile, requirements=requirements)
+        timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        return self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}"))
+
+    def _create_request(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: Any = None, args: Any = None,
+                        limits: Any = None, security_profile: str | None = None,
+                        requirements: Mapping[str, Any] | None = None) -> CreateSandbox:
+        if isinstance(supervisor, type):
+            ref: Any = Blob.dump(supervisor)
+            label = f"{supervisor.__module__}:{supervisor.__qualname__}"
+        elif isinstance(supervisor, str):
+            ref = label = supervisor
+        else:
+            raise InvalidSpecError(f"supervisor must be 'module:Class', a dotted path or a class, got {supervisor!r}")
+        if isinstance(limits, Mapping):
+            limits = ResourceLimits.from_mapping(dict(limits))
+        return CreateSandbox(sandbox_id=sandbox_id, supervisor=ref, supervisor_label=label,
+                             sandbox_path=None if sandbox_path is None else os.fspath(os.path.abspath(sandbox_path)),
+                             args=Blob.dump(args), limits=limits, security_profile=security_profile,
+                             requirements=dict(requirements) if requirements else None)
+
+    def destroy_sandbox(self, sandbox_id: str) -> None:
+        """Stop a sandbox (every actor's ``terminate`` runs) and end its processes.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        self._forget(sandbox_id)
+        timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        self._request(DestroySandbox(sandbox_id=sandbox_id), timeout, self._admin_timeout("destroy_sandbox"))
+
+    def restart_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        """Stop the whole sandbox and start it again (also brings a ``failed`` one back).
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+            SandboxStartError: it did not start again.
+        """
+        self._forget(sandbox_id)
+        timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        return self._request(RestartSandbox(sandbox_id=sandbox_id), timeout,
+                             lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}"))
+
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        """Every sandbox of this host, sorted by id."""
+        return self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes"))
+
+    def get_sandbox_info(self, sandbox_id: str) -> SandboxInfo:
+        """A snapshot of one sandbox.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        return self._request(GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout,
+                             self._admin_timeout("get_sandbox_info"))
+
+    def batch_create(self, specs: Iterable[Mapping[str, Any]]) -> list[SandboxInfo | PluginHostError]:
+        """Create many sandboxes concurrently; one bad spec never fails the others.
+
+        Args:
+            specs: mappings of ``create_sandbox`` arguments (``sandbox_id``, ``supervisor``, ...).
+
+        Returns:
+            One item per spec, in order: its ``SandboxInfo``, or the error it raised.
+        """
+        requests: list[Any] = []
+        for spec in specs:
+            try:
+                requests.append(self._create_request(**dict(spec)))
+            except (PluginHostError, TypeError) as exc:
+                requests.append(exc if isinstance(exc, PluginHostError) else InvalidSpecError(str(exc)))
+        good = [r for r in requests if isinstance(r, CreateSandbox)]
+        timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        replies = iter(self._request(BatchCreate(specs=good), timeout, self._admin_timeout("batch_create")))
+        return [_unwrap(next(replies)) if isinstance(r, CreateSandbox) else r for r in requests]
+
+    def batch_destroy(self, sandbox_ids: Iterable[str]) -> list[None | PluginHostError]:
+        """Destroy many sandboxes concurrently; returns ``None`` or the error, per id."""
+        ids = list(sandbox_ids)
+        for sandbox_id in ids:
+            self._forget(sandbox_id)
+        timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        return [_unwrap(r) for r in self._request(BatchDestroy(sandbox_ids=ids), timeout,
+                                                  self._admin_timeout("batch_destroy"))]
+
+    # -- talking to plugins -----------------------------------------------------------------
+
+    def _forget(self, sandbox_id: str) -> None:
+        for key in [k for k in self._refs if k[0] == sandbox_id]:
+            self._refs.pop(key, None)
+
+    def _resolve(self, sandbox_id: str, name: str, deadline: float, gone: int | None) -> ActorRef:
+        ref = self._refs.get((sandbox_id, name))
+        if ref is not None and ref.incarnation != gone:
+            return ref
+        wait = max(0.0, deadline - time.monotonic())
+        lookup = LookupActor(sandbox_id=sandbox_id, name=name, wait=wait, not_incarnation=gone)
+        ref = self._request(lookup, wait + _ADMIN_SLACK,
+                            lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time"))
+        self._refs[(sandbox_id, name)] = ref
+        return ref
+
+    def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
+        """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
+
+        A call that reaches an actor while it restarts waits for the new incarnation
+        (within ``timeout``); a call the actor crashed on is not retried.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+            ActorNotFoundError: no such actor, or the sandbox has failed.
+            CallTimeoutError: no reply within ``timeout`` (default ``HostConfig.call_timeout``).
+            PluginError: the plugin raised (the actor crashed and is being restarted).
+        """
+        timeout = self.config.call_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        payload = Blob.dump(request)
+        gone: int | None = None
+        while True:
+            ref = self._resolve(sandbox_id, name, deadline, gone)
+            call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
+                        corr=self._system.new_corr())
+            reply = self._system.ask(ref.address, call, max(0.001, deadline - time.monotonic()))
+            if reply is None:
+                raise CallTimeoutError(f"{sandbox_id}/{name}: no reply within {timeout} s",
+                                       sandbox_id=sandbox_id, name=name)
+            if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
+                gone = ref.incarnation  # never handled: safe to send again to the next incarnation
+                self._refs.pop((sandbox_id, name), None)
+                continue
+            if isinstance(reply, Failed):
+                raise reply.error
+            return reply.value.load()
+
+    def cast(self, sandbox_id: str, name: str, message: Any) -> None:
+        """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
+
+        Routed through the admin, so it never blocks on a dead actor; a cast to an actor
+        that is restarting is delivered once it runs again.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+            ActorNotFoundError: the sandbox has no actor of that name.
+        """
+        ref = self._refs.get((sandbox_id, name))
+        if ref is None:
+            try:
+                self._resolve(sandbox_id, name, time.monotonic(), None)
+            except ActorNotFoundError as exc:
+                if not getattr(exc, "stale", False):
+                    raise
+        self._system.tell(self._admin, Cast(sandbox_id=sandbox_id, name=name, message=Blob.dump(message)))
+
+    def run(self, sandbox_id: str, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn()`` in a fresh process of the sandbox (it sees the sandbox's modules).
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+            RunTimeoutError: ``fn`` did not return within ``timeout`` (its process is killed).
+            PluginError: ``fn`` raised.
+        """
+        timeout = self.config.call_timeout if timeout is None else timeout
+        request = Run(sandbox_id=sandbox_id, fn=Blob.dump(fn), timeout=timeout)
+        return self._request(request, timeout + _ADMIN_SLACK,
+                             lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s")).load()
+
+
+def _unwrap(result: Any) -> Any:
+    if isinstance(result, Failed):
+        return result.error
+    if isinstance(result, Ok):
+        return result.value
+    return result

@@ -1,0 +1,200 @@
+"""The admin protocol: one frozen request class per ``Host`` method, and the replies.
+
+Send any request to the admin actor (global name ``"plugin_host.admin"``) from an actor or
+another actor system; the answer is :class:`Ok` or :class:`Failed`, carrying the request's
+``corr`` (correlation id) back.  A message the admin does not understand gets
+``Failed(BadRequestError(...))``.
+
+Thespian's transport is plain pickle, so values that may hold plugin-defined classes
+(call requests and replies, ``run`` functions, sandbox ``args``) travel as :class:`Blob`:
+cloudpickle bytes.  The class names here are API (Thespian dispatches on them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import cloudpickle
+
+__all__ = [
+    "ADMIN_GLOBAL_NAME",
+    "ActorRef",
+    "BatchCreate",
+    "BatchDestroy",
+    "Blob",
+    "Call",
+    "Cast",
+    "CreateSandbox",
+    "DestroySandbox",
+    "Failed",
+    "GetSandboxInfo",
+    "ListSandboxes",
+    "LookupActor",
+    "Ok",
+    "Request",
+    "RestartSandbox",
+    "Run",
+]
+
+ADMIN_GLOBAL_NAME = "plugin_host.admin"
+"""The Thespian global name of the admin actor."""
+
+
+@attrs.frozen
+class Blob:
+    """A value serialised with cloudpickle, so plugin-defined types survive plain pickle."""
+
+    data: bytes
+
+    @classmethod
+    def dump(cls, value: Any) -> Blob:
+        """Serialise ``value`` (by value where its module is not importable)."""
+        return cls(cloudpickle.dumps(value))
+
+    def load(self) -> Any:
+        """Deserialise; runs code, so only load blobs from your own host."""
+        return cloudpickle.loads(self.data)
+
+
+def unblob(value: Any) -> Any:
+    """Return ``value.load()`` for a :class:`Blob`, the value itself otherwise."""
+    return value.load() if isinstance(value, Blob) else value
+
+
+@attrs.frozen
+class Ok:
+    """A successful reply."""
+
+    value: Any = None
+    corr: str = ""
+
+
+@attrs.frozen
+class Failed:
+    """A failed reply; ``error`` is a :class:`~plugin_host.errors.PluginHostError`."""
+
+    error: BaseException
+    corr: str = ""
+
+
+@attrs.frozen
+class ActorRef:
+    """Where a named actor of a sandbox runs now (``incarnation`` changes on restart)."""
+
+    sandbox_id: str
+    name: str
+    address: Any
+    incarnation: int
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """Base of every admin request; ``corr`` is echoed in the reply."""
+
+    corr: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class CreateSandbox(Request):
+    """Create and start a sandbox; replies ``Ok(SandboxInfo)``."""
+
+    sandbox_id: str
+    supervisor: Any
+    """``"module:Class"`` (in ``sandbox_path``), a dotted path, or a :class:`Blob` of a class."""
+    supervisor_label: str = ""
+    """How ``SandboxInfo.supervisor`` shows a supervisor sent as a Blob."""
+    sandbox_path: str | None = None
+    args: Any = None
+    limits: Any = None
+    security_profile: str | None = None
+    requirements: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class DestroySandbox(Request):
+    """Stop a sandbox and forget its processes; replies ``Ok(None)``."""
+
+    sandbox_id: str
+
+
+@attrs.frozen(kw_only=True)
+class RestartSandbox(Request):
+    """Stop and start a sandbox again from its current code; replies ``Ok(SandboxInfo)``."""
+
+    sandbox_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ListSandboxes(Request):
+    """Replies ``Ok(list[SandboxInfo])``."""
+
+
+@attrs.frozen(kw_only=True)
+class GetSandboxInfo(Request):
+    """Replies ``Ok(SandboxInfo)``."""
+
+    sandbox_id: str
+
+
+@attrs.frozen(kw_only=True)
+class LookupActor(Request):
+    """Replies ``Ok(ActorRef)`` for a running actor of a sandbox."""
+
+    sandbox_id: str
+    name: str
+    wait: float = 0.0
+    """Seconds to wait for the actor to be running (e.g. while it restarts) before failing."""
+    not_incarnation: int | None = None
+    """An incarnation the caller knows is gone: wait for a newer one."""
+
+
+@attrs.frozen(kw_only=True)
+class Call(Request):
+    """A request to a plugin actor; replies ``Ok(Blob(reply))`` or ``Failed(PluginError)``.
+
+    Sent to the admin it is routed to the actor; the ``Host`` sends it to the actor directly.
+    """
+
+    sandbox_id: str
+    name: str
+    request: Any
+    """The request value, a :class:`Blob` or plain data."""
+    incarnation: int | None = None
+    """When set, an actor of another incarnation answers ``Failed(ActorNotFoundError)``."""
+    reply_to: Any = None
+    """Address the reply goes to (default: the sender)."""
+
+
+@attrs.frozen(kw_only=True)
+class Cast(Request):
+    """A one-way message to a plugin actor; no reply."""
+
+    sandbox_id: str
+    name: str
+    message: Any
+    incarnation: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Run(Request):
+    """Run ``fn()`` (a :class:`Blob`) inside the sandbox; replies ``Ok(Blob(value))``."""
+
+    sandbox_id: str
+    fn: Blob
+    timeout: float = 10.0
+    reply_to: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class BatchCreate(Request):
+    """Create many sandboxes; replies ``Ok(list[Ok | Failed])``, one per spec, in order."""
+
+    specs: list[CreateSandbox]
+
+
+@attrs.frozen(kw_only=True)
+class BatchDestroy(Request):
+    """Destroy many sandboxes; replies ``Ok(list[Ok | Failed])``, one per id, in order."""
+
+    sandbox_ids: list[str]

@@ -1,0 +1,166 @@
+"""The value types the host returns: frozen attrs classes, plain data, picklable.
+
+They live in a stable module that is never hot-reloaded, so they can cross actor
+boundaries with Thespian's plain pickle transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "ActorUsage",
+    "Artifact",
+    "ChildInfo",
+    "CompileInfo",
+    "Event",
+    "ModuleVersion",
+    "ReloadResult",
+    "ResourceUsage",
+    "SandboxInfo",
+    "VersionHistory",
+    "SANDBOX_STATUSES",
+]
+
+SANDBOX_STATUSES = ("starting", "running", "failed", "stopped", "lost")
+"""Every value ``SandboxInfo.status`` can take."""
+
+
+@attrs.frozen
+class ChildInfo:
+    """One actor of a sandbox's tree, as its supervisor last saw it."""
+
+    name: str
+    """Unique name within the sandbox."""
+    pid: int | None
+    """OS process id, or ``None`` while (re)starting."""
+    restarts: int
+    """How many times the supervisor restarted it."""
+    module: str
+    """Module its behaviour comes from."""
+    version: int | None
+    """Version of that module it runs (``None`` when not tracked by the registry)."""
+    status: str
+    """``starting``, ``running``, ``restarting``, ``stopped`` or ``failed``."""
+    supervisor: str = ""
+    """Name of its supervisor (``""`` for the sandbox root)."""
+    kind: str = "worker"
+    """``worker`` or ``supervisor``."""
+
+
+@attrs.frozen
+class SandboxInfo:
+    """A snapshot of one sandbox."""
+
+    id: str
+    status: str
+    """One of :data:`SANDBOX_STATUSES`."""
+    supervisor: str
+    """The root supervisor spec it was created from (``module:Class``)."""
+    created_at: float
+    """Unix time of creation."""
+    restart_count: int
+    """Restarts of actors in this sandbox since creation (or ``restart_sandbox``)."""
+    children: list[ChildInfo] = attrs.field(factory=list)
+    """Every actor of the tree, in start order (nested supervisors included)."""
+    modules: dict[str, int] = attrs.field(factory=dict)
+    """Module name to current version."""
+    node: str = ""
+    """The actor system the sandbox runs on."""
+    reason: str | None = None
+    """Why the sandbox failed or was lost, if it did."""
+    pid: int | None = None
+    """Process id of the sandbox root (its process group id too)."""
+
+
+@attrs.frozen
+class Artifact:
+    """One compiled module."""
+
+    module: str
+    path: str
+    checksum: str
+    """sha256 of the source, hex."""
+    source: str
+
+
+@attrs.frozen
+class CompileInfo:
+    """The outcome of a compilation."""
+
+    artifacts: list[Artifact]
+    output: str
+    """Compiler, validator and security-scan text (warnings included)."""
+    compilation_time: float
+    """Milliseconds."""
+    cached: bool
+
+
+@attrs.frozen
+class ReloadResult:
+    """The outcome of a hot reload or rollback."""
+
+    sandbox_id: str
+    module: str
+    old_version: int
+    new_version: int
+    actors_updated: list[str]
+
+
+@attrs.frozen
+class ModuleVersion:
+    """One stored version of a module."""
+
+    version: int
+    checksum: str
+    loaded_at: float
+    status: str
+    """``current``, ``previous`` or ``failed``."""
+    source: str
+
+
+@attrs.frozen
+class VersionHistory:
+    """Every stored version of a module, newest first."""
+
+    current_version: int
+    total_versions: int
+    versions: list[ModuleVersion]
+
+
+@attrs.frozen
+class ActorUsage:
+    """Resource figures of one actor process."""
+
+    name: str
+    pid: int | None
+    rss_bytes: int
+    cpu_seconds: float
+    messages: int
+    restarts: int
+
+
+@attrs.frozen
+class ResourceUsage:
+    """Resource figures of one sandbox."""
+
+    sandbox_id: str
+    actors: list[ActorUsage]
+    total_rss_bytes: int
+    total_cpu_seconds: float
+
+
+@attrs.frozen
+class Event:
+    """Something that happened to a sandbox, as delivered to ``Host.subscribe`` callbacks."""
+
+    kind: str
+    """``started``, ``crashed``, ``restarted``, ``failed``, ``limit_breached``, ``reloaded``,
+    ``rolled_back``, ``stopped`` or ``lost``."""
+    sandbox_id: str
+    actor: str = ""
+    reason: str = ""
+    time: float = 0.0
+    details: dict[str, Any] = attrs.field(factory=dict, hash=False)

@@ -1,0 +1,11 @@
+"""The counter sandbox's root supervisor."""
+
+from actors import ChildSpec, Supervisor
+
+from counter import Counter
+
+
+class Root(Supervisor):
+    strategy = "one_for_one"
+    max_restarts, max_seconds = 3, 5
+    children = [ChildSpec("counter", Counter, args={"start": 0})]

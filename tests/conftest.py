@@ -1,0 +1,88 @@
+"""Shared fixtures: hosts on fresh ports with fast heartbeats, and the process-leak guard.
+
+Every process of a host's actor system carries the launcher's command line, which names
+the host's ``state_dir``; each test gets its own ``state_dir`` under ``tmp_path``, so a
+process whose command line names it after the test is a leak, and fails the test.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from plugin_host import Host, HostConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def processes_naming(marker: str) -> list[psutil.Process]:
+    """Live processes whose command line contains ``marker``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if marker in " ".join(proc.info["cmdline"] or ()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A state folder private to the test (registry, logs)."""
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(tmp_path: Path) -> Iterator[None]:
+    """Fail the test if any process of a host it started outlives it."""
+    yield
+    marker = str(tmp_path)
+    leaked = processes_naming(marker)
+    if leaked:
+        gone, alive = psutil.wait_procs(leaked, timeout=5)
+        for proc in alive:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        if alive:
+            pytest.fail(f"test left {len(alive)} process(es) behind: {[p.pid for p in alive]}")
+
+
+@pytest.fixture
+def config(state_dir: Path) -> HostConfig:
+    """A fast-reacting configuration for tests."""
+    return HostConfig(state_dir=state_dir, heartbeat_interval=0.2, hang_timeout=1.0, shutdown_timeout=2.0,
+                      call_timeout=10.0, start_timeout=20.0)
+
+
+@pytest.fixture
+def host(config: HostConfig) -> Iterator[Host]:
+    """A running host on multiprocTCPBase (a fresh free port), closed after the test."""
+    with Host(config) as h:
+        yield h
+
+
+def sample(name: str) -> str:
+    """Path of a sample plugin folder."""
+    return str(SAMPLES / name)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (and is not a zombie)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
