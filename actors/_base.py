@@ -72,9 +72,7 @@ def describe_exception(exc: BaseException) -> str:
 
 
 def plugin_error(exc: BaseException, actor: str) -> PluginHostError:
-    """Wrap an exception raised by plugin code for the caller (keeps our own errors as they are)."""
-    if isinstance(exc, PluginHostError):
-        return exc
+    """Wrap an exception raised by plugin code for the caller (our own errors too: the plugin raised them)."""
     kind = type(exc)
     return PluginError(
         f"{actor}: {describe_exception(exc)}",

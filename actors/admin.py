@@ -90,6 +90,10 @@ class _Sandbox:
     action: str = "create"
     deadline: float | None = None
     waiters: list[Done] = attrs.field(factory=list)
+    error: PluginHostError | None = None
+    """Why a start failed; answered once the root is gone."""
+    restarted: bool = False
+    """Whether the current start is a ``restart_sandbox`` (a failure then keeps the record)."""
 
 
 class AdminActor(HostActor):
@@ -215,8 +219,7 @@ class AdminActor(HostActor):
         elif msg.status == "failed" and rec.status in ("running", "starting"):
             rec.status, rec.reason = "failed", msg.reason
         elif msg.status == "start_failed":
-            error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
-            self._fire(rec, error)
+            rec.error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
             self._stop_root(msg.sandbox_id, rec, "start_failed")
         elif msg.status == "stopped" and rec.status == "stopping":
             self.send(rec.root, ActorExitRequest())
@@ -238,11 +241,15 @@ class AdminActor(HostActor):
         _kill_group(rec.pid)  # stragglers a plugin may have forked
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
         if rec.action == "restart":
-            rec.action, rec.restart_count = "create", 0
+            rec.action, rec.restart_count, rec.restarted = "create", 0, True
             self._start_root(sandbox_id, rec)
+        elif rec.action == "start_failed" and rec.restarted:
+            rec.action, rec.status, rec.reason = "create", "failed", str(rec.error)
+            rec.children = ()
+            self._fire(rec, rec.error)
         elif rec.action in ("destroy", "start_failed"):
             del self.sandboxes[sandbox_id]
-            self._fire(rec, None)
+            self._fire(rec, rec.error if rec.action == "start_failed" else None)
             self._check_shutdown_done()
         else:
             rec.status, rec.reason = "failed", "the sandbox root process exited unexpectedly"
@@ -252,8 +259,8 @@ class AdminActor(HostActor):
     def _deadline_passed(self, sandbox_id: str, rec: _Sandbox) -> None:
         rec.deadline = None
         if rec.status == "starting":
-            self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} did not start within "
-                                              f"{self.config.start_timeout} s (hung import or init?)"))
+            rec.error = SandboxStartError(f"sandbox {sandbox_id!r} did not start within "
+                                          f"{self.config.start_timeout} s (hung import or init?)")
             rec.action = "start_failed"
         _kill_group(rec.pid)  # a stop or start past its deadline: ChildActorExited follows
 
@@ -347,7 +354,7 @@ class AdminActor(HostActor):
     # -- queries ---------------------------------------------------------------------------
 
     def _info(self, sandbox_id: str, rec: _Sandbox) -> SandboxInfo:
-        status = {"stopping": "running"}.get(rec.status, rec.status)
+        status = "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
         supervisor = rec.request.supervisor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
         return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.restart_count, list(rec.children),

@@ -83,6 +83,7 @@ class SandboxActor(SupervisorActor):
         self.modules: dict[str, int] = {}
         self._routes: dict[str, list[Any]] = {}
         self._runners: list[tuple[Any, Any, Run, float]] = []
+        self.order: dict[str, int] = {}
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
@@ -124,9 +125,15 @@ class SandboxActor(SupervisorActor):
         self.phase = "failed" if status == "failed" else "stopped"
         self._report(status, error)
 
+    def start_tree(self, spec: type[Supervisor]) -> None:
+        """Remember the tree's order (depth first, as started) before starting it."""
+        self.order = {name: index for index, name in enumerate(_tree_names(spec))}
+        super().start_tree(spec)
+
     def _report(self, status: str, error: PluginHostError | None = None) -> None:
+        children = tuple(sorted(self.infos.values(), key=lambda info: self.order.get(info.name, 0)))
         self.send(self.admin, m.SandboxStatus(
-            self.context.sandbox_id, status, reason=self.reason, children=tuple(self.infos.values()),  # type: ignore[union-attr]
+            self.context.sandbox_id, status, reason=self.reason, children=children,  # type: ignore[union-attr]
             restart_count=self.restart_count, directory=dict(self.live), pid=os.getpid(), error=error))
 
     def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:  # noqa: N802
@@ -134,10 +141,10 @@ class SandboxActor(SupervisorActor):
         self.infos[msg.name] = ChildInfo(msg.name, msg.pid, msg.restarts, msg.module, self.modules.get(msg.module),
                                          "running", msg.supervisor, msg.kind)
         self.live[msg.name] = (msg.address, msg.incarnation)
-        update = m.DirectoryUpdate({msg.name: msg.address})
-        for address, _ in self.live.values():
-            self.send(address, update)
         self.directory[msg.name] = msg.address
+        update = m.DirectoryUpdate({msg.name: msg.address})
+        for name, (address, _) in self.live.items():
+            self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
         if self.phase != "starting":
@@ -200,3 +207,11 @@ class SandboxActor(SupervisorActor):
         """A runner exited."""
         self._runners = [r for r in self._runners if r[0] != address]
 
+
+def _tree_names(spec: type[Supervisor]) -> list[str]:
+    names: list[str] = []
+    for child in spec.children:
+        names.append(child.name)
+        if child.is_supervisor:
+            names.extend(_tree_names(child.plugin))
+    return names

@@ -8,6 +8,7 @@ worker tells its supervisor why before it exits, so the supervisor can restart i
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import traceback
 from typing import Any
@@ -75,7 +76,7 @@ class WorkerActor(HostActor):
         self.messages = 0
         self.stop_reason: str | None = None
         self.dead = False
-        self._caller: Any = None
+        self._calls = itertools.count()
 
     # -- start --------------------------------------------------------------------
 
@@ -224,12 +225,15 @@ class WorkerActor(HostActor):
         """Blocking call to a sibling through this process's own external endpoint."""
         from ._sibling import blocking_call
 
+        if not self.multiprocess:
+            raise ActorNotFoundError("Plugin.call between actors needs a multiprocess base (not simpleSystemBase)",
+                                     name=name)
         address = self.directory.get(name)
         if address is None:
             raise ActorNotFoundError(f"no actor {name!r} runs in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
                                      sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
         call = Call(sandbox_id=self.context.sandbox_id, name=name, request=Blob.dump(request),  # type: ignore[union-attr]
-                    corr=f"{os.getpid()}-{self.messages}")
+                    corr=f"{os.getpid()}-{next(self._calls)}")
         reply = blocking_call(self, address, call, timeout)
         if reply is None:
             raise CallTimeoutError(f"{self.actor_name} -> {name}: no reply within {timeout} s",

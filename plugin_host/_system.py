@@ -159,16 +159,32 @@ class ActorSystemHandle:
 
     def _ask(self, address: Any, message: Any, timeout: float) -> Any:
         ctx = self._context()
-        corr = message.corr
         deadline = time.monotonic() + timeout
         reply = ctx.ask(address, message, timeout)
+        if reply is None:
+            # ask() answers None at once when the address refuses the message.
+            left = deadline - time.monotonic()
+            return DEAD if left > 0.005 and self._serial is None else None
+        return self._until_match(ctx, message.corr, reply, deadline)
+
+    def wait_reply(self, corr: str, timeout: float) -> Any:
+        """Keep waiting for the reply to an earlier :meth:`ask` that timed out; ``None`` on timeout."""
+        if self._serial is not None:
+            with self._serial:
+                return self._wait(corr, timeout)
+        return self._wait(corr, timeout)
+
+    def _wait(self, corr: str, timeout: float) -> Any:
+        ctx = self._context()
+        deadline = time.monotonic() + timeout
+        return self._until_match(ctx, corr, ctx.listen(timeout), deadline)
+
+    @staticmethod
+    def _until_match(ctx: Any, corr: str, reply: Any, deadline: float) -> Any:
         while True:
             if reply is not None and getattr(reply, "corr", None) == corr:
                 return reply
             left = deadline - time.monotonic()
-            if reply is None:
-                # ask() answers None at once when the address refuses the message.
-                return DEAD if left > 0.005 and self._serial is None else None
             if left <= 0:
                 return None
             reply = ctx.listen(left)  # a stale reply of an earlier, timed-out request: drop it

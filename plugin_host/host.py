@@ -19,6 +19,7 @@ from .errors import (
     HostClosedError,
     HostStartError,
     InvalidSpecError,
+    PluginError,
     PluginHostError,
     RunTimeoutError,
     SandboxStartError,
@@ -48,6 +49,12 @@ from .values import SandboxInfo
 __all__ = ["Host"]
 
 _ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
+_LIVENESS_SLICES = (0.05, 0.1, 0.2, 0.4, 0.5)  # while a call waits, when to check its actor still runs
+
+
+def _slice(deadline: float, attempt: int) -> float:
+    step = _LIVENESS_SLICES[min(attempt, len(_LIVENESS_SLICES) - 1)]
+    return max(0.001, min(step, deadline - time.monotonic()))
 
 
 class Host:
@@ -72,6 +79,7 @@ class Host:
         self.config: HostConfig = attrs.evolve(config, **overrides) if overrides else config
         self._system = ActorSystemHandle(self.config)
         self._refs: dict[tuple[str, str], ActorRef] = {}
+        self._gone: dict[tuple[str, str], int] = {}
         self._admin: Any = None
         self.pid = os.getpid()
         try:
@@ -268,46 +276,71 @@ class Host:
         for key in [k for k in self._refs if k[0] == sandbox_id]:
             self._refs.pop(key, None)
 
-    def _resolve(self, sandbox_id: str, name: str, deadline: float, gone: int | None) -> ActorRef:
-        ref = self._refs.get((sandbox_id, name))
+    def _resolve(self, sandbox_id: str, name: str, deadline: float) -> ActorRef:
+        key = (sandbox_id, name)
+        gone = self._gone.get(key)
+        ref = self._refs.get(key)
         if ref is not None and ref.incarnation != gone:
             return ref
         wait = max(0.0, deadline - time.monotonic())
         lookup = LookupActor(sandbox_id=sandbox_id, name=name, wait=wait, not_incarnation=gone)
         ref = self._request(lookup, wait + _ADMIN_SLACK,
                             lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time"))
-        self._refs[(sandbox_id, name)] = ref
+        self._refs[key] = ref
         return ref
+
+    def _mark_gone(self, ref: ActorRef) -> None:
+        key = (ref.sandbox_id, ref.name)
+        self._gone[key] = ref.incarnation
+        self._refs.pop(key, None)
+
+    def _still_running(self, ref: ActorRef) -> bool:
+        try:
+            now = self._request(LookupActor(sandbox_id=ref.sandbox_id, name=ref.name), self.config.call_timeout,
+                                self._admin_timeout("a lookup"))
+        except PluginHostError:
+            return False
+        return bool(now.incarnation == ref.incarnation)
 
     def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
         """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
 
         A call that reaches an actor while it restarts waits for the new incarnation
-        (within ``timeout``); a call the actor crashed on is not retried.
+        (within ``timeout``); a call the actor crashed on is not retried.  While waiting,
+        the host checks now and then (50 ms, then up to every 0.5 s) that the actor still runs, so a
+        hard crash mid-call (``os._exit``, a signal) fails the call promptly.
 
         Raises:
             SandboxNotFoundError: no such sandbox.
             ActorNotFoundError: no such actor, or the sandbox has failed.
             CallTimeoutError: no reply within ``timeout`` (default ``HostConfig.call_timeout``).
-            PluginError: the plugin raised (the actor crashed and is being restarted).
+            PluginError: the plugin raised or its process died (the actor is being restarted).
         """
         timeout = self.config.call_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         payload = Blob.dump(request)
-        gone: int | None = None
         while True:
-            ref = self._resolve(sandbox_id, name, deadline, gone)
+            ref = self._resolve(sandbox_id, name, deadline)
             call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
                         corr=self._system.new_corr())
-            reply = self._system.ask(ref.address, call, max(0.001, deadline - time.monotonic()))
+            reply = self._system.ask(ref.address, call, _slice(deadline, 0))
+            if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
+                self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
+                continue
+            attempt = 0
+            while reply is None and time.monotonic() < deadline:
+                attempt += 1
+                if not self._still_running(ref):
+                    self._mark_gone(ref)
+                    raise PluginError(f"{sandbox_id}/{name}: the actor's process died while handling the call",
+                                      actor=name, type_name="ProcessDied")
+                reply = self._system.wait_reply(call.corr, _slice(deadline, attempt))
             if reply is None:
                 raise CallTimeoutError(f"{sandbox_id}/{name}: no reply within {timeout} s",
                                        sandbox_id=sandbox_id, name=name)
-            if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
-                gone = ref.incarnation  # never handled: safe to send again to the next incarnation
-                self._refs.pop((sandbox_id, name), None)
-                continue
             if isinstance(reply, Failed):
+                if isinstance(reply.error, PluginError):
+                    self._mark_gone(ref)  # the actor crashed on it and is restarting
                 raise reply.error
             return reply.value.load()
 
@@ -324,7 +357,7 @@ class Host:
         ref = self._refs.get((sandbox_id, name))
         if ref is None:
             try:
-                self._resolve(sandbox_id, name, time.monotonic(), None)
+                self._resolve(sandbox_id, name, time.monotonic())
             except ActorNotFoundError as exc:
                 if not getattr(exc, "stale", False):
                     raise

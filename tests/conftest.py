@@ -86,3 +86,20 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+
+
+def eventually(condition, timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``condition`` through the public API until it returns a truthy value; return it.
+
+    Used where the host offers no event to wait on (e.g. siblings restarted by a strategy).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,45 @@
+"""Blocking request/reply from inside an actor (``Plugin.call``), like ``gen_server:call``.
+
+Thespian has no selective receive inside an actor, so the call goes out through a second
+endpoint of this process: a clone of the actor's own transport, the mechanism Thespian's
+``ActorSystem.private()`` uses.  It is made once per process and never shut down (shutting an
+``ActorSystem`` down from inside an actor would stop the whole system).  While it waits,
+the actor handles no other message; two actors calling each other wait out the timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from thespian.system.systemBase import BaseContext
+
+__all__ = ["blocking_call"]
+
+_context: Any = None
+
+
+def _endpoint(actor: Any) -> Any:
+    global _context
+    if _context is None:
+        ref = actor._myRef  # Thespian internals: the actor's manager and its transport
+        _context = BaseContext(ref._adminAddr, ref.transport)
+    return _context
+
+
+def blocking_call(actor: Any, address: Any, message: Any, timeout: float) -> Any:
+    """Send ``message`` (with a ``corr``) to ``address`` and wait for the matching reply.
+
+    Returns:
+        The reply, or ``None`` when nothing matching arrived within ``timeout`` (or the
+        target refused the message because it no longer exists).
+    """
+    ctx = _endpoint(actor)
+    deadline = time.monotonic() + timeout
+    reply = ctx.ask(address, message, timeout)
+    while reply is not None and getattr(reply, "corr", None) != message.corr:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        reply = ctx.listen(left)  # a late reply to an earlier call that timed out
+    return reply
