@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _on_signals(handler: Callable[..., None]) -> dict[int, Any]:
-    previous = {}
+    previous: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
     return previous
