@@ -20,6 +20,9 @@ import attrs
 import cloudpickle
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
+from plugin_host.errors import BadRequestError
+from plugin_host.messages import Call, Failed
+
 from . import _messages as m
 from ._base import HostActor, describe_exception
 from ._spec import ChildSpec, Supervisor
@@ -334,6 +337,11 @@ class SupervisorActor(HostActor):
     def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
         """Our parent's heartbeat."""
         self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq))
+
+    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
+        """Supervisors run no plugin code: a call to one is a caller's mistake."""
+        self.send(msg.reply_to or sender, Failed(BadRequestError(
+            f"{msg.name!r} is a supervisor; supervisors do not handle calls"), msg.corr))
 
     def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
         """Keep the sandbox directory current for children started later."""

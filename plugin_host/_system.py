@@ -130,6 +130,12 @@ class ActorSystemHandle:
         return f"{self._corr_prefix}-{next(self._corr)}"
 
     def _context(self) -> Any:
+        if self._serial is not None:
+            # simpleSystemBase runs actors only inside the main object's ask/tell; its
+            # private contexts would wait forever.  Calls are serialised instead.
+            if self.closed or self.system is None:
+                raise HostClosedError("the host is closed")
+            return self.system
         ctx = getattr(self._local, "ctx", None)
         if ctx is None:
             if self.closed or self.system is None:
@@ -248,7 +254,11 @@ class ActorSystemHandle:
                     proc.kill()
             except psutil.Error:
                 pass
-        psutil.wait_procs([p for p in tree if _running(p)], timeout=5)
+        deadline = time.monotonic() + 5.0
+        alive = [p for p in tree if _running(p)]
+        while alive and time.monotonic() < deadline:  # a zombie counts as gone: nothing runs in it
+            time.sleep(0.01)
+            alive = [p for p in alive if _running(p)]
 
 
 def _in_group(proc: psutil.Process, pgid: int) -> bool:

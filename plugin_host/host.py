@@ -80,6 +80,7 @@ class Host:
         self._system = ActorSystemHandle(self.config)
         self._refs: dict[tuple[str, str], ActorRef] = {}
         self._gone: dict[tuple[str, str], int] = {}
+        self._casted: set[tuple[str, str]] = set()
         self._admin: Any = None
         self.pid = os.getpid()
         try:
@@ -323,7 +324,14 @@ class Host:
             ref = self._resolve(sandbox_id, name, deadline)
             call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
                         corr=self._system.new_corr())
-            reply = self._system.ask(ref.address, call, _slice(deadline, 0))
+            # Casts travel through the admin: a call after a cast takes the same road, so it
+            # cannot overtake the cast (the admin forwards both, in order, to the current actor).
+            via_admin = (sandbox_id, name) in self._casted
+            target = self._admin if via_admin else ref.address
+            reply = self._system.ask(target, attrs.evolve(call, incarnation=None) if via_admin else call,
+                                     _slice(deadline, 0))
+            if via_admin and isinstance(reply, Ok):
+                self._casted.discard((sandbox_id, name))
             if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
                 self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
                 continue
@@ -348,7 +356,8 @@ class Host:
         """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
 
         Routed through the admin, so it never blocks on a dead actor; a cast to an actor
-        that is restarting is delivered once it runs again.
+        that is restarting is delivered once it runs again.  A ``call`` from this host to
+        the same actor after a cast follows the same route, so it never overtakes the cast.
 
         Raises:
             SandboxNotFoundError: no such sandbox.
@@ -361,6 +370,7 @@ class Host:
             except ActorNotFoundError as exc:
                 if not getattr(exc, "stale", False):
                     raise
+        self._casted.add((sandbox_id, name))
         self._system.tell(self._admin, Cast(sandbox_id=sandbox_id, name=name, message=Blob.dump(message)))
 
     def run(self, sandbox_id: str, fn: Callable[[], Any], timeout: float | None = None) -> Any:

@@ -69,3 +69,21 @@ def test_host_cast_reaches_handle_cast(pair: Host) -> None:
 def test_plugin_knows_its_name_and_sandbox(pair: Host) -> None:
     """self.name and self.sandbox_id are the actor's identity."""
     assert pair.call("p", "client", ("whoami", None)) == ("client", "p")
+
+
+def test_a_call_after_casts_never_overtakes_them(pair: Host) -> None:
+    """Casts and calls from one host to one actor arrive in the order sent (as in OTP)."""
+    for round_ in range(3):
+        for value in range(5):
+            pair.cast("p", "store", (round_, value))
+        assert pair.call("p", "store", "items")[-5:] == [(round_, v) for v in range(5)]
+
+
+def test_calling_a_supervisor_is_a_bad_request(host: Host) -> None:
+    """Names reach every actor of the tree, but supervisors answer calls with a clear error."""
+    from plugin_host.errors import BadRequestError
+
+    host.create_sandbox("t", "trees:Nested", sandbox_path=os.path.join(os.path.dirname(__file__), "plugins",
+                                                                       "strategies"))
+    with pytest.raises(BadRequestError, match="supervisor"):
+        host.call("t", "inner", "ping")
