@@ -1,0 +1,580 @@
+"""The version store behind the registry actor: every version of every (sandbox, module), in sqlite.
+
+A pure library module (no actors): the registry actor owns one :class:`VersionStore` and turns
+its answers into replies.  What it keeps, per ``(sandbox_id, module)``:
+
+* versions numbered 1, 2, 3…, each with its source, sha256, times and status.  A counter row per
+  module hands out the numbers, so a number is never reused, even after pruning or after the
+  sandbox is destroyed and re-created with the same id;
+* an append-only event log of what was made current or failed, and why.
+
+Statuses.  Internally a version is ``pending`` (recorded, not yet loaded), ``current``, ``previous``
+or ``failed``.  :class:`~plugin_host.values.ModuleVersion` only knows the last three, so a
+``pending`` version is reported as ``"previous"``: it is stored and can be rolled back to, but is
+not running.  At most one version per module is ``current``; a partial unique index makes sqlite
+itself refuse a second one.
+
+``ModuleVersion.loaded_at`` is the last time the version was made current, or the time it was
+recorded if it never was.
+
+Crash safety.  Every logical operation is one ``BEGIN IMMEDIATE`` transaction in WAL mode, so a
+``kill -9`` of the host at any instant leaves either all of an operation or none of it.  Ids and
+module names are bound as SQL parameters and never become file names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator
+
+import attrs
+
+from .errors import BadRequestError, PluginHostError, UnknownModuleError, VersionNotFoundError
+from .values import ModuleVersion, VersionHistory
+
+__all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "VersionEvent", "VersionStore", "sha256_of"]
+
+SCHEMA_VERSION = 1
+"""Layout version, kept in ``PRAGMA user_version``; a later release migrates from it."""
+
+EVENT_KINDS = ("created", "reloaded", "rolled_back")
+"""Why a version was made current (or failed to be)."""
+
+_BUSY_TIMEOUT_MS = 10_000
+# Another process (a second host, the CLI reading history) may hold the write lock briefly.
+
+_VERSION_COLUMNS = "version, checksum, source, recorded_at, loaded_at, status"
+"""What :func:`_module_version` unpacks, in this order."""
+
+_SCHEMA = """
+CREATE TABLE modules (
+    sandbox_id   TEXT NOT NULL,
+    module       TEXT NOT NULL,
+    last_version INTEGER NOT NULL,  -- highest number ever handed out, kept after pruning
+    PRIMARY KEY (sandbox_id, module)
+) WITHOUT ROWID;
+CREATE TABLE versions (
+    sandbox_id  TEXT NOT NULL,
+    module      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    checksum    TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    loaded_at   REAL,               -- last time it was made current, NULL if never
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'current', 'previous', 'failed')),
+    PRIMARY KEY (sandbox_id, module, version),
+    FOREIGN KEY (sandbox_id, module) REFERENCES modules (sandbox_id, module)
+);
+CREATE INDEX versions_by_checksum ON versions (sandbox_id, module, checksum);
+CREATE UNIQUE INDEX one_current_version ON versions (sandbox_id, module) WHERE status = 'current';
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    time         REAL NOT NULL,
+    sandbox_id   TEXT NOT NULL,
+    module       TEXT NOT NULL,
+    from_version INTEGER,
+    to_version   INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    outcome      TEXT NOT NULL,     -- 'ok' or 'failed'
+    details      TEXT NOT NULL
+);
+CREATE INDEX events_by_module ON events (sandbox_id, module, id);
+"""
+
+
+@attrs.frozen
+class VersionEvent:
+    """One row of the event log: a version made current, or a version that failed."""
+
+    time: float
+    """Unix time of the event."""
+    sandbox_id: str
+    module: str
+    from_version: int | None
+    """The version current before the event (``None`` when there was none)."""
+    to_version: int
+    """The version made current, or the one that failed."""
+    kind: str
+    """One of :data:`EVENT_KINDS`."""
+    outcome: str
+    """``"ok"`` (``to_version`` became current) or ``"failed"`` (it did not)."""
+    details: str
+    """Free text: the failure reason, or what the caller wanted recorded."""
+
+
+def sha256_of(source: str) -> str:
+    """Return the checksum the store uses: sha256 hex of the UTF-8 encoded source."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def _check_text(name: str, value: object) -> str:
+    # Lone surrogates cannot be stored as UTF-8 text; say so instead of a raw UnicodeEncodeError.
+    if not isinstance(value, str):
+        raise BadRequestError(f"{name} must be a str, got {type(value).__name__}", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError(f"{name} is not valid Unicode text", field=name) from None
+    return value
+
+
+class VersionStore:
+    """A sqlite file holding every version of every (sandbox, module) and the event log.
+
+    One object serves one thread; several processes may open the same file at once (writers
+    queue on sqlite's lock for up to ten seconds).  Use it as a context manager or call
+    :meth:`close`.
+
+    Args:
+        path: the database file; its folder is created if missing.
+        max_versions: versions kept per module (the current one is always kept too);
+            ``None`` keeps all.
+
+    Raises:
+        PluginHostError: the file cannot be opened, is not a database, or was written by a
+            newer plugin-host.
+    """
+
+    def __init__(self, path: str | Path, *, max_versions: int | None = None) -> None:
+        if max_versions is not None and (isinstance(max_versions, bool) or max_versions < 1):
+            raise BadRequestError(f"max_versions must be a positive int or None, got {max_versions!r}")
+        self.path = Path(path)
+        """Where the database lives."""
+        self.max_versions = max_versions
+        """Versions kept per module, or ``None`` for all."""
+        self._conn = self._open()
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN ourselves, so each operation is exactly one
+            # transaction and its boundaries are visible here rather than implied by the driver.
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        except (OSError, sqlite3.Error) as exc:
+            raise PluginHostError(f"cannot open version store {self.path}: {exc}", path=str(self.path)) from None
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        with self._errors("open"):
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL rather than NORMAL: in WAL mode both survive a kill -9 of the host mid-write
+            # without corruption (an interrupted transaction is simply not in the log), but FULL
+            # also keeps the last committed reload across a power loss, and one fsync per commit
+            # is nothing next to a reload (a compile in a subprocess plus a round of messages).
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # two processes creating the file at once: one wins
+        try:
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            if found == 0:
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif found > SCHEMA_VERSION:
+                raise PluginHostError(
+                    f"version store {self.path} has schema {found}, newer than this plugin-host "
+                    f"understands ({SCHEMA_VERSION}); upgrade plugin-host",
+                    path=str(self.path),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the database; further calls raise :class:`PluginHostError`. Idempotent."""
+        self._conn.close()
+
+    def __enter__(self) -> VersionStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        # sqlite errors (locked past the timeout, corrupt file, closed store) become our base class.
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise PluginHostError(
+                f"version store {self.path}: {operation} failed: {exc}", path=str(self.path)
+            ) from exc
+
+    @contextmanager
+    def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
+        # writes can fail with SQLITE_BUSY without waiting when another process writes meanwhile.
+        with self._errors(operation):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self, operation: str) -> Iterator[sqlite3.Connection]:
+        # One read transaction, so a multi-query answer is one consistent snapshot.
+        with self._errors(operation):
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def register(self, sandbox_id: str, module: str, source: str, checksum: str | None = None) -> tuple[int, bool]:
+        """Record ``source`` as a version of ``module``, or find the stored version identical to it.
+
+        A new version gets the next number and stays out of service (reported as ``"previous"``)
+        until :meth:`mark_current`.  Pruning runs afterwards when ``max_versions`` is set.
+
+        Args:
+            sandbox_id: the sandbox; ``sandbox_id`` and ``module`` may be any text (stored as data).
+            module: the module name.
+            source: the module's full source text.
+            checksum: the caller's sha256 of ``source``, checked against :func:`sha256_of`.
+
+        Returns:
+            ``(version, is_new)``: ``is_new`` is false when identical source was already stored,
+            and then ``version`` is that stored version's number.
+
+        Raises:
+            BadRequestError: an argument is not text, or ``checksum`` does not match ``source``.
+        """
+        _check_text("sandbox_id", sandbox_id)
+        _check_text("module", module)
+        digest = self._checksum(source, checksum)
+        with self._write("register") as conn:
+            found = self._version_by_checksum(conn, sandbox_id, module, digest)
+            if found is not None:
+                return found, False
+            version = self._next_number(conn, sandbox_id, module)
+            conn.execute(
+                "INSERT INTO versions (sandbox_id, module, version, checksum, source, recorded_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                (sandbox_id, module, version, digest, source, time.time()),
+            )
+            self._prune(conn, sandbox_id, module)  # same transaction: never a moment over the limit
+        return version, True
+
+    def _checksum(self, source: str, checksum: str | None) -> str:
+        digest = sha256_of(_check_text("source", source))
+        if checksum is not None and checksum.lower() != digest:
+            raise BadRequestError(
+                f"checksum {checksum} does not match the source (sha256 of its UTF-8 text is {digest})",
+                field="checksum",
+            )
+        return digest
+
+    def _version_by_checksum(self, conn: sqlite3.Connection, sandbox_id: str, module: str, digest: str) -> int | None:
+        row = conn.execute(
+            "SELECT version FROM versions WHERE sandbox_id = ? AND module = ? AND checksum = ?"
+            " ORDER BY version DESC LIMIT 1",
+            (sandbox_id, module, digest),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _next_number(self, conn: sqlite3.Connection, sandbox_id: str, module: str) -> int:
+        conn.execute(
+            "INSERT INTO modules (sandbox_id, module, last_version) VALUES (?, ?, 1)"
+            " ON CONFLICT (sandbox_id, module) DO UPDATE SET last_version = last_version + 1",
+            (sandbox_id, module),
+        )
+        row = conn.execute(
+            "SELECT last_version FROM modules WHERE sandbox_id = ? AND module = ?", (sandbox_id, module)
+        ).fetchone()
+        return int(row[0])
+
+    def mark_current(
+        self,
+        sandbox_id: str,
+        module: str,
+        version: int,
+        *,
+        event: str = "reloaded",
+        details: str = "",
+        old_failed: bool = False,
+    ) -> None:
+        """Make ``version`` the current one, in one transaction with its event row.
+
+        The version current until now becomes ``"previous"`` (or ``"failed"`` when
+        ``old_failed`` is true: a probation rollback demotes the bad version in the same step).
+
+        Args:
+            sandbox_id, module: whose version.
+            version: a stored version of that module.
+            event: one of :data:`EVENT_KINDS`, recorded in the event log with ``details``.
+            details: free text recorded with the event.
+            old_failed: mark the replaced version failed instead of previous.
+
+        Raises:
+            VersionNotFoundError: no such version is stored (unknown module included).
+            BadRequestError: ``event`` is not one of :data:`EVENT_KINDS`.
+        """
+        self._check_kind(event)
+        with self._write("mark_current") as conn:
+            self._require(conn, sandbox_id, module, version)
+            old = self._current(conn, sandbox_id, module)
+            if old is not None and old != version:
+                _set_status(conn, sandbox_id, module, old, "failed" if old_failed else "previous")
+            now = time.time()
+            _set_status(conn, sandbox_id, module, version, "current", loaded_at=now)
+            self._append_event(conn, now, sandbox_id, module, old, version, event, "ok", details)
+
+    def mark_failed(
+        self, sandbox_id: str, module: str, version: int, reason: str, *, event: str = "reloaded"
+    ) -> None:
+        """Record that loading ``version`` failed; which version is current does not change.
+
+        Args:
+            sandbox_id, module: whose version.
+            version: a stored, non-current version of that module.
+            reason: why it failed, kept in the event log.
+            event: what was being attempted, one of :data:`EVENT_KINDS`.
+
+        Raises:
+            VersionNotFoundError: no such version is stored.
+            BadRequestError: ``version`` is the current one (make another current first, or use
+                ``mark_current(..., old_failed=True)``), or ``event`` is unknown.
+        """
+        self._check_kind(event)
+        with self._write("mark_failed") as conn:
+            self._require(conn, sandbox_id, module, version)
+            current = self._current(conn, sandbox_id, module)
+            if current == version:
+                raise BadRequestError(
+                    f"version {version} of {module!r} in sandbox {sandbox_id!r} is current; "
+                    "make another version current before marking it failed",
+                    sandbox_id=sandbox_id, module=module, version=version,
+                )
+            _set_status(conn, sandbox_id, module, version, "failed")
+            self._append_event(conn, time.time(), sandbox_id, module, current, version, event, "failed", reason)
+
+    @staticmethod
+    def _check_kind(event: str) -> None:
+        if event not in EVENT_KINDS:
+            raise BadRequestError(f"event must be one of {', '.join(EVENT_KINDS)}, got {event!r}", field="event")
+
+    @staticmethod
+    def _append_event(conn: sqlite3.Connection, *row: Any) -> None:
+        conn.execute(
+            "INSERT INTO events (time, sandbox_id, module, from_version, to_version, kind, outcome, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+    def prune(self, sandbox_id: str, module: str) -> list[int]:
+        """Drop versions beyond ``max_versions``: the newest N stay, and the current one always.
+
+        Events keep referring to pruned numbers, and the numbers are never handed out again.
+
+        Returns:
+            The versions removed, oldest first (empty when ``max_versions`` is ``None``).
+        """
+        with self._write("prune") as conn:
+            return self._prune(conn, sandbox_id, module)
+
+    def _prune(self, conn: sqlite3.Connection, sandbox_id: str, module: str) -> list[int]:
+        if self.max_versions is None:
+            return []
+        rows = conn.execute(
+            "SELECT version FROM versions WHERE sandbox_id = ? AND module = ? AND status != 'current'"
+            " AND version NOT IN (SELECT version FROM versions WHERE sandbox_id = ? AND module = ?"
+            " ORDER BY version DESC LIMIT ?) ORDER BY version",
+            (sandbox_id, module, sandbox_id, module, self.max_versions),
+        ).fetchall()
+        removed = [int(r[0]) for r in rows]
+        conn.executemany(
+            "DELETE FROM versions WHERE sandbox_id = ? AND module = ? AND version = ?",
+            [(sandbox_id, module, v) for v in removed],
+        )
+        return removed
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def current_version(self, sandbox_id: str, module: str) -> int:
+        """Return the current version of ``module`` in ``sandbox_id``.
+
+        Raises:
+            UnknownModuleError: the module was never registered for this sandbox, or none of
+                its versions has been made current.
+        """
+        with self._read("current_version") as conn:
+            current = self._current(conn, sandbox_id, module)
+        if current is None:
+            raise UnknownModuleError(
+                f"sandbox {sandbox_id!r} has no current version of module {module!r}",
+                sandbox_id=sandbox_id, module=module,
+            )
+        return current
+
+    def get(self, sandbox_id: str, module: str, version: int) -> ModuleVersion:
+        """Return one stored version.
+
+        Raises:
+            VersionNotFoundError: no such version is stored (unknown module included).
+        """
+        with self._read("get") as conn:
+            row = self._require(conn, sandbox_id, module, version)
+        return _module_version(row)
+
+    def source(self, sandbox_id: str, module: str, version: int) -> str:
+        """Return the source text of one stored version (what a rollback reloads).
+
+        Raises:
+            VersionNotFoundError: no such version is stored.
+        """
+        return self.get(sandbox_id, module, version).source
+
+    def versions(self, sandbox_id: str, module: str) -> list[ModuleVersion]:
+        """Return every stored version of ``module``, newest first.
+
+        Raises:
+            UnknownModuleError: the module was never registered for this sandbox.
+        """
+        return self.history(sandbox_id, module).versions
+
+    def history(self, sandbox_id: str, module: str) -> VersionHistory:
+        """Return the version history of ``module``, newest first.
+
+        ``current_version`` is 0 when no version has been made current yet, and
+        ``total_versions`` counts the versions still stored (after pruning).
+
+        Raises:
+            UnknownModuleError: the module was never registered for this sandbox.
+        """
+        with self._read("history") as conn:
+            if not self._known(conn, sandbox_id, module):
+                raise UnknownModuleError(
+                    f"sandbox {sandbox_id!r} has no module {module!r}", sandbox_id=sandbox_id, module=module
+                )
+            rows = conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE sandbox_id = ? AND module = ? ORDER BY version DESC",
+                (sandbox_id, module),
+            ).fetchall()
+        versions = [_module_version(r) for r in rows]
+        current = next((v.version for v in versions if v.status == "current"), 0)
+        return VersionHistory(current_version=current, total_versions=len(versions), versions=versions)
+
+    def events(self, sandbox_id: str, module: str | None = None, limit: int | None = None) -> list[VersionEvent]:
+        """Return the event log of a sandbox (or of one of its modules), newest first.
+
+        Args:
+            sandbox_id: the sandbox.
+            module: only this module's events, or ``None`` for all.
+            limit: at most this many (the newest), or ``None`` for all.
+        """
+        query = "SELECT time, sandbox_id, module, from_version, to_version, kind, outcome, details FROM events"
+        query += " WHERE sandbox_id = ?" + ("" if module is None else " AND module = ?")
+        params: list[Any] = [sandbox_id] + ([] if module is None else [module])
+        query += " ORDER BY id DESC LIMIT ?"
+        params.append(-1 if limit is None else limit)  # LIMIT -1: no limit
+        with self._read("events") as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [VersionEvent(*row) for row in rows]
+
+    def modules(self, sandbox_id: str) -> dict[str, int]:
+        """Return module name → current version, for the modules of ``sandbox_id`` that have one."""
+        with self._read("modules") as conn:
+            rows = conn.execute(
+                "SELECT module, version FROM versions WHERE sandbox_id = ? AND status = 'current' ORDER BY module",
+                (sandbox_id,),
+            ).fetchall()
+        return {str(m): int(v) for m, v in rows}
+
+    def sandboxes(self) -> list[str]:
+        """Return every sandbox id the store has versions for, sorted (running or not)."""
+        with self._read("sandboxes") as conn:
+            rows = conn.execute("SELECT DISTINCT sandbox_id FROM modules ORDER BY sandbox_id").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def integrity_check(self) -> bool:
+        """Return whether sqlite's ``PRAGMA integrity_check`` finds the file sound."""
+        with self._errors("integrity_check"):
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return [tuple(r) for r in rows] == [("ok",)]
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _current(conn: sqlite3.Connection, sandbox_id: str, module: str) -> int | None:
+        row = conn.execute(
+            "SELECT version FROM versions WHERE sandbox_id = ? AND module = ? AND status = 'current'",
+            (sandbox_id, module),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    @staticmethod
+    def _known(conn: sqlite3.Connection, sandbox_id: str, module: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM modules WHERE sandbox_id = ? AND module = ?", (sandbox_id, module)
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _require(conn: sqlite3.Connection, sandbox_id: str, module: str, version: int) -> tuple[Any, ...]:
+        row = conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE sandbox_id = ? AND module = ? AND version = ?",
+            (sandbox_id, module, version),
+        ).fetchone()
+        if row is None:
+            raise VersionNotFoundError(
+                f"sandbox {sandbox_id!r} has no stored version {version} of module {module!r}",
+                sandbox_id=sandbox_id, module=module, version=version,
+            )
+        return tuple(row)
+
+
+def _set_status(
+    conn: sqlite3.Connection, sandbox_id: str, module: str, version: int, status: str, *, loaded_at: float | None = None
+) -> None:
+    conn.execute(
+        "UPDATE versions SET status = ?, loaded_at = coalesce(?, loaded_at)"
+        " WHERE sandbox_id = ? AND module = ? AND version = ?",
+        (status, loaded_at, sandbox_id, module, version),
+    )
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() would COMMIT first and escape our transaction, so run one statement at a time.
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+
+
+def _module_version(row: tuple[Any, ...]) -> ModuleVersion:
+    version, checksum, source, recorded_at, loaded_at, status = row
+    return ModuleVersion(
+        version=int(version),
+        checksum=checksum,
+        loaded_at=recorded_at if loaded_at is None else loaded_at,
+        status="previous" if status == "pending" else status,
+        source=source,
+    )
