@@ -116,6 +116,8 @@ class ChildDown:
     status: str
     reason: str
     restarting: bool
+    last_call: str = ""
+    """Correlation id of the call the child was running when it went down, if any."""
 
 
 @attrs.frozen
@@ -169,6 +171,8 @@ class SandboxStatus:
     pid: int | None = None
     error: Any = None
     """The PluginHostError behind a ``start_failed`` status."""
+    deaths: dict[str, tuple[tuple[int, str], ...]] = attrs.field(factory=dict)
+    """name -> recent (incarnation, last call) of its dead incarnations, newest last."""
 
 
 @attrs.frozen

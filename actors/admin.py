@@ -87,6 +87,7 @@ class _Sandbox:
     restart_count: int = 0
     children: tuple[Any, ...] = ()
     directory: dict[str, tuple[Any, int]] = attrs.field(factory=dict)
+    deaths: dict[str, tuple[tuple[int, str], ...]] = attrs.field(factory=dict)
     action: str = "create"
     deadline: float | None = None
     waiters: list[Done] = attrs.field(factory=list)
@@ -212,6 +213,7 @@ class AdminActor(HostActor):
         if rec is None or rec.root != sender:
             return  # a stale root
         rec.children, rec.directory, rec.restart_count = msg.children, msg.directory, msg.restart_count
+        rec.deaths = msg.deaths
         rec.pid = msg.pid or rec.pid
         if msg.status == "running" and rec.status == "starting":
             rec.status, rec.deadline = "running", None
@@ -382,7 +384,7 @@ class AdminActor(HostActor):
     def _lookup(self, sandbox_id: str, rec: _Sandbox, name: Any) -> ActorRef:
         entry = rec.directory.get(name) if isinstance(name, str) else None
         if entry is not None and rec.status == "running":
-            return ActorRef(sandbox_id, name, entry[0], entry[1])
+            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()))
         if rec.status == "failed":
             raise ActorNotFoundError(f"sandbox {sandbox_id!r} has failed: {rec.reason}", sandbox_id=sandbox_id,
                                      name=name)

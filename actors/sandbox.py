@@ -84,6 +84,7 @@ class SandboxActor(SupervisorActor):
         self._routes: dict[str, list[Any]] = {}
         self._runners: list[tuple[Any, Any, Run, float]] = []
         self.order: dict[str, int] = {}
+        self.deaths: dict[str, tuple[tuple[int, str], ...]] = {}
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
@@ -134,7 +135,8 @@ class SandboxActor(SupervisorActor):
         children = tuple(sorted(self.infos.values(), key=lambda info: self.order.get(info.name, 0)))
         self.send(self.admin, m.SandboxStatus(
             self.context.sandbox_id, status, reason=self.reason, children=children,  # type: ignore[union-attr]
-            restart_count=self.restart_count, directory=dict(self.live), pid=os.getpid(), error=error))
+            restart_count=self.restart_count, directory=dict(self.live), pid=os.getpid(), error=error,
+            deaths=dict(self.deaths)))
 
     def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:  # noqa: N802
         """A child of the tree (re)started: update the directory and tell everyone."""
@@ -154,6 +156,7 @@ class SandboxActor(SupervisorActor):
         """A child of the tree stopped or crashed."""
         if msg.restarting:
             self.restart_count += 1
+        self.deaths[msg.name] = (*self.deaths.get(msg.name, ())[-7:], (msg.incarnation, msg.last_call))
         info = self.infos.get(msg.name)
         if info is not None:
             status = "restarting" if msg.restarting else msg.status

@@ -19,6 +19,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 from plugin_host.errors import ActorNotFoundError, CallTimeoutError, PluginError
 from plugin_host.messages import Blob, Call, Cast, Failed, Ok, unblob
 
+from . import _inflight
 from . import _messages as m
 from ._base import HostActor, describe_exception, plugin_error
 from ._spec import ChildSpec
@@ -77,6 +78,7 @@ class WorkerActor(HostActor):
         self.stop_reason: str | None = None
         self.dead = False
         self._calls = itertools.count()
+        self._slot = _inflight.take_slot()
 
     # -- start --------------------------------------------------------------------
 
@@ -109,6 +111,7 @@ class WorkerActor(HostActor):
             self.send(reply_to, Failed(self._not_me(msg.name), msg.corr))
             return
         self.messages += 1
+        _inflight.write(self._slot, msg.corr)
         try:
             result = self.plugin.handle_call(unblob(msg.request), self.state)  # type: ignore[union-attr]
             if not (isinstance(result, tuple) and len(result) == 2):

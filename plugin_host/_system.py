@@ -19,14 +19,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from datetime import timedelta
+
 import psutil
 from thespian.actors import ActorSystem
+from thespian.system import isInternalActorSystemMessage
+from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
 from . import _launcher
 from .config import HostConfig
 from .errors import HostClosedError, HostStartError
 
-__all__ = ["ActorSystemHandle", "DEAD", "free_port"]
+__all__ = ["ActorSystemHandle", "DEAD", "Pending", "free_port"]
 
 DEAD = object()
 """``ask`` result when the target actor no longer exists (its address refused the message)."""
@@ -158,42 +162,11 @@ class ActorSystemHandle:
         Returns:
             The reply; ``None`` on timeout; :data:`DEAD` when the target does not exist.
         """
-        if self._serial is not None:
-            with self._serial:
-                return self._ask(address, message, timeout)
-        return self._ask(address, message, timeout)
+        return self.send(address, message).wait(timeout)
 
-    def _ask(self, address: Any, message: Any, timeout: float) -> Any:
-        ctx = self._context()
-        deadline = time.monotonic() + timeout
-        reply = ctx.ask(address, message, timeout)
-        if reply is None:
-            # ask() answers None at once when the address refuses the message.
-            left = deadline - time.monotonic()
-            return DEAD if left > 0.005 and self._serial is None else None
-        return self._until_match(ctx, message.corr, reply, deadline)
-
-    def wait_reply(self, corr: str, timeout: float) -> Any:
-        """Keep waiting for the reply to an earlier :meth:`ask` that timed out; ``None`` on timeout."""
-        if self._serial is not None:
-            with self._serial:
-                return self._wait(corr, timeout)
-        return self._wait(corr, timeout)
-
-    def _wait(self, corr: str, timeout: float) -> Any:
-        ctx = self._context()
-        deadline = time.monotonic() + timeout
-        return self._until_match(ctx, corr, ctx.listen(timeout), deadline)
-
-    @staticmethod
-    def _until_match(ctx: Any, corr: str, reply: Any, deadline: float) -> Any:
-        while True:
-            if reply is not None and getattr(reply, "corr", None) == corr:
-                return reply
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            reply = ctx.listen(left)  # a stale reply of an earlier, timed-out request: drop it
+    def send(self, address: Any, message: Any) -> Pending:
+        """Send ``message`` and return a handle to wait for its reply (see :class:`Pending`)."""
+        return Pending(self, self._context(), address, message)
 
     def tell(self, address: Any, message: Any) -> None:
         """Fire and forget (only to actors that cannot be dead, i.e. the admin)."""
@@ -202,7 +175,6 @@ class ActorSystemHandle:
                 self._context().tell(address, message)
             return
         self._context().tell(address, message)
-
     # -- stop -----------------------------------------------------------------------------------
 
     def process_tree(self) -> list[psutil.Process]:
@@ -259,6 +231,60 @@ class ActorSystemHandle:
         while alive and time.monotonic() < deadline:  # a zombie counts as gone: nothing runs in it
             time.sleep(0.01)
             alive = [p for p in alive if _running(p)]
+
+
+class Pending:
+    """One request in flight from this thread's context, and whether it reached its target.
+
+    Thespian's ``ask`` answers ``None`` both on timeout and when the target refuses the
+    message, and says nothing about delivery.  Tracking the transmit ourselves tells the
+    three cases apart: a reply, a refused message (:data:`DEAD`: never delivered, safe to
+    send again), and a message delivered whose reply has not come (yet).
+    """
+
+    def __init__(self, handle: ActorSystemHandle, ctx: Any, address: Any, message: Any) -> None:
+        self.corr: str = message.corr
+        self.delivered = False
+        self.refused = False
+        self._handle, self._ctx = handle, ctx
+        if handle._serial is not None:  # simpleSystemBase: synchronous, nothing to track
+            with handle._serial:
+                self._first = ctx.ask(address, message, 0)
+            self.delivered = True
+            return
+        self._first = None
+        base = ctx._systemBase  # Thespian internals: the context's transport
+        base.transport.scheduleTransmit(None, TransmitIntent(address, message, onSuccess=self._sent,
+                                                             onError=self._failed))
+
+    def _sent(self, intent: Any) -> None:
+        self.delivered = True
+
+    def _failed(self, intent: Any) -> None:
+        self.refused = True
+        self._ctx._systemBase.transport.abort_run()  # stop waiting: nothing will come
+
+    def wait(self, timeout: float) -> Any:
+        """The matching reply; ``None`` after ``timeout``; :data:`DEAD` if the target refused it."""
+        if self._handle._serial is not None:
+            with self._handle._serial:
+                reply, self._first = self._first, None
+                if reply is None:
+                    reply = self._ctx.listen(timeout)
+                return reply if getattr(reply, "corr", None) == self.corr else None
+        base = self._ctx._systemBase
+        deadline = time.monotonic() + timeout
+        while not self.refused:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            response = base._run_transport(timedelta(seconds=left))
+            if isinstance(response, ReceiveEnvelope):
+                message = response.message
+                if not isInternalActorSystemMessage(message) and getattr(message, "corr", None) == self.corr:
+                    return message
+                # anything else is a stale reply to an earlier, timed-out request: drop it
+        return DEAD
 
 
 def _in_group(proc: psutil.Process, pgid: int) -> bool:

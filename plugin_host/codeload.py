@@ -94,6 +94,8 @@ def read_sandbox_folder(path: str | os.PathLike[str]) -> CodeTable:
         except (UnicodeDecodeError, OSError) as exc:
             errors.append((str(file), 0, f"cannot read as UTF-8 text: {exc}"))
             continue
+        if name in modules and modules[name].is_package and not is_package:
+            continue  # as in Python's import system, a package shadows a module of the same name
         modules[name] = ModuleSource(name, str(file.resolve()), source, is_package)
     if errors:
         raise CompilationError(_format_errors(errors), errors=errors)

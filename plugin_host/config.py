@@ -160,6 +160,8 @@ def _check_port(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def _check_address(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{attribute.name} must be an IPv4 address string, got {value!r}", field=attribute.name)
     try:
         ipaddress.IPv4Address(value)
     except (ValueError, TypeError):
@@ -195,7 +197,23 @@ def _to_path(value: Any) -> Path:
 
 
 def _to_limits(value: Any) -> ResourceLimits:
-    return ResourceLimits.from_mapping(value)
+    try:
+        return ResourceLimits.from_mapping(value)
+    except ConfigError as exc:
+        raise ConfigError(f"limits: {exc} (argument or {_ENV_PREFIX}LIMITS)", field="limits") from None
+
+
+def _to_links(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"find_links must be a list of folders or URLs, got {value!r}", field="find_links")
+    return tuple(value)
+
+
+def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be True or False, got {value!r}", field=attribute.name)
 
 
 @attrs.frozen
@@ -263,15 +281,15 @@ class HostConfig:
     )
     """Capabilities this system offers to a convention."""
     find_links: tuple[str, ...] = attrs.field(
-        default=_from_env("find_links", _parse_paths, tuple), converter=tuple
+        default=_from_env("find_links", _parse_paths, tuple), converter=_to_links
     )
     """Folders or URLs of wheels for installing sandbox requirements offline."""
-    no_index: bool = attrs.field(default=_from_env("no_index", _parse_bool, lambda: False))
+    no_index: bool = attrs.field(default=_from_env("no_index", _parse_bool, lambda: False), validator=_check_bool)
     """Install sandbox requirements from ``find_links`` only."""
 
     @probation_seconds.validator
     def _check_probation(self, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"probation_seconds must be >= 0, got {value!r}", field="probation_seconds")
 
     @hang_timeout.validator

@@ -60,8 +60,9 @@ class PluginHostError(Exception):
 
 
 def _rebuild(cls: type[PluginHostError], message: str, state: dict[str, Any]) -> PluginHostError:
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
+    # Through the constructor: classes with two builtin bases (ValueError + TimeoutError)
+    # refuse a bare cls.__new__(cls).
+    error = cls(message)
     error.__dict__.update(state)
     return error
 

@@ -49,7 +49,8 @@ from .values import SandboxInfo
 __all__ = ["Host"]
 
 _ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
-_LIVENESS_SLICES = (0.05, 0.1, 0.2, 0.4, 0.5)  # while a call waits, when to check its actor still runs
+_LIVENESS_SLICES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # while a call waits, when to check its actor still runs
+_GRACE = 0.05  # after an actor is seen gone, how long its last reply may still take to arrive
 
 
 def _slice(deadline: float, attempt: int) -> float:
@@ -303,13 +304,31 @@ class Host:
             return False
         return bool(now.incarnation == ref.incarnation)
 
+    def _check_not_run(self, dead: ActorRef, corr: str, deadline: float) -> None:
+        """Raise PluginError unless the dead incarnation provably never started call ``corr``.
+
+        Every worker notes the call it starts in a page its supervisor reads after its
+        death; the admin hands those notes out with the next incarnation's address.
+        """
+        try:
+            fresh = self._resolve(dead.sandbox_id, dead.name, deadline)
+        except PluginHostError as exc:
+            raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering "
+                              f"({exc})", actor=dead.name, type_name="ProcessDied") from None
+        last_calls = dict(fresh.deaths)
+        if last_calls.get(dead.incarnation, corr) == corr:  # running our call, or unknown: assume it ran
+            raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering",
+                              actor=dead.name, type_name="ProcessDied")
+
     def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
         """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
 
         A call that reaches an actor while it restarts waits for the new incarnation
-        (within ``timeout``); a call the actor crashed on is not retried.  While waiting,
-        the host checks now and then (50 ms, then up to every 0.5 s) that the actor still runs, so a
-        hard crash mid-call (``os._exit``, a signal) fails the call promptly.
+        (within ``timeout``) and is sent again: it provably never ran.  A call the actor
+        crashed on, or was running when its process died, is never run twice.  While
+        waiting, the host checks now and then (after 10 ms, then up to every 0.5 s) that the
+        actor still runs, so a hard crash mid-call (``os._exit``, a signal, a hang killed by
+        the heartbeat) fails the call promptly instead of at its timeout.
 
         Raises:
             SandboxNotFoundError: no such sandbox.
@@ -328,21 +347,25 @@ class Host:
             # cannot overtake the cast (the admin forwards both, in order, to the current actor).
             via_admin = (sandbox_id, name) in self._casted
             target = self._admin if via_admin else ref.address
-            reply = self._system.ask(target, attrs.evolve(call, incarnation=None) if via_admin else call,
-                                     _slice(deadline, 0))
-            if via_admin and isinstance(reply, Ok):
-                self._casted.discard((sandbox_id, name))
-            if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
-                self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
-                continue
+            pending = self._system.send(target, attrs.evolve(call, incarnation=None) if via_admin else call)
+            reply = pending.wait(_slice(deadline, 0))
             attempt = 0
             while reply is None and time.monotonic() < deadline:
                 attempt += 1
-                if not self._still_running(ref):
+                if not via_admin and not self._still_running(ref):
                     self._mark_gone(ref)
-                    raise PluginError(f"{sandbox_id}/{name}: the actor's process died while handling the call",
-                                      actor=name, type_name="ProcessDied")
-                reply = self._system.wait_reply(call.corr, _slice(deadline, attempt))
+                    # Its last words (a Failed reply) may still be on their way.
+                    reply = pending.wait(min(_GRACE, max(0.001, deadline - time.monotonic())))
+                    if reply is None:
+                        self._check_not_run(ref, call.corr, deadline)
+                        reply = DEAD  # it died before starting this call: safe to send it again
+                    break
+                reply = pending.wait(_slice(deadline, attempt))
+            if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
+                self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
+                continue
+            if via_admin and isinstance(reply, Ok):
+                self._casted.discard((sandbox_id, name))
             if reply is None:
                 raise CallTimeoutError(f"{sandbox_id}/{name}: no reply within {timeout} s",
                                        sandbox_id=sandbox_id, name=name)

@@ -86,6 +86,8 @@ class ActorRef:
     name: str
     address: Any
     incarnation: int
+    deaths: tuple[tuple[int, str], ...] = ()
+    """Recent earlier incarnations that died, with the correlation id of the call each was running."""
 
 
 @attrs.frozen(kw_only=True)

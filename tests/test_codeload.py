@@ -311,14 +311,6 @@ def test_install_puts_the_finder_first_on_meta_path(elsewhere: Path) -> None:
     assert result.stdout.strip() == "0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: with both a.py and a/__init__.py, read_sandbox_folder silently keeps the module file "
-        "(a.py overwrites the package in sorted order), the reverse of Python's import system, and "
-        "leaves a.sub orphaned under a non-package 'a'"
-    ),
-)
 def test_package_folder_wins_over_a_module_file_of_the_same_name(tmp_path: Path) -> None:
     """As in Python, ``a/__init__.py`` shadows ``a.py`` (or the clash is refused), never the reverse."""
     root = write(tmp_path / "sb", {"a.py": "X = 'module'\n", "a/__init__.py": "X = 'package'\n", "a/sub.py": ""})

@@ -232,14 +232,6 @@ def test_bad_bind_address_is_rejected(value: Any) -> None:
     assert info.value.field == "bind_address"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: _check_address only tries ipaddress.IPv4Address(value), which also accepts ints and "
-        "4-byte bytes, so HostConfig(bind_address=2130706433) or b'\\x7f\\0\\0\\1' is stored as-is "
-        "(a non-str address) instead of raising ConfigError"
-    ),
-)
 @pytest.mark.parametrize("value", [2130706433, b"\x7f\x00\x00\x01"], ids=["int", "packed-bytes"])
 def test_bind_address_that_is_not_a_string_is_rejected(value: Any) -> None:
     """``bind_address`` is a dotted-quad string; an int or packed bytes is refused."""
@@ -333,14 +325,6 @@ def test_limits_with_an_invalid_value_are_rejected() -> None:
         HostConfig(limits={"max_actors": -1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug (minor): a bad value inside limits (argument or PLUGIN_HOST_LIMITS JSON) raises ConfigError "
-        "with field='max_actors', a ResourceLimits field, not the HostConfig field 'limits' (and for the "
-        "variable the error does not name PLUGIN_HOST_LIMITS), unlike every other HostConfig field"
-    ),
-)
 def test_invalid_limit_value_names_the_limits_field(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad limit given to ``HostConfig`` names the HostConfig field ``limits``, from args or environment."""
     with pytest.raises(ConfigError) as info:
@@ -472,13 +456,6 @@ def test_host_config_is_hashable() -> None:
     assert hash(HostConfig(capabilities={"a": 1})) == hash(HostConfig(capabilities={"a": 1}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: probation_seconds is checked with `value < 0`, which NaN passes, so "
-        "HostConfig(probation_seconds=float('nan')) is accepted (the timeouts reject NaN)"
-    ),
-)
 def test_nan_probation_seconds_is_rejected() -> None:
     """A NaN probation window is not a duration and raises ``ConfigError``."""
     with pytest.raises(ConfigError) as info:
@@ -486,13 +463,6 @@ def test_nan_probation_seconds_is_rejected() -> None:
     assert info.value.field == "probation_seconds"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: no_index has no validator, so an explicit non-bool such as 'false' (truthy!) or None "
-        "is stored as-is instead of raising ConfigError"
-    ),
-)
 @pytest.mark.parametrize("value", ["false", None], ids=["str-false", "none"])
 def test_explicit_no_index_must_be_a_bool(value: Any) -> None:
     """``no_index`` given as an argument must be a real ``bool``."""
@@ -501,14 +471,6 @@ def test_explicit_no_index_must_be_a_bool(value: Any) -> None:
     assert info.value.field == "no_index"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: find_links is converted with plain tuple(): a str is split into characters "
-        "('/wheels' -> ('/', 'w', ...)), None raises a bare TypeError instead of ConfigError, "
-        "and non-str items are accepted"
-    ),
-)
 @pytest.mark.parametrize("value", [None, [1], [None]], ids=["none", "int-item", "none-item"])
 def test_find_links_that_are_not_strings_are_rejected(value: Any) -> None:
     """``find_links`` must be a sequence of folder paths or URLs (strings)."""
@@ -517,10 +479,6 @@ def test_find_links_that_are_not_strings_are_rejected(value: Any) -> None:
     assert info.value.field == "find_links"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: HostConfig(find_links='/wheels') becomes ('/', 'w', 'h', 'e', 'e', 'l', 's') silently",
-)
 def test_find_links_given_as_one_string_is_not_split_into_characters() -> None:
     """A single string is either refused or taken as one location, never split into characters."""
     try:

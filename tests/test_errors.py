@@ -20,19 +20,7 @@ from plugin_host.errors import (
 ERROR_NAMES = [n for n in errors.__all__ if n != "PluginHostWarning"]
 ERROR_CLASSES = [getattr(errors, n) for n in ERROR_NAMES]
 
-_UNPICKLABLE = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: errors._rebuild calls cls.__new__(cls), which for CompilationTimeoutError "
-        "(ValueError + TimeoutError/OSError bases) raises TypeError 'ValueError.__new__("
-        "CompilationTimeoutError) is not safe', so it cannot be unpickled or copied"
-    ),
-)
-# The same classes, with the known-unpicklable one marked, for the pickling/copy tests.
-PICKLE_CASES = [
-    pytest.param(cls, id=cls.__name__, marks=_UNPICKLABLE if cls.__name__ == "CompilationTimeoutError" else ())
-    for cls in ERROR_CLASSES
-]
+PICKLE_CASES = [pytest.param(cls, id=cls.__name__) for cls in ERROR_CLASSES]
 PROTOCOLS = sorted({0, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL})
 
 # Which builtin each name promises (STYLE rule 5).

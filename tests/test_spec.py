@@ -202,13 +202,6 @@ def test_supervisor_reused_in_two_branches_is_rejected_for_duplicate_names() -> 
         outer.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: Supervisor.check tests max_seconds with `<= 0`, which NaN passes, so a NaN "
-        "restart-intensity window is accepted"
-    ),
-)
 def test_supervisor_check_rejects_nan_max_seconds() -> None:
     """A NaN restart window is not a positive number."""
     with pytest.raises(InvalidSpecError, match="max_seconds"):
