@@ -173,6 +173,8 @@ class SandboxStatus:
     """The PluginHostError behind a ``start_failed`` status."""
     deaths: dict[str, tuple[tuple[int, str], ...]] = attrs.field(factory=dict)
     """name -> recent (incarnation, last call) of its dead incarnations, newest last."""
+    crashes: dict[str, int] = attrs.field(factory=dict)
+    """name -> how many times it crashed (abnormal exits) since the sandbox started."""
 
 
 @attrs.frozen
@@ -217,3 +219,76 @@ class RunDone:
     """Runner -> sandbox root: a ``Host.run`` function finished (so the root can forget it)."""
 
     corr: str
+
+
+@attrs.frozen
+class ReloadSandbox:
+    """Admin -> sandbox root: load new code into every actor, all or nothing."""
+
+    reload_id: str
+    sources: dict[str, tuple[str, str, bool]]
+    """Changed modules: name -> (path, source, is_package)."""
+    order: list[str]
+    """Every module to re-execute: the changed ones, then their importers (dependency order)."""
+    versions: dict[str, tuple[int, int]]
+    """module -> (old version, new version), as ``code_change`` receives them."""
+    state_handler: bytes | None
+    timeout: float
+
+
+@attrs.frozen
+class SandboxReloaded:
+    """Sandbox root -> admin: the outcome of a ``ReloadSandbox``."""
+
+    reload_id: str
+    ok: bool
+    actors_updated: tuple[str, ...] = ()
+    actor: str = ""
+    cause: str = ""
+
+
+@attrs.frozen
+class LoadCode:
+    """Sandbox root -> actor: load new code; ``prepare`` holds it (and the actor's messages) until commit."""
+
+    reload_id: str
+    sources: dict[str, tuple[str, str, bool]]
+    order: list[str]
+    versions: dict[str, tuple[int, int]]
+    state_handler: bytes | None
+    prepare: bool
+    timeout: float
+
+
+@attrs.frozen
+class CodeLoaded:
+    """Actor -> sandbox root: the new code is loaded (prepared), or why not."""
+
+    reload_id: str
+    name: str
+    ok: bool
+    cause: str = ""
+    updated: bool = False
+    """Whether this actor's behaviour changed (its module was reloaded)."""
+
+
+@attrs.frozen
+class CommitCode:
+    """Sandbox root -> prepared actor: switch to the new code, then handle the held messages."""
+
+    reload_id: str
+
+
+@attrs.frozen
+class AbortCode:
+    """Sandbox root -> prepared actor: drop the new code and keep the old code and state."""
+
+    reload_id: str
+
+
+@attrs.frozen(kw_only=True)
+class GetSandboxCode:
+    """Host -> admin: the sandbox's current module sources (name -> (path, source, is_package))."""
+
+    sandbox_id: str
+    corr: str = ""

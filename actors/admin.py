@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable
 
 import attrs
@@ -47,10 +48,13 @@ from plugin_host.messages import (
     RestartSandbox,
     Run,
 )
+from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
 
 from . import _messages as m
+from ._admin_reload import VersionsAdmin
 from ._base import HostActor
+from .registry import OpenRegistry, RegistryActor
 from .sandbox import SandboxActor
 
 __all__ = ["AdminActor", "check_sandbox_id"]
@@ -95,9 +99,12 @@ class _Sandbox:
     """Why a start failed; answered once the root is gone."""
     restarted: bool = False
     """Whether the current start is a ``restart_sandbox`` (a failure then keeps the record)."""
+    crashes: dict[str, int] = attrs.field(factory=dict)
+    """Crashes per actor name (probation watches them)."""
+    probation: Any = None
 
 
-class AdminActor(HostActor):
+class AdminActor(VersionsAdmin, HostActor):
     """Front door of a host's actor system."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -109,6 +116,10 @@ class AdminActor(HostActor):
         self._ticking = False
         self._shutdown_waiters: list[Done] = []
         self._parked: list[tuple[LookupActor, Any, float]] = []
+        self.registry: Any = None
+        self.reader: VersionStore | None = None
+        self.module_versions: dict[str, Any] = {}
+        self.reloads: dict[str, Any] = {}
 
     # -- boot and the host watchdog ----------------------------------------------------
 
@@ -120,6 +131,11 @@ class AdminActor(HostActor):
             return
         self.token, self.config = msg.token, msg.config
         self.host = (msg.host_pid, msg.host_create_time)
+        if self.registry is None:
+            path = str(Path(self.config.state_dir) / "registry.sqlite3")
+            self.reader = VersionStore(path, max_versions=self.config.max_versions)
+            self.registry = self.createActor(RegistryActor)
+            self.send(self.registry, OpenRegistry(path, self.config.max_versions))
         self.send(sender, m.HostBooted(msg.token, os.getpid(), os.getppid(), os.getpgid(0)))
         self._tick()
 
@@ -139,6 +155,7 @@ class AdminActor(HostActor):
             if rec.deadline is not None and now > rec.deadline:
                 self._deadline_passed(sandbox_id, rec)
         self._retry_parked(now)
+        self.reload_deadlines(now)
         self._tick()
 
     def _emergency_stop(self) -> None:
@@ -181,7 +198,7 @@ class AdminActor(HostActor):
             table = codeload.read_sandbox_folder(req.sandbox_path)
             codeload.check_syntax(table)
             sources = table.as_wire()
-        return _Sandbox(req, sources, {name: 1 for name in sources}, limits, time.time())
+        return _Sandbox(req, sources, self.register_created(req.sandbox_id, sources), limits, time.time())
 
     def _check_requirements(self, requirements: Any) -> None:
         if not requirements:
@@ -213,7 +230,7 @@ class AdminActor(HostActor):
         if rec is None or rec.root != sender:
             return  # a stale root
         rec.children, rec.directory, rec.restart_count = msg.children, msg.directory, msg.restart_count
-        rec.deaths = msg.deaths
+        rec.deaths, rec.crashes = msg.deaths, msg.crashes
         rec.pid = msg.pid or rec.pid
         if msg.status == "running" and rec.status == "starting":
             rec.status, rec.deadline = "running", None
@@ -226,6 +243,8 @@ class AdminActor(HostActor):
         elif msg.status == "stopped" and rec.status == "stopping":
             self.send(rec.root, ActorExitRequest())
         self._retry_parked(time.monotonic())
+        if rec.status == "running":
+            self.check_probation(msg.sandbox_id, rec)
 
     def _fire(self, rec: _Sandbox, result: Any) -> None:
         waiters, rec.waiters = rec.waiters, []
@@ -355,6 +374,11 @@ class AdminActor(HostActor):
 
     # -- queries ---------------------------------------------------------------------------
 
+    @staticmethod
+    def not_found(sandbox_id: Any) -> SandboxNotFoundError:
+        """The error for an unknown sandbox id."""
+        return _not_found(sandbox_id)
+
     def _info(self, sandbox_id: str, rec: _Sandbox) -> SandboxInfo:
         status = "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
         supervisor = rec.request.supervisor
@@ -374,6 +398,12 @@ class AdminActor(HostActor):
     def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Any) -> None:  # noqa: N802
         """Every sandbox, by id."""
         self.reply(sender, [self._info(i, r) for i, r in sorted(self.sandboxes.items())], msg.corr)
+
+    def receiveMsg_GetSandboxCode(self, msg: m.GetSandboxCode, sender: Any) -> None:  # noqa: N802
+        """The sandbox's current sources (for compiling a new version against them)."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is not None:
+            self.reply(sender, dict(rec.sources), msg.corr)
 
     def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Any) -> None:  # noqa: N802
         """One sandbox."""

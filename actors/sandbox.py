@@ -24,6 +24,7 @@ from plugin_host.values import ChildInfo
 from . import _messages as m
 from ._base import describe_exception
 from ._hardening import new_process_group
+from ._reload import ReloadCoordinator
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
 from .runner import RunnerActor
@@ -71,8 +72,8 @@ def _import_class(path: str) -> Any:
     return obj
 
 
-class SandboxActor(SupervisorActor):
-    """Root supervisor of one sandbox."""
+class SandboxActor(ReloadCoordinator, SupervisorActor):
+    """Root supervisor of one sandbox (and coordinator of its reloads)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +86,7 @@ class SandboxActor(SupervisorActor):
         self._runners: list[tuple[Any, Any, Run, float]] = []
         self.order: dict[str, int] = {}
         self.deaths: dict[str, tuple[tuple[int, str], ...]] = {}
+        self.crashes: dict[str, int] = {}
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
@@ -136,7 +138,7 @@ class SandboxActor(SupervisorActor):
         self.send(self.admin, m.SandboxStatus(
             self.context.sandbox_id, status, reason=self.reason, children=children,  # type: ignore[union-attr]
             restart_count=self.restart_count, directory=dict(self.live), pid=os.getpid(), error=error,
-            deaths=dict(self.deaths)))
+            deaths=dict(self.deaths), crashes=dict(self.crashes)))
 
     def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:  # noqa: N802
         """A child of the tree (re)started: update the directory and tell everyone."""
@@ -149,6 +151,7 @@ class SandboxActor(SupervisorActor):
             self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
+        self.reload_child_up(msg.name)
         if self.phase != "starting":
             self._report("failed" if self.phase == "failed" else "running")
 
@@ -157,6 +160,8 @@ class SandboxActor(SupervisorActor):
         if msg.restarting:
             self.restart_count += 1
         self.deaths[msg.name] = (*self.deaths.get(msg.name, ())[-7:], (msg.incarnation, msg.last_call))
+        if msg.status in ("crashed", "failed"):
+            self.crashes[msg.name] = self.crashes.get(msg.name, 0) + 1
         info = self.infos.get(msg.name)
         if info is not None:
             status = "restarting" if msg.restarting else msg.status
@@ -165,6 +170,7 @@ class SandboxActor(SupervisorActor):
         if entry is not None and entry[1] == msg.incarnation:
             del self.live[msg.name]
             self.directory.pop(msg.name, None)
+        self.reload_child_down(msg.name)
         if self.phase == "running":
             self._report("running")
 
@@ -192,8 +198,19 @@ class SandboxActor(SupervisorActor):
         """A runner finished; it exits by itself."""
         self._runners = [r for r in self._runners if r[2].corr != msg.corr]
 
+    def commit_versions(self, versions: dict[str, int]) -> None:
+        """A reload committed: the tree's info shows the new versions."""
+        super().commit_versions(versions)
+        for name, info in self.infos.items():
+            if info.module in versions:
+                self.infos[name] = attrs.evolve(info, version=versions[info.module])
+        self._report("running")
+
     def on_wakeup(self, payload: Any) -> None:
-        """A ``Host.run`` deadline: kill the runner if it is still there."""
+        """A ``Host.run`` or reload deadline."""
+        if isinstance(payload, tuple) and payload[0] == "reload":
+            self.reload_timeout(payload[1])
+            return
         if not (isinstance(payload, tuple) and payload[0] == "run"):
             return
         for runner in [r for r in self._runners if r[2].corr == payload[1]]:

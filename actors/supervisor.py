@@ -26,12 +26,23 @@ from plugin_host.messages import Call, Failed
 from . import _inflight
 from . import _messages as m
 from ._base import HostActor, describe_exception
+from ._codeswap import Staged
 from ._spec import ChildSpec, Supervisor
 from .worker import WorkerActor
 
 __all__ = ["ChildSpec", "Supervisor", "SupervisorActor"]
 
-_incarnations = itertools.count(time.time_ns())
+_incarnations: tuple[int, Any] = (0, None)
+
+
+def _next_incarnation() -> int:
+    """A number no other incarnation of this host will have (the counter is reseeded after fork)."""
+    global _incarnations
+    pid, counter = _incarnations
+    if pid != os.getpid():
+        counter = itertools.count(time.time_ns())
+        _incarnations = (os.getpid(), counter)
+    return int(next(counter))
 
 
 @attrs.define
@@ -112,7 +123,7 @@ class SupervisorActor(HostActor):
 
     def _spawn(self, child: _Child) -> None:
         kind = SupervisorActor if child.spec.is_supervisor else WorkerActor
-        child.incarnation = next(_incarnations)
+        child.incarnation = _next_incarnation()
         child.exit_reason, child.normal_exit = None, False
         child.slot = None if child.spec.is_supervisor else _inflight.new_slot()
         try:
@@ -362,6 +373,15 @@ class SupervisorActor(HostActor):
         """Supervisors run no plugin code: a call to one is a caller's mistake."""
         self.send(msg.reply_to or sender, Failed(BadRequestError(
             f"{msg.name!r} is a supervisor; supervisors do not handle calls"), msg.corr))
+
+    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:  # noqa: N802
+        """A reload committed: children this supervisor restarts from now on run the new code."""
+        try:
+            Staged(msg.sources, msg.order)
+        except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
+            self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False, describe_exception(exc)))
+            return
+        self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, True))
 
     def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
         """Keep the sandbox directory current for children started later."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import os
+import sys
 import traceback
 from typing import Any
 
@@ -21,6 +22,7 @@ from plugin_host.messages import Blob, Call, Cast, Failed, Ok, unblob
 
 from . import _inflight
 from . import _messages as m
+from ._codeswap import Staged
 from ._base import HostActor, describe_exception, plugin_error
 from ._spec import ChildSpec
 from .plugin import Plugin
@@ -79,6 +81,8 @@ class WorkerActor(HostActor):
         self.dead = False
         self._calls = itertools.count()
         self._slot = _inflight.take_slot()
+        self._prepared: tuple[str, Staged, tuple[Plugin, Any] | None] | None = None
+        self._held: list[tuple[Any, Any]] = []
 
     # -- start --------------------------------------------------------------------
 
@@ -136,10 +140,12 @@ class WorkerActor(HostActor):
             self._run_callback("handle_cast", unblob(msg.message))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
-        """Deliver a ``send_after`` timer to ``handle_info``."""
+        """Deliver a ``send_after`` timer to ``handle_info``; expire a forgotten reload."""
         payload = msg.payload
         if isinstance(payload, tuple) and len(payload) == 2 and payload[0] == "plugin":
             self._run_callback("handle_info", payload[1])
+        elif isinstance(payload, tuple) and payload[0] == "reload":
+            self.receiveMsg_AbortCode(m.AbortCode(payload[1]), sender)
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
         """Any other message (from another actor) goes to ``handle_info``."""
@@ -213,6 +219,76 @@ class WorkerActor(HostActor):
         self.dead = True
         self.send(self.myAddress, ActorExitRequest())
 
+    # -- hot reload ------------------------------------------------------------------------
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 (Thespian API)
+        """While a reload is prepared, hold plugin messages: the new code will handle them."""
+        if self._prepared is not None and _is_plugin_traffic(message):
+            self._held.append((message, sender))
+            return None
+        return super().receiveMessage(message, sender)
+
+    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:  # noqa: N802
+        """Load new code; migrate the state with ``code_change`` (or the caller's state handler)."""
+        try:
+            staged = Staged(msg.sources, msg.order)
+        except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
+            self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False,
+                                           f"loading the new code failed: {describe_exception(exc)}"))
+            return
+        swap = None
+        if self.plugin is not None and not self.dead and self.module in staged.order:
+            try:
+                swap = self._migrate(msg)
+            except Exception as exc:  # noqa: BLE001 - the sandbox boundary
+                staged.abort()
+                self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False,
+                                               f"code_change failed: {describe_exception(exc)}"))
+                return
+        if msg.prepare:
+            self._prepared = (msg.reload_id, staged, swap)
+            # Never stay suspended if the root's verdict is lost: give up on our own.
+            self.wakeupAfter(datetime.timedelta(seconds=msg.timeout + 5), payload=("reload", msg.reload_id))
+        else:
+            self._swap(swap)
+        self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, True, updated=swap is not None))
+
+    def _migrate(self, msg: m.LoadCode) -> tuple[Plugin, Any]:
+        old = self.plugin
+        cls: Any = sys.modules[self.module]
+        for part in type(old).__qualname__.split("."):
+            cls = getattr(cls, part)
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise TypeError(f"{self.module}.{type(old).__qualname__} is no longer a Plugin class")
+        new = cls()
+        new._ph_runtime = old._ph_runtime  # type: ignore[union-attr]
+        old_vsn, new_vsn = msg.versions.get(self.module, (None, None))
+        migrate = cloudpickle.loads(msg.state_handler) if msg.state_handler else new.code_change
+        return new, migrate(self.state, old_vsn, new_vsn)
+
+    def _swap(self, swap: tuple[Plugin, Any] | None) -> None:
+        if swap is not None:
+            self.plugin, self.state = swap
+
+    def receiveMsg_CommitCode(self, msg: m.CommitCode, sender: Any) -> None:  # noqa: N802
+        """Switch to the prepared code and state, then handle what arrived meanwhile."""
+        if self._prepared is not None and self._prepared[0] == msg.reload_id:
+            _, _, swap = self._prepared
+            self._swap(swap)
+            self._release()
+
+    def receiveMsg_AbortCode(self, msg: m.AbortCode, sender: Any) -> None:  # noqa: N802
+        """Keep the old code and state."""
+        if self._prepared is not None and self._prepared[0] == msg.reload_id:
+            self._prepared[1].abort()
+            self._release()
+
+    def _release(self) -> None:
+        self._prepared = None
+        held, self._held = self._held, []
+        for message, sender in held:
+            self.receiveMessage(message, sender)
+
     # -- sibling messaging -------------------------------------------------------------
 
     def sibling_cast(self, name: str, message: Any) -> None:
@@ -244,3 +320,13 @@ class WorkerActor(HostActor):
         if isinstance(reply, Failed):
             raise reply.error
         return unblob(reply.value)
+
+
+def _is_plugin_traffic(message: Any) -> bool:
+    """Messages a plugin callback handles (held during a reload), as opposed to plumbing."""
+    if isinstance(message, (Call, Cast)):
+        return True
+    if isinstance(message, WakeupMessage):
+        return isinstance(message.payload, tuple) and message.payload[:1] == ("plugin",)
+    module = type(message).__module__
+    return not (module.startswith("thespian.") or module == m.__name__)

@@ -43,6 +43,7 @@ from .messages import (
     RestartSandbox,
     Run,
 )
+from ._host_reload import ReloadMethods
 from ._system import DEAD, ActorSystemHandle
 from .values import SandboxInfo
 
@@ -58,7 +59,7 @@ def _slice(deadline: float, attempt: int) -> float:
     return max(0.001, min(step, deadline - time.monotonic()))
 
 
-class Host:
+class Host(ReloadMethods):
     """Runs plugin sandboxes in a private Thespian actor system and talks to them.
 
     The embedded default starts a ``multiprocTCPBase`` system on a free loopback port, in

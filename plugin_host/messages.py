@@ -22,18 +22,24 @@ __all__ = [
     "ActorRef",
     "BatchCreate",
     "BatchDestroy",
+    "BatchHotReload",
     "Blob",
     "Call",
     "Cast",
     "CreateSandbox",
     "DestroySandbox",
     "Failed",
+    "GetModuleVersion",
     "GetSandboxInfo",
+    "GetVersionHistory",
+    "HotReload",
+    "ListModuleVersions",
     "ListSandboxes",
     "LookupActor",
     "Ok",
     "Request",
     "RestartSandbox",
+    "RollbackModule",
     "Run",
 ]
 
@@ -200,3 +206,66 @@ class BatchDestroy(Request):
     """Destroy many sandboxes; replies ``Ok(list[Ok | Failed])``, one per id, in order."""
 
     sandbox_ids: list[str]
+
+
+@attrs.frozen(kw_only=True)
+class HotReload(Request):
+    """Swap new code into a running sandbox; replies ``Ok(ReloadResult)`` or ``Failed(HotReloadError)``.
+
+    ``artifacts`` come from a compilation (``Host.compile_*``); modules that import a
+    reloaded module are reloaded with it.  All or nothing across the sandbox.
+    """
+
+    sandbox_id: str
+    artifacts: list[Any]
+    """``Artifact`` values (module, path, checksum, source)."""
+    state_handler: Blob | None = None
+    """A Blob of ``fn(old_state, old_vsn, new_vsn) -> new_state`` used instead of ``code_change``."""
+    timeout: float = 30.0
+    probation: float | None = None
+    """Seconds during which a crash of a reloaded actor rolls back by itself (default: the host's)."""
+    event: str = "reloaded"
+    """How the registry records it (``rolled_back`` for a rollback)."""
+
+
+@attrs.frozen(kw_only=True)
+class RollbackModule(Request):
+    """Hot-reload the stored code of ``version``; replies ``Ok(ReloadResult)``."""
+
+    sandbox_id: str
+    module: str
+    version: int
+    timeout: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
+class BatchHotReload(Request):
+    """The same artifacts into many sandboxes; replies ``Ok(list[Ok | Failed])`` in order."""
+
+    sandbox_ids: list[str]
+    artifacts: list[Any]
+    timeout: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
+class GetModuleVersion(Request):
+    """Replies ``Ok(int)``: the current version of a module of a sandbox."""
+
+    sandbox_id: str
+    module: str
+
+
+@attrs.frozen(kw_only=True)
+class ListModuleVersions(Request):
+    """Replies ``Ok(list[ModuleVersion])``, newest first."""
+
+    sandbox_id: str
+    module: str
+
+
+@attrs.frozen(kw_only=True)
+class GetVersionHistory(Request):
+    """Replies ``Ok(VersionHistory)``."""
+
+    sandbox_id: str
+    module: str

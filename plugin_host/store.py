@@ -244,6 +244,26 @@ class VersionStore:
             finally:
                 self._conn.execute("COMMIT")
 
+    def known(self, sandbox_id: str) -> dict[str, tuple[int, int, dict[str, int]]]:
+        """Everything needed to number new versions of a sandbox's modules without a round trip.
+
+        Returns:
+            module -> (highest number ever handed out, current version or 0, checksum -> version).
+        """
+        with self._read("known") as conn:
+            rows = conn.execute(
+                "SELECT m.module, m.last_version, v.version, v.checksum, v.status FROM modules m "
+                "LEFT JOIN versions v ON v.sandbox_id = m.sandbox_id AND v.module = m.module "
+                "WHERE m.sandbox_id = ?", (sandbox_id,)).fetchall()
+        known: dict[str, tuple[int, int, dict[str, int]]] = {}
+        for module, last, version, checksum, status in rows:
+            _, current, by_checksum = known.setdefault(module, (last, 0, {}))
+            if version is not None:
+                by_checksum.setdefault(checksum, version)
+                if status == "current":
+                    known[module] = (last, version, by_checksum)
+        return known
+
     # -- writes ---------------------------------------------------------------------------------
 
     def register(self, sandbox_id: str, module: str, source: str, checksum: str | None = None) -> tuple[int, bool]:

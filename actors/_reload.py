@@ -1,0 +1,141 @@
+"""The sandbox root's side of a hot reload: all or nothing across the sandbox's actors.
+
+1. The root loads the new code into its own process first (a failure stops here).
+2. The workers whose behaviour comes from a reloaded module load it and migrate their
+   state with ``code_change``.  With several of them this is a *prepare*: each holds the
+   new code and every plugin message that arrives, until the root's verdict; with one, it
+   switches at once.
+3. All prepared: commit everywhere, and every other actor of the tree (supervisors,
+   unaffected workers, children restarted meanwhile) loads the code so that what they fork
+   or import later is current.  Any failure: abort everywhere; old code and state stay.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import attrs
+from thespian.actors import ActorExitRequest
+
+from . import _messages as m
+from ._base import describe_exception
+from ._codeswap import Staged
+
+__all__ = ["ReloadCoordinator"]
+
+
+@attrs.define
+class _Reload:
+    request: m.ReloadSandbox
+    admin: Any
+    staged: Staged
+    prepare: bool
+    waiting: set[str]
+    prepared: list[str] = attrs.field(factory=list)
+    updated: list[str] = attrs.field(factory=list)
+    restarted: list[str] = attrs.field(factory=list)
+    failure: tuple[str, str] | None = None
+
+
+class ReloadCoordinator:
+    """Mixed into the sandbox root; needs ``live``, ``infos``, ``modules``, ``send`` and friends."""
+
+    live: dict[str, tuple[Any, int]]
+    infos: dict[str, Any]
+    modules: dict[str, int]
+    phase: str
+    reload: _Reload | None = None
+
+    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:  # noqa: N802
+        """Reload code across the sandbox (see the module docstring)."""
+        if self.reload is not None or self.phase != "running":
+            cause = "another reload is in progress" if self.reload else f"the sandbox is {self.phase}"
+            self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
+            return
+        try:
+            staged = Staged(msg.sources, msg.order)
+        except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
+            self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root",
+                                                cause=f"loading the new code failed: {describe_exception(exc)}"))
+            return
+        affected = [name for name, info in self.infos.items()
+                    if info.kind == "worker" and info.module in staged.order and name in self.live]
+        self.reload = _Reload(msg, sender, staged, len(affected) > 1, set(affected))
+        for name in affected:
+            self.send(self.live[name][0], m.LoadCode(msg.reload_id, msg.sources, msg.order, msg.versions,
+                                                     msg.state_handler, self.reload.prepare, msg.timeout))
+        if affected:
+            self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("reload", msg.reload_id))
+        else:
+            self._finish_reload()
+
+    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: Any) -> None:  # noqa: N802
+        """One actor's answer to a ``LoadCode``."""
+        reload = self.reload
+        if reload is None or msg.reload_id != reload.request.reload_id or msg.name not in reload.waiting:
+            return  # a late answer, or one to a commit-time load
+        reload.waiting.discard(msg.name)
+        if not msg.ok:
+            reload.failure = reload.failure or (msg.name, msg.cause)
+        else:
+            reload.prepared.append(msg.name)
+            if msg.updated:
+                reload.updated.append(msg.name)
+        if not reload.waiting:
+            self._finish_reload()
+
+    def reload_child_down(self, name: str) -> None:
+        """An actor went down mid-reload: stop waiting for it (its next incarnation gets the outcome)."""
+        reload = self.reload
+        if reload is not None and name in reload.waiting:
+            reload.waiting.discard(name)
+            if not reload.waiting:
+                self._finish_reload()
+
+    def reload_child_up(self, name: str) -> None:
+        """A child forked mid-reload runs the staged code: restart it if the reload aborts."""
+        if self.reload is not None:
+            self.reload.restarted.append(name)
+
+    def reload_timeout(self, reload_id: str) -> None:
+        """The reload's deadline passed with actors still silent."""
+        reload = self.reload
+        if reload is not None and reload.request.reload_id == reload_id and reload.waiting:
+            reload.failure = reload.failure or (sorted(reload.waiting)[0],
+                                                f"no answer within {reload.request.timeout} s (busy or hung)")
+            reload.waiting.clear()
+            self._finish_reload()
+
+    def _finish_reload(self) -> None:
+        reload, self.reload = self.reload, None
+        assert reload is not None
+        request = reload.request
+        if reload.failure is not None:
+            for name in reload.prepared if reload.prepare else ():
+                self._to_live(name, m.AbortCode(request.reload_id))
+            reload.staged.abort()
+            for name in reload.restarted:
+                self._to_live(name, ActorExitRequest())  # forked on the new code: bring it back on the old
+            actor, cause = reload.failure
+            self.send(reload.admin, m.SandboxReloaded(request.reload_id, False, actor=actor, cause=cause))
+            return
+        prepared = set(reload.prepared)
+        for name, (address, _) in self.live.items():
+            if name in prepared:
+                if reload.prepare:
+                    self.send(address, m.CommitCode(request.reload_id))
+            else:
+                self.send(address, m.LoadCode(request.reload_id, request.sources, request.order, request.versions,
+                                              None, False, request.timeout))
+        self.commit_versions({module: new for module, (_, new) in request.versions.items()})
+        self.send(reload.admin, m.SandboxReloaded(request.reload_id, True, tuple(sorted(reload.updated))))
+
+    def _to_live(self, name: str, message: Any) -> None:
+        entry = self.live.get(name)
+        if entry is not None:
+            self.send(entry[0], message)
+
+    def commit_versions(self, versions: dict[str, int]) -> None:
+        """Hook: record the modules' new versions (the root updates its tree info)."""
+        self.modules.update(versions)

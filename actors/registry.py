@@ -1,0 +1,123 @@
+"""The registry actor: the one writer of the version store (sqlite under ``state_dir``).
+
+The admin numbers versions itself (from an in-memory copy, so a reload never waits on a
+disk write) and tells the registry what happened, in order; history queries go through the
+same queue, so they always see every reload the admin has answered for.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+
+from plugin_host.errors import PluginHostError
+from plugin_host.messages import GetModuleVersion, GetVersionHistory, ListModuleVersions
+from plugin_host.store import VersionStore
+
+from ._base import HostActor
+
+__all__ = ["RegistryActor", "OpenRegistry", "RecordVersions", "RecordOutcome", "RegistryQuery"]
+
+log = logging.getLogger("plugin_host.registry")
+
+
+@attrs.frozen
+class OpenRegistry:
+    """Admin -> registry: open (or create) the store."""
+
+    path: str
+    max_versions: int | None
+
+
+@attrs.frozen
+class RecordVersions:
+    """Admin -> registry: store these sources as versions; ``event`` set: make them current."""
+
+    sandbox_id: str
+    entries: tuple[tuple[str, str, str, int], ...]
+    """(module, source, checksum, version the admin expects)."""
+    event: str | None = None
+    details: str = ""
+
+
+@attrs.frozen
+class RecordOutcome:
+    """Admin -> registry: a reload's outcome for one module's version."""
+
+    sandbox_id: str
+    module: str
+    version: int
+    ok: bool
+    event: str
+    details: str = ""
+
+
+@attrs.frozen
+class RegistryQuery:
+    """Admin -> registry: answer ``request`` to ``reply_to``."""
+
+    request: Any
+    reply_to: Any
+
+
+class RegistryActor(HostActor):
+    """Owns the :class:`~plugin_host.store.VersionStore` of a host."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.store: VersionStore | None = None
+
+    def receiveMsg_OpenRegistry(self, msg: OpenRegistry, sender: Any) -> None:  # noqa: N802
+        """Open the store once."""
+        if self.store is None:
+            self.store = VersionStore(msg.path, max_versions=msg.max_versions)
+
+    def receiveMsg_RecordVersions(self, msg: RecordVersions, sender: Any) -> None:  # noqa: N802
+        """Register versions (deduplicated by checksum) and optionally make them current."""
+        for module, source, checksum, expected in msg.entries:
+            try:
+                version, _ = self.store.register(msg.sandbox_id, module, source, checksum)  # type: ignore[union-attr]
+                if version != expected:
+                    log.warning("registry numbered %s/%s as %s, the admin expected %s (another host on this "
+                                "state_dir?)", msg.sandbox_id, module, version, expected)
+                if msg.event:
+                    self.store.mark_current(msg.sandbox_id, module, version, event=msg.event,  # type: ignore[union-attr]
+                                            details=msg.details)
+            except PluginHostError:
+                log.exception("registry: recording %s/%s failed", msg.sandbox_id, module)
+
+    def receiveMsg_RecordOutcome(self, msg: RecordOutcome, sender: Any) -> None:  # noqa: N802
+        """Mark a version current (with its event) or failed (with the reason)."""
+        try:
+            if msg.ok:
+                self.store.mark_current(msg.sandbox_id, msg.module, msg.version, event=msg.event,  # type: ignore[union-attr]
+                                        details=msg.details)
+            else:
+                self.store.mark_failed(msg.sandbox_id, msg.module, msg.version, msg.details,  # type: ignore[union-attr]
+                                       event=msg.event)
+        except PluginHostError:
+            log.exception("registry: recording the outcome for %s/%s failed", msg.sandbox_id, msg.module)
+
+    def receiveMsg_RegistryQuery(self, msg: RegistryQuery, sender: Any) -> None:  # noqa: N802
+        """Answer a version query for the admin's caller."""
+        request, store = msg.request, self.store
+        try:
+            if isinstance(request, GetModuleVersion):
+                value: Any = store.current_version(request.sandbox_id, request.module)  # type: ignore[union-attr]
+            elif isinstance(request, ListModuleVersions):
+                value = store.versions(request.sandbox_id, request.module)  # type: ignore[union-attr]
+            elif isinstance(request, GetVersionHistory):
+                value = store.history(request.sandbox_id, request.module)  # type: ignore[union-attr]
+            else:
+                raise PluginHostError(f"the registry does not answer {type(request).__name__}")
+        except PluginHostError as exc:
+            value = exc
+        self.reply(msg.reply_to, value, request.corr)
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:  # noqa: N802
+        """Close the store when the system shuts down."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None

@@ -1,0 +1,285 @@
+"""Hot reload, rollback and the version registry, rule by rule of DESIGN.md "Hot reload semantics"."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from plugin_host import Host, HostConfig
+from plugin_host.errors import CompilationError, HotReloadError, PluginError, UnknownModuleError, VersionNotFoundError
+
+from conftest import eventually
+
+ROOT = '''
+from actors import ChildSpec, Supervisor
+from counter import Counter
+
+class Root(Supervisor):
+    max_restarts, max_seconds = 10, 10
+    children = [ChildSpec(name, Counter) for name in ("c1", "c2", "c3")]
+'''
+
+FMT = '''
+def label(n):
+    return f"n={n}"
+'''
+
+
+def counter(step: int = 1, tag: str = "v1", code_change: str = "return old_state", extra: str = "") -> str:
+    """Source of a counter plugin whose behaviour says which version runs."""
+    return textwrap.dedent(f'''
+        import os
+        from actors import Plugin
+        from fmt import label
+
+        class Counter(Plugin):
+            def init(self, args):
+                return {{"count": 0, "log": []}}
+
+            def handle_call(self, request, state):
+                if request == "inc":
+                    state = {{**state, "count": state["count"] + {step}}}
+                    return state["count"], state
+                if request == "tag":
+                    return "{tag}", state
+                if request == "label":
+                    return label(state["count"]), state
+                if request == "pid":
+                    return os.getpid(), state
+                if request == "state":
+                    return state, state
+                if request == "crash":
+                    raise RuntimeError("crash on request")
+                raise ValueError(request)
+
+            def code_change(self, old_state, old_vsn, new_vsn):
+                {code_change}
+    ''') + textwrap.indent(textwrap.dedent(extra).strip("\n"), "    ") + "\n"
+
+
+def make_folder(path: Path, counter_source: str | None = None) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "root.py").write_text(ROOT)
+    (path / "fmt.py").write_text(FMT)
+    (path / "counter.py").write_text(counter_source or counter())
+    return str(path)
+
+
+@pytest.fixture
+def sandbox(host: Host, tmp_path: Path) -> Host:
+    host.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"))
+    return host
+
+
+def tags(host: Host, sandbox_id: str = "s") -> set[str]:
+    return {host.call(sandbox_id, name, "tag") for name in ("c1", "c2", "c3")}
+
+
+def test_reload_swaps_code_in_every_actor_and_keeps_their_state(sandbox: Host) -> None:
+    """Every actor of the module runs the new code; code_change keeps its state."""
+    assert [sandbox.call("s", "c1", "inc") for _ in range(3)] == [1, 2, 3]
+    pids = {name: sandbox.call("s", name, "pid") for name in ("c1", "c2", "c3")}
+    result = sandbox.hot_reload_source("s", counter(step=10, tag="v2"), module="counter")
+    assert (result.old_version, result.new_version) == (1, 2)
+    assert sorted(result.actors_updated) == ["c1", "c2", "c3"]
+    assert tags(sandbox) == {"v2"}
+    assert sandbox.call("s", "c1", "inc") == 13  # state kept, new behaviour
+    assert {name: sandbox.call("s", name, "pid") for name in pids} == pids  # no restart
+    assert sandbox.get_module_version("s", "counter") == 2
+    assert sandbox.get_sandbox_info("s").modules["counter"] == 2
+
+
+def test_code_change_receives_the_old_state_and_both_versions(sandbox: Host) -> None:
+    """code_change(old_state, old_vsn, new_vsn) runs on the new code and may migrate the state."""
+    sandbox.call("s", "c1", "inc")
+    migrate = 'return {**old_state, "log": old_state["log"] + [(old_vsn, new_vsn)], "count": old_state["count"] * 5}'
+    sandbox.hot_reload_source("s", counter(tag="v2", code_change=migrate), module="counter")
+    state = sandbox.call("s", "c1", "state")
+    assert state["count"] == 5 and state["log"] == [(1, 2)]
+
+
+def test_a_raising_code_change_changes_nothing(sandbox: Host) -> None:
+    """All or nothing: one failing actor leaves every actor's code, state and version as they were."""
+    for name in ("c1", "c2", "c3"):
+        sandbox.call("s", name, "inc")
+    bad = 'if self.name == "c2":\n                    raise ValueError("cannot migrate")\n                return old_state'
+    with pytest.raises(HotReloadError) as caught:
+        sandbox.hot_reload_source("s", counter(tag="v2", code_change=bad), module="counter")
+    assert caught.value.actor == "c2" and "cannot migrate" in caught.value.cause
+    assert tags(sandbox) == {"v1"}
+    assert [sandbox.call("s", name, "inc") for name in ("c1", "c2", "c3")] == [2, 2, 2]
+    history = sandbox.get_version_history("s", "counter")
+    assert history.current_version == 1
+    assert [(v.version, v.status) for v in history.versions] == [(2, "failed"), (1, "current")]
+
+
+def test_reloading_identical_code_is_a_no_op(sandbox: Host, tmp_path: Path) -> None:
+    """The current code again returns the current version and mints no number."""
+    result = sandbox.hot_reload_source("s", counter(), module="counter")
+    assert (result.old_version, result.new_version, result.actors_updated) == (1, 1, [])
+    assert sandbox.get_version_history("s", "counter").total_versions == 1
+
+
+def test_code_identical_to_a_stored_version_switches_to_that_number(sandbox: Host) -> None:
+    """v1 -> v2 -> the v1 source again: it becomes version 1, not 3."""
+    sandbox.hot_reload_source("s", counter(tag="v2"), module="counter")
+    result = sandbox.hot_reload_source("s", counter(), module="counter")
+    assert (result.old_version, result.new_version) == (2, 1)
+    assert tags(sandbox) == {"v1"}
+    assert sandbox.get_version_history("s", "counter").total_versions == 2
+
+
+def test_rollback_goes_through_code_change_and_is_recorded(sandbox: Host) -> None:
+    """rollback_module(k) reloads version k's code with code_change(state, current, k)."""
+    migrate = 'return {**old_state, "log": old_state["log"] + [(old_vsn, new_vsn)]}'
+    sandbox.hot_reload_source("s", counter(tag="v2", code_change=migrate), module="counter")
+    sandbox.hot_reload_source("s", counter(tag="v3", code_change=migrate), module="counter")
+    result = sandbox.rollback_module("s", "counter", 1)
+    assert (result.old_version, result.new_version) == (3, 1)
+    assert tags(sandbox) == {"v1"}
+    assert sandbox.call("s", "c1", "state")["log"] == [(1, 2), (2, 3)]  # v1's code_change keeps the state
+    history = sandbox.get_version_history("s", "counter")
+    assert history.current_version == 1
+    assert {v.version: v.status for v in history.versions} == {3: "previous", 2: "previous", 1: "current"}
+    with pytest.raises(VersionNotFoundError):
+        sandbox.rollback_module("s", "counter", 9)
+
+
+def test_modules_that_import_the_reloaded_module_are_reloaded_with_it(sandbox: Host) -> None:
+    """Reloading fmt re-executes counter (which imports it), so actors see the new function."""
+    sandbox.call("s", "c1", "inc")
+    assert sandbox.call("s", "c1", "label") == "n=1"
+    result = sandbox.hot_reload_source("s", 'def label(n):\n    return f"count is {n}"\n', module="fmt")
+    assert result.module == "fmt" and result.new_version == 2
+    assert sorted(result.actors_updated) == ["c1", "c2", "c3"]
+    assert sandbox.call("s", "c1", "label") == "count is 1"
+    assert sandbox.get_module_version("s", "counter") == 1  # re-executed, same source, same version
+
+
+def test_a_restarted_actor_runs_the_current_version(sandbox: Host) -> None:
+    """After a reload, a crash brings the actor back on the new code, never the original."""
+    sandbox.hot_reload_source("s", counter(tag="v2"), module="counter")
+    with pytest.raises(PluginError):
+        sandbox.call("s", "c2", "crash")
+    assert sandbox.call("s", "c2", "tag") == "v2"
+    sandbox.restart_sandbox("s")
+    assert tags(sandbox) == {"v2"}
+
+
+def test_other_sandboxes_never_see_the_new_code(host: Host, tmp_path: Path) -> None:
+    """Two sandboxes with the same module names: a reload in one is invisible to the other."""
+    host.create_sandbox("a", "root:Root", sandbox_path=make_folder(tmp_path / "a"))
+    host.create_sandbox("b", "root:Root", sandbox_path=make_folder(tmp_path / "b"))
+    host.hot_reload_source("a", counter(tag="v2"), module="counter")
+    assert tags(host, "a") == {"v2"} and tags(host, "b") == {"v1"}
+    assert host.get_module_version("b", "counter") == 1
+
+
+def test_state_handler_replaces_code_change(sandbox: Host) -> None:
+    """A caller's state_handler migrates the state instead of the plugin's code_change."""
+    sandbox.call("s", "c1", "inc")
+    result = sandbox.hot_reload_source("s", counter(tag="v2"), module="counter",
+                                       state_handler=lambda state, old, new: {**state, "count": 100 + old + new})
+    assert result.new_version == 2
+    assert sandbox.call("s", "c1", "inc") == 104
+
+
+def test_no_call_is_lost_duplicated_or_reordered_across_reloads(sandbox: Host) -> None:
+    """A caller doing sequential calls while reloads alternate v1/v2 sees every reply in order."""
+    replies: list[int] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            while not stop.is_set() or len(replies) < 300:
+                replies.append(sandbox.call("s", "c1", "inc"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    sources = [counter(tag="v2"), counter(tag="v1")]
+    for index in range(10):
+        sandbox.hot_reload_source("s", sources[index % 2], module="counter")
+    stop.set()
+    thread.join(timeout=120)
+    assert not errors
+    assert replies == list(range(1, len(replies) + 1))
+
+
+def test_casts_queued_during_a_reload_are_handled_by_the_new_code(sandbox: Host) -> None:
+    """Messages held while actors are prepared are replayed, in order, after the switch."""
+    sandbox.hot_reload_source("s", counter(tag="v2", extra='''
+        def handle_cast(self, message, state):
+            return {**state, "log": state["log"] + [message]}
+    '''), module="counter")
+    for value in range(20):
+        sandbox.cast("s", "c1", value)
+    sandbox.hot_reload_source("s", counter(tag="v3", extra='''
+        def handle_cast(self, message, state):
+            return {**state, "log": state["log"] + [("v3", message)]}
+    '''), module="counter")
+    for value in range(20, 25):
+        sandbox.cast("s", "c1", value)
+    log = sandbox.call("s", "c1", "state")["log"]
+    assert [v if isinstance(v, int) else v[1] for v in log] == list(range(25))
+    assert all(isinstance(v, tuple) for v in log[20:])
+
+
+def test_a_broken_source_is_refused_before_anything_changes(sandbox: Host) -> None:
+    """Syntax and import errors are caught by the isolated compiler; the running code stays."""
+    with pytest.raises(CompilationError):
+        sandbox.hot_reload_source("s", "def broken(:\n", module="counter")
+    with pytest.raises(CompilationError):
+        sandbox.hot_reload_source("s", "import does_not_exist_anywhere\n", module="counter")
+    assert tags(sandbox) == {"v1"}
+    assert sandbox.get_version_history("s", "counter").total_versions == 1
+
+
+def test_a_crash_during_probation_rolls_back_by_itself(sandbox: Host) -> None:
+    """A reloaded actor that crashes inside its probation window takes the sandbox back to the old code."""
+    sandbox.call("s", "c1", "inc")
+    crashy = counter(tag="v2", extra='''
+        def handle_cast(self, message, state):
+            raise RuntimeError("v2 is broken")
+    ''')
+    result = sandbox.hot_reload(
+        "s", sandbox.compile_sandbox(make_folder(Path(sandbox.config.state_dir) / "v2", crashy)), probation=30)
+    assert result.new_version == 2
+    sandbox.cast("s", "c1", "boom")
+    eventually(lambda: sandbox.get_module_version("s", "counter") == 1)
+    assert eventually(lambda: tags(sandbox) == {"v1"})
+    history = sandbox.get_version_history("s", "counter")
+    assert {v.version: v.status for v in history.versions} == {2: "failed", 1: "current"}
+
+
+def test_history_survives_the_host_and_recreation_continues_numbering(config: HostConfig, tmp_path: Path) -> None:
+    """The registry persists in state_dir: history after a restart, numbering continues, identical code dedupes."""
+    folder = make_folder(tmp_path / "code")
+    with Host(config) as host:
+        host.create_sandbox("s", "root:Root", sandbox_path=folder)
+        host.hot_reload_source("s", counter(tag="v2"), module="counter")
+    with Host(config) as host:
+        history = host.get_version_history("s", "counter")
+        assert (history.current_version, history.total_versions) == (2, 2)
+        info = host.create_sandbox("s", "root:Root", sandbox_path=folder)  # v1's source again
+        assert info.modules["counter"] == 1
+        result = host.hot_reload_source("s", counter(tag="v3"), module="counter")
+        assert result.new_version == 3
+        with pytest.raises(UnknownModuleError):
+            host.get_module_version("s", "nothing")
+
+
+def test_batch_hot_reload_reports_per_sandbox(host: Host, tmp_path: Path) -> None:
+    """One missing sandbox does not stop the others."""
+    host.create_sandbox("a", "root:Root", sandbox_path=make_folder(tmp_path / "a"))
+    host.create_sandbox("b", "root:Root", sandbox_path=make_folder(tmp_path / "b"))
+    info = host.compile_sandbox(make_folder(tmp_path / "new", counter(tag="v2")))
+    results = host.batch_hot_reload(["a", "missing", "b"], info)
+    assert results[0].new_version == 2 and results[2].new_version == 2
+    assert isinstance(results[1], LookupError)
+    assert tags(host, "a") == tags(host, "b") == {"v2"}
