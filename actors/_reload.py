@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from thespian.actors import ActorExitRequest
 
 from . import _messages as m
 from ._base import describe_exception
-from ._codeswap import Staged
+from ._codeswap import Staged, sandbox_finder
 
 __all__ = ["ReloadCoordinator"]
 
@@ -46,6 +47,8 @@ class ReloadCoordinator:
     modules: dict[str, int]
     phase: str
     reload: _Reload | None = None
+    committed_ns = 0
+    """When the last reload committed (``time.time_ns()``)."""
 
     def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:  # noqa: N802
         """Reload code across the sandbox (see the module docstring)."""
@@ -93,10 +96,19 @@ class ReloadCoordinator:
             if not reload.waiting:
                 self._finish_reload()
 
-    def reload_child_up(self, name: str) -> None:
-        """A child forked mid-reload runs the staged code: restart it if the reload aborts."""
+    def reload_child_up(self, name: str, incarnation: int, address: Any) -> None:
+        """A child came up: make sure it runs the current code.
+
+        Forked mid-reload, it runs the staged code (restarted if the reload aborts); forked
+        before the last commit but up only after it, it missed the commit: it loads the
+        current code now.  (Incarnations are spawn times in ns.)
+        """
         if self.reload is not None:
             self.reload.restarted.append(name)
+        elif incarnation < self.committed_ns:
+            sources = sandbox_finder().table.as_wire()
+            versions = {module: (version, version) for module, version in self.modules.items()}
+            self.send(address, m.LoadCode("catch-up", sources, sorted(sources), versions, None, False, 30.0))
 
     def reload_timeout(self, reload_id: str) -> None:
         """The reload's deadline passed with actors still silent."""
@@ -128,6 +140,7 @@ class ReloadCoordinator:
             else:
                 self.send(address, m.LoadCode(request.reload_id, request.sources, request.order, request.versions,
                                               None, False, request.timeout))
+        self.committed_ns = time.time_ns()
         self.commit_versions({module: new for module, (_, new) in request.versions.items()})
         self.send(reload.admin, m.SandboxReloaded(request.reload_id, True, tuple(sorted(reload.updated))))
 

@@ -151,7 +151,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
-        self.reload_child_up(msg.name)
+        self.reload_child_up(msg.name, msg.incarnation, msg.address)
         if self.phase != "starting":
             self._report("failed" if self.phase == "failed" else "running")
 

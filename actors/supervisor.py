@@ -8,7 +8,6 @@ strategies and restart intensity decide what happens next.
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import time
@@ -32,17 +31,14 @@ from .worker import WorkerActor
 
 __all__ = ["ChildSpec", "Supervisor", "SupervisorActor"]
 
-_incarnations: tuple[int, Any] = (0, None)
+_last_incarnation = 0
 
 
 def _next_incarnation() -> int:
-    """A number no other incarnation of this host will have (the counter is reseeded after fork)."""
-    global _incarnations
-    pid, counter = _incarnations
-    if pid != os.getpid():
-        counter = itertools.count(time.time_ns())
-        _incarnations = (os.getpid(), counter)
-    return int(next(counter))
+    """When this incarnation was spawned, in ns: unique per host, and ordered against reload commits."""
+    global _last_incarnation
+    _last_incarnation = max(time.time_ns(), _last_incarnation + 1)
+    return _last_incarnation
 
 
 @attrs.define

@@ -140,16 +140,15 @@ class ActorSystemHandle:
             if self.closed or self.system is None:
                 raise HostClosedError("the host is closed")
             return self.system
-        ctx = getattr(self._local, "ctx", None)
-        if ctx is None:
+        mailbox = getattr(self._local, "mailbox", None)
+        if mailbox is None:
             if self.closed or self.system is None:
                 raise HostClosedError("the host is closed")
             manager = self.system.private()
-            ctx = manager.__enter__()
-            self._local.ctx = ctx
+            mailbox = self._local.mailbox = _Mailbox(manager.__enter__())
             with self._lock:
-                self._contexts.append((manager, ctx))
-        return ctx
+                self._contexts.append((manager, mailbox.ctx))
+        return mailbox
 
     def create_actor(self, actor_class: Any, global_name: str | None = None) -> Any:
         """Create a top-level actor (the admin)."""
@@ -162,7 +161,11 @@ class ActorSystemHandle:
         Returns:
             The reply; ``None`` on timeout; :data:`DEAD` when the target does not exist.
         """
-        return self.send(address, message).wait(timeout)
+        pending = self.send(address, message)
+        try:
+            return pending.wait(timeout)
+        finally:
+            pending.close()
 
     def send(self, address: Any, message: Any) -> Pending:
         """Send ``message`` and return a handle to wait for its reply (see :class:`Pending`)."""
@@ -174,7 +177,8 @@ class ActorSystemHandle:
             with self._serial:
                 self._context().tell(address, message)
             return
-        self._context().tell(address, message)
+        self._context().ctx.tell(address, message)
+
     # -- stop -----------------------------------------------------------------------------------
 
     def process_tree(self) -> list[psutil.Process]:
@@ -233,6 +237,20 @@ class ActorSystemHandle:
             alive = [p for p in alive if _running(p)]
 
 
+class _Mailbox:
+    """One thread's private context, and replies that arrived while it waited for another one.
+
+    A thread may wait for a second reply (an admin lookup) while its call is in flight; the
+    call's reply arriving meanwhile is kept here, not dropped.  Replies to requests nobody
+    waits for any more (timed out) are dropped.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.active: set[str] = set()
+        self.stash: dict[str, Any] = {}
+
+
 class Pending:
     """One request in flight from this thread's context, and whether it reached its target.
 
@@ -242,18 +260,21 @@ class Pending:
     send again), and a message delivered whose reply has not come (yet).
     """
 
-    def __init__(self, handle: ActorSystemHandle, ctx: Any, address: Any, message: Any) -> None:
+    def __init__(self, handle: ActorSystemHandle, mailbox: Any, address: Any, message: Any) -> None:
         self.corr: str = message.corr
         self.delivered = False
         self.refused = False
-        self._handle, self._ctx = handle, ctx
+        self._handle = handle
         if handle._serial is not None:  # simpleSystemBase: synchronous, nothing to track
+            self._ctx, self._mailbox = mailbox, None
             with handle._serial:
-                self._first = ctx.ask(address, message, 0)
+                self._first = mailbox.ask(address, message, 0)
             self.delivered = True
             return
+        self._ctx, self._mailbox = mailbox.ctx, mailbox
+        mailbox.active.add(self.corr)
         self._first = None
-        base = ctx._systemBase  # Thespian internals: the context's transport
+        base = self._ctx._systemBase  # Thespian internals: the context's transport
         base.transport.scheduleTransmit(None, TransmitIntent(address, message, onSuccess=self._sent,
                                                              onError=self._failed))
 
@@ -272,19 +293,29 @@ class Pending:
                 if reply is None:
                     reply = self._ctx.listen(timeout)
                 return reply if getattr(reply, "corr", None) == self.corr else None
-        base = self._ctx._systemBase
+        mailbox, base = self._mailbox, self._ctx._systemBase
         deadline = time.monotonic() + timeout
         while not self.refused:
+            if self.corr in mailbox.stash:
+                return mailbox.stash.pop(self.corr)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             response = base._run_transport(timedelta(seconds=left))
-            if isinstance(response, ReceiveEnvelope):
-                message = response.message
-                if not isInternalActorSystemMessage(message) and getattr(message, "corr", None) == self.corr:
-                    return message
-                # anything else is a stale reply to an earlier, timed-out request: drop it
+            if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
+                corr = getattr(response.message, "corr", None)
+                if corr == self.corr:
+                    return response.message
+                if corr in mailbox.active:  # another request of this thread: keep it for that one
+                    mailbox.stash[corr] = response.message
+                # anything else answers a request nobody waits for any more: drop it
         return DEAD
+
+    def close(self) -> None:
+        """Stop waiting for this request: a reply arriving later is dropped."""
+        if self._mailbox is not None:
+            self._mailbox.active.discard(self.corr)
+            self._mailbox.stash.pop(self.corr, None)
 
 
 def _in_group(proc: psutil.Process, pgid: int) -> bool:

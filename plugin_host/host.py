@@ -321,6 +321,23 @@ class Host(ReloadMethods):
             raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering",
                               actor=dead.name, type_name="ProcessDied")
 
+    def _await(self, pending: Any, ref: ActorRef, deadline: float, check_liveness: bool) -> Any:
+        """Wait for a call's reply, checking now and then that its actor still runs."""
+        reply = pending.wait(_slice(deadline, 0))
+        attempt = 0
+        while reply is None and time.monotonic() < deadline:
+            attempt += 1
+            if check_liveness and not self._still_running(ref):
+                self._mark_gone(ref)
+                # Its last words (a Failed reply) may still be on their way.
+                reply = pending.wait(min(_GRACE, max(0.001, deadline - time.monotonic())))
+                if reply is None:
+                    self._check_not_run(ref, pending.corr, deadline)
+                    reply = DEAD  # it died before starting this call: safe to send it again
+                break
+            reply = pending.wait(_slice(deadline, attempt))
+        return reply
+
     def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
         """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
 
@@ -349,19 +366,10 @@ class Host(ReloadMethods):
             via_admin = (sandbox_id, name) in self._casted
             target = self._admin if via_admin else ref.address
             pending = self._system.send(target, attrs.evolve(call, incarnation=None) if via_admin else call)
-            reply = pending.wait(_slice(deadline, 0))
-            attempt = 0
-            while reply is None and time.monotonic() < deadline:
-                attempt += 1
-                if not via_admin and not self._still_running(ref):
-                    self._mark_gone(ref)
-                    # Its last words (a Failed reply) may still be on their way.
-                    reply = pending.wait(min(_GRACE, max(0.001, deadline - time.monotonic())))
-                    if reply is None:
-                        self._check_not_run(ref, call.corr, deadline)
-                        reply = DEAD  # it died before starting this call: safe to send it again
-                    break
-                reply = pending.wait(_slice(deadline, attempt))
+            try:
+                reply = self._await(pending, ref, deadline, check_liveness=not via_admin)
+            finally:
+                pending.close()
             if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
                 self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
                 continue

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from plugin_host.values import Artifact
 import pytest
 
 from plugin_host import messages
@@ -36,6 +38,9 @@ SAMPLES: dict[str, Any] = {
     "error": BadRequestError("bad"),
     "address": ("127.0.0.1", 1900),
     "incarnation": 3,
+    "artifacts": [Artifact("counter", "counter.py", "0" * 64, "X = 1\n")],
+    "module": "counter",
+    "version": 2,
 }
 
 
