@@ -118,7 +118,10 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     # -- tree state ------------------------------------------------------------------------
 
     def on_started(self) -> None:
-        """Every top-level child runs: the sandbox is up."""
+        """Every actor of the tree runs: tell each where the others are; the sandbox is up."""
+        everyone = m.DirectoryUpdate(dict(self.directory))
+        for address, _ in self.live.values():
+            self.send(address, everyone)
         self._report("running")
 
     def on_all_down(self) -> None:
@@ -146,9 +149,10 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
                                          "running", msg.supervisor, msg.kind)
         self.live[msg.name] = (msg.address, msg.incarnation)
         self.directory[msg.name] = msg.address
-        update = m.DirectoryUpdate({msg.name: msg.address})
-        for name, (address, _) in self.live.items():
-            self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
+        if self.phase != "starting":  # at start-up, everyone gets the whole directory once, at the end
+            update = m.DirectoryUpdate({msg.name: msg.address})
+            for name, (address, _) in self.live.items():
+                self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
         self.reload_child_up(msg.name, msg.incarnation, msg.address)

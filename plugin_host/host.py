@@ -183,10 +183,14 @@ class Host(ReloadMethods):
         Raises:
             SandboxExistsError: the id is taken.
             CompilationError: a module of the folder does not compile.
+            SecurityViolationError: the ``restricted`` profile's scan found something.
             SandboxStartError: import, spec or ``init`` failure, or start timeout
                 (``InvalidSpecError`` for a bad spec).
             BadRequestError: a malformed argument (e.g. the id).
         """
+        if sandbox_path is not None and os.path.isdir(sandbox_path):
+            # Syntax and the security scan here, in the caller (cached): the admin only reads the folder.
+            self.compile_sandbox(sandbox_path, validate=False, security_profile=security_profile)
         request = self._create_request(sandbox_id, supervisor, sandbox_path=sandbox_path, args=args, limits=limits,
                                        security_profile=security_profile, requirements=requirements)
         timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK

@@ -255,3 +255,17 @@ def test_a_failing_plugin_never_disturbs_another_sandbox(host: Host) -> None:
             host.call("wild", "a", how)
     assert host.call("calm", "counter", "pid") == calm
     assert host.call("calm", "counter", "inc") == 2
+
+
+def test_restricted_profile_refuses_a_sandbox_that_spawns_processes(host: Host, tmp_path: Path) -> None:
+    """create_sandbox runs the security scan: restricted refuses subprocess with file and line."""
+    from plugin_host.errors import SecurityViolationError
+
+    folder = tmp_path / "sneaky"
+    folder.mkdir()
+    (folder / "root.py").write_text("import subprocess\nfrom actors import Supervisor\nclass Root(Supervisor):\n    pass\n")
+    with pytest.raises(SecurityViolationError) as caught:
+        host.create_sandbox("s", "root:Root", sandbox_path=str(folder), security_profile="restricted")
+    assert caught.value.errors[0][1] == 1
+    info = host.create_sandbox("s", "root:Root", sandbox_path=str(folder), security_profile="standard")
+    assert info.status == "running"
