@@ -1,13 +1,17 @@
 """``plugin-host demo``: a guided tour of the embedded default host, in a few seconds.
 
 Create a sandbox and call it, crash an actor (an exception, then a segfault) and watch its
-supervisor bring it back, drive a sandbox past its restart intensity so that it fails next
-to a healthy one, show the info table, and clean up.
+supervisor bring it back, hot-reload the counter with its count kept, refuse a reload whose
+``code_change`` raises, roll back to the first version (each with the version history),
+drive a sandbox past its restart intensity so that it fails next to a healthy one, show the
+info table, and clean up.  The host keeps its registry in a scratch folder, so every run
+tells the same story and leaves no history behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -15,15 +19,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.markup import escape
 
-from .errors import CallTimeoutError, PluginHostError
-from .values import ChildInfo, SandboxInfo
+from .config import HostConfig
+from .errors import CallTimeoutError, HotReloadError, PluginHostError
+from .values import ChildInfo, SandboxInfo, VersionHistory
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from .host import Host
 
-__all__ = ["run_demo", "samples_folder"]
+__all__ = ["run_demo", "samples_folder", "scratch_state_dir"]
 
 _WAIT = 15.0  # seconds to wait for a restart or a failure before giving up
 
@@ -82,6 +87,33 @@ class Fragile(Root):
 }
 _FALLBACK["crashy/counter.py"] = _FALLBACK["counter/counter.py"]
 
+# The counter's next versions, written over a copy of its folder (samples/ is never touched).
+_COUNTER_NEXT = '''
+from actors import Plugin
+
+class Counter(Plugin):
+    vsn = VSN
+
+    def init(self, args):
+        return {"count": (args or {}).get("start", 0), "step": 10}
+
+    def handle_call(self, request, state):
+        if request == "inc":
+            state = {**state, "count": state["count"] + state["step"]}
+        elif request == "migrated":
+            return state.get("migrated"), state
+        return state["count"], state
+
+    def code_change(self, old_state, old_vsn, new_vsn):
+        CODE_CHANGE
+'''
+# Version 2 counts by ten; its code_change migrates version 1's state ({"count": n}).
+_COUNTER_V2 = _COUNTER_NEXT.replace("VSN", "2").replace(
+    "CODE_CHANGE", 'return {**old_state, "step": 10, "migrated": f"from version {old_vsn} to {new_vsn}"}')
+# Version 3 cannot migrate: its code_change raises, so the reload must change nothing.
+_COUNTER_V3 = _COUNTER_NEXT.replace("VSN", "3").replace(
+    "CODE_CHANGE", 'raise ValueError("version 3 cannot migrate this state")')
+
 
 @contextlib.contextmanager
 def samples_folder(shipped: Path | None = None) -> Iterator[Path]:
@@ -102,8 +134,28 @@ def samples_folder(shipped: Path | None = None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def run_demo(host: Host, samples: Path, console: Console, table: Callable[[list[SandboxInfo]], Any]) -> None:
-    """Run the tour on ``host``; ``table`` renders sandbox infos for ``console``.
+@contextlib.contextmanager
+def scratch_state_dir(config: HostConfig | None = None) -> Iterator[Path]:
+    """A fresh ``state_dir`` inside the configured one, removed afterwards.
+
+    The demo's sandbox ids are fixed, and the registry continues a sandbox id's numbering
+    across runs: a scratch registry keeps every run's version history the same.
+
+    Args:
+        config: where the configured ``state_dir`` is (default: ``HostConfig()``).
+    """
+    parent = Path((config or HostConfig()).state_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="demo-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_demo(host: Host, samples: Path, console: Console, table: Callable[[list[SandboxInfo]], Any],
+             history: Callable[[VersionHistory], Any]) -> None:
+    """Run the tour on ``host``; ``table`` and ``history`` render infos and version histories for ``console``.
 
     Raises:
         PluginHostError: a step did not go as the tour expects.
@@ -111,9 +163,12 @@ def run_demo(host: Host, samples: Path, console: Console, table: Callable[[list[
     _step(console, f"A host runs: its actor system listens on {host.config.bind_address}:{host.admin_port}")
     _counter(host, samples, console)
     _crash_and_restart(host, samples, console)
-    # Later steps go here, once the host supports them (do not fake them before):
-    #   - hot reload with state kept: hot_reload_source on "counter", same count after;
-    #   - rollback: rollback_module back to version 1, count still kept.
+    with tempfile.TemporaryDirectory(prefix="plugin-host-demo-") as tmp:
+        folder = Path(shutil.copytree(samples / "counter", Path(tmp) / "counter",
+                                      ignore=shutil.ignore_patterns("__pycache__")))
+        _reload_keeping_state(host, folder, console, history)
+        _failed_reload(host, folder, console, history)
+    _rollback(host, console, history)
     _fail_past_intensity(host, samples, console)
     _step(console, "Every sandbox, as the host sees it")
     console.print(table(host.list_sandboxes()))
@@ -154,6 +209,41 @@ def _crash_and_restart(host: Host, samples: Path, console: Console) -> None:
                       f"from pid {pid} (was {before.pid})")
     _say(console, f"its sibling 'steady' never noticed: still pid {host.call('crashy', 'steady', 'pid')} "
                   f"(was {steady})")
+
+
+def _reload_keeping_state(host: Host, folder: Path, console: Console,
+                          history: Callable[[VersionHistory], Any]) -> None:
+    _step(console, "Hot-reload 'counter' with a version that counts by 10: its actor keeps running, and its count")
+    before = host.call("counter", "counter", "get")
+    (folder / "counter.py").write_text(_COUNTER_V2.lstrip())
+    result = host.hot_reload("counter", host.compile_sandbox(folder))
+    _say(console, f"hot_reload -> version {result.old_version} -> {result.new_version}, "
+                  f"actors updated: {escape(str(result.actors_updated))}")
+    _say(console, f"call('counter', 'counter', 'inc') -> {host.call('counter', 'counter', 'inc')} (was {before}); "
+                  f"code_change migrated its state {host.call('counter', 'counter', 'migrated')}")
+    console.print(history(host.get_version_history("counter", "counter")))
+
+
+def _failed_reload(host: Host, folder: Path, console: Console, history: Callable[[VersionHistory], Any]) -> None:
+    _step(console, "Hot-reload a version whose code_change raises: all or nothing, so nothing changes")
+    (folder / "counter.py").write_text(_COUNTER_V3.lstrip())
+    try:
+        host.hot_reload("counter", host.compile_sandbox(folder))
+    except HotReloadError as exc:
+        _say(console, f"hot_reload -> [red]HotReloadError[/]: {escape(str(exc).splitlines()[0])}")
+    else:
+        raise HotReloadError("demo: a raising code_change was accepted", actor="counter", cause="no error")
+    _say(console, f"still version {host.get_module_version('counter', 'counter')}, still counting by 10: "
+                  f"inc -> {host.call('counter', 'counter', 'inc')}")
+    console.print(history(host.get_version_history("counter", "counter")))
+
+
+def _rollback(host: Host, console: Console, history: Callable[[VersionHistory], Any]) -> None:
+    _step(console, "Roll 'counter' back to version 1: counting by one again, from the same count")
+    result = host.rollback_module("counter", "counter", 1)
+    _say(console, f"rollback_module('counter', 'counter', 1) -> version {result.old_version} -> "
+                  f"{result.new_version}; inc -> {host.call('counter', 'counter', 'inc')}")
+    console.print(history(host.get_version_history("counter", "counter")))
 
 
 def _fail_past_intensity(host: Host, samples: Path, console: Console) -> None:

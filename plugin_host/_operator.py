@@ -1,23 +1,37 @@
 """Operator access to a host that runs in another process, through its admin port.
 
-The ``status`` and ``destroy`` commands attach to the actor system a ``Host`` already runs
+The ``status``, ``destroy``, ``reload``, ``rollback`` and ``history`` commands attach to the actor system a ``Host`` already runs
 and speak the ``plugin_host.messages`` protocol to its admin actor.  They never start that
 system and never shut it down: closing an :class:`AdminClient` only detaches from it.
+Compilation needs no host: :func:`compile_path` runs the isolated compiler locally, the
+way ``Host.compile_sandbox`` does, and ``reload`` sends its artifacts to the admin.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
 import attrs
 
+from . import compiler
 from .config import HostConfig
 from .errors import CallTimeoutError, HostStartError, PluginHostError
-from .messages import ADMIN_GLOBAL_NAME, DestroySandbox, Failed, ListSandboxes, Request
+from .messages import (
+    ADMIN_GLOBAL_NAME,
+    DestroySandbox,
+    Failed,
+    GetVersionHistory,
+    HotReload,
+    ListSandboxes,
+    Request,
+    RollbackModule,
+)
 from ._system import DEAD, ActorSystemHandle
-from .values import SandboxInfo
+from .values import Artifact, CompileInfo, ReloadResult, SandboxInfo, VersionHistory
 
-__all__ = ["AdminClient"]
+__all__ = ["AdminClient", "compile_path"]
 
 _SLACK = 5.0  # seconds on top of the admin's own deadlines, so that it answers first
 
@@ -86,3 +100,54 @@ class AdminClient:
             SandboxNotFoundError: no such sandbox.
         """
         self.request(DestroySandbox(sandbox_id=sandbox_id), 2 * self.config.shutdown_timeout + _SLACK)
+
+    def hot_reload(self, sandbox_id: str, artifacts: Sequence[Artifact]) -> ReloadResult:
+        """Swap compiled code into a running sandbox, as ``Host.hot_reload`` does.
+
+        Raises:
+            HotReloadError: an actor refused the code; the old code and state were kept.
+            SandboxNotFoundError: no such sandbox.
+        """
+        timeout = self.config.reload_timeout
+        request = HotReload(sandbox_id=sandbox_id, artifacts=list(artifacts), timeout=timeout)
+        return self.request(request, timeout + _SLACK)  # type: ignore[no-any-return]
+
+    def rollback_module(self, sandbox_id: str, module: str, version: int) -> ReloadResult:
+        """Hot-reload the stored code of ``version``, as ``Host.rollback_module`` does.
+
+        Raises:
+            VersionNotFoundError: the registry has no such version.
+            HotReloadError: an actor refused the code; the old code and state were kept.
+        """
+        timeout = self.config.reload_timeout
+        request = RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout)
+        return self.request(request, timeout + _SLACK)  # type: ignore[no-any-return]
+
+    def get_version_history(self, sandbox_id: str, module: str) -> VersionHistory:
+        """Every stored version of ``module`` in the sandbox, newest first.
+
+        Raises:
+            UnknownModuleError: the registry knows no such module for that sandbox.
+        """
+        request = GetVersionHistory(sandbox_id=sandbox_id, module=module)
+        return self.request(request, self.config.call_timeout + _SLACK)  # type: ignore[no-any-return]
+
+
+def compile_path(path: str | os.PathLike[str], config: HostConfig | None = None, *,
+                 security_profile: str | None = None) -> CompileInfo:
+    """Compile a sandbox folder, or one module file with its folder importable, in a separate process.
+
+    Uses the same timeout, security profile and result cache (under ``state_dir``) as a
+    ``Host`` with this configuration would.
+
+    Raises:
+        CompilationError: syntax or import errors (``errors`` lists file, line, message).
+        CompilationTimeoutError: the import-time validation ran past the compile timeout.
+        SecurityViolationError: the ``restricted`` profile found something.
+    """
+    config = config or HostConfig()
+    options: dict[str, Any] = {"timeout": config.compile_timeout, "cache_dir": Path(config.state_dir) / "compile-cache",
+                               "security_profile": security_profile or config.security_profile}
+    if Path(path).is_file():
+        return compiler.compile_file(path, **options)
+    return compiler.compile_sandbox(path, **options)

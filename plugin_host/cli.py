@@ -1,4 +1,4 @@
-"""The ``plugin-host`` command: a guided demo, serving a sandbox, and operator commands.
+"""The ``plugin-host`` command: a guided demo, serving (and watching) a sandbox, and operator commands.
 
 Output goes through ``rich`` (colour and tables on a terminal, plain text otherwise), which
 is imported only when a command runs, so importing ``plugin_host`` never pulls it in.
@@ -13,21 +13,26 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import attrs
 
+from .config import SECURITY_PROFILES
 from .errors import PluginHostError
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from .values import SandboxInfo
+    from ._watch import ReloadReport
+    from .host import Host
+    from .values import CompileInfo, ReloadResult, SandboxInfo, VersionHistory
 
 __all__ = ["main"]
 
-_STATUS_STYLES = {"running": "green", "starting": "yellow", "failed": "bold red", "lost": "red", "stopped": "dim"}
+_STATUS_STYLES = {"running": "green", "starting": "yellow", "failed": "bold red", "lost": "red", "stopped": "dim",
+                  "current": "green", "previous": "dim"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except PluginHostError as exc:
-        _console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False)
+        _console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -59,22 +64,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plugin-host", description="Isolated, supervised plugin sandboxes.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser("demo", help="a guided tour: create, call, crash and restart, fail, clean up")
+    demo = commands.add_parser("demo", help="a guided tour: create, crash and restart, hot reload, roll back, fail")
     demo.set_defaults(handler=_demo)
     run = commands.add_parser("run", help="serve one sandbox until SIGINT or SIGTERM")
     run.add_argument("path", metavar="PATH", help="folder of the sandbox's Python source")
     run.add_argument("--supervisor", required=True, metavar="MOD:CLASS", help="root supervisor, e.g. root:Root")
     run.add_argument("--id", dest="sandbox_id", metavar="ID", help="sandbox id (default: the folder's name)")
     run.add_argument("--admin-port", type=int, metavar="N", help="admin port (default: a free one)")
+    run.add_argument("--watch", action="store_true", help="hot-reload the sandbox whenever a file of PATH is saved")
     run.set_defaults(handler=_run)
-    status = commands.add_parser("status", help="list the sandboxes of a running host")
-    status.add_argument("--port", type=int, required=True, metavar="N", help="the host's admin port")
+    _operator_parsers(commands)
+    return parser
+
+
+def _operator_parsers(commands: Any) -> None:
+    """The commands that talk to a running host through its admin port (and ``compile``, which needs none)."""
+    status = _with_port(commands.add_parser("status", help="list the sandboxes of a running host"))
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(handler=_status)
     destroy = commands.add_parser("destroy", help="destroy a sandbox of a running host")
     destroy.add_argument("sandbox_id", metavar="ID")
-    destroy.add_argument("--port", type=int, required=True, metavar="N", help="the host's admin port")
-    destroy.set_defaults(handler=_destroy)
+    _with_port(destroy).set_defaults(handler=_destroy)
+    compile_ = commands.add_parser("compile", help="compile a sandbox folder or module locally and report")
+    compile_.add_argument("path", metavar="PATH", help="a sandbox folder, or one module file of it")
+    compile_.add_argument("--security-profile", choices=SECURITY_PROFILES, help="default: the configured one")
+    compile_.set_defaults(handler=_compile)
+    reload = commands.add_parser("reload", help="compile PATH locally and hot-reload it into a running sandbox")
+    reload.add_argument("sandbox_id", metavar="ID")
+    reload.add_argument("path", metavar="PATH", help="the sandbox folder, or one module file of it")
+    _with_port(reload).set_defaults(handler=_reload)
+    rollback = commands.add_parser("rollback", help="hot-reload a stored version of a module of a running sandbox")
+    rollback.add_argument("sandbox_id", metavar="ID")
+    rollback.add_argument("module", metavar="MODULE")
+    rollback.add_argument("version", type=int, metavar="VERSION")
+    _with_port(rollback).set_defaults(handler=_rollback)
+    history = commands.add_parser("history", help="the stored versions of a module, newest first")
+    history.add_argument("sandbox_id", metavar="ID")
+    history.add_argument("module", metavar="MODULE")
+    history.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _with_port(history).set_defaults(handler=_history)
+
+
+def _with_port(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--port", type=int, required=True, metavar="N", help="the host's admin port")
     return parser
 
 
@@ -106,17 +138,60 @@ def _table_for(console: Console) -> Callable[[list[SandboxInfo]], RenderableType
     return lambda infos: _info_table(infos, plain=not console.is_terminal)
 
 
+def _history_table(history: VersionHistory, *, plain: bool = False) -> RenderableType:
+    """A table of a module's versions, newest first: version, status, when loaded, checksum prefix."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None if plain else box.ROUNDED, header_style="bold")
+    for column in ("version", "status", "loaded_at", "checksum"):
+        table.add_column(column, justify="right" if column == "version" else "left")
+    for version in history.versions:
+        table.add_row(str(version.version), Text(version.status, style=_STATUS_STYLES.get(version.status, "")),
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version.loaded_at)), version.checksum[:12])
+    return table
+
+
+def _history_for(console: Console) -> Callable[[VersionHistory], RenderableType]:
+    return lambda history: _history_table(history, plain=not console.is_terminal)
+
+
+def _artifacts_table(info: CompileInfo, root: Path, *, plain: bool = False) -> RenderableType:
+    """A table of compiled modules: name, file (relative to ``root`` where it can be), checksum prefix, lines."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=None if plain else box.ROUNDED, header_style="bold")
+    for column in ("module", "path", "checksum", "lines"):
+        table.add_column(column, justify="right" if column == "lines" else "left")
+    for artifact in info.artifacts:
+        path = Path(artifact.path)
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        table.add_row(artifact.module, str(shown), artifact.checksum[:12], str(len(artifact.source.splitlines())))
+    return table
+
+
+def _reload_line(result: ReloadResult, verb: str = "reloaded") -> str:
+    """One line for a ``ReloadResult``: which module moved from which version to which, and where."""
+    if result.old_version == result.new_version and not result.actors_updated:
+        return f"no change: {result.sandbox_id}/{result.module} already runs version {result.new_version}"
+    actors = ", ".join(result.actors_updated) or "none"
+    return (f"{verb} {result.sandbox_id}/{result.module}: version {result.old_version} -> {result.new_version}; "
+            f"actors updated: {actors}")
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo, samples_folder
+    from ._demo import run_demo, samples_folder, scratch_state_dir
     from .host import Host
 
     console = _console()
     console.print("[bold]plugin-host demo[/]: isolated, supervised plugin sandboxes", highlight=False)
-    with samples_folder() as samples, Host() as host:
-        run_demo(host, samples, console, _table_for(console))
+    with samples_folder() as samples, scratch_state_dir() as state_dir, Host(state_dir=state_dir) as host:
+        run_demo(host, samples, console, _table_for(console), _history_for(console))
     console.print("\n[green]Done.[/]")
     return 0
 
@@ -125,22 +200,61 @@ def _run(args: argparse.Namespace) -> int:
     from .host import Host
 
     console = _console()
-    sandbox_id = args.sandbox_id or Path(args.path).resolve().name
     overrides = {} if args.admin_port is None else {"admin_port": args.admin_port}
     stop = threading.Event()
     previous = _on_signals(lambda *_: stop.set())
     try:
         with Host(**overrides) as host:
-            info = host.create_sandbox(sandbox_id, args.supervisor, sandbox_path=args.path)
-            console.print(_table_for(console)([info]))
-            console.print(f"admin port: {host.admin_port}", highlight=False)
-            console.print(f"serving {sandbox_id!r}; Ctrl-C or SIGTERM stops", highlight=False)
-            while not stop.wait(0.5):  # a timed wait, so the signal handler gets to run promptly
-                pass
+            _serve(host, args, console, stop)
             console.print("stopping", highlight=False)
     finally:
         _restore_signals(previous)
     return 0
+
+
+def _serve(host: Host, args: argparse.Namespace, console: Console, stop: threading.Event) -> None:
+    """Create the sandbox and wait for ``stop``; with ``--watch``, hot-reload on every save meanwhile."""
+    from ._watch import Watcher
+
+    sandbox_id = args.sandbox_id or Path(args.path).resolve().name
+    # Made before the sandbox, so an edit saved while it starts is not missed.
+    watcher = Watcher(host, sandbox_id, args.path, _reporter(console)) if args.watch else None
+    info = host.create_sandbox(sandbox_id, args.supervisor, sandbox_path=args.path)
+    console.print(_table_for(console)([info]))
+    console.print(f"admin port: {host.admin_port}", highlight=False)
+    if watcher is not None:
+        watcher.start()
+        console.print(f"watching {str(watcher.snapshot.root)!r}: a save hot-reloads the sandbox", highlight=False)
+    console.print(f"serving {sandbox_id!r}; Ctrl-C or SIGTERM stops", highlight=False)
+    try:
+        # A timed wait, so the signal handler gets to run promptly; a watcher that died ends it too.
+        while not stop.wait(0.5) and (watcher is None or watcher.alive):
+            pass
+    finally:
+        if watcher is not None:
+            watcher.stop()  # before the host closes: a reload under way finishes first
+
+
+def _reporter(console: Console) -> Callable[[ReloadReport], None]:
+    return lambda report: _print_report(console, report)
+
+
+def _print_report(console: Console, report: ReloadReport) -> None:
+    """Print one watch-mode reload: the versions that changed, or the error and what still runs."""
+    from rich.text import Text
+
+    head = f"[{time.strftime('%H:%M:%S')}] {', '.join(report.files)} changed: "
+    if report.error is not None:
+        running = ", ".join(f"{module} v{version}" for module, version in report.running.items()) or "nothing"
+        console.print(Text(f"{head}reload failed, the running version stays ({running})", style="red"), soft_wrap=True)
+        console.print(Text(f"  {type(report.error).__name__}: {report.error}", style="red"), soft_wrap=True)
+    elif not report.versions:
+        console.print(Text(f"{head}no change to the running code"), soft_wrap=True)
+    else:
+        moved = ", ".join(f"{module} {'(new)' if old is None else f'v{old}'} -> v{new}"
+                          for module, (old, new) in report.versions.items())
+        actors = ", ".join(report.actors_updated) or "none"
+        console.print(Text(f"{head}reloaded {moved}; actors updated: {actors}", style="green"), soft_wrap=True)
 
 
 def _on_signals(handler: Callable[..., None]) -> dict[int, Any]:
@@ -178,6 +292,63 @@ def _destroy(args: argparse.Namespace) -> int:
         client.destroy_sandbox(args.sandbox_id)
     _console().print(f"destroyed {args.sandbox_id!r}", highlight=False)
     return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from ._operator import compile_path
+
+    info = compile_path(args.path, security_profile=args.security_profile)
+    console = _console()
+    root = Path(args.path).resolve()
+    console.print(_artifacts_table(info, root if root.is_dir() else root.parent, plain=not console.is_terminal))
+    if info.output.strip():
+        console.print(info.output.rstrip(), markup=False, highlight=False, soft_wrap=True)
+    cached = " (from the cache)" if info.cached else ""
+    console.print(f"compiled {len(info.artifacts)} module(s) in {info.compilation_time:.0f} ms{cached}",
+                  highlight=False)
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from ._operator import AdminClient, compile_path
+
+    info = compile_path(args.path)  # locally and first: broken code never reaches the host
+    with AdminClient(args.port) as client:
+        result = client.hot_reload(args.sandbox_id, info.artifacts)
+    _console().print(_reload_line(result), markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from ._operator import AdminClient
+
+    with AdminClient(args.port) as client:
+        result = client.rollback_module(args.sandbox_id, args.module, args.version)
+    _console().print(_reload_line(result, "rolled back"), markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from ._operator import AdminClient
+
+    with AdminClient(args.port) as client:
+        history = client.get_version_history(args.sandbox_id, args.module)
+    if args.json:
+        print(json.dumps(_history_json(args.sandbox_id, args.module, history), indent=2))
+        return 0
+    console = _console()
+    console.print(f"{args.sandbox_id}/{args.module}: current version {history.current_version}, "
+                  f"{history.total_versions} stored", highlight=False)
+    console.print(_history_for(console)(history))
+    return 0
+
+
+def _history_json(sandbox_id: str, module: str, history: VersionHistory) -> dict[str, Any]:
+    """The history as plain data; sources are left out (``Host.get_version_history`` has them)."""
+    versions = [{"version": v.version, "status": v.status, "loaded_at": v.loaded_at, "checksum": v.checksum}
+                for v in history.versions]
+    return {"sandbox_id": sandbox_id, "module": module, "current_version": history.current_version,
+            "total_versions": history.total_versions, "versions": versions}
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +16,12 @@ import pytest
 
 from plugin_host import Host
 from plugin_host._demo import samples_folder
+from plugin_host._operator import AdminClient
 from plugin_host._system import free_port
 from plugin_host.cli import main
+from plugin_host.messages import Blob, Call
 
-from conftest import ROOT, pid_alive, sample
+from conftest import ROOT, SAMPLES, eventually, pid_alive, sample
 
 
 @pytest.fixture
@@ -44,17 +48,53 @@ def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout:
     return path.read_text()
 
 
-def test_demo_runs_the_guided_tour_and_exits_zero(cli_env: dict[str, str], tmp_path: Path) -> None:
-    """``plugin-host demo`` creates, crashes, restarts and fails sandboxes, then cleans up."""
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def copy_counter(target: Path, step: int = 1) -> Path:
+    """A copy of ``samples/counter`` whose counter adds ``step`` on ``inc``."""
+    shutil.copytree(SAMPLES / "counter", target, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (target / "counter.py").read_text()
+    (target / "counter.py").write_text(source.replace('state["count"] + 1', f'state["count"] + {step}'))
+    return target
+
+
+def test_demo_runs_the_guided_tour_and_exits_zero(cli_env: dict[str, str], state_dir: Path, tmp_path: Path) -> None:
+    """``plugin-host demo`` creates, crashes, restarts, reloads, rolls back and fails sandboxes, then cleans up."""
+    out, samples = tmp_path / "demo.txt", tree_digest(SAMPLES)
+    with open(out, "wb") as sink:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "plugin_host.cli", "demo"], cwd=ROOT, env=cli_env,
+                              stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, timeout=120)
+    text = out.read_text()
+    assert done.returncode == 0, text
+    assert time.monotonic() - started < 20, "the tour must stay short"
+    assert "[1, 2, 3]" in text and "'pong' from pid" in text
+    assert "'fragile' is now failed" in text and "reached max restart intensity" in text
+    assert "Done." in text and "\x1b[" not in text  # not a terminal: plain text
+    assert tree_digest(SAMPLES) == samples and list(state_dir.iterdir()) == []  # nothing left behind
+
+
+def test_demo_reloads_with_state_kept_refuses_a_failing_reload_and_rolls_back(cli_env: dict[str, str],
+                                                                              tmp_path: Path) -> None:
+    """The reload steps: count by 10 from the old count, a raising code_change changes nothing, rollback to 1."""
     out = tmp_path / "demo.txt"
     with open(out, "wb") as sink:
         done = subprocess.run([sys.executable, "-m", "plugin_host.cli", "demo"], cwd=ROOT, env=cli_env,
                               stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, timeout=120)
     text = out.read_text()
     assert done.returncode == 0, text
-    assert "[1, 2, 3]" in text and "'pong' from pid" in text
-    assert "'fragile' is now failed" in text and "reached max restart intensity" in text
-    assert "Done." in text and "\x1b[" not in text  # not a terminal: plain text
+    assert "hot_reload -> version 1 -> 2" in text and "-> 13 (was 3)" in text
+    assert "migrated its state from version 1 to 2" in text
+    assert "HotReloadError" in text and "version 3 cannot migrate" in text
+    assert "still version 2, still counting by 10: inc -> 23" in text
+    assert "rollback_module('counter', 'counter', 1) -> version 2 -> 1; inc -> 24" in text
+    final = text.split("Roll 'counter' back")[1].split("> Create sandbox 'fragile'")[0]
+    rows = [line.split()[:2] for line in final.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [["3", "failed"], ["2", "previous"], ["1", "current"]]
 
 
 def test_demo_fallback_samples_load_when_the_repository_samples_are_missing(host: Host, tmp_path: Path) -> None:
@@ -155,3 +195,112 @@ def test_importing_plugin_host_and_its_cli_does_not_import_rich() -> None:
     """``rich`` is imported only when a command runs, never by importing the package."""
     code = "import sys, plugin_host, plugin_host.cli; sys.exit(any(m.split('.')[0] == 'rich' for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_compile_prints_the_artifacts_of_a_folder(cli_env: dict[str, str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``compile PATH`` needs no host: a table of modules with checksums, the compiler's output, exit 0."""
+    assert main(["compile", sample("counter")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip().startswith(("counter", "root"))}
+    checksum = hashlib.sha256((SAMPLES / "counter" / "counter.py").read_bytes()).hexdigest()
+    assert rows["counter"][1:3] == ["counter.py", checksum[:12]] and rows["root"][1] == "root.py"
+    assert "validated 2 of 2 module(s)" in out and "compiled 2 module(s)" in out
+
+
+def test_compile_of_a_broken_folder_names_the_file_and_line_and_exits_one(
+        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A syntax error is a ``CompilationError``: one ``error:`` report naming file and line, exit code 1."""
+    folder = copy_counter(tmp_path / "broken")
+    (folder / "counter.py").write_text("def broken(:\n")
+    assert main(["compile", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{folder / 'counter.py'}:1" in err
+
+
+def test_reload_rollback_and_history_drive_a_running_host(host: Host, cli_env: dict[str, str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``reload`` swaps new code in with the state kept, ``rollback`` goes back, ``history --json`` shows both."""
+    host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
+    port = str(host.admin_port)
+    assert host.call("s", "counter", "inc") == 1
+    assert main(["reload", "s", str(copy_counter(tmp_path / "v2", step=10)), "--port", port]) == 0
+    assert "reloaded s/counter: version 1 -> 2; actors updated: counter" in capsys.readouterr().out
+    assert host.call("s", "counter", "inc") == 11
+    assert main(["rollback", "s", "counter", "1", "--port", port]) == 0
+    assert "rolled back s/counter: version 2 -> 1" in capsys.readouterr().out
+    assert host.call("s", "counter", "inc") == 12
+    assert main(["history", "s", "counter", "--port", port, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert (history["current_version"], history["total_versions"]) == (1, 2)
+    assert [(v["version"], v["status"]) for v in history["versions"]] == [(2, "previous"), (1, "current")]
+    assert history["versions"][0]["checksum"] == host.list_module_versions("s", "counter")[0].checksum
+
+
+def test_history_prints_a_table_newest_first(host: Host, cli_env: dict[str, str], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Plain ``history`` prints version, status, load time and checksum prefix per version."""
+    host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
+    host.hot_reload("s", host.compile_sandbox(copy_counter(tmp_path / "v2", step=10)))
+    assert main(["history", "s", "counter", "--port", str(host.admin_port)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    versions = host.list_module_versions("s", "counter")
+    assert [(r[0], r[1], r[-1]) for r in rows] == [(str(v.version), v.status, v.checksum[:12]) for v in versions]
+    assert "current version 2, 2 stored" in out
+
+
+def test_reload_of_a_broken_folder_never_reaches_the_host(host: Host, cli_env: dict[str, str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``reload`` compiles first: a failing import exits 1 and the running version stays."""
+    host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
+    broken = copy_counter(tmp_path / "v2")
+    (broken / "counter.py").write_text("import does_not_exist_anywhere\n")
+    assert main(["reload", "s", str(broken), "--port", str(host.admin_port)]) == 1
+    assert "does_not_exist_anywhere" in capsys.readouterr().err
+    assert host.get_version_history("s", "counter").total_versions == 1
+
+
+def test_rollback_to_an_unknown_version_exits_one(host: Host, cli_env: dict[str, str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``VersionNotFoundError`` from the host is one ``error:`` line and exit code 1."""
+    host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
+    assert main(["rollback", "s", "counter", "7", "--port", str(host.admin_port)]) == 1
+    assert capsys.readouterr().err.startswith("error: ") and host.get_module_version("s", "counter") == 1
+
+
+def admin_call(port: int, request: object) -> object:
+    """Call the ``counter`` actor of sandbox ``w`` through the admin port of a host in another process."""
+    with AdminClient(port) as client:
+        return client.request(Call(sandbox_id="w", name="counter", request=Blob.dump(request)), 15).load()
+
+
+def running_version(port: int, module: str) -> int:
+    """The version of ``module`` that sandbox ``w`` runs, read through the admin port."""
+    with AdminClient(port) as client:
+        return client.list_sandboxes()[0].modules[module]
+
+
+def test_run_watch_hot_reloads_on_save_and_reports_a_broken_save(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """``run --watch`` reloads each save (state kept), reports a broken one in place of reloading, stops on SIGTERM."""
+    folder, port, out = copy_counter(tmp_path / "w"), free_port("127.0.0.1"), tmp_path / "run.txt"
+    proc = start_cli(["run", str(folder), "--supervisor", "root:Root", "--watch", "--admin-port", str(port)],
+                     out, cli_env)
+    try:
+        wait_for_text(out, "serving", proc)
+        assert admin_call(port, "inc") == 1
+        copy_counter(tmp_path / "v2", step=10)
+        shutil.copy(tmp_path / "v2" / "counter.py", folder / "counter.py")
+        eventually(lambda: running_version(port, "counter") == 2, timeout=30)
+        assert admin_call(port, "inc") == 11  # the new code, from the old count
+        wait_for_text(out, "reloaded counter v1 -> v2; actors updated: counter", proc)
+        (folder / "counter.py").write_text("def broken(:\n")
+        text = wait_for_text(out, "reload failed", proc)
+        assert "the running version stays (counter v2, root v1)" in text and "CompilationError" in text
+        assert admin_call(port, "inc") == 21 and running_version(port, "counter") == 2  # version 2 still answers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
