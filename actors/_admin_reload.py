@@ -89,6 +89,11 @@ class VersionsAdmin:
     reader: VersionStore | None
     module_versions: dict[str, dict[str, ModuleVersions]]
     reloads: dict[str, _PendingReload]
+    send: Callable[[Any, Any], None]  # provided by the admin actor
+    reply: Callable[[Any, Any, str], None]
+    _replier: Callable[[Any, str], Done]
+    _batch: Callable[[int, Any, str, Callable[[int, Done], None]], None]
+    not_found: Callable[[Any], PluginHostError]
 
     # -- numbering -----------------------------------------------------------------------
 

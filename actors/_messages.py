@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from plugin_host.config import ResourceLimits
+from plugin_host.messages import Request
 
 
 @attrs.frozen
@@ -287,8 +288,7 @@ class AbortCode:
 
 
 @attrs.frozen(kw_only=True)
-class GetSandboxCode:
+class GetSandboxCode(Request):
     """Host -> admin: the sandbox's current module sources (name -> (path, source, is_package))."""
 
     sandbox_id: str
-    corr: str = ""

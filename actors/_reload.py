@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from thespian.actors import ActorExitRequest
@@ -49,6 +49,8 @@ class ReloadCoordinator:
     reload: _Reload | None = None
     committed_ns = 0
     """When the last reload committed (``time.time_ns()``)."""
+    send: Callable[[Any, Any], None]  # the actor's (Thespian)
+    wakeupAfter: Callable[..., None]  # noqa: N815 (Thespian's name)
 
     def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:  # noqa: N802
         """Reload code across the sandbox (see the module docstring)."""

@@ -104,7 +104,8 @@ class Supervisor:
                 raise InvalidSpecError(f"{where}: actor name {child.name!r} is used twice in the sandbox")
             seen.add(child.name)
             if child.is_supervisor:
-                child.plugin.check(seen)
+                nested: type[Supervisor] = child.plugin
+                nested.check(seen)
 
 
 def bare_plugin_supervisor(plugin: type[Plugin], args: Any) -> type[Supervisor]:

@@ -494,7 +494,7 @@ def _not_found(sandbox_id: Any) -> SandboxNotFoundError:
 
 def _process_alive(pid: int, create_time: float) -> bool:
     try:
-        return abs(psutil.Process(pid).create_time() - create_time) < 1.0
+        return bool(abs(psutil.Process(pid).create_time() - create_time) < 1.0)
     except psutil.Error:
         return False
 

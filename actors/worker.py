@@ -44,7 +44,7 @@ class PluginRuntime:
     @property
     def sandbox_id(self) -> str:
         """The sandbox's id."""
-        return self._worker.context.sandbox_id
+        return self._worker.context.sandbox_id  # type: ignore[union-attr]
 
     def call(self, name: str, request: Any, timeout: float) -> Any:
         """Blocking request/reply to a sibling (see ``Plugin.call``)."""
@@ -68,7 +68,7 @@ class WorkerActor(HostActor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.context: m.SandboxContext | None = None  # type: ignore[assignment]
+        self.context: m.SandboxContext | None = None
         self.actor_name = ""
         self.incarnation = 0
         self.parent: Any = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from actors import _messages as m
 
@@ -13,6 +13,7 @@ from .codeload import CodeTable
 from .errors import HotReloadError, PluginHostError
 from .messages import (
     BatchHotReload,
+    Failed,
     Blob,
     GetModuleVersion,
     GetVersionHistory,
@@ -94,8 +95,8 @@ class ReloadMethods:
         timeout = timeout or self.config.reload_timeout
         request = HotReload(sandbox_id=sandbox_id, artifacts=_artifacts(code), timeout=timeout, probation=probation,
                             state_handler=None if state_handler is None else Blob.dump(state_handler))
-        return self._request(request, timeout + _SLACK, lambda: HotReloadError(
-            f"no answer reloading {sandbox_id!r}", actor="", cause="timeout"))
+        return cast(ReloadResult, self._request(request, timeout + _SLACK, lambda: HotReloadError(
+            f"no answer reloading {sandbox_id!r}", actor="", cause="timeout")))
 
     def hot_reload_source(self, sandbox_id: str, source: str, module: str, *,
                           state_handler: Callable[[Any, Any, Any], Any] | None = None,
@@ -122,7 +123,7 @@ class ReloadMethods:
         request = BatchHotReload(sandbox_ids=list(sandbox_ids), artifacts=_artifacts(code), timeout=timeout)
         replies = self._request(request, timeout + _SLACK, lambda: HotReloadError(
             "no answer to a batch reload", actor="", cause="timeout"))
-        return [getattr(r, "value", None) if not hasattr(r, "error") else r.error for r in replies]
+        return [cast(PluginHostError, r.error) if isinstance(r, Failed) else cast(ReloadResult, r.value) for r in replies]
 
     def rollback_module(self, sandbox_id: str, module: str, version: int, *,
                         timeout: float | None = None) -> ReloadResult:
@@ -133,9 +134,9 @@ class ReloadMethods:
             HotReloadError: as :meth:`hot_reload`.
         """
         timeout = timeout or self.config.reload_timeout
-        return self._request(RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout),
+        return cast(ReloadResult, self._request(RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout),
                              timeout + _SLACK, lambda: HotReloadError(
-                                 f"no answer rolling back {sandbox_id!r}", actor="", cause="timeout"))
+                                 f"no answer rolling back {sandbox_id!r}", actor="", cause="timeout")))
 
     def get_module_version(self, sandbox_id: str, module: str) -> int:
         """The current version of ``module`` in the sandbox (running or not, as the registry knows it).
@@ -143,15 +144,15 @@ class ReloadMethods:
         Raises:
             UnknownModuleError: the registry knows no such module for that sandbox.
         """
-        return self._query(GetModuleVersion(sandbox_id=sandbox_id, module=module))
+        return cast(int, self._query(GetModuleVersion(sandbox_id=sandbox_id, module=module)))
 
     def list_module_versions(self, sandbox_id: str, module: str) -> list[ModuleVersion]:
         """Every stored version of ``module``, newest first."""
-        return self._query(ListModuleVersions(sandbox_id=sandbox_id, module=module))
+        return cast("list[ModuleVersion]", self._query(ListModuleVersions(sandbox_id=sandbox_id, module=module)))
 
     def get_version_history(self, sandbox_id: str, module: str) -> VersionHistory:
         """``VersionHistory(current_version, total_versions, versions)``, newest first."""
-        return self._query(GetVersionHistory(sandbox_id=sandbox_id, module=module))
+        return cast(VersionHistory, self._query(GetVersionHistory(sandbox_id=sandbox_id, module=module)))
 
     def _query(self, request: Request) -> Any:
         return self._request(request, self.config.call_timeout, lambda: HotReloadError(

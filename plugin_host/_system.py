@@ -93,6 +93,7 @@ class ActorSystemHandle:
     def _launch(self) -> None:
         logs = Path(self.config.state_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        _prune_logs(logs)
         spec = {
             "port": self.port, "bind": self.config.bind_address, "sys_path": [p for p in sys.path],
             "log": str(logs / f"actors-{self.port}.log"), "thesplog": str(logs / f"thespian-{self.port}.log"),
@@ -265,8 +266,9 @@ class Pending:
         self.delivered = False
         self.refused = False
         self._handle = handle
+        self._mailbox: _Mailbox | None = None
         if handle._serial is not None:  # simpleSystemBase: synchronous, nothing to track
-            self._ctx, self._mailbox = mailbox, None
+            self._ctx = mailbox
             with handle._serial:
                 self._first = mailbox.ask(address, message, 0)
             self.delivered = True
@@ -294,6 +296,7 @@ class Pending:
                     reply = self._ctx.listen(timeout)
                 return reply if getattr(reply, "corr", None) == self.corr else None
         mailbox, base = self._mailbox, self._ctx._systemBase
+        assert mailbox is not None
         deadline = time.monotonic() + timeout
         while not self.refused:
             if self.corr in mailbox.stash:
@@ -318,15 +321,31 @@ class Pending:
             self._mailbox.stash.pop(self.corr, None)
 
 
+_KEEP_LOGS = 60  # log files kept in state_dir/logs (three per host run)
+
+
+def _prune_logs(folder: Path) -> None:
+    """Drop the oldest log files, so a long-lived state_dir does not fill up with them."""
+    try:
+        files = sorted(folder.glob("*.log*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in files[_KEEP_LOGS:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
 def _in_group(proc: psutil.Process, pgid: int) -> bool:
     try:
-        return proc.is_running() and os.getpgid(proc.pid) == pgid
+        return bool(proc.is_running() and os.getpgid(proc.pid) == pgid)
     except (psutil.Error, ProcessLookupError):
         return False
 
 
 def _running(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, cast
 
 import attrs
 import psutil
@@ -194,7 +194,7 @@ class Host(ReloadMethods):
         request = self._create_request(sandbox_id, supervisor, sandbox_path=sandbox_path, args=args, limits=limits,
                                        security_profile=security_profile, requirements=requirements)
         timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
-        return self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}"))
+        return cast(SandboxInfo, self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}")))
 
     def _create_request(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: Any = None, args: Any = None,
                         limits: Any = None, security_profile: str | None = None,
@@ -232,12 +232,12 @@ class Host(ReloadMethods):
         """
         self._forget(sandbox_id)
         timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
-        return self._request(RestartSandbox(sandbox_id=sandbox_id), timeout,
-                             lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}"))
+        return cast(SandboxInfo, self._request(RestartSandbox(sandbox_id=sandbox_id), timeout,
+                             lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}")))
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of this host, sorted by id."""
-        return self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes"))
+        return cast("list[SandboxInfo]", self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes")))
 
     def get_sandbox_info(self, sandbox_id: str) -> SandboxInfo:
         """A snapshot of one sandbox.
@@ -245,8 +245,8 @@ class Host(ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return self._request(GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout,
-                             self._admin_timeout("get_sandbox_info"))
+        return cast(SandboxInfo, self._request(GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout,
+                             self._admin_timeout("get_sandbox_info")))
 
     def batch_create(self, specs: Iterable[Mapping[str, Any]]) -> list[SandboxInfo | PluginHostError]:
         """Create many sandboxes concurrently; one bad spec never fails the others.
@@ -291,8 +291,8 @@ class Host(ReloadMethods):
             return ref
         wait = max(0.0, deadline - time.monotonic())
         lookup = LookupActor(sandbox_id=sandbox_id, name=name, wait=wait, not_incarnation=gone)
-        ref = self._request(lookup, wait + _ADMIN_SLACK,
-                            lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time"))
+        ref = cast(ActorRef, self._request(lookup, wait + _ADMIN_SLACK,
+                            lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time")))
         self._refs[key] = ref
         return ref
 

@@ -138,7 +138,9 @@ def test_a_broken_save_leaves_the_running_version_in_place(watched: Host, folder
     assert report.running == {"counter": 1, "root": 1}
     assert watched.call("w", "counter", "tag") == "v1" and watched.call("w", "counter", "inc") == 2
     (folder / "counter.py").write_text(counter(tag="v4"))  # fixed: the watcher carries on
-    assert eventually(lambda: watched.call("w", "counter", "tag") == "v4", timeout=30)
+    report = reports.get(timeout=30)  # the reload's outcome, recorded before it is reported
+    assert report.error is None
+    assert watched.call("w", "counter", "tag") == "v4"
     statuses = {v.version: v.status for v in watched.get_version_history("w", "counter").versions}
     assert statuses == {1: "previous", 2: "failed", 3: "current"}
 
