@@ -11,9 +11,10 @@ from thespian.actors import ActorTypeDispatcher
 from plugin_host.errors import BadRequestError, PluginError, PluginHostError
 from plugin_host.messages import Failed, Ok, Request
 
+from . import _messages as m
 from ._hardening import harden_process
 
-__all__ = ["HostActor", "plugin_error", "describe_exception"]
+__all__ = ["HostActor", "SandboxMember", "plugin_error", "describe_exception"]
 
 log = logging.getLogger("plugin_host.actors")
 
@@ -60,6 +61,27 @@ class HostActor(ActorTypeDispatcher):
         """The ``multiprocessing.Process`` of the child created last (None in-process)."""
         procs = getattr(self._myRef, "_child_procs", None)
         return procs[-1].childProc if procs else None
+
+
+class SandboxMember(HostActor):
+    """An actor of a sandbox's tree (worker or supervisor): its identity, heartbeat and directory."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context: m.SandboxContext | None = None
+        self.actor_name = ""
+        self.incarnation = 0
+        self.parent: Any = None
+        self.directory: dict[str, Any] = {}
+        """Where the sandbox's named actors run (name -> address), as last told by the root."""
+
+    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
+        """Heartbeat from the supervisor: this process is not stuck in a callback."""
+        self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq))
+
+    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
+        """Learn where named actors run now."""
+        self.directory.update(msg.entries)
 
 
 def _is_thespian_system_message(message: Any) -> bool:

@@ -24,7 +24,7 @@ from plugin_host.messages import Call, Failed
 
 from . import _inflight
 from . import _messages as m
-from ._base import HostActor, describe_exception
+from ._base import SandboxMember, describe_exception
 from ._codeswap import Staged
 from ._spec import ChildSpec, Supervisor
 from .worker import WorkerActor
@@ -78,20 +78,15 @@ def _exit_description(process: Any) -> str:
     return f"exited with code {code}"
 
 
-class SupervisorActor(HostActor):
+class SupervisorActor(SandboxMember):
     """Runs one ``Supervisor`` spec: starts children in order, restarts them per strategy."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.context: m.SandboxContext | None = None
-        self.actor_name = ""
-        self.incarnation = 0
-        self.parent: Any = None
         self.spec: type[Supervisor] = Supervisor
         self.children: list[_Child] = []
         self.phase = "idle"  # starting | running | stopping | aborting | failing | failed | stopped
         self.reason: str | None = None
-        self.directory: dict[str, Any] = {}
         self._restart_times: deque[float] = deque()
         self._pending: list[_Child] = []
         self._stop_requester: Any = None
@@ -361,10 +356,6 @@ class SupervisorActor(HostActor):
         if child is not None:
             child.last_heard = time.monotonic()
 
-    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
-        """Our parent's heartbeat."""
-        self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq))
-
     def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
         """Supervisors run no plugin code: a call to one is a caller's mistake."""
         self.send(msg.reply_to or sender, Failed(BadRequestError(
@@ -379,6 +370,3 @@ class SupervisorActor(HostActor):
             return
         self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, True))
 
-    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
-        """Keep the sandbox directory current for children started later."""
-        self.directory.update(msg.entries)

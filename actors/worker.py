@@ -23,7 +23,7 @@ from plugin_host.messages import Blob, Call, Cast, Failed, Ok, unblob
 from . import _inflight
 from . import _messages as m
 from ._codeswap import Staged
-from ._base import HostActor, describe_exception, plugin_error
+from ._base import SandboxMember, describe_exception, plugin_error
 from ._spec import ChildSpec
 from .plugin import Plugin
 
@@ -63,16 +63,11 @@ class PluginRuntime:
         self._worker.stop_reason = reason
 
 
-class WorkerActor(HostActor):
+class WorkerActor(SandboxMember):
     """Hosts one plugin behaviour; created only by a supervisor actor."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.context: m.SandboxContext | None = None
-        self.actor_name = ""
-        self.incarnation = 0
-        self.parent: Any = None
-        self.directory: dict[str, Any] = {}
         self.plugin: Plugin | None = None
         self.state: Any = None
         self.module = ""
@@ -154,14 +149,6 @@ class WorkerActor(HostActor):
         self._run_callback("handle_info", unblob(message))
 
     # -- supervision plumbing ----------------------------------------------------------
-
-    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
-        """Heartbeat: prove this process is not stuck in a callback."""
-        self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq))
-
-    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
-        """Learn where siblings run now."""
-        self.directory.update(msg.entries)
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:  # noqa: N802
         """Stopped by the supervisor (or exiting on our own): run ``terminate`` once."""
