@@ -13,6 +13,7 @@ import attrs
 __all__ = [
     "ActorUsage",
     "Artifact",
+    "AuditRecord",
     "ChildInfo",
     "CompileInfo",
     "Event",
@@ -164,3 +165,18 @@ class Event:
     reason: str = ""
     time: float = 0.0
     details: dict[str, Any] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen
+class AuditRecord:
+    """One operation a plugin performed that the runtime audit watches (PEP 578 audit hooks)."""
+
+    sandbox_id: str
+    actor: str
+    event: str
+    """The audit event: ``open``, ``subprocess.Popen``, ``os.system``, ``os.exec``, ``socket.connect``..."""
+    detail: str
+    """A short description of the arguments (a path, an address, a command)."""
+    time: float
+    blocked: bool
+    """Whether the ``restricted`` profile refused it (the plugin got ``PermissionError``)."""
