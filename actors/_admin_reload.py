@@ -94,6 +94,7 @@ class VersionsAdmin:
     _replier: Callable[[Any, str], Done]
     _batch: Callable[[int, Any, str, Callable[[int, Done], None]], None]
     not_found: Callable[[Any], PluginHostError]
+    emit: Callable[..., None]
 
     # -- numbering -----------------------------------------------------------------------
 
@@ -240,6 +241,8 @@ class VersionsAdmin:
         first = sorted(pending.changed)[0]
         old, new = pending.versions[first]
         pending.done(ReloadResult(pending.sandbox_id, first, old, new, list(msg.actors_updated)))
+        self.emit(pending.event, pending.sandbox_id, reason=pending.details, module=first, old_version=old,
+                  new_version=new, actors=list(msg.actors_updated))
         if rec is not None and pending.probation > 0 and old_sources:
             rec.probation = _Probation(time.monotonic() + pending.probation, frozenset(msg.actors_updated),
                                        dict(rec.crashes), old_sources,

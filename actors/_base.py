@@ -75,9 +75,12 @@ class SandboxMember(HostActor):
         self.directory: dict[str, Any] = {}
         """Where the sandbox's named actors run (name -> address), as last told by the root."""
 
+    messages = 0
+    """Plugin messages handled (workers count them)."""
+
     def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
         """Heartbeat from the supervisor: this process is not stuck in a callback."""
-        self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq))
+        self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq, self.messages))
 
     def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
         """Learn where named actors run now."""

@@ -78,6 +78,8 @@ class Pong:
     name: str
     incarnation: int
     seq: int
+    messages: int = 0
+    """Plugin messages handled so far (for resource usage)."""
 
 
 @attrs.frozen
@@ -292,3 +294,53 @@ class GetSandboxCode(Request):
     """Host -> admin: the sandbox's current module sources (name -> (path, source, is_package))."""
 
     sandbox_id: str
+
+
+@attrs.frozen
+class TreeEvent:
+    """Sandbox root -> admin: something happened to an actor (crashed, restarted, limit_breached)."""
+
+    sandbox_id: str
+    kind: str
+    actor: str
+    reason: str = ""
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Usage:
+    """Supervisor -> sandbox root (and root -> admin): messages handled per actor."""
+
+    messages: dict[str, int]
+
+
+@attrs.frozen
+class Watch:
+    """Admin -> monitor: the processes of a sandbox and its limits (empty ``pids``: forget it)."""
+
+    sandbox_id: str
+    pids: dict[str, int]
+    limits: ResourceLimits
+    interval: float = 1.0
+    """The monitor's sampling interval."""
+
+
+@attrs.frozen
+class Sample:
+    """Monitor -> admin: a limit the monitor enforced by killing a process."""
+
+    sandbox_id: str
+    actor: str
+    limit: str
+    value: float
+    maximum: float
+
+
+@attrs.frozen(kw_only=True)
+class UsageQuery(Request):
+    """Admin -> monitor: answer ``ResourceUsage`` for a sandbox to ``reply_to``."""
+
+    sandbox_id: str
+    messages: dict[str, int]
+    restarts: dict[str, int]
+    reply_to: Any

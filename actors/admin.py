@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import deque
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -52,8 +53,10 @@ from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
 
 from . import _messages as m
+from ._admin_events import EVENT_LOG, EventsAdmin
 from ._admin_reload import VersionsAdmin
 from ._base import HostActor
+from .monitor import MonitorActor
 from .registry import OpenRegistry, RegistryActor
 from .sandbox import SandboxActor
 
@@ -102,9 +105,11 @@ class _Sandbox:
     crashes: dict[str, int] = attrs.field(factory=dict)
     """Crashes per actor name (probation watches them)."""
     probation: Any = None
+    messages: dict[str, int] = attrs.field(factory=dict)
+    audit: Any = attrs.field(factory=EventsAdmin.new_audit_log)
 
 
-class AdminActor(VersionsAdmin, HostActor):
+class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
     """Front door of a host's actor system."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,6 +125,9 @@ class AdminActor(VersionsAdmin, HostActor):
         self.reader: VersionStore | None = None
         self.module_versions: dict[str, Any] = {}
         self.reloads: dict[str, Any] = {}
+        self.monitor: Any = None
+        self.subscribers: list[Any] = []
+        self.events: deque[Any] = deque(maxlen=EVENT_LOG)
 
     # -- boot and the host watchdog ----------------------------------------------------
 
@@ -136,6 +144,7 @@ class AdminActor(VersionsAdmin, HostActor):
             self.reader = VersionStore(path, max_versions=self.config.max_versions)
             self.registry = self.createActor(RegistryActor)
             self.send(self.registry, OpenRegistry(path, self.config.max_versions))
+            self.monitor = self.createActor(MonitorActor)
         self.send(sender, m.HostBooted(msg.token, os.getpid(), os.getppid(), os.getpgid(0)))
         self._tick()
 
@@ -235,8 +244,10 @@ class AdminActor(VersionsAdmin, HostActor):
         if msg.status == "running" and rec.status == "starting":
             rec.status, rec.deadline = "running", None
             self._fire(rec, self._info(msg.sandbox_id, rec))
+            self.emit("started", msg.sandbox_id)
         elif msg.status == "failed" and rec.status in ("running", "starting"):
             rec.status, rec.reason = "failed", msg.reason
+            self.emit("failed", msg.sandbox_id, reason=msg.reason or "")
         elif msg.status == "start_failed":
             rec.error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
             self._stop_root(msg.sandbox_id, rec, "start_failed")
@@ -245,6 +256,7 @@ class AdminActor(VersionsAdmin, HostActor):
         self._retry_parked(time.monotonic())
         if rec.status == "running":
             self.check_probation(msg.sandbox_id, rec)
+        self.watch(msg.sandbox_id, rec)
 
     def _fire(self, rec: _Sandbox, result: Any) -> None:
         waiters, rec.waiters = rec.waiters, []
@@ -271,11 +283,15 @@ class AdminActor(VersionsAdmin, HostActor):
         elif rec.action in ("destroy", "start_failed"):
             del self.sandboxes[sandbox_id]
             self._fire(rec, rec.error if rec.action == "start_failed" else None)
+            if rec.action == "destroy":
+                self.emit("stopped", sandbox_id)
             self._check_shutdown_done()
         else:
             rec.status, rec.reason = "failed", "the sandbox root process exited unexpectedly"
             rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
             self._fire(rec, SandboxStartError(rec.reason))
+            self.emit("failed", sandbox_id, reason=rec.reason)
+        self.watch(sandbox_id, rec)
 
     def _deadline_passed(self, sandbox_id: str, rec: _Sandbox) -> None:
         rec.deadline = None
@@ -414,7 +430,7 @@ class AdminActor(VersionsAdmin, HostActor):
     def _lookup(self, sandbox_id: str, rec: _Sandbox, name: Any) -> ActorRef:
         entry = rec.directory.get(name) if isinstance(name, str) else None
         if entry is not None and rec.status == "running":
-            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()))
+            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()), rec.limits.max_mailbox)
         if rec.status == "failed":
             raise ActorNotFoundError(f"sandbox {sandbox_id!r} has failed: {rec.reason}", sandbox_id=sandbox_id,
                                      name=name)

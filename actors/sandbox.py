@@ -17,7 +17,13 @@ from typing import Any
 import attrs
 
 from plugin_host import codeload
-from plugin_host.errors import InvalidSpecError, PluginHostError, RunTimeoutError, SandboxStartError
+from plugin_host.errors import (
+    InvalidSpecError,
+    LimitExceededError,
+    PluginHostError,
+    RunTimeoutError,
+    SandboxStartError,
+)
 from plugin_host.messages import Blob, Failed, Run, unblob
 from plugin_host.values import ChildInfo
 
@@ -87,6 +93,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.order: dict[str, int] = {}
         self.deaths: dict[str, tuple[tuple[int, str], ...]] = {}
         self.crashes: dict[str, int] = {}
+        self.message_counts: dict[str, int] = {}
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
@@ -102,6 +109,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             if msg.sources:
                 codeload.install(codeload.CodeTable.from_wire(msg.sources), protected=_PROTECTED)
             spec = resolve_supervisor(msg.supervisor, unblob(msg.args))
+            _check_max_actors(spec, msg.context.limits.max_actors)
         except PluginHostError as exc:
             self._report_start_failure(exc)
             return
@@ -156,6 +164,8 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
         self.reload_child_up(msg.name, msg.incarnation, msg.address)
+        if msg.restarts:
+            self._event("restarted", msg.name, f"restart #{msg.restarts}", pid=msg.pid)
         if self.phase != "starting":
             self._report("failed" if self.phase == "failed" else "running")
 
@@ -166,6 +176,11 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.deaths[msg.name] = (*self.deaths.get(msg.name, ())[-7:], (msg.incarnation, msg.last_call))
         if msg.status in ("crashed", "failed"):
             self.crashes[msg.name] = self.crashes.get(msg.name, 0) + 1
+            first_line = msg.reason.strip().splitlines()[0] if msg.reason.strip() else "unknown"
+            self._event("crashed", msg.name, first_line, restarting=msg.restarting)
+            limit = _breached_limit(first_line)
+            if limit:
+                self._event("limit_breached", msg.name, first_line, limit=limit)
         info = self.infos.get(msg.name)
         if info is not None:
             status = "restarting" if msg.restarting else msg.status
@@ -177,6 +192,14 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.reload_child_down(msg.name)
         if self.phase == "running":
             self._report("running")
+
+    def _event(self, kind: str, actor: str, reason: str, **details: Any) -> None:
+        self.send(self.admin, m.TreeEvent(self.context.sandbox_id, kind, actor, reason, details))  # type: ignore[union-attr]
+
+    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
+        """Message counts from a supervisor: keep them and tell the admin."""
+        self.message_counts.update(msg.messages)
+        self.send(self.admin, m.Usage(dict(self.message_counts)))
 
     def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:  # noqa: N802
         """Deliver a message for a named actor, holding it while that actor (re)starts."""
@@ -191,7 +214,13 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     # -- Host.run ----------------------------------------------------------------------------
 
     def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
-        """Run a function in a fresh process of this sandbox."""
+        """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
+        limit = self.context.limits.max_actors if self.context else None
+        if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
+            self.send(msg.reply_to or sender, Failed(LimitExceededError(
+                f"sandbox {self.context.sandbox_id!r} already runs {limit} actors (max_actors)",  # type: ignore[union-attr]
+                limit="max_actors"), msg.corr))
+            return
         runner = self.createActor(RunnerActor)
         process = self.child_process()
         self._runners.append((runner, process, msg, time.monotonic() + msg.timeout))
@@ -239,3 +268,19 @@ def _tree_names(spec: type[Supervisor]) -> list[str]:
         if child.is_supervisor:
             names.extend(_tree_names(child.plugin))
     return names
+
+
+def _check_max_actors(spec: type[Supervisor], limit: int | None) -> None:
+    count = len(_tree_names(spec))
+    if limit is not None and count > limit:
+        raise SandboxStartError(f"the supervision tree has {count} actors; max_actors is {limit}",
+                                limit="max_actors")
+
+
+_LIMIT_MARKERS = (("MemoryError", "max_memory_mb"), ("SIGXCPU", "max_cpu_seconds"),
+                  ("LimitExceededError", "call_cpu_budget_ms"))
+
+
+def _breached_limit(reason: str) -> str | None:
+    """Which limit a crash reason shows was hit, if any."""
+    return next((limit for marker, limit in _LIMIT_MARKERS if marker in reason), None)

@@ -60,6 +60,7 @@ class _Child:
     slot: Any = None
     """Shared page where a worker notes the call it runs (see ``_inflight``)."""
     last_call: str = ""
+    messages: int = 0
 
     @property
     def alive(self) -> bool:
@@ -92,6 +93,7 @@ class SupervisorActor(SandboxMember):
         self._stop_requester: Any = None
         self._ticking = False
         self._ping_seq = 0
+        self._reported: dict[str, int] = {}
 
     # -- start ---------------------------------------------------------------------------
 
@@ -335,6 +337,10 @@ class SupervisorActor(SandboxMember):
                 self._kill(child, f"hung: no heartbeat for {ctx.hang_timeout} s")  # type: ignore[union-attr]
             else:
                 self.send(child.address, m.Ping(self._ping_seq))
+        counts = {c.spec.name: c.messages for c in self.children if c.messages}
+        if counts != self._reported:
+            self._reported = counts
+            self.to_root(m.Usage(counts))
         self._tick()
 
     def on_wakeup(self, payload: Any) -> None:
@@ -354,7 +360,7 @@ class SupervisorActor(SandboxMember):
         """A child answered a heartbeat."""
         child = self._find(msg.name, msg.incarnation)
         if child is not None:
-            child.last_heard = time.monotonic()
+            child.last_heard, child.messages = time.monotonic(), msg.messages
 
     def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
         """Supervisors run no plugin code: a call to one is a caller's mistake."""

@@ -23,6 +23,7 @@ from plugin_host.messages import Blob, Call, Cast, Failed, Ok, unblob
 from . import _inflight
 from . import _messages as m
 from ._codeswap import Staged
+from ._limits import CpuBudget, apply_rlimits
 from ._base import SandboxMember, describe_exception, plugin_error
 from ._spec import ChildSpec
 from .plugin import Plugin
@@ -78,6 +79,7 @@ class WorkerActor(SandboxMember):
         self._slot = _inflight.take_slot()
         self._prepared: tuple[str, Staged, tuple[Plugin, Any] | None] | None = None
         self._held: list[tuple[Any, Any]] = []
+        self._budget = CpuBudget(None, "")
 
     # -- start --------------------------------------------------------------------
 
@@ -86,12 +88,16 @@ class WorkerActor(SandboxMember):
         self.context, self.parent = msg.context, sender
         self.actor_name, self.incarnation = msg.name, msg.incarnation
         self.directory = dict(msg.directory)
+        if self.multiprocess:
+            apply_rlimits(msg.context.limits)
+            self._budget = CpuBudget(msg.context.limits.call_cpu_budget_ms, msg.name)
         try:
             spec: ChildSpec = cloudpickle.loads(msg.spec)
             self.module = spec.plugin.__module__
             plugin = spec.plugin()
             plugin._ph_runtime = PluginRuntime(self)
-            self.state = plugin.init(spec.args)
+            with self._budget.running():
+                self.state = plugin.init(spec.args)
             self.plugin = plugin
         except Exception as exc:  # noqa: BLE001 - the sandbox boundary: any plugin error
             reason = f"init failed: {describe_exception(exc)}\n{traceback.format_exc()}"
@@ -112,7 +118,8 @@ class WorkerActor(SandboxMember):
         self.messages += 1
         _inflight.write(self._slot, msg.corr)
         try:
-            result = self.plugin.handle_call(unblob(msg.request), self.state)  # type: ignore[union-attr]
+            with self._budget.running():
+                result = self.plugin.handle_call(unblob(msg.request), self.state)  # type: ignore[union-attr]
             if not (isinstance(result, tuple) and len(result) == 2):
                 raise TypeError(f"handle_call must return (reply, new_state), got {type(result).__name__}")
             reply, self.state = result
@@ -175,7 +182,8 @@ class WorkerActor(SandboxMember):
             return
         self.messages += 1
         try:
-            self.state = getattr(self.plugin, hook)(message, self.state)
+            with self._budget.running():
+                self.state = getattr(self.plugin, hook)(message, self.state)
         except Exception as exc:  # noqa: BLE001 - the sandbox boundary
             self._crash(exc)
             return

@@ -151,6 +151,11 @@ class ActorSystemHandle:
                 self._contexts.append((manager, mailbox.ctx))
         return mailbox
 
+    def context_of_this_thread(self) -> Any:
+        """This thread's Thespian context (to ``listen`` on it directly)."""
+        mailbox = self._context()
+        return mailbox if self._serial is not None else mailbox.ctx
+
     def create_actor(self, actor_class: Any, global_name: str | None = None) -> Any:
         """Create a top-level actor (the admin)."""
         assert self.system is not None

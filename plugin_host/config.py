@@ -270,6 +270,10 @@ class HostConfig:
         default=_from_env("shutdown_timeout", float, lambda: 5.0), validator=_positive_required
     )
     """How long ``terminate`` may take when an actor is stopped before it is killed."""
+    monitor_interval: float = attrs.field(
+        default=_from_env("monitor_interval", float, lambda: 1.0), validator=_positive_required
+    )
+    """How often the monitor samples every sandbox process (and enforces memory and CPU limits)."""
     probation_seconds: float = attrs.field(default=_from_env("probation_seconds", float, lambda: 0.0))
     """After a reload, a crash within this window rolls back automatically (0 disables)."""
     convention_leader: str | None = attrs.field(

@@ -22,6 +22,7 @@ __all__ = [
     "HostStartError",
     "HotReloadError",
     "InvalidSpecError",
+    "LimitExceededError",
     "NoCapableNodeError",
     "OverloadedError",
     "PluginError",
@@ -127,6 +128,10 @@ class PluginError(PluginHostError, RuntimeError):
     type_name: str = ""
     traceback_text: str = ""
     actor: str = ""
+
+
+class LimitExceededError(PluginHostError, RuntimeError):
+    """A resource limit of the sandbox was hit (``limit``, ``value`` and ``actor`` say which)."""
 
 
 class OverloadedError(PluginHostError, RuntimeError):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, cast
+import contextlib
+from typing import Any, Callable, Iterable, Iterator, Mapping, cast
 
 import attrs
 import psutil
@@ -19,6 +21,7 @@ from .errors import (
     HostClosedError,
     HostStartError,
     InvalidSpecError,
+    OverloadedError,
     PluginError,
     PluginHostError,
     RunTimeoutError,
@@ -35,6 +38,8 @@ from .messages import (
     CreateSandbox,
     DestroySandbox,
     Failed,
+    GetAuditLog,
+    GetResourceUsage,
     GetSandboxInfo,
     ListSandboxes,
     LookupActor,
@@ -43,9 +48,10 @@ from .messages import (
     RestartSandbox,
     Run,
 )
+from ._events import EventListener, Subscription
 from ._host_reload import ReloadMethods
 from ._system import DEAD, ActorSystemHandle
-from .values import SandboxInfo
+from .values import AuditRecord, Event, ResourceUsage, SandboxInfo
 
 __all__ = ["Host"]
 
@@ -83,6 +89,9 @@ class Host(ReloadMethods):
         self._refs: dict[tuple[str, str], ActorRef] = {}
         self._gone: dict[tuple[str, str], int] = {}
         self._casted: set[tuple[str, str]] = set()
+        self._waiting: dict[tuple[str, str], int] = {}
+        self._waiting_lock = threading.Lock()
+        self._listener: EventListener | None = None
         self._admin: Any = None
         self.pid = os.getpid()
         try:
@@ -120,6 +129,8 @@ class Host(ReloadMethods):
         """
         if self._system.closed:
             return
+        if self._listener is not None:
+            self._listener.close()
         try:
             if self._admin is not None and os.getpid() == self.pid:
                 timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
@@ -342,6 +353,22 @@ class Host(ReloadMethods):
             reply = pending.wait(_slice(deadline, attempt))
         return reply
 
+    @contextlib.contextmanager
+    def _mailbox_slot(self, ref: ActorRef) -> Iterator[None]:
+        """Count this host's calls waiting on an actor; past ``max_mailbox``, fail fast."""
+        key = (ref.sandbox_id, ref.name)
+        with self._waiting_lock:
+            waiting = self._waiting.get(key, 0)
+            if ref.max_mailbox is not None and waiting >= ref.max_mailbox:
+                raise OverloadedError(f"{ref.sandbox_id}/{ref.name} already has {waiting} calls waiting "
+                                      f"(max_mailbox {ref.max_mailbox})", sandbox_id=ref.sandbox_id, name=ref.name)
+            self._waiting[key] = waiting + 1
+        try:
+            yield
+        finally:
+            with self._waiting_lock:
+                self._waiting[key] -= 1
+
     def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
         """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
 
@@ -369,11 +396,12 @@ class Host(ReloadMethods):
             # cannot overtake the cast (the admin forwards both, in order, to the current actor).
             via_admin = (sandbox_id, name) in self._casted
             target = self._admin if via_admin else ref.address
-            pending = self._system.send(target, attrs.evolve(call, incarnation=None) if via_admin else call)
-            try:
-                reply = self._await(pending, ref, deadline, check_liveness=not via_admin)
-            finally:
-                pending.close()
+            with self._mailbox_slot(ref):
+                pending = self._system.send(target, attrs.evolve(call, incarnation=None) if via_admin else call)
+                try:
+                    reply = self._await(pending, ref, deadline, check_liveness=not via_admin)
+                finally:
+                    pending.close()
             if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
                 self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
                 continue
@@ -421,6 +449,37 @@ class Host(ReloadMethods):
         request = Run(sandbox_id=sandbox_id, fn=Blob.dump(fn), timeout=timeout)
         return self._request(request, timeout + _ADMIN_SLACK,
                              lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s")).load()
+
+
+    # -- monitoring and events ------------------------------------------------------------
+
+    def resource_usage(self, sandbox_id: str) -> ResourceUsage:
+        """Memory, CPU time, messages and restarts per actor of the sandbox, sampled now.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        return cast(ResourceUsage, self._request(GetResourceUsage(sandbox_id=sandbox_id), self.config.call_timeout,
+                                                 self._admin_timeout("resource_usage")))
+
+    def audit_log(self, sandbox_id: str) -> list[AuditRecord]:
+        """The sandbox's recent audit records (file writes, processes, sockets...), oldest first.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        return cast("list[AuditRecord]", self._request(GetAuditLog(sandbox_id=sandbox_id), self.config.call_timeout,
+                                                       self._admin_timeout("audit_log")))
+
+    def subscribe(self, callback: Callable[[Event], Any]) -> Subscription:
+        """Call ``callback(event)`` for every sandbox event from now on (in a thread of the host).
+
+        Events: ``started``, ``crashed``, ``restarted``, ``failed``, ``limit_breached``,
+        ``reloaded``, ``rolled_back``, ``stopped``.  Returns a handle: call it to unsubscribe.
+        """
+        if self._listener is None:
+            self._listener = EventListener(self._system, self._admin)
+        return self._listener.add(callback)
 
 
 def _unwrap(result: Any) -> Any:

@@ -28,8 +28,11 @@ __all__ = [
     "Cast",
     "CreateSandbox",
     "DestroySandbox",
+    "EventNotice",
     "Failed",
+    "GetAuditLog",
     "GetModuleVersion",
+    "GetResourceUsage",
     "GetSandboxInfo",
     "GetVersionHistory",
     "HotReload",
@@ -41,6 +44,8 @@ __all__ = [
     "RestartSandbox",
     "RollbackModule",
     "Run",
+    "Subscribe",
+    "Unsubscribe",
 ]
 
 ADMIN_GLOBAL_NAME = "plugin_host.admin"
@@ -94,6 +99,8 @@ class ActorRef:
     incarnation: int
     deaths: tuple[tuple[int, str], ...] = ()
     """Recent earlier incarnations that died, with the correlation id of the call each was running."""
+    max_mailbox: int | None = None
+    """The sandbox's ``max_mailbox`` limit: calls a host may have waiting on this actor."""
 
 
 @attrs.frozen(kw_only=True)
@@ -269,3 +276,35 @@ class GetVersionHistory(Request):
 
     sandbox_id: str
     module: str
+
+
+@attrs.frozen(kw_only=True)
+class Subscribe(Request):
+    """Send this actor (or context) every sandbox :class:`~plugin_host.values.Event` as an ``EventNotice``."""
+
+
+@attrs.frozen(kw_only=True)
+class Unsubscribe(Request):
+    """Stop the ``EventNotice`` messages to the sender."""
+
+
+@attrs.frozen
+class EventNotice:
+    """Admin -> subscriber: one sandbox event."""
+
+    event: Any
+    """A :class:`~plugin_host.values.Event`."""
+
+
+@attrs.frozen(kw_only=True)
+class GetResourceUsage(Request):
+    """Replies ``Ok(ResourceUsage)``: memory, CPU, messages and restarts per actor."""
+
+    sandbox_id: str
+
+
+@attrs.frozen(kw_only=True)
+class GetAuditLog(Request):
+    """Replies ``Ok(list[AuditRecord])``, oldest first (a bounded log per sandbox)."""
+
+    sandbox_id: str

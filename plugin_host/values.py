@@ -151,6 +151,8 @@ class ResourceUsage:
     actors: list[ActorUsage]
     total_rss_bytes: int
     total_cpu_seconds: float
+    history: list[tuple[float, int, float]] = attrs.field(factory=list)
+    """The monitor's recent samples: (unix time, total rss bytes, total cpu seconds), oldest first."""
 
 
 @attrs.frozen

@@ -1,0 +1,109 @@
+"""The admin's side of events, monitoring and the audit log.
+
+Events (started, crashed, restarted, failed, limit_breached, reloaded, rolled_back,
+stopped) are kept in a bounded log and pushed as ``EventNotice`` to every subscriber.  The
+monitor actor is told which processes each sandbox has; usage queries go to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Callable
+
+from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, Subscribe, Unsubscribe
+from plugin_host.values import AuditRecord, Event
+
+from . import _messages as m
+
+__all__ = ["EventsAdmin", "EVENT_LOG", "AUDIT_LOG"]
+
+EVENT_LOG = 1000
+"""Events the admin keeps (host-wide)."""
+AUDIT_LOG = 1000
+"""Audit records kept per sandbox."""
+
+
+class EventsAdmin:
+    """Mixed into the admin actor (needs ``sandboxes``, ``config``, ``monitor``, ``send``...)."""
+
+    sandboxes: dict[str, Any]
+    config: Any
+    monitor: Any
+    subscribers: list[Any]
+    events: deque[Event]
+    send: Callable[[Any, Any], None]
+    reply: Callable[[Any, Any, str], None]
+    _get: Callable[[Any, Any, str], Any]
+
+    def emit(self, kind: str, sandbox_id: str, actor: str = "", reason: str = "", **details: Any) -> None:
+        """Record an event and push it to every subscriber."""
+        event = Event(kind, sandbox_id, actor, reason, time.time(), details)
+        self.events.append(event)
+        for subscriber in self.subscribers:
+            self.send(subscriber, EventNotice(event))
+
+    def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:  # noqa: N802
+        """Push every event to the sender from now on."""
+        if sender not in self.subscribers:
+            self.subscribers.append(sender)
+        self.reply(sender, None, msg.corr)
+
+    def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:  # noqa: N802
+        """Stop pushing events to the sender."""
+        self.subscribers = [s for s in self.subscribers if s != sender]
+        self.reply(sender, None, msg.corr)
+
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:  # noqa: N802
+        """Crashes, restarts and limit breaches reported by a sandbox root."""
+        rec = self.sandboxes.get(msg.sandbox_id)
+        if rec is not None and rec.root == sender:
+            self.emit(msg.kind, msg.sandbox_id, msg.actor, msg.reason, **msg.details)
+
+    def receiveMsg_Sample(self, msg: m.Sample, sender: Any) -> None:  # noqa: N802
+        """The monitor killed a process over a limit."""
+        self.emit("limit_breached", msg.sandbox_id, msg.actor,
+                  f"{msg.limit}: {msg.value} over {msg.maximum}", limit=msg.limit, value=msg.value,
+                  maximum=msg.maximum)
+
+    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
+        """Message counts from a sandbox root."""
+        for rec in self.sandboxes.values():
+            if rec.root == sender:
+                rec.messages = dict(msg.messages)
+                return
+
+    def watch(self, sandbox_id: str, rec: Any) -> None:
+        """Tell the monitor which processes the sandbox has now."""
+        pids: dict[str, int] = {}
+        registered = sandbox_id in self.sandboxes and self.sandboxes[sandbox_id] is rec
+        if registered and rec.root is not None:
+            pids = {child.name: child.pid for child in rec.children if child.pid}
+            if rec.pid:
+                pids["(root)"] = rec.pid
+        self.send(self.monitor, m.Watch(sandbox_id, pids, rec.limits, self.config.monitor_interval))
+
+    def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: Any) -> None:  # noqa: N802
+        """Memory, CPU, messages and restarts per actor (sampled now by the monitor)."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is not None:
+            restarts = {child.name: child.restarts for child in rec.children}
+            self.send(self.monitor, m.UsageQuery(sandbox_id=msg.sandbox_id, messages=dict(rec.messages),
+                                                 restarts=restarts, reply_to=sender, corr=msg.corr))
+
+    def record_audit(self, sandbox_id: str, records: list[AuditRecord]) -> None:
+        """Keep a sandbox's audit records (bounded)."""
+        rec = self.sandboxes.get(sandbox_id)
+        if rec is not None:
+            rec.audit.extend(records)
+
+    def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Any) -> None:  # noqa: N802
+        """The sandbox's recent audit records, oldest first."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is not None:
+            self.reply(sender, list(rec.audit), msg.corr)
+
+    @staticmethod
+    def new_audit_log() -> deque[AuditRecord]:
+        """An empty bounded audit log."""
+        return deque(maxlen=AUDIT_LOG)

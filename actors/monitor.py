@@ -1,0 +1,136 @@
+"""The monitor actor: samples every sandbox process with psutil and enforces memory and CPU limits.
+
+Every ``monitor_interval`` it reads each watched process's resident memory and CPU time,
+keeps a short rolling history per sandbox, and kills (by pid) a plugin process whose
+resident memory grew past ``max_memory_mb`` since it started, or whose CPU time passed
+``max_cpu_seconds`` (before the kernel's RLIMIT_CPU backstop does); the admin turns each such
+kill into a ``limit_breached`` event.  It also answers resource-usage queries.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from datetime import timedelta
+from typing import Any
+
+import attrs
+import psutil
+from thespian.actors import WakeupMessage
+
+from plugin_host.config import ResourceLimits
+from plugin_host.values import ActorUsage, ResourceUsage
+
+from . import _messages as m
+from ._base import HostActor
+
+__all__ = ["MonitorActor", "HISTORY"]
+
+HISTORY = 60
+"""Samples kept per sandbox: (time, total rss bytes, total cpu seconds)."""
+
+_MiB = 2**20
+
+
+@attrs.define
+class _Watched:
+    pids: dict[str, int]
+    limits: ResourceLimits
+    baseline: dict[int, int] = attrs.field(factory=dict)
+    history: deque[tuple[float, int, float]] = attrs.field(factory=lambda: deque(maxlen=HISTORY))
+
+
+@attrs.frozen
+class _Figures:
+    rss: int
+    cpu: float
+
+
+class MonitorActor(HostActor):
+    """Watches the processes of every sandbox of a host."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.watched: dict[str, _Watched] = {}
+        self.interval = 1.0
+        self._procs: dict[int, psutil.Process] = {}
+        self._ticking = False
+        self.admin: Any = None
+
+    def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:  # noqa: N802
+        """Start, update or stop watching a sandbox."""
+        self.admin, self.interval = sender, msg.interval
+        if not msg.pids:
+            self.watched.pop(msg.sandbox_id, None)
+            return
+        entry = self.watched.setdefault(msg.sandbox_id, _Watched(dict(msg.pids), msg.limits))
+        entry.pids, entry.limits = dict(msg.pids), msg.limits
+        if self.multiprocess and not self._ticking:
+            self._ticking = True
+            self.wakeupAfter(timedelta(seconds=self.interval))
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+        """Sample everything, enforce limits, schedule the next round."""
+        self._ticking = False
+        now = time.time()
+        for sandbox_id, entry in self.watched.items():
+            figures = {name: self._sample(pid) for name, pid in entry.pids.items()}
+            live = {name: f for name, f in figures.items() if f is not None}
+            entry.history.append((now, sum(f.rss for f in live.values()), sum(f.cpu for f in live.values())))
+            self._enforce(sandbox_id, entry, live)
+        self._procs = {pid: proc for pid, proc in self._procs.items() if _alive(proc)}
+        if self.watched:
+            self._ticking = True
+            self.wakeupAfter(timedelta(seconds=self.interval))
+
+    def _sample(self, pid: int) -> _Figures | None:
+        proc = self._procs.get(pid)
+        try:
+            if proc is None:
+                proc = self._procs[pid] = psutil.Process(pid)
+            with proc.oneshot():
+                times = proc.cpu_times()
+                return _Figures(proc.memory_info().rss, times.user + times.system)
+        except psutil.Error:
+            return None
+
+    def _enforce(self, sandbox_id: str, entry: _Watched, live: dict[str, _Figures]) -> None:
+        limits = entry.limits
+        for name, figures in live.items():
+            if name == "(root)":
+                continue  # the root runs our code, not the plugin's
+            pid = entry.pids[name]
+            start = entry.baseline.setdefault(pid, figures.rss)
+            grown_mb = (figures.rss - start) / _MiB
+            if limits.max_memory_mb is not None and grown_mb > limits.max_memory_mb:
+                self._kill(sandbox_id, name, pid, "max_memory_mb", grown_mb, limits.max_memory_mb)
+            elif limits.max_cpu_seconds is not None and figures.cpu > limits.max_cpu_seconds:
+                self._kill(sandbox_id, name, pid, "max_cpu_seconds", figures.cpu, limits.max_cpu_seconds)
+
+    def _kill(self, sandbox_id: str, name: str, pid: int, limit: str, value: float, maximum: float) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.send(self.admin, m.Sample(sandbox_id, name, limit, round(value, 3), maximum))
+
+    def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: Any) -> None:  # noqa: N802
+        """Sample one sandbox now and answer ``ResourceUsage``."""
+        entry = self.watched.get(msg.sandbox_id)
+        actors = []
+        for name, pid in sorted((entry.pids if entry else {}).items()):
+            figures = self._sample(pid)
+            actors.append(ActorUsage(name, pid, figures.rss if figures else 0, figures.cpu if figures else 0.0,
+                                     msg.messages.get(name, 0), msg.restarts.get(name, 0)))
+        usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
+                              sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
+        self.reply(msg.reply_to, usage, msg.corr)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running())
+    except psutil.Error:
+        return False

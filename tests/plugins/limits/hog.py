@@ -1,0 +1,43 @@
+"""A plugin that misuses resources on request."""
+
+import os
+import time
+
+from actors import ChildSpec, Plugin, Supervisor
+
+
+class Hog(Plugin):
+    """alloc: +50 MiB kept in state; spin: burn CPU forever; sleep: wait; pid."""
+
+    def init(self, args):
+        return []
+
+    def handle_call(self, request, state):
+        if request == "alloc":
+            state = state + [bytearray(50 * 2**20)]
+            return len(state), state
+        if request == "spin":
+            while True:
+                pass
+        if request == "swallow":  # burns CPU and swallows the budget's error: must still be stopped
+            while True:
+                try:
+                    while True:
+                        pass
+                except Exception:
+                    pass
+        if isinstance(request, tuple) and request[0] == "sleep":
+            time.sleep(request[1])
+            return "slept", state
+        if request == "pid":
+            return os.getpid(), state
+        return None, state
+
+
+class Root(Supervisor):
+    max_restarts, max_seconds = 3, 60
+    children = [ChildSpec("hog", Hog)]
+
+
+class Big(Supervisor):
+    children = [ChildSpec(f"hog{i}", Hog) for i in range(5)]

@@ -1,0 +1,71 @@
+"""Host.subscribe: sandbox events reach subscribers, in order."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+from plugin_host import Event, Host
+from plugin_host.errors import PluginError
+
+from conftest import sample
+
+
+def next_kinds(events: queue.Queue[Event], count: int) -> list[tuple[str, str]]:
+    return [(e.kind, e.actor) for e in (events.get(timeout=30) for _ in range(count))]
+
+
+def test_subscribers_see_the_life_of_a_sandbox_in_order(host: Host) -> None:
+    """started, crashed, restarted, reloaded, rolled_back and stopped, each once, in order."""
+    events: queue.Queue[Event] = queue.Queue()
+    host.subscribe(events.put)
+    host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+    assert next_kinds(events, 1) == [("started", "")]
+    with pytest.raises(PluginError):
+        host.call("c", "counter", "boom")
+    assert next_kinds(events, 2) == [("crashed", "counter"), ("restarted", "counter")]
+    source = open(sample("counter") + "/counter.py").read().replace("+ 1", "+ 2")
+    host.hot_reload_source("c", source, module="counter")
+    reloaded = events.get(timeout=30)
+    assert (reloaded.kind, reloaded.details["module"], reloaded.details["new_version"]) == ("reloaded", "counter", 2)
+    host.rollback_module("c", "counter", 1)
+    assert events.get(timeout=30).kind == "rolled_back"
+    host.destroy_sandbox("c")
+    stopped = events.get(timeout=30)
+    assert (stopped.kind, stopped.sandbox_id) == ("stopped", "c")
+    assert stopped.time > 0
+
+
+def test_unsubscribed_callbacks_hear_nothing_more_and_a_raising_one_harms_no_other(host: Host) -> None:
+    """The handle unsubscribes; an exception in one callback does not stop the others."""
+    heard: queue.Queue[Event] = queue.Queue()
+    silenced: list[Event] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("subscriber bug")
+
+    host.subscribe(broken)
+    unsubscribe = host.subscribe(silenced.append)
+    unsubscribe()
+    host.subscribe(heard.put)
+    host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+    assert heard.get(timeout=30).kind == "started"
+    assert silenced == []
+
+
+def test_a_failed_sandbox_is_an_event(host: Host) -> None:
+    """Past its restart intensity, the sandbox's failure is announced with the reason."""
+    events: queue.Queue[Event] = queue.Queue()
+    host.subscribe(events.put)
+    host.create_sandbox("f", "root:Fragile", sandbox_path=sample("crashy"))
+    while True:
+        try:
+            host.call("f", "crashy", "raise")
+        except PluginError:
+            pass
+        except LookupError:
+            break
+    while (event := events.get(timeout=30)).kind != "failed":
+        pass
+    assert "max restart intensity" in event.reason

@@ -1,0 +1,137 @@
+"""Enforced resource limits: each breach is stopped, reported, and the host keeps answering."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+import psutil
+import pytest
+
+from plugin_host import Event, Host, HostConfig, ResourceLimits
+from plugin_host.errors import LimitExceededError, OverloadedError, PluginError, SandboxStartError
+
+from conftest import eventually, pid_alive, sample
+
+LIMITS = os.path.join(os.path.dirname(__file__), "plugins", "limits")
+
+
+def events_of(host: Host) -> queue.Queue[Event]:
+    events: queue.Queue[Event] = queue.Queue()
+    host.subscribe(events.put)
+    return events
+
+
+def wait_for(events: queue.Queue[Event], kind: str, actor: str = "") -> Event:
+    while True:
+        event = events.get(timeout=30)
+        if event.kind == kind and (not actor or event.actor == actor):
+            return event
+
+
+def test_a_memory_bomb_is_stopped_reported_and_ends_in_a_failed_sandbox(host: Host) -> None:
+    """Past max_memory_mb the plugin gets MemoryError; the restart loop ends in 'failed', the host is fine."""
+    events = events_of(host)
+    host.create_sandbox("calm", "root:Root", sandbox_path=sample("counter"))
+    host.create_sandbox("bomb", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(max_memory_mb=120))
+    for _ in range(4):
+        while True:
+            try:
+                host.call("bomb", "hog", "alloc")
+            except PluginError as exc:
+                assert exc.type_name == "builtins.MemoryError"
+                break
+        if host.get_sandbox_info("bomb").status == "failed":
+            break
+    breach = wait_for(events, "limit_breached", "hog")
+    assert breach.details["limit"] == "max_memory_mb"
+    wait_for(events, "failed")
+    assert host.get_sandbox_info("bomb").status == "failed"
+    assert host.call("calm", "counter", "inc") == 1
+
+
+def test_a_callback_past_its_cpu_budget_is_interrupted(host: Host) -> None:
+    """call_cpu_budget_ms interrupts a spinning callback; the caller gets an error and the actor restarts."""
+    events = events_of(host)
+    host.create_sandbox("spin", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(call_cpu_budget_ms=200))
+    before = host.call("spin", "hog", "pid")
+    with pytest.raises(PluginError) as caught:
+        host.call("spin", "hog", "spin", timeout=10)
+    assert caught.value.type_name == "plugin_host.errors.LimitExceededError"
+    assert wait_for(events, "limit_breached", "hog").details["limit"] == "call_cpu_budget_ms"
+    assert host.call("spin", "hog", "pid") != before
+
+
+def test_a_callback_that_swallows_the_budget_error_is_killed(host: Host) -> None:
+    """A plugin cannot catch its way past the CPU budget: the second alarm kills the process."""
+    host.create_sandbox("spin", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(call_cpu_budget_ms=100))
+    before = host.call("spin", "hog", "pid")
+    with pytest.raises(PluginError):
+        host.call("spin", "hog", "swallow", timeout=10)
+    assert host.call("spin", "hog", "pid") != before
+
+
+def test_lifetime_cpu_past_max_cpu_seconds_ends_the_process(config: HostConfig) -> None:
+    """max_cpu_seconds: the monitor (or RLIMIT_CPU as a backstop) ends a process that burned too much."""
+    with Host(config, hang_timeout=30.0) as host:  # the heartbeat must not take it for hung first
+        check_cpu_limit(host)
+
+
+def check_cpu_limit(host: Host) -> None:
+    events = events_of(host)
+    host.create_sandbox("cpu", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(max_cpu_seconds=1))
+    before = host.call("cpu", "hog", "pid")
+    with pytest.raises(PluginError):
+        host.call("cpu", "hog", "spin", timeout=20)
+    breach = wait_for(events, "limit_breached", "hog")
+    assert breach.details["limit"] == "max_cpu_seconds"
+    assert not pid_alive(before) or eventually(lambda: not pid_alive(before))
+
+
+def test_a_tree_larger_than_max_actors_is_refused(host: Host) -> None:
+    """max_actors caps the actors of a sandbox: a bigger tree does not start, Host.run past it is refused."""
+    with pytest.raises(SandboxStartError, match="max_actors"):
+        host.create_sandbox("big", "hog:Big", sandbox_path=LIMITS, limits=ResourceLimits(max_actors=4))
+    host.create_sandbox("one", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(max_actors=1))
+    with pytest.raises(LimitExceededError, match="max_actors"):
+        host.run("one", lambda: 1)
+
+
+def test_calls_past_max_mailbox_fail_fast(host: Host) -> None:
+    """With max_mailbox=1, a second call while one waits raises OverloadedError at once."""
+    host.create_sandbox("slow", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(max_mailbox=1))
+    host.call("slow", "hog", "pid")
+    started = threading.Event()
+    results: list[object] = []
+
+    def first() -> None:
+        started.set()
+        results.append(host.call("slow", "hog", ("sleep", 1.0)))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait()
+    eventually(lambda: host._waiting.get(("slow", "hog"), 0) == 1)
+    with pytest.raises(OverloadedError):
+        host.call("slow", "hog", "pid")
+    thread.join()
+    assert results == ["slept"]
+    assert isinstance(host.call("slow", "hog", "pid"), int)
+
+
+def test_resource_usage_matches_the_processes(host: Host) -> None:
+    """resource_usage reports each actor's pid, memory and CPU as /proc sees them, and its messages."""
+    host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+    for _ in range(5):
+        host.call("c", "counter", "inc")
+    pid = host.call("c", "counter", "pid")
+    eventually(lambda: {a.name: a.messages for a in host.resource_usage("c").actors}.get("counter", 0) >= 6)
+    usage = host.resource_usage("c")
+    actor = next(a for a in usage.actors if a.name == "counter")
+    assert actor.pid == pid
+    rss = psutil.Process(pid).memory_info().rss
+    assert abs(actor.rss_bytes - rss) < 0.2 * rss
+    assert 0 <= actor.cpu_seconds < 60 and actor.restarts == 0
+    assert usage.total_rss_bytes >= actor.rss_bytes
+    assert {a.name for a in usage.actors} == {"(root)", "counter"}
