@@ -13,6 +13,7 @@ from .errors import PluginHostError
 from .values import (
     ActorUsage,
     Artifact,
+    AuditRecord,
     ChildInfo,
     CompileInfo,
     Event,
@@ -26,6 +27,7 @@ from .values import (
 __all__ = [
     "ActorUsage",
     "Artifact",
+    "AuditRecord",
     "ChildInfo",
     "CompileInfo",
     "Event",

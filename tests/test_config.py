@@ -48,6 +48,7 @@ ENV_CASES: dict[str, tuple[str, Any, Any]] = {
     "hang_timeout": ("20", 20.0, 15.0),
     "shutdown_timeout": ("3", 3.0, 4.0),
     "probation_seconds": ("1.5", 1.5, 2.0),
+    "monitor_interval": ("0.5", 0.5, 2.0),
     "convention_leader": ("10.0.0.1:1900", "10.0.0.1:1900", "10.0.0.2:1901"),
     "capabilities": ('{"gpu": true, "zone": "a"}', {"gpu": True, "zone": "a"}, {"zone": "b"}),
     "find_links": (os.pathsep.join(["/w1", "/w2"]), ("/w1", "/w2"), ("/w3",)),

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from plugin_host.values import Artifact
+from plugin_host.values import Artifact, Event
 import pytest
 
 from plugin_host import messages
@@ -41,6 +41,7 @@ SAMPLES: dict[str, Any] = {
     "artifacts": [Artifact("counter", "counter.py", "0" * 64, "X = 1\n")],
     "module": "counter",
     "version": 2,
+    "event": Event("started", "sb-1"),
 }
 
 
