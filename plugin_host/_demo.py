@@ -2,7 +2,8 @@
 
 Create a sandbox and call it, crash an actor (an exception, then a segfault) and watch its
 supervisor bring it back, hot-reload the counter with its count kept, refuse a reload whose
-``code_change`` raises, roll back to the first version (each with the version history),
+``code_change`` raises, contain a memory bomb with a memory limit, roll back to the first
+version (each with the version history),
 drive a sandbox past its restart intensity so that it fails next to a healthy one, show the
 info table, and clean up.  The host keeps its registry in a scratch folder, so every run
 tells the same story and leaves no history behind.
@@ -11,6 +12,7 @@ tells the same story and leaves no history behind.
 from __future__ import annotations
 
 import contextlib
+import queue
 import shutil
 import tempfile
 import time
@@ -19,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.markup import escape
 
-from .config import HostConfig
-from .errors import CallTimeoutError, HotReloadError, PluginHostError
-from .values import ChildInfo, SandboxInfo, VersionHistory
+from .config import HostConfig, ResourceLimits
+from .errors import ActorNotFoundError, CallTimeoutError, HotReloadError, PluginError, PluginHostError
+from .values import ChildInfo, Event, SandboxInfo, VersionHistory
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -168,6 +170,7 @@ def run_demo(host: Host, samples: Path, console: Console, table: Callable[[list[
                                       ignore=shutil.ignore_patterns("__pycache__")))
         _reload_keeping_state(host, folder, console, history)
         _failed_reload(host, folder, console, history)
+        _memory_bomb(host, Path(tmp) / "bomb", console)
     _rollback(host, console, history)
     _fail_past_intensity(host, samples, console)
     _step(console, "Every sandbox, as the host sees it")
@@ -244,6 +247,50 @@ def _rollback(host: Host, console: Console, history: Callable[[VersionHistory], 
     _say(console, f"rollback_module('counter', 'counter', 1) -> version {result.old_version} -> "
                   f"{result.new_version}; inc -> {host.call('counter', 'counter', 'inc')}")
     console.print(history(host.get_version_history("counter", "counter")))
+
+
+_BOMB = '''
+from actors import ChildSpec, Plugin, Supervisor
+
+
+class Bomb(Plugin):
+    def init(self, args):
+        return []
+
+    def handle_call(self, request, state):
+        state = state + [bytearray(30 * 2**20)]  # 30 MiB more on every call, never freed
+        return 30 * len(state), state
+
+
+class Root(Supervisor):
+    max_restarts, max_seconds = 1, 60
+    children = [ChildSpec("bomb", Bomb)]
+'''
+
+
+def _memory_bomb(host: Host, folder: Path, console: Console) -> None:
+    _step(console, "Create sandbox 'bomb', limited to 100 MiB per actor, and let it allocate without bound")
+    folder.mkdir()
+    (folder / "bomb.py").write_text(_BOMB)
+    events: queue.Queue[Event] = queue.Queue()
+    unsubscribe = host.subscribe(events.put)
+    host.create_sandbox("bomb", "bomb:Root", sandbox_path=folder, limits=ResourceLimits(max_memory_mb=100))
+    held = 0
+    for _ in range(20):
+        try:
+            held = host.call("bomb", "bomb", "more")
+        except PluginError as exc:
+            _say(console, f"holding {held} MiB, one more call -> [red]{exc.type_name}[/]: the actor crashed; "
+                          "its supervisor restarts it")
+            held = 0
+        except ActorNotFoundError:
+            break
+    unsubscribe()
+    seen = [events.get_nowait() for _ in range(events.qsize())]
+    breaches = sum(1 for event in seen if event.kind == "limit_breached")
+    _say(console, f"{breaches} limit_breached events; 'bomb' is [red]{host.get_sandbox_info('bomb').status}[/] "
+                  f"(past its restart intensity); the host is fine, 'counter' counts: "
+                  f"{host.call('counter', 'counter', 'inc')}")
 
 
 def _fail_past_intensity(host: Host, samples: Path, console: Console) -> None:

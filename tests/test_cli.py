@@ -91,7 +91,8 @@ def test_demo_reloads_with_state_kept_refuses_a_failing_reload_and_rolls_back(cl
     assert "migrated its state from version 1 to 2" in text
     assert "HotReloadError" in text and "version 3 cannot migrate" in text
     assert "still version 2, still counting by 10: inc -> 23" in text
-    assert "rollback_module('counter', 'counter', 1) -> version 2 -> 1; inc -> 24" in text
+    assert "builtins.MemoryError" in text and "limit_breached events; 'bomb' is failed" in text
+    assert "rollback_module('counter', 'counter', 1) -> version 2 -> 1; inc -> 34" in text
     final = text.split("Roll 'counter' back")[1].split("> Create sandbox 'fragile'")[0]
     rows = [line.split()[:2] for line in final.splitlines() if line.strip()[:1].isdigit()]
     assert rows == [["3", "failed"], ["2", "previous"], ["1", "current"]]
