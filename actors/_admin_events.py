@@ -91,11 +91,11 @@ class EventsAdmin:
             self.send(self.monitor, m.UsageQuery(sandbox_id=msg.sandbox_id, messages=dict(rec.messages),
                                                  restarts=restarts, reply_to=sender, corr=msg.corr))
 
-    def record_audit(self, sandbox_id: str, records: list[AuditRecord]) -> None:
-        """Keep a sandbox's audit records (bounded)."""
-        rec = self.sandboxes.get(sandbox_id)
-        if rec is not None:
-            rec.audit.extend(records)
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
+        """Audit records of a sandbox, from its root."""
+        rec = self.sandboxes.get(msg.sandbox_id)
+        if rec is not None and rec.root == sender:
+            rec.audit.extend(msg.records)
 
     def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Any) -> None:  # noqa: N802
         """The sandbox's recent audit records, oldest first."""

@@ -21,6 +21,8 @@ class SandboxContext:
     hang_timeout: float
     shutdown_timeout: float
     limits: ResourceLimits = ResourceLimits()
+    security_profile: str = "standard"
+    """``restricted``, ``standard`` or ``permissive``: what the runtime audit does."""
 
 
 @attrs.frozen
@@ -344,3 +346,11 @@ class UsageQuery(Request):
     messages: dict[str, int]
     restarts: dict[str, int]
     reply_to: Any
+
+
+@attrs.frozen
+class AuditRecords:
+    """Worker -> sandbox root -> admin: what the runtime audit saw during a callback."""
+
+    sandbox_id: str
+    records: tuple[Any, ...]

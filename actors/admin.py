@@ -226,7 +226,8 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         rec.deadline = time.monotonic() + self.config.start_timeout
         cfg = self.config
         context = m.SandboxContext(sandbox_id, rec.root, cfg.heartbeat_interval, cfg.hang_timeout,
-                                   cfg.shutdown_timeout, rec.limits)
+                                   cfg.shutdown_timeout, rec.limits,
+                                   rec.request.security_profile or cfg.security_profile)
         self.send(rec.root, m.StartSandbox(context, rec.request.supervisor, rec.sources, rec.request.args,
                                            dict(rec.modules)))
         self._tick()

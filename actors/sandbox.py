@@ -196,6 +196,10 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     def _event(self, kind: str, actor: str, reason: str, **details: Any) -> None:
         self.send(self.admin, m.TreeEvent(self.context.sandbox_id, kind, actor, reason, details))  # type: ignore[union-attr]
 
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
+        """A worker's audit records: on to the admin, which keeps the sandbox's log."""
+        self.send(self.admin, msg)
+
     def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
         """Message counts from a supervisor: keep them and tell the admin."""
         self.message_counts.update(msg.messages)

@@ -7,12 +7,13 @@ worker tells its supervisor why before it exits, so the supervisor can restart i
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 import cloudpickle
 from thespian.actors import ActorExitRequest, WakeupMessage
@@ -23,6 +24,7 @@ from plugin_host.messages import Blob, Call, Cast, Failed, Ok, unblob
 from . import _inflight
 from . import _messages as m
 from ._codeswap import Staged
+from ._audit import Auditor
 from ._limits import CpuBudget, apply_rlimits
 from ._base import SandboxMember, describe_exception, plugin_error
 from ._spec import ChildSpec
@@ -80,6 +82,8 @@ class WorkerActor(SandboxMember):
         self._prepared: tuple[str, Staged, tuple[Plugin, Any] | None] | None = None
         self._held: list[tuple[Any, Any]] = []
         self._budget = CpuBudget(None, "")
+        self._auditor: Auditor | None = None
+        self._audited: list[Any] = []
 
     # -- start --------------------------------------------------------------------
 
@@ -91,12 +95,13 @@ class WorkerActor(SandboxMember):
         if self.multiprocess:
             apply_rlimits(msg.context.limits)
             self._budget = CpuBudget(msg.context.limits.call_cpu_budget_ms, msg.name)
+            self._auditor = Auditor(msg.context.sandbox_id, msg.context.security_profile, self._audited.append)
         try:
             spec: ChildSpec = cloudpickle.loads(msg.spec)
             self.module = spec.plugin.__module__
             plugin = spec.plugin()
             plugin._ph_runtime = PluginRuntime(self)
-            with self._budget.running():
+            with self._plugin_code():
                 self.state = plugin.init(spec.args)
             self.plugin = plugin
         except Exception as exc:  # noqa: BLE001 - the sandbox boundary: any plugin error
@@ -118,7 +123,7 @@ class WorkerActor(SandboxMember):
         self.messages += 1
         _inflight.write(self._slot, msg.corr)
         try:
-            with self._budget.running():
+            with self._plugin_code():
                 result = self.plugin.handle_call(unblob(msg.request), self.state)  # type: ignore[union-attr]
             if not (isinstance(result, tuple) and len(result) == 2):
                 raise TypeError(f"handle_call must return (reply, new_state), got {type(result).__name__}")
@@ -165,6 +170,24 @@ class WorkerActor(SandboxMember):
 
     # -- internals -------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _plugin_code(self) -> Iterator[None]:
+        """Around every plugin callback: the CPU budget and the runtime audit."""
+        with self._budget.running():
+            if self._auditor is None:
+                yield
+            else:
+                try:
+                    with self._auditor.watching(self.actor_name):
+                        yield
+                finally:
+                    self._flush_audit()
+
+    def _flush_audit(self) -> None:
+        if self._audited and self.context is not None:
+            records, self._audited[:] = tuple(self._audited), []
+            self.send(self.context.root, m.AuditRecords(self.context.sandbox_id, records))
+
     def _accepts(self, msg: Call | Cast) -> bool:
         if self.dead or self.plugin is None or self.context is None:
             return False
@@ -182,7 +205,7 @@ class WorkerActor(SandboxMember):
             return
         self.messages += 1
         try:
-            with self._budget.running():
+            with self._plugin_code():
                 self.state = getattr(self.plugin, hook)(message, self.state)
         except Exception as exc:  # noqa: BLE001 - the sandbox boundary
             self._crash(exc)
@@ -206,7 +229,8 @@ class WorkerActor(SandboxMember):
 
     def _terminate(self, reason: Any) -> None:
         try:
-            self.plugin.terminate(reason, self.state)  # type: ignore[union-attr]
+            with self._plugin_code():
+                self.plugin.terminate(reason, self.state)  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - terminate is best effort by contract
             pass
 
@@ -259,7 +283,8 @@ class WorkerActor(SandboxMember):
         new._ph_runtime = old._ph_runtime  # type: ignore[union-attr]
         old_vsn, new_vsn = msg.versions.get(self.module, (None, None))
         migrate = cloudpickle.loads(msg.state_handler) if msg.state_handler else new.code_change
-        return new, migrate(self.state, old_vsn, new_vsn)
+        with self._plugin_code():
+            return new, migrate(self.state, old_vsn, new_vsn)
 
     def _swap(self, swap: tuple[Plugin, Any] | None) -> None:
         if swap is not None:
@@ -308,7 +333,8 @@ class WorkerActor(SandboxMember):
                                      sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
         call = Call(sandbox_id=self.context.sandbox_id, name=name, request=Blob.dump(request),  # type: ignore[union-attr]
                     corr=f"{os.getpid()}-{next(self._calls)}")
-        reply = blocking_call(self, address, call, timeout)
+        with Auditor.paused():  # the runtime's own sockets, not the plugin's
+            reply = blocking_call(self, address, call, timeout)
         if reply is None:
             raise CallTimeoutError(f"{self.actor_name} -> {name}: no reply within {timeout} s",
                                    sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
