@@ -98,6 +98,8 @@ class MonitorActor(HostActor):
 
     def _enforce(self, sandbox_id: str, entry: _Watched, live: dict[str, _Figures]) -> None:
         limits = entry.limits
+        if limits.max_actors is not None:
+            self._enforce_processes(sandbox_id, entry, limits.max_actors)
         for name, figures in live.items():
             if name == "(root)":
                 continue  # the root runs our code, not the plugin's
@@ -108,6 +110,23 @@ class MonitorActor(HostActor):
                 self._kill(sandbox_id, name, pid, "max_memory_mb", grown_mb, limits.max_memory_mb)
             elif limits.max_cpu_seconds is not None and figures.cpu > limits.max_cpu_seconds:
                 self._kill(sandbox_id, name, pid, "max_cpu_seconds", figures.cpu, limits.max_cpu_seconds)
+
+    def _enforce_processes(self, sandbox_id: str, entry: _Watched, maximum: int) -> None:
+        """Processes a plugin forked itself count against ``max_actors``: past it, they are ended."""
+        root = entry.pids.get("(root)")
+        if root is None:
+            return
+        try:
+            tree = psutil.Process(root).children(recursive=True)
+        except psutil.Error:
+            return
+        known = set(entry.pids.values())
+        strays = [proc for proc in tree if proc.pid not in known]
+        if strays and len(tree) > maximum:
+            owner = {pid: name for name, pid in entry.pids.items()}
+            for proc in strays:
+                name = owner.get(_parent_pid(proc), "")
+                self._kill(sandbox_id, name, proc.pid, "max_actors", len(tree), maximum)
 
     def _kill(self, sandbox_id: str, name: str, pid: int, limit: str, value: float, maximum: float) -> None:
         try:
@@ -134,3 +153,10 @@ def _alive(proc: psutil.Process) -> bool:
         return bool(proc.is_running())
     except psutil.Error:
         return False
+
+
+def _parent_pid(proc: psutil.Process) -> int:
+    try:
+        return int(proc.ppid())
+    except psutil.Error:
+        return 0

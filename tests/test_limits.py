@@ -135,3 +135,14 @@ def test_resource_usage_matches_the_processes(host: Host) -> None:
     assert 0 <= actor.cpu_seconds < 60 and actor.restarts == 0
     assert usage.total_rss_bytes >= actor.rss_bytes
     assert {a.name for a in usage.actors} == {"(root)", "counter"}
+
+
+def test_processes_a_plugin_forks_past_max_actors_are_ended(host: Host) -> None:
+    """A plugin that starts processes of its own is held to max_actors by the monitor."""
+    events = events_of(host)
+    host.create_sandbox("fork", "hog:ForkerRoot", sandbox_path=LIMITS, limits=ResourceLimits(max_actors=2))
+    strays = host.call("fork", "forker", "fork")
+    breach = wait_for(events, "limit_breached")
+    assert breach.details["limit"] == "max_actors"
+    eventually(lambda: not any(pid_alive(pid) for pid in strays))
+    assert isinstance(host.call("fork", "forker", "pid"), int)

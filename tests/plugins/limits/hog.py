@@ -41,3 +41,19 @@ class Root(Supervisor):
 
 class Big(Supervisor):
     children = [ChildSpec(f"hog{i}", Hog) for i in range(5)]
+
+
+class Forker(Plugin):
+    """fork: starts processes of its own (sleeping children) and answers their pids."""
+
+    def handle_call(self, request, state):
+        import subprocess
+
+        if request == "fork":
+            children = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+            return [child.pid for child in children], state
+        return os.getpid(), state
+
+
+class ForkerRoot(Supervisor):
+    children = [ChildSpec("forker", Forker)]
