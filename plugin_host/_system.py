@@ -285,10 +285,10 @@ class Pending:
         base.transport.scheduleTransmit(None, TransmitIntent(address, message, onSuccess=self._sent,
                                                              onError=self._failed))
 
-    def _sent(self, intent: Any) -> None:
+    def _sent(self, result: Any, intent: Any) -> None:  # Thespian calls back with (result, intent)
         self.delivered = True
 
-    def _failed(self, intent: Any) -> None:
+    def _failed(self, result: Any, intent: Any) -> None:
         self.refused = True
         self._ctx._systemBase.transport.abort_run()  # stop waiting: nothing will come
 
