@@ -171,3 +171,23 @@ def test_a_signal_to_the_host_process_group_is_not_needed_to_clean_up(config: Ho
         worker = host.call("c", "counter", "pid")
         assert os.getpgid(worker) != os.getpgid(0)
         assert signal.getsignal(signal.SIGSEGV) in (signal.SIG_DFL, None)  # the host's handlers untouched
+
+
+def test_a_message_to_a_dead_actor_is_known_to_be_refused(host: Host) -> None:
+    """The host tells 'refused' (never delivered, safe to resend) from 'no reply yet'."""
+    from plugin_host._system import DEAD
+    from plugin_host.messages import Call, LookupActor
+
+    host.create_sandbox("k", "trees:Kinds", sandbox_path=STRATEGIES)  # "temp" is never restarted
+    ref = host.actor_system.ask(host.admin_address, LookupActor(sandbox_id="k", name="temp", corr="l"), 10).value
+    pid = host.call("k", "temp", "pid")
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: not pid_alive(pid) and
+               [c.status for c in host.get_sandbox_info("k").children if c.name == "temp"] == ["crashed"])
+    pending = host._system.send(ref.address, Call(sandbox_id="k", name="temp", request="pid",
+                                                  incarnation=ref.incarnation, corr="dead-1"))
+    try:
+        assert pending.wait(10) is DEAD
+        assert pending.refused and not pending.delivered
+    finally:
+        pending.close()
