@@ -74,7 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--watch", action="store_true", help="hot-reload the sandbox whenever a file of PATH is saved")
     run.set_defaults(handler=_run)
     _operator_parsers(commands)
+    _bench_parser(commands)
     return parser
+
+
+def _bench_parser(commands: Any) -> None:
+    from .bench import SECTIONS  # light: the bench imports rich and Thespian only when it runs
+
+    bench = commands.add_parser("bench", help="measure plugin-host against raw Thespian, in one run")
+    bench.add_argument("--quick", action="store_true", help="fewer samples and actors (CI smoke use, under a minute)")
+    bench.add_argument("--json", dest="json_path", metavar="FILE", help="also write the report as JSON to FILE")
+    bench.add_argument("--only", nargs="+", choices=SECTIONS, metavar="NAME",
+                       help=f"run only these sections: {', '.join(SECTIONS)}")
+    bench.set_defaults(handler=_bench)
 
 
 def _operator_parsers(commands: Any) -> None:
@@ -194,6 +206,12 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(host, samples, console, _table_for(console), _history_for(console))
     console.print("\n[green]Done.[/]")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(quick=args.quick, json_path=args.json_path, only=args.only)
 
 
 def _run(args: argparse.Namespace) -> int:
