@@ -8,6 +8,7 @@ strategies and restart intensity decide what happens next.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -119,6 +120,7 @@ class SupervisorActor(SandboxMember):
         child.incarnation = _next_incarnation()
         child.exit_reason, child.normal_exit = None, False
         child.slot = None if child.spec.is_supervisor else _inflight.new_slot()
+        gc.freeze()  # what the child inherits stays out of its collector: fewer copy-on-write pages
         try:
             child.address = self.createActor(kind)
         except Exception as exc:  # noqa: BLE001 - e.g. fork failure under a memory limit

@@ -56,8 +56,8 @@ from .values import AuditRecord, Event, ResourceUsage, SandboxInfo
 __all__ = ["Host"]
 
 _ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
-_LIVENESS_SLICES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # while a call waits, when to check its actor still runs
-_GRACE = 0.05  # after an actor is seen gone, how long its last reply may still take to arrive
+_LIVENESS_SLICES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # when a waiting call checks its actor still runs
+_GRACE = 0.005  # after an actor is seen gone, how long its last reply may still take (it left before)
 
 
 def _slice(deadline: float, attempt: int) -> float:
@@ -375,7 +375,7 @@ class Host(ReloadMethods):
         A call that reaches an actor while it restarts waits for the new incarnation
         (within ``timeout``) and is sent again: it provably never ran.  A call the actor
         crashed on, or was running when its process died, is never run twice.  While
-        waiting, the host checks now and then (after 10 ms, then up to every 0.5 s) that the
+        waiting, the host checks now and then (after 5 ms, then up to every 0.5 s) that the
         actor still runs, so a hard crash mid-call (``os._exit``, a signal, a hang killed by
         the heartbeat) fails the call promptly instead of at its timeout.
 
