@@ -107,7 +107,7 @@ def test_calls_past_max_mailbox_fail_fast(host: Host) -> None:
 
     def first() -> None:
         started.set()
-        results.append(host.call("slow", "hog", ("sleep", 1.0)))
+        results.append(host.call("slow", "hog", ("sleep", 0.4)))  # well under hang_timeout
 
     thread = threading.Thread(target=first)
     thread.start()
