@@ -1,7 +1,7 @@
 """Operator access to a host that runs in another process, through its admin port.
 
-The ``status``, ``destroy``, ``reload``, ``rollback`` and ``history`` commands attach to the actor system a ``Host`` already runs
-and speak the ``plugin_host.messages`` protocol to its admin actor.  They never start that
+The ``status``, ``destroy``, ``reload``, ``rollback`` and ``history`` commands attach to the
+actor system a ``Host`` already runs and speak the ``plugin_host.messages`` protocol to its admin actor.  They never start that
 system and never shut it down: closing an :class:`AdminClient` only detaches from it.
 Compilation needs no host: :func:`compile_path` runs the isolated compiler locally, the
 way ``Host.compile_sandbox`` does, and ``reload`` sends its artifacts to the admin.
@@ -17,11 +17,13 @@ import attrs
 
 from . import compiler
 from .config import HostConfig
-from .errors import CallTimeoutError, HostStartError, PluginHostError
+from .errors import CallTimeoutError, HostClosedError, HostStartError, PluginHostError
 from .messages import (
     ADMIN_GLOBAL_NAME,
     DestroySandbox,
     Failed,
+    GetAuditLog,
+    GetResourceUsage,
     GetVersionHistory,
     HotReload,
     ListSandboxes,
@@ -29,7 +31,7 @@ from .messages import (
     RollbackModule,
 )
 from ._system import DEAD, ActorSystemHandle
-from .values import Artifact, CompileInfo, ReloadResult, SandboxInfo, VersionHistory
+from .values import Artifact, AuditRecord, CompileInfo, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
 
 __all__ = ["AdminClient", "compile_path"]
 
@@ -50,6 +52,8 @@ class AdminClient:
 
     def __init__(self, port: int, config: HostConfig | None = None) -> None:
         self.config = config or HostConfig()
+        self.port = port
+        """The admin port attached to."""
         self._system = ActorSystemHandle(self.config)
         try:
             self._system.attach_existing(port)
@@ -79,11 +83,14 @@ class AdminClient:
 
         Raises:
             CallTimeoutError: the admin did not answer within ``timeout`` seconds.
+            HostClosedError: the host went away (its admin refused the request).
             PluginHostError: the admin answered ``Failed`` (its error is raised as is).
         """
         request = attrs.evolve(request, corr=self._system.new_corr())
         reply = self._system.ask(self._admin, request, timeout)
-        if reply is None or reply is DEAD:
+        if reply is DEAD:
+            raise HostClosedError(f"the plugin host on port {self.port} went away", port=self.port)
+        if reply is None:
             raise CallTimeoutError(f"the admin actor did not answer {type(request).__name__} in time")
         if isinstance(reply, Failed):
             raise reply.error
@@ -92,6 +99,23 @@ class AdminClient:
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of the host, sorted by id."""
         return list(self.request(ListSandboxes(), self.config.call_timeout + _SLACK))
+
+    def resource_usage(self, sandbox_id: str) -> ResourceUsage:
+        """Memory, CPU time, messages and restarts per actor of the sandbox, as ``Host.resource_usage`` does.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        request = GetResourceUsage(sandbox_id=sandbox_id)
+        return self.request(request, self.config.call_timeout + _SLACK)  # type: ignore[no-any-return]
+
+    def audit_log(self, sandbox_id: str) -> list[AuditRecord]:
+        """The sandbox's recent audit records, oldest first, as ``Host.audit_log`` does.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        return list(self.request(GetAuditLog(sandbox_id=sandbox_id), self.config.call_timeout + _SLACK))
 
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox of the host and end its processes.

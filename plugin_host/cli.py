@@ -20,19 +20,26 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import attrs
 
 from .config import SECURITY_PROFILES
-from .errors import PluginHostError
+from .errors import PluginHostError, SandboxNotFoundError
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from ._operator import AdminClient
     from ._watch import ReloadReport
     from .host import Host
-    from .values import CompileInfo, ReloadResult, SandboxInfo, VersionHistory
+    from .values import AuditRecord, CompileInfo, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
+
+    Snapshot = list[tuple[SandboxInfo, ResourceUsage | None]]
+    """Every sandbox with its resource usage (``None`` when it is not running)."""
 
 __all__ = ["main"]
 
 _STATUS_STYLES = {"running": "green", "starting": "yellow", "failed": "bold red", "lost": "red", "stopped": "dim",
                   "current": "green", "previous": "dim"}
+_MIB = 1024 * 1024
+_USAGE_COLUMNS = ("sandbox", "status", "actor", "pid", "rss MiB", "cpu s", "messages", "restarts", "version")
+_pause = time.sleep  # between live refreshes; a seam, so tests need not sleep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,8 +98,12 @@ def _bench_parser(commands: Any) -> None:
 
 def _operator_parsers(commands: Any) -> None:
     """The commands that talk to a running host through its admin port (and ``compile``, which needs none)."""
-    status = _with_port(commands.add_parser("status", help="list the sandboxes of a running host"))
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status = _with_port(commands.add_parser("status", help="actors, memory and CPU of a running host, live"))
+    status.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    status.add_argument("--once", action="store_true", help="print one table and exit (the default off a terminal)")
+    status.add_argument("--interval", type=_seconds, default=1.0, metavar="S", help="seconds between refreshes")
+    status.add_argument("--audit", action="store_true", help="print the audit log instead, newest last")
+    status.add_argument("--sandbox", metavar="ID", help="only this sandbox")
     status.set_defaults(handler=_status)
     destroy = commands.add_parser("destroy", help="destroy a sandbox of a running host")
     destroy.add_argument("sandbox_id", metavar="ID")
@@ -120,6 +131,13 @@ def _operator_parsers(commands: Any) -> None:
 def _with_port(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, required=True, metavar="N", help="the host's admin port")
     return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _console(stderr: bool = False) -> Console:
@@ -290,17 +308,138 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 def _status(args: argparse.Namespace) -> int:
     from ._operator import AdminClient
 
-    with AdminClient(args.port) as client:
-        infos = client.list_sandboxes()
-    if args.json:
-        print(json.dumps([attrs.asdict(info) for info in infos], indent=2, default=str))
-        return 0
     console = _console()
-    if infos:
-        console.print(_table_for(console)(infos))
+    with AdminClient(args.port) as client:
+        if args.audit:
+            return _print_audit(console, _audit_records(client, args.sandbox), as_json=args.json)
+        if args.json or args.once or not console.is_terminal:
+            return _print_status(console, _snapshot(client, args.sandbox), as_json=args.json)
+        try:
+            _live_status(client, console, args.sandbox, args.interval)
+        except KeyboardInterrupt:  # Ctrl-C is how a live view ends, as with ``top``
+            pass
+    return 0
+
+
+def _snapshot(client: AdminClient, sandbox_id: str | None = None) -> Snapshot:
+    """Every sandbox (or only ``sandbox_id``) with the resource usage of those running."""
+    infos = client.list_sandboxes()
+    if sandbox_id is not None:
+        infos = [info for info in infos if info.id == sandbox_id]
+        if not infos:
+            raise SandboxNotFoundError(f"no sandbox {sandbox_id!r}", sandbox_id=sandbox_id)
+    return [(info, _usage_of(client, info)) for info in infos]
+
+
+def _usage_of(client: AdminClient, info: SandboxInfo) -> ResourceUsage | None:
+    if info.status != "running":
+        return None
+    try:
+        return client.resource_usage(info.id)
+    except SandboxNotFoundError:  # destroyed since the listing
+        return None
+
+
+def _print_status(console: Console, snapshot: Snapshot, *, as_json: bool) -> int:
+    if as_json:  # the sandboxes as before, each with its usage (or null)
+        print(json.dumps([{**attrs.asdict(info), "usage": None if usage is None else attrs.asdict(usage)}
+                          for info, usage in snapshot], indent=2, default=str))
+    elif snapshot:
+        console.print(_usage_table(snapshot, plain=not console.is_terminal))
     else:
         console.print("no sandboxes", highlight=False)
     return 0
+
+
+def _live_status(client: AdminClient, console: Console, sandbox_id: str | None, interval: float) -> None:
+    """Redraw the status every ``interval`` seconds until Ctrl-C (or a host error, which propagates)."""
+    from rich.live import Live
+
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            live.update(_live_frame(_snapshot(client, sandbox_id), client.port), refresh=True)
+            _pause(interval)
+
+
+def _live_frame(snapshot: Snapshot, port: int) -> RenderableType:
+    """One frame of the live view: a summary line, then the status table."""
+    from rich.console import Group
+    from rich.text import Text
+
+    usages = [usage for _, usage in snapshot if usage is not None]
+    rss, cpu = sum(u.total_rss_bytes for u in usages) / _MIB, sum(u.total_cpu_seconds for u in usages)
+    head = Text(f"plugin host on port {port}: {len(snapshot)} sandbox(es), {rss:.1f} MiB, {cpu:.2f} s CPU"
+                f"  [{time.strftime('%H:%M:%S')}, Ctrl-C quits]", style="bold")
+    return Group(head, _usage_table(snapshot) if snapshot else Text("no sandboxes"))
+
+
+def _usage_table(snapshot: Snapshot, *, plain: bool = False) -> RenderableType:
+    """One row per actor of every sandbox (one of dashes for a sandbox not running), then failure reasons."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None if plain else box.SIMPLE_HEAD, header_style="bold")
+    for column in _USAGE_COLUMNS:
+        table.add_column(column, justify="left" if column in ("sandbox", "status", "actor") else "right")
+    for info, usage in snapshot:
+        status = Text(info.status, style=_STATUS_STYLES.get(info.status, ""))
+        if usage is None or not usage.actors:
+            table.add_row(info.id, status, *["-"] * (len(_USAGE_COLUMNS) - 2))
+        for actor in usage.actors if usage is not None else ():
+            version = _version_of(info, actor.name)
+            table.add_row(info.id, status, actor.name, "-" if actor.pid is None else str(actor.pid),
+                          f"{actor.rss_bytes / _MIB:.1f}", f"{actor.cpu_seconds:.2f}", str(actor.messages),
+                          str(actor.restarts), "-" if version is None else str(version))
+    reasons = [Text(f"{info.id}: {info.reason.splitlines()[0]}", style="red") for info, _ in snapshot if info.reason]
+    return Group(table, *reasons)
+
+
+def _version_of(info: SandboxInfo, actor: str) -> int | None:
+    """The module version an actor runs; the root supervisor's is its module's."""
+    for child in info.children:
+        if child.name == actor:
+            return child.version
+    return info.modules.get(info.supervisor.partition(":")[0]) if actor == "(root)" else None
+
+
+def _audit_records(client: AdminClient, sandbox_id: str | None) -> list[AuditRecord]:
+    """The audit records of one sandbox or of every one, oldest first."""
+    ids = [sandbox_id] if sandbox_id is not None else [info.id for info in client.list_sandboxes()]
+    records: list[AuditRecord] = []
+    for each in ids:
+        try:
+            records.extend(client.audit_log(each))
+        except SandboxNotFoundError:
+            if sandbox_id is not None:
+                raise  # asked for by name; otherwise it was destroyed since the listing
+    return sorted(records, key=lambda record: record.time)
+
+
+def _print_audit(console: Console, records: list[AuditRecord], *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([attrs.asdict(record) for record in records], indent=2))
+    elif records:
+        console.print(_audit_table(records, plain=not console.is_terminal))
+    else:
+        console.print("no audit records", highlight=False)
+    return 0
+
+
+def _audit_table(records: list[AuditRecord], *, plain: bool = False) -> RenderableType:
+    """time, sandbox, actor, event, detail; a blocked operation is a red row."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=None if plain else box.SIMPLE_HEAD, header_style="bold")
+    for column in ("time", "sandbox", "actor", "event", "detail", "blocked"):
+        table.add_column(column, overflow="fold", no_wrap=column != "detail")
+    for record in records:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.time)) + f".{int(record.time % 1 * 1000):03d}"
+        table.add_row(stamp, record.sandbox_id, record.actor, record.event, record.detail,
+                      "blocked" if record.blocked else "", style="red" if record.blocked else None)
+    return table
 
 
 def _destroy(args: argparse.Namespace) -> int:

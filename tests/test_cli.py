@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -13,15 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from plugin_host import Host
+from plugin_host import Host, cli
 from plugin_host._demo import samples_folder
 from plugin_host._operator import AdminClient
 from plugin_host._system import free_port
 from plugin_host.cli import main
 from plugin_host.messages import Blob, Call
+from plugin_host.values import SandboxInfo
 
 from conftest import ROOT, SAMPLES, eventually, pid_alive, sample
+
+AUDIT = ROOT / "tests" / "plugins" / "audit"
 
 
 @pytest.fixture
@@ -122,13 +127,128 @@ def test_status_json_lists_the_sandboxes_of_a_running_host(host: Host, cli_env: 
     assert host.call("s1", "counter", "inc") == 1
 
 
-def test_status_prints_a_table_of_the_sandboxes(host: Host, cli_env: dict[str, str],
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """Plain ``status`` prints one row per sandbox with its status and children."""
-    host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
-    assert main(["status", "--port", str(host.admin_port)]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("s1"))
-    assert row.split()[:4] == ["s1", "running", "0", "counter"]
+def actor_rows(out: str, sandbox_id: str) -> dict[str, list[str]]:
+    """The rows of sandbox ``sandbox_id`` in a status table, by actor: [pid, rss MiB, cpu s, messages, restarts, version]."""
+    rows = [line.split() for line in out.splitlines()]
+    return {row[2]: row[3:] for row in rows if len(row) == 9 and row[0] == sandbox_id}
+
+
+def fake_terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """Make the CLI print to a wide in-memory terminal (stdout only); return what it wrote."""
+    screen, real = io.StringIO(), cli._console
+    terminal = Console(file=screen, force_terminal=True, width=200)
+    monkeypatch.setattr(cli, "_console", lambda stderr=False: real(stderr=True) if stderr else terminal)
+    return screen
+
+
+def test_status_once_prints_a_row_per_actor_with_its_pid_and_memory(host: Host, cli_env: dict[str, str],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``status --once`` prints sandbox, status, actor, pid, memory, CPU, messages, restarts and version per actor."""
+    info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
+    assert main(["status", "--port", str(host.admin_port), "--once"]) == 0
+    out = capsys.readouterr().out
+    rows = actor_rows(out, "s1")
+    assert {actor: row[0] for actor, row in rows.items()} == {"(root)": str(info.pid), "counter": str(info.children[0].pid)}
+    assert all(float(row[1]) > 1.0 and float(row[2]) >= 0.0 for row in rows.values())  # MiB resident, CPU seconds
+    assert rows["counter"][3:] == ["0", "0", "1"] and "running" in out
+
+
+def test_status_json_includes_the_usage_of_each_actor(host: Host, cli_env: dict[str, str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``status --json`` gives each sandbox its ``usage``: pid, rss, CPU, messages and restarts per actor."""
+    info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
+    assert main(["status", "--port", str(host.admin_port), "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    usage = listed["usage"]
+    assert usage["sandbox_id"] == "s1" and usage["total_rss_bytes"] > 0
+    pids = {actor["name"]: actor["pid"] for actor in usage["actors"]}
+    assert pids == {"(root)": info.pid, "counter": info.children[0].pid}
+    assert all(actor["rss_bytes"] > 0 and actor["restarts"] == 0 for actor in usage["actors"])
+
+
+def test_status_audit_lists_a_file_write_of_a_standard_sandbox(host: Host, cli_env: dict[str, str], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``status --audit`` prints the audit records (time, sandbox, actor, event, detail); ``--json`` too."""
+    host.create_sandbox("std", "nosy:Root", sandbox_path=AUDIT)
+    host.create_sandbox("quiet", "root:Root", sandbox_path=sample("counter"))
+    target = tmp_path / "written.txt"
+    assert host.call("std", "nosy", ("write", str(target))) == "done"
+    eventually(lambda: any(r.event == "open" for r in host.audit_log("std")))
+    port = str(host.admin_port)
+    assert main(["status", "--port", port, "--audit"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert any(row[2:5] == ["std", "nosy", "open"] for row in rows if len(row) >= 5)
+    assert main(["status", "--port", port, "--audit", "--sandbox", "std", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    write = next(r for r in records if r["event"] == "open")
+    assert str(target) in write["detail"] and (write["sandbox_id"], write["actor"], write["blocked"]) == ("std", "nosy", False)
+    assert main(["status", "--port", port, "--audit", "--sandbox", "quiet"]) == 0
+    assert "no audit records" in capsys.readouterr().out
+
+
+def test_status_audit_of_an_unknown_sandbox_exits_one(host: Host, cli_env: dict[str, str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``--audit --sandbox ID`` of no such sandbox is one ``error:`` line naming it."""
+    assert main(["status", "--port", str(host.admin_port), "--audit", "--sandbox", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_status_live_frame_has_a_summary_a_row_per_actor_and_failure_reasons(host: Host, cli_env: dict[str, str]) -> None:
+    """One frame of the live view: the totals line, the actor rows, and a failed sandbox's reason."""
+    info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
+    failed = SandboxInfo("broken", "failed", "root:Root", 0.0, 5, reason="reached max restart intensity\ntraceback")
+    with AdminClient(host.admin_port) as client:
+        snapshot = cli._snapshot(client) + [(failed, None)]
+    screen = Console(file=io.StringIO(), width=200)
+    screen.print(cli._live_frame(snapshot, host.admin_port))
+    out = screen.file.getvalue()  # type: ignore[attr-defined]
+    assert f"plugin host on port {host.admin_port}: 2 sandbox(es)" in out and "Ctrl-C quits" in out
+    assert actor_rows(out, "s1")["counter"][0] == str(info.children[0].pid)
+    assert actor_rows(out, "broken") == {"-": ["-"] * 6}
+    assert "broken: reached max restart intensity" in out and "traceback" not in out
+
+
+def test_status_on_a_terminal_redraws_until_ctrl_c_then_exits_zero(host: Host, cli_env: dict[str, str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal ``status`` is a live view that refreshes every ``--interval`` seconds; Ctrl-C ends it."""
+    info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
+    screen, pauses = fake_terminal(monkeypatch), []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_pause", pause)
+    assert main(["status", "--port", str(host.admin_port), "--interval", "0.5"]) == 0
+    assert pauses == [0.5, 0.5] and screen.getvalue().count("Ctrl-C quits") >= 2  # two frames (rich redraws the last on exit)
+    assert str(info.children[0].pid) in screen.getvalue() and "\x1b[" in screen.getvalue()
+
+
+def test_status_live_view_exits_one_when_the_host_goes_away(cli_env: dict[str, str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A host that stops between two refreshes ends the live view with one ``error:`` line and exit code 1."""
+    port, out = free_port("127.0.0.1"), tmp_path / "run.txt"
+    proc = start_cli(["run", sample("counter"), "--supervisor", "root:Root", "--admin-port", str(port)], out, cli_env)
+    try:
+        wait_for_text(out, "serving", proc)
+        screen = fake_terminal(monkeypatch)
+
+        def stop_host(seconds: float) -> None:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, out.read_text()
+
+        monkeypatch.setattr(cli, "_pause", stop_host)
+        assert main(["status", "--port", str(port)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "went away" in err and len(err.strip().splitlines()) == 1
+        assert "counter" in screen.getvalue()  # the frame drawn before it went
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_destroy_stops_a_sandbox_of_a_running_host(host: Host, cli_env: dict[str, str],
@@ -158,8 +278,9 @@ def test_status_against_a_port_without_a_host_exits_one(cli_env: dict[str, str],
     assert capsys.readouterr().err.startswith("error: no plugin host listens")
 
 
-@pytest.mark.parametrize("argv", [["bogus"], [], ["status"], ["destroy", "x", "--port", "many"]],
-                         ids=["unknown-command", "no-command", "missing-port", "bad-port"])
+@pytest.mark.parametrize("argv", [["bogus"], [], ["status"], ["destroy", "x", "--port", "many"],
+                                  ["status", "--port", "1", "--interval", "0"]],
+                         ids=["unknown-command", "no-command", "missing-port", "bad-port", "zero-interval"])
 def test_a_usage_error_exits_two(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Unknown commands and bad arguments are usage errors: exit code 2 and a usage line."""
     assert main(argv) == 2
