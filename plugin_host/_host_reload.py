@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["ReloadMethods"]
 
 _SLACK = 5.0
+_POOL_LOCK = threading.Lock()
+"""Makes a host's compile pool once, whichever thread compiles first."""
 
 
 def _artifacts(code: Artifact | CompileInfo | Iterable[Artifact]) -> list[Artifact]:
@@ -45,9 +48,31 @@ class ReloadMethods:
 
     config: HostConfig
     _request: Callable[[Request, float, Callable[[], PluginHostError]], Any]  # provided by Host
+    _compile_pool_made: compiler.CompilePool | None = None
+    """The warm compile worker of this host's validations; see :meth:`_compile_pool`."""
 
     def _cache_dir(self) -> Path:
         return Path(self.config.state_dir) / "compile-cache"
+
+    def _compile_pool(self) -> compiler.CompilePool:
+        """The host's compile pool, made on first use (its worker process starts on the first validation).
+
+        Its worker's command line names the ``state_dir``, as every process of the host does.
+        """
+        with _POOL_LOCK:
+            if self._compile_pool_made is None:
+                self._compile_pool_made = compiler.CompilePool(label=str(self.config.state_dir))
+            return self._compile_pool_made
+
+    def _compile_pool_close(self) -> None:
+        """End the warm compile worker (``Host.close`` calls this); later compiles run cold.
+
+        Never raises: closing the host must go on.
+        """
+        try:
+            self._compile_pool().close()  # made if need be, so a later compile cannot start a worker
+        except Exception:  # noqa: BLE001 - Host.close shuts the actor system down after this, whatever happens
+            pass
 
     def compile_sandbox(self, path: str | os.PathLike[str], *, timeout: float | None = None, validate: bool = True,
                         security_profile: str | None = None) -> CompileInfo:
@@ -60,12 +85,13 @@ class ReloadMethods:
         """
         return compiler.compile_sandbox(path, timeout=timeout or self.config.compile_timeout, validate=validate,
                                         security_profile=security_profile or self.config.security_profile,
-                                        cache_dir=self._cache_dir())
+                                        cache_dir=self._cache_dir(), pool=self._compile_pool())
 
     def compile_file(self, path: str | os.PathLike[str], timeout: float | None = None) -> CompileInfo:
         """Compile one module file (its folder's modules importable) in a separate process."""
         return compiler.compile_file(path, timeout=timeout or self.config.compile_timeout,
-                                     security_profile=self.config.security_profile, cache_dir=self._cache_dir())
+                                     security_profile=self.config.security_profile, cache_dir=self._cache_dir(),
+                                     pool=self._compile_pool())
 
     def hot_reload(self, sandbox_id: str, code: Artifact | CompileInfo | Iterable[Artifact], *,
                    state_handler: Callable[[Any, Any, Any], Any] | None = None, timeout: float | None = None,
@@ -113,7 +139,8 @@ class ReloadMethods:
         table = CodeTable.from_wire(wire)
         info = compiler.compile_source(module, source, sandbox_sources=table,
                                        timeout=self.config.compile_timeout,
-                                       security_profile=self.config.security_profile, cache_dir=self._cache_dir())
+                                       security_profile=self.config.security_profile, cache_dir=self._cache_dir(),
+                                       pool=self._compile_pool())
         return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout)
 
     def batch_hot_reload(self, sandbox_ids: Iterable[str],

@@ -8,6 +8,8 @@ Compiling a sandbox folder (or one module of it) goes through these steps, cheap
    ``permissive`` skips it;
 3. with ``validate``, the modules are imported in a separate Python process that is killed at
    the timeout (:mod:`plugin_host._compile_worker`), so top-level code never runs in the caller;
+   with a :class:`CompilePool`, that process is forked from a warm worker instead of started
+   afresh (the same result, without the interpreter's start-up);
 4. a successful result is kept in a content-hash cache under the caller's ``cache_dir`` (a
    folder of the host's ``state_dir``); nothing is ever written into the source tree.
 
@@ -31,7 +33,7 @@ from typing import Iterable, Sequence
 
 import attrs
 
-from ._compile_worker import run_validator
+from ._compile_worker import CompilePool, CompilePoolStatistics, run_validator
 from .codeload import CodeTable, ModuleSource, check_syntax, read_sandbox_folder
 from .config import SECURITY_PROFILES
 from .errors import (
@@ -43,7 +45,15 @@ from .errors import (
 )
 from .values import Artifact, CompileInfo
 
-__all__ = ["compile_file", "compile_sandbox", "compile_source", "dependents", "scan_source"]
+__all__ = [
+    "CompilePool",
+    "CompilePoolStatistics",
+    "compile_file",
+    "compile_sandbox",
+    "compile_source",
+    "dependents",
+    "scan_source",
+]
 
 Finding = tuple[str, int, str]
 """(file, line, message)."""
@@ -65,6 +75,7 @@ def compile_sandbox(
     security_profile: str = "standard",
     cache_dir: str | os.PathLike[str] | None = None,
     plugin_classes: Iterable[str] = (),
+    pool: CompilePool | None = None,
 ) -> CompileInfo:
     """Compile every module of a sandbox folder in isolation.
 
@@ -79,6 +90,8 @@ def compile_sandbox(
             and those that import them, are imported again.
         plugin_classes: ``"module:Class"`` names that must be ``actors.Plugin`` or
             ``actors.Supervisor`` subclasses after import (checked only when validating).
+        pool: validate in a process forked from this pool's warm worker; default: a fresh
+            Python process per compile (same results, about 100 ms slower).
 
     Returns:
         One artifact per module, sorted by module name.
@@ -92,7 +105,7 @@ def compile_sandbox(
     """
     start = time.perf_counter()
     root = Path(path).resolve()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, root)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool)
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
 
@@ -108,6 +121,7 @@ def compile_source(
     security_profile: str = "standard",
     cache_dir: str | os.PathLike[str] | None = None,
     plugin_classes: Iterable[str] = (),
+    pool: CompilePool | None = None,
 ) -> CompileInfo:
     """Compile one module given as text, as ``hot_reload_source`` does.
 
@@ -120,7 +134,7 @@ def compile_source(
         path: the file name shown in errors; default: the path it has in ``sandbox_sources``,
             or ``<module>``.
         sandbox_sources: the sandbox's other modules, importable by this one.
-        timeout, validate, security_profile, cache_dir, plugin_classes: as for
+        timeout, validate, security_profile, cache_dir, plugin_classes, pool: as for
             :func:`compile_sandbox`.
 
     Returns:
@@ -133,7 +147,7 @@ def compile_source(
         ConfigError: an invalid profile or timeout.
     """
     start = time.perf_counter()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool)
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
     file = str(path) if path is not None else (old.path if old else f"<{module}>")
@@ -149,6 +163,7 @@ def compile_file(
     security_profile: str = "standard",
     cache_dir: str | os.PathLike[str] | None = None,
     plugin_classes: Iterable[str] = (),
+    pool: CompilePool | None = None,
 ) -> CompileInfo:
     """Compile one ``.py`` file; the other modules of its folder are importable by it.
 
@@ -161,7 +176,7 @@ def compile_file(
     root, name, is_package = _module_of_file(file)
     # No cache-inside-the-tree check here: the folder is only read for imports, and a file in
     # the home folder would otherwise refuse a state_dir under it.
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool)
     try:
         text = _as_text(file.read_bytes(), str(file))
     except OSError as exc:
@@ -191,6 +206,8 @@ class _Options:
     profile: str
     cache_dir: Path | None
     plugin_classes: tuple[str, ...]
+    pool: CompilePool | None = attrs.field(default=None, eq=False)
+    """Where validation runs; not part of what a compile means (nor of its cache key)."""
 
     @classmethod
     def make(
@@ -201,6 +218,7 @@ class _Options:
         cache_dir: str | os.PathLike[str] | None,
         plugin_classes: Iterable[str],
         source_root: Path | None,
+        pool: CompilePool | None = None,
     ) -> _Options:
         if profile not in SECURITY_PROFILES:
             raise ConfigError(
@@ -215,7 +233,7 @@ class _Options:
                               field="cache_dir")
         classes = tuple(plugin_classes)
         _check_class_specs(classes)
-        return cls(float(timeout), bool(validate), profile, folder, classes)
+        return cls(float(timeout), bool(validate), profile, folder, classes, pool)
 
 
 @attrs.frozen
@@ -272,7 +290,7 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
     if not targets and not job.options.plugin_classes:
         return [f"validated 0 of {len(job.table.modules)} module(s): none changed since the last success"]
     result = run_validator(job.table, targets, job.options.plugin_classes,
-                           timeout=job.options.timeout, label=job.label)
+                           timeout=job.options.timeout, label=job.label, pool=job.options.pool)
     notes = [f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "
              f"in a separate process ({result.elapsed * 1000:.0f} ms)"]
     if result.chatter.strip():

@@ -138,6 +138,7 @@ class Host(ReloadMethods):
         except Exception:  # noqa: BLE001 - closing must go on whatever happened
             pass
         finally:
+            self._compile_pool_close()
             self._system.shutdown()
 
     @property
