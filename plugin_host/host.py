@@ -129,10 +129,13 @@ class Host(ReloadMethods):
         """
         if self._system.closed:
             return
+        if os.getpid() != self.pid:  # a forked copy of the application: the system is the parent's
+            self._system.detach()
+            return
         if self._listener is not None:
             self._listener.close()
         try:
-            if self._admin is not None and os.getpid() == self.pid:
+            if self._admin is not None:
                 timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
                 self._system.ask(self._admin, m.HostShutdown(self._system.new_corr()), timeout)
         except Exception:  # noqa: BLE001 - closing must go on whatever happened

@@ -191,3 +191,16 @@ def test_a_message_to_a_dead_actor_is_known_to_be_refused(host: Host) -> None:
         assert pending.refused and not pending.delivered
     finally:
         pending.close()
+
+
+def test_closing_a_forked_copy_of_the_host_leaves_the_parents_system_running(host: Host) -> None:
+    """A child process (fork) that closes its copy of the Host does not stop the parent's sandboxes."""
+    host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            host.close()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert host.call("c", "counter", "inc") == 1
