@@ -272,6 +272,7 @@ class Pending:
         self.refused = False
         self._handle = handle
         self._mailbox: _Mailbox | None = None
+        self._until_sent = False
         if handle._serial is not None:  # simpleSystemBase: synchronous, nothing to track
             self._ctx = mailbox
             with handle._serial:
@@ -287,6 +288,8 @@ class Pending:
 
     def _sent(self, result: Any, intent: Any) -> None:  # Thespian calls back with (result, intent)
         self.delivered = True
+        if self._until_sent:
+            self._ctx._systemBase.transport.abort_run()  # a cast waits for nothing more
 
     def _failed(self, result: Any, intent: Any) -> None:
         self.refused = True
@@ -318,6 +321,25 @@ class Pending:
                     mailbox.stash[corr] = response.message
                 # anything else answers a request nobody waits for any more: drop it
         return DEAD
+
+    def wait_sent(self, timeout: float) -> Any:
+        """Wait until the message is handed over (``True``), refused (:data:`DEAD`) or ``timeout`` (``None``)."""
+        if self._handle._serial is not None:
+            return True
+        self._until_sent = True
+        mailbox, base = self._mailbox, self._ctx._systemBase
+        assert mailbox is not None
+        deadline = time.monotonic() + timeout
+        while not (self.delivered or self.refused):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            response = base._run_transport(timedelta(seconds=left))
+            if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
+                corr = getattr(response.message, "corr", None)
+                if corr in mailbox.active:
+                    mailbox.stash[corr] = response.message
+        return DEAD if self.refused else True
 
     def close(self) -> None:
         """Stop waiting for this request: a reply arriving later is dropped."""

@@ -57,6 +57,7 @@ __all__ = ["Host"]
 
 _ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
 _LIVENESS_SLICES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # when a waiting call checks its actor still runs
+_CAST_SEND = 1.0  # longest a cast waits for Thespian to hand its message over
 _GRACE = 0.005  # after an actor is seen gone, how long its last reply may still take (it left before)
 
 
@@ -88,7 +89,6 @@ class Host(ReloadMethods):
         self._system = ActorSystemHandle(self.config)
         self._refs: dict[tuple[str, str], ActorRef] = {}
         self._gone: dict[tuple[str, str], int] = {}
-        self._casted: set[tuple[str, str]] = set()
         self._waiting: dict[tuple[str, str], int] = {}
         self._waiting_lock = threading.Lock()
         self._listener: EventListener | None = None
@@ -340,13 +340,13 @@ class Host(ReloadMethods):
             raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering",
                               actor=dead.name, type_name="ProcessDied")
 
-    def _await(self, pending: Any, ref: ActorRef, deadline: float, check_liveness: bool) -> Any:
+    def _await(self, pending: Any, ref: ActorRef, deadline: float) -> Any:
         """Wait for a call's reply, checking now and then that its actor still runs."""
         reply = pending.wait(_slice(deadline, 0))
         attempt = 0
         while reply is None and time.monotonic() < deadline:
             attempt += 1
-            if check_liveness and not self._still_running(ref):
+            if not self._still_running(ref):
                 self._mark_gone(ref)
                 # Its last words (a Failed reply) may still be on their way.
                 reply = pending.wait(min(_GRACE, max(0.001, deadline - time.monotonic())))
@@ -396,21 +396,15 @@ class Host(ReloadMethods):
             ref = self._resolve(sandbox_id, name, deadline)
             call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
                         corr=self._system.new_corr())
-            # Casts travel through the admin: a call after a cast takes the same road, so it
-            # cannot overtake the cast (the admin forwards both, in order, to the current actor).
-            via_admin = (sandbox_id, name) in self._casted
-            target = self._admin if via_admin else ref.address
             with self._mailbox_slot(ref):
-                pending = self._system.send(target, attrs.evolve(call, incarnation=None) if via_admin else call)
+                pending = self._system.send(ref.address, call)
                 try:
-                    reply = self._await(pending, ref, deadline, check_liveness=not via_admin)
+                    reply = self._await(pending, ref, deadline)
                 finally:
                     pending.close()
             if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
                 self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
                 continue
-            if via_admin and isinstance(reply, Ok):
-                self._casted.discard((sandbox_id, name))
             if reply is None:
                 raise CallTimeoutError(f"{sandbox_id}/{name}: no reply within {timeout} s",
                                        sandbox_id=sandbox_id, name=name)
@@ -423,23 +417,35 @@ class Host(ReloadMethods):
     def cast(self, sandbox_id: str, name: str, message: Any) -> None:
         """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
 
-        Routed through the admin, so it never blocks on a dead actor; a cast to an actor
-        that is restarting is delivered once it runs again.  A ``call`` from this host to
-        the same actor after a cast follows the same route, so it never overtakes the cast.
+        Sent straight to the actor, so casts and calls from one thread to one actor arrive
+        in the order sent.  A cast refused by a dead actor, or sent while the actor restarts,
+        goes through the admin, which delivers it once the actor runs again; one that meets
+        a process in the middle of dying may be lost, as a message to a dying process is in
+        OTP.  It never waits longer than a second for the transmit.
 
         Raises:
             SandboxNotFoundError: no such sandbox.
             ActorNotFoundError: the sandbox has no actor of that name.
         """
-        ref = self._refs.get((sandbox_id, name))
-        if ref is None:
+        payload = Blob.dump(message)
+        try:
+            ref = self._resolve(sandbox_id, name, time.monotonic())
+        except ActorNotFoundError as exc:
+            if not getattr(exc, "stale", False):
+                raise
+            ref = None  # restarting: the admin queues it for the next incarnation
+        if ref is not None:
+            cast = Cast(sandbox_id=sandbox_id, name=name, message=payload, incarnation=ref.incarnation,
+                        corr=self._system.new_corr())
+            pending = self._system.send(ref.address, cast)
             try:
-                self._resolve(sandbox_id, name, time.monotonic())
-            except ActorNotFoundError as exc:
-                if not getattr(exc, "stale", False):
-                    raise
-        self._casted.add((sandbox_id, name))
-        self._system.tell(self._admin, Cast(sandbox_id=sandbox_id, name=name, message=Blob.dump(message)))
+                sent = pending.wait_sent(_CAST_SEND)
+            finally:
+                pending.close()
+            if sent is not DEAD:
+                return  # delivered, or lost with a process dying right now (as in OTP)
+            self._mark_gone(ref)
+        self._system.tell(self._admin, Cast(sandbox_id=sandbox_id, name=name, message=payload))
 
     def run(self, sandbox_id: str, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run ``fn()`` in a fresh process of the sandbox (it sees the sandbox's modules).
