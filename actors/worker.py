@@ -19,7 +19,7 @@ import cloudpickle
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from plugin_host.errors import ActorNotFoundError, CallTimeoutError, PluginError
-from plugin_host.messages import Blob, Call, Cast, Failed, Ok, unblob
+from plugin_host.messages import Call, Cast, Failed, Ok, pack, unblob
 
 from . import _inflight
 from . import _messages as m
@@ -115,7 +115,7 @@ class WorkerActor(SandboxMember):
     # -- requests ------------------------------------------------------------------
 
     def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
-        """Run ``handle_call`` and answer ``Ok(Blob(reply))`` or ``Failed``."""
+        """Run ``handle_call`` and answer ``Ok(reply)`` (a Blob unless plain data) or ``Failed``."""
         reply_to = msg.reply_to or sender
         if not self._accepts(msg):
             self.send(reply_to, Failed(self._not_me(msg.name), msg.corr))
@@ -133,7 +133,7 @@ class WorkerActor(SandboxMember):
             self._crash(exc)
             return
         try:
-            payload = Blob.dump(reply)
+            payload = pack(reply)
         except Exception as exc:  # noqa: BLE001 - an unserialisable reply is the caller's error only
             self.send(reply_to, Failed(PluginError(f"{self.actor_name}: reply cannot be serialised: "
                                                    f"{describe_exception(exc)}", actor=self.actor_name), msg.corr))
@@ -313,7 +313,7 @@ class WorkerActor(SandboxMember):
 
     def sibling_cast(self, name: str, message: Any) -> None:
         """Send a ``Cast`` to a sibling, through the sandbox root when its address is unknown."""
-        cast = Cast(sandbox_id=self.context.sandbox_id, name=name, message=Blob.dump(message))  # type: ignore[union-attr]
+        cast = Cast(sandbox_id=self.context.sandbox_id, name=name, message=pack(message))  # type: ignore[union-attr]
         address = self.directory.get(name)
         if address is None:
             self.send(self.context.root, m.Route(name, cast))  # type: ignore[union-attr]
@@ -331,7 +331,7 @@ class WorkerActor(SandboxMember):
         if address is None:
             raise ActorNotFoundError(f"no actor {name!r} runs in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
                                      sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
-        call = Call(sandbox_id=self.context.sandbox_id, name=name, request=Blob.dump(request),  # type: ignore[union-attr]
+        call = Call(sandbox_id=self.context.sandbox_id, name=name, request=pack(request),  # type: ignore[union-attr]
                     corr=f"{os.getpid()}-{next(self._calls)}")
         with Auditor.paused():  # the runtime's own sockets, not the plugin's
             reply = blocking_call(self, address, call, timeout)

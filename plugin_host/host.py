@@ -47,6 +47,8 @@ from .messages import (
     Request,
     RestartSandbox,
     Run,
+    pack,
+    unblob,
 )
 from ._events import EventListener, Subscription
 from ._host_reload import ReloadMethods
@@ -391,7 +393,7 @@ class Host(ReloadMethods):
         """
         timeout = self.config.call_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        payload = Blob.dump(request)
+        payload = pack(request)
         while True:
             ref = self._resolve(sandbox_id, name, deadline)
             call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
@@ -412,7 +414,7 @@ class Host(ReloadMethods):
                 if isinstance(reply.error, PluginError):
                     self._mark_gone(ref)  # the actor crashed on it and is restarting
                 raise reply.error
-            return reply.value.load()
+            return unblob(reply.value)
 
     def cast(self, sandbox_id: str, name: str, message: Any) -> None:
         """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
@@ -427,7 +429,7 @@ class Host(ReloadMethods):
             SandboxNotFoundError: no such sandbox.
             ActorNotFoundError: the sandbox has no actor of that name.
         """
-        payload = Blob.dump(message)
+        payload = pack(message)
         try:
             ref = self._resolve(sandbox_id, name, time.monotonic())
         except ActorNotFoundError as exc:

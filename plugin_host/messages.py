@@ -46,6 +46,8 @@ __all__ = [
     "Run",
     "Subscribe",
     "Unsubscribe",
+    "pack",
+    "unblob",
 ]
 
 ADMIN_GLOBAL_NAME = "plugin_host.admin"
@@ -71,6 +73,28 @@ class Blob:
 def unblob(value: Any) -> Any:
     """Return ``value.load()`` for a :class:`Blob`, the value itself otherwise."""
     return value.load() if isinstance(value, Blob) else value
+
+
+_PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
+
+
+def pack(value: Any) -> Any:
+    """``value`` itself when plain pickle carries it anywhere (builtin scalars and containers of
+    them, checked by exact type), else a :class:`Blob`; :func:`unblob` undoes either."""
+    return value if _is_plain(value, 0) else Blob.dump(value)
+
+
+def _is_plain(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return True
+    if depth > 4:
+        return False
+    if kind in (list, tuple, set, frozenset):
+        return all(_is_plain(item, depth + 1) for item in value)
+    if kind is dict:
+        return all(type(key) in _PLAIN_TYPES and _is_plain(item, depth + 1) for key, item in value.items())
+    return False
 
 
 @attrs.frozen
@@ -166,7 +190,10 @@ class LookupActor(Request):
 
 @attrs.frozen(kw_only=True)
 class Call(Request):
-    """A request to a plugin actor; replies ``Ok(Blob(reply))`` or ``Failed(PluginError)``.
+    """A request to a plugin actor; replies ``Ok(reply)`` or ``Failed(PluginError)``.
+
+    ``request`` and the reply travel as themselves when plain data, else as a :class:`Blob`
+    (see :func:`pack`); :func:`unblob` reads either.
 
     Sent to the admin it is routed to the actor; the ``Host`` sends it to the actor directly.
     """

@@ -21,7 +21,7 @@ from plugin_host._demo import samples_folder
 from plugin_host._operator import AdminClient
 from plugin_host._system import free_port
 from plugin_host.cli import main
-from plugin_host.messages import Blob, Call
+from plugin_host.messages import Blob, Call, unblob
 from plugin_host.values import SandboxInfo
 
 from conftest import ROOT, SAMPLES, eventually, pid_alive, sample
@@ -394,7 +394,7 @@ def test_rollback_to_an_unknown_version_exits_one(host: Host, cli_env: dict[str,
 def admin_call(port: int, request: object) -> object:
     """Call the ``counter`` actor of sandbox ``w`` through the admin port of a host in another process."""
     with AdminClient(port) as client:
-        return client.request(Call(sandbox_id="w", name="counter", request=Blob.dump(request)), 15).load()
+        return unblob(client.request(Call(sandbox_id="w", name="counter", request=Blob.dump(request)), 15))
 
 
 def running_version(port: int, module: str) -> int:
