@@ -17,14 +17,7 @@ import attrs
 from plugin_host.codeload import CodeTable
 from plugin_host.compiler import dependents
 from plugin_host.errors import BadRequestError, HotReloadError, PluginHostError
-from plugin_host.messages import (
-    BatchHotReload,
-    GetModuleVersion,
-    GetVersionHistory,
-    HotReload,
-    ListModuleVersions,
-    RollbackModule,
-)
+from plugin_host.messages import BatchHotReload, HotReload, RollbackModule
 from plugin_host.store import VersionStore
 from plugin_host.values import Artifact, ReloadResult
 
