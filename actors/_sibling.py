@@ -27,8 +27,13 @@ def _endpoint(actor: Any) -> Any:
     return _context
 
 
-def blocking_call(actor: Any, address: Any, message: Any, timeout: float) -> Any:
-    """Send ``message`` (with a ``corr``) to ``address`` and wait for the matching reply.
+def endpoint_address(actor: Any) -> Any:
+    """The address replies to this process's blocking calls go to."""
+    return _endpoint(actor).transport.myAddress
+
+
+def blocking_call(actor: Any, address: Any, message: Any, timeout: float, corr: str) -> Any:
+    """Send ``message`` to ``address`` and wait for the reply carrying ``corr``.
 
     Returns:
         The reply, or ``None`` when nothing matching arrived within ``timeout`` (or the
@@ -37,7 +42,7 @@ def blocking_call(actor: Any, address: Any, message: Any, timeout: float) -> Any
     ctx = _endpoint(actor)
     deadline = time.monotonic() + timeout
     reply = ctx.ask(address, message, timeout)
-    while reply is not None and getattr(reply, "corr", None) != message.corr:
+    while reply is not None and getattr(reply, "corr", None) != corr:
         left = deadline - time.monotonic()
         if left <= 0:
             return None

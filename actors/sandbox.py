@@ -18,13 +18,14 @@ import attrs
 
 from plugin_host import codeload
 from plugin_host.errors import (
+    ActorNotFoundError,
     InvalidSpecError,
     LimitExceededError,
     PluginHostError,
     RunTimeoutError,
     SandboxStartError,
 )
-from plugin_host.messages import Blob, Failed, Run, unblob
+from plugin_host.messages import Blob, Call, Failed, Run, unblob
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
@@ -164,10 +165,11 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
         self.reload_child_up(msg.name, msg.incarnation, msg.address)
+        if self.phase != "starting":
+            # Only now: a caller the admin lets through must find the directory already sent.
+            self._report("failed" if self.phase == "failed" else "running")
         if msg.restarts:
             self._event("restarted", msg.name, f"restart #{msg.restarts}", pid=msg.pid)
-        if self.phase != "starting":
-            self._report("failed" if self.phase == "failed" else "running")
 
     def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: Any) -> None:  # noqa: N802
         """A child of the tree stopped or crashed."""
@@ -214,6 +216,10 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             queue = self._routes.setdefault(msg.name, [])
             if len(queue) < 1000:
                 queue.append(msg.message)
+        elif isinstance(msg.message, Call):
+            self.send(msg.message.reply_to or sender, Failed(ActorNotFoundError(
+                f"no actor {msg.name!r} in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
+                sandbox_id=self.context.sandbox_id, name=msg.name), msg.message.corr))  # type: ignore[union-attr]
 
     # -- Host.run ----------------------------------------------------------------------------
 

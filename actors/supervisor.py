@@ -249,14 +249,15 @@ class SupervisorActor(SandboxMember):
         group = {"one_for_one": [crashed], "one_for_all": list(self.children),
                  "rest_for_one": self.children[index:]}[self.spec.strategy]
         crashed.status = "restarting"
-        self._report_down(crashed, "crashed", reason, restarting=True)
+        down = self._down(crashed, "crashed", reason, restarting=True)
         for child in group:
             if child is not crashed and child.alive and child.status != "stopping":
                 self._stop_child(child)
             if child not in self._pending:
                 self._pending.append(child)
         self._pending.sort(key=self.children.index)
-        self._advance()
+        self._advance()  # fork the replacement first: the report travels while it boots
+        self.to_root(down)
 
     def _stop_child(self, child: _Child) -> None:
         child.status, child.stop_since = "stopping", time.monotonic()
@@ -302,7 +303,11 @@ class SupervisorActor(SandboxMember):
         self._shut_down_all("stopping", msg.reason)
 
     def _report_down(self, child: _Child, status: str, reason: str, restarting: bool) -> None:
-        self.to_root(m.ChildDown(child.spec.name, child.incarnation, status, reason, restarting, child.last_call))
+        self.to_root(self._down(child, status, reason, restarting))
+
+    @staticmethod
+    def _down(child: _Child, status: str, reason: str, restarting: bool) -> m.ChildDown:
+        return m.ChildDown(child.spec.name, child.incarnation, status, reason, restarting, child.last_call)
 
     def to_root(self, message: Any) -> None:
         """Tell the sandbox root about the tree (handled at once when we are the root)."""

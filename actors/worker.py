@@ -15,6 +15,7 @@ import sys
 import traceback
 from typing import Any, Iterator
 
+import attrs
 import cloudpickle
 from thespian.actors import ActorExitRequest, WakeupMessage
 
@@ -321,20 +322,27 @@ class WorkerActor(SandboxMember):
             self.send(address, cast)
 
     def sibling_call(self, name: str, request: Any, timeout: float) -> Any:
-        """Blocking call to a sibling through this process's own external endpoint."""
-        from ._sibling import blocking_call
+        """Blocking call to a sibling through this process's own external endpoint.
+
+        A sibling whose address this actor does not know (yet: it is starting or restarting)
+        is reached through the sandbox root, which holds the call until it runs.
+        """
+        from ._sibling import blocking_call, endpoint_address
 
         if not self.multiprocess:
             raise ActorNotFoundError("Plugin.call between actors needs a multiprocess base (not simpleSystemBase)",
                                      name=name)
-        address = self.directory.get(name)
-        if address is None:
-            raise ActorNotFoundError(f"no actor {name!r} runs in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
-                                     sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
-        call = Call(sandbox_id=self.context.sandbox_id, name=name, request=pack(request),  # type: ignore[union-attr]
+        context = self.context
+        assert context is not None
+        call = Call(sandbox_id=context.sandbox_id, name=name, request=pack(request),
                     corr=f"{os.getpid()}-{next(self._calls)}")
         with Auditor.paused():  # the runtime's own sockets, not the plugin's
-            reply = blocking_call(self, address, call, timeout)
+            address = self.directory.get(name)
+            message: Any = call
+            if address is None:
+                address = context.root
+                message = m.Route(name, attrs.evolve(call, reply_to=endpoint_address(self)))
+            reply = blocking_call(self, address, message, timeout, call.corr)
         if reply is None:
             raise CallTimeoutError(f"{self.actor_name} -> {name}: no reply within {timeout} s",
                                    sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
