@@ -66,6 +66,11 @@ class EventsAdmin:
                   f"{msg.limit}: {msg.value} over {msg.maximum}", limit=msg.limit, value=msg.value,
                   maximum=msg.maximum)
 
+    def receiveMsg_HostBreach(self, msg: m.HostBreach, sender: Any) -> None:  # noqa: N802
+        """A host refused a call past ``max_mailbox``."""
+        self.emit("limit_breached", msg.sandbox_id, msg.actor, f"{msg.limit}: {msg.value} calls waiting",
+                  limit=msg.limit, value=msg.value, maximum=msg.maximum)
+
     def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
         """Message counts from a sandbox root."""
         for rec in self.sandboxes.values():

@@ -354,3 +354,14 @@ class AuditRecords:
 
     sandbox_id: str
     records: tuple[Any, ...]
+
+
+@attrs.frozen
+class HostBreach:
+    """Host -> admin: a limit the host enforced itself (``max_mailbox``), to announce as an event."""
+
+    sandbox_id: str
+    actor: str
+    limit: str
+    value: float
+    maximum: float

@@ -46,6 +46,8 @@ class _Watched:
 class _Figures:
     rss: int
     cpu: float
+    fds: int = 0
+    threads: int = 0
 
 
 class MonitorActor(HostActor):
@@ -92,7 +94,7 @@ class MonitorActor(HostActor):
                 proc = self._procs[pid] = psutil.Process(pid)
             with proc.oneshot():
                 times = proc.cpu_times()
-                return _Figures(proc.memory_info().rss, times.user + times.system)
+                return _Figures(proc.memory_info().rss, times.user + times.system, proc.num_fds(), proc.num_threads())
         except psutil.Error:
             return None
 
@@ -142,7 +144,8 @@ class MonitorActor(HostActor):
         for name, pid in sorted((entry.pids if entry else {}).items()):
             figures = self._sample(pid)
             actors.append(ActorUsage(name, pid, figures.rss if figures else 0, figures.cpu if figures else 0.0,
-                                     msg.messages.get(name, 0), msg.restarts.get(name, 0)))
+                                     msg.messages.get(name, 0), msg.restarts.get(name, 0),
+                                     figures.fds if figures else 0, figures.threads if figures else 0))
         usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
                               sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
         self.reply(msg.reply_to, usage, msg.corr)

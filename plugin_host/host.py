@@ -366,6 +366,8 @@ class Host(ReloadMethods):
         with self._waiting_lock:
             waiting = self._waiting.get(key, 0)
             if ref.max_mailbox is not None and waiting >= ref.max_mailbox:
+                self._system.tell(self._admin, m.HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting,
+                                                            ref.max_mailbox))
                 raise OverloadedError(f"{ref.sandbox_id}/{ref.name} already has {waiting} calls waiting "
                                       f"(max_mailbox {ref.max_mailbox})", sandbox_id=ref.sandbox_id, name=ref.name)
             self._waiting[key] = waiting + 1

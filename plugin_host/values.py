@@ -141,6 +141,9 @@ class ActorUsage:
     cpu_seconds: float
     messages: int
     restarts: int
+    open_files: int = 0
+    """File descriptors the process has open."""
+    threads: int = 0
 
 
 @attrs.frozen

@@ -113,8 +113,10 @@ def test_calls_past_max_mailbox_fail_fast(host: Host) -> None:
     thread.start()
     started.wait()
     eventually(lambda: host._waiting.get(("slow", "hog"), 0) == 1)
+    events = events_of(host)
     with pytest.raises(OverloadedError):
         host.call("slow", "hog", "pid")
+    assert wait_for(events, "limit_breached", "hog").details["limit"] == "max_mailbox"
     thread.join()
     assert results == ["slept"]
     assert isinstance(host.call("slow", "hog", "pid"), int)
@@ -133,6 +135,8 @@ def test_resource_usage_matches_the_processes(host: Host) -> None:
     rss = psutil.Process(pid).memory_info().rss
     assert abs(actor.rss_bytes - rss) < 0.2 * rss
     assert 0 <= actor.cpu_seconds < 60 and actor.restarts == 0
+    proc = psutil.Process(pid)
+    assert abs(actor.open_files - proc.num_fds()) <= 2 and actor.threads == proc.num_threads()
     assert usage.total_rss_bytes >= actor.rss_bytes
     assert {a.name for a in usage.actors} == {"(root)", "counter"}
 
