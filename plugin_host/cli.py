@@ -82,7 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     _operator_parsers(commands)
     _bench_parser(commands)
+    _deps_parser(commands)
     return parser
+
+
+def _deps_parser(commands: Any) -> None:
+    deps = commands.add_parser("deps", help="install a sandbox folder's requirements ahead of time (offline use)")
+    deps.add_argument("path", metavar="PATH", help="the sandbox folder (requirements.txt or pyproject.toml)")
+    deps.add_argument("--find-links", action="append", metavar="DIR",
+                      help="a folder or URL of wheels; repeatable (default: the configured find_links)")
+    deps.add_argument("--no-index", action="store_true", help="install from --find-links only")
+    deps.set_defaults(handler=_deps)
 
 
 def _bench_parser(commands: Any) -> None:
@@ -440,6 +450,26 @@ def _audit_table(records: list[AuditRecord], *, plain: bool = False) -> Renderab
         table.add_row(stamp, record.sandbox_id, record.actor, record.event, record.detail,
                       "blocked" if record.blocked else "", style="red" if record.blocked else None)
     return table
+
+
+def _deps(args: argparse.Namespace) -> int:
+    """Prepare the environment of PATH's requirements; its folder alone goes to stdout, progress to stderr."""
+    from .config import HostConfig
+    from .deps import prepare_environment, read_requirements
+
+    config = HostConfig()  # state_dir, find_links and no_index as the host would see them
+    requirements = read_requirements(args.path)
+    console = _console(stderr=True)
+    if not requirements:
+        console.print(f"{args.path} declares no requirements: nothing to prepare", markup=False, highlight=False)
+        return 0
+    with console.status("preparing the environment (pip runs only the first time)"):
+        environment = prepare_environment(
+            requirements, config.state_dir, find_links=args.find_links or config.find_links,
+            no_index=args.no_index or config.no_index,
+            progress=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    print(environment)
+    return 0
 
 
 def _destroy(args: argparse.Namespace) -> int:
