@@ -159,6 +159,8 @@ class StartSandbox:
     """Module name -> (path, source, is_package)."""
     args: Any
     modules: dict[str, int]
+    environment: str | None = None
+    """The sandbox's dependency environment, put first on the import path before any plugin code."""
 
 
 @attrs.frozen

@@ -229,7 +229,7 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
                                    cfg.shutdown_timeout, rec.limits,
                                    rec.request.security_profile or cfg.security_profile)
         self.send(rec.root, m.StartSandbox(context, rec.request.supervisor, rec.sources, rec.request.args,
-                                           dict(rec.modules)))
+                                           dict(rec.modules), rec.request.environment))
         self._tick()
 
     # -- reports from sandbox roots ------------------------------------------------------

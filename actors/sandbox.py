@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from plugin_host import codeload
+from plugin_host.deps import activate_environment
 from plugin_host.errors import (
     ActorNotFoundError,
     InvalidSpecError,
@@ -107,6 +108,8 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.context = attrs.evolve(msg.context, root=self.myAddress)
         self.modules = dict(msg.modules)
         try:
+            if msg.environment:
+                activate_environment(msg.environment)  # inherited by every actor forked from here
             if msg.sources:
                 codeload.install(codeload.CodeTable.from_wire(msg.sources), protected=_PROTECTED)
             spec = resolve_supervisor(msg.supervisor, unblob(msg.args))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._operator import AdminClient
     from ._watch import ReloadReport
     from .host import Host
-    from .values import AuditRecord, CompileInfo, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
+    from .values import AuditRecord, CompileInfo, Event, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
 
     Snapshot = list[tuple[SandboxInfo, ResourceUsage | None]]
     """Every sandbox with its resource usage (``None`` when it is not running)."""
@@ -265,6 +265,7 @@ def _serve(host: Host, args: argparse.Namespace, console: Console, stop: threadi
     sandbox_id = args.sandbox_id or Path(args.path).resolve().name
     # Made before the sandbox, so an edit saved while it starts is not missed.
     watcher = Watcher(host, sandbox_id, args.path, _reporter(console)) if args.watch else None
+    host.subscribe(_event_printer(console))
     info = host.create_sandbox(sandbox_id, args.supervisor, sandbox_path=args.path)
     console.print(_table_for(console)([info]))
     console.print(f"admin port: {host.admin_port}", highlight=False)
@@ -279,6 +280,22 @@ def _serve(host: Host, args: argparse.Namespace, console: Console, stop: threadi
     finally:
         if watcher is not None:
             watcher.stop()  # before the host closes: a reload under way finishes first
+
+
+_EVENT_STYLES = {"crashed": "red", "failed": "bold red", "limit_breached": "magenta", "restarted": "yellow",
+                 "reloaded": "green", "rolled_back": "yellow", "started": "green", "stopped": "dim"}
+
+
+def _event_printer(console: Console) -> Callable[[Event], None]:
+    """Print each sandbox event as one line (crashes, restarts, limits, reloads...)."""
+    from rich.text import Text
+
+    def show(event: Event) -> None:
+        actor = f" {event.actor}" if event.actor else ""
+        reason = f": {event.reason}" if event.reason else ""
+        console.print(Text.assemble((event.kind, _EVENT_STYLES.get(event.kind, "")),
+                                    f" {event.sandbox_id}{actor}{reason}"), highlight=False)
+    return show
 
 
 def _reporter(console: Console) -> Callable[[ReloadReport], None]:

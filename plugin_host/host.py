@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import contextlib
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, cast
 
 import attrs
@@ -50,6 +51,7 @@ from .messages import (
     pack,
     unblob,
 )
+from . import deps
 from ._events import EventListener, Subscription
 from ._host_reload import ReloadMethods
 from ._system import DEAD, ActorSystemHandle
@@ -201,15 +203,20 @@ class Host(ReloadMethods):
             SandboxExistsError: the id is taken.
             CompilationError: a module of the folder does not compile.
             SecurityViolationError: the ``restricted`` profile's scan found something.
+            DependencyError: the folder's requirements conflict with the host or do not install.
             SandboxStartError: import, spec or ``init`` failure, or start timeout
                 (``InvalidSpecError`` for a bad spec).
             BadRequestError: a malformed argument (e.g. the id).
         """
+        environment = None
         if sandbox_path is not None and os.path.isdir(sandbox_path):
             # Syntax and the security scan here, in the caller (cached): the admin only reads the folder.
             self.compile_sandbox(sandbox_path, validate=False, security_profile=security_profile)
+            environment = self.prepare_dependencies(sandbox_path)
         request = self._create_request(sandbox_id, supervisor, sandbox_path=sandbox_path, args=args, limits=limits,
                                        security_profile=security_profile, requirements=requirements)
+        if environment is not None:
+            request = attrs.evolve(request, environment=str(environment))
         timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
         return cast(SandboxInfo, self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}")))
 
@@ -229,6 +236,23 @@ class Host(ReloadMethods):
                              sandbox_path=None if sandbox_path is None else os.fspath(os.path.abspath(sandbox_path)),
                              args=Blob.dump(args), limits=limits, security_profile=security_profile,
                              requirements=dict(requirements) if requirements else None)
+
+    def prepare_dependencies(self, sandbox_path: str | os.PathLike[str]) -> Path | None:
+        """Install a sandbox folder's requirements into their shared environment under ``state_dir``.
+
+        Identical requirement sets share one environment, installed once; nothing happens for a
+        folder without requirements.  ``create_sandbox`` calls this itself.
+
+        Raises:
+            DependencyError: a requirement conflicts with what the host has loaded, or pip failed
+                (nothing half-installed is left behind).
+        """
+        requirements = deps.read_requirements(sandbox_path)
+        if not requirements:
+            return None
+        deps.check_conflicts(requirements)
+        return deps.prepare_environment(requirements, self.config.state_dir, find_links=self.config.find_links,
+                                        no_index=self.config.no_index)
 
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox (every actor's ``terminate`` runs) and end its processes.

@@ -143,6 +143,8 @@ class CreateSandbox(Request):
     """``"module:Class"`` (in ``sandbox_path``), a dotted path, or a :class:`Blob` of a class."""
     supervisor_label: str = ""
     """How ``SandboxInfo.supervisor`` shows a supervisor sent as a Blob."""
+    environment: str | None = None
+    """A prepared environment of the sandbox's requirements (``plugin_host.deps``), first on its import path."""
     sandbox_path: str | None = None
     args: Any = None
     limits: Any = None
