@@ -58,6 +58,7 @@ class _PendingReload:
     details: str
     probation: float
     deadline: float
+    environment: str | None = None
 
 
 @attrs.define
@@ -118,7 +119,7 @@ class VersionsAdmin:
         """Reload compiled artifacts into a sandbox."""
         probation = self.config.probation_seconds if msg.probation is None else msg.probation
         self.start_reload(msg.sandbox_id, msg.artifacts, msg.state_handler, msg.timeout, probation, msg.event,
-                          "", self._replier(sender, msg.corr))
+                          "", self._replier(sender, msg.corr), msg.environment)
 
     def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: Any) -> None:  # noqa: N802
         """Reload the stored code of an earlier (or later) version."""
@@ -153,20 +154,26 @@ class VersionsAdmin:
     # -- the reload -----------------------------------------------------------------------
 
     def start_reload(self, sandbox_id: str, artifacts: Any, state_handler: Any, timeout: float, probation: float,
-                     event: str, details: str, done: Done) -> None:
-        """Validate, number and send a reload to the sandbox root; ``done`` gets the outcome."""
+                     event: str, details: str, done: Done, environment: str | None = None) -> None:
+        """Validate, number and send a reload to the sandbox root; ``done`` gets the outcome.
+
+        A new ``environment`` (changed requirements) re-executes every module of the sandbox.
+        """
         try:
             rec, changed, checksums = self._changes(sandbox_id, artifacts)
         except PluginHostError as exc:
             done(exc)
             return
-        if not changed:
+        new_environment = environment if environment and environment != rec.request.environment else None
+        if not changed and new_environment is None:
             module = sorted(checksums)[0]
             current = self.versions_of(sandbox_id).get(module, ModuleVersions()).current
             done(ReloadResult(sandbox_id, module, current, current, []))
             return
         sources = {**rec.sources, **changed}
         order = _reload_order(sources, sorted(changed))
+        if new_environment is not None:
+            order += [module for module in sorted(sources) if module not in order]
         table = self.versions_of(sandbox_id)
         versions = {}
         for module in order:
@@ -177,9 +184,10 @@ class VersionsAdmin:
             (module, changed[module][1], checksums[module], versions[module][1]) for module in sorted(changed))))
         reload_id = f"r{next(_reload_ids)}"
         self.reloads[reload_id] = _PendingReload(sandbox_id, done, changed, checksums, versions, event, details,
-                                                 probation, time.monotonic() + timeout + 5.0)
+                                                 probation, time.monotonic() + timeout + 5.0, new_environment)
         handler = state_handler.data if state_handler is not None else None
-        self.send(rec.root, m.ReloadSandbox(reload_id, changed, order, versions, handler, timeout))
+        self.send(rec.root, m.ReloadSandbox(reload_id, changed, order, versions, handler, timeout,
+                                            new_environment))
 
     def _changes(self, sandbox_id: str, artifacts: Any) -> tuple[Any, dict[str, tuple[str, str, bool]], dict[str, str]]:
         rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
@@ -220,6 +228,8 @@ class VersionsAdmin:
             pending.done(HotReloadError(f"hot reload of {pending.sandbox_id!r} failed in {msg.actor}: {msg.cause}; "
                                         "the old code and state were kept", actor=msg.actor, cause=msg.cause))
             return
+        if rec is not None and pending.environment is not None:
+            rec.request = attrs.evolve(rec.request, environment=pending.environment)  # restarts use it too
         old_sources = {}
         for module in sorted(pending.changed):
             old, new = pending.versions[module]
@@ -231,7 +241,7 @@ class VersionsAdmin:
                     old_sources[module] = rec.sources[module]
                 rec.sources[module] = pending.changed[module]
                 rec.modules[module] = new
-        first = sorted(pending.changed)[0]
+        first = sorted(pending.changed or pending.versions)[0]
         old, new = pending.versions[first]
         pending.done(ReloadResult(pending.sandbox_id, first, old, new, list(msg.actors_updated)))
         self.emit(pending.event, pending.sandbox_id, reason=pending.details, module=first, old_version=old,

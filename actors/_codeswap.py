@@ -14,6 +14,7 @@ import types
 from typing import Any
 
 from plugin_host.codeload import CodeTable, ModuleSource, SandboxFinder
+from plugin_host.deps import activate_environment
 
 __all__ = ["Staged", "sandbox_finder"]
 
@@ -41,7 +42,13 @@ class Staged:
         Exception: whatever the modules' top-level code raised (the old state is restored).
     """
 
-    def __init__(self, sources: dict[str, tuple[str, str, bool]], order: list[str]) -> None:
+    def __init__(self, sources: dict[str, tuple[str, str, bool]], order: list[str],
+                 environment: str | None = None) -> None:
+        self._old_path: list[str] | None = None
+        self._evicted: dict[str, Any] = {}
+        if environment and (not sys.path or sys.path[0] != environment):
+            self._old_path, modules = list(sys.path), dict(sys.modules)
+            self._evicted = {name: modules[name] for name in activate_environment(environment)}
         self.order = [name for name in order if name in sources or name in sys.modules]
         self._finder = sandbox_finder()
         table = self._finder.table.modules
@@ -64,7 +71,10 @@ class Staged:
             raise
 
     def abort(self) -> None:
-        """Put the old modules, sources and package attributes back."""
+        """Put the old modules, sources, package attributes and import path back."""
+        if self._old_path is not None:
+            sys.path[:] = self._old_path
+            sys.modules.update(self._evicted)
         table = self._finder.table.modules
         for name in self.order:
             old_source = self._old_sources[name]

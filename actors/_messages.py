@@ -241,6 +241,8 @@ class ReloadSandbox:
     """module -> (old version, new version), as ``code_change`` receives them."""
     state_handler: bytes | None
     timeout: float
+    environment: str | None = None
+    """A new dependency environment to put first on the import path before loading."""
 
 
 @attrs.frozen
@@ -265,6 +267,7 @@ class LoadCode:
     state_handler: bytes | None
     prepare: bool
     timeout: float
+    environment: str | None = None
 
 
 @attrs.frozen

@@ -59,7 +59,7 @@ class ReloadCoordinator:
             self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
             return
         try:
-            staged = Staged(msg.sources, msg.order)
+            staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root",
                                                 cause=f"loading the new code failed: {describe_exception(exc)}"))
@@ -69,7 +69,8 @@ class ReloadCoordinator:
         self.reload = _Reload(msg, sender, staged, len(affected) > 1, set(affected))
         for name in affected:
             self.send(self.live[name][0], m.LoadCode(msg.reload_id, msg.sources, msg.order, msg.versions,
-                                                     msg.state_handler, self.reload.prepare, msg.timeout))
+                                                     msg.state_handler, self.reload.prepare, msg.timeout,
+                                                     msg.environment))
         if affected:
             self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("reload", msg.reload_id))
         else:
@@ -141,7 +142,7 @@ class ReloadCoordinator:
                     self.send(address, m.CommitCode(request.reload_id))
             else:
                 self.send(address, m.LoadCode(request.reload_id, request.sources, request.order, request.versions,
-                                              None, False, request.timeout))
+                                              None, False, request.timeout, request.environment))
         self.committed_ns = time.time_ns()
         self.commit_versions({module: new for module, (_, new) in request.versions.items()})
         self.send(reload.admin, m.SandboxReloaded(request.reload_id, True, tuple(sorted(reload.updated))))

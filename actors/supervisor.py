@@ -377,7 +377,7 @@ class SupervisorActor(SandboxMember):
     def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:  # noqa: N802
         """A reload committed: children this supervisor restarts from now on run the new code."""
         try:
-            Staged(msg.sources, msg.order)
+            Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False, describe_exception(exc)))
             return

@@ -251,7 +251,7 @@ class WorkerActor(SandboxMember):
     def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:  # noqa: N802
         """Load new code; migrate the state with ``code_change`` (or the caller's state handler)."""
         try:
-            staged = Staged(msg.sources, msg.order)
+            staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False,
                                            f"loading the new code failed: {describe_exception(exc)}"))

@@ -133,6 +133,7 @@ def run_validator(
     timeout: float,
     label: str,
     pool: CompilePool | None = None,
+    paths: Sequence[str] = (),
 ) -> ValidatorResult:
     """Import ``targets`` (and check ``plugin_classes``) in a separate, throwaway Python process.
 
@@ -151,7 +152,8 @@ def run_validator(
         # code land there, never in the sources.
         payload = Path(scratch, "payload.json")
         payload.write_text(json.dumps(
-            {"modules": table.as_wire(), "targets": list(targets), "plugin_classes": list(plugin_classes)}
+            {"modules": table.as_wire(), "targets": list(targets), "plugin_classes": list(plugin_classes),
+             "paths": list(paths)}
         ), encoding="utf-8")
         outcome = pool._run(payload, label, timeout) if pool is not None else None
         if outcome is None:
@@ -606,6 +608,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _validate(results: TextIO, table: codeload.CodeTable, payload: dict[str, Any], bases: tuple[type, ...]) -> NoReturn:
+    sys.path[:0] = payload.get("paths", [])  # the sandbox's dependency environment comes first, as in the sandbox
     errors = _install(table)
     if not errors:
         failed, errors = _import_all(table, payload["targets"], results)

@@ -48,6 +48,8 @@ class ReloadMethods:
 
     config: HostConfig
     _request: Callable[[Request, float, Callable[[], PluginHostError]], Any]  # provided by Host
+    _sandbox_paths: dict[str, str]
+    prepare_dependencies: Callable[[str | os.PathLike[str]], Path | None]
     _compile_pool_made: compiler.CompilePool | None = None
     """The warm compile worker of this host's validations; see :meth:`_compile_pool`."""
 
@@ -83,9 +85,12 @@ class ReloadMethods:
             CompilationTimeoutError: the import-time validation ran past ``timeout``.
             SecurityViolationError: the ``restricted`` profile found something.
         """
+        environment = self.prepare_dependencies(path) if validate else None
         return compiler.compile_sandbox(path, timeout=timeout or self.config.compile_timeout, validate=validate,
                                         security_profile=security_profile or self.config.security_profile,
-                                        cache_dir=self._cache_dir(), pool=self._compile_pool())
+                                        cache_dir=self._cache_dir(),
+                                        import_paths=() if environment is None else (str(environment),),
+                                        pool=self._compile_pool())
 
     def compile_file(self, path: str | os.PathLike[str], timeout: float | None = None) -> CompileInfo:
         """Compile one module file (its folder's modules importable) in a separate process."""
@@ -104,6 +109,9 @@ class ReloadMethods:
         code.  All or nothing: if any actor fails, every actor keeps its old code and state.
         Modules that import a reloaded module are reloaded with it.  Code identical to the
         current version is a no-op; identical to a stored version, it switches to that number.
+        When the sandbox's folder now declares other requirements, they are installed first,
+        outside the sandbox (a failure raises ``DependencyError`` and changes nothing), and
+        every module is re-executed against the new environment.
 
         Args:
             code: a ``CompileInfo``, an ``Artifact`` or a list of them.
@@ -120,9 +128,18 @@ class ReloadMethods:
         """
         timeout = timeout or self.config.reload_timeout
         request = HotReload(sandbox_id=sandbox_id, artifacts=_artifacts(code), timeout=timeout, probation=probation,
-                            state_handler=None if state_handler is None else Blob.dump(state_handler))
+                            state_handler=None if state_handler is None else Blob.dump(state_handler),
+                            environment=self._environment_for(sandbox_id))
         return cast(ReloadResult, self._request(request, timeout + _SLACK, lambda: HotReloadError(
             f"no answer reloading {sandbox_id!r}", actor="", cause="timeout")))
+
+    def _environment_for(self, sandbox_id: str) -> str | None:
+        """The sandbox's requirements as its folder declares them now, installed first (outside it)."""
+        folder = self._sandbox_paths.get(sandbox_id)
+        if folder is None or not os.path.isdir(folder):
+            return None
+        environment = self.prepare_dependencies(folder)
+        return None if environment is None else str(environment)
 
     def hot_reload_source(self, sandbox_id: str, source: str, module: str, *,
                           state_handler: Callable[[Any, Any, Any], Any] | None = None,
@@ -137,10 +154,12 @@ class ReloadMethods:
         wire = self._request(m.GetSandboxCode(sandbox_id=sandbox_id), self.config.call_timeout,
                              lambda: HotReloadError("no answer from the admin", actor="", cause="timeout"))
         table = CodeTable.from_wire(wire)
+        environment = self._environment_for(sandbox_id)
         info = compiler.compile_source(module, source, sandbox_sources=table,
                                        timeout=self.config.compile_timeout,
                                        security_profile=self.config.security_profile, cache_dir=self._cache_dir(),
-                                       pool=self._compile_pool())
+                                       pool=self._compile_pool(),
+                                       import_paths=() if environment is None else (environment,))
         return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout)
 
     def batch_hot_reload(self, sandbox_ids: Iterable[str],

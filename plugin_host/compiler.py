@@ -76,6 +76,7 @@ def compile_sandbox(
     cache_dir: str | os.PathLike[str] | None = None,
     plugin_classes: Iterable[str] = (),
     pool: CompilePool | None = None,
+    import_paths: Sequence[str] = (),
 ) -> CompileInfo:
     """Compile every module of a sandbox folder in isolation.
 
@@ -105,7 +106,8 @@ def compile_sandbox(
     """
     start = time.perf_counter()
     root = Path(path).resolve()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool,
+                            import_paths)
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
 
@@ -122,6 +124,7 @@ def compile_source(
     cache_dir: str | os.PathLike[str] | None = None,
     plugin_classes: Iterable[str] = (),
     pool: CompilePool | None = None,
+    import_paths: Sequence[str] = (),
 ) -> CompileInfo:
     """Compile one module given as text, as ``hot_reload_source`` does.
 
@@ -147,7 +150,8 @@ def compile_source(
         ConfigError: an invalid profile or timeout.
     """
     start = time.perf_counter()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool,
+                            import_paths)
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
     file = str(path) if path is not None else (old.path if old else f"<{module}>")
@@ -164,6 +168,7 @@ def compile_file(
     cache_dir: str | os.PathLike[str] | None = None,
     plugin_classes: Iterable[str] = (),
     pool: CompilePool | None = None,
+    import_paths: Sequence[str] = (),
 ) -> CompileInfo:
     """Compile one ``.py`` file; the other modules of its folder are importable by it.
 
@@ -176,7 +181,8 @@ def compile_file(
     root, name, is_package = _module_of_file(file)
     # No cache-inside-the-tree check here: the folder is only read for imports, and a file in
     # the home folder would otherwise refuse a state_dir under it.
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool,
+                            import_paths)
     try:
         text = _as_text(file.read_bytes(), str(file))
     except OSError as exc:
@@ -208,6 +214,8 @@ class _Options:
     plugin_classes: tuple[str, ...]
     pool: CompilePool | None = attrs.field(default=None, eq=False)
     """Where validation runs; not part of what a compile means (nor of its cache key)."""
+    import_paths: tuple[str, ...] = ()
+    """Folders put first on the validator's import path (a sandbox's dependency environment)."""
 
     @classmethod
     def make(
@@ -219,6 +227,7 @@ class _Options:
         plugin_classes: Iterable[str],
         source_root: Path | None,
         pool: CompilePool | None = None,
+        import_paths: Sequence[str] = (),
     ) -> _Options:
         if profile not in SECURITY_PROFILES:
             raise ConfigError(
@@ -233,7 +242,7 @@ class _Options:
                               field="cache_dir")
         classes = tuple(plugin_classes)
         _check_class_specs(classes)
-        return cls(float(timeout), bool(validate), profile, folder, classes, pool)
+        return cls(float(timeout), bool(validate), profile, folder, classes, pool, tuple(map(str, import_paths)))
 
 
 @attrs.frozen
@@ -290,7 +299,8 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
     if not targets and not job.options.plugin_classes:
         return [f"validated 0 of {len(job.table.modules)} module(s): none changed since the last success"]
     result = run_validator(job.table, targets, job.options.plugin_classes,
-                           timeout=job.options.timeout, label=job.label, pool=job.options.pool)
+                           timeout=job.options.timeout, label=job.label, pool=job.options.pool,
+                           paths=job.options.import_paths)
     notes = [f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "
              f"in a separate process ({result.elapsed * 1000:.0f} ms)"]
     if result.chatter.strip():
@@ -632,7 +642,8 @@ def _importers(graph: dict[str, set[str]], module: str) -> set[str]:
 
 def _settings(job: _Job) -> list[object]:
     o = job.options
-    return [_CACHE_FORMAT, sys.version, sys.executable, o.profile, o.validate, sorted(o.plugin_classes)]
+    return [_CACHE_FORMAT, sys.version, sys.executable, o.profile, o.validate, sorted(o.plugin_classes),
+            list(o.import_paths)]
 
 
 def _cache_key(job: _Job) -> str:

@@ -94,6 +94,7 @@ class Host(ReloadMethods):
         self._refs: dict[tuple[str, str], ActorRef] = {}
         self._gone: dict[tuple[str, str], int] = {}
         self._waiting: dict[tuple[str, str], int] = {}
+        self._sandbox_paths: dict[str, str] = {}
         self._waiting_lock = threading.Lock()
         self._listener: EventListener | None = None
         self._admin: Any = None
@@ -217,6 +218,8 @@ class Host(ReloadMethods):
                                        security_profile=security_profile, requirements=requirements)
         if environment is not None:
             request = attrs.evolve(request, environment=str(environment))
+        if request.sandbox_path is not None:
+            self._sandbox_paths[sandbox_id] = request.sandbox_path
         timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
         return cast(SandboxInfo, self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}")))
 

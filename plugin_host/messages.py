@@ -262,6 +262,8 @@ class HotReload(Request):
     """Seconds during which a crash of a reloaded actor rolls back by itself (default: the host's)."""
     event: str = "reloaded"
     """How the registry records it (``rolled_back`` for a rollback)."""
+    environment: str | None = None
+    """A prepared environment for changed requirements (``plugin_host.deps``); ``None`` keeps the current one."""
 
 
 @attrs.frozen(kw_only=True)

@@ -75,3 +75,21 @@ def test_an_unresolvable_or_conflicting_requirement_is_refused_before_anything_s
         with pytest.raises(DependencyError, match="psutil"):
             host.create_sandbox("y", "uses:Root", sandbox_path=plugin_folder(tmp_path / "y", "psutil<1"))
         assert host.list_sandboxes() == []
+
+
+def test_a_reload_with_changed_requirements_installs_them_first(offline: HostConfig, tmp_path: Path) -> None:
+    """New requirements are installed outside the sandbox, then the reload switches to them; a set that
+    does not install changes nothing."""
+    folder = Path(plugin_folder(tmp_path / "s", "tinylib==1.0"))
+    with Host(offline) as host:
+        host.create_sandbox("s", "uses:Root", sandbox_path=str(folder))
+        assert host.call("s", "uses", "v") == "1.0"
+        (folder / "requirements.txt").write_text("tinylib==9.9\n")
+        with pytest.raises(DependencyError):
+            host.hot_reload("s", host.compile_sandbox(str(folder)))
+        assert host.call("s", "uses", "v") == "1.0"
+        (folder / "requirements.txt").write_text("tinylib==2.0\n")
+        host.hot_reload("s", host.compile_sandbox(str(folder)))
+        assert host.call("s", "uses", "v") == "2.0"
+        host.restart_sandbox("s")
+        assert host.call("s", "uses", "v") == "2.0"
