@@ -303,7 +303,7 @@ class Pending:
                 if reply is None:
                     reply = self._ctx.listen(timeout)
                 return reply if getattr(reply, "corr", None) == self.corr else None
-        mailbox, base = self._mailbox, self._ctx._systemBase
+        mailbox = self._mailbox
         assert mailbox is not None
         deadline = time.monotonic() + timeout
         while not self.refused:
@@ -312,14 +312,9 @@ class Pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            response = base._run_transport(timedelta(seconds=left))
-            if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
-                corr = getattr(response.message, "corr", None)
-                if corr == self.corr:
-                    return response.message
-                if corr in mailbox.active:  # another request of this thread: keep it for that one
-                    mailbox.stash[corr] = response.message
-                # anything else answers a request nobody waits for any more: drop it
+            reply = self._pump(left)
+            if reply is not None:
+                return reply
         return DEAD
 
     def wait_sent(self, timeout: float) -> Any:
@@ -327,19 +322,28 @@ class Pending:
         if self._handle._serial is not None:
             return True
         self._until_sent = True
-        mailbox, base = self._mailbox, self._ctx._systemBase
-        assert mailbox is not None
         deadline = time.monotonic() + timeout
         while not (self.delivered or self.refused):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            response = base._run_transport(timedelta(seconds=left))
-            if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
-                corr = getattr(response.message, "corr", None)
-                if corr in mailbox.active:
-                    mailbox.stash[corr] = response.message
+            reply = self._pump(left)
+            if reply is not None and self._mailbox is not None:
+                self._mailbox.stash[self.corr] = reply
         return DEAD if self.refused else True
+
+    def _pump(self, seconds: float) -> Any:
+        """Run the transport once: this request's reply, or ``None`` (other replies are kept or dropped)."""
+        response = self._ctx._systemBase._run_transport(timedelta(seconds=seconds))
+        if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
+            corr = getattr(response.message, "corr", None)
+            if corr == self.corr:
+                return response.message
+            mailbox = self._mailbox
+            if mailbox is not None and corr in mailbox.active:  # another request of this thread: keep it
+                mailbox.stash[corr] = response.message
+            # anything else answers a request nobody waits for any more: drop it
+        return None
 
     def close(self) -> None:
         """Stop waiting for this request: a reply arriving later is dropped."""
