@@ -91,6 +91,8 @@ def compile_sandbox(
             and those that import them, are imported again.
         plugin_classes: ``"module:Class"`` names that must be ``actors.Plugin`` or
             ``actors.Supervisor`` subclasses after import (checked only when validating).
+        import_paths: folders put first on the validator's import path (the sandbox's
+            dependency environment, see :mod:`plugin_host.deps`).
         pool: validate in a process forked from this pool's warm worker; default: a fresh
             Python process per compile (same results, about 100 ms slower).
 
