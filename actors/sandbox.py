@@ -201,6 +201,10 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     def _event(self, kind: str, actor: str, reason: str, **details: Any) -> None:
         self.send(self.admin, m.TreeEvent(self.context.sandbox_id, kind, actor, reason, details))  # type: ignore[union-attr]
 
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:  # noqa: N802
+        """An event an actor of the tree reports itself (a limit it enforced): on to the admin."""
+        self.send(self.admin, msg)
+
     def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
         """A worker's audit records: on to the admin, which keeps the sandbox's log."""
         self.send(self.admin, msg)

@@ -19,7 +19,7 @@ import attrs
 import cloudpickle
 from thespian.actors import ActorExitRequest, WakeupMessage
 
-from plugin_host.errors import ActorNotFoundError, CallTimeoutError, PluginError
+from plugin_host.errors import ActorNotFoundError, CallTimeoutError, OverloadedError, PluginError
 from plugin_host.messages import Call, Cast, Failed, Ok, pack, unblob
 
 from . import _inflight
@@ -313,7 +313,22 @@ class WorkerActor(SandboxMember):
     # -- sibling messaging -------------------------------------------------------------
 
     def sibling_cast(self, name: str, message: Any) -> None:
-        """Send a ``Cast`` to a sibling, through the sandbox root when its address is unknown."""
+        """Send a ``Cast`` to a sibling, through the sandbox root when its address is unknown.
+
+        With ``max_mailbox`` set, a plugin whose casts pile up faster than they are taken
+        (Thespian's queue of unsent messages in this process reaches the limit) gets
+        ``OverloadedError`` instead of queueing more: a flood is stopped, and reported.
+        """
+        limit = self.context.limits.max_mailbox if self.context else None
+        if limit is not None:
+            queued = _queued_transmits(self)
+            if queued >= limit:
+                self.send(self.context.root, m.TreeEvent(  # type: ignore[union-attr]
+                    self.context.sandbox_id, "limit_breached", self.actor_name,  # type: ignore[union-attr]
+                    f"max_mailbox: {queued} messages queued", {"limit": "max_mailbox", "value": queued,
+                                                               "maximum": limit}))
+                raise OverloadedError(f"{self.actor_name} -> {name}: {queued} messages already queued "
+                                      f"(max_mailbox {limit})", name=name, limit="max_mailbox")
         cast = Cast(sandbox_id=self.context.sandbox_id, name=name, message=pack(message))  # type: ignore[union-attr]
         address = self.directory.get(name)
         if address is None:
@@ -349,6 +364,12 @@ class WorkerActor(SandboxMember):
         if isinstance(reply, Failed):
             raise reply.error
         return unblob(reply.value)
+
+
+def _queued_transmits(actor: Any) -> int:
+    """Messages this actor process has handed to Thespian that are not sent yet (Thespian internals)."""
+    transport = getattr(getattr(actor, "_myRef", None), "transport", None)
+    return len(getattr(transport, "_aTB_queuedPendingTransmits", ()))
 
 
 def _is_plugin_traffic(message: Any) -> bool:

@@ -150,3 +150,15 @@ def test_processes_a_plugin_forks_past_max_actors_are_ended(host: Host) -> None:
     assert breach.details["limit"] == "max_actors"
     eventually(lambda: not any(pid_alive(pid) for pid in strays))
     assert isinstance(host.call("fork", "forker", "pid"), int)
+
+
+def test_a_plugin_flooding_a_sibling_is_stopped_by_max_mailbox(host: Host) -> None:
+    """Casts piling up past max_mailbox raise OverloadedError in the flooding plugin; the sink and host are fine."""
+    events = events_of(host)
+    host.create_sandbox("flood", "hog:FloodRoot", sandbox_path=LIMITS, limits=ResourceLimits(max_mailbox=50))
+    with pytest.raises(PluginError) as caught:
+        host.call("flood", "flooder", ("flood", 20000), timeout=30)
+    assert caught.value.type_name == "plugin_host.errors.OverloadedError"
+    breach = wait_for(events, "limit_breached", "flooder")
+    assert breach.details["limit"] == "max_mailbox"
+    assert isinstance(host.call("flood", "sink", "count"), int)

@@ -57,3 +57,31 @@ class Forker(Plugin):
 
 class ForkerRoot(Supervisor):
     children = [ChildSpec("forker", Forker)]
+
+
+class Flooder(Plugin):
+    """flood: casts n messages to "sink" from one callback."""
+
+    def handle_call(self, request, state):
+        kind, count = request
+        for index in range(count):
+            self.cast("sink", index)
+        return count, state
+
+
+class Sink(Plugin):
+    """Counts the casts it got."""
+
+    def init(self, args):
+        return 0
+
+    def handle_cast(self, message, state):
+        return state + 1
+
+    def handle_call(self, request, state):
+        return state, state
+
+
+class FloodRoot(Supervisor):
+    max_restarts, max_seconds = 10, 10
+    children = [ChildSpec("sink", Sink), ChildSpec("flooder", Flooder)]
