@@ -20,7 +20,7 @@ class DoublerRoot(Supervisor):
 
 
 class Slow(Plugin):
-    """Sleeps as long as asked, then answers; records terminate calls in a file."""
+    """Sleeps as long as asked (seconds), then answers the same number."""
 
     def init(self, args):
         return args or {}
