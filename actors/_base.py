@@ -33,7 +33,16 @@ class HostActor(ActorTypeDispatcher):
             if self.multiprocess:
                 harden_process()
             self.setup_process()
-        return super().receiveMessage(message, sender)
+        try:
+            return super().receiveMessage(message, sender)
+        except Exception as exc:  # noqa: BLE001 - never let Thespian retry and poison: answer and go on
+            log.exception("%s could not handle a %s", type(self).__name__, type(message).__name__)
+            if isinstance(message, Request):
+                target = getattr(message, "reply_to", None) or sender
+                self.send(target, Failed(BadRequestError(
+                    f"{type(self).__name__} could not handle {type(message).__name__}: {describe_exception(exc)}"),
+                    message.corr))
+            return None
 
     @property
     def multiprocess(self) -> bool:

@@ -196,6 +196,8 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         check_sandbox_id(req.sandbox_id)
         if req.sandbox_id in self.sandboxes:
             raise SandboxExistsError(f"sandbox {req.sandbox_id!r} already exists", sandbox_id=req.sandbox_id)
+        if req.sandbox_path is not None and not isinstance(req.sandbox_path, str):
+            raise BadRequestError(f"sandbox_path must be a folder path, got {req.sandbox_path!r}")
         if not isinstance(req.supervisor, (str, Blob)):
             raise BadRequestError("supervisor must be 'module:Class', a dotted path or a Blob of a class")
         if req.security_profile is not None and req.security_profile not in SECURITY_PROFILES:
@@ -319,7 +321,7 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         self._destroy(msg.sandbox_id, self._replier(sender, msg.corr))
 
     def _destroy(self, sandbox_id: str, done: Done) -> None:
-        rec = self.sandboxes.get(sandbox_id)
+        rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
         if rec is None:
             done(_not_found(sandbox_id))
             return
@@ -329,7 +331,7 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
 
     def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Any) -> None:  # noqa: N802
         """Stop the whole sandbox and start it again from its current code."""
-        rec = self.sandboxes.get(msg.sandbox_id)
+        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
         if rec is None:
             self.reply(sender, _not_found(msg.sandbox_id), msg.corr)
             return
@@ -392,7 +394,7 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
     # -- queries ---------------------------------------------------------------------------
 
     @staticmethod
-    def not_found(sandbox_id: Any) -> SandboxNotFoundError:
+    def not_found(sandbox_id: Any) -> PluginHostError:
         """The error for an unknown sandbox id."""
         return _not_found(sandbox_id)
 
@@ -443,6 +445,9 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
 
     def receiveMsg_LookupActor(self, msg: LookupActor, sender: Any) -> None:  # noqa: N802
         """Where a named actor runs now; with ``wait``, answered once it runs again."""
+        if isinstance(msg.wait, bool) or not isinstance(msg.wait, (int, float)):
+            self.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
+            return
         if not self._answer_lookup(msg, sender, final=msg.wait <= 0):
             self._parked.append((msg, sender, time.monotonic() + msg.wait))
             self._tick()
@@ -498,6 +503,9 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is None:
             return
+        if isinstance(msg.timeout, bool) or not isinstance(msg.timeout, (int, float)) or not msg.timeout > 0:
+            self.reply(sender, BadRequestError(f"Run.timeout must be positive seconds, got {msg.timeout!r}"), msg.corr)
+            return
         if rec.root is None or rec.status not in ("running", "failed") or not isinstance(msg.fn, Blob):
             self.reply(sender, BadRequestError(f"cannot run in sandbox {msg.sandbox_id!r} now ({rec.status})"),
                        msg.corr)
@@ -505,7 +513,9 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         self.send(rec.root, attrs.evolve(msg, reply_to=msg.reply_to or sender))
 
 
-def _not_found(sandbox_id: Any) -> SandboxNotFoundError:
+def _not_found(sandbox_id: Any) -> PluginHostError:
+    if not isinstance(sandbox_id, str):
+        return BadRequestError(f"a sandbox id is a string, got {sandbox_id!r}")
     return SandboxNotFoundError(f"no sandbox {sandbox_id!r}", sandbox_id=sandbox_id)
 
 

@@ -90,7 +90,7 @@ class ResourceLimits:
             raise ConfigError(f"limits must be a mapping, got {type(data).__name__}", field="limits")
         unknown = set(data) - {a.name for a in attrs.fields(cls)}
         if unknown:
-            raise ConfigError(f"unknown limit(s): {', '.join(sorted(unknown))}", field="limits")
+            raise ConfigError(f"unknown limit(s): {', '.join(sorted(map(repr, unknown)))}", field="limits")
         return cls(**data)
 
 
@@ -191,8 +191,12 @@ def _check_mapping(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
 
 def _to_path(value: Any) -> Path:
     try:
-        return Path(value).expanduser()
-    except TypeError:
+        path = Path(value).expanduser()
+        os.fspath(path).encode()  # a NUL or an unencodable name fails here, not at first use
+        if "\0" in os.fspath(path):
+            raise ValueError("embedded null byte")
+        return path
+    except (TypeError, ValueError, UnicodeError):
         raise ConfigError(f"state_dir must be a path, got {value!r}", field="state_dir") from None
 
 

@@ -181,7 +181,7 @@ def _hashable(value: Any) -> bool:
 
 
 def _known_admin_bug(request: msgs.Request) -> bool:
-    """Requests of the admin bugs pinned by the strict xfail tests below (kept out of the property)."""
+    """Requests covered by their own tests below (kept out of the property)."""
     if isinstance(request, msgs.LookupActor):
         return not isinstance(request.wait, (int, float))
     if isinstance(request, (msgs.DestroySandbox, msgs.RestartSandbox)):
@@ -238,15 +238,11 @@ def _assert_bad_request(scene: Scene, request: msgs.Request) -> None:
     assert isinstance(reply.error, BadRequestError) and reply.corr == request.corr
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: AdminActor.receiveMsg_LookupActor compares msg.wait <= 0 "
-                                       "unchecked; the TypeError makes Thespian answer PoisonMessage")
 def test_admin_answers_a_lookup_with_a_non_numeric_wait_with_bad_request(scene: Scene) -> None:
     """``LookupActor(wait=None)`` should get ``Failed(BadRequestError)``, not a ``PoisonMessage``."""
     _assert_bad_request(scene, msgs.LookupActor(corr="lookup", sandbox_id=SANDBOX, name="counter", wait=None))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: AdminActor._destroy / receiveMsg_RestartSandbox look the id up "
-                                       "in a dict unchecked; an unhashable id makes Thespian answer PoisonMessage")
 @pytest.mark.parametrize("request_", [
     msgs.DestroySandbox(corr="destroy", sandbox_id=[]),  # type: ignore[arg-type]
     msgs.RestartSandbox(corr="restart", sandbox_id=[]),  # type: ignore[arg-type]
@@ -260,16 +256,12 @@ def test_admin_answers_an_unhashable_sandbox_id_with_bad_request(scene: Scene, r
     assert isinstance(reply, msgs.Failed) and isinstance(reply.error, BadRequestError), reply
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: AdminActor._new_record uses sandbox_path unchecked; "
-                                       "the TypeError makes Thespian answer PoisonMessage")
 def test_admin_answers_a_create_with_a_non_string_sandbox_path_with_bad_request(scene: Scene) -> None:
     """``CreateSandbox(sandbox_path=0)`` should get ``Failed(BadRequestError)``, not a ``PoisonMessage``."""
     _assert_bad_request(scene, msgs.CreateSandbox(corr="create-path", sandbox_id="p", supervisor="root:Root",
                                                   sandbox_path=0))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: ResourceLimits.from_mapping raises TypeError for a non-str "
-                                       "key, so the admin answers PoisonMessage")
 def test_admin_answers_a_create_with_limits_of_non_string_keys_with_a_failure(scene: Scene) -> None:
     """``CreateSandbox(limits={1: 2})`` should get ``Failed(PluginHostError)``, not a ``PoisonMessage``."""
     reply = ask(scene, msgs.CreateSandbox(corr="create-limits", sandbox_id="l", supervisor="root:Root",
@@ -277,8 +269,6 @@ def test_admin_answers_a_create_with_limits_of_non_string_keys_with_a_failure(sc
     assert isinstance(reply, msgs.Failed) and isinstance(reply.error, PluginHostError), reply
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: Run with a non-numeric timeout to a running sandbox "
-                                       "gets no reply at all")
 def test_admin_answers_a_run_with_a_non_numeric_timeout(host: Host) -> None:
     """``Run(timeout=None)`` to a running sandbox should get ``Failed(BadRequestError)`` promptly."""
     host.create_sandbox(SANDBOX, "root:Root", sandbox_path=sample("counter"))
@@ -330,7 +320,7 @@ config_values = st.one_of(junk, st.sampled_from([math.inf, -math.inf, math.nan, 
 
 
 def _known_config_bug(field: str, value: Any) -> bool:
-    """Inputs of the two config bugs pinned by the strict xfail tests below (kept out of the properties)."""
+    """Inputs covered by their own tests below (kept out of the properties)."""
     if field == "state_dir":
         return isinstance(value, str) and value.startswith("~") and "\x00" in value
     if field == "limits":
@@ -365,8 +355,6 @@ def test_host_config_constructs_or_raises_config_error_naming_the_field(tmp_path
     _constructs_or_names_field(HostConfig, field, value, **others)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="product bug: _to_path lets expanduser's 'embedded null byte' ValueError escape")
 def test_host_config_with_a_nul_after_a_tilde_in_state_dir_raises_config_error(tmp_path: Path) -> None:
     """``HostConfig(state_dir="~\\x00")`` should raise ``ConfigError(field="state_dir")``."""
     with pytest.raises(ConfigError) as caught:
@@ -374,8 +362,6 @@ def test_host_config_with_a_nul_after_a_tilde_in_state_dir_raises_config_error(t
     assert caught.value.field == "state_dir"
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="product bug: ResourceLimits.from_mapping sorts unknown keys, a TypeError for non-str keys")
 def test_limits_mapping_with_a_non_string_key_raises_config_error(tmp_path: Path) -> None:
     """``HostConfig(limits={1: 2})`` should raise ``ConfigError(field="limits")``."""
     with pytest.raises(ConfigError) as caught:
