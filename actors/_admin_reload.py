@@ -166,7 +166,7 @@ class VersionsAdmin:
             return
         new_environment = environment if environment and environment != rec.request.environment else None
         if not changed and new_environment is None:
-            module = sorted(checksums)[0]
+            module = sorted(a.module for a in artifacts)[0]
             current = self.versions_of(sandbox_id).get(module, ModuleVersions()).current
             done(ReloadResult(sandbox_id, module, current, current, []))
             return

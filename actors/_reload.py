@@ -2,9 +2,8 @@
 
 1. The root loads the new code into its own process first (a failure stops here).
 2. The workers whose behaviour comes from a reloaded module load it and migrate their
-   state with ``code_change``.  With several of them this is a *prepare*: each holds the
-   new code and every plugin message that arrives, until the root's verdict; with one, it
-   switches at once.
+   state with ``code_change``: a *prepare*; each holds the new code and every plugin
+   message that arrives, until the root's verdict.
 3. All prepared: commit everywhere, and every other actor of the tree (supervisors,
    unaffected workers, children restarted meanwhile) loads the code so that what they fork
    or import later is current.  Any failure: abort everywhere; old code and state stay.
@@ -31,7 +30,8 @@ class _Reload:
     request: m.ReloadSandbox
     admin: Any
     staged: Staged
-    prepare: bool
+    affected: list[str]
+    started_ns: int
     waiting: set[str]
     prepared: list[str] = attrs.field(factory=list)
     updated: list[str] = attrs.field(factory=list)
@@ -49,6 +49,8 @@ class ReloadCoordinator:
     reload: _Reload | None = None
     committed_ns = 0
     """When the last reload committed (``time.time_ns()``)."""
+    aborted_window: tuple[int, int] = (0, -1)
+    """From the start to the end of the last aborted reload (ns): children forked then ran its code."""
     send: Callable[[Any, Any], None]  # the actor's (Thespian)
     wakeupAfter: Callable[..., None]  # noqa: N815 (Thespian's name)
 
@@ -58,6 +60,7 @@ class ReloadCoordinator:
             cause = "another reload is in progress" if self.reload else f"the sandbox is {self.phase}"
             self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
             return
+        started_ns = time.time_ns()
         try:
             staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
@@ -66,11 +69,12 @@ class ReloadCoordinator:
             return
         affected = [name for name, info in self.infos.items()
                     if info.kind == "worker" and info.module in staged.order and name in self.live]
-        self.reload = _Reload(msg, sender, staged, len(affected) > 1, set(affected))
+        # Always two phases, even for one actor: one that answers too late must still be able
+        # to drop the new code (the abort follows its LoadCode, from the same sender).
+        self.reload = _Reload(msg, sender, staged, affected, started_ns, set(affected))
         for name in affected:
             self.send(self.live[name][0], m.LoadCode(msg.reload_id, msg.sources, msg.order, msg.versions,
-                                                     msg.state_handler, self.reload.prepare, msg.timeout,
-                                                     msg.environment))
+                                                     msg.state_handler, True, msg.timeout, msg.environment))
         if affected:
             self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("reload", msg.reload_id))
         else:
@@ -108,6 +112,8 @@ class ReloadCoordinator:
         """
         if self.reload is not None:
             self.reload.restarted.append(name)
+        elif self.aborted_window[0] <= incarnation <= self.aborted_window[1]:
+            self.send(address, ActorExitRequest())  # forked on code that was then aborted: back on the old
         elif incarnation < self.committed_ns:
             sources = sandbox_finder().table.as_wire()
             versions = {module: (version, version) for module, version in self.modules.items()}
@@ -127,9 +133,10 @@ class ReloadCoordinator:
         assert reload is not None
         request = reload.request
         if reload.failure is not None:
-            for name in reload.prepared if reload.prepare else ():
+            for name in reload.affected:  # the late ones too: they prepare, then drop it at once
                 self._to_live(name, m.AbortCode(request.reload_id))
             reload.staged.abort()
+            self.aborted_window = (reload.started_ns, time.time_ns())
             for name in reload.restarted:
                 self._to_live(name, ActorExitRequest())  # forked on the new code: bring it back on the old
             actor, cause = reload.failure
@@ -138,8 +145,7 @@ class ReloadCoordinator:
         prepared = set(reload.prepared)
         for name, (address, _) in self.live.items():
             if name in prepared:
-                if reload.prepare:
-                    self.send(address, m.CommitCode(request.reload_id))
+                self.send(address, m.CommitCode(request.reload_id))
             else:
                 self.send(address, m.LoadCode(request.reload_id, request.sources, request.order, request.versions,
                                               None, False, request.timeout, request.environment))

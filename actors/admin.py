@@ -253,7 +253,8 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
             self.emit("failed", msg.sandbox_id, reason=msg.reason or "")
         elif msg.status == "start_failed":
             rec.error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
-            self._stop_root(msg.sandbox_id, rec, "start_failed")
+            if rec.action != "destroy":
+                self._stop_root(msg.sandbox_id, rec, "start_failed")
         elif msg.status == "stopped" and rec.status == "stopping":
             self.send(rec.root, ActorExitRequest())
         self._retry_parked(time.monotonic())
@@ -289,6 +290,10 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
             if rec.action == "destroy":
                 self.emit("stopped", sandbox_id)
             self._check_shutdown_done()
+        elif rec.status == "starting" and not rec.restarted:
+            del self.sandboxes[sandbox_id]  # died while starting: as a failed start, the id is free again
+            self._fire(rec, SandboxStartError("the sandbox root process exited while starting (os._exit or "
+                                              "a fatal signal in a module's top-level code?)"))
         else:
             rec.status, rec.reason = "failed", "the sandbox root process exited unexpectedly"
             rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
@@ -325,6 +330,9 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         if rec is None:
             done(_not_found(sandbox_id))
             return
+        if rec.status == "starting" and rec.action == "create":
+            self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} was destroyed before it started",
+                                              sandbox_id=sandbox_id))
         rec.waiters.append(done)
         if rec.action not in ("destroy", "start_failed"):
             self._stop_root(sandbox_id, rec, "destroy")

@@ -26,7 +26,7 @@ class RunnerActor(HostActor):
         try:
             value = msg.fn.load()()
             reply: Ok | Failed = Ok(Blob.dump(value), msg.corr)
-        except Exception as exc:  # noqa: BLE001 - the sandbox boundary
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the sandbox boundary
             reply = Failed(plugin_error(exc, "run"), msg.corr)
         self.send(msg.reply_to or sender, reply)
         self.send(sender, m.RunDone(msg.corr))

@@ -22,6 +22,7 @@ from plugin_host.errors import (
     ActorNotFoundError,
     InvalidSpecError,
     LimitExceededError,
+    PluginError,
     PluginHostError,
     RunTimeoutError,
     SandboxStartError,
@@ -117,7 +118,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         except PluginHostError as exc:
             self._report_start_failure(exc)
             return
-        except Exception as exc:  # noqa: BLE001 - plugin import-time code may raise anything
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - plugin import-time code may raise anything
             self._report_start_failure(SandboxStartError(describe_exception(exc)))
             return
         self.start_tree(spec)
@@ -274,8 +275,12 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             self.send(run.reply_to, Failed(RunTimeoutError(f"run did not finish within {run.timeout} s"), run.corr))
 
     def on_other_exit(self, address: Any) -> None:
-        """A runner exited."""
-        self._runners = [r for r in self._runners if r[0] != address]
+        """A runner exited; one that never answered died running the function: say so at once."""
+        for runner in [r for r in self._runners if r[0] == address]:
+            self._runners.remove(runner)
+            run = runner[2]
+            self.send(run.reply_to, Failed(PluginError("run: the process died before answering (os._exit, a "
+                                                       "signal or a limit)", type_name="ProcessDied"), run.corr))
 
 
 def _tree_names(spec: type[Supervisor]) -> list[str]:

@@ -269,3 +269,66 @@ def test_restricted_profile_refuses_a_sandbox_that_spawns_processes(host: Host, 
     assert caught.value.errors[0][1] == 1
     info = host.create_sandbox("s", "root:Root", sandbox_path=str(folder), security_profile="standard")
     assert info.status == "running"
+
+
+def test_a_root_that_dies_while_starting_fails_the_create_and_frees_the_id(host: Host, tmp_path: Path) -> None:
+    """A module that calls os._exit (or sys.exit) at import: SandboxStartError, and the id can be used again."""
+    for exit_call in ("import os; os._exit(3)", "import sys; sys.exit(4)"):
+        folder = tmp_path / f"dies{len(exit_call)}"
+        folder.mkdir()
+        (folder / "root.py").write_text(f"{exit_call}\n")
+        with pytest.raises(SandboxStartError):
+            host.create_sandbox("x", "root:Root", sandbox_path=str(folder))
+        assert host.list_sandboxes() == []
+    info = host.create_sandbox("x", "root:Root", sandbox_path=sample("counter"))
+    assert info.status == "running"
+
+
+def test_run_whose_function_kills_its_process_fails_promptly(host: Host) -> None:
+    """Host.run: a function that exits its process gets PluginError at once, not a timeout."""
+    import time
+
+    host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+    start = time.monotonic()
+    with pytest.raises(PluginError, match="died"):
+        host.run("c", lambda: __import__("os")._exit(1), timeout=20)
+    assert time.monotonic() - start < 10
+    with pytest.raises(PluginError, match="SystemExit"):
+        host.run("c", lambda: __import__("sys").exit(2), timeout=20)
+
+
+def test_destroying_a_sandbox_while_it_starts_fails_the_create(host: Host, tmp_path: Path) -> None:
+    """create_sandbox answers SandboxStartError (not None) when the sandbox is destroyed before it ran."""
+    import threading
+
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "root.py").write_text(textwrap.dedent("""
+        import time
+        from actors import ChildSpec, Plugin, Supervisor
+
+        class Slow(Plugin):
+            def init(self, args):
+                time.sleep(1.5)
+                return None
+
+        class Root(Supervisor):
+            children = [ChildSpec("slow", Slow)]
+    """))
+    outcome: list[object] = []
+
+    def create() -> None:
+        try:
+            outcome.append(host.create_sandbox("s", "root:Root", sandbox_path=str(folder)))
+        except PluginHostError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    from conftest import eventually
+
+    eventually(lambda: any(i.id == "s" for i in host.list_sandboxes()))
+    host.destroy_sandbox("s")
+    thread.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], SandboxStartError)
+    assert host.list_sandboxes() == []

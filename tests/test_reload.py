@@ -283,3 +283,30 @@ def test_batch_hot_reload_reports_per_sandbox(host: Host, tmp_path: Path) -> Non
     assert results[0].new_version == 2 and results[2].new_version == 2
     assert isinstance(results[1], LookupError)
     assert tags(host, "a") == tags(host, "b") == {"v2"}
+
+
+def test_a_reload_that_times_out_on_a_busy_actor_changes_nothing(sandbox: Host) -> None:
+    """An actor busy past the reload's timeout loads the code late and drops it: old code, old version."""
+    slow = counter(tag="v1", extra='''
+        def handle_cast(self, message, state):
+            import time
+            time.sleep(message)
+            return state
+    ''')
+    sandbox.hot_reload_source("s", slow, module="counter")
+    version = sandbox.get_module_version("s", "counter")
+    pid = sandbox.call("s", "c1", "pid")
+    sandbox.cast("s", "c1", 0.7)  # busy for 0.7 s: longer than the reload waits, shorter than hang_timeout
+    with pytest.raises(HotReloadError, match="no answer"):
+        sandbox.hot_reload_source("s", counter(tag="v2"), module="counter", timeout=0.2)
+    assert sandbox.call("s", "c1", "tag", timeout=10) == "v1"  # after the busy callback: still the old code
+    assert sandbox.call("s", "c1", "pid") == pid  # the same process: it loaded the code late, then dropped it
+    assert tags(sandbox) == {"v1"}
+    assert sandbox.get_module_version("s", "counter") == version
+
+
+def test_reloading_an_unchanged_module_names_that_module(sandbox: Host) -> None:
+    """The no-op result names the module given, with its own version."""
+    sandbox.hot_reload_source("s", counter(tag="v2"), module="counter")
+    result = sandbox.hot_reload_source("s", ROOT, module="root")
+    assert (result.module, result.old_version, result.new_version) == ("root", 1, 1)
