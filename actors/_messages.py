@@ -86,16 +86,13 @@ class Pong:
 
 @attrs.frozen
 class Stop:
-    """Parent -> supervisor: stop every child (reverse start order), then answer ``Stopped``."""
+    """Parent -> supervisor: stop every child (reverse start order), then report and exit.
+
+    A nested supervisor tells its parent with ``Exiting(normal=True)``; the sandbox root reports
+    ``SandboxStatus("stopped")`` to the admin.
+    """
 
     reason: str = "shutdown"
-
-
-@attrs.frozen
-class Stopped:
-    """Supervisor -> parent: all children stopped."""
-
-    name: str
 
 
 @attrs.frozen

@@ -91,7 +91,6 @@ class SupervisorActor(SandboxMember):
         self.reason: str | None = None
         self._restart_times: deque[float] = deque()
         self._pending: list[_Child] = []
-        self._stop_requester: Any = None
         self._ticking = False
         self._ping_seq = 0
         self._reported: dict[str, int] = {}
@@ -299,7 +298,6 @@ class SupervisorActor(SandboxMember):
 
     def receiveMsg_Stop(self, msg: m.Stop, sender: Any) -> None:  # noqa: N802
         """Stop every child, last started first, then report."""
-        self._stop_requester = sender
         self._shut_down_all("stopping", msg.reason)
 
     def _report_down(self, child: _Child, status: str, reason: str, restarting: bool) -> None:
