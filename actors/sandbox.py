@@ -41,8 +41,6 @@ from .supervisor import SupervisorActor
 
 __all__ = ["SandboxActor", "resolve_supervisor"]
 
-# Host-side packages a sandbox module must never shadow inside its processes.
-_PROTECTED = ("actors", "plugin_host", "thespian", "cloudpickle", "attrs", "attr", "psutil")
 
 
 def resolve_supervisor(ref: Any, args: Any) -> type[Supervisor]:
@@ -112,7 +110,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             if msg.environment:
                 activate_environment(msg.environment)  # inherited by every actor forked from here
             if msg.sources:
-                codeload.install(codeload.CodeTable.from_wire(msg.sources), protected=_PROTECTED)
+                codeload.install(codeload.CodeTable.from_wire(msg.sources))
             spec = resolve_supervisor(msg.supervisor, unblob(msg.args))
             _check_max_actors(spec, msg.context.limits.max_actors)
         except PluginHostError as exc:

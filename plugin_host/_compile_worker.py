@@ -64,8 +64,6 @@ Error = tuple[str, int, str]
 _Outcome = tuple[str, str, bool, int | None]
 """(protocol stream, chatter, timed out, exit code) of one validator run."""
 
-# The names a sandbox may not shadow; the same list the sandbox root protects at run time.
-_PROTECTED = ("actors", "plugin_host", "thespian", "cloudpickle", "attrs", "attr", "psutil")
 _GRACE_SECONDS = 0.3
 """How long a child that ran out of time gets to write its stack dump before it is killed."""
 _MAX_CHATTER = 20_000
@@ -772,7 +770,7 @@ def _emit(results: TextIO, event: dict[str, Any]) -> None:
 
 def _install(table: codeload.CodeTable) -> list[Error]:
     try:
-        codeload.install(table, protected=_PROTECTED)
+        codeload.install(table)  # the runtime's names are protected, as in a sandbox root
     except SandboxStartError as exc:
         names = getattr(exc, "modules", [])
         return [

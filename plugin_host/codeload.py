@@ -24,7 +24,7 @@ import attrs
 
 from .errors import CompilationError, SandboxStartError
 
-__all__ = ["CodeTable", "ModuleSource", "SandboxFinder", "read_sandbox_folder", "check_syntax"]
+__all__ = ["CodeTable", "ModuleSource", "PROTECTED_MODULES", "SandboxFinder", "read_sandbox_folder", "check_syntax"]
 
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".tox", ".venv", "venv", "node_modules", "build", "dist"}
 
@@ -173,7 +173,11 @@ def _remember_source(module: ModuleSource) -> None:
     linecache.cache[module.path] = (len(module.source), None, lines, module.path)
 
 
-def install(table: CodeTable, *, protected: Iterable[str] = ()) -> SandboxFinder:
+PROTECTED_MODULES = ("actors", "plugin_host", "thespian", "cloudpickle", "attrs", "attr", "psutil")
+"""Top-level packages of the runtime that a sandbox module must never shadow."""
+
+
+def install(table: CodeTable, *, protected: Iterable[str] = PROTECTED_MODULES) -> SandboxFinder:
     """Make ``table``'s modules importable in this (sandbox) process.
 
     Raises:
