@@ -141,13 +141,17 @@ class Host(ReloadMethods):
             self._listener.close()
         try:
             if self._admin is not None:
-                timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+                timeout = self._stop_wait()
                 self._system.ask(self._admin, m.HostShutdown(self._system.new_corr()), timeout)
         except Exception:  # noqa: BLE001 - closing must go on whatever happened
             pass
         finally:
             self._compile_pool_close()
             self._system.shutdown()
+
+    def _stop_wait(self) -> float:
+        """How long the admin may take to stop a sandbox (the root, then its children), plus slack."""
+        return 2 * self.config.shutdown_timeout + _ADMIN_SLACK
 
     @property
     def closed(self) -> bool:
@@ -220,7 +224,7 @@ class Host(ReloadMethods):
             request = attrs.evolve(request, environment=str(environment))
         if request.sandbox_path is not None:
             self._sandbox_paths[sandbox_id] = request.sandbox_path
-        timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        timeout = self.config.start_timeout + self._stop_wait()
         return cast(SandboxInfo, self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}")))
 
     def _create_request(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: Any = None, args: Any = None,
@@ -264,7 +268,7 @@ class Host(ReloadMethods):
             SandboxNotFoundError: no such sandbox.
         """
         self._forget(sandbox_id)
-        timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        timeout = self._stop_wait()
         self._request(DestroySandbox(sandbox_id=sandbox_id), timeout, self._admin_timeout("destroy_sandbox"))
 
     def restart_sandbox(self, sandbox_id: str) -> SandboxInfo:
@@ -275,7 +279,7 @@ class Host(ReloadMethods):
             SandboxStartError: it did not start again.
         """
         self._forget(sandbox_id)
-        timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        timeout = self.config.start_timeout + self._stop_wait()
         return cast(SandboxInfo, self._request(RestartSandbox(sandbox_id=sandbox_id), timeout,
                              lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}")))
 
@@ -308,7 +312,7 @@ class Host(ReloadMethods):
             except (PluginHostError, TypeError) as exc:
                 requests.append(exc if isinstance(exc, PluginHostError) else InvalidSpecError(str(exc)))
         good = [r for r in requests if isinstance(r, CreateSandbox)]
-        timeout = self.config.start_timeout + 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        timeout = self.config.start_timeout + self._stop_wait()
         replies = iter(self._request(BatchCreate(specs=good), timeout, self._admin_timeout("batch_create")))
         return [_unwrap(next(replies)) if isinstance(r, CreateSandbox) else r for r in requests]
 
@@ -317,7 +321,7 @@ class Host(ReloadMethods):
         ids = list(sandbox_ids)
         for sandbox_id in ids:
             self._forget(sandbox_id)
-        timeout = 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        timeout = self._stop_wait()
         return [_unwrap(r) for r in self._request(BatchDestroy(sandbox_ids=ids), timeout,
                                                   self._admin_timeout("batch_destroy"))]
 
