@@ -2,7 +2,8 @@
 
 Events (started, crashed, restarted, failed, limit_breached, reloaded, rolled_back,
 stopped) are kept in a bounded log and pushed as ``EventNotice`` to every subscriber.  The
-monitor actor is told which processes each sandbox has; usage queries go to it.
+monitor actor of the system a sandbox runs on is told which processes it has there; usage
+queries go to that monitor.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from plugin_host.errors import SandboxNotFoundError
 from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, Subscribe, Unsubscribe
 from plugin_host.values import AuditRecord, Event
 
@@ -35,6 +37,7 @@ class EventsAdmin:
     send: Callable[[Any, Any], None]
     reply: Callable[[Any, Any, str], None]
     _get: Callable[[Any, Any, str], Any]
+    monitor_of: Callable[[str], Any]
 
     def emit(self, kind: str, sandbox_id: str, actor: str = "", reason: str = "", **details: Any) -> None:
         """Record an event and push it to every subscriber."""
@@ -86,14 +89,21 @@ class EventsAdmin:
             pids = {child.name: child.pid for child in rec.children if child.pid}
             if rec.pid:
                 pids["(root)"] = rec.pid
-        self.send(self.monitor, m.Watch(sandbox_id, pids, rec.limits, self.config.monitor_interval))
+        monitor = self.monitor_of(rec.node)
+        if monitor is not None:  # none while its system is lost
+            self.send(monitor, m.Watch(sandbox_id, pids, rec.limits, self.config.monitor_interval))
 
     def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: Any) -> None:  # noqa: N802
         """Memory, CPU, messages and restarts per actor (sampled now by the monitor)."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is not None:
             restarts = {child.name: child.restarts for child in rec.children}
-            self.send(self.monitor, m.UsageQuery(sandbox_id=msg.sandbox_id, messages=dict(rec.messages),
+            monitor = self.monitor_of(rec.node)
+            if monitor is None:
+                self.reply(sender, SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is {rec.status}: "
+                                                        f"{rec.reason}", sandbox_id=msg.sandbox_id), msg.corr)
+                return
+            self.send(monitor, m.UsageQuery(sandbox_id=msg.sandbox_id, messages=dict(rec.messages),
                                                  restarts=restarts, reply_to=sender, corr=msg.corr))
 
     def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802

@@ -22,6 +22,7 @@ from plugin_host.store import VersionStore
 from plugin_host.values import Artifact, ReloadResult
 
 from . import _messages as m
+from ._admin_nodes import remote_packages
 from .registry import RecordOutcome, RecordVersions, RegistryQuery
 
 __all__ = ["ModuleVersions", "VersionsAdmin"]
@@ -187,7 +188,8 @@ class VersionsAdmin:
                                                  probation, time.monotonic() + timeout + 5.0, new_environment)
         handler = state_handler.data if state_handler is not None else None
         self.send(rec.root, m.ReloadSandbox(reload_id, changed, order, versions, handler, timeout,
-                                            new_environment))
+                                            new_environment, {name: checksums[name] for name in changed},
+                                            remote_packages(rec.node, new_environment)))
 
     def _changes(self, sandbox_id: str, artifacts: Any) -> tuple[Any, dict[str, tuple[str, str, bool]], dict[str, str]]:
         rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None

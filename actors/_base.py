@@ -44,6 +44,11 @@ class HostActor(ActorTypeDispatcher):
                     message.corr))
             return None
 
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: Any) -> bool:  # noqa: N802
+        """Thespian's placement test: a system fits when it offers every required capability, equal."""
+        return all(capabilities.get(key) == value for key, value in dict(requirements or {}).items())
+
     @property
     def multiprocess(self) -> bool:
         """Whether this actor has a process of its own (not ``simpleSystemBase``)."""

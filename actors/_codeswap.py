@@ -14,9 +14,10 @@ import types
 from typing import Any
 
 from plugin_host.codeload import CodeTable, ModuleSource, SandboxFinder
-from plugin_host.deps import activate_environment
+from plugin_host.config import HostConfig
+from plugin_host.deps import activate_environment, prepare_environment
 
-__all__ = ["Staged", "sandbox_finder"]
+__all__ = ["Staged", "local_environment", "sandbox_finder"]
 
 _MISSING = object()
 
@@ -107,3 +108,19 @@ def _source_of(name: str) -> ModuleSource:
     with open(path, encoding="utf-8") as handle:
         return ModuleSource(name, path, handle.read(), hasattr(module, "__path__"))
 
+
+def local_environment(environment: str | None, packages: tuple[str, ...]) -> str | None:
+    """The environment folder to use on this system.
+
+    The host prepared ``environment`` on its own system; a root on another system gets the
+    ``packages`` instead and installs them under its own system's ``state_dir`` (its launcher's
+    ``PLUGIN_HOST_*`` settings), reusing an environment already there.
+
+    Raises:
+        DependencyError: pip failed here.
+    """
+    if not packages:
+        return environment
+    config = HostConfig()
+    prepared = prepare_environment(packages, config.state_dir, find_links=config.find_links, no_index=config.no_index)
+    return None if prepared is None else str(prepared)

@@ -158,6 +158,11 @@ class StartSandbox:
     modules: dict[str, int]
     environment: str | None = None
     """The sandbox's dependency environment, put first on the import path before any plugin code."""
+    checksums: dict[str, str] | None = None
+    """sha256 of each source: the root refuses code that does not match (it may come from another machine)."""
+    packages: tuple[str, ...] = ()
+    """On another system than the host's: the environment's requirements, to install there (its
+    ``state_dir``, ``find_links``, ``no_index``) instead of using the host's ``environment`` folder."""
 
 
 @attrs.frozen
@@ -240,6 +245,10 @@ class ReloadSandbox:
     timeout: float
     environment: str | None = None
     """A new dependency environment to put first on the import path before loading."""
+    checksums: dict[str, str] | None = None
+    """sha256 of each changed source: the root refuses code that does not match."""
+    packages: tuple[str, ...] = ()
+    """As ``StartSandbox.packages``, for a new environment."""
 
 
 @attrs.frozen
@@ -367,3 +376,26 @@ class HostBreach:
     limit: str
     value: float
     maximum: float
+
+
+@attrs.frozen
+class NodePing:
+    """Admin -> an actor of it on another system (a sandbox root, a node's monitor): the admin lives.
+
+    Such an actor ends itself (and, for a root, its whole sandbox) when no ping came for
+    ``timeout`` seconds: its host is gone or cut off, and nobody else would stop it.
+    """
+
+    timeout: float
+
+
+@attrs.frozen
+class NodePong:
+    """A node's monitor -> admin: that system still answers."""
+
+
+@attrs.frozen
+class KillGroup:
+    """Admin -> a node's monitor: SIGKILL a sandbox's process group on that system."""
+
+    pgid: int

@@ -18,9 +18,11 @@ from typing import Any, Callable
 import attrs
 from thespian.actors import ActorExitRequest
 
+from plugin_host import codeload
+
 from . import _messages as m
 from ._base import describe_exception
-from ._codeswap import Staged, sandbox_finder
+from ._codeswap import Staged, local_environment, sandbox_finder
 
 __all__ = ["ReloadCoordinator"]
 
@@ -62,6 +64,9 @@ class ReloadCoordinator:
             return
         started_ns = time.time_ns()
         try:
+            codeload.verify_checksums(msg.sources, msg.checksums)
+            if msg.packages:  # on another system than the host's: install them here, then go on as usual
+                msg = attrs.evolve(msg, environment=local_environment(msg.environment, msg.packages), packages=())
             staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root",

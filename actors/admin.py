@@ -21,12 +21,11 @@ import psutil
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from plugin_host import codeload
-from plugin_host.config import SECURITY_PROFILES, HostConfig, ResourceLimits
+from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
 from plugin_host.errors import (
     ActorNotFoundError,
     BadRequestError,
     HostStartError,
-    NoCapableNodeError,
     PluginHostError,
     SandboxExistsError,
     SandboxNotFoundError,
@@ -54,6 +53,7 @@ from plugin_host.values import SandboxInfo
 
 from . import _messages as m
 from ._admin_events import EVENT_LOG, EventsAdmin
+from ._admin_nodes import Member, NodesAdmin, remote_packages
 from ._admin_reload import VersionsAdmin
 from ._base import HostActor
 from .monitor import MonitorActor
@@ -107,10 +107,14 @@ class _Sandbox:
     probation: Any = None
     messages: dict[str, int] = attrs.field(factory=dict)
     audit: Any = attrs.field(factory=EventsAdmin.new_audit_log)
+    node: str = ""
+    """The member of the convention its root runs on; ``""`` for the host's own system."""
+    lost_reason: str | None = None
+    """Set when the admin gave the root up as lost (its system died, left or fell silent)."""
 
 
-class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
-    """Front door of a host's actor system."""
+class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
+    """Front door of a host's actor system (and its view of the convention, see ``NodesAdmin``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,6 +132,7 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         self.monitor: Any = None
         self.subscribers: list[Any] = []
         self.events: deque[Any] = deque(maxlen=EVENT_LOG)
+        self.members: dict[str, Member] = {}
 
     # -- boot and the host watchdog ----------------------------------------------------
 
@@ -145,6 +150,7 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
             self.registry = self.createActor(RegistryActor)
             self.send(self.registry, OpenRegistry(path, self.config.max_versions))
             self.monitor = self.createActor(MonitorActor)
+            self.join_convention()
         self.send(sender, m.HostBooted(msg.token, os.getpid(), os.getppid(), os.getpgid(0)))
         self._tick()
 
@@ -165,12 +171,14 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
                 self._deadline_passed(sandbox_id, rec)
         self._retry_parked(now)
         self.reload_deadlines(now)
+        self.ping_members(now)
         self._tick()
 
     def _emergency_stop(self) -> None:
         """The host died without closing: take every process of this system down."""
         for rec in self.sandboxes.values():
-            _kill_group(rec.pid)
+            if not rec.node:  # a root on another system ends itself once the pings stop
+                _kill_group(rec.pid)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
     # -- create ---------------------------------------------------------------------------
@@ -202,36 +210,37 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
             raise BadRequestError("supervisor must be 'module:Class', a dotted path or a Blob of a class")
         if req.security_profile is not None and req.security_profile not in SECURITY_PROFILES:
             raise BadRequestError(f"security_profile must be one of {SECURITY_PROFILES}")
-        self._check_requirements(req.requirements)
+        if not isinstance(req.restart_elsewhere, bool):
+            raise BadRequestError(f"restart_elsewhere must be a bool, got {req.restart_elsewhere!r}")
+        node = self.place(req.requirements)
         limits = self.config.limits if req.limits is None else ResourceLimits.from_mapping(req.limits)
         sources: dict[str, tuple[str, str, bool]] = {}
         if req.sandbox_path is not None:
             table = codeload.read_sandbox_folder(req.sandbox_path)
             codeload.check_syntax(table)
             sources = table.as_wire()
-        return _Sandbox(req, sources, self.register_created(req.sandbox_id, sources), limits, time.time())
-
-    def _check_requirements(self, requirements: Any) -> None:
-        if not requirements:
-            return
-        if not isinstance(requirements, dict):
-            raise BadRequestError("requirements must be a mapping of capability name to value")
-        caps = self.config.capabilities
-        missing = {k: v for k, v in requirements.items() if caps.get(k) != v}
-        if missing:
-            raise NoCapableNodeError(f"no actor system offers {missing}", requirements=dict(requirements))
+        return _Sandbox(req, sources, self.register_created(req.sandbox_id, sources), limits, time.time(), node=node)
 
     def _start_root(self, sandbox_id: str, rec: _Sandbox) -> None:
-        rec.root = self.createActor(SandboxActor)
-        rec.pid = getattr(self.child_process(), "pid", None)
+        if rec.node:  # Thespian places it: the pinned node's admin forks it there
+            wanted = {**(rec.request.requirements or {}), NODE_CAPABILITY: rec.node}
+            rec.root, rec.pid = self.createActor(SandboxActor, targetActorRequirements=wanted), None
+        else:
+            rec.root = self.createActor(SandboxActor)
+            rec.pid = getattr(self.child_process(), "pid", None)
         rec.status, rec.reason, rec.children, rec.directory = "starting", None, (), {}
+        rec.lost_reason = None
         rec.deadline = time.monotonic() + self.config.start_timeout
         cfg = self.config
         context = m.SandboxContext(sandbox_id, rec.root, cfg.heartbeat_interval, cfg.hang_timeout,
                                    cfg.shutdown_timeout, rec.limits,
                                    rec.request.security_profile or cfg.security_profile)
+        if rec.node:  # armed before anything else: should the host die now, the sandbox still ends
+            self.send(rec.root, m.NodePing(cfg.node_timeout))
         self.send(rec.root, m.StartSandbox(context, rec.request.supervisor, rec.sources, rec.request.args,
-                                           dict(rec.modules), rec.request.environment))
+                                           dict(rec.modules), rec.request.environment,
+                                           codeload.wire_checksums(rec.sources),
+                                           remote_packages(rec.node, rec.request.environment)))
         self._tick()
 
     # -- reports from sandbox roots ------------------------------------------------------
@@ -269,16 +278,29 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:  # noqa: N802
         """A sandbox root exited: finish a stop, or record an unexpected death."""
+        if self.monitor_exited(msg.childAddress):
+            return
         for sandbox_id, rec in list(self.sandboxes.items()):
             if rec.root is not None and rec.root == msg.childAddress:
                 self._root_gone(sandbox_id, rec)
                 return
 
+    def _kill_sandbox_group(self, rec: _Sandbox) -> None:
+        """SIGKILL the sandbox's process group, wherever it runs (its node's monitor does it there)."""
+        if not rec.node:
+            _kill_group(rec.pid)
+        elif rec.pid and self.monitor_of(rec.node) is not None:
+            self.send(self.monitor_of(rec.node), m.KillGroup(rec.pid))
+
     def _root_gone(self, sandbox_id: str, rec: _Sandbox) -> None:
-        _kill_group(rec.pid)  # stragglers a plugin may have forked
+        self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
         if rec.action == "restart":
             rec.action, rec.restart_count, rec.restarted = "create", 0, True
+            member = self.members.get(rec.node)
+            if rec.node and (member is None or member.status != "up"):
+                self._elsewhere(sandbox_id, rec, f"its node {rec.node} is lost")
+                return
             self._start_root(sandbox_id, rec)
         elif rec.action == "start_failed" and rec.restarted:
             rec.action, rec.status, rec.reason = "create", "failed", str(rec.error)
@@ -292,8 +314,13 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
             self._check_shutdown_done()
         elif rec.status == "starting" and not rec.restarted:
             del self.sandboxes[sandbox_id]  # died while starting: as a failed start, the id is free again
-            self._fire(rec, SandboxStartError("the sandbox root process exited while starting (os._exit or "
-                                              "a fatal signal in a module's top-level code?)"))
+            self._fire(rec, SandboxStartError(
+                f"sandbox {sandbox_id!r} was lost while starting: {rec.lost_reason}" if rec.lost_reason else
+                "the sandbox root process exited while starting (os._exit or a fatal signal in a module's "
+                "top-level code?)"))
+        elif rec.node:
+            rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
+            self._elsewhere(sandbox_id, rec, rec.lost_reason or f"its root on node {rec.node} exited")
         else:
             rec.status, rec.reason = "failed", "the sandbox root process exited unexpectedly"
             rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
@@ -301,13 +328,44 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
             self.emit("failed", sandbox_id, reason=rec.reason)
         self.watch(sandbox_id, rec)
 
+    def sandbox_lost(self, sandbox_id: str, rec: _Sandbox, reason: str) -> None:
+        """Its system is lost: give the root up (it ends itself if it still runs, cut off)."""
+        if rec.root is None:
+            if rec.status in ("running", "starting"):
+                self._elsewhere(sandbox_id, rec, reason)
+            return
+        self.send(rec.root, ActorExitRequest())
+        rec.lost_reason = reason
+        self._root_gone(sandbox_id, rec)
+
+    def _elsewhere(self, sandbox_id: str, rec: _Sandbox, reason: str) -> None:
+        """A sandbox whose system was lost: start it on another capable one, or mark it ``lost``."""
+        if rec.request.restart_elsewhere:
+            try:
+                node = self.place(rec.request.requirements, exclude=frozenset({rec.node}))
+            except PluginHostError as exc:
+                reason = f"{reason}; no other system can take it: {exc}"
+            else:
+                self.emit("lost", sandbox_id, reason=reason, restarting_on=node or self.node)
+                rec.node, rec.restarted, rec.action = node, True, "create"
+                self._start_root(sandbox_id, rec)
+                self.watch(sandbox_id, rec)
+                return
+        rec.status, rec.reason, rec.action = "lost", reason, "create"
+        self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} is lost: {reason}", sandbox_id=sandbox_id))
+        self.emit("lost", sandbox_id, reason=reason)
+
     def _deadline_passed(self, sandbox_id: str, rec: _Sandbox) -> None:
         rec.deadline = None
         if rec.status == "starting":
             rec.error = SandboxStartError(f"sandbox {sandbox_id!r} did not start within "
                                           f"{self.config.start_timeout} s (hung import or init?)")
             rec.action = "start_failed"
-        _kill_group(rec.pid)  # a stop or start past its deadline: ChildActorExited follows
+        self._kill_sandbox_group(rec)  # a stop or start past its deadline: ChildActorExited follows
+        if rec.node and rec.root is not None and rec.pid is None:
+            # A remote root that never reported (its creation may have failed there): no exit will come.
+            self.send(rec.root, ActorExitRequest())
+            self._root_gone(sandbox_id, rec)
 
     # -- destroy / restart / shutdown -----------------------------------------------------
 
@@ -411,10 +469,7 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         supervisor = rec.request.supervisor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
         return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.restart_count, list(rec.children),
-                           dict(rec.modules), self._node(), rec.reason, rec.pid)
-
-    def _node(self) -> str:
-        return f"{self.config.bind_address}:{self.config.admin_port}"
+                           dict(rec.modules), rec.node or self.node, rec.reason, rec.pid)
 
     def _get(self, sandbox_id: Any, sender: Any, corr: str) -> _Sandbox | None:
         rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
@@ -442,8 +497,9 @@ class AdminActor(EventsAdmin, VersionsAdmin, HostActor):
         entry = rec.directory.get(name) if isinstance(name, str) else None
         if entry is not None and rec.status == "running":
             return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()), rec.limits.max_mailbox)
-        if rec.status == "failed":
-            raise ActorNotFoundError(f"sandbox {sandbox_id!r} has failed: {rec.reason}", sandbox_id=sandbox_id,
+        if rec.status in ("failed", "lost"):
+            state = "has failed" if rec.status == "failed" else "is lost"
+            raise ActorNotFoundError(f"sandbox {sandbox_id!r} {state}: {rec.reason}", sandbox_id=sandbox_id,
                                      name=name)
         known = any(c.name == name for c in rec.children)
         transient = rec.status in ("starting", "stopping") or known

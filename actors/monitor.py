@@ -18,13 +18,14 @@ from typing import Any
 
 import attrs
 import psutil
-from thespian.actors import WakeupMessage
+from thespian.actors import ActorExitRequest, WakeupMessage
 
 from plugin_host.config import ResourceLimits
 from plugin_host.values import ActorUsage, ResourceUsage
 
 from . import _messages as m
 from ._base import HostActor
+from ._orphan import ORPHAN_CHECK, OrphanWatch
 
 __all__ = ["MonitorActor", "HISTORY"]
 
@@ -50,8 +51,13 @@ class _Figures:
     threads: int = 0
 
 
-class MonitorActor(HostActor):
-    """Watches the processes of every sandbox of a host."""
+class MonitorActor(OrphanWatch, HostActor):
+    """Watches the processes of every sandbox of a host on one actor system.
+
+    The admin keeps one on its own system and one on each member of the convention that
+    runs its sandboxes (pids are only meaningful where the processes run); those answer the
+    admin's pings, which is how it knows the member is alive.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,8 +79,25 @@ class MonitorActor(HostActor):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
 
+    def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:  # noqa: N802
+        """The admin checks this system is alive (and tells this monitor the host is)."""
+        self.note_admin(msg.timeout)
+        self.send(sender, m.NodePong())
+
+    def receiveMsg_KillGroup(self, msg: m.KillGroup, sender: Any) -> None:  # noqa: N802
+        """End a sandbox's process group on this system (a stop past its deadline, stragglers)."""
+        if isinstance(msg.pgid, int) and msg.pgid > 1 and msg.pgid != os.getpgid(0):
+            try:
+                os.killpg(msg.pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         """Sample everything, enforce limits, schedule the next round."""
+        if msg.payload == ORPHAN_CHECK:
+            if self.orphaned():
+                self.send(self.myAddress, ActorExitRequest())  # the host is gone: nothing to watch for
+            return
         self._ticking = False
         now = time.time()
         for sandbox_id, entry in self.watched.items():

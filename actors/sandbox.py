@@ -31,8 +31,10 @@ from plugin_host.messages import Blob, Call, Failed, Run, unblob
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
-from ._base import describe_exception
+from ._base import describe_exception, log
+from ._codeswap import local_environment
 from ._hardening import new_process_group
+from ._orphan import ORPHAN_CHECK, OrphanWatch
 from ._reload import ReloadCoordinator
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
@@ -79,8 +81,13 @@ def _import_class(path: str) -> Any:
     return obj
 
 
-class SandboxActor(ReloadCoordinator, SupervisorActor):
-    """Root supervisor of one sandbox (and coordinator of its reloads)."""
+class SandboxActor(OrphanWatch, ReloadCoordinator, SupervisorActor):
+    """Root supervisor of one sandbox (and coordinator of its reloads).
+
+    The admin may place it on another actor system of the convention (Thespian's capability
+    check, see ``HostActor.actorSystemCapabilityCheck``); the code travels in its start
+    message, checked against its sha256, so that system needs none of the plugin's files.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,9 +114,11 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.context = attrs.evolve(msg.context, root=self.myAddress)
         self.modules = dict(msg.modules)
         try:
-            if msg.environment:
-                activate_environment(msg.environment)  # inherited by every actor forked from here
+            environment = local_environment(msg.environment, msg.packages)
+            if environment:
+                activate_environment(environment)  # inherited by every actor forked from here
             if msg.sources:
+                codeload.verify_checksums(msg.sources, msg.checksums)
                 codeload.install(codeload.CodeTable.from_wire(msg.sources))
             spec = resolve_supervisor(msg.supervisor, unblob(msg.args))
             _check_max_actors(spec, msg.context.limits.max_actors)
@@ -255,8 +264,18 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
                 self.infos[name] = attrs.evolve(info, version=versions[info.module])
         self._report("running")
 
+    def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:  # noqa: N802
+        """The admin (on another system) lives; past its silence, this sandbox ends itself."""
+        self.note_admin(msg.timeout)
+
     def on_wakeup(self, payload: Any) -> None:
-        """A ``Host.run`` or reload deadline."""
+        """A ``Host.run`` or reload deadline, or a check of the admin's pings."""
+        if payload == ORPHAN_CHECK:
+            if self.orphaned():
+                log.warning("sandbox %s: no word from its host for %.1f s; ending it", self.context.sandbox_id
+                            if self.context else "?", self._orphan_timeout)
+                os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole sandbox: its own process group
+            return
         if isinstance(payload, tuple) and payload[0] == "reload":
             self.reload_timeout(payload[1])
             return

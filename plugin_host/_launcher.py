@@ -60,6 +60,17 @@ def main(argv: list[str]) -> int:
     os.environ["THESPLOG_FILE"] = spec["thesplog"]
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
     os.environ["THESPIAN_BASE_IPADDR"] = spec["bind"]
+    os.environ.update(spec.get("environ") or {})
+    # Convention timing, read once by Thespian when thespian.system.admin.convention is imported
+    # (so before ActorSystem(); the forked admin inherits it) through str_to_timedelta: "M:SS",
+    # integer minutes and seconds; any other format is logged and ignored.  A member re-registers
+    # every CONVENTION_REREGISTRATION_PERIOD (default 7 min 22 s; the leader drops it after 3
+    # missed ones).  While it has lost its leader (e.g. the leader restarted) it only wakes up
+    # every CONVENTION_RESTART_PERIOD (default 3 min 22 s): Thespian's "registration timer or
+    # restart timer" is an `or` on a timer that is falsy until it expires.  5 s each lets a
+    # member rejoin a restarted leader within seconds; the cost is one small message per 5 s.
+    os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:05")
+    os.environ.setdefault("CONVENTION_RESTART_PERIOD", "0:05")
     apply_bind_patch(spec["bind"])
     from thespian.actors import ActorSystem
 

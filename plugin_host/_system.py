@@ -27,7 +27,7 @@ from thespian.system import isInternalActorSystemMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
 from . import _launcher
-from .config import HostConfig
+from .config import HostConfig, system_capabilities
 from .errors import HostClosedError, HostStartError
 
 __all__ = ["ActorSystemHandle", "DEAD", "Pending", "free_port"]
@@ -97,7 +97,11 @@ class ActorSystemHandle:
         spec = {
             "port": self.port, "bind": self.config.bind_address, "sys_path": [p for p in sys.path],
             "log": str(logs / f"actors-{self.port}.log"), "thesplog": str(logs / f"thespian-{self.port}.log"),
-            "capabilities": self.config.capabilities, "leader": self.config.convention_leader,
+            "capabilities": system_capabilities(self.config, self.port), "leader": self.config.convention_leader,
+            # What a sandbox root placed here by another host needs of this system (see local_environment).
+            "environ": {"PLUGIN_HOST_STATE_DIR": os.fspath(self.config.state_dir),
+                        "PLUGIN_HOST_FIND_LINKS": os.pathsep.join(self.config.find_links),
+                        "PLUGIN_HOST_NO_INDEX": "1" if self.config.no_index else "0"},
         }
         import json
 

@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     _operator_parsers(commands)
     _bench_parser(commands)
     _deps_parser(commands)
+    _node_parser(commands)
     return parser
 
 
@@ -93,6 +94,20 @@ def _deps_parser(commands: Any) -> None:
                       help="a folder or URL of wheels; repeatable (default: the configured find_links)")
     deps.add_argument("--no-index", action="store_true", help="install from --find-links only")
     deps.set_defaults(handler=_deps)
+
+
+def _node_parser(commands: Any) -> None:
+    from ._node import add_arguments  # light: Thespian is imported only when the node runs
+
+    node = commands.add_parser("node", help="join a convention and offer capacity (no sandboxes of its own)")
+    add_arguments(node)
+    node.set_defaults(handler=_node)
+
+
+def _node(args: argparse.Namespace) -> int:
+    from ._node import run_node
+
+    return run_node(args)
 
 
 def _bench_parser(commands: Any) -> None:

@@ -22,9 +22,10 @@ from typing import Iterable, Sequence
 
 import attrs
 
-from .errors import CompilationError, SandboxStartError
+from .errors import CodeIntegrityError, CompilationError, SandboxStartError
 
-__all__ = ["CodeTable", "ModuleSource", "PROTECTED_MODULES", "SandboxFinder", "read_sandbox_folder", "check_syntax"]
+__all__ = ["CodeTable", "ModuleSource", "PROTECTED_MODULES", "SandboxFinder", "read_sandbox_folder", "check_syntax",
+           "verify_checksums", "wire_checksums"]
 
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".tox", ".venv", "venv", "node_modules", "build", "dist"}
 
@@ -58,6 +59,28 @@ class CodeTable:
     def from_wire(cls, data: dict[str, tuple[str, str, bool]]) -> CodeTable:
         """Inverse of :meth:`as_wire`."""
         return cls({name: ModuleSource(name, p, s, pkg) for name, (p, s, pkg) in data.items()})
+
+
+def wire_checksums(sources: dict[str, tuple[str, str, bool]]) -> dict[str, str]:
+    """sha256 of each module's source in a wire table (sent along with the sources)."""
+    return {name: hashlib.sha256(source.encode("utf-8")).hexdigest() for name, (_, source, _) in sources.items()}
+
+
+def verify_checksums(sources: dict[str, tuple[str, str, bool]], checksums: dict[str, str] | None) -> None:
+    """Refuse sources that do not match the sha256 they were sent with (code that changed on the way).
+
+    ``None`` means the sender sent none (a message from an older host): nothing to check.
+
+    Raises:
+        CodeIntegrityError: a module's source does not match, or has no checksum.
+    """
+    if checksums is None:
+        return
+    actual = wire_checksums(sources)
+    bad = sorted(name for name in actual if checksums.get(name) != actual[name])
+    if bad:
+        raise CodeIntegrityError(f"refusing module(s) {', '.join(bad)}: the source does not match the sha256 "
+                                 "it was sent with", modules=bad)
 
 
 def _module_name(relative: Path) -> tuple[str, bool]:

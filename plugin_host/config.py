@@ -19,13 +19,42 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["HostConfig", "ResourceLimits", "SUPPORTED_BASES", "SECURITY_PROFILES"]
+__all__ = ["HostConfig", "ResourceLimits", "SUPPORTED_BASES", "SECURITY_PROFILES", "NODE_CAPABILITY",
+           "VERSION_CAPABILITY", "PYTHON_CAPABILITY", "node_name", "system_capabilities"]
 
 SUPPORTED_BASES = ("multiprocTCPBase", "simpleSystemBase")
 """Thespian bases a host may run on; the queue and UDP bases lose crashes or big messages."""
 
 SECURITY_PROFILES = ("restricted", "standard", "permissive")
 """Names of the security profiles, strictest first."""
+
+RESERVED_CAPABILITY_PREFIX = "plugin_host."
+NODE_CAPABILITY = "plugin_host.node"
+"""Capability naming the actor system (``host:port`` of its admin), unique in a convention."""
+VERSION_CAPABILITY = "plugin_host.version"
+"""Capability: the plugin-host version a system runs (sandboxes go only to the same version)."""
+PYTHON_CAPABILITY = "plugin_host.python"
+"""Capability: ``major.minor`` of the system's Python (cloudpickle is only safe between equal ones)."""
+
+
+def node_name(bind_address: str, port: int) -> str:
+    """How a system is named in a convention: the address others reach its admin on, and the port."""
+    if bind_address in ("", "0.0.0.0"):
+        import socket
+
+        bind_address = socket.gethostname()
+    return f"{bind_address}:{port}"
+
+
+def system_capabilities(config: HostConfig, port: int) -> dict[str, Any]:
+    """The capabilities a system of ``config`` offers: the user's, plus the reserved ones."""
+    import sys
+
+    from . import __version__
+
+    return {**config.capabilities, NODE_CAPABILITY: node_name(config.bind_address, port),
+            VERSION_CAPABILITY: __version__, PYTHON_CAPABILITY: "%d.%d" % sys.version_info[:2]}
+
 
 _ENV_PREFIX = "PLUGIN_HOST_"
 
@@ -189,6 +218,14 @@ def _check_mapping(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
         raise ConfigError(f"{attribute.name} must be a mapping with string keys", field=attribute.name)
 
 
+def _check_capabilities(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _check_mapping(instance, attribute, value)
+    reserved = sorted(k for k in value if k.startswith(RESERVED_CAPABILITY_PREFIX))
+    if reserved:
+        raise ConfigError(f"capabilities {reserved} are reserved: plugin-host sets the "
+                          f"{RESERVED_CAPABILITY_PREFIX}* capabilities itself", field=attribute.name)
+
+
 def _to_path(value: Any) -> Path:
     try:
         path = Path(value).expanduser()
@@ -285,9 +322,11 @@ class HostConfig:
     )
     """``host:port`` of a convention leader to join, or ``None`` to stand alone."""
     capabilities: dict[str, Any] = attrs.field(
-        default=_from_env("capabilities", _parse_json_mapping, dict), validator=_check_mapping, hash=False
+        default=_from_env("capabilities", _parse_json_mapping, dict), validator=_check_capabilities, hash=False
     )
-    """Capabilities this system offers to a convention."""
+    """Capabilities this system offers to a convention (``plugin_host.*`` names are reserved)."""
+    node_timeout: float = attrs.field(default=_from_env("node_timeout", float, lambda: 10.0), validator=_positive_required)
+    """How long a sandbox on another system of the convention may stay silent before it is ``lost``."""
     find_links: tuple[str, ...] = attrs.field(
         default=_from_env("find_links", _parse_paths, tuple), converter=_to_links
     )

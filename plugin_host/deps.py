@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from packaging.requirements import Requirement
 
 __all__ = ["LOG_NAME", "MARKER_NAME", "activate_environment", "check_conflicts", "environment_key",
-           "prepare_environment", "read_requirements"]
+           "environment_requirements", "prepare_environment", "read_requirements"]
 
 MARKER_NAME = ".plugin-host-env.json"
 """Written last into an environment: its presence means the install completed."""
@@ -183,6 +183,19 @@ def prepare_environment(requirements: Iterable[str], state_dir: str | os.PathLik
                 return final
     report(f"reusing environment {final.name[:12]} for {', '.join(wanted)}")
     return final
+
+
+def environment_requirements(environment: str | os.PathLike[str]) -> list[str]:
+    """The requirements a prepared environment was installed from (another system installs them itself).
+
+    Raises:
+        DependencyError: the folder is not a complete environment.
+    """
+    try:
+        record = json.loads((Path(environment) / MARKER_NAME).read_text(encoding="utf-8"))
+        return [str(text) for text in record["requirements"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DependencyError(f"{environment} is not a complete environment: {exc}", path=str(environment)) from None
 
 
 def activate_environment(environment: str | os.PathLike[str]) -> list[str]:

@@ -17,6 +17,7 @@ __all__ = [
     "CompilationError",
     "CompilationTimeoutError",
     "ConfigError",
+    "CodeIntegrityError",
     "DependencyError",
     "HostClosedError",
     "HostStartError",
@@ -106,6 +107,10 @@ class InvalidSpecError(SandboxStartError, ValueError):
 
 class ActorNotFoundError(PluginHostError, LookupError):
     """The sandbox has no running actor of this name (``sandbox_id``, ``name``)."""
+
+
+class CodeIntegrityError(SandboxStartError, ValueError):
+    """A sandbox's code arrived on its actor system with a sha256 that does not match its source."""
 
 
 class CallTimeoutError(PluginHostError, TimeoutError):

@@ -42,6 +42,7 @@ from .messages import (
     GetAuditLog,
     GetResourceUsage,
     GetSandboxInfo,
+    ListNodes,
     ListSandboxes,
     LookupActor,
     Ok,
@@ -55,7 +56,7 @@ from . import deps
 from ._events import EventListener, Subscription
 from ._host_reload import ReloadMethods
 from ._system import DEAD, ActorSystemHandle
-from .values import AuditRecord, Event, ResourceUsage, SandboxInfo
+from .values import AuditRecord, Event, NodeInfo, ResourceUsage, SandboxInfo
 
 __all__ = ["Host"]
 
@@ -190,7 +191,8 @@ class Host(ReloadMethods):
 
     def create_sandbox(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: str | os.PathLike[str] | None = None,
                        args: Any = None, limits: ResourceLimits | Mapping[str, Any] | None = None,
-                       security_profile: str | None = None, requirements: Mapping[str, Any] | None = None) -> SandboxInfo:
+                       security_profile: str | None = None, requirements: Mapping[str, Any] | None = None,
+                       restart_elsewhere: bool = False) -> SandboxInfo:
         """Create a sandbox and wait until every actor of its tree runs.
 
         Args:
@@ -202,7 +204,11 @@ class Host(ReloadMethods):
             args: for a bare plugin, passed to its ``init``.
             limits: ``ResourceLimits`` (default ``HostConfig.limits``).
             security_profile: ``restricted``, ``standard`` or ``permissive``.
-            requirements: capabilities the actor system must offer.
+            requirements: capabilities the actor system running it must offer; the
+                sandbox's root goes to this host's system if it matches, else to a member
+                of the convention that does (``SandboxInfo.node`` says which).
+            restart_elsewhere: when the member it runs on is lost, start it again, from its
+                current code, on another capable member (default: it stays ``lost``).
 
         Raises:
             SandboxExistsError: the id is taken.
@@ -212,6 +218,7 @@ class Host(ReloadMethods):
             SandboxStartError: import, spec or ``init`` failure, or start timeout
                 (``InvalidSpecError`` for a bad spec).
             BadRequestError: a malformed argument (e.g. the id).
+            NoCapableNodeError: no system of the convention offers ``requirements``.
         """
         environment = None
         if sandbox_path is not None and os.path.isdir(sandbox_path):
@@ -219,7 +226,8 @@ class Host(ReloadMethods):
             self.compile_sandbox(sandbox_path, validate=False, security_profile=security_profile)
             environment = self.prepare_dependencies(sandbox_path)
         request = self._create_request(sandbox_id, supervisor, sandbox_path=sandbox_path, args=args, limits=limits,
-                                       security_profile=security_profile, requirements=requirements)
+                                       security_profile=security_profile, requirements=requirements,
+                                       restart_elsewhere=restart_elsewhere)
         if environment is not None:
             request = attrs.evolve(request, environment=str(environment))
         if request.sandbox_path is not None:
@@ -229,7 +237,7 @@ class Host(ReloadMethods):
 
     def _create_request(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: Any = None, args: Any = None,
                         limits: Any = None, security_profile: str | None = None,
-                        requirements: Mapping[str, Any] | None = None) -> CreateSandbox:
+                        requirements: Mapping[str, Any] | None = None, restart_elsewhere: bool = False) -> CreateSandbox:
         if isinstance(supervisor, type):
             ref: Any = Blob.dump(supervisor)
             label = f"{supervisor.__module__}:{supervisor.__qualname__}"
@@ -242,7 +250,8 @@ class Host(ReloadMethods):
         return CreateSandbox(sandbox_id=sandbox_id, supervisor=ref, supervisor_label=label,
                              sandbox_path=None if sandbox_path is None else os.fspath(os.path.abspath(sandbox_path)),
                              args=Blob.dump(args), limits=limits, security_profile=security_profile,
-                             requirements=dict(requirements) if requirements else None)
+                             requirements=dict(requirements) if requirements else None,
+                             restart_elsewhere=bool(restart_elsewhere))
 
     def prepare_dependencies(self, sandbox_path: str | os.PathLike[str]) -> Path | None:
         """Install a sandbox folder's requirements into their shared environment under ``state_dir``.
@@ -286,6 +295,14 @@ class Host(ReloadMethods):
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of this host, sorted by id."""
         return cast("list[SandboxInfo]", self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes")))
+
+    def nodes(self) -> list[NodeInfo]:
+        """This host's actor system and every member of its convention, local one first.
+
+        A host that leads the convention sees every member; one that joined another leader
+        sees that leader only (Thespian tells members about the leader, not each other).
+        """
+        return cast("list[NodeInfo]", self._request(ListNodes(), self.config.call_timeout, self._admin_timeout("nodes")))
 
     def get_sandbox_info(self, sandbox_id: str) -> SandboxInfo:
         """A snapshot of one sandbox.

@@ -37,6 +37,7 @@ __all__ = [
     "GetVersionHistory",
     "HotReload",
     "ListModuleVersions",
+    "ListNodes",
     "ListSandboxes",
     "LookupActor",
     "Ok",
@@ -150,6 +151,9 @@ class CreateSandbox(Request):
     limits: Any = None
     security_profile: str | None = None
     requirements: Any = None
+    """Capabilities the actor system running the sandbox must offer (Thespian's capability check)."""
+    restart_elsewhere: bool = False
+    """When its system is lost, start the sandbox again on another capable one."""
 
 
 @attrs.frozen(kw_only=True)
@@ -169,6 +173,11 @@ class RestartSandbox(Request):
 @attrs.frozen(kw_only=True)
 class ListSandboxes(Request):
     """Replies ``Ok(list[SandboxInfo])``."""
+
+
+@attrs.frozen(kw_only=True)
+class ListNodes(Request):
+    """Replies ``Ok(list[NodeInfo])``: this host's system and every member of its convention it knows."""
 
 
 @attrs.frozen(kw_only=True)

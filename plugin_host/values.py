@@ -18,6 +18,7 @@ __all__ = [
     "CompileInfo",
     "Event",
     "ModuleVersion",
+    "NodeInfo",
     "ReloadResult",
     "ResourceUsage",
     "SandboxInfo",
@@ -74,6 +75,22 @@ class SandboxInfo:
     """Why the sandbox failed or was lost, if it did."""
     pid: int | None = None
     """Process id of the sandbox root (its process group id too)."""
+
+
+@attrs.frozen
+class NodeInfo:
+    """One actor system of the convention, as this host's admin sees it."""
+
+    name: str
+    """``host:port`` of its admin (its ``plugin_host.node`` capability)."""
+    capabilities: dict[str, Any]
+    """What it offers (the ``plugin_host.*`` ones included)."""
+    status: str
+    """``up``, or ``lost`` (left the convention or stopped answering)."""
+    local: bool
+    """Whether it is this host's own actor system."""
+    sandboxes: list[str] = attrs.field(factory=list)
+    """Ids of this host's sandboxes that run there."""
 
 
 @attrs.frozen

@@ -49,6 +49,7 @@ ENV_CASES: dict[str, tuple[str, Any, Any]] = {
     "shutdown_timeout": ("3", 3.0, 4.0),
     "probation_seconds": ("1.5", 1.5, 2.0),
     "monitor_interval": ("0.5", 0.5, 2.0),
+    "node_timeout": ("3.5", 3.5, 20.0),
     "convention_leader": ("10.0.0.1:1900", "10.0.0.1:1900", "10.0.0.2:1901"),
     "capabilities": ('{"gpu": true, "zone": "a"}', {"gpu": True, "zone": "a"}, {"zone": "b"}),
     "find_links": (os.pathsep.join(["/w1", "/w2"]), ("/w1", "/w2"), ("/w3",)),
@@ -157,6 +158,8 @@ def test_no_index_reads_common_boolean_spellings(monkeypatch: pytest.MonkeyPatch
     ("limits", '{"max_threads": 2}'),
     ("no_index", "maybe"),
     ("probation_seconds", "-1"),
+    ("node_timeout", "0"),
+    ("capabilities", "{\"plugin_host.node\": \"x\"}"),
     ("hang_timeout", "0.5"),
 ])
 def test_invalid_environment_variable_raises_config_error_naming_the_field(

@@ -1,0 +1,7 @@
+"""``python -m plugin_host``: the ``plugin-host`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

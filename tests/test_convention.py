@@ -1,0 +1,368 @@
+"""Beyond one machine: sandboxes on other actor systems of a Thespian convention, on loopback.
+
+The host leads the convention; members are real ``plugin-host node`` processes on other
+ports, each with its own state folder (so the process-leak guard covers them too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import psutil
+import pytest
+
+from plugin_host import Host, HostConfig
+from plugin_host.errors import ActorNotFoundError, CodeIntegrityError, NoCapableNodeError, PluginHostError
+from plugin_host.values import Event
+
+from conftest import eventually
+from test_deps import _write_wheel
+from test_deps_host import plugin_folder
+from test_reload import counter, make_folder
+
+NODE_TIMEOUT = 2.0
+
+
+class Node:
+    """A ``plugin-host node`` process and the processes of its actor system."""
+
+    def __init__(self, folder: Path, leader_port: int, capabilities: dict[str, str], *extra: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.out = folder / "node.out"
+        self.state = folder / "state"
+        command = [sys.executable, "-m", "plugin_host", "node", "--leader", f"127.0.0.1:{leader_port}",
+                   "--state-dir", str(self.state), "--json", *extra]
+        for key, value in capabilities.items():
+            command += ["--capability", f"{key}={value}"]
+        with open(self.out, "wb") as sink:  # a file, never a pipe: the system's daemons inherit it
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.info: dict[str, Any] = eventually(self._ready, timeout=30)
+        self.name: str = self.info["node"]
+        self.system = psutil.Process(self.info["system_pid"])
+
+    def _ready(self) -> dict[str, Any] | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"plugin-host node exited {self.proc.returncode}: {self.out.read_text()}")
+        for line in self.out.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                return dict(json.loads(line))
+        return None
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of the node's actor system, as of now."""
+        try:
+            return [self.system, *self.system.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def runs(self, pid: int | None) -> bool:
+        return pid is not None and any(p.pid == pid for p in self.processes())
+
+    def kill(self) -> None:
+        """SIGKILL the node: its command and every process of its system, at once."""
+        victims = [psutil.Process(self.proc.pid), *self.processes()]
+        for proc in victims:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(victims, timeout=5)
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        """SIGTERM, as an operator would; kill whatever is left (by the pids recorded)."""
+        tree = self.processes()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        for proc in alive:
+            proc.kill()
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> Path:
+    """A folder with two tiny wheels, tinylib 1.0 and 2.0 (sandbox requirements, offline)."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    for version in ("1.0", "2.0"):
+        _write_wheel(folder, version)
+    return folder
+
+
+@pytest.fixture
+def leader(state_dir: Path, wheels: Path) -> Iterator[Host]:
+    config = HostConfig(state_dir=state_dir, heartbeat_interval=0.2, hang_timeout=1.0, shutdown_timeout=2.0,
+                        start_timeout=20.0, node_timeout=NODE_TIMEOUT, capabilities={"zone": "a"},
+                        find_links=(str(wheels),), no_index=True)
+    with Host(config) as host:
+        yield host
+
+
+@pytest.fixture
+def start_node(leader: Host, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def start(*extra: str, **capabilities: str) -> Node:
+        node = Node(tmp_path / f"node{len(nodes)}", leader.admin_port or 0, capabilities, *extra)
+        nodes.append(node)
+        eventually(lambda: any(n.name == node.name and n.status == "up" for n in leader.nodes()), timeout=20)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def events_of(host: Host) -> tuple[list[Event], threading.Condition]:
+    seen: list[Event] = []
+    changed = threading.Condition()
+
+    def collect(event: Event) -> None:
+        with changed:
+            seen.append(event)
+            changed.notify_all()
+
+    host.subscribe(collect)
+    return seen, changed
+
+
+def wait_for(seen: list[Event], changed: threading.Condition, test: Callable[[Event], bool],
+             timeout: float) -> Event:
+    with changed:
+        assert changed.wait_for(lambda: any(test(e) for e in seen), timeout), [(e.kind, e.sandbox_id) for e in seen]
+        return next(e for e in seen if test(e))
+
+
+def test_members_are_listed_with_their_capabilities(leader: Host, start_node: Callable[..., Node]) -> None:
+    b = start_node(zone="b")
+    nodes = {n.name: n for n in leader.nodes()}
+    assert nodes[b.name].capabilities["zone"] == "b" and not nodes[b.name].local
+    local = [n for n in nodes.values() if n.local]
+    assert len(local) == 1 and local[0].capabilities["zone"] == "a"
+
+
+def test_sandboxes_go_where_the_requirements_are_met(leader: Host, start_node: Callable[..., Node],
+                                                     tmp_path: Path) -> None:
+    b, c = start_node(zone="b"), start_node(zone="c")
+    code = make_folder(tmp_path / "code")
+    on_c = leader.create_sandbox("on-c", "root:Root", sandbox_path=code, requirements={"zone": "c"})
+    on_a = leader.create_sandbox("on-a", "root:Root", sandbox_path=code, requirements={"zone": "a"})
+    assert on_c.node == c.name and on_a.node != c.name and on_a.node != b.name
+    # The root and every actor really run in the member's process tree, and answer calls.
+    assert c.runs(on_c.pid) and all(c.runs(child.pid) for child in on_c.children)
+    assert not b.runs(on_c.pid) and not c.runs(on_a.pid)
+    assert [leader.call("on-c", "c1", "inc") for _ in range(3)] == [1, 2, 3]
+    assert leader.call("on-c", "c2", "pid") in {p.pid for p in c.processes()}
+    leader.cast("on-c", "c1", "noop")
+    listed = {info.id: info.node for info in leader.list_sandboxes()}
+    assert listed == {"on-a": on_a.node, "on-c": c.name}
+    nodes = {n.name: n for n in leader.nodes()}
+    assert nodes[c.name].sandboxes == ["on-c"] and nodes[b.name].sandboxes == []
+    usage = leader.resource_usage("on-c")  # sampled by the monitor on that member
+    assert {a.pid for a in usage.actors} <= {p.pid for p in c.processes()} and usage.total_rss_bytes > 0
+
+
+def test_no_capable_member_is_a_clear_error_and_starts_nothing(leader: Host, start_node: Callable[..., Node],
+                                                              tmp_path: Path) -> None:
+    b = start_node(zone="b")
+    before = len(b.processes())
+    with pytest.raises(NoCapableNodeError, match="zone") as caught:
+        leader.create_sandbox("x", "root:Root", sandbox_path=make_folder(tmp_path / "code"),
+                              requirements={"zone": "mars"})
+    assert b.name in str(caught.value)
+    assert leader.list_sandboxes() == [] and len(b.processes()) == before
+
+
+def test_code_travels_with_the_sandbox_not_as_files(leader: Host, start_node: Callable[..., Node],
+                                                    tmp_path: Path) -> None:
+    b = start_node(zone="b")
+    folder = tmp_path / "code"
+    leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(folder), requirements={"zone": "b"})
+    for file in folder.iterdir():
+        file.unlink()
+    folder.rmdir()
+    info = leader.restart_sandbox("s")  # the member starts it again from the code it was sent
+    assert info.node == b.name and leader.call("s", "c1", "tag") == "v1"
+
+
+def test_reload_and_rollback_of_a_remote_sandbox(leader: Host, start_node: Callable[..., Node],
+                                                 tmp_path: Path) -> None:
+    b = start_node(zone="b")
+    leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"), requirements={"zone": "b"})
+    leader.call("s", "c1", "inc")
+    result = leader.hot_reload_source("s", counter(step=10, tag="v2"), module="counter")
+    assert result.new_version == 2 and sorted(result.actors_updated) == ["c1", "c2", "c3"]
+    assert leader.call("s", "c1", "tag") == "v2" and leader.call("s", "c1", "inc") == 11  # state kept
+    back = leader.rollback_module("s", "counter", 1)
+    assert back.new_version == 1 and leader.call("s", "c1", "tag") == "v1"
+    assert leader.call("s", "c1", "inc") == 12
+    assert leader.get_sandbox_info("s").node == b.name
+
+
+def test_a_remote_sandbox_installs_its_requirements_on_its_member(
+        leader: Host, start_node: Callable[..., Node], tmp_path: Path, wheels: Path) -> None:
+    """The member installs the sandbox's requirements itself (its state_dir, its wheels), also on reload."""
+    b = start_node("--find-links", str(wheels), "--no-index", zone="b")
+    folder = Path(plugin_folder(tmp_path / "s", "tinylib==1.0"))
+    (folder / "where.py").write_text("import tinylib\n\ndef where():\n    return tinylib.__file__\n")
+    leader.create_sandbox("s", "uses:Root", sandbox_path=str(folder), requirements={"zone": "b"})
+    assert leader.call("s", "uses", "v") == "1.0"
+    assert str(b.state / "envs") in leader.run("s", lambda: __import__("where").where())
+    (folder / "requirements.txt").write_text("tinylib==2.0\n")
+    leader.hot_reload("s", leader.compile_sandbox(str(folder)))
+    assert leader.call("s", "uses", "v") == "2.0"
+    assert len([e for e in (b.state / "envs").iterdir() if e.is_dir()]) == 2
+
+
+def test_a_killed_member_s_sandbox_restarts_elsewhere_from_the_current_code(
+        leader: Host, start_node: Callable[..., Node], tmp_path: Path) -> None:
+    first, second = start_node(zone="x"), start_node(zone="x")
+    seen, changed = events_of(leader)
+    info = leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"),
+                                 requirements={"zone": "x"}, restart_elsewhere=True)
+    where, other = (first, second) if info.node == first.name else (second, first)
+    leader.hot_reload_source("s", counter(tag="v2"), module="counter")
+    killed_at = time.monotonic()
+    where.kill()
+    lost = wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
+    assert where.name in lost.reason and lost.details["restarting_on"] == other.name
+    assert time.monotonic() - killed_at < NODE_TIMEOUT + 3  # detected within node_timeout (+ a tick)
+    assert leader.call("s", "c1", "tag", timeout=20) == "v2"  # the current version, on the other member
+    now = leader.get_sandbox_info("s")
+    assert now.status == "running" and now.node == other.name and other.runs(now.pid)
+    assert now.modules["counter"] == 2
+    assert {n.name: n.status for n in leader.nodes()}[where.name] == "lost"
+
+
+def test_without_restart_elsewhere_a_killed_member_s_sandbox_is_lost(
+        leader: Host, start_node: Callable[..., Node], tmp_path: Path) -> None:
+    b = start_node(zone="b")
+    seen, changed = events_of(leader)
+    leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"), requirements={"zone": "b"})
+    b.kill()
+    wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
+    info = leader.get_sandbox_info("s")
+    assert info.status == "lost" and b.name in (info.reason or "")
+    started = time.monotonic()
+    with pytest.raises(ActorNotFoundError, match="lost"):
+        leader.call("s", "c1", "inc", timeout=10)
+    assert time.monotonic() - started < 2  # fails at once, does not wait for a restart that never comes
+    leader.destroy_sandbox("s")
+    assert leader.list_sandboxes() == []
+
+
+def test_a_member_that_stops_cleanly_loses_its_sandboxes_at_once(leader: Host, start_node: Callable[..., Node],
+                                                                 tmp_path: Path) -> None:
+    b = start_node(zone="b")
+    seen, changed = events_of(leader)
+    leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"), requirements={"zone": "b"})
+    b.stop()
+    assert b.proc.returncode == 0
+    wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
+    assert not b.processes() or all(not p.is_running() for p in b.processes())
+
+
+def test_closing_the_host_leaves_members_as_they_were(leader: Host, start_node: Callable[..., Node],
+                                                      tmp_path: Path, state_dir: Path) -> None:
+    b = start_node(zone="b")
+    baseline = {p.pid for p in b.processes()}
+    leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"), requirements={"zone": "b"})
+    assert len(b.processes()) > len(baseline)
+    leader.close()
+    # The sandbox and this host's monitor on the member are gone; the member itself runs on.
+    eventually(lambda: {p.pid for p in b.processes()} <= baseline, timeout=10)
+    assert b.proc.poll() is None
+
+
+def test_a_root_refuses_code_that_does_not_match_its_checksum(host: Host, tmp_path: Path) -> None:
+    from actors import _messages as m
+    from actors.sandbox import SandboxActor
+    from plugin_host import codeload
+
+    sources = codeload.read_sandbox_folder(make_folder(tmp_path / "code")).as_wire()
+    checksums = codeload.wire_checksums(sources)
+    tampered = {**sources, "counter": (sources["counter"][0], sources["counter"][1] + "\nimport os\n", False)}
+    root = host.actor_system.createActor(SandboxActor)
+    context = m.SandboxContext("t", root, 0.2, 1.0, 2.0)
+    try:
+        reply = host.actor_system.ask(root, m.StartSandbox(context, "root:Root", tampered, None, {}, None, checksums),
+                                      10)
+        assert isinstance(reply, m.SandboxStatus) and reply.status == "start_failed"
+        assert isinstance(reply.error, CodeIntegrityError) and "counter" in str(reply.error)
+    finally:
+        host.actor_system.tell(root, __import__("thespian.actors").actors.ActorExitRequest())
+    with pytest.raises(CodeIntegrityError):
+        codeload.verify_checksums(tampered, checksums)
+    codeload.verify_checksums(sources, checksums)
+
+
+@pytest.mark.parametrize("capabilities", [{"plugin_host.node": "x"}, {"plugin_host.anything": 1}])
+def test_reserved_capabilities_are_refused(capabilities: dict[str, Any], state_dir: Path) -> None:
+    with pytest.raises(PluginHostError, match="reserved"):
+        HostConfig(state_dir=state_dir, capabilities=capabilities)
+
+
+def test_host_killed_without_close_remote_sandboxes_end_themselves(tmp_path: Path, state_dir: Path) -> None:
+    """The host process dies (SIGKILL): its admin ends its own system, and the sandbox on the member ends itself."""
+    script = tmp_path / "host_then_hang.py"
+    script.write_text(textwrap.dedent(f'''
+        import json, sys, threading
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parent.parent)!r}]
+        from plugin_host import Host, HostConfig
+        from test_reload import make_folder
+        from pathlib import Path
+        host = Host(HostConfig(state_dir={str(state_dir)!r}, node_timeout={NODE_TIMEOUT}))
+        print(json.dumps({{"port": host.admin_port}}), flush=True)
+        import time
+        while not any(n.capabilities.get("zone") == "b" and n.status == "up" for n in host.nodes()):
+            time.sleep(0.05)
+        info = host.create_sandbox("s", "root:Root", sandbox_path=make_folder(Path({str(tmp_path / "code")!r})),
+                                   requirements={{"zone": "b"}})
+        print(json.dumps({{"created": [info.pid] + [c.pid for c in info.children]}}), flush=True)
+        threading.Event().wait()
+    '''))
+    out = tmp_path / "host.out"
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ})
+    node = None
+    try:
+        port = eventually(lambda: _json_lines(out).get("port"), timeout=30)
+        node = Node(tmp_path / "node", port, {"zone": "b"})
+        sandbox = eventually(lambda: _json_lines(out).get("created"), timeout=40)
+        assert len(sandbox) == 4 and all(node.runs(pid) for pid in sandbox)
+        proc.kill()
+        proc.wait(5)
+        eventually(lambda: not any(node.runs(pid) for pid in sandbox), timeout=NODE_TIMEOUT * 2 + 5)
+        assert node.proc.poll() is None  # the member itself runs on
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if node is not None:
+            node.stop()
+
+
+def _json_lines(path: Path) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            merged.update(json.loads(line))
+    return merged
