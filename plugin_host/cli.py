@@ -38,7 +38,7 @@ __all__ = ["main"]
 _STATUS_STYLES = {"running": "green", "starting": "yellow", "failed": "bold red", "lost": "red", "stopped": "dim",
                   "current": "green", "previous": "dim"}
 _MIB = 1024 * 1024
-_USAGE_COLUMNS = ("sandbox", "status", "actor", "pid", "rss MiB", "cpu s", "messages", "restarts", "version")
+_USAGE_COLUMNS = ("sandbox", "status", "actor", "pid", "rss MiB", "cpu s", "messages", "restarts", "version", "node")
 _pause = time.sleep  # between live refreshes; a seam, so tests need not sleep
 
 
@@ -168,7 +168,10 @@ def _seconds(text: str) -> float:
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    console = Console(stderr=stderr)
+    if not console.is_terminal:  # a pipe or a file: tables must not wrap (scripts read them by column)
+        console = Console(stderr=stderr, width=1000)
+    return console
 
 
 def _info_table(infos: list[SandboxInfo], *, plain: bool = False) -> RenderableType:
@@ -179,11 +182,12 @@ def _info_table(infos: list[SandboxInfo], *, plain: bool = False) -> RenderableT
     from rich.text import Text
 
     table = Table(box=None if plain else box.ROUNDED, header_style="bold")
-    for column in ("id", "status", "restarts", "children", "pid"):
+    for column in ("id", "status", "restarts", "children", "pid", "node"):
         table.add_column(column, justify="right" if column in ("restarts", "pid") else "left")
     for info in infos:
         table.add_row(info.id, Text(info.status, style=_STATUS_STYLES.get(info.status, "")), str(info.restart_count),
-                      ", ".join(c.name for c in info.children), "-" if info.pid is None else str(info.pid))
+                      ", ".join(c.name for c in info.children), "-" if info.pid is None else str(info.pid),
+                      info.node or "-")
     # One line per reason: the full text (often a traceback) stays in the sandbox's info.
     reasons = [Text(f"{info.id}: {info.reason.splitlines()[0]}", style="red") for info in infos if info.reason]
     return Group(table, *reasons)
@@ -428,12 +432,12 @@ def _usage_table(snapshot: Snapshot, *, plain: bool = False) -> RenderableType:
     for info, usage in snapshot:
         status = Text(info.status, style=_STATUS_STYLES.get(info.status, ""))
         if usage is None or not usage.actors:
-            table.add_row(info.id, status, *["-"] * (len(_USAGE_COLUMNS) - 2))
+            table.add_row(info.id, status, *["-"] * (len(_USAGE_COLUMNS) - 3), info.node or "-")
         for actor in usage.actors if usage is not None else ():
             version = _version_of(info, actor.name)
             table.add_row(info.id, status, actor.name, "-" if actor.pid is None else str(actor.pid),
                           f"{actor.rss_bytes / _MIB:.1f}", f"{actor.cpu_seconds:.2f}", str(actor.messages),
-                          str(actor.restarts), "-" if version is None else str(version))
+                          str(actor.restarts), "-" if version is None else str(version), info.node or "-")
     reasons = [Text(f"{info.id}: {info.reason.splitlines()[0]}", style="red") for info, _ in snapshot if info.reason]
     return Group(table, *reasons)
 

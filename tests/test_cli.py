@@ -128,9 +128,9 @@ def test_status_json_lists_the_sandboxes_of_a_running_host(host: Host, cli_env: 
 
 
 def actor_rows(out: str, sandbox_id: str) -> dict[str, list[str]]:
-    """The rows of sandbox ``sandbox_id`` in a status table, by actor: [pid, rss MiB, cpu s, messages, restarts, version]."""
+    """The rows of sandbox ``sandbox_id`` in a status table, by actor: [pid, rss MiB, cpu s, messages, restarts, version, node]."""
     rows = [line.split() for line in out.splitlines()]
-    return {row[2]: row[3:] for row in rows if len(row) == 9 and row[0] == sandbox_id}
+    return {row[2]: row[3:] for row in rows if len(row) == 10 and row[0] == sandbox_id}
 
 
 def fake_terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
@@ -150,7 +150,7 @@ def test_status_once_prints_a_row_per_actor_with_its_pid_and_memory(host: Host, 
     rows = actor_rows(out, "s1")
     assert {actor: row[0] for actor, row in rows.items()} == {"(root)": str(info.pid), "counter": str(info.children[0].pid)}
     assert all(float(row[1]) > 1.0 and float(row[2]) >= 0.0 for row in rows.values())  # MiB resident, CPU seconds
-    assert rows["counter"][3:] == ["0", "0", "1"] and "running" in out
+    assert rows["counter"][3:] == ["0", "0", "1", info.node] and "running" in out
 
 
 def test_status_json_includes_the_usage_of_each_actor(host: Host, cli_env: dict[str, str],
@@ -205,7 +205,7 @@ def test_status_live_frame_has_a_summary_a_row_per_actor_and_failure_reasons(hos
     out = screen.file.getvalue()  # type: ignore[attr-defined]
     assert f"plugin host on port {host.admin_port}: 2 sandbox(es)" in out and "Ctrl-C quits" in out
     assert actor_rows(out, "s1")["counter"][0] == str(info.children[0].pid)
-    assert actor_rows(out, "broken") == {"-": ["-"] * 6}
+    assert actor_rows(out, "broken") == {"-": ["-"] * 7}
     assert "broken: reached max restart intensity" in out and "traceback" not in out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 from plugin_host import Host, HostConfig
+from plugin_host.cli import main
 from plugin_host.errors import ActorNotFoundError, CodeIntegrityError, NoCapableNodeError, PluginHostError
 from plugin_host.values import Event
 
@@ -159,7 +161,7 @@ def test_members_are_listed_with_their_capabilities(leader: Host, start_node: Ca
 
 
 def test_sandboxes_go_where_the_requirements_are_met(leader: Host, start_node: Callable[..., Node],
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     b, c = start_node(zone="b"), start_node(zone="c")
     code = make_folder(tmp_path / "code")
     on_c = leader.create_sandbox("on-c", "root:Root", sandbox_path=code, requirements={"zone": "c"})
@@ -177,6 +179,9 @@ def test_sandboxes_go_where_the_requirements_are_met(leader: Host, start_node: C
     assert nodes[c.name].sandboxes == ["on-c"] and nodes[b.name].sandboxes == []
     usage = leader.resource_usage("on-c")  # sampled by the monitor on that member
     assert {a.pid for a in usage.actors} <= {p.pid for p in c.processes()} and usage.total_rss_bytes > 0
+    assert main(["status", "--port", str(leader.admin_port), "--once", "--sandbox", "on-c"]) == 0
+    rows = [row for row in map(str.split, capsys.readouterr().out.splitlines()) if row[:1] == ["on-c"]]
+    assert len(rows) == 4 and {row[-1] for row in rows} == {c.name}  # root + 3 workers, each on node c
 
 
 def test_no_capable_member_is_a_clear_error_and_starts_nothing(leader: Host, start_node: Callable[..., Node],
@@ -311,6 +316,38 @@ def test_a_root_refuses_code_that_does_not_match_its_checksum(host: Host, tmp_pa
     with pytest.raises(CodeIntegrityError):
         codeload.verify_checksums(tampered, checksums)
     codeload.verify_checksums(sources, checksums)
+
+
+def test_a_host_that_joins_another_leader_can_place_sandboxes_on_it(leader: Host, tmp_path: Path) -> None:
+    """Two applications: the second host joins the first's convention and runs a sandbox on its system."""
+    config = HostConfig(state_dir=tmp_path / "second", heartbeat_interval=0.2, hang_timeout=1.0,
+                        node_timeout=NODE_TIMEOUT, convention_leader=f"127.0.0.1:{leader.admin_port}")
+    with Host(config) as second:
+        first = eventually(lambda: next((n for n in second.nodes() if n.capabilities.get("zone") == "a"), None),
+                           timeout=20)
+        info = second.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"),
+                                     requirements={"zone": "a"})
+        assert info.node == first.name and second.call("s", "c1", "inc") == 1
+        assert psutil.Process(info.pid).ppid() in {p.pid for p in leader._system.process_tree()}
+        assert leader.list_sandboxes() == []  # the first host's own sandboxes are its business only
+
+
+def test_every_socket_of_a_member_binds_its_address_only(leader: Host, start_node: Callable[..., Node],
+                                                         tmp_path: Path) -> None:
+    """A member's sockets (its admin, logger, the remote root and workers) refuse 127.0.0.2 and accept --bind."""
+    b = start_node("--bind", "127.0.0.1", zone="b")
+    leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"), requirements={"zone": "b"})
+    assert leader.call("s", "c1", "inc") == 1
+    ports: dict[int, str] = {}
+    for proc in b.processes():
+        for conn in proc.net_connections("inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                ports[conn.laddr.port] = conn.laddr.ip
+    assert len(ports) >= 6 and set(ports.values()) == {"127.0.0.1"}, ports  # admin, logger, monitor, root, 3+
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=2).close()
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 @pytest.mark.parametrize("capabilities", [{"plugin_host.node": "x"}, {"plugin_host.anything": 1}])
