@@ -40,6 +40,8 @@ class Member:
     status: str = "up"
     monitor: Any = None
     last_heard: float = attrs.field(factory=time.monotonic)
+    ping_at: float = 0.0
+    """When the last ping went (the next one waits for its pong, or ``node_timeout``)."""
 
 
 class NodesAdmin:
@@ -84,37 +86,49 @@ class NodesAdmin:
                     member.monitor = self._new_monitor(name)
             else:
                 member.capabilities = caps
-        elif member is not None and member.status == "up":
-            self.node_lost(member, "it left the convention")
+        elif member is not None:
+            if member.status == "up":
+                self.node_lost(member, "it left the convention")
+            self._retire_monitor(member)
+            member.monitor = None
 
     def _new_monitor(self, node: str) -> Any:
-        monitor = self.createActor(MonitorActor, targetActorRequirements={NODE_CAPABILITY: node})
-        self.send(monitor, m.NodePing(self.config.node_timeout))  # armed at once, should the host die now
-        return monitor
+        return self.createActor(MonitorActor, targetActorRequirements={NODE_CAPABILITY: node})
 
     def _retire_monitor(self, member: Member | None) -> None:
         if member is not None and member.monitor is not None:
             self.send(member.monitor, ActorExitRequest())
 
     def ping_members(self, now: float) -> None:
-        """On each admin tick: ping every member's monitor and every root there; lose the silent ones."""
+        """On each admin tick: ping every member's monitor; a member silent for ``node_timeout`` is lost.
+
+        One ping at a time per member: Thespian keeps a send to a process that does not read
+        (stopped, hung) pending for minutes, and past 20 pending sends the admin's every
+        message waits.  A tick that comes late means this admin was busy and pongs may be
+        waiting unread: nobody is judged on that tick.
+        """
+        late = now - self._last_round > self.config.node_timeout / 2
+        self._last_round = now
         ping = m.NodePing(self.config.node_timeout)
         for member in list(self.members.values()):
-            if member.status != "up" or member.monitor is None:
+            if member.monitor is None:
                 continue
-            if now - member.last_heard > self.config.node_timeout:
+            silent = now - member.last_heard
+            if member.status == "up" and silent > self.config.node_timeout and not late:
                 self.node_lost(member, f"it did not answer for {self.config.node_timeout:g} s (node_timeout)")
-                continue
-            self.send(member.monitor, ping)
-        for rec in self.sandboxes.values():
-            if rec.node and rec.root is not None:
-                self.send(rec.root, ping)
+            if member.last_heard >= member.ping_at or now - member.ping_at > self.config.node_timeout:
+                member.ping_at = now
+                self.send(member.monitor, ping)
+
+    _last_round = 0.0
 
     def receiveMsg_NodePong(self, msg: m.NodePong, sender: Any) -> None:  # noqa: N802
-        """A member's monitor answered: that system is alive."""
+        """A member's monitor answered: that system is alive (again, if it was lost)."""
         for member in self.members.values():
             if member.monitor == sender:
                 member.last_heard = time.monotonic()
+                if member.status == "lost":  # it was only cut off or stopped for a while
+                    member.status = "up"
                 return
 
     def monitor_exited(self, address: Any) -> bool:
@@ -135,10 +149,13 @@ class NodesAdmin:
         return member.monitor if member is not None else None
 
     def node_lost(self, member: Member, why: str) -> None:
-        """A member died, left or fell silent: it takes no new sandboxes, and its sandboxes are lost."""
+        """A member died, left or fell silent: it takes no new sandboxes, and its sandboxes are lost.
+
+        Its monitor is kept (and pinged): a member that was only cut off comes back ``up``, and
+        the monitor there has ended the lost sandboxes by then (its own pings stopped too) or
+        ends them on the kill requests queued for it.
+        """
         member.status = "lost"
-        self._retire_monitor(member)
-        member.monitor = None
         for sandbox_id, rec in list(self.sandboxes.items()):
             if rec.node == member.name:
                 self.sandbox_lost(sandbox_id, rec, f"its node {member.name} was lost: {why}")

@@ -216,10 +216,13 @@ class VersionsAdmin:
 
     def receiveMsg_SandboxReloaded(self, msg: m.SandboxReloaded, sender: Any) -> None:  # noqa: N802
         """The root's verdict: record it and answer."""
-        pending = self.reloads.pop(msg.reload_id, None)
+        pending = self.reloads.get(msg.reload_id)
         if pending is None:
             return
         rec = self.sandboxes.get(pending.sandbox_id)
+        if sender is not None and rec is not None and rec.root != sender:
+            return  # an old root's word: its sandbox was lost (and its reloads failed) since
+        del self.reloads[msg.reload_id]
         table = self.versions_of(pending.sandbox_id)
         if not msg.ok:
             for module in sorted(pending.changed):
@@ -252,6 +255,12 @@ class VersionsAdmin:
             rec.probation = _Probation(time.monotonic() + pending.probation, frozenset(msg.actors_updated),
                                        dict(rec.crashes), old_sources,
                                        {module: pending.versions[module][1] for module in pending.changed})
+
+    def fail_reloads(self, sandbox_id: str, cause: str) -> None:
+        """Fail every reload of a sandbox whose root is gone for good (its system was lost)."""
+        for reload_id, pending in list(self.reloads.items()):
+            if pending.sandbox_id == sandbox_id:
+                self.receiveMsg_SandboxReloaded(m.SandboxReloaded(reload_id, False, actor="root", cause=cause), None)
 
     def reload_deadlines(self, now: float) -> None:
         """Answer reloads whose root never did (it died, or hung in a plugin's import)."""

@@ -380,10 +380,10 @@ class HostBreach:
 
 @attrs.frozen
 class NodePing:
-    """Admin -> an actor of it on another system (a sandbox root, a node's monitor): the admin lives.
+    """Admin -> its monitor on another system of the convention: the admin lives.
 
-    Such an actor ends itself (and, for a root, its whole sandbox) when no ping came for
-    ``timeout`` seconds: its host is gone or cut off, and nobody else would stop it.
+    The monitor answers :class:`NodePong`; when no ping came for ``timeout`` seconds (its host
+    is gone or cut off, and nobody else would stop them) it ends the host's sandboxes there.
     """
 
     timeout: float
@@ -399,3 +399,20 @@ class KillGroup:
     """Admin -> a node's monitor: SIGKILL a sandbox's process group on that system."""
 
     pgid: int
+
+
+@attrs.frozen
+class PrepareEnvironment:
+    """Sandbox root -> its environment installer: install ``packages`` on this system for a reload."""
+
+    reload_id: str
+    packages: tuple[str, ...]
+
+
+@attrs.frozen
+class EnvironmentReady:
+    """Environment installer -> sandbox root: the folder to use, or why pip failed."""
+
+    reload_id: str
+    path: str | None
+    error: str | None = None

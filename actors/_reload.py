@@ -22,7 +22,8 @@ from plugin_host import codeload
 
 from . import _messages as m
 from ._base import describe_exception
-from ._codeswap import Staged, local_environment, sandbox_finder
+from ._codeswap import Staged, sandbox_finder
+from ._envprep import EnvironmentActor
 
 __all__ = ["ReloadCoordinator"]
 
@@ -54,19 +55,44 @@ class ReloadCoordinator:
     aborted_window: tuple[int, int] = (0, -1)
     """From the start to the end of the last aborted reload (ns): children forked then ran its code."""
     send: Callable[[Any, Any], None]  # the actor's (Thespian)
+    createActor: Callable[..., Any]  # noqa: N815 (Thespian's name)
     wakeupAfter: Callable[..., None]  # noqa: N815 (Thespian's name)
+
+    installing: tuple[m.ReloadSandbox, Any, Any] | None = None
+    """A reload waiting for its requirements to be installed on this system: (request, admin, installer)."""
+
+    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: Any) -> None:  # noqa: N802
+        """The reload's requirements are installed here (or failed): go on with it."""
+        if self.installing is None or self.installing[0].reload_id != msg.reload_id:
+            return
+        (request, admin, _), self.installing = self.installing, None
+        if msg.path is None:
+            self.send(admin, m.SandboxReloaded(request.reload_id, False, actor="root",
+                                               cause=f"installing the requirements failed: {msg.error}"))
+            return
+        self.receiveMsg_ReloadSandbox(attrs.evolve(request, environment=msg.path, packages=()), admin)
+
+    def installer_exited(self, address: Any) -> None:
+        """An environment installer exited; one that never answered died installing: fail its reload."""
+        if self.installing is not None and self.installing[2] == address:
+            self.receiveMsg_EnvironmentReady(m.EnvironmentReady(self.installing[0].reload_id, None,
+                                                                "the installer process died"), address)
 
     def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:  # noqa: N802
         """Reload code across the sandbox (see the module docstring)."""
-        if self.reload is not None or self.phase != "running":
-            cause = "another reload is in progress" if self.reload else f"the sandbox is {self.phase}"
+        if self.reload is not None or self.installing is not None or self.phase != "running":
+            busy = self.reload is not None or self.installing is not None
+            cause = "another reload is in progress" if busy else f"the sandbox is {self.phase}"
             self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
+            return
+        if msg.packages:  # on another system than the host's: install them here first, off this loop
+            installer = self.createActor(EnvironmentActor)
+            self.installing = (msg, sender, installer)
+            self.send(installer, m.PrepareEnvironment(msg.reload_id, msg.packages))
             return
         started_ns = time.time_ns()
         try:
             codeload.verify_checksums(msg.sources, msg.checksums)
-            if msg.packages:  # on another system than the host's: install them here, then go on as usual
-                msg = attrs.evolve(msg, environment=local_environment(msg.environment, msg.packages), packages=())
             staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root",

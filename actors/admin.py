@@ -177,7 +177,7 @@ class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
     def _emergency_stop(self) -> None:
         """The host died without closing: take every process of this system down."""
         for rec in self.sandboxes.values():
-            if not rec.node:  # a root on another system ends itself once the pings stop
+            if not rec.node:  # on another system, the monitor there ends it once the pings stop
                 _kill_group(rec.pid)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
@@ -235,8 +235,6 @@ class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
         context = m.SandboxContext(sandbox_id, rec.root, cfg.heartbeat_interval, cfg.hang_timeout,
                                    cfg.shutdown_timeout, rec.limits,
                                    rec.request.security_profile or cfg.security_profile)
-        if rec.node:  # armed before anything else: should the host die now, the sandbox still ends
-            self.send(rec.root, m.NodePing(cfg.node_timeout))
         self.send(rec.root, m.StartSandbox(context, rec.request.supervisor, rec.sources, rec.request.args,
                                            dict(rec.modules), rec.request.environment,
                                            codeload.wire_checksums(rec.sources),
@@ -318,6 +316,8 @@ class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
                 f"sandbox {sandbox_id!r} was lost while starting: {rec.lost_reason}" if rec.lost_reason else
                 "the sandbox root process exited while starting (os._exit or a fatal signal in a module's "
                 "top-level code?)"))
+        elif rec.status == "failed":  # gave up already (restart intensity): its root going changes nothing
+            rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
         elif rec.node:
             rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
             self._elsewhere(sandbox_id, rec, rec.lost_reason or f"its root on node {rec.node} exited")
@@ -340,6 +340,10 @@ class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
 
     def _elsewhere(self, sandbox_id: str, rec: _Sandbox, reason: str) -> None:
         """A sandbox whose system was lost: start it on another capable one, or mark it ``lost``."""
+        old_monitor = self.monitor_of(rec.node)
+        if old_monitor is not None:  # its pids there mean nothing any more (and may be reused)
+            self.send(old_monitor, m.Watch(sandbox_id, {}, rec.limits))
+        self.fail_reloads(sandbox_id, f"the sandbox was lost: {reason}")
         if rec.request.restart_elsewhere:
             try:
                 node = self.place(rec.request.requirements, exclude=frozenset({rec.node}))

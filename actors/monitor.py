@@ -24,7 +24,7 @@ from plugin_host.config import ResourceLimits
 from plugin_host.values import ActorUsage, ResourceUsage
 
 from . import _messages as m
-from ._base import HostActor
+from ._base import HostActor, log
 from ._orphan import ORPHAN_CHECK, OrphanWatch
 
 __all__ = ["MonitorActor", "HISTORY"]
@@ -84,19 +84,27 @@ class MonitorActor(OrphanWatch, HostActor):
         self.note_admin(msg.timeout)
         self.send(sender, m.NodePong())
 
+    def _end_orphans(self) -> None:
+        """The host is gone or cut off: end its sandboxes here (each root leads its group), then this monitor."""
+        for sandbox_id, entry in self.watched.items():
+            root = entry.pids.get("(root)")
+            if root:
+                log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id,
+                            self._orphan_timeout)
+                _kill_group(root)
+        self.watched.clear()
+        self.send(self.myAddress, ActorExitRequest())
+
     def receiveMsg_KillGroup(self, msg: m.KillGroup, sender: Any) -> None:  # noqa: N802
         """End a sandbox's process group on this system (a stop past its deadline, stragglers)."""
-        if isinstance(msg.pgid, int) and msg.pgid > 1 and msg.pgid != os.getpgid(0):
-            try:
-                os.killpg(msg.pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if isinstance(msg.pgid, int):
+            _kill_group(msg.pgid)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         """Sample everything, enforce limits, schedule the next round."""
         if msg.payload == ORPHAN_CHECK:
             if self.orphaned():
-                self.send(self.myAddress, ActorExitRequest())  # the host is gone: nothing to watch for
+                self._end_orphans()
             return
         self._ticking = False
         now = time.time()
@@ -172,6 +180,15 @@ class MonitorActor(OrphanWatch, HostActor):
         usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
                               sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
         self.reply(msg.reply_to, usage, msg.corr)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL a sandbox's process group (never this monitor's own, nor init's)."""
+    if pgid > 1 and pgid != os.getpgid(0):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -31,10 +31,9 @@ from plugin_host.messages import Blob, Call, Failed, Run, unblob
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
-from ._base import describe_exception, log
+from ._base import describe_exception
 from ._codeswap import local_environment
 from ._hardening import new_process_group
-from ._orphan import ORPHAN_CHECK, OrphanWatch
 from ._reload import ReloadCoordinator
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
@@ -81,7 +80,7 @@ def _import_class(path: str) -> Any:
     return obj
 
 
-class SandboxActor(OrphanWatch, ReloadCoordinator, SupervisorActor):
+class SandboxActor(ReloadCoordinator, SupervisorActor):
     """Root supervisor of one sandbox (and coordinator of its reloads).
 
     The admin may place it on another actor system of the convention (Thespian's capability
@@ -113,6 +112,9 @@ class SandboxActor(OrphanWatch, ReloadCoordinator, SupervisorActor):
         self.admin, self.parent = sender, sender
         self.context = attrs.evolve(msg.context, root=self.myAddress)
         self.modules = dict(msg.modules)
+        # The pid first, before any plugin code: a root hung in an import can still be killed by pid
+        # (on another system, by the host's monitor there).
+        self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, "starting", pid=os.getpid()))
         try:
             environment = local_environment(msg.environment, msg.packages)
             if environment:
@@ -264,18 +266,8 @@ class SandboxActor(OrphanWatch, ReloadCoordinator, SupervisorActor):
                 self.infos[name] = attrs.evolve(info, version=versions[info.module])
         self._report("running")
 
-    def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:  # noqa: N802
-        """The admin (on another system) lives; past its silence, this sandbox ends itself."""
-        self.note_admin(msg.timeout)
-
     def on_wakeup(self, payload: Any) -> None:
-        """A ``Host.run`` or reload deadline, or a check of the admin's pings."""
-        if payload == ORPHAN_CHECK:
-            if self.orphaned():
-                log.warning("sandbox %s: no word from its host for %.1f s; ending it", self.context.sandbox_id
-                            if self.context else "?", self._orphan_timeout)
-                os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole sandbox: its own process group
-            return
+        """A ``Host.run`` or reload deadline."""
         if isinstance(payload, tuple) and payload[0] == "reload":
             self.reload_timeout(payload[1])
             return
@@ -292,7 +284,8 @@ class SandboxActor(OrphanWatch, ReloadCoordinator, SupervisorActor):
             self.send(run.reply_to, Failed(RunTimeoutError(f"run did not finish within {run.timeout} s"), run.corr))
 
     def on_other_exit(self, address: Any) -> None:
-        """A runner exited; one that never answered died running the function: say so at once."""
+        """A runner or an environment installer exited; one that never answered died: say so at once."""
+        self.installer_exited(address)
         for runner in [r for r in self._runners if r[0] == address]:
             self._runners.remove(runner)
             run = runner[2]

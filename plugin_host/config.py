@@ -339,6 +339,14 @@ class HostConfig:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"probation_seconds must be >= 0, got {value!r}", field="probation_seconds")
 
+    @node_timeout.validator
+    def _check_node_timeout(self, attribute: attrs.Attribute, value: Any) -> None:
+        tick = min(1.0, self.heartbeat_interval)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 2 * tick:
+            raise ConfigError(f"node_timeout ({value}) must be more than twice the admin's tick "
+                              f"(min(1 s, heartbeat_interval) = {tick} s): a member needs a chance to answer",
+                              field="node_timeout")
+
     @hang_timeout.validator
     def _check_hang(self, attribute: attrs.Attribute, value: Any) -> None:
         if isinstance(value, (int, float)) and value <= self.heartbeat_interval:

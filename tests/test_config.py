@@ -491,3 +491,11 @@ def test_find_links_given_as_one_string_is_not_split_into_characters() -> None:
         assert error.field == "find_links"
     else:
         assert config.find_links == ("/wheels",)
+
+
+def test_node_timeout_must_leave_the_admin_two_ticks() -> None:
+    """A member gets at least two of the admin's ticks (min(1 s, heartbeat_interval)) to answer a ping."""
+    with pytest.raises(ConfigError) as info:
+        HostConfig(node_timeout=2.0)
+    assert info.value.field == "node_timeout"
+    assert HostConfig(node_timeout=2.0, heartbeat_interval=0.5).node_timeout == 2.0

@@ -227,13 +227,17 @@ def test_a_remote_sandbox_installs_its_requirements_on_its_member(
     b = start_node("--find-links", str(wheels), "--no-index", zone="b")
     folder = Path(plugin_folder(tmp_path / "s", "tinylib==1.0"))
     (folder / "where.py").write_text("import tinylib\n\ndef where():\n    return tinylib.__file__\n")
-    leader.create_sandbox("s", "uses:Root", sandbox_path=str(folder), requirements={"zone": "b"})
+    before = leader.create_sandbox("s", "uses:Root", sandbox_path=str(folder), requirements={"zone": "b"})
     assert leader.call("s", "uses", "v") == "1.0"
     assert str(b.state / "envs") in leader.run("s", lambda: __import__("where").where())
     (folder / "requirements.txt").write_text("tinylib==2.0\n")
-    leader.hot_reload("s", leader.compile_sandbox(str(folder)))
+    seen, _ = events_of(leader)
+    leader.hot_reload("s", leader.compile_sandbox(str(folder)))  # pip runs off the root's loop: no one starves
     assert leader.call("s", "uses", "v") == "2.0"
     assert len([e for e in (b.state / "envs").iterdir() if e.is_dir()]) == 2
+    after = leader.get_sandbox_info("s")
+    assert [(c.pid, c.restarts) for c in after.children] == [(c.pid, 0) for c in before.children]
+    assert not [e for e in seen if e.kind in ("crashed", "lost", "failed")]
 
 
 def test_a_killed_member_s_sandbox_restarts_elsewhere_from_the_current_code(
@@ -244,11 +248,10 @@ def test_a_killed_member_s_sandbox_restarts_elsewhere_from_the_current_code(
                                  requirements={"zone": "x"}, restart_elsewhere=True)
     where, other = (first, second) if info.node == first.name else (second, first)
     leader.hot_reload_source("s", counter(tag="v2"), module="counter")
-    killed_at = time.monotonic()
     where.kill()
+    # Detected within node_timeout (plus a tick and scheduling slack), not Thespian's minutes.
     lost = wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
     assert where.name in lost.reason and lost.details["restarting_on"] == other.name
-    assert time.monotonic() - killed_at < NODE_TIMEOUT + 3  # detected within node_timeout (+ a tick)
     assert leader.call("s", "c1", "tag", timeout=20) == "v2"  # the current version, on the other member
     now = leader.get_sandbox_info("s")
     assert now.status == "running" and now.node == other.name and other.runs(now.pid)
@@ -268,7 +271,7 @@ def test_without_restart_elsewhere_a_killed_member_s_sandbox_is_lost(
     started = time.monotonic()
     with pytest.raises(ActorNotFoundError, match="lost"):
         leader.call("s", "c1", "inc", timeout=10)
-    assert time.monotonic() - started < 2  # fails at once, does not wait for a restart that never comes
+    assert time.monotonic() - started < 5  # fails at once, not after the call's timeout (10 s)
     leader.destroy_sandbox("s")
     assert leader.list_sandboxes() == []
 
@@ -280,8 +283,32 @@ def test_a_member_that_stops_cleanly_loses_its_sandboxes_at_once(leader: Host, s
     leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"), requirements={"zone": "b"})
     b.stop()
     assert b.proc.returncode == 0
-    wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
+    lost = wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
+    assert "did not answer" not in lost.reason  # told by Thespian (it left, its root exited), not a timeout
     assert not b.processes() or all(not p.is_running() for p in b.processes())
+
+
+def test_a_member_cut_off_for_a_while_comes_back_without_its_lost_sandboxes(
+        leader: Host, start_node: Callable[..., Node], tmp_path: Path) -> None:
+    """A member stopped (SIGSTOP) past node_timeout is lost; resumed, it is up again and the lost sandbox is gone."""
+    b = start_node(zone="b")
+    seen, changed = events_of(leader)
+    info = leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"),
+                                 requirements={"zone": "b"})
+    frozen = b.processes()
+    for proc in frozen:
+        proc.suspend()
+    try:
+        wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
+        assert {n.name: n.status for n in leader.nodes()}[b.name] == "lost"
+    finally:
+        for proc in frozen:
+            proc.resume()
+    eventually(lambda: {n.name: n.status for n in leader.nodes()}[b.name] == "up", timeout=10)
+    eventually(lambda: not any(b.runs(pid) for pid in [info.pid, *(c.pid for c in info.children)]), timeout=10)
+    again = leader.create_sandbox("t", "root:Root", sandbox_path=make_folder(tmp_path / "code2"),
+                                  requirements={"zone": "b"})
+    assert again.node == b.name and leader.call("t", "c1", "inc") == 1
 
 
 def test_closing_the_host_leaves_members_as_they_were(leader: Host, start_node: Callable[..., Node],
@@ -307,8 +334,10 @@ def test_a_root_refuses_code_that_does_not_match_its_checksum(host: Host, tmp_pa
     root = host.actor_system.createActor(SandboxActor)
     context = m.SandboxContext("t", root, 0.2, 1.0, 2.0)
     try:
-        reply = host.actor_system.ask(root, m.StartSandbox(context, "root:Root", tampered, None, {}, None, checksums),
+        first = host.actor_system.ask(root, m.StartSandbox(context, "root:Root", tampered, None, {}, None, checksums),
                                       10)
+        assert isinstance(first, m.SandboxStatus) and first.status == "starting" and first.pid  # its pid, first
+        reply = host.actor_system.listen(10)
         assert isinstance(reply, m.SandboxStatus) and reply.status == "start_failed"
         assert isinstance(reply.error, CodeIntegrityError) and "counter" in str(reply.error)
     finally:
@@ -365,7 +394,7 @@ def test_host_killed_without_close_remote_sandboxes_end_themselves(tmp_path: Pat
         from plugin_host import Host, HostConfig
         from test_reload import make_folder
         from pathlib import Path
-        host = Host(HostConfig(state_dir={str(state_dir)!r}, node_timeout={NODE_TIMEOUT}))
+        host = Host(HostConfig(state_dir={str(state_dir)!r}, heartbeat_interval=0.2, node_timeout={NODE_TIMEOUT}))
         print(json.dumps({{"port": host.admin_port}}), flush=True)
         import time
         while not any(n.capabilities.get("zone") == "b" and n.status == "up" for n in host.nodes()):
