@@ -88,6 +88,19 @@ def pid_alive(pid: int) -> bool:
 
 
 
+def terminate(proc: "subprocess.Popen[bytes]", timeout: float = 15.0) -> None:
+    """SIGTERM a process this test started, as an operator would; SIGKILL it if it does not stop in time."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def eventually(condition, timeout: float = 10.0, interval: float = 0.02):
     """Poll ``condition`` through the public API until it returns a truthy value; return it.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from plugin_host.cli import main
 from plugin_host.errors import ActorNotFoundError, CodeIntegrityError, NoCapableNodeError, PluginHostError
 from plugin_host.values import Event
 
-from conftest import eventually
+from conftest import eventually, terminate
 from test_deps import _write_wheel
 from test_deps_host import plugin_folder
 from test_reload import counter, make_folder
@@ -84,13 +83,7 @@ class Node:
     def stop(self) -> None:
         """SIGTERM, as an operator would; kill whatever is left (by the pids recorded)."""
         tree = self.processes()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         _, alive = psutil.wait_procs(tree, timeout=5)
         for proc in alive:
             proc.kill()

@@ -24,7 +24,7 @@ from plugin_host import Host, HostConfig
 from plugin_host._system import free_port
 from plugin_host.config import NODE_CAPABILITY, PYTHON_CAPABILITY
 
-from conftest import ROOT, eventually, processes_naming
+from conftest import ROOT, eventually, processes_naming, terminate
 
 TESTS = Path(__file__).resolve().parent
 
@@ -104,13 +104,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     yield start
     for node in started:
         try:
-            if node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-                try:
-                    node.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    node.proc.wait()
+            terminate(node.proc)
         finally:
             for proc in node.tree:  # only the pids recorded from this node's own startup line
                 try:
