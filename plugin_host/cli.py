@@ -3,7 +3,8 @@
 Output goes through ``rich`` (colour and tables on a terminal, plain text otherwise), which
 is imported only when a command runs, so importing ``plugin_host`` never pulls it in.
 Errors from :mod:`plugin_host.errors` print as one ``error: ...`` line and exit with 1;
-a usage error exits with 2.
+a usage error exits with 2.  What ``status`` shows, and the tables of the other commands, are
+rendered by :mod:`plugin_host._status`.
 """
 
 from __future__ import annotations
@@ -17,29 +18,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import attrs
-
+from ._status import artifacts_table, history_for, run_status, table_for
 from .config import SECURITY_PROFILES
-from .errors import PluginHostError, SandboxNotFoundError
+from .errors import PluginHostError
 
 if TYPE_CHECKING:
-    from rich.console import Console, RenderableType
+    from rich.console import Console
 
-    from ._operator import AdminClient
     from ._watch import ReloadReport
     from .host import Host
-    from .values import AuditRecord, CompileInfo, Event, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
-
-    Snapshot = list[tuple[SandboxInfo, ResourceUsage | None]]
-    """Every sandbox with its resource usage (``None`` when it is not running)."""
+    from .values import Event, ReloadResult, VersionHistory
 
 __all__ = ["main"]
-
-_STATUS_STYLES = {"running": "green", "starting": "yellow", "failed": "bold red", "lost": "red", "stopped": "dim",
-                  "current": "green", "previous": "dim"}
-_MIB = 1024 * 1024
-_USAGE_COLUMNS = ("sandbox", "status", "actor", "pid", "rss MiB", "cpu s", "messages", "restarts", "version", "node")
-_pause = time.sleep  # between live refreshes; a seam, so tests need not sleep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,63 +164,6 @@ def _console(stderr: bool = False) -> Console:
     return console
 
 
-def _info_table(infos: list[SandboxInfo], *, plain: bool = False) -> RenderableType:
-    """A table of sandboxes (id, status, restarts, children, root pid), then why any of them failed."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None if plain else box.ROUNDED, header_style="bold")
-    for column in ("id", "status", "restarts", "children", "pid", "node"):
-        table.add_column(column, justify="right" if column in ("restarts", "pid") else "left")
-    for info in infos:
-        table.add_row(info.id, Text(info.status, style=_STATUS_STYLES.get(info.status, "")), str(info.restart_count),
-                      ", ".join(c.name for c in info.children), "-" if info.pid is None else str(info.pid),
-                      info.node or "-")
-    # One line per reason: the full text (often a traceback) stays in the sandbox's info.
-    reasons = [Text(f"{info.id}: {info.reason.splitlines()[0]}", style="red") for info in infos if info.reason]
-    return Group(table, *reasons)
-
-
-def _table_for(console: Console) -> Callable[[list[SandboxInfo]], RenderableType]:
-    return lambda infos: _info_table(infos, plain=not console.is_terminal)
-
-
-def _history_table(history: VersionHistory, *, plain: bool = False) -> RenderableType:
-    """A table of a module's versions, newest first: version, status, when loaded, checksum prefix."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None if plain else box.ROUNDED, header_style="bold")
-    for column in ("version", "status", "loaded_at", "checksum"):
-        table.add_column(column, justify="right" if column == "version" else "left")
-    for version in history.versions:
-        table.add_row(str(version.version), Text(version.status, style=_STATUS_STYLES.get(version.status, "")),
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version.loaded_at)), version.checksum[:12])
-    return table
-
-
-def _history_for(console: Console) -> Callable[[VersionHistory], RenderableType]:
-    return lambda history: _history_table(history, plain=not console.is_terminal)
-
-
-def _artifacts_table(info: CompileInfo, root: Path, *, plain: bool = False) -> RenderableType:
-    """A table of compiled modules: name, file (relative to ``root`` where it can be), checksum prefix, lines."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=None if plain else box.ROUNDED, header_style="bold")
-    for column in ("module", "path", "checksum", "lines"):
-        table.add_column(column, justify="right" if column == "lines" else "left")
-    for artifact in info.artifacts:
-        path = Path(artifact.path)
-        shown = path.relative_to(root) if path.is_relative_to(root) else path
-        table.add_row(artifact.module, str(shown), artifact.checksum[:12], str(len(artifact.source.splitlines())))
-    return table
-
-
 def _reload_line(result: ReloadResult, verb: str = "reloaded") -> str:
     """One line for a ``ReloadResult``: which module moved from which version to which, and where."""
     if result.old_version == result.new_version and not result.actors_updated:
@@ -250,7 +183,7 @@ def _demo(args: argparse.Namespace) -> int:
     console = _console()
     console.print("[bold]plugin-host demo[/]: isolated, supervised plugin sandboxes", highlight=False)
     with samples_folder() as samples, scratch_state_dir() as state_dir, Host(state_dir=state_dir) as host:
-        run_demo(host, samples, console, _table_for(console), _history_for(console))
+        run_demo(host, samples, console, table_for(console), history_for(console))
     console.print("\n[green]Done.[/]")
     return 0
 
@@ -286,7 +219,7 @@ def _serve(host: Host, args: argparse.Namespace, console: Console, stop: threadi
     watcher = Watcher(host, sandbox_id, args.path, _reporter(console)) if args.watch else None
     host.subscribe(_event_printer(console))
     info = host.create_sandbox(sandbox_id, args.supervisor, sandbox_path=args.path)
-    console.print(_table_for(console)([info]))
+    console.print(table_for(console)([info]))
     console.print(f"admin port: {host.admin_port}", highlight=False)
     if watcher is not None:
         watcher.start()
@@ -352,140 +285,8 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ._operator import AdminClient
-
-    console = _console()
-    with AdminClient(args.port) as client:
-        if args.audit:
-            return _print_audit(console, _audit_records(client, args.sandbox), as_json=args.json)
-        if args.json or args.once or not console.is_terminal:
-            return _print_status(console, _snapshot(client, args.sandbox), as_json=args.json)
-        try:
-            _live_status(client, console, args.sandbox, args.interval)
-        except KeyboardInterrupt:  # Ctrl-C is how a live view ends, as with ``top``
-            pass
-    return 0
-
-
-def _snapshot(client: AdminClient, sandbox_id: str | None = None) -> Snapshot:
-    """Every sandbox (or only ``sandbox_id``) with the resource usage of those running."""
-    infos = client.list_sandboxes()
-    if sandbox_id is not None:
-        infos = [info for info in infos if info.id == sandbox_id]
-        if not infos:
-            raise SandboxNotFoundError(f"no sandbox {sandbox_id!r}", sandbox_id=sandbox_id)
-    return [(info, _usage_of(client, info)) for info in infos]
-
-
-def _usage_of(client: AdminClient, info: SandboxInfo) -> ResourceUsage | None:
-    if info.status != "running":
-        return None
-    try:
-        return client.resource_usage(info.id)
-    except SandboxNotFoundError:  # destroyed since the listing
-        return None
-
-
-def _print_status(console: Console, snapshot: Snapshot, *, as_json: bool) -> int:
-    if as_json:  # the sandboxes as before, each with its usage (or null)
-        print(json.dumps([{**attrs.asdict(info), "usage": None if usage is None else attrs.asdict(usage)}
-                          for info, usage in snapshot], indent=2, default=str))
-    elif snapshot:
-        console.print(_usage_table(snapshot, plain=not console.is_terminal))
-    else:
-        console.print("no sandboxes", highlight=False)
-    return 0
-
-
-def _live_status(client: AdminClient, console: Console, sandbox_id: str | None, interval: float) -> None:
-    """Redraw the status every ``interval`` seconds until Ctrl-C (or a host error, which propagates)."""
-    from rich.live import Live
-
-    with Live(console=console, auto_refresh=False) as live:
-        while True:
-            live.update(_live_frame(_snapshot(client, sandbox_id), client.port), refresh=True)
-            _pause(interval)
-
-
-def _live_frame(snapshot: Snapshot, port: int) -> RenderableType:
-    """One frame of the live view: a summary line, then the status table."""
-    from rich.console import Group
-    from rich.text import Text
-
-    usages = [usage for _, usage in snapshot if usage is not None]
-    rss, cpu = sum(u.total_rss_bytes for u in usages) / _MIB, sum(u.total_cpu_seconds for u in usages)
-    head = Text(f"plugin host on port {port}: {len(snapshot)} sandbox(es), {rss:.1f} MiB, {cpu:.2f} s CPU"
-                f"  [{time.strftime('%H:%M:%S')}, Ctrl-C quits]", style="bold")
-    return Group(head, _usage_table(snapshot) if snapshot else Text("no sandboxes"))
-
-
-def _usage_table(snapshot: Snapshot, *, plain: bool = False) -> RenderableType:
-    """One row per actor of every sandbox (one of dashes for a sandbox not running), then failure reasons."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None if plain else box.SIMPLE_HEAD, header_style="bold")
-    for column in _USAGE_COLUMNS:
-        table.add_column(column, justify="left" if column in ("sandbox", "status", "actor") else "right")
-    for info, usage in snapshot:
-        status = Text(info.status, style=_STATUS_STYLES.get(info.status, ""))
-        if usage is None or not usage.actors:
-            table.add_row(info.id, status, *["-"] * (len(_USAGE_COLUMNS) - 3), info.node or "-")
-        for actor in usage.actors if usage is not None else ():
-            version = _version_of(info, actor.name)
-            table.add_row(info.id, status, actor.name, "-" if actor.pid is None else str(actor.pid),
-                          f"{actor.rss_bytes / _MIB:.1f}", f"{actor.cpu_seconds:.2f}", str(actor.messages),
-                          str(actor.restarts), "-" if version is None else str(version), info.node or "-")
-    reasons = [Text(f"{info.id}: {info.reason.splitlines()[0]}", style="red") for info, _ in snapshot if info.reason]
-    return Group(table, *reasons)
-
-
-def _version_of(info: SandboxInfo, actor: str) -> int | None:
-    """The module version an actor runs; the root supervisor's is its module's."""
-    for child in info.children:
-        if child.name == actor:
-            return child.version
-    return info.modules.get(info.supervisor.partition(":")[0]) if actor == "(root)" else None
-
-
-def _audit_records(client: AdminClient, sandbox_id: str | None) -> list[AuditRecord]:
-    """The audit records of one sandbox or of every one, oldest first."""
-    ids = [sandbox_id] if sandbox_id is not None else [info.id for info in client.list_sandboxes()]
-    records: list[AuditRecord] = []
-    for each in ids:
-        try:
-            records.extend(client.audit_log(each))
-        except SandboxNotFoundError:
-            if sandbox_id is not None:
-                raise  # asked for by name; otherwise it was destroyed since the listing
-    return sorted(records, key=lambda record: record.time)
-
-
-def _print_audit(console: Console, records: list[AuditRecord], *, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps([attrs.asdict(record) for record in records], indent=2))
-    elif records:
-        console.print(_audit_table(records, plain=not console.is_terminal))
-    else:
-        console.print("no audit records", highlight=False)
-    return 0
-
-
-def _audit_table(records: list[AuditRecord], *, plain: bool = False) -> RenderableType:
-    """time, sandbox, actor, event, detail; a blocked operation is a red row."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=None if plain else box.SIMPLE_HEAD, header_style="bold")
-    for column in ("time", "sandbox", "actor", "event", "detail", "blocked"):
-        table.add_column(column, overflow="fold", no_wrap=column != "detail")
-    for record in records:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.time)) + f".{int(record.time % 1 * 1000):03d}"
-        table.add_row(stamp, record.sandbox_id, record.actor, record.event, record.detail,
-                      "blocked" if record.blocked else "", style="red" if record.blocked else None)
-    return table
+    return run_status(_console(), args.port, sandbox_id=args.sandbox, audit=args.audit, as_json=args.json,
+                      once=args.once, interval=args.interval)
 
 
 def _deps(args: argparse.Namespace) -> int:
@@ -523,7 +324,7 @@ def _compile(args: argparse.Namespace) -> int:
     info = compile_path(args.path, security_profile=args.security_profile)
     console = _console()
     root = Path(args.path).resolve()
-    console.print(_artifacts_table(info, root if root.is_dir() else root.parent, plain=not console.is_terminal))
+    console.print(artifacts_table(info, root if root.is_dir() else root.parent, plain=not console.is_terminal))
     if info.output.strip():
         console.print(info.output.rstrip(), markup=False, highlight=False, soft_wrap=True)
     cached = " (from the cache)" if info.cached else ""
@@ -562,7 +363,7 @@ def _history(args: argparse.Namespace) -> int:
     console = _console()
     console.print(f"{args.sandbox_id}/{args.module}: current version {history.current_version}, "
                   f"{history.total_versions} stored", highlight=False)
-    console.print(_history_for(console)(history))
+    console.print(history_for(console)(history))
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from plugin_host import Host, cli
+from plugin_host import Host, _status, cli
 from plugin_host._demo import samples_folder
 from plugin_host._operator import AdminClient
 from plugin_host._system import free_port
@@ -199,9 +199,9 @@ def test_status_live_frame_has_a_summary_a_row_per_actor_and_failure_reasons(hos
     info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     failed = SandboxInfo("broken", "failed", "root:Root", 0.0, 5, reason="reached max restart intensity\ntraceback")
     with AdminClient(host.admin_port) as client:
-        snapshot = cli._snapshot(client) + [(failed, None)]
+        snapshot = _status._snapshot(client) + [(failed, None)]
     screen = Console(file=io.StringIO(), width=200)
-    screen.print(cli._live_frame(snapshot, host.admin_port))
+    screen.print(_status._live_frame(snapshot, host.admin_port))
     out = screen.file.getvalue()  # type: ignore[attr-defined]
     assert f"plugin host on port {host.admin_port}: 2 sandbox(es)" in out and "Ctrl-C quits" in out
     assert actor_rows(out, "s1")["counter"][0] == str(info.children[0].pid)
@@ -220,7 +220,7 @@ def test_status_on_a_terminal_redraws_until_ctrl_c_then_exits_zero(host: Host, c
         if len(pauses) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_pause", pause)
+    monkeypatch.setattr(_status, "_pause", pause)
     assert main(["status", "--port", str(host.admin_port), "--interval", "0.5"]) == 0
     assert pauses == [0.5, 0.5] and screen.getvalue().count("Ctrl-C quits") >= 2  # two frames (rich redraws the last on exit)
     assert str(info.children[0].pid) in screen.getvalue() and "\x1b[" in screen.getvalue()
@@ -240,7 +240,7 @@ def test_status_live_view_exits_one_when_the_host_goes_away(cli_env: dict[str, s
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, out.read_text()
 
-        monkeypatch.setattr(cli, "_pause", stop_host)
+        monkeypatch.setattr(_status, "_pause", stop_host)
         assert main(["status", "--port", str(port)]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "went away" in err and len(err.strip().splitlines()) == 1
