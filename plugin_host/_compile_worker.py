@@ -1,30 +1,24 @@
-"""Import-time validation of a sandbox's modules in a separate, killable Python process.
+"""The validator program: what runs in the separate, killable process that imports a sandbox's modules.
 
-Both ends of one small protocol live here, so they change together:
+The host starts it with ``sys.executable -P -c`` and a one-line bootstrap that imports this
+module from the host's checkout.  The host's ends of its protocols are
+:mod:`plugin_host._validator` (one validation) and :mod:`plugin_host._compile_pool` (the warm
+worker's socket); each changes together with this module.  It has two entry points:
 
-* the parent side, :func:`run_validator`, writes the code table as JSON to a scratch folder,
-  starts ``sys.executable`` there in a new session (its own process group) with stdin from
-  ``/dev/null``, and reads its stdout and stderr through pipes to their end (keeping a bounded
-  tail of each);
-* the child side, :func:`main`, serves the sandbox's modules from memory under their plain names
+* :func:`main`, a validator: it serves the sandbox's modules from memory under their plain names
   (the runtime's own :class:`~plugin_host.codeload.SandboxFinder`), imports them, checks the
   declared plugin classes, and writes JSON lines to its original stdout: ``importing`` before each
   module, then one ``result``.  Whatever the modules print goes to stderr instead, so it can never
-  corrupt the protocol.
+  corrupt the protocol.  On ``SIGUSR1`` it writes a stack dump to the protocol stream
+  (``faulthandler``), which names the line a module that ran out of time was on.
+* :func:`serve`, the warm worker of a :class:`CompilePool`: with the runtime already imported, it
+  waits on a Unix socket, and for each job forks a child that becomes exactly what :func:`main`
+  would be and runs the same validation.  It only forks, reports the child's pid and exit code,
+  and reaps it when told.
 
-When the time is up, the parent asks the child for a stack dump (``faulthandler`` on ``SIGUSR1``,
-written by a C signal handler, so it works even in ``while True: pass``) to name the line that was
-running, then kills the whole process group, descendants the modules started included.
-
-A :class:`CompilePool` skips the start-up of a fresh interpreter (most of a small validation's
-time): its *warm worker*, started on first use, is that same child program with the runtime
-already imported, waiting on a Unix socket (:func:`serve`).  For each job it forks a child that
-becomes exactly what a fresh validator would be (own session, the job's pipes as stdout and
-stderr, the scratch folder as working folder) and runs the same code, so plugin code still runs
-only in a throwaway process.  The parent reads the child's pipes, passed with the job, and
-enforces the timeout as for a fresh process; the worker only forks, reports the child's pid and
-exit code, and reaps it when told.  Whenever the worker fails, the job runs in a fresh process
-and the next job starts a new worker.
+The host's ends are imported here too (and re-exported), so a fresh validator has loaded the
+same modules whichever entry point it runs: a sandbox module is refused as shadowing one the
+runtime uses by exactly the same rule.
 """
 
 from __future__ import annotations
@@ -34,23 +28,18 @@ import faulthandler
 import importlib
 import json
 import os
-import re
 import select
-import selectors
 import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 import traceback
-import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Protocol, Sequence, TextIO, final
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
 
 import attrs
 
 from . import codeload
+from ._compile_pool import MAX_MESSAGE, CompilePool, CompilePoolStatistics
+from ._validator import ROOT, Error, ValidatorResult, kill_group, run_validator
 from .errors import SandboxStartError
 
 if TYPE_CHECKING:
@@ -59,535 +48,6 @@ if TYPE_CHECKING:
     import socket
 
 __all__ = ["CompilePool", "CompilePoolStatistics", "ValidatorResult", "main", "run_validator", "serve"]
-
-Error = tuple[str, int, str]
-_Outcome = tuple[str, str, bool, int | None]
-"""(protocol stream, chatter, timed out, exit code) of one validator run."""
-
-_GRACE_SECONDS = 0.3
-"""How long a child that ran out of time gets to write its stack dump before it is killed."""
-_MAX_CHATTER = 20_000
-"""Bytes of the modules' own printing kept for ``CompileInfo.output`` (the last ones)."""
-_MAX_PROTOCOL = 1_000_000
-"""Bytes of the protocol stream kept; events are small, this only bounds a misbehaving child."""
-_START_SECONDS = 10.0
-"""How long a new warm worker may take to import the runtime before it counts as failed."""
-_REPLY_SECONDS = 5.0
-"""How long the warm worker may take to report a fork or an exit; it does nothing slow."""
-_STOP_SECONDS = 2.0
-"""How long a closed warm worker gets to exit by itself before its process group is killed."""
-_MAX_MESSAGE = 65536
-"""Bytes of one control message between the host and its warm worker (paths and small events)."""
-_ROOT = str(Path(__file__).resolve().parent.parent)
-# The child must import plugin_host even when it is not installed (a checkout on PYTHONPATH);
-# ``-P`` keeps the scratch working folder off sys.path.
-_BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from plugin_host._compile_worker import main; main(sys.argv[1:])"
-)
-_SERVE_BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from plugin_host._compile_worker import serve; serve(sys.argv[1:])"
-)
-_FRAME = re.compile(r'File "(?P<file>.*)", line (?P<line>\d+)')
-
-
-@attrs.frozen
-class ValidatorResult:
-    """What one validation run found."""
-
-    errors: list[Error]
-    """(file, line, message) for every module that failed to import and every bad plugin class."""
-    chatter: str
-    """What the modules' top-level code printed (stdout and stderr), possibly truncated."""
-    timed_out: bool
-    """The run was killed at its timeout; ``errors`` names the module (and line) it was in."""
-    elapsed: float
-    """Wall-clock seconds, process start-up included."""
-
-
-@attrs.frozen
-class CompilePoolStatistics:
-    """A snapshot of a :class:`CompilePool`'s counters."""
-
-    worker_pid: int | None
-    """The warm worker's process id, or ``None`` when none runs."""
-    warm_jobs: int
-    """Validations that ran in a child forked by the warm worker."""
-    cold_jobs: int
-    """Validations that ran in a fresh process: the pool was busy, closed or its worker failed."""
-    worker_starts: int
-    """Warm workers started so far (more than one: a worker failed and was replaced)."""
-
-
-# -- parent side ---------------------------------------------------------------------------
-
-
-def run_validator(
-    table: codeload.CodeTable,
-    targets: Sequence[str],
-    plugin_classes: Sequence[str],
-    *,
-    timeout: float,
-    label: str,
-    pool: CompilePool | None = None,
-    paths: Sequence[str] = (),
-) -> ValidatorResult:
-    """Import ``targets`` (and check ``plugin_classes``) in a separate, throwaway Python process.
-
-    Args:
-        table: every module the imported ones may import.
-        targets: module names to import, in this order.
-        plugin_classes: ``module:Class`` names that must be Plugin or Supervisor subclasses.
-        timeout: seconds the whole run may take; past it the process group is killed.
-        label: what is being compiled; it appears on the child's command line, for ``ps``.
-        pool: fork the process from this pool's warm worker; ``None``, or when the pool
-            cannot: start a fresh interpreter.
-    """
-    start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="plugin-host-compile-") as scratch:
-        # The scratch folder is the child's working folder too: relative writes by top-level
-        # code land there, never in the sources.
-        payload = Path(scratch, "payload.json")
-        payload.write_text(json.dumps(
-            {"modules": table.as_wire(), "targets": list(targets), "plugin_classes": list(plugin_classes),
-             "paths": list(paths)}
-        ), encoding="utf-8")
-        outcome = pool._run(payload, label, timeout) if pool is not None else None
-        if outcome is None:
-            outcome = _run_fresh(payload, label, time.monotonic() + timeout)
-    return _interpret(table, *outcome, timeout, time.monotonic() - start)
-
-
-def _run_fresh(payload: Path, label: str, deadline: float) -> _Outcome:
-    with subprocess.Popen(
-        [sys.executable, "-P", "-c", _BOOTSTRAP, _ROOT, str(payload), label],
-        stdin=subprocess.DEVNULL,  # top-level input() gets EOF instead of blocking
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=payload.parent,
-        start_new_session=True,
-    ) as proc:  # leaving closes the pipes and reaps the child
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            out, err, expired = _collect(_FreshChild(proc), proc.stdout.fileno(), proc.stderr.fileno(), deadline)
-        finally:
-            _kill_group(proc.pid)
-    return out, err, expired, proc.returncode
-
-
-class _Tail:
-    """The last ``limit`` bytes of a stream: a module printing in a loop must not eat the host's memory."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.dropped = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > 2 * self.limit:
-            self.dropped += len(self.data) - self.limit
-            del self.data[: -self.limit]
-
-    def text(self) -> str:
-        text = self.data.decode("utf-8", errors="replace")
-        return f"[... {self.dropped} bytes cut ...]\n{text}" if self.dropped else text
-
-
-class _Child(Protocol):
-    """The process running one validation, as :func:`_collect` drives it."""
-
-    def watch(self, selector: selectors.BaseSelector) -> None:
-        """Register whatever else must be read while the child's pipes are drained."""
-
-    def running(self) -> bool:
-        """Whether the child has not exited yet."""
-
-    def dump_stack(self) -> None:
-        """Ask the child for a stack dump on its protocol stream."""
-
-    def kill_group(self) -> None:
-        """Kill the child's process group."""
-
-
-def _collect(child: _Child, out_fd: int, err_fd: int, deadline: float) -> tuple[str, str, bool]:
-    """Read stdout and stderr to their end or the deadline; kill what is left either way."""
-    tails = {out_fd: _Tail(_MAX_PROTOCOL), err_fd: _Tail(_MAX_CHATTER)}
-    with selectors.DefaultSelector() as selector:
-        for fd, tail in tails.items():
-            selector.register(fd, selectors.EVENT_READ, tail)
-        child.watch(selector)
-        expired = not _drain(selector, deadline)
-        if expired and child.running():
-            child.dump_stack()  # names the line it was on
-            _drain(selector, time.monotonic() + _GRACE_SECONDS)
-        else:
-            expired = False  # it finished; descendants it started still hold the pipes open
-        child.kill_group()
-        _drain(selector, time.monotonic() + _GRACE_SECONDS)
-    out, err = tails.values()
-    return out.text(), err.text(), expired
-
-
-def _drain(selector: selectors.BaseSelector, deadline: float) -> bool:
-    """Read until every stream is at its end (True) or the deadline passes (False).
-
-    A registration whose data is not a :class:`_Tail` is a callback (the warm worker's socket):
-    it is served, but the drain never waits for its end.
-    """
-    while any(isinstance(key.data, _Tail) for key in selector.get_map().values()):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        for key, _ in selector.select(remaining):
-            if not isinstance(key.data, _Tail):
-                key.data()
-                continue
-            chunk = os.read(key.fd, 65536)
-            if chunk:
-                key.data.add(chunk)
-            else:
-                selector.unregister(key.fd)
-    return True
-
-
-class _FreshChild:
-    """A validator started as a fresh interpreter by this process."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-
-    def watch(self, selector: selectors.BaseSelector) -> None:
-        pass
-
-    def running(self) -> bool:
-        # WNOWAIT: an exited child stays a zombie, so its process group id cannot be reused
-        # before kill_group has run.
-        try:
-            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-        except ChildProcessError:
-            return False
-
-    def dump_stack(self) -> None:
-        os.kill(self.proc.pid, signal.SIGUSR1)  # not send_signal, which reaps
-
-    def kill_group(self) -> None:
-        _kill_group(self.proc.pid)
-
-
-def _kill_group(pid: int) -> None:
-    """Kill the child's process group: anything its modules started must not outlive the compile."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _interpret(
-    table: codeload.CodeTable, out: str, chatter: str, expired: bool, code: int | None, timeout: float, elapsed: float
-) -> ValidatorResult:
-    events, dump = _parse(out)
-    result = next((e for e in events if e.get("event") == "result"), None)
-    if result is not None:
-        errors = [(str(f), int(n), str(m)) for f, n, m in result["errors"]]
-        return ValidatorResult(errors, chatter, False, elapsed)
-    importing = next((e["module"] for e in reversed(events) if e.get("event") == "importing"), None)
-    module = table.modules.get(importing or "")
-    file = module.path if module else "<validator>"
-    where = _innermost_frame(dump, {m.path for m in table.modules.values()}) or (file, 0)
-    doing = f"importing {importing}" if importing else "starting up"
-    if expired:
-        message = f"{doing} did not finish within {timeout:g} s; the validator process was killed"
-    else:
-        last = chatter.strip().splitlines()[-1:] or ["no output"]
-        message = f"the validator process exited with code {code} while {doing} ({last[0]})"
-    return ValidatorResult([(where[0], where[1], message)], chatter, expired, elapsed)
-
-
-def _parse(text: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Split the child's stdout into protocol events and stack-dump lines."""
-    events: list[dict[str, Any]] = []
-    other: list[str] = []
-    for line in text.splitlines():
-        try:
-            event = json.loads(line) if line.startswith("{") else None
-        except ValueError:
-            event = None
-        if isinstance(event, dict):
-            events.append(event)
-        else:
-            other.append(line)
-    return events, other
-
-
-def _innermost_frame(dump: list[str], paths: set[str]) -> tuple[str, int] | None:
-    # faulthandler prints the most recent call first.
-    for line in dump:
-        match = _FRAME.search(line)
-        if match and match["file"] in paths:
-            return match["file"], int(match["line"])
-    return None
-
-
-# -- parent side: the warm worker ------------------------------------------------------------
-
-
-@final
-class CompilePool:
-    """A warm compile worker: validations fork from a process that has already imported the runtime.
-
-    The worker process starts on the first validation that uses the pool.  Each validation runs
-    in a child it forks, so top-level plugin code still runs only in a throwaway process, and
-    the results, errors, outputs and timeouts are those of a fresh process.  One validation runs
-    at a time; one that finds the pool busy, closed, or its worker failed, runs in a fresh
-    process instead (and a failed worker is replaced on the next validation).
-
-    Args:
-        label: shown on the worker's command line for ``ps`` (a host passes its ``state_dir``).
-    """
-
-    def __init__(self, *, label: str = "") -> None:
-        self.label = label
-        self._owner = os.getpid()
-        self._lock = threading.Lock()
-        """Held while a validation runs on the worker: there is one worker, serving one job at a time."""
-        self._state = threading.Lock()
-        """Guards the fields below, which close() changes from any thread."""
-        self._worker: _Worker | None = None
-        self._closed = False
-        self._counts = {"warm": 0, "cold": 0, "starts": 0}
-
-    def __enter__(self) -> CompilePool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` ran."""
-        return self._closed
-
-    def close(self) -> None:
-        """End the warm worker, waiting for a validation in progress to end; idempotent.
-
-        Later validations through this pool run in fresh processes.
-        """
-        with self._state:
-            self._closed = True
-            worker = self._worker
-        if worker is None or os.getpid() != self._owner:
-            return  # a forked copy of the owner must not stop the owner's worker
-        worker.shutdown()  # a job in progress sees the worker gone and ends at once
-        with self._lock:
-            worker.stop()
-            with self._state:
-                self._worker = None
-
-    def statistics(self) -> CompilePoolStatistics:
-        """The worker's pid and how many validations ran warm and cold."""
-        with self._state:
-            worker, counts = self._worker, dict(self._counts)
-        pid = worker.pid if worker is not None else None
-        return CompilePoolStatistics(pid, counts["warm"], counts["cold"], counts["starts"])
-
-    def _run(self, payload: Path, label: str, timeout: float) -> _Outcome | None:
-        """Run one validation on the warm worker; None: run it in a fresh process instead."""
-        outcome = None
-        if not self._closed and os.getpid() == self._owner and self._lock.acquire(blocking=False):
-            try:
-                worker = self._worker or self._start()
-                outcome = worker.run(payload, label, timeout) if worker is not None else None
-                if worker is not None and (outcome is None or worker.dead):
-                    self._discard(worker)
-            finally:
-                self._lock.release()
-        self._count("warm" if outcome is not None else "cold")
-        return outcome
-
-    def _start(self) -> _Worker | None:
-        try:
-            worker = _Worker(self.label)
-        except OSError:
-            return None
-        ready = worker.wait(lambda: worker.ready, time.monotonic() + _START_SECONDS)
-        with self._state:
-            if ready and not self._closed:
-                self._worker = worker
-                self._counts["starts"] += 1
-                return worker
-        worker.stop()
-        return None
-
-    def _discard(self, worker: _Worker) -> None:
-        worker.stop()
-        with self._state:
-            if self._worker is worker:
-                self._worker = None
-
-    def _count(self, kind: str) -> None:
-        with self._state:
-            self._counts[kind] += 1
-
-
-class _Worker:
-    """The host's end of one warm worker process: its socket and what it has reported."""
-
-    def __init__(self, label: str) -> None:
-        import socket
-
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # one send, one message
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-c", _SERVE_BOOTSTRAP, _ROOT, str(theirs.fileno()), label],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=[theirs.fileno()],
-                cwd="/",  # pins no folder of the host's
-                start_new_session=True,  # no terminal: Ctrl-C in the host's shell is not for it
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()  # the worker's copy is its own; ours would hide the worker's end
-        self.pid = self.proc.pid
-        self.sock = ours
-        self.ready = False
-        self.dead = False
-        self.child: int | None = None
-        self.exits: dict[int, int] = {}
-        # Ends the process even if the pool is never closed (at garbage collection or exit).
-        self._finalizer = weakref.finalize(self, _stop_worker, self.proc, ours, os.getpid())
-
-    def run(self, payload: Path, label: str, timeout: float) -> _Outcome | None:
-        """Run one job in a child of the worker; None when the worker failed (it must go)."""
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            try:
-                self._send_job(payload, label, [out_w, err_w])
-            finally:
-                os.close(out_w)  # the child holds the write ends now: their end means its end
-                os.close(err_w)
-            deadline = time.monotonic() + timeout
-            if not self.wait(lambda: self.child is not None, time.monotonic() + _REPLY_SECONDS) or not self.child:
-                return None
-            return self._finish(_ForkedChild(self, self.child), out_r, err_r, deadline)
-        except OSError:
-            return None
-        finally:
-            os.close(out_r)
-            os.close(err_r)
-
-    def _send_job(self, payload: Path, label: str, fds: list[int]) -> None:
-        import socket
-
-        self.child = None
-        message = json.dumps({"payload": str(payload), "label": label}).encode()
-        socket.send_fds(self.sock, [message], fds)
-
-    def _finish(self, child: _ForkedChild, out_r: int, err_r: int, deadline: float) -> _Outcome | None:
-        try:
-            out, err, expired = _collect(child, out_r, err_r, deadline)
-        finally:
-            child.kill_group()
-        if not self.wait(lambda: child.pid in self.exits, time.monotonic() + _REPLY_SECONDS):
-            return None
-        try:
-            self.sock.send(b'{"op": "reap"}')  # its group is dead: the worker may free the pid
-        except OSError:
-            self.dead = True  # the job's outcome is complete all the same; the worker must go
-        return out, err, expired, self.exits.pop(child.pid)
-
-    def receive(self) -> None:
-        """Read one message (the socket is readable); the end or garbage marks the worker dead."""
-        try:
-            data = self.sock.recv(_MAX_MESSAGE)
-            event = json.loads(data) if data else {}
-            kind = event.get("event")
-            if kind == "ready":
-                self.ready = True
-            elif kind == "started":
-                self.child = int(event["pid"])
-            elif kind == "exited":
-                self.exits[int(event["pid"])] = int(event["code"])
-            else:
-                self.dead = True
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            self.dead = True
-
-    def wait(self, condition: Callable[[], bool], deadline: float) -> bool:
-        """Read messages until ``condition()`` holds; False if the worker died or the deadline passed."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        while not condition():
-            if self.dead:
-                return False
-            # At or past the deadline this still reads what has already arrived.
-            if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-                return condition()
-            self.receive()
-        return True
-
-    def shutdown(self) -> None:
-        """Tell the worker to end (it sees the end of its socket), without waiting."""
-        import socket
-
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def stop(self) -> None:
-        """End the worker process and close the socket; idempotent."""
-        self._finalizer()
-
-
-class _ForkedChild:
-    """A validator forked by the warm worker: its pid, and the worker that reports its exit."""
-
-    def __init__(self, worker: _Worker, pid: int) -> None:
-        self.worker = worker
-        self.pid = pid
-
-    def watch(self, selector: selectors.BaseSelector) -> None:
-        selector.register(self.worker.sock, selectors.EVENT_READ, lambda: self._readable(selector))
-
-    def _readable(self, selector: selectors.BaseSelector) -> None:
-        self.worker.receive()
-        if self.worker.dead:
-            # Without the worker the exit code is lost and the job will run again in a fresh
-            # process: end this one now instead of at its deadline.
-            selector.unregister(self.worker.sock)
-            self.kill_group()
-
-    def running(self) -> bool:
-        self.worker.wait(lambda: self.pid in self.worker.exits, time.monotonic())  # read pending reports
-        # A dead worker's child was killed at once (see _readable): nothing is left to dump.
-        return not self.worker.dead and self.pid not in self.worker.exits
-
-    def dump_stack(self) -> None:
-        # Safe: the worker reaps the child only when told, so the pid cannot have been reused.
-        try:
-            os.kill(self.pid, signal.SIGUSR1)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def kill_group(self) -> None:
-        _kill_group(self.pid)
-
-
-def _stop_worker(proc: subprocess.Popen[bytes], sock: socket.socket, owner: int) -> None:
-    """End a warm worker: close its socket (it exits by itself), then kill it if it does not."""
-    if os.getpid() != owner:
-        return  # a forked copy of the host: the worker is not its to stop
-    sock.close()
-    try:
-        proc.wait(_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        proc.wait()
 
 
 # -- child side ----------------------------------------------------------------------------
@@ -673,16 +133,16 @@ def _serve_one(channel: socket.socket, baseline: _Baseline) -> bool:
             return False
         channel.send(json.dumps({"event": "exited", "pid": pid, "code": code}).encode())
         # Reaping frees the pid, so it waits until the host has killed the child's group.
-        return channel.recv(_MAX_MESSAGE) != b""
+        return channel.recv(MAX_MESSAGE) != b""
     finally:
-        _kill_group(pid)
+        kill_group(pid)
         os.waitpid(pid, 0)
 
 
 def _receive_job(channel: socket.socket) -> tuple[dict[str, str], list[int]] | None:
     import socket
 
-    data, fds, flags, _ = socket.recv_fds(channel, _MAX_MESSAGE, 2)
+    data, fds, flags, _ = socket.recv_fds(channel, MAX_MESSAGE, 2)
     if data and len(fds) == 2 and not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         return json.loads(data), fds
     for fd in fds:
@@ -726,7 +186,7 @@ def _run_forked(channel: socket.socket, message: dict[str, str], fds: list[int],
             os.close(fd)
         payload_path = message["payload"]
         os.chdir(os.path.dirname(payload_path))
-        sys.argv = ["-c", _ROOT, payload_path, message["label"]]
+        sys.argv = ["-c", ROOT, payload_path, message["label"]]
         results = _claim_stdout()
         faulthandler.register(signal.SIGUSR1, file=results, all_threads=True)
         payload = json.loads(Path(payload_path).read_text(encoding="utf-8"))
