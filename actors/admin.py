@@ -23,7 +23,6 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 from plugin_host import codeload
 from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
 from plugin_host.errors import (
-    ActorNotFoundError,
     BadRequestError,
     HostStartError,
     PluginHostError,
@@ -32,21 +31,15 @@ from plugin_host.errors import (
     SandboxStartError,
 )
 from plugin_host.messages import (
-    ActorRef,
     BatchCreate,
     BatchDestroy,
     Blob,
-    Call,
-    Cast,
     CreateSandbox,
     DestroySandbox,
     Failed,
-    GetSandboxInfo,
-    ListSandboxes,
     LookupActor,
     Ok,
     RestartSandbox,
-    Run,
 )
 from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
@@ -55,6 +48,7 @@ from . import _messages as m
 from ._admin_events import EVENT_LOG, EventsAdmin
 from ._admin_nodes import Member, NodesAdmin, remote_packages
 from ._admin_reload import VersionsAdmin
+from ._admin_routing import RoutingAdmin, not_found
 from ._base import HostActor
 from .monitor import MonitorActor
 from .registry import OpenRegistry, RegistryActor
@@ -113,7 +107,7 @@ class _Sandbox:
     """Set when the admin gave the root up as lost (its system died, left or fell silent)."""
 
 
-class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
+class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
     """Front door of a host's actor system (and its view of the convention, see ``NodesAdmin``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -390,7 +384,7 @@ class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
     def _destroy(self, sandbox_id: str, done: Done) -> None:
         rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
         if rec is None:
-            done(_not_found(sandbox_id))
+            done(not_found(sandbox_id))
             return
         if rec.status == "starting" and rec.action == "create":
             self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} was destroyed before it started",
@@ -403,7 +397,7 @@ class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
         """Stop the whole sandbox and start it again from its current code."""
         rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
         if rec is None:
-            self.reply(sender, _not_found(msg.sandbox_id), msg.corr)
+            self.reply(sender, not_found(msg.sandbox_id), msg.corr)
             return
         if rec.action in ("destroy", "start_failed"):
             self.reply(sender, SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is being destroyed",
@@ -463,128 +457,12 @@ class AdminActor(NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
 
     # -- queries ---------------------------------------------------------------------------
 
-    @staticmethod
-    def not_found(sandbox_id: Any) -> PluginHostError:
-        """The error for an unknown sandbox id."""
-        return _not_found(sandbox_id)
-
     def _info(self, sandbox_id: str, rec: _Sandbox) -> SandboxInfo:
         status = "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
         supervisor = rec.request.supervisor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
         return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.restart_count, list(rec.children),
                            dict(rec.modules), rec.node or self.node, rec.reason, rec.pid)
-
-    def _get(self, sandbox_id: Any, sender: Any, corr: str) -> _Sandbox | None:
-        rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
-        if rec is None:
-            self.reply(sender, _not_found(sandbox_id), corr)
-        return rec
-
-    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Any) -> None:  # noqa: N802
-        """Every sandbox, by id."""
-        self.reply(sender, [self._info(i, r) for i, r in sorted(self.sandboxes.items())], msg.corr)
-
-    def receiveMsg_GetSandboxCode(self, msg: m.GetSandboxCode, sender: Any) -> None:  # noqa: N802
-        """The sandbox's current sources (for compiling a new version against them)."""
-        rec = self._get(msg.sandbox_id, sender, msg.corr)
-        if rec is not None:
-            self.reply(sender, dict(rec.sources), msg.corr)
-
-    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Any) -> None:  # noqa: N802
-        """One sandbox."""
-        rec = self._get(msg.sandbox_id, sender, msg.corr)
-        if rec is not None:
-            self.reply(sender, self._info(msg.sandbox_id, rec), msg.corr)
-
-    def _lookup(self, sandbox_id: str, rec: _Sandbox, name: Any) -> ActorRef:
-        entry = rec.directory.get(name) if isinstance(name, str) else None
-        if entry is not None and rec.status == "running":
-            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()), rec.limits.max_mailbox)
-        if rec.status in ("failed", "lost"):
-            state = "has failed" if rec.status == "failed" else "is lost"
-            raise ActorNotFoundError(f"sandbox {sandbox_id!r} {state}: {rec.reason}", sandbox_id=sandbox_id,
-                                     name=name)
-        known = any(c.name == name for c in rec.children)
-        transient = rec.status in ("starting", "stopping") or known
-        raise ActorNotFoundError(
-            f"actor {name!r} of sandbox {sandbox_id!r} is {'restarting' if transient else 'unknown'}",
-            sandbox_id=sandbox_id, name=name, stale=transient and rec.action != "destroy")
-
-    def receiveMsg_LookupActor(self, msg: LookupActor, sender: Any) -> None:  # noqa: N802
-        """Where a named actor runs now; with ``wait``, answered once it runs again."""
-        if isinstance(msg.wait, bool) or not isinstance(msg.wait, (int, float)):
-            self.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
-            return
-        if not self._answer_lookup(msg, sender, final=msg.wait <= 0):
-            self._parked.append((msg, sender, time.monotonic() + msg.wait))
-            self._tick()
-
-    def _answer_lookup(self, msg: LookupActor, sender: Any, final: bool) -> bool:
-        """Reply to a lookup unless it should wait longer; return whether it was answered."""
-        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
-        if rec is None:
-            self.reply(sender, _not_found(msg.sandbox_id), msg.corr)
-            return True
-        try:
-            ref = self._lookup(msg.sandbox_id, rec, msg.name)
-            if ref.incarnation == msg.not_incarnation:
-                raise ActorNotFoundError(f"actor {msg.name!r} of sandbox {msg.sandbox_id!r} is restarting",
-                                         sandbox_id=msg.sandbox_id, name=msg.name, stale=True)
-        except PluginHostError as exc:
-            if getattr(exc, "stale", False) and not final:
-                return False
-            self.reply(sender, exc, msg.corr)
-            return True
-        self.reply(sender, ref, msg.corr)
-        return True
-
-    def _retry_parked(self, now: float) -> None:
-        parked, self._parked = self._parked, []
-        for msg, sender, deadline in parked:
-            if not self._answer_lookup(msg, sender, final=now >= deadline):
-                self._parked.append((msg, sender, deadline))
-
-    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
-        """Route a call to its actor; the actor answers the caller directly."""
-        rec = self._get(msg.sandbox_id, sender, msg.corr)
-        if rec is None:
-            return
-        try:
-            ref = self._lookup(msg.sandbox_id, rec, msg.name)
-        except PluginHostError as exc:
-            self.reply(msg.reply_to or sender, exc, msg.corr)
-            return
-        self.send(ref.address, attrs.evolve(msg, reply_to=msg.reply_to or sender, incarnation=ref.incarnation))
-
-    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:  # noqa: N802
-        """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
-        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
-        entry = rec.directory.get(msg.name) if rec is not None and isinstance(msg.name, str) else None
-        if entry is not None:
-            self.send(entry[0], attrs.evolve(msg, incarnation=entry[1]))
-        elif rec is not None and isinstance(msg.name, str):
-            self.send(rec.root, m.Route(msg.name, msg))
-
-    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
-        """Run a function in a fresh process of the sandbox."""
-        rec = self._get(msg.sandbox_id, sender, msg.corr)
-        if rec is None:
-            return
-        if isinstance(msg.timeout, bool) or not isinstance(msg.timeout, (int, float)) or not msg.timeout > 0:
-            self.reply(sender, BadRequestError(f"Run.timeout must be positive seconds, got {msg.timeout!r}"), msg.corr)
-            return
-        if rec.root is None or rec.status not in ("running", "failed") or not isinstance(msg.fn, Blob):
-            self.reply(sender, BadRequestError(f"cannot run in sandbox {msg.sandbox_id!r} now ({rec.status})"),
-                       msg.corr)
-            return
-        self.send(rec.root, attrs.evolve(msg, reply_to=msg.reply_to or sender))
-
-
-def _not_found(sandbox_id: Any) -> PluginHostError:
-    if not isinstance(sandbox_id, str):
-        return BadRequestError(f"a sandbox id is a string, got {sandbox_id!r}")
-    return SandboxNotFoundError(f"no sandbox {sandbox_id!r}", sandbox_id=sandbox_id)
 
 
 def _process_alive(pid: int, create_time: float) -> bool:

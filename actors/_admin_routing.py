@@ -1,0 +1,148 @@
+"""The admin's queries and routing: sandbox info, actor lookups (parked while an actor restarts),
+and calls, casts and runs forwarded to where they run.
+
+A lookup for an actor that is restarting waits (``LookupActor.wait``) until it runs again,
+so a host's call resumes on the next incarnation instead of failing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import attrs
+
+from plugin_host.errors import ActorNotFoundError, BadRequestError, PluginHostError, SandboxNotFoundError
+from plugin_host.messages import ActorRef, Blob, Call, Cast, GetSandboxInfo, ListSandboxes, LookupActor, Run
+
+from . import _messages as m
+
+__all__ = ["RoutingAdmin", "not_found"]
+
+
+class RoutingAdmin:
+    """Mixed into the admin actor (needs ``sandboxes``, ``_parked``, ``_info``, ``send``, ``reply``, ``_tick``)."""
+
+    sandboxes: dict[str, Any]
+    _parked: list[tuple[LookupActor, Any, float]]
+    _info: Callable[[str, Any], Any]
+    _tick: Callable[[], None]
+    send: Callable[[Any, Any], None]
+    reply: Callable[[Any, Any, str], None]
+
+    @staticmethod
+    def not_found(sandbox_id: Any) -> PluginHostError:
+        """The error for an unknown sandbox id."""
+        return not_found(sandbox_id)
+
+    def _get(self, sandbox_id: Any, sender: Any, corr: str) -> Any:
+        rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
+        if rec is None:
+            self.reply(sender, not_found(sandbox_id), corr)
+        return rec
+
+    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Any) -> None:  # noqa: N802
+        """Every sandbox, by id."""
+        self.reply(sender, [self._info(i, r) for i, r in sorted(self.sandboxes.items())], msg.corr)
+
+    def receiveMsg_GetSandboxCode(self, msg: m.GetSandboxCode, sender: Any) -> None:  # noqa: N802
+        """The sandbox's current sources (for compiling a new version against them)."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is not None:
+            self.reply(sender, dict(rec.sources), msg.corr)
+
+    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Any) -> None:  # noqa: N802
+        """One sandbox."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is not None:
+            self.reply(sender, self._info(msg.sandbox_id, rec), msg.corr)
+
+    def _lookup(self, sandbox_id: str, rec: Any, name: Any) -> ActorRef:
+        entry = rec.directory.get(name) if isinstance(name, str) else None
+        if entry is not None and rec.status == "running":
+            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()), rec.limits.max_mailbox)
+        if rec.status in ("failed", "lost"):
+            state = "has failed" if rec.status == "failed" else "is lost"
+            raise ActorNotFoundError(f"sandbox {sandbox_id!r} {state}: {rec.reason}", sandbox_id=sandbox_id,
+                                     name=name)
+        known = any(c.name == name for c in rec.children)
+        transient = rec.status in ("starting", "stopping") or known
+        raise ActorNotFoundError(
+            f"actor {name!r} of sandbox {sandbox_id!r} is {'restarting' if transient else 'unknown'}",
+            sandbox_id=sandbox_id, name=name, stale=transient and rec.action != "destroy")
+
+    def receiveMsg_LookupActor(self, msg: LookupActor, sender: Any) -> None:  # noqa: N802
+        """Where a named actor runs now; with ``wait``, answered once it runs again."""
+        if isinstance(msg.wait, bool) or not isinstance(msg.wait, (int, float)):
+            self.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
+            return
+        if not self._answer_lookup(msg, sender, final=msg.wait <= 0):
+            self._parked.append((msg, sender, time.monotonic() + msg.wait))
+            self._tick()
+
+    def _answer_lookup(self, msg: LookupActor, sender: Any, final: bool) -> bool:
+        """Reply to a lookup unless it should wait longer; return whether it was answered."""
+        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
+        if rec is None:
+            self.reply(sender, not_found(msg.sandbox_id), msg.corr)
+            return True
+        try:
+            ref = self._lookup(msg.sandbox_id, rec, msg.name)
+            if ref.incarnation == msg.not_incarnation:
+                raise ActorNotFoundError(f"actor {msg.name!r} of sandbox {msg.sandbox_id!r} is restarting",
+                                         sandbox_id=msg.sandbox_id, name=msg.name, stale=True)
+        except PluginHostError as exc:
+            if getattr(exc, "stale", False) and not final:
+                return False
+            self.reply(sender, exc, msg.corr)
+            return True
+        self.reply(sender, ref, msg.corr)
+        return True
+
+    def _retry_parked(self, now: float) -> None:
+        parked, self._parked = self._parked, []
+        for msg, sender, deadline in parked:
+            if not self._answer_lookup(msg, sender, final=now >= deadline):
+                self._parked.append((msg, sender, deadline))
+
+    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
+        """Route a call to its actor; the actor answers the caller directly."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is None:
+            return
+        try:
+            ref = self._lookup(msg.sandbox_id, rec, msg.name)
+        except PluginHostError as exc:
+            self.reply(msg.reply_to or sender, exc, msg.corr)
+            return
+        self.send(ref.address, attrs.evolve(msg, reply_to=msg.reply_to or sender, incarnation=ref.incarnation))
+
+    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:  # noqa: N802
+        """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
+        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
+        entry = rec.directory.get(msg.name) if rec is not None and isinstance(msg.name, str) else None
+        if entry is not None:
+            self.send(entry[0], attrs.evolve(msg, incarnation=entry[1]))
+        elif rec is not None and isinstance(msg.name, str):
+            self.send(rec.root, m.Route(msg.name, msg))
+
+    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
+        """Run a function in a fresh process of the sandbox."""
+        rec = self._get(msg.sandbox_id, sender, msg.corr)
+        if rec is None:
+            return
+        if isinstance(msg.timeout, bool) or not isinstance(msg.timeout, (int, float)) or not msg.timeout > 0:
+            self.reply(sender, BadRequestError(f"Run.timeout must be positive seconds, got {msg.timeout!r}"), msg.corr)
+            return
+        if rec.root is None or rec.status not in ("running", "failed") or not isinstance(msg.fn, Blob):
+            self.reply(sender, BadRequestError(f"cannot run in sandbox {msg.sandbox_id!r} now ({rec.status})"),
+                       msg.corr)
+            return
+        self.send(rec.root, attrs.evolve(msg, reply_to=msg.reply_to or sender))
+
+
+def not_found(sandbox_id: Any) -> PluginHostError:
+    """The error for an unknown (or malformed) sandbox id."""
+    if not isinstance(sandbox_id, str):
+        return BadRequestError(f"a sandbox id is a string, got {sandbox_id!r}")
+    return SandboxNotFoundError(f"no sandbox {sandbox_id!r}", sandbox_id=sandbox_id)
