@@ -20,6 +20,9 @@ recorded if it never was.
 Crash safety.  Every logical operation is one ``BEGIN IMMEDIATE`` transaction in WAL mode, so a
 ``kill -9`` of the host at any instant leaves either all of an operation or none of it.  Ids and
 module names are bound as SQL parameters and never become file names.
+
+The file's layout, migrations and connection set-up live in :mod:`plugin_host._store_schema`;
+the statements the operations are made of, in :mod:`plugin_host._store_sql`.
 """
 
 from __future__ import annotations
@@ -30,61 +33,19 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator
+from typing import Iterator
 
 import attrs
 
-from .errors import BadRequestError, PluginHostError, UnknownModuleError, VersionNotFoundError
+from . import _store_sql as sql
+from ._store_schema import SCHEMA_VERSION, connect, sqlite_errors
+from .errors import BadRequestError, UnknownModuleError
 from .values import ModuleVersion, VersionHistory
 
 __all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "VersionEvent", "VersionStore", "sha256_of"]
 
-SCHEMA_VERSION = 1
-"""Layout version, kept in ``PRAGMA user_version``; a later release migrates from it."""
-
 EVENT_KINDS = ("created", "reloaded", "rolled_back")
 """Why a version was made current (or failed to be)."""
-
-_BUSY_TIMEOUT_MS = 10_000
-# Another process (a second host, the CLI reading history) may hold the write lock briefly.
-
-_VERSION_COLUMNS = "version, checksum, source, recorded_at, loaded_at, status"
-"""What :func:`_module_version` unpacks, in this order."""
-
-_SCHEMA = """
-CREATE TABLE modules (
-    sandbox_id   TEXT NOT NULL,
-    module       TEXT NOT NULL,
-    last_version INTEGER NOT NULL,  -- highest number ever handed out, kept after pruning
-    PRIMARY KEY (sandbox_id, module)
-) WITHOUT ROWID;
-CREATE TABLE versions (
-    sandbox_id  TEXT NOT NULL,
-    module      TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    checksum    TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    loaded_at   REAL,               -- last time it was made current, NULL if never
-    status      TEXT NOT NULL CHECK (status IN ('pending', 'current', 'previous', 'failed')),
-    PRIMARY KEY (sandbox_id, module, version),
-    FOREIGN KEY (sandbox_id, module) REFERENCES modules (sandbox_id, module)
-);
-CREATE INDEX versions_by_checksum ON versions (sandbox_id, module, checksum);
-CREATE UNIQUE INDEX one_current_version ON versions (sandbox_id, module) WHERE status = 'current';
-CREATE TABLE events (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    time         REAL NOT NULL,
-    sandbox_id   TEXT NOT NULL,
-    module       TEXT NOT NULL,
-    from_version INTEGER,
-    to_version   INTEGER NOT NULL,
-    kind         TEXT NOT NULL,
-    outcome      TEXT NOT NULL,     -- 'ok' or 'failed'
-    details      TEXT NOT NULL
-);
-CREATE INDEX events_by_module ON events (sandbox_id, module, id);
-"""
 
 
 @attrs.frozen
@@ -147,56 +108,9 @@ class VersionStore:
         """Where the database lives."""
         self.max_versions = max_versions
         """Versions kept per module, or ``None`` for all."""
-        self._conn = self._open()
+        self._conn = connect(self.path)
 
     # -- lifetime -------------------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN ourselves, so each operation is exactly one
-            # transaction and its boundaries are visible here rather than implied by the driver.
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
-        except (OSError, sqlite3.Error) as exc:
-            raise PluginHostError(f"cannot open version store {self.path}: {exc}", path=str(self.path)) from None
-        try:
-            self._configure(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _configure(self, conn: sqlite3.Connection) -> None:
-        with self._errors("open"):
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # FULL rather than NORMAL: in WAL mode both survive a kill -9 of the host mid-write
-            # without corruption (an interrupted transaction is simply not in the log), but FULL
-            # also keeps the last committed reload across a power loss, and one fsync per commit
-            # is nothing next to a reload (a compile in a subprocess plus a round of messages).
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate(conn)
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")  # two processes creating the file at once: one wins
-        try:
-            found = conn.execute("PRAGMA user_version").fetchone()[0]
-            if found == 0:
-                for statement in _statements(_SCHEMA):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif found > SCHEMA_VERSION:
-                raise PluginHostError(
-                    f"version store {self.path} has schema {found}, newer than this plugin-host "
-                    f"understands ({SCHEMA_VERSION}); upgrade plugin-host",
-                    path=str(self.path),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         """Close the database; further calls raise :class:`PluginHostError`. Idempotent."""
@@ -211,20 +125,10 @@ class VersionStore:
         self.close()
 
     @contextmanager
-    def _errors(self, operation: str) -> Iterator[None]:
-        # sqlite errors (locked past the timeout, corrupt file, closed store) become our base class.
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise PluginHostError(
-                f"version store {self.path}: {operation} failed: {exc}", path=str(self.path)
-            ) from exc
-
-    @contextmanager
     def _write(self, operation: str) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
         # writes can fail with SQLITE_BUSY without waiting when another process writes meanwhile.
-        with self._errors(operation):
+        with sqlite_errors(self.path, operation):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -237,7 +141,7 @@ class VersionStore:
     @contextmanager
     def _read(self, operation: str) -> Iterator[sqlite3.Connection]:
         # One read transaction, so a multi-query answer is one consistent snapshot.
-        with self._errors(operation):
+        with sqlite_errors(self.path, operation):
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
@@ -251,18 +155,7 @@ class VersionStore:
             module -> (highest number ever handed out, current version or 0, checksum -> version).
         """
         with self._read("known") as conn:
-            rows = conn.execute(
-                "SELECT m.module, m.last_version, v.version, v.checksum, v.status FROM modules m "
-                "LEFT JOIN versions v ON v.sandbox_id = m.sandbox_id AND v.module = m.module "
-                "WHERE m.sandbox_id = ?", (sandbox_id,)).fetchall()
-        known: dict[str, tuple[int, int, dict[str, int]]] = {}
-        for module, last, version, checksum, status in rows:
-            _, current, by_checksum = known.setdefault(module, (last, 0, {}))
-            if version is not None:
-                by_checksum.setdefault(checksum, version)
-                if status == "current":
-                    known[module] = (last, version, by_checksum)
-        return known
+            return sql.known(conn, sandbox_id)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -289,15 +182,11 @@ class VersionStore:
         _check_text("module", module)
         digest = self._checksum(source, checksum)
         with self._write("register") as conn:
-            found = self._version_by_checksum(conn, sandbox_id, module, digest)
+            found = sql.version_by_checksum(conn, sandbox_id, module, digest)
             if found is not None:
                 return found, False
-            version = self._next_number(conn, sandbox_id, module)
-            conn.execute(
-                "INSERT INTO versions (sandbox_id, module, version, checksum, source, recorded_at, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                (sandbox_id, module, version, digest, source, time.time()),
-            )
+            version = sql.next_number(conn, sandbox_id, module)
+            sql.insert_pending(conn, sandbox_id, module, version, digest, source, time.time())
             self._prune(conn, sandbox_id, module)  # same transaction: never a moment over the limit
         return version, True
 
@@ -309,25 +198,6 @@ class VersionStore:
                 field="checksum",
             )
         return digest
-
-    def _version_by_checksum(self, conn: sqlite3.Connection, sandbox_id: str, module: str, digest: str) -> int | None:
-        row = conn.execute(
-            "SELECT version FROM versions WHERE sandbox_id = ? AND module = ? AND checksum = ?"
-            " ORDER BY version DESC LIMIT 1",
-            (sandbox_id, module, digest),
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    def _next_number(self, conn: sqlite3.Connection, sandbox_id: str, module: str) -> int:
-        conn.execute(
-            "INSERT INTO modules (sandbox_id, module, last_version) VALUES (?, ?, 1)"
-            " ON CONFLICT (sandbox_id, module) DO UPDATE SET last_version = last_version + 1",
-            (sandbox_id, module),
-        )
-        row = conn.execute(
-            "SELECT last_version FROM modules WHERE sandbox_id = ? AND module = ?", (sandbox_id, module)
-        ).fetchone()
-        return int(row[0])
 
     def mark_current(
         self,
@@ -357,13 +227,13 @@ class VersionStore:
         """
         self._check_kind(event)
         with self._write("mark_current") as conn:
-            self._require(conn, sandbox_id, module, version)
-            old = self._current(conn, sandbox_id, module)
+            sql.require(conn, sandbox_id, module, version)
+            old = sql.current_version(conn, sandbox_id, module)
             if old is not None and old != version:
-                _set_status(conn, sandbox_id, module, old, "failed" if old_failed else "previous")
+                sql.set_status(conn, sandbox_id, module, old, "failed" if old_failed else "previous")
             now = time.time()
-            _set_status(conn, sandbox_id, module, version, "current", loaded_at=now)
-            self._append_event(conn, now, sandbox_id, module, old, version, event, "ok", details)
+            sql.set_status(conn, sandbox_id, module, version, "current", loaded_at=now)
+            sql.append_event(conn, now, sandbox_id, module, old, version, event, "ok", details)
 
     def mark_failed(
         self, sandbox_id: str, module: str, version: int, reason: str, *, event: str = "reloaded"
@@ -383,29 +253,21 @@ class VersionStore:
         """
         self._check_kind(event)
         with self._write("mark_failed") as conn:
-            self._require(conn, sandbox_id, module, version)
-            current = self._current(conn, sandbox_id, module)
+            sql.require(conn, sandbox_id, module, version)
+            current = sql.current_version(conn, sandbox_id, module)
             if current == version:
                 raise BadRequestError(
                     f"version {version} of {module!r} in sandbox {sandbox_id!r} is current; "
                     "make another version current before marking it failed",
                     sandbox_id=sandbox_id, module=module, version=version,
                 )
-            _set_status(conn, sandbox_id, module, version, "failed")
-            self._append_event(conn, time.time(), sandbox_id, module, current, version, event, "failed", reason)
+            sql.set_status(conn, sandbox_id, module, version, "failed")
+            sql.append_event(conn, time.time(), sandbox_id, module, current, version, event, "failed", reason)
 
     @staticmethod
     def _check_kind(event: str) -> None:
         if event not in EVENT_KINDS:
             raise BadRequestError(f"event must be one of {', '.join(EVENT_KINDS)}, got {event!r}", field="event")
-
-    @staticmethod
-    def _append_event(conn: sqlite3.Connection, *row: Any) -> None:
-        conn.execute(
-            "INSERT INTO events (time, sandbox_id, module, from_version, to_version, kind, outcome, details)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
 
     def prune(self, sandbox_id: str, module: str) -> list[int]:
         """Drop versions beyond ``max_versions``: the newest N stay, and the current one always.
@@ -421,18 +283,7 @@ class VersionStore:
     def _prune(self, conn: sqlite3.Connection, sandbox_id: str, module: str) -> list[int]:
         if self.max_versions is None:
             return []
-        rows = conn.execute(
-            "SELECT version FROM versions WHERE sandbox_id = ? AND module = ? AND status != 'current'"
-            " AND version NOT IN (SELECT version FROM versions WHERE sandbox_id = ? AND module = ?"
-            " ORDER BY version DESC LIMIT ?) ORDER BY version",
-            (sandbox_id, module, sandbox_id, module, self.max_versions),
-        ).fetchall()
-        removed = [int(r[0]) for r in rows]
-        conn.executemany(
-            "DELETE FROM versions WHERE sandbox_id = ? AND module = ? AND version = ?",
-            [(sandbox_id, module, v) for v in removed],
-        )
-        return removed
+        return sql.prune(conn, sandbox_id, module, self.max_versions)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -444,7 +295,7 @@ class VersionStore:
                 its versions has been made current.
         """
         with self._read("current_version") as conn:
-            current = self._current(conn, sandbox_id, module)
+            current = sql.current_version(conn, sandbox_id, module)
         if current is None:
             raise UnknownModuleError(
                 f"sandbox {sandbox_id!r} has no current version of module {module!r}",
@@ -459,8 +310,8 @@ class VersionStore:
             VersionNotFoundError: no such version is stored (unknown module included).
         """
         with self._read("get") as conn:
-            row = self._require(conn, sandbox_id, module, version)
-        return _module_version(row)
+            row = sql.require(conn, sandbox_id, module, version)
+        return sql.module_version(row)
 
     def source(self, sandbox_id: str, module: str, version: int) -> str:
         """Return the source text of one stored version (what a rollback reloads).
@@ -488,17 +339,7 @@ class VersionStore:
             UnknownModuleError: the module was never registered for this sandbox.
         """
         with self._read("history") as conn:
-            if not self._known(conn, sandbox_id, module):
-                raise UnknownModuleError(
-                    f"sandbox {sandbox_id!r} has no module {module!r}", sandbox_id=sandbox_id, module=module
-                )
-            rows = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE sandbox_id = ? AND module = ? ORDER BY version DESC",
-                (sandbox_id, module),
-            ).fetchall()
-        versions = [_module_version(r) for r in rows]
-        current = next((v.version for v in versions if v.status == "current"), 0)
-        return VersionHistory(current_version=current, total_versions=len(versions), versions=versions)
+            return sql.version_history(conn, sandbox_id, module)
 
     def events(self, sandbox_id: str, module: str | None = None, limit: int | None = None) -> list[VersionEvent]:
         """Return the event log of a sandbox (or of one of its modules), newest first.
@@ -508,93 +349,22 @@ class VersionStore:
             module: only this module's events, or ``None`` for all.
             limit: at most this many (the newest), or ``None`` for all.
         """
-        query = "SELECT time, sandbox_id, module, from_version, to_version, kind, outcome, details FROM events"
-        query += " WHERE sandbox_id = ?" + ("" if module is None else " AND module = ?")
-        params: list[Any] = [sandbox_id] + ([] if module is None else [module])
-        query += " ORDER BY id DESC LIMIT ?"
-        params.append(-1 if limit is None else limit)  # LIMIT -1: no limit
         with self._read("events") as conn:
-            rows = conn.execute(query, params).fetchall()
+            rows = sql.event_rows(conn, sandbox_id, module, limit)
         return [VersionEvent(*row) for row in rows]
 
     def modules(self, sandbox_id: str) -> dict[str, int]:
         """Return module name → current version, for the modules of ``sandbox_id`` that have one."""
         with self._read("modules") as conn:
-            rows = conn.execute(
-                "SELECT module, version FROM versions WHERE sandbox_id = ? AND status = 'current' ORDER BY module",
-                (sandbox_id,),
-            ).fetchall()
-        return {str(m): int(v) for m, v in rows}
+            return sql.current_versions(conn, sandbox_id)
 
     def sandboxes(self) -> list[str]:
         """Return every sandbox id the store has versions for, sorted (running or not)."""
         with self._read("sandboxes") as conn:
-            rows = conn.execute("SELECT DISTINCT sandbox_id FROM modules ORDER BY sandbox_id").fetchall()
-        return [str(r[0]) for r in rows]
+            return sql.sandbox_ids(conn)
 
     def integrity_check(self) -> bool:
         """Return whether sqlite's ``PRAGMA integrity_check`` finds the file sound."""
-        with self._errors("integrity_check"):
+        with sqlite_errors(self.path, "integrity_check"):
             rows = self._conn.execute("PRAGMA integrity_check").fetchall()
         return [tuple(r) for r in rows] == [("ok",)]
-
-    # -- helpers --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _current(conn: sqlite3.Connection, sandbox_id: str, module: str) -> int | None:
-        row = conn.execute(
-            "SELECT version FROM versions WHERE sandbox_id = ? AND module = ? AND status = 'current'",
-            (sandbox_id, module),
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    @staticmethod
-    def _known(conn: sqlite3.Connection, sandbox_id: str, module: str) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM modules WHERE sandbox_id = ? AND module = ?", (sandbox_id, module)
-        ).fetchone()
-        return row is not None
-
-    @staticmethod
-    def _require(conn: sqlite3.Connection, sandbox_id: str, module: str, version: int) -> tuple[Any, ...]:
-        row = conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE sandbox_id = ? AND module = ? AND version = ?",
-            (sandbox_id, module, version),
-        ).fetchone()
-        if row is None:
-            raise VersionNotFoundError(
-                f"sandbox {sandbox_id!r} has no stored version {version} of module {module!r}",
-                sandbox_id=sandbox_id, module=module, version=version,
-            )
-        return tuple(row)
-
-
-def _set_status(
-    conn: sqlite3.Connection, sandbox_id: str, module: str, version: int, status: str, *, loaded_at: float | None = None
-) -> None:
-    conn.execute(
-        "UPDATE versions SET status = ?, loaded_at = coalesce(?, loaded_at)"
-        " WHERE sandbox_id = ? AND module = ? AND version = ?",
-        (status, loaded_at, sandbox_id, module, version),
-    )
-
-
-def _statements(script: str) -> Iterator[str]:
-    # executescript() would COMMIT first and escape our transaction, so run one statement at a time.
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            yield pending
-            pending = ""
-
-
-def _module_version(row: tuple[Any, ...]) -> ModuleVersion:
-    version, checksum, source, recorded_at, loaded_at, status = row
-    return ModuleVersion(
-        version=int(version),
-        checksum=checksum,
-        loaded_at=recorded_at if loaded_at is None else loaded_at,
-        status="previous" if status == "pending" else status,
-        source=source,
-    )
