@@ -42,6 +42,8 @@ class Member:
     last_heard: float = attrs.field(factory=time.monotonic)
     ping_at: float = 0.0
     """When the last ping went (the next one waits for its pong, or ``node_timeout``)."""
+    doomed: set[int] = attrs.field(factory=set)
+    """Process groups of sandboxes lost there, to kill should the member answer again."""
 
 
 class NodesAdmin:
@@ -57,6 +59,7 @@ class NodesAdmin:
     createActor: Callable[..., Any]  # noqa: N815 (Thespian's name)
     notifyOnSystemRegistrationChanges: Callable[[bool], None]  # noqa: N815
     emit: Callable[..., None]
+    watch: Callable[[str, Any], None]
     _info: Callable[[str, Any], Any]
 
     # -- membership ------------------------------------------------------------------------
@@ -109,16 +112,20 @@ class NodesAdmin:
         """
         late = now - self._last_round > self.config.node_timeout / 2
         self._last_round = now
-        ping = m.NodePing(self.config.node_timeout)
+        timeout = self.config.node_timeout
         for member in list(self.members.values()):
             if member.monitor is None:
-                continue
-            silent = now - member.last_heard
-            if member.status == "up" and silent > self.config.node_timeout and not late:
-                self.node_lost(member, f"it did not answer for {self.config.node_timeout:g} s (node_timeout)")
-            if member.last_heard >= member.ping_at or now - member.ping_at > self.config.node_timeout:
+                continue  # it left the convention
+            if member.status == "up" and now - member.last_heard > timeout and not late:
+                self.node_lost(member, f"it did not answer for {timeout:g} s (node_timeout)")
+            answered = member.last_heard >= member.ping_at
+            if not answered and now - member.ping_at > timeout and member.status == "lost":
+                # Its monitor may have ended itself meanwhile (its own pings stopped): a new one.
+                # The old one, pinged no more, ends the sandboxes it watched if it still runs.
+                self._replace_monitor(member)
+            elif answered or now - member.ping_at > timeout:
                 member.ping_at = now
-                self.send(member.monitor, ping)
+                self.send(member.monitor, m.NodePing(timeout))
 
     _last_round = 0.0
 
@@ -128,25 +135,48 @@ class NodesAdmin:
             if member.monitor == sender:
                 member.last_heard = time.monotonic()
                 if member.status == "lost":  # it was only cut off or stopped for a while
+                    if member.doomed:  # its lost sandboxes run elsewhere now, or nowhere: end them there
+                        self.send(member.monitor, m.KillGroups(tuple(sorted(member.doomed))))
+                        member.doomed.clear()
                     member.status = "up"
                 return
 
+    def _replace_monitor(self, member: Member) -> None:
+        member.monitor = self._new_monitor(member.name)
+        member.ping_at, member.last_heard = 0.0, time.monotonic()
+        if member.status == "up":  # the new one knows nothing yet: what runs there, with what limits
+            for sandbox_id, rec in list(self.sandboxes.items()):
+                if rec.node == member.name:
+                    self.watch(sandbox_id, rec)
+
     def monitor_exited(self, address: Any) -> bool:
-        """A member's monitor exited: start another while the member is up.  Whether it was one."""
+        """A member's monitor exited: start another while the member is in the convention.  Whether it was one."""
         for member in self.members.values():
             if member.monitor == address:
-                member.monitor = None
-                if member.status == "up":
-                    member.monitor = self._new_monitor(member.name)
+                self._replace_monitor(member)
                 return True
         return False
 
     def monitor_of(self, node: str) -> Any:
-        """The monitor actor of the system named ``node`` ("" is this one)."""
+        """The monitor actor of the system named ``node`` ("" is this one); ``None`` unless it is up.
+
+        Nothing but the ping goes to a lost member: a send to a process that does not read
+        stays pending for minutes, and a few dozen of them stall every send of the admin.
+        """
         if not node:
             return self.monitor
         member = self.members.get(node)
-        return member.monitor if member is not None else None
+        return member.monitor if member is not None and member.status == "up" else None
+
+    def kill_on_node(self, node: str, pgid: int | None) -> None:
+        """SIGKILL a sandbox's process group on a member (now, or when a lost member answers again)."""
+        member = self.members.get(node)
+        if not pgid or member is None or member.monitor is None:
+            return
+        if member.status == "up":
+            self.send(member.monitor, m.KillGroups((pgid,)))
+        else:
+            member.doomed.add(pgid)
 
     def node_lost(self, member: Member, why: str) -> None:
         """A member died, left or fell silent: it takes no new sandboxes, and its sandboxes are lost.
@@ -204,7 +234,7 @@ class NodesAdmin:
                                      requirements=dict(requirements))
         load = {name: 0 for name in capable}
         for rec in self.sandboxes.values():
-            if rec.node in load:
+            if rec.node in load and rec.status != "lost":
                 load[rec.node] += 1
         return min(capable, key=lambda name: (load[name], name))
 
@@ -214,7 +244,8 @@ class NodesAdmin:
         """This system and every member known, each with this host's sandboxes on it."""
         on: dict[str, list[str]] = {}
         for sandbox_id, rec in sorted(self.sandboxes.items()):
-            on.setdefault(rec.node, []).append(sandbox_id)
+            if rec.status != "lost":  # a lost sandbox runs nowhere
+                on.setdefault(rec.node, []).append(sandbox_id)
         nodes = [NodeInfo(self.node, system_capabilities(self.config, self.config.admin_port or 0), "up", True,
                           on.get("", []))]
         nodes += [NodeInfo(name, dict(member.capabilities), member.status, False, on.get(name, []))

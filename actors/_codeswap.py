@@ -15,6 +15,7 @@ from typing import Any
 
 from plugin_host.codeload import CodeTable, ModuleSource, SandboxFinder
 from plugin_host.config import HostConfig
+from plugin_host import deps
 from plugin_host.deps import activate_environment, prepare_environment
 
 __all__ = ["Staged", "local_environment", "sandbox_finder"]
@@ -121,6 +122,7 @@ def local_environment(environment: str | None, packages: tuple[str, ...]) -> str
     """
     if not packages:
         return environment
+    deps.PIP_IN_OWN_SESSION = False  # this is a sandbox process: pip must die with the sandbox
     config = HostConfig()
     prepared = prepare_environment(packages, config.state_dir, find_links=config.find_links, no_index=config.no_index)
     return None if prepared is None else str(prepared)

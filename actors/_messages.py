@@ -395,10 +395,26 @@ class NodePong:
 
 
 @attrs.frozen
-class KillGroup:
-    """Admin -> a node's monitor: SIGKILL a sandbox's process group on that system."""
+class RootGone:
+    """A monitor -> admin: the root process of a watched sandbox no longer runs.
 
-    pgid: int
+    On another system Thespian forwards a root's exit through that system's admin; when that
+    word is lost (the host was cut off at the time), this one still comes.
+    """
+
+    sandbox_id: str
+    pid: int
+
+
+@attrs.frozen
+class KillGroups:
+    """Admin -> a node's monitor: SIGKILL these sandboxes' process groups on that system.
+
+    The monitor kills only the groups of sandbox roots it watches (a pid it never saw may have
+    been reused since).
+    """
+
+    pgids: tuple[int, ...]
 
 
 @attrs.frozen

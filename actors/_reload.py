@@ -58,19 +58,22 @@ class ReloadCoordinator:
     createActor: Callable[..., Any]  # noqa: N815 (Thespian's name)
     wakeupAfter: Callable[..., None]  # noqa: N815 (Thespian's name)
 
-    installing: tuple[m.ReloadSandbox, Any, Any] | None = None
-    """A reload waiting for its requirements to be installed on this system: (request, admin, installer)."""
+    installing: tuple[m.ReloadSandbox, Any, Any, float] | None = None
+    """A reload waiting for its requirements to be installed on this system: (request, admin, installer, since)."""
 
     def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: Any) -> None:  # noqa: N802
         """The reload's requirements are installed here (or failed): go on with it."""
         if self.installing is None or self.installing[0].reload_id != msg.reload_id:
             return
-        (request, admin, _), self.installing = self.installing, None
-        if msg.path is None:
-            self.send(admin, m.SandboxReloaded(request.reload_id, False, actor="root",
-                                               cause=f"installing the requirements failed: {msg.error}"))
+        (request, admin, _, since), self.installing = self.installing, None
+        left = request.timeout - (time.monotonic() - since)
+        if msg.path is None or left <= 0:
+            cause = (f"installing the requirements failed: {msg.error}" if msg.path is None else
+                     f"installing the requirements took longer than the reload's {request.timeout:g} s")
+            self.send(admin, m.SandboxReloaded(request.reload_id, False, actor="root", cause=cause))
             return
-        self.receiveMsg_ReloadSandbox(attrs.evolve(request, environment=msg.path, packages=()), admin)
+        # The install used part of the reload's time: the admin waits for the whole of it, no longer.
+        self.receiveMsg_ReloadSandbox(attrs.evolve(request, environment=msg.path, packages=(), timeout=left), admin)
 
     def installer_exited(self, address: Any) -> None:
         """An environment installer exited; one that never answered died installing: fail its reload."""
@@ -87,7 +90,7 @@ class ReloadCoordinator:
             return
         if msg.packages:  # on another system than the host's: install them here first, off this loop
             installer = self.createActor(EnvironmentActor)
-            self.installing = (msg, sender, installer)
+            self.installing = (msg, sender, installer, time.monotonic())
             self.send(installer, m.PrepareEnvironment(msg.reload_id, msg.packages))
             return
         started_ns = time.time_ns()

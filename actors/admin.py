@@ -277,12 +277,21 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
                 self._root_gone(sandbox_id, rec)
                 return
 
+    def receiveMsg_RootGone(self, msg: m.RootGone, sender: Any) -> None:  # noqa: N802
+        """A member's monitor saw a sandbox root's process end (its exit notice may never come)."""
+        rec = self.sandboxes.get(msg.sandbox_id)
+        if rec is None or not rec.node or rec.root is None or rec.pid != msg.pid:
+            return  # the host's own system tells root exits itself; or an older root
+        if self.monitor_of(rec.node) == sender:
+            rec.lost_reason = rec.lost_reason or f"its root process on {rec.node} is gone"
+            self._root_gone(msg.sandbox_id, rec)
+
     def _kill_sandbox_group(self, rec: _Sandbox) -> None:
         """SIGKILL the sandbox's process group, wherever it runs (its node's monitor does it there)."""
         if not rec.node:
             _kill_group(rec.pid)
-        elif rec.pid and self.monitor_of(rec.node) is not None:
-            self.send(self.monitor_of(rec.node), m.KillGroup(rec.pid))
+        else:
+            self.kill_on_node(rec.node, rec.pid)
 
     def _root_gone(self, sandbox_id: str, rec: _Sandbox) -> None:
         self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
@@ -328,8 +337,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             if rec.status in ("running", "starting"):
                 self._elsewhere(sandbox_id, rec, reason)
             return
-        self.send(rec.root, ActorExitRequest())
-        rec.lost_reason = reason
+        rec.lost_reason = reason  # nothing is sent there: its process group is killed if it answers again
         self._root_gone(sandbox_id, rec)
 
     def _elsewhere(self, sandbox_id: str, rec: _Sandbox, reason: str) -> None:
@@ -362,7 +370,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self._kill_sandbox_group(rec)  # a stop or start past its deadline: ChildActorExited follows
         if rec.node and rec.root is not None and rec.pid is None:
             # A remote root that never reported (its creation may have failed there): no exit will come.
-            self.send(rec.root, ActorExitRequest())
+            if self.monitor_of(rec.node) is not None:
+                self.send(rec.root, ActorExitRequest())
             self._root_gone(sandbox_id, rec)
 
     # -- destroy / restart / shutdown -----------------------------------------------------

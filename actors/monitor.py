@@ -95,10 +95,12 @@ class MonitorActor(OrphanWatch, HostActor):
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
 
-    def receiveMsg_KillGroup(self, msg: m.KillGroup, sender: Any) -> None:  # noqa: N802
-        """End a sandbox's process group on this system (a stop past its deadline, stragglers)."""
-        if isinstance(msg.pgid, int):
-            _kill_group(msg.pgid)
+    def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: Any) -> None:  # noqa: N802
+        """End sandboxes' process groups on this system (a stop past its deadline, stragglers, lost ones)."""
+        roots = {entry.pids.get("(root)") for entry in self.watched.values()}
+        for pgid in msg.pgids:
+            if isinstance(pgid, int) and pgid in roots:
+                _kill_group(pgid)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         """Sample everything, enforce limits, schedule the next round."""
@@ -108,8 +110,14 @@ class MonitorActor(OrphanWatch, HostActor):
             return
         self._ticking = False
         now = time.time()
-        for sandbox_id, entry in self.watched.items():
+        for sandbox_id, entry in list(self.watched.items()):
             figures = {name: self._sample(pid) for name, pid in entry.pids.items()}
+            if "(root)" in figures and figures["(root)"] is None:
+                # The root is gone: say so (on another system, this may be the only word of it that
+                # reaches the admin) and stop watching pids that may be reused.
+                self.send(self.admin, m.RootGone(sandbox_id, entry.pids["(root)"]))
+                del self.watched[sandbox_id]
+                continue
             live = {name: f for name, f in figures.items() if f is not None}
             entry.history.append((now, sum(f.rss for f in live.values()), sum(f.cpu for f in live.values())))
             self._enforce(sandbox_id, entry, live)

@@ -8,6 +8,7 @@ request carries a correlation id; replies that do not match are dropped.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -100,11 +101,9 @@ class ActorSystemHandle:
             "capabilities": system_capabilities(self.config, self.port), "leader": self.config.convention_leader,
             # What a sandbox root placed here by another host needs of this system (see local_environment).
             "environ": {"PLUGIN_HOST_STATE_DIR": os.fspath(self.config.state_dir),
-                        "PLUGIN_HOST_FIND_LINKS": os.pathsep.join(self.config.find_links),
+                        "PLUGIN_HOST_FIND_LINKS": json.dumps(list(self.config.find_links)),  # URLs have ':'
                         "PLUGIN_HOST_NO_INDEX": "1" if self.config.no_index else "0"},
         }
-        import json
-
         out = logs / f"launcher-{self.port}.log"
         with open(out, "ab") as sink:
             # Output to a file, never a pipe: the detached admin inherits it and would hold it open.
@@ -207,6 +206,8 @@ class ActorSystemHandle:
             return
         self.closed = True
         tree = self.process_tree()
+        # Sandbox roots lead process groups of their own; read now, while they run.
+        leaders = [p.pid for p in tree if _in_group(p, p.pid) and p.pid != os.getpgid(0)]
         try:
             with self._lock:
                 contexts, self._contexts = self._contexts, []
@@ -218,7 +219,7 @@ class ActorSystemHandle:
             if self.system is not None:
                 self.system.shutdown()
         finally:
-            self._kill_leftovers(tree)
+            self._kill_leftovers(tree, leaders)
 
     def detach(self) -> None:
         """Drop this process's contexts without stopping the system (operator commands)."""
@@ -231,7 +232,7 @@ class ActorSystemHandle:
             except Exception:  # noqa: BLE001 - best effort
                 pass
 
-    def _kill_leftovers(self, tree: list[psutil.Process]) -> None:
+    def _kill_leftovers(self, tree: list[psutil.Process], leaders: list[int]) -> None:
         if self.pgid and any(_in_group(p, self.pgid) for p in tree):
             os.killpg(self.pgid, signal.SIGKILL)  # the group is still ours: a member is alive
         for proc in tree:
@@ -239,6 +240,11 @@ class ActorSystemHandle:
                 if proc.is_running():  # checks the create time too: never a recycled pid
                     proc.kill()
             except psutil.Error:
+                pass
+        for pgid in leaders:  # a child forked after the tree was read (a restart racing the shutdown)
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + 5.0
         alive = [p for p in tree if _running(p)]

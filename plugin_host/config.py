@@ -153,6 +153,11 @@ def _parse_json_mapping(text: str) -> dict[str, Any]:
 
 
 def _parse_paths(text: str) -> tuple[str, ...]:
+    if text.lstrip().startswith("["):  # a JSON list: the way to pass URLs, which contain the separator
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValueError("expected a JSON list of strings")
+        return tuple(item for item in items if item)
     return tuple(p for p in text.split(os.pathsep) if p)
 
 

@@ -410,18 +410,27 @@ def _pip_install(wanted: list[str], target: Path, find_links: list[str], no_inde
                               packages=packages, requirements=wanted, output=output)
 
 
+PIP_IN_OWN_SESSION = True
+"""Whether pip runs in a session of its own (so a timeout kills its build backends too).  A sandbox
+process installing on a member sets it to ``False``: pip then stays in the sandbox's process group
+and dies with the sandbox (a destroy, a lost host) instead of outliving it."""
+
+
 def _run_pip(command: list[str], log: Path, timeout: float) -> int:
     """Run pip with its output in ``log``; a seam, so tests can count or fake installs."""
+    own_session = PIP_IN_OWN_SESSION
     with open(log, "wb") as output:
-        # A file, not a pipe: nobody reads a pipe while we wait, and a full one would hang pip.  Its own
-        # session, so a timeout also kills the build backends pip started.
+        # A file, not a pipe: nobody reads a pipe while we wait, and a full one would hang pip.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=own_session)
         try:
             return process.wait(timeout)
         except BaseException:
             try:
-                os.killpg(process.pid, signal.SIGKILL)
+                if own_session:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
             except ProcessLookupError:
                 pass
             process.wait()

@@ -22,10 +22,16 @@ import pytest
 
 from plugin_host import Host, HostConfig
 from plugin_host.cli import main
-from plugin_host.errors import ActorNotFoundError, CodeIntegrityError, NoCapableNodeError, PluginHostError
+from plugin_host.errors import (
+    ActorNotFoundError,
+    CodeIntegrityError,
+    HotReloadError,
+    NoCapableNodeError,
+    PluginHostError,
+)
 from plugin_host.values import Event
 
-from conftest import eventually, terminate
+from conftest import eventually, sample, terminate
 from test_deps import _write_wheel
 from test_deps_host import plugin_folder
 from test_reload import counter, make_folder
@@ -231,6 +237,77 @@ def test_a_remote_sandbox_installs_its_requirements_on_its_member(
     after = leader.get_sandbox_info("s")
     assert [(c.pid, c.restarts) for c in after.children] == [(c.pid, 0) for c in before.children]
     assert not [e for e in seen if e.kind in ("crashed", "lost", "failed")]
+
+
+def test_a_remote_install_longer_than_the_reload_timeout_fails_the_reload_and_changes_nothing(
+        leader: Host, start_node: Callable[..., Node], tmp_path: Path, wheels: Path) -> None:
+    """pip on the member counts against the reload's timeout; past it the reload fails for good, no late switch."""
+    start_node("--find-links", str(wheels), "--no-index", zone="b")
+    folder = Path(plugin_folder(tmp_path / "s", "tinylib==1.0"))
+    leader.create_sandbox("s", "uses:Root", sandbox_path=str(folder), requirements={"zone": "b"})
+    (folder / "requirements.txt").write_text("tinylib==2.0\n")
+    code = leader.compile_sandbox(str(folder))
+    leader.prepare_dependencies(str(folder))  # the host's own copy first: only the member's pip is timed
+    with pytest.raises(HotReloadError, match="took longer"):
+        leader.hot_reload("s", code, timeout=0.2)  # pip alone takes longer than that
+    assert leader.call("s", "uses", "v") == "1.0" and leader.get_sandbox_info("s").modules == {"uses": 1}
+    leader.hot_reload("s", code)  # installed on the member by now: this one goes through
+    assert leader.call("s", "uses", "v") == "2.0"
+
+
+def test_many_sandboxes_on_a_stopped_member_move_and_the_admin_stays_responsive(
+        leader: Host, start_node: Callable[..., Node]) -> None:
+    """Nothing but pings goes to a lost member: sends to it would pile up and stall every send of the admin."""
+    first, second = start_node(zone="x"), start_node(zone="x")
+    seen, changed = events_of(leader)
+    ids = [f"s{i}" for i in range(8)]
+    for sandbox_id in ids:
+        leader.create_sandbox(sandbox_id, "root:Root", sandbox_path=sample("counter"), requirements={"zone": "x"},
+                              restart_elsewhere=True)
+    on_first = [info.id for info in leader.list_sandboxes() if info.node == first.name]
+    assert len(on_first) == 4  # placement spreads them: the fewest sandboxes first
+    frozen = first.processes()
+    for proc in frozen:
+        proc.suspend()
+    try:
+        for sandbox_id in on_first:
+            wait_for(seen, changed, lambda e, i=sandbox_id: e.kind == "lost" and e.sandbox_id == i,
+                     timeout=NODE_TIMEOUT + 10)
+        started = time.monotonic()
+        leader.list_sandboxes()
+        assert time.monotonic() - started < 2  # answered at once, not stuck behind sends to the stopped member
+        eventually(lambda: all(i.status == "running" and i.node == second.name for i in leader.list_sandboxes()),
+                   timeout=30)
+        assert [leader.call(i, "counter", "inc") for i in ids] == [1] * len(ids)
+        statuses = {n.name: n.status for n in leader.nodes()}
+        assert statuses[first.name] == "lost" and statuses[second.name] == "up"
+    finally:
+        for proc in frozen:
+            proc.resume()
+
+
+def test_a_host_cut_off_past_node_timeout_finds_its_member_again(
+        leader: Host, start_node: Callable[..., Node], tmp_path: Path) -> None:
+    """The host's processes stopped past node_timeout: the member's monitor ends the host's sandboxes there
+    and exits; resumed, the host marks them lost, starts a new monitor, and the member takes sandboxes again."""
+    b = start_node(zone="b")
+    info = leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"),
+                                 requirements={"zone": "b"})
+    pids = [info.pid, *(c.pid for c in info.children)]
+    frozen = leader._system.process_tree()
+    for proc in frozen:
+        proc.suspend()
+    try:
+        eventually(lambda: not any(b.runs(pid) for pid in pids), timeout=NODE_TIMEOUT * 2 + 5)
+    finally:
+        for proc in frozen:
+            proc.resume()
+    eventually(lambda: leader.get_sandbox_info("s").status == "lost", timeout=NODE_TIMEOUT * 3 + 5)
+    eventually(lambda: {n.name: n.status for n in leader.nodes()}[b.name] == "up", timeout=NODE_TIMEOUT * 4 + 5)
+    again = leader.create_sandbox("t", "root:Root", sandbox_path=make_folder(tmp_path / "code2"),
+                                  requirements={"zone": "b"})
+    assert again.node == b.name and leader.call("t", "c1", "inc") == 1
+    assert {a.name for a in leader.resource_usage("t").actors} >= {"(root)", "c1"}
 
 
 def test_a_killed_member_s_sandbox_restarts_elsewhere_from_the_current_code(
