@@ -150,10 +150,15 @@ class NodesAdmin:
                     self.watch(sandbox_id, rec)
 
     def monitor_exited(self, address: Any) -> bool:
-        """A member's monitor exited: start another while the member is in the convention.  Whether it was one."""
+        """A member's monitor exited: start another while the member is up.  Whether it was one.
+
+        Not while it is lost: a creation on a member Thespian has dropped fails at once and
+        reports the exit again, so this would loop; ``ping_members`` tries once per node_timeout.
+        """
         for member in self.members.values():
             if member.monitor == address:
-                self._replace_monitor(member)
+                if member.status == "up":
+                    self._replace_monitor(member)
                 return True
         return False
 

@@ -18,6 +18,8 @@ __all__ = ["harden_process", "new_process_group", "in_actor_process"]
 _PR_SET_PDEATHSIG = 1
 _FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
 _hardened_pid: int | None = None
+_libc: ctypes.CDLL | None = None
+_forking_parent: int | None = None
 
 
 def in_actor_process() -> bool:
@@ -39,13 +41,31 @@ def harden_process() -> None:
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     if not faulthandler.is_enabled():
         faulthandler.enable(file=sys.__stderr__ or sys.stderr)
+    global _libc
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        # Children die with this process from the instant they are forked, not only once they
+        # have handled their first message: a root ending while it starts workers leaves none behind.
+        os.register_at_fork(before=_before_fork, after_in_child=_die_with_parent)
+    if _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(70)
     _hardened_pid = os.getpid()
+
+
+def _before_fork() -> None:
+    global _forking_parent
+    _forking_parent = os.getpid()
+
+
+def _die_with_parent() -> None:
+    """In a child just forked by an actor process: SIGKILL when the parent dies (or now, if it did)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != _forking_parent:
+        os._exit(70)
 
 
 def new_process_group() -> int:

@@ -241,7 +241,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         """Mirror a sandbox's state and answer whoever waits on it."""
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is None or rec.root != sender:
-            return  # a stale root
+            # A stale root: one given up while it stopped, or created late on a member that was lost.
+            self.send(sender, ActorExitRequest())
+            return
         rec.children, rec.directory, rec.restart_count = msg.children, msg.directory, msg.restart_count
         rec.deaths, rec.crashes = msg.deaths, msg.crashes
         rec.pid = msg.pid or rec.pid
@@ -337,7 +339,11 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             if rec.status in ("running", "starting"):
                 self._elsewhere(sandbox_id, rec, reason)
             return
-        rec.lost_reason = reason  # nothing is sent there: its process group is killed if it answers again
+        if rec.pid is None:
+            # Never reported: maybe not even created yet there.  Thespian holds this until the address
+            # resolves (nothing is pending towards the member), so a late creation ends at once.
+            self.send(rec.root, ActorExitRequest())
+        rec.lost_reason = reason  # else its process group is killed should the member answer again
         self._root_gone(sandbox_id, rec)
 
     def _elsewhere(self, sandbox_id: str, rec: _Sandbox, reason: str) -> None:

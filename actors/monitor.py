@@ -66,6 +66,7 @@ class MonitorActor(OrphanWatch, HostActor):
         self._procs: dict[int, psutil.Process] = {}
         self._ticking = False
         self.admin: Any = None
+        self._gone_roots: deque[int] = deque(maxlen=256)
 
     def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:  # noqa: N802
         """Start, update or stop watching a sandbox."""
@@ -96,10 +97,14 @@ class MonitorActor(OrphanWatch, HostActor):
         self.send(self.myAddress, ActorExitRequest())
 
     def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: Any) -> None:  # noqa: N802
-        """End sandboxes' process groups on this system (a stop past its deadline, stragglers, lost ones)."""
-        roots = {entry.pids.get("(root)") for entry in self.watched.values()}
+        """End sandboxes' process groups on this system (a stop past its deadline, stragglers, lost ones).
+
+        Only groups of sandbox roots: ones this monitor watches or saw end, or a process that
+        leads its own group under this system's admin (a root an earlier monitor watched).
+        """
+        roots = {entry.pids.get("(root)") for entry in self.watched.values()} | set(self._gone_roots)
         for pgid in msg.pgids:
-            if isinstance(pgid, int) and pgid in roots:
+            if isinstance(pgid, int) and (pgid in roots or _is_root_here(pgid)):
                 _kill_group(pgid)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
@@ -113,9 +118,13 @@ class MonitorActor(OrphanWatch, HostActor):
         for sandbox_id, entry in list(self.watched.items()):
             figures = {name: self._sample(pid) for name, pid in entry.pids.items()}
             if "(root)" in figures and figures["(root)"] is None:
-                # The root is gone: say so (on another system, this may be the only word of it that
-                # reaches the admin) and stop watching pids that may be reused.
-                self.send(self.admin, m.RootGone(sandbox_id, entry.pids["(root)"]))
+                # The root is gone: end what a plugin may have forked in its group, say so (on another
+                # system this may be the only word of it that reaches the admin), and stop watching
+                # pids that may be reused.
+                root = entry.pids["(root)"]
+                _kill_group(root)
+                self._gone_roots.append(root)
+                self.send(self.admin, m.RootGone(sandbox_id, root))
                 del self.watched[sandbox_id]
                 continue
             live = {name: f for name, f in figures.items() if f is not None}
@@ -188,6 +197,14 @@ class MonitorActor(OrphanWatch, HostActor):
         usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
                               sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
         self.reply(msg.reply_to, usage, msg.corr)
+
+
+def _is_root_here(pid: int) -> bool:
+    """Whether ``pid`` is a sandbox root of this system: it leads its own group, under our admin."""
+    try:
+        return os.getpgid(pid) == pid and psutil.Process(pid).ppid() == os.getppid()
+    except (OSError, psutil.Error):
+        return False
 
 
 def _kill_group(pgid: int) -> None:

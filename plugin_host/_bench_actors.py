@@ -1,11 +1,11 @@
 """What ``plugin-host bench`` runs: raw-Thespian baseline actors and the bench's plugin sources.
 
-The raw actors are the baseline the product is compared with: a bare echo actor, a burst
-sender and a counting sink, and a hand-written parent that restarts its children on
-``ChildActorExited``.  They live in an importable module because the multiproc bases
-cannot create actor classes defined in ``__main__``.  They use plain tuples and
-``receiveMessage``, as a user of raw Thespian would, so the baseline carries none of the
-host's machinery.
+The raw actors are the baseline the product is compared with: a bare echo actor (and one
+placed by capability on another system of a convention), a burst sender and a counting sink,
+and a hand-written parent that restarts its children on ``ChildActorExited``.  They live in
+an importable module because the multiproc bases cannot create actor classes defined in
+``__main__``.  They use plain tuples and ``receiveMessage``, as a user of raw Thespian would,
+so the baseline carries none of the host's machinery.
 
 The plugin sources are written to scratch folders and loaded into sandboxes.  Reload rows
 use a folder of their own per size (``counter`` plus the supervisor that imports it, as in
@@ -20,7 +20,7 @@ from typing import Any
 
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited
 
-__all__ = ["Echo", "RawParent", "Sender", "Sink", "PLUGIN_SOURCES", "VARIANTS", "counter_source",
+__all__ = ["Echo", "RawParent", "RemoteEcho", "Sender", "Sink", "PLUGIN_SOURCES", "VARIANTS", "counter_source",
            "fleet_sources", "many_modules"]
 
 
@@ -41,6 +41,19 @@ class Echo(Actor):
             self.send(sender, self.ticks)
         elif isinstance(message, (str, bytes, int)):
             self.send(sender, message)
+
+
+class RemoteEcho(Echo):
+    """An :class:`Echo` that runs only on a system offering every capability it is created with.
+
+    ``createActor(RemoteEcho, targetActorRequirements={...})`` on a convention leader that lacks
+    them places it on a member that has them, as a raw Thespian user would place an actor.
+    """
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:  # noqa: N802
+        """Whether a system with ``capabilities`` may run this actor for ``requirements``."""
+        return all(capabilities.get(key) == value for key, value in (requirements or {}).items())
 
 
 class Sink(Actor):

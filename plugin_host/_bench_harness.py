@@ -228,11 +228,12 @@ def _ms(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def _wait(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+def _wait(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
+          what: str = "condition not met") -> Any:
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:
-            raise _BenchError(f"condition not met within {timeout} s")
+            raise _BenchError(f"{what} within {timeout} s")
         time.sleep(interval)
     return value
 

@@ -12,13 +12,16 @@ import os
 import signal
 import threading
 import time
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import attrs
 import psutil
 
 from . import _bench_actors as acts
-from ._bench_harness import Row, _Bench, _BenchError, _expect, _gone, _ms, _pair, _Raw, _wait, _write
+from ._bench_harness import (Row, _Bench, _BenchError, _expect, _gone, _ms, _pair, _Raw, _wait,
+                             _write)
+from ._bench_remote import _Node, _RawConvention
 from .errors import PluginError
 
 if TYPE_CHECKING:  # the host loads only when a bench runs
@@ -34,6 +37,54 @@ def _call(b: _Bench) -> list[Row]:
         host, raw = _pair(b, b.n(500, 100), lambda: _ms(lambda: _expect(b.host.call(sid, "a", "ping"), "ping")),
                           lambda: _ms(lambda: _expect(b.raw.ask(echo, "ping"), "ping")), warmup=50)
     return [Row("call", "call round trip: Host.call", "ms", host, raw, "ask to a bare actor")]
+
+
+_REMOTE = {"bench": "remote"}
+"""The capability the member offers on either side, and the requirement that places the callee there."""
+
+
+def _remote(b: _Bench) -> list[Row]:
+    """``Host.call`` to a sandbox on a convention member vs a raw ``ask`` to an actor on a member.
+
+    plugin-host: the bench's host leads; a ``plugin-host node`` process joins it.  Raw Thespian:
+    a leader and a member system of its own, the echo actor created through the leader with
+    ``targetActorRequirements``.  Both on loopback; the node boots while the raw systems start.
+    """
+    from thespian.actors import NoCompatibleSystemForActor
+
+    port = b.host.admin_port
+    if not port:
+        raise _BenchError("the bench host has no admin port to lead a convention")
+    with ExitStack() as stack:  # teardown, last first: the sandbox; SIGTERM to the node; the raw systems; the node
+        node = _Node(b.work / "node", port, _REMOTE)
+        stack.callback(node.stop)
+        raw = _RawConvention(b.work / "raw-convention", _REMOTE)
+        stack.callback(raw.shutdown)
+        stack.callback(node.terminate)  # the node stops while the raw systems do
+        raw.start()
+
+        def placed() -> Any:
+            try:
+                return raw.system.createActor(acts.RemoteEcho, targetActorRequirements=_REMOTE)
+            except NoCompatibleSystemForActor:
+                return None  # the member has not registered with the leader yet
+
+        echo = _wait(placed, timeout=30, interval=0.1, what="raw Thespian: no member of the convention took the actor")
+        if not raw.member_runs(raw.ask(echo, "pid")):
+            raise _BenchError("raw Thespian: the echo actor did not land on the member system")
+        name = node.ready()["node"]
+        _wait(lambda: any(n.name == name and n.status == "up" for n in b.host.nodes()), timeout=30,
+              what=f"the host did not list the member {name} as up")
+        info = b.host.create_sandbox("bench-remote", "roots:Trio", sandbox_path=b.folder, requirements=_REMOTE)
+        stack.callback(b.host.destroy_sandbox, "bench-remote")
+        if info.node != name or not any(p.pid == info.pid for p in node.processes()):
+            raise _BenchError(f"the sandbox did not land on the member {name} (it is on {info.node})")
+        host, raw_samples = _pair(
+            b, b.n(500, 100), lambda: _ms(lambda: _expect(b.host.call("bench-remote", "a", "ping"), "ping")),
+            lambda: _ms(lambda: _expect(raw.ask(echo, "ping"), "ping")), warmup=50)
+    return [Row("remote", "call round trip to a sandbox on another actor system: Host.call", "ms", host, raw_samples,
+                "ask to a bare actor placed on a member (targetActorRequirements)",
+                note="a convention of two systems on loopback; no anchored target")]
 
 
 def _cast(b: _Bench) -> list[Row]:

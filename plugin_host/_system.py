@@ -207,7 +207,7 @@ class ActorSystemHandle:
         self.closed = True
         tree = self.process_tree()
         # Sandbox roots lead process groups of their own; read now, while they run.
-        leaders = [p.pid for p in tree if _in_group(p, p.pid) and p.pid != os.getpgid(0)]
+        leaders = [p for p in tree if _in_group(p, p.pid) and p.pid != os.getpgid(0)]
         try:
             with self._lock:
                 contexts, self._contexts = self._contexts, []
@@ -232,7 +232,7 @@ class ActorSystemHandle:
             except Exception:  # noqa: BLE001 - best effort
                 pass
 
-    def _kill_leftovers(self, tree: list[psutil.Process], leaders: list[int]) -> None:
+    def _kill_leftovers(self, tree: list[psutil.Process], leaders: list[psutil.Process]) -> None:
         if self.pgid and any(_in_group(p, self.pgid) for p in tree):
             os.killpg(self.pgid, signal.SIGKILL)  # the group is still ours: a member is alive
         for proc in tree:
@@ -241,9 +241,11 @@ class ActorSystemHandle:
                     proc.kill()
             except psutil.Error:
                 pass
-        for pgid in leaders:  # a child forked after the tree was read (a restart racing the shutdown)
+        for leader in leaders:  # a child forked after the tree was read (a restart racing the shutdown)
+            if _reused(leader):
+                continue  # that number leads someone else's group now
             try:
-                os.killpg(pgid, signal.SIGKILL)
+                os.killpg(leader.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + 5.0
@@ -376,6 +378,15 @@ def _prune_logs(folder: Path) -> None:
             old.unlink()
         except OSError:
             pass
+
+
+def _reused(leader: psutil.Process) -> bool:
+    """Whether ``leader``'s pid now belongs to another process (a group id cannot be reused while
+    its group has members, so a missing leader means the group, if any, is still the same)."""
+    try:
+        return bool(abs(psutil.Process(leader.pid).create_time() - leader.create_time()) > 0.01)
+    except psutil.Error:
+        return False
 
 
 def _in_group(proc: psutil.Process, pgid: int) -> bool:

@@ -5,8 +5,11 @@ removed afterwards, so a bench never touches the user's registry) and, next to i
 Thespian ``multiprocTCPBase`` doing the same operations with the bare actors of
 :mod:`plugin_host._bench_actors`.  Each row reports the median, the p99 and ``n`` (warm-ups not
 counted) and the ratio to the raw baseline where one exists; the targets of the project's
-anchors are checked per row.  For rates (msg/s) the "p99" column is the slow tail: the 1st
-percentile of the per-burst rates.  Sampling order is fixed and no randomness is used.
+anchors are checked per row.  The ``remote`` section (last) also starts a ``plugin-host node``
+that joins the host's convention, and a raw leader and member of their own, all on loopback;
+every process of theirs is gone before it returns.  For rates (msg/s) the "p99" column is the
+slow tail: the 1st percentile of the per-burst rates.  Sampling order is fixed and no
+randomness is used.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import psutil
 from . import _bench_actors as acts
 from ._bench_harness import Row, _Bench, _Progress, _Raw, _write
 from ._bench_sections import (_CRASHES, _call, _cast, _compile, _crash, _hang, _lost, _memory, _reload,
-                              _reload_source, _rollback, _sandbox, _sibling)
+                              _reload_source, _remote, _rollback, _sandbox, _sibling)
 from .config import HostConfig
 
 __all__ = ["ROWS", "Row", "SECTIONS", "TARGETS", "Target", "evaluate_targets", "machine", "run_bench"]
@@ -118,6 +121,7 @@ _SECTIONS = (
     _Section("memory", "memory", _memory, ("memory_actor_uss", "memory_actor_pss", "memory_sandbox_uss",
                                            "memory_sandbox_pss")),
     _Section("lost", "lost / reordered across reloads", _lost, ("lost",)),
+    _Section("remote", "call to a sandbox on another actor system", _remote, ("remote",)),
 )
 
 SECTIONS: tuple[str, ...] = tuple(s.name for s in _SECTIONS)

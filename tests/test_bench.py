@@ -9,30 +9,50 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, processes_naming
 from plugin_host.bench import ROWS, TARGETS, Target, evaluate_targets
+
+
+def _run_bench(tmp_path, *args: str, timeout: float) -> tuple[int, str, dict]:
+    """Run ``plugin-host bench --json`` with ``args``; its exit code, output and report."""
+    report_file, out = tmp_path / "bench.json", tmp_path / "bench.txt"
+    # TMPDIR and the state folder under tmp_path: the leak guard sees every process the bench started.
+    env = {**os.environ, "PLUGIN_HOST_STATE_DIR": str(tmp_path / "state"), "TMPDIR": str(tmp_path)}
+    with open(out, "wb") as sink:  # a file, never a pipe: a stray actor process would hold a pipe open
+        code = subprocess.run([sys.executable, "-m", "plugin_host.cli", "bench", *args, "--json", str(report_file)],
+                              cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                              timeout=timeout).returncode
+    text = out.read_text(errors="replace")
+    return code, text, json.loads(report_file.read_text()) if report_file.exists() else {}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bench_quick_reports_every_row_and_no_lost_message(tmp_path) -> None:
     """``bench --quick --json`` exits 0, reports every row with samples, and 0 lost or reordered messages."""
-    report_file, out = tmp_path / "bench.json", tmp_path / "bench.txt"
-    # TMPDIR and the state folder under tmp_path: the leak guard sees every process the bench started.
-    env = {**os.environ, "PLUGIN_HOST_STATE_DIR": str(tmp_path / "state"), "TMPDIR": str(tmp_path)}
-    with open(out, "wb") as sink:  # a file, never a pipe: a stray actor process would hold a pipe open
-        code = subprocess.run([sys.executable, "-m", "plugin_host.cli", "bench", "--quick", "--json", str(report_file)],
-                              cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                              timeout=180).returncode
-    text = out.read_text(errors="replace")
+    code, text, report = _run_bench(tmp_path, "--quick", timeout=180)
     assert code == 0, text
-    report = json.loads(report_file.read_text())
     assert sorted(report["rows"]) == sorted(ROWS), text
     assert all(row["n"] > 0 for row in report["rows"].values()), text
     assert report["rows"]["lost"]["median"] == 0, text
+    assert report["rows"]["remote"]["raw"] and report["rows"]["remote"]["ratio"], text  # quick mode measures it too
     assert {t["row"] for t in report["targets"]} <= set(ROWS)
     assert report["machine"]["cores"] and report["machine"]["thespian"]
     assert not list((tmp_path / "state").glob("bench-*")), "the scratch folder was not removed"
+
+
+@pytest.mark.timeout(90)
+def test_bench_only_remote_measures_both_sides_across_systems_and_leaves_no_process(tmp_path) -> None:
+    """``--only remote``: a node joins the bench host and two raw systems form a convention; both sides are
+    measured, and the node, the raw systems and every actor process are gone when the bench returns."""
+    code, text, report = _run_bench(tmp_path, "--only", "remote", timeout=60)
+    assert code == 0, text
+    assert list(report["rows"]) == ["remote"] and not report["errors"], text
+    row = report["rows"]["remote"]
+    assert row["n"] >= 100 and row["unit"] == "ms" and row["median"] > 0, text
+    assert row["raw"]["n"] == row["n"] and row["raw"]["median"] > 0 and row["ratio"] > 0, text
+    assert "remote" not in {t["row"] for t in report["targets"]}  # no anchored target: shown, never judged
+    assert processes_naming(str(tmp_path)) == [], "a process of the bench outlived it"
 
 
 def _row(median: float | None = None, ratio: float | None = None, n: int = 5, comparable: bool = True) -> dict:

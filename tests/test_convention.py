@@ -28,6 +28,7 @@ from plugin_host.errors import (
     HotReloadError,
     NoCapableNodeError,
     PluginHostError,
+    SandboxStartError,
 )
 from plugin_host.values import Event
 
@@ -284,6 +285,34 @@ def test_many_sandboxes_on_a_stopped_member_move_and_the_admin_stays_responsive(
     finally:
         for proc in frozen:
             proc.resume()
+
+
+def test_a_sandbox_created_on_a_stopped_member_never_runs_there_later(
+        leader: Host, start_node: Callable[..., Node], tmp_path: Path) -> None:
+    """The creation waits on a stopped member, the member is lost, the create fails; resumed, the member
+    may still run the queued creation, and that late root is told to end at once."""
+    b = start_node(zone="b")
+    frozen = b.processes()
+    for proc in frozen:
+        proc.suspend()
+    try:
+        with pytest.raises(SandboxStartError, match="lost while starting"):
+            leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"),
+                                  requirements={"zone": "b"})
+    finally:
+        for proc in frozen:
+            proc.resume()
+    eventually(lambda: {n.name: n.status for n in leader.nodes()}[b.name] == "up", timeout=NODE_TIMEOUT * 4 + 5)
+    # Sandbox roots lead process groups of their own: none may be left on the member.
+    eventually(lambda: not [p for p in b.processes() if _leads_group(p)], timeout=15)
+    assert leader.list_sandboxes() == []
+
+
+def _leads_group(proc: psutil.Process) -> bool:
+    try:
+        return os.getpgid(proc.pid) == proc.pid and proc.status() != psutil.STATUS_ZOMBIE
+    except (OSError, psutil.Error):
+        return False
 
 
 def test_a_host_cut_off_past_node_timeout_finds_its_member_again(
