@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-import contextlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, cast
+from typing import Any, Callable, Iterable, Mapping, cast
 
 import attrs
 import psutil
@@ -17,15 +15,11 @@ from actors.admin import AdminActor
 
 from .config import HostConfig, ResourceLimits
 from .errors import (
-    ActorNotFoundError,
     CallTimeoutError,
     HostClosedError,
     HostStartError,
     InvalidSpecError,
-    OverloadedError,
-    PluginError,
     PluginHostError,
-    RunTimeoutError,
     SandboxStartError,
 )
 from .messages import (
@@ -34,8 +28,6 @@ from .messages import (
     BatchCreate,
     BatchDestroy,
     Blob,
-    Call,
-    Cast,
     CreateSandbox,
     DestroySandbox,
     Failed,
@@ -44,34 +36,21 @@ from .messages import (
     GetSandboxInfo,
     ListNodes,
     ListSandboxes,
-    LookupActor,
     Ok,
     Request,
     RestartSandbox,
-    Run,
-    pack,
-    unblob,
 )
 from . import deps
 from ._events import EventListener, Subscription
+from ._host_calls import _ADMIN_SLACK, CallMethods
 from ._host_reload import ReloadMethods
 from ._system import DEAD, ActorSystemHandle
 from .values import AuditRecord, Event, NodeInfo, ResourceUsage, SandboxInfo
 
 __all__ = ["Host"]
 
-_ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
-_LIVENESS_SLICES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # when a waiting call checks its actor still runs
-_CAST_SEND = 1.0  # longest a cast waits for Thespian to hand its message over
-_GRACE = 0.005  # after an actor is seen gone, how long its last reply may still take (it left before)
 
-
-def _slice(deadline: float, attempt: int) -> float:
-    step = _LIVENESS_SLICES[min(attempt, len(_LIVENESS_SLICES) - 1)]
-    return max(0.001, min(step, deadline - time.monotonic()))
-
-
-class Host(ReloadMethods):
+class Host(CallMethods, ReloadMethods):
     """Runs plugin sandboxes in a private Thespian actor system and talks to them.
 
     The embedded default starts a ``multiprocTCPBase`` system on a free loopback port, in
@@ -341,177 +320,6 @@ class Host(ReloadMethods):
         timeout = self._stop_wait()
         return [_unwrap(r) for r in self._request(BatchDestroy(sandbox_ids=ids), timeout,
                                                   self._admin_timeout("batch_destroy"))]
-
-    # -- talking to plugins -----------------------------------------------------------------
-
-    def _forget(self, sandbox_id: str) -> None:
-        for key in [k for k in self._refs if k[0] == sandbox_id]:
-            self._refs.pop(key, None)
-
-    def _resolve(self, sandbox_id: str, name: str, deadline: float) -> ActorRef:
-        key = (sandbox_id, name)
-        gone = self._gone.get(key)
-        ref = self._refs.get(key)
-        if ref is not None and ref.incarnation != gone:
-            return ref
-        wait = max(0.0, deadline - time.monotonic())
-        lookup = LookupActor(sandbox_id=sandbox_id, name=name, wait=wait, not_incarnation=gone)
-        ref = cast(ActorRef, self._request(lookup, wait + _ADMIN_SLACK,
-                            lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time")))
-        self._refs[key] = ref
-        return ref
-
-    def _mark_gone(self, ref: ActorRef) -> None:
-        key = (ref.sandbox_id, ref.name)
-        self._gone[key] = ref.incarnation
-        self._refs.pop(key, None)
-
-    def _still_running(self, ref: ActorRef) -> bool:
-        try:
-            now = self._request(LookupActor(sandbox_id=ref.sandbox_id, name=ref.name), self.config.call_timeout,
-                                self._admin_timeout("a lookup"))
-        except PluginHostError:
-            return False
-        return bool(now.incarnation == ref.incarnation)
-
-    def _check_not_run(self, dead: ActorRef, corr: str, deadline: float) -> None:
-        """Raise PluginError unless the dead incarnation provably never started call ``corr``.
-
-        Every worker notes the call it starts in a page its supervisor reads after its
-        death; the admin hands those notes out with the next incarnation's address.
-        """
-        try:
-            fresh = self._resolve(dead.sandbox_id, dead.name, deadline)
-        except PluginHostError as exc:
-            raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering "
-                              f"({exc})", actor=dead.name, type_name="ProcessDied") from None
-        last_calls = dict(fresh.deaths)
-        if last_calls.get(dead.incarnation, corr) == corr:  # running our call, or unknown: assume it ran
-            raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering",
-                              actor=dead.name, type_name="ProcessDied")
-
-    def _await(self, pending: Any, ref: ActorRef, deadline: float) -> Any:
-        """Wait for a call's reply, checking now and then that its actor still runs."""
-        reply = pending.wait(_slice(deadline, 0))
-        attempt = 0
-        while reply is None and time.monotonic() < deadline:
-            attempt += 1
-            if not self._still_running(ref):
-                self._mark_gone(ref)
-                # Its last words (a Failed reply) may still be on their way.
-                reply = pending.wait(min(_GRACE, max(0.001, deadline - time.monotonic())))
-                if reply is None:
-                    self._check_not_run(ref, pending.corr, deadline)
-                    reply = DEAD  # it died before starting this call: safe to send it again
-                break
-            reply = pending.wait(_slice(deadline, attempt))
-        return reply
-
-    @contextlib.contextmanager
-    def _mailbox_slot(self, ref: ActorRef) -> Iterator[None]:
-        """Count this host's calls waiting on an actor; past ``max_mailbox``, fail fast."""
-        key = (ref.sandbox_id, ref.name)
-        with self._waiting_lock:
-            waiting = self._waiting.get(key, 0)
-            if ref.max_mailbox is not None and waiting >= ref.max_mailbox:
-                self._system.tell(self._admin, m.HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting,
-                                                            ref.max_mailbox))
-                raise OverloadedError(f"{ref.sandbox_id}/{ref.name} already has {waiting} calls waiting "
-                                      f"(max_mailbox {ref.max_mailbox})", sandbox_id=ref.sandbox_id, name=ref.name)
-            self._waiting[key] = waiting + 1
-        try:
-            yield
-        finally:
-            with self._waiting_lock:
-                self._waiting[key] -= 1
-
-    def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
-        """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
-
-        A call that reaches an actor while it restarts waits for the new incarnation
-        (within ``timeout``) and is sent again: it provably never ran.  A call the actor
-        crashed on, or was running when its process died, is never run twice.  While
-        waiting, the host checks now and then (after 5 ms, then up to every 0.5 s) that the
-        actor still runs, so a hard crash mid-call (``os._exit``, a signal, a hang killed by
-        the heartbeat) fails the call promptly instead of at its timeout.
-
-        Raises:
-            SandboxNotFoundError: no such sandbox.
-            ActorNotFoundError: no such actor, or the sandbox has failed.
-            CallTimeoutError: no reply within ``timeout`` (default ``HostConfig.call_timeout``).
-            PluginError: the plugin raised or its process died (the actor is being restarted).
-        """
-        timeout = self.config.call_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        payload = pack(request)
-        while True:
-            ref = self._resolve(sandbox_id, name, deadline)
-            call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
-                        corr=self._system.new_corr())
-            with self._mailbox_slot(ref):
-                pending = self._system.send(ref.address, call)
-                try:
-                    reply = self._await(pending, ref, deadline)
-                finally:
-                    pending.close()
-            if reply is DEAD or (isinstance(reply, Failed) and getattr(reply.error, "stale", False)):
-                self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
-                continue
-            if reply is None:
-                raise CallTimeoutError(f"{sandbox_id}/{name}: no reply within {timeout} s",
-                                       sandbox_id=sandbox_id, name=name)
-            if isinstance(reply, Failed):
-                if isinstance(reply.error, PluginError):
-                    self._mark_gone(ref)  # the actor crashed on it and is restarting
-                raise reply.error
-            return unblob(reply.value)
-
-    def cast(self, sandbox_id: str, name: str, message: Any) -> None:
-        """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
-
-        Sent straight to the actor, so casts and calls from one thread to one actor arrive
-        in the order sent.  A cast refused by a dead actor, or sent while the actor restarts,
-        goes through the admin, which delivers it once the actor runs again; one that meets
-        a process in the middle of dying may be lost, as a message to a dying process is in
-        OTP.  It never waits longer than a second for the transmit.
-
-        Raises:
-            SandboxNotFoundError: no such sandbox.
-            ActorNotFoundError: the sandbox has no actor of that name.
-        """
-        payload = pack(message)
-        try:
-            ref = self._resolve(sandbox_id, name, time.monotonic())
-        except ActorNotFoundError as exc:
-            if not getattr(exc, "stale", False):
-                raise
-            ref = None  # restarting: the admin queues it for the next incarnation
-        if ref is not None:
-            cast = Cast(sandbox_id=sandbox_id, name=name, message=payload, incarnation=ref.incarnation,
-                        corr=self._system.new_corr())
-            pending = self._system.send(ref.address, cast)
-            try:
-                sent = pending.wait_sent(_CAST_SEND)
-            finally:
-                pending.close()
-            if sent is not DEAD:
-                return  # delivered, or lost with a process dying right now (as in OTP)
-            self._mark_gone(ref)
-        self._system.tell(self._admin, Cast(sandbox_id=sandbox_id, name=name, message=payload))
-
-    def run(self, sandbox_id: str, fn: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Run ``fn()`` in a fresh process of the sandbox (it sees the sandbox's modules).
-
-        Raises:
-            SandboxNotFoundError: no such sandbox.
-            RunTimeoutError: ``fn`` did not return within ``timeout`` (its process is killed).
-            PluginError: ``fn`` raised.
-        """
-        timeout = self.config.call_timeout if timeout is None else timeout
-        request = Run(sandbox_id=sandbox_id, fn=Blob.dump(fn), timeout=timeout)
-        return self._request(request, timeout + _ADMIN_SLACK,
-                             lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s")).load()
-
 
     # -- monitoring and events ------------------------------------------------------------
 
