@@ -137,18 +137,19 @@ def samples_folder(shipped: Path | None = None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def scratch_state_dir(config: HostConfig | None = None) -> Iterator[Path]:
-    """A fresh ``state_dir`` inside the configured one, removed afterwards.
+def scratch_state_dir(config: HostConfig | None = None, prefix: str = "demo-") -> Iterator[Path]:
+    """A fresh ``state_dir`` inside the configured one, removed afterwards (the demo's and the bench's).
 
     The demo's sandbox ids are fixed, and the registry continues a sandbox id's numbering
     across runs: a scratch registry keeps every run's version history the same.
 
     Args:
         config: where the configured ``state_dir`` is (default: ``HostConfig()``).
+        prefix: how the folder's name starts.
     """
     parent = Path((config or HostConfig()).state_dir)
     parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="demo-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
         yield folder
     finally:

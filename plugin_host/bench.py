@@ -17,13 +17,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 import psutil
@@ -32,7 +29,6 @@ from . import _bench_actors as acts
 from ._bench_harness import Row, _Bench, _Progress, _Raw, _write
 from ._bench_sections import (_CRASHES, _call, _cast, _compile, _crash, _hang, _lost, _memory, _reload,
                               _reload_source, _remote, _rollback, _sandbox, _sibling)
-from .config import HostConfig
 
 __all__ = ["ROWS", "Row", "SECTIONS", "TARGETS", "Target", "evaluate_targets", "machine", "run_bench"]
 
@@ -134,18 +130,6 @@ ROWS: tuple[str, ...] = tuple(row for s in _SECTIONS for row in s.rows)
 # -- running and reporting ---------------------------------------------------------------------
 
 
-@contextmanager
-def _scratch() -> Iterator[Path]:
-    """A fresh folder inside the configured ``state_dir``, removed afterwards."""
-    parent = Path(HostConfig().state_dir)
-    parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="bench-", dir=parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def machine() -> dict[str, Any]:
     """The machine and versions a run measured."""
     from importlib import metadata
@@ -193,7 +177,9 @@ def run_bench(*, quick: bool = False, json_path: str | os.PathLike[str] | None =
     started, load = time.monotonic(), os.getloadavg()[0]
     sections = [s for s in _SECTIONS if not only or s.name in only]
     progress = _Progress(len(sections))
-    with _scratch() as work:
+    from ._demo import scratch_state_dir
+
+    with scratch_state_dir(prefix="bench-") as work:
         raw = _Raw(work)  # first: its admin forks from this process, which has no thread yet
         try:
             with Host(state_dir=str(work / "state")) as host:
