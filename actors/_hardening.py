@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 
-__all__ = ["harden_process", "new_process_group", "in_actor_process"]
+import psutil
+
+__all__ = ["harden_process", "new_process_group", "in_actor_process", "kill_group", "process_alive"]
 
 _PR_SET_PDEATHSIG = 1
 _FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
@@ -75,3 +77,22 @@ def new_process_group() -> int:
     except PermissionError:  # already a group/session leader
         pass
     return os.getpgid(0)
+
+
+def kill_group(pgid: int | None) -> None:
+    """SIGKILL a process group (a sandbox's); never this process's own, nor init's; gone already is fine."""
+    if not pgid or pgid <= 1 or pgid == os.getpgid(0):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def process_alive(pid: int, create_time: float) -> bool:
+    """Whether ``pid`` still runs the process created at ``create_time`` (not a recycled pid, not a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        return bool(abs(proc.create_time() - create_time) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import attrs
-import psutil
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from plugin_host import codeload
@@ -50,6 +49,7 @@ from ._admin_nodes import Member, NodesAdmin, remote_packages
 from ._admin_reload import VersionsAdmin
 from ._admin_routing import RoutingAdmin, not_found
 from ._base import HostActor
+from ._hardening import kill_group, process_alive
 from .monitor import MonitorActor
 from .registry import OpenRegistry, RegistryActor
 from .sandbox import SandboxActor
@@ -156,7 +156,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         """Tick: host still alive? sandboxes past their start or stop deadline?"""
         self._ticking = False
-        if self.host is not None and not _process_alive(*self.host):
+        if self.host is not None and not process_alive(*self.host):
             self._emergency_stop()
             return
         now = time.monotonic()
@@ -172,7 +172,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         """The host died without closing: take every process of this system down."""
         for rec in self.sandboxes.values():
             if not rec.node:  # on another system, the monitor there ends it once the pings stop
-                _kill_group(rec.pid)
+                kill_group(rec.pid)
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
     # -- create ---------------------------------------------------------------------------
@@ -291,7 +291,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def _kill_sandbox_group(self, rec: _Sandbox) -> None:
         """SIGKILL the sandbox's process group, wherever it runs (its node's monitor does it there)."""
         if not rec.node:
-            _kill_group(rec.pid)
+            kill_group(rec.pid)
         else:
             self.kill_on_node(rec.node, rec.pid)
 
@@ -478,20 +478,3 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
         return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.restart_count, list(rec.children),
                            dict(rec.modules), rec.node or self.node, rec.reason, rec.pid)
-
-
-def _process_alive(pid: int, create_time: float) -> bool:
-    try:
-        return bool(abs(psutil.Process(pid).create_time() - create_time) < 1.0)
-    except psutil.Error:
-        return False
-
-
-def _kill_group(pgid: int | None) -> None:
-    if not pgid:
-        return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-

@@ -25,6 +25,7 @@ from plugin_host.values import ActorUsage, ResourceUsage
 
 from . import _messages as m
 from ._base import HostActor, log
+from ._hardening import kill_group
 from ._orphan import ORPHAN_CHECK, OrphanWatch
 
 __all__ = ["MonitorActor", "HISTORY"]
@@ -92,7 +93,7 @@ class MonitorActor(OrphanWatch, HostActor):
             if root:
                 log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id,
                             self._orphan_timeout)
-                _kill_group(root)
+                kill_group(root)
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
 
@@ -105,7 +106,7 @@ class MonitorActor(OrphanWatch, HostActor):
         roots = {entry.pids.get("(root)") for entry in self.watched.values()} | set(self._gone_roots)
         for pgid in msg.pgids:
             if isinstance(pgid, int) and (pgid in roots or _is_root_here(pgid)):
-                _kill_group(pgid)
+                kill_group(pgid)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         """Sample everything, enforce limits, schedule the next round."""
@@ -122,7 +123,7 @@ class MonitorActor(OrphanWatch, HostActor):
                 # system this may be the only word of it that reaches the admin), and stop watching
                 # pids that may be reused.
                 root = entry.pids["(root)"]
-                _kill_group(root)
+                kill_group(root)
                 self._gone_roots.append(root)
                 self.send(self.admin, m.RootGone(sandbox_id, root))
                 del self.watched[sandbox_id]
@@ -205,15 +206,6 @@ def _is_root_here(pid: int) -> bool:
         return os.getpgid(pid) == pid and psutil.Process(pid).ppid() == os.getppid()
     except (OSError, psutil.Error):
         return False
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL a sandbox's process group (never this monitor's own, nor init's)."""
-    if pgid > 1 and pgid != os.getpgid(0):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -22,6 +22,7 @@ from plugin_host.errors import HostStartError
 from plugin_host.messages import Failed
 
 from ._base import HostActor
+from ._hardening import process_alive
 
 __all__ = ["NODE_GLOBAL_NAME", "NodeActor", "NodeBoot", "NodeBooted"]
 
@@ -112,7 +113,7 @@ class NodeActor(HostActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         """Tick: is the node command still alive?  Has the join waited long enough?"""
         self._ticking = False
-        if self.command is not None and not _process_alive(*self.command):
+        if self.command is not None and not process_alive(*self.command):
             _emergency_stop()
             return
         if self._pending is not None and time.monotonic() > self._pending[2]:
@@ -138,12 +139,3 @@ def _emergency_stop() -> None:
         except (psutil.Error, OSError):
             pass
     os.killpg(group, signal.SIGKILL)
-
-
-def _process_alive(pid: int, create_time: float) -> bool:
-    """Whether ``pid`` still runs the process created at ``create_time`` (not a recycled pid)."""
-    try:
-        proc = psutil.Process(pid)
-        return bool(abs(proc.create_time() - create_time) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
