@@ -12,6 +12,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from plugin_host import _wire
 from plugin_host.errors import SandboxNotFoundError
 from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, Subscribe, Unsubscribe
 from plugin_host.values import AuditRecord, Event
@@ -32,35 +33,42 @@ class EventsAdmin:
     sandboxes: dict[str, Any]
     config: Any
     monitor: Any
-    subscribers: list[Any]
+    subscribers: list[tuple[Any, _wire.Principal]]
     events: deque[Event]
     send: Callable[[Any, Any], None]
     reply: Callable[[Any, Any, str], None]
     _get: Callable[[Any, Any, str], Any]
     monitor_of: Callable[[str], Any]
+    from_root: Callable[[Any, Any], bool]
 
     def emit(self, kind: str, sandbox_id: str, actor: str = "", reason: str = "", **details: Any) -> None:
-        """Record an event and push it to every subscriber."""
+        """Record an event and push it to every subscriber (a sandbox's subscribers get its own events only)."""
         event = Event(kind, sandbox_id, actor, reason, time.time(), details)
         self.events.append(event)
-        for subscriber in self.subscribers:
-            self.send(subscriber, EventNotice(event))
+        for subscriber, principal in self.subscribers:
+            if principal.is_host:
+                self.send(subscriber, EventNotice(event))
+            elif principal.sandbox_id == sandbox_id:
+                with _wire.signing_for(subscriber, principal):
+                    self.send(subscriber, EventNotice(event))
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:  # noqa: N802
-        """Push every event to the sender from now on."""
-        if sender not in self.subscribers:
-            self.subscribers.append(sender)
+        """Push every event to the sender from now on (a sandbox: its own events only)."""
+        principal = _wire.sender_principal()
+        if not any(s == sender and p == principal for s, p in self.subscribers):
+            self.subscribers.append((sender, principal))
         self.reply(sender, None, msg.corr)
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:  # noqa: N802
         """Stop pushing events to the sender."""
-        self.subscribers = [s for s in self.subscribers if s != sender]
+        principal = _wire.sender_principal()
+        self.subscribers = [(s, p) for s, p in self.subscribers if not (s == sender and p == principal)]
         self.reply(sender, None, msg.corr)
 
     def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:  # noqa: N802
         """Crashes, restarts and limit breaches reported by a sandbox root."""
         rec = self.sandboxes.get(msg.sandbox_id)
-        if rec is not None and rec.root == sender:
+        if rec is not None and self.from_root(rec, sender):
             self.emit(msg.kind, msg.sandbox_id, msg.actor, msg.reason, **msg.details)
 
     def receiveMsg_Sample(self, msg: m.Sample, sender: Any) -> None:  # noqa: N802
@@ -76,10 +84,9 @@ class EventsAdmin:
 
     def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
         """Message counts from a sandbox root."""
-        for rec in self.sandboxes.values():
-            if rec.root == sender:
-                rec.messages = dict(msg.messages)
-                return
+        rec = self.sandboxes.get(msg.sandbox_id)
+        if rec is not None and self.from_root(rec, sender):
+            rec.messages = dict(msg.messages)
 
     def watch(self, sandbox_id: str, rec: Any) -> None:
         """Tell the monitor which processes the sandbox has now."""
@@ -109,7 +116,7 @@ class EventsAdmin:
     def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
         """Audit records of a sandbox, from its root."""
         rec = self.sandboxes.get(msg.sandbox_id)
-        if rec is not None and rec.root == sender:
+        if rec is not None and self.from_root(rec, sender):
             rec.audit.extend(msg.records)
 
     def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Any) -> None:  # noqa: N802

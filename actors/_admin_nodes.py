@@ -245,6 +245,9 @@ class NodesAdmin:
 
     # -- queries ---------------------------------------------------------------------------
 
+    denied: int
+    rejected_frames: Callable[[], int]
+
     def receiveMsg_ListNodes(self, msg: ListNodes, sender: Any) -> None:  # noqa: N802
         """This system and every member known, each with this host's sandboxes on it."""
         on: dict[str, list[str]] = {}
@@ -252,7 +255,7 @@ class NodesAdmin:
             if rec.status != "lost":  # a lost sandbox runs nowhere
                 on.setdefault(rec.node, []).append(sandbox_id)
         nodes = [NodeInfo(self.node, system_capabilities(self.config, self.config.admin_port or 0), "up", True,
-                          on.get("", []))]
+                          on.get("", []), self.rejected_frames(), self.denied)]
         nodes += [NodeInfo(name, dict(member.capabilities), member.status, False, on.get(name, []))
                   for name, member in sorted(self.members.items())]
         self.reply(sender, nodes, msg.corr)

@@ -90,6 +90,7 @@ class VersionsAdmin:
     _batch: Callable[[int, Any, str, Callable[[int, Done], None]], None]
     not_found: Callable[[Any], PluginHostError]
     emit: Callable[..., None]
+    from_root: Callable[[Any, Any], bool]
 
     # -- numbering -----------------------------------------------------------------------
 
@@ -146,6 +147,10 @@ class VersionsAdmin:
             ids[i], msg.artifacts, None, msg.timeout, self.config.probation_seconds, "reloaded", "", done))
 
     def _forward_query(self, msg: Any, sender: Any) -> None:
+        if not (isinstance(msg.sandbox_id, str) and isinstance(msg.module, str)):
+            self.reply(sender, BadRequestError(f"{type(msg).__name__}: sandbox_id and module are strings, got "
+                                               f"{msg.sandbox_id!r} and {msg.module!r}"), msg.corr)
+            return
         self.send(self.registry, RegistryQuery(msg, sender))
 
     receiveMsg_GetModuleVersion = _forward_query
@@ -220,7 +225,7 @@ class VersionsAdmin:
         if pending is None:
             return
         rec = self.sandboxes.get(pending.sandbox_id)
-        if sender is not None and rec is not None and rec.root != sender:
+        if sender is not None and rec is not None and not self.from_root(rec, sender):
             return  # an old root's word: its sandbox was lost (and its reloads failed) since
         del self.reloads[msg.reload_id]
         table = self.versions_of(pending.sandbox_id)

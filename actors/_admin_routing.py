@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import attrs
 
+from plugin_host import _wire
 from plugin_host.errors import ActorNotFoundError, BadRequestError, PluginHostError, SandboxNotFoundError
 from plugin_host.messages import ActorRef, Blob, Call, Cast, GetSandboxInfo, ListSandboxes, LookupActor, Run
 
@@ -24,7 +25,7 @@ class RoutingAdmin:
     """Mixed into the admin actor (needs ``sandboxes``, ``_parked``, ``_info``, ``send``, ``reply``, ``_tick``)."""
 
     sandboxes: dict[str, Any]
-    _parked: list[tuple[LookupActor, Any, float]]
+    _parked: list[tuple[LookupActor, Any, float, _wire.Principal]]
     _info: Callable[[str, Any], Any]
     _tick: Callable[[], None]
     send: Callable[[Any, Any], None]
@@ -60,7 +61,8 @@ class RoutingAdmin:
     def _lookup(self, sandbox_id: str, rec: Any, name: Any) -> ActorRef:
         entry = rec.directory.get(name) if isinstance(name, str) else None
         if entry is not None and rec.status == "running":
-            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()), rec.limits.max_mailbox)
+            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()), rec.limits.max_mailbox,
+                            rec.principal.kid if rec.principal is not None else b"")
         if rec.status in ("failed", "lost"):
             state = "has failed" if rec.status == "failed" else "is lost"
             raise ActorNotFoundError(f"sandbox {sandbox_id!r} {state}: {rec.reason}", sandbox_id=sandbox_id,
@@ -77,7 +79,7 @@ class RoutingAdmin:
             self.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
             return
         if not self._answer_lookup(msg, sender, final=msg.wait <= 0):
-            self._parked.append((msg, sender, time.monotonic() + msg.wait))
+            self._parked.append((msg, sender, time.monotonic() + msg.wait, _wire.sender_principal()))
             self._tick()
 
     def _answer_lookup(self, msg: LookupActor, sender: Any, final: bool) -> bool:
@@ -101,9 +103,11 @@ class RoutingAdmin:
 
     def _retry_parked(self, now: float) -> None:
         parked, self._parked = self._parked, []
-        for msg, sender, deadline in parked:
-            if not self._answer_lookup(msg, sender, final=now >= deadline):
-                self._parked.append((msg, sender, deadline))
+        for msg, sender, deadline, principal in parked:
+            with _wire.signing_for(sender, principal):  # a sandbox asked: its answer is signed for it
+                answered = self._answer_lookup(msg, sender, final=now >= deadline)
+            if not answered:
+                self._parked.append((msg, sender, deadline, principal))
 
     def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
         """Route a call to its actor; the actor answers the caller directly."""
@@ -115,14 +119,22 @@ class RoutingAdmin:
         except PluginHostError as exc:
             self.reply(msg.reply_to or sender, exc, msg.corr)
             return
-        self.send(ref.address, attrs.evolve(msg, reply_to=msg.reply_to or sender, incarnation=ref.incarnation))
+        self.to_actor(rec, ref.address, attrs.evolve(msg, reply_to=msg.reply_to or sender, incarnation=ref.incarnation))
+
+    def to_actor(self, rec: Any, address: Any, message: Any) -> None:
+        """Send to an actor of a sandbox's tree: signed with its incarnation's key, the only one it holds."""
+        if rec.principal is None:
+            self.send(address, message)
+            return
+        with _wire.signing_for(address, rec.principal):
+            self.send(address, message)
 
     def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:  # noqa: N802
         """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
         rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
         entry = rec.directory.get(msg.name) if rec is not None and isinstance(msg.name, str) else None
         if entry is not None:
-            self.send(entry[0], attrs.evolve(msg, incarnation=entry[1]))
+            self.to_actor(rec, entry[0], attrs.evolve(msg, incarnation=entry[1]))
         elif rec is not None and isinstance(msg.name, str):
             self.send(rec.root, m.Route(msg.name, msg))
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any
+from typing import Any, Literal
 
 from thespian.actors import ActorTypeDispatcher
 
-from plugin_host.errors import BadRequestError, PluginError, PluginHostError
+from plugin_host import _wire
+from plugin_host.errors import AccessDeniedError, BadRequestError, PluginError, PluginHostError
 from plugin_host.messages import Failed, Ok, Request
 
 from . import _messages as m
 from ._hardening import harden_process
 
-__all__ = ["HostActor", "SandboxMember", "plugin_error", "describe_exception"]
+__all__ = ["Admission", "HostActor", "SandboxMember", "plugin_error", "describe_exception"]
 
 log = logging.getLogger("plugin_host.actors")
+
+Admission = Literal["refused", "request", "report"]
+"""What a host actor does with a message a sandbox's process signed: refuse it; handle it as a
+request (its answers to the sender are signed for that sandbox); or take it as a report."""
 
 
 class HostActor(ActorTypeDispatcher):
@@ -27,12 +32,43 @@ class HostActor(ActorTypeDispatcher):
         self._ph_ready = False
 
     def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 (Thespian API)
-        """Set the process up on the first message, then dispatch on the message type."""
+        """Set the process up on the first message, check who sent it, then dispatch on its type."""
         if not self._ph_ready:
             self._ph_ready = True
             if self.multiprocess:
                 harden_process()
             self.setup_process()
+        principal = _wire.sender_principal()
+        if principal.is_host or not _in_host_process():
+            return self._dispatch(message, sender)
+        admission = self.admit(message, principal)
+        if admission == "refused":
+            self.refuse(message, sender, principal)
+            return None
+        if admission == "request":
+            with _wire.signing_for(sender, principal):
+                return self._dispatch(message, sender)
+        return self._dispatch(message, sender)
+
+    def admit(self, message: Any, principal: _wire.Principal) -> Admission:
+        """What to do with ``message`` from a sandbox's process; host actors take orders from the host only."""
+        return "refused"
+
+    def refuse(self, message: Any, sender: Any, principal: _wire.Principal) -> AccessDeniedError:
+        """Drop a message a sandbox may not send here; one with a ``corr`` is answered ``Failed(AccessDeniedError)``."""
+        about = getattr(message, "sandbox_id", None)
+        target = f" about sandbox {about!r}" if isinstance(about, str) and about != principal.sandbox_id else ""
+        error = AccessDeniedError(f"sandbox {principal.sandbox_id!r} may not send {type(message).__name__}{target} "
+                                  f"to the {type(self).__name__}: only the host may", request=type(message).__name__,
+                                  sandbox_id=principal.sandbox_id)
+        log.warning("refused: %s", error)
+        corr = getattr(message, "corr", None)
+        if isinstance(corr, str):
+            with _wire.signing_for(sender, principal):
+                self.send(sender, Failed(error, corr))
+        return error
+
+    def _dispatch(self, message: Any, sender: Any) -> Any:
         try:
             return super().receiveMessage(message, sender)
         except Exception as exc:  # noqa: BLE001 - never let Thespian retry and poison: answer and go on
@@ -80,6 +116,10 @@ class HostActor(ActorTypeDispatcher):
 class SandboxMember(HostActor):
     """An actor of a sandbox's tree (worker or supervisor): its identity, heartbeat and directory."""
 
+    def admit(self, message: Any, principal: _wire.Principal) -> Admission:
+        """A sandbox's own actors take what reaches them: only the sandbox and the host hold its key."""
+        return "request"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.context: m.SandboxContext | None = None
@@ -99,6 +139,12 @@ class SandboxMember(HostActor):
     def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
         """Learn where named actors run now."""
         self.directory.update(msg.entries)
+
+
+def _in_host_process() -> bool:
+    """Whether this process holds the host key (sandbox processes only ever verify their own)."""
+    keys = _wire.process_keys()
+    return keys is not None and keys.is_host
 
 
 def _is_thespian_system_message(message: Any) -> bool:

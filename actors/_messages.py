@@ -163,6 +163,8 @@ class StartSandbox:
     packages: tuple[str, ...] = ()
     """On another system than the host's: the environment's requirements, to install there (its
     ``state_dir``, ``find_links``, ``no_index``) instead of using the host's ``environment`` folder."""
+    kid: bytes = b""
+    """The key id of this incarnation of the sandbox: the root switches to its key before running plugin code."""
 
 
 @attrs.frozen
@@ -325,6 +327,8 @@ class Usage:
     """Supervisor -> sandbox root (and root -> admin): messages handled per actor."""
 
     messages: dict[str, int]
+    sandbox_id: str = ""
+    """Set by the root when it reports to the admin."""
 
 
 @attrs.frozen

@@ -19,9 +19,10 @@ from typing import Any, Callable
 import attrs
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
-from plugin_host import codeload
+from plugin_host import _wire, codeload
 from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
 from plugin_host.errors import (
+    AccessDeniedError,
     BadRequestError,
     HostStartError,
     PluginHostError,
@@ -33,12 +34,17 @@ from plugin_host.messages import (
     BatchCreate,
     BatchDestroy,
     Blob,
+    Call,
+    Cast,
     CreateSandbox,
     DestroySandbox,
     Failed,
+    GetSandboxInfo,
     LookupActor,
     Ok,
     RestartSandbox,
+    Subscribe,
+    Unsubscribe,
 )
 from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
@@ -48,13 +54,19 @@ from ._admin_events import EVENT_LOG, EventsAdmin
 from ._admin_nodes import Member, NodesAdmin, remote_packages
 from ._admin_reload import VersionsAdmin
 from ._admin_routing import RoutingAdmin, not_found
-from ._base import HostActor
+from ._base import Admission, HostActor, log
 from ._hardening import kill_group, process_alive
 from .monitor import MonitorActor
 from .registry import OpenRegistry, RegistryActor
 from .sandbox import SandboxActor
 
 __all__ = ["AdminActor", "check_sandbox_id"]
+
+_SANDBOX_REQUESTS = (GetSandboxInfo, LookupActor, Call, Cast, Subscribe, Unsubscribe)
+"""What a sandbox's process may ask the admin, about its own sandbox only (its info and events,
+its own actors); everything else is the host's."""
+_SANDBOX_REPORTS = (m.SandboxStatus, m.TreeEvent, m.Usage, m.AuditRecords, m.SandboxReloaded)
+"""What a sandbox's root reports, about its own sandbox only."""
 
 Done = Callable[[Any], None]
 """Called with the result (a value, or a PluginHostError) of an admin operation."""
@@ -105,6 +117,8 @@ class _Sandbox:
     """The member of the convention its root runs on; ``""`` for the host's own system."""
     lost_reason: str | None = None
     """Set when the admin gave the root up as lost (its system died, left or fell silent)."""
+    principal: _wire.Principal | None = None
+    """The key identity of the current root's incarnation (a new one each start)."""
 
 
 class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
@@ -118,15 +132,50 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.sandboxes: dict[str, _Sandbox] = {}
         self._ticking = False
         self._shutdown_waiters: list[Done] = []
-        self._parked: list[tuple[LookupActor, Any, float]] = []
+        self._parked: list[tuple[LookupActor, Any, float, _wire.Principal]] = []
         self.registry: Any = None
         self.reader: VersionStore | None = None
         self.module_versions: dict[str, Any] = {}
         self.reloads: dict[str, Any] = {}
         self.monitor: Any = None
-        self.subscribers: list[Any] = []
+        self.subscribers: list[tuple[Any, _wire.Principal]] = []
         self.events: deque[Any] = deque(maxlen=EVENT_LOG)
         self.members: dict[str, Member] = {}
+        self.denied = 0
+        """Requests refused to sandboxes since the host started."""
+        self._rejections: _wire.RejectionTail | None = None
+
+    # -- who may ask what -------------------------------------------------------------------
+
+    def admit(self, message: Any, principal: _wire.Principal) -> Admission:
+        """A sandbox may ask about itself (:data:`_SANDBOX_REQUESTS`) and report on itself; nothing else."""
+        if isinstance(message, m.SandboxReloaded):
+            pending = self.reloads.get(message.reload_id)
+            about: Any = pending.sandbox_id if pending is not None else None
+        else:
+            about = getattr(message, "sandbox_id", principal.sandbox_id)
+        if about != principal.sandbox_id:
+            return "refused"
+        if isinstance(message, _SANDBOX_REPORTS):
+            return "report"
+        return "request" if isinstance(message, _SANDBOX_REQUESTS) else "refused"
+
+    def refuse(self, message: Any, sender: Any, principal: _wire.Principal) -> AccessDeniedError:
+        """Refuse, answer, and record a ``denied`` event for the sandbox that asked."""
+        error = super().refuse(message, sender, principal)
+        self.denied += 1
+        about = getattr(message, "sandbox_id", None)
+        self.emit("denied", principal.sandbox_id or "", reason=str(error), request=type(message).__name__,
+                  target=about if isinstance(about, str) else None)
+        return error
+
+    def from_root(self, rec: _Sandbox, sender: Any) -> bool:
+        """Whether a report comes from ``rec``'s current root: signed with its incarnation's key (or, from
+        the host's own processes, sent from its address)."""
+        principal = _wire.sender_principal()
+        if not principal.is_host:
+            return principal == rec.principal
+        return rec.root is not None and rec.root == sender
 
     # -- boot and the host watchdog ----------------------------------------------------
 
@@ -138,6 +187,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             return
         self.token, self.config = msg.token, msg.config
         self.host = (msg.host_pid, msg.host_create_time)
+        if self.config.admin_port and self._rejections is None:
+            self._rejections = _wire.RejectionTail(
+                str(Path(self.config.state_dir) / "logs" / f"rejected-{self.config.admin_port}.log"))
         if self.registry is None:
             path = str(Path(self.config.state_dir) / "registry.sqlite3")
             self.reader = VersionStore(path, max_versions=self.config.max_versions)
@@ -166,7 +218,28 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self._retry_parked(now)
         self.reload_deadlines(now)
         self.ping_members(now)
+        self._report_rejections()
         self._tick()
+
+    def rejected_frames(self) -> int:
+        """Frames this system's processes dropped since the host started."""
+        self._report_rejections()
+        return self._rejections.total if self._rejections is not None else 0
+
+    def _report_rejections(self) -> None:
+        """Turn what this system's processes dropped since the last tick into ``frame_rejected`` events."""
+        if self._rejections is None:
+            return
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for record in self._rejections.read():
+            groups.setdefault((str(record.get("reason")), str(record.get("sandbox", ""))), []).append(record)
+        for (reason, sandbox_id), records in groups.items():
+            count = sum(int(r.get("count", 1)) for r in records)
+            peers = sorted({str(r.get("peer")) for r in records})
+            detail = str(records[-1].get("detail", ""))
+            text = f"{count} {reason} frame(s) dropped, from {', '.join(peers[:5])}: {detail}"
+            log.warning("%s%s", f"sandbox {sandbox_id}: " if sandbox_id else "", text)
+            self.emit("frame_rejected", sandbox_id, reason=text, count=count, rejected_as=reason, peers=peers)
 
     def _emergency_stop(self) -> None:
         """The host died without closing: take every process of this system down."""
@@ -216,12 +289,16 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         return _Sandbox(req, sources, self.register_created(req.sandbox_id, sources), limits, time.time(), node=node)
 
     def _start_root(self, sandbox_id: str, rec: _Sandbox) -> None:
+        rec.principal = _wire.new_sandbox_principal(sandbox_id)
         if rec.node:  # Thespian places it: the pinned node's admin forks it there
             wanted = {**(rec.request.requirements or {}), NODE_CAPABILITY: rec.node}
             rec.root, rec.pid = self.createActor(SandboxActor, targetActorRequirements=wanted), None
         else:
             rec.root = self.createActor(SandboxActor)
             rec.pid = getattr(self.child_process(), "pid", None)
+        keys = _wire.process_keys()
+        if keys is not None:  # everything to the root, queued or not, is signed with its incarnation's key
+            keys.expect_child(rec.root, rec.principal)
         rec.status, rec.reason, rec.children, rec.directory = "starting", None, (), {}
         rec.lost_reason = None
         rec.deadline = time.monotonic() + self.config.start_timeout
@@ -232,7 +309,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.send(rec.root, m.StartSandbox(context, rec.request.supervisor, rec.sources, rec.request.args,
                                            dict(rec.modules), rec.request.environment,
                                            codeload.wire_checksums(rec.sources),
-                                           remote_packages(rec.node, rec.request.environment)))
+                                           remote_packages(rec.node, rec.request.environment), rec.principal.kid))
         self._tick()
 
     # -- reports from sandbox roots ------------------------------------------------------
@@ -240,13 +317,15 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: Any) -> None:  # noqa: N802
         """Mirror a sandbox's state and answer whoever waits on it."""
         rec = self.sandboxes.get(msg.sandbox_id)
-        if rec is None or rec.root != sender:
+        if rec is None or not self.from_root(rec, sender):
             # A stale root: one given up while it stopped, or created late on a member that was lost.
-            self.send(sender, ActorExitRequest())
+            with _wire.signing_for(sender, _wire.sender_principal()):
+                self.send(sender, ActorExitRequest())
             return
         rec.children, rec.directory, rec.restart_count = msg.children, msg.directory, msg.restart_count
         rec.deaths, rec.crashes = msg.deaths, msg.crashes
-        rec.pid = msg.pid or rec.pid
+        if rec.node:  # a local root's pid is known from its fork: a report cannot move it elsewhere
+            rec.pid = msg.pid or rec.pid
         if msg.status == "running" and rec.status == "starting":
             rec.status, rec.deadline = "running", None
             self._fire(rec, self._info(msg.sandbox_id, rec))

@@ -68,15 +68,31 @@ class MonitorActor(OrphanWatch, HostActor):
         self._ticking = False
         self.admin: Any = None
         self._gone_roots: deque[int] = deque(maxlen=256)
+        self._roots: set[int] = set()
+        """Pids checked to be sandbox roots of this system while they ran (only their groups are killed)."""
 
     def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:  # noqa: N802
-        """Start, update or stop watching a sandbox."""
+        """Start, update or stop watching a sandbox.
+
+        The pids come from the sandbox's own reports: the root must be a sandbox root of this
+        system, and only its descendants are ever killed, so a sandbox cannot point the monitor
+        at another process.
+        """
         self.admin, self.interval = sender, msg.interval
         if not msg.pids:
             self.watched.pop(msg.sandbox_id, None)
             return
-        entry = self.watched.setdefault(msg.sandbox_id, _Watched(dict(msg.pids), msg.limits))
-        entry.pids, entry.limits = dict(msg.pids), msg.limits
+        pids = dict(msg.pids)
+        root = pids.get("(root)")
+        if root is not None and root not in self._roots:
+            if _is_root_here(root):
+                self._roots.add(root)
+            else:
+                log.warning("sandbox %s: pid %s is not a sandbox root of this system; not watched", msg.sandbox_id,
+                            root)
+                del pids["(root)"]
+        entry = self.watched.setdefault(msg.sandbox_id, _Watched(pids, msg.limits))
+        entry.pids, entry.limits = pids, msg.limits
         if self.multiprocess and not self._ticking:
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
@@ -90,7 +106,7 @@ class MonitorActor(OrphanWatch, HostActor):
         """The host is gone or cut off: end its sandboxes here (each root leads its group), then this monitor."""
         for sandbox_id, entry in self.watched.items():
             root = entry.pids.get("(root)")
-            if root:
+            if root in self._roots:
                 log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id,
                             self._orphan_timeout)
                 kill_group(root)
@@ -123,6 +139,7 @@ class MonitorActor(OrphanWatch, HostActor):
                 # system this may be the only word of it that reaches the admin), and stop watching
                 # pids that may be reused.
                 root = entry.pids["(root)"]
+                self._roots.discard(root)
                 kill_group(root)
                 self._gone_roots.append(root)
                 self.send(self.admin, m.RootGone(sandbox_id, root))
@@ -151,10 +168,13 @@ class MonitorActor(OrphanWatch, HostActor):
         limits = entry.limits
         if limits.max_actors is not None:
             self._enforce_processes(sandbox_id, entry, limits.max_actors)
+        if limits.max_memory_mb is None and limits.max_cpu_seconds is None:
+            return
+        tree = {proc.pid for proc in _descendants(entry.pids.get("(root)"))}
         for name, figures in live.items():
-            if name == "(root)":
-                continue  # the root runs our code, not the plugin's
             pid = entry.pids[name]
+            if name == "(root)" or pid not in tree:
+                continue  # the root runs our code, not the plugin's; never a process outside the sandbox
             start = entry.baseline.setdefault(pid, figures.rss)
             grown_mb = (figures.rss - start) / _MiB
             if limits.max_memory_mb is not None and grown_mb > limits.max_memory_mb:
@@ -164,13 +184,7 @@ class MonitorActor(OrphanWatch, HostActor):
 
     def _enforce_processes(self, sandbox_id: str, entry: _Watched, maximum: int) -> None:
         """Processes a plugin forked itself count against ``max_actors``: past it, they are ended."""
-        root = entry.pids.get("(root)")
-        if root is None:
-            return
-        try:
-            tree = psutil.Process(root).children(recursive=True)
-        except psutil.Error:
-            return
+        tree = _descendants(entry.pids.get("(root)"))
         known = set(entry.pids.values())
         strays = [proc for proc in tree if proc.pid not in known]
         if strays and len(tree) > maximum:
@@ -198,6 +212,14 @@ class MonitorActor(OrphanWatch, HostActor):
         usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
                               sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
         self.reply(msg.reply_to, usage, msg.corr)
+
+
+def _descendants(root: int | None) -> list[psutil.Process]:
+    """Every process below a root, as of now (none for an unknown root)."""
+    try:
+        return psutil.Process(root).children(recursive=True) if root is not None else []
+    except psutil.Error:
+        return []
 
 
 def _is_root_here(pid: int) -> bool:

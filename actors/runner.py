@@ -10,7 +10,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest
 
-from plugin_host.messages import Blob, Failed, Ok, Run
+from plugin_host.messages import Failed, Ok, Run, pack
 
 from . import _messages as m
 from ._base import HostActor, plugin_error
@@ -22,10 +22,10 @@ class RunnerActor(HostActor):
     """Runs one ``Run`` request and exits."""
 
     def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
-        """Call ``fn()`` and answer ``Ok(Blob(value))`` or ``Failed(PluginError)``."""
+        """Call ``fn()`` and answer ``Ok(value)`` (a Blob unless plain data) or ``Failed(PluginError)``."""
         try:
             value = msg.fn.load()()
-            reply: Ok | Failed = Ok(Blob.dump(value), msg.corr)
+            reply: Ok | Failed = Ok(pack(value), msg.corr)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the sandbox boundary
             reply = Failed(plugin_error(exc, "run"), msg.corr)
         self.send(msg.reply_to or sender, reply)

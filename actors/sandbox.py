@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from plugin_host import codeload
+from plugin_host import _wire, codeload
 from plugin_host.deps import activate_environment
 from plugin_host.errors import (
     ActorNotFoundError,
@@ -108,7 +108,14 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             new_process_group()
 
     def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: Any) -> None:  # noqa: N802
-        """Load the sandbox's code and start the tree."""
+        """Take this incarnation's key (and only it), then load the sandbox's code and start the tree."""
+        keys = _wire.process_keys()
+        if keys is not None and keys.is_host:
+            # Before any plugin code: the host key, and every key derived from it, are wiped here;
+            # every actor of the tree is forked from this process and inherits only this one.  (A
+            # root started by hand, without a key id, still never runs plugin code with the host's.)
+            principal = _wire.Principal(msg.kid) if msg.kid else _wire.new_sandbox_principal(msg.context.sandbox_id)
+            keys.become_sandbox(principal)
         self.admin, self.parent = sender, sender
         self.context = attrs.evolve(msg.context, root=self.myAddress)
         self.modules = dict(msg.modules)
@@ -222,7 +229,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
         """Message counts from a supervisor: keep them and tell the admin."""
         self.message_counts.update(msg.messages)
-        self.send(self.admin, m.Usage(dict(self.message_counts)))
+        self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id))  # type: ignore[union-attr]
 
     def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:  # noqa: N802
         """Deliver a message for a named actor, holding it while that actor (re)starts."""

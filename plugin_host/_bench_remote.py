@@ -53,11 +53,11 @@ class _Node:
     while it boots.  Its output goes to a file, never a pipe (the system's daemons inherit it).
     """
 
-    def __init__(self, folder: Path, leader_port: int, capabilities: Mapping[str, str]) -> None:
+    def __init__(self, folder: Path, leader_port: int, capabilities: Mapping[str, str], cookie: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.out = folder / "node.out"
         command = [sys.executable, "-m", "plugin_host", "node", "--leader", f"127.0.0.1:{leader_port}",
-                   "--state-dir", str(folder / "state"), "--json"]
+                   "--state-dir", str(folder / "state"), "--cookie-file", str(cookie), "--json"]
         for key, value in capabilities.items():
             command += ["--capability", f"{key}={value}"]
         with open(self.out, "wb") as sink:
@@ -169,19 +169,12 @@ class _RawConvention:
 
         port = free_port("127.0.0.1")
         spec = {"port": port, "bind": "127.0.0.1", "sys_path": list(sys.path), "capabilities": dict(capabilities),
-                "leader": leader, "log": str(self.folder / f"raw-{name}-actors.log"),
+                "leader": leader, "log": str(self.folder / f"raw-{name}-actors.log"), "state_dir": str(self.folder),
                 "thesplog": str(self.folder / f"raw-{name}-thespian.log")}
         out = self.folder / f"raw-{name}-launcher.out"
-        command = [sys.executable, _launcher.__file__, json.dumps(spec)]
-        with open(out, "wb") as sink:
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                    close_fds=True, start_new_session=True)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            raise _BenchError(f"raw Thespian {name} system did not start within 30 s; see {out}") from None
+        code, command = _launcher.start(spec, None, out, 30.0, new_session=True)  # raw: no frame authentication
+        if code is None:
+            raise _BenchError(f"raw Thespian {name} system did not start within 30 s; see {out}")
         admin = _admin_of(command)
         if admin is not None:  # recorded before anything can fail: shutdown() ends it for sure
             self.admins.append(admin)

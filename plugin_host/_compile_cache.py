@@ -97,7 +97,7 @@ def _write_json(folder: Path, name: str, data: object) -> None:
     # The cache is an optimisation: failing to write it never fails a compile.  A temporary file
     # and os.replace make a reader see the old entry or the new one, never half of one.
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
     except OSError:
         return

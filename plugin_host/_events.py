@@ -70,9 +70,8 @@ class EventListener:
             self._error = exc
         finally:
             self._ready.set()
-        ctx = self._system.context_of_this_thread()
         while not self._stop.is_set():
-            message = ctx.listen(_POLL)
+            message = self._system.receive(_POLL)  # from the host's own processes only
             if isinstance(message, EventNotice):
                 self._dispatch(message.event)
         self._system.ask(self._admin, Unsubscribe(corr=self._system.new_corr()), 2.0)

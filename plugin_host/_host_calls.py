@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from actors import _messages as m
 
+from . import _wire
 from .errors import (
     ActorNotFoundError,
     CallTimeoutError,
@@ -45,6 +46,11 @@ _GRACE = 0.005  # after an actor is seen gone, how long its last reply may still
 def _slice(deadline: float, attempt: int) -> float:
     step = _LIVENESS_SLICES[min(attempt, len(_LIVENESS_SLICES) - 1)]
     return max(0.001, min(step, deadline - time.monotonic()))
+
+
+def _principal(ref: ActorRef) -> _wire.Principal | None:
+    """The sandbox incarnation an actor belongs to: frames to it are signed for it."""
+    return _wire.Principal(ref.kid) if ref.kid else None
 
 
 class CallMethods:
@@ -155,7 +161,8 @@ class CallMethods:
             SandboxNotFoundError: no such sandbox.
             ActorNotFoundError: no such actor, or the sandbox has failed.
             CallTimeoutError: no reply within ``timeout`` (default ``HostConfig.call_timeout``).
-            PluginError: the plugin raised or its process died (the actor is being restarted).
+            PluginError: the plugin raised or its process died (the actor is being restarted), or, with
+                ``HostConfig.plugin_values="plain"``, its reply is not plain data.
         """
         timeout = self.config.call_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -165,7 +172,7 @@ class CallMethods:
             call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
                         corr=self._system.new_corr())
             with self._mailbox_slot(ref):
-                pending = self._system.send(ref.address, call)
+                pending = self._system.send(ref.address, call, sandbox_id, _principal(ref))
                 try:
                     reply = self._await(pending, ref, deadline)
                 finally:
@@ -180,7 +187,19 @@ class CallMethods:
                 if isinstance(reply.error, PluginError):
                     self._mark_gone(ref)  # the actor crashed on it and is restarting
                 raise reply.error
-            return unblob(reply.value)
+            return self._from_plugin(reply.value, f"{sandbox_id}/{name}")
+
+    def _from_plugin(self, value: Any, who: str) -> Any:
+        """A value a plugin sent back: rebuilt as it was, or, with ``plugin_values="plain"``, only builtin data.
+
+        Raises:
+            PluginError: it is not plain data and the host takes plain data only (nothing of it was loaded).
+        """
+        if isinstance(value, Blob) and self.config.plugin_values == "plain":
+            raise PluginError(f"{who} returned a value that is not plain data (builtin scalars and containers), "
+                              "and this host takes plain data only from plugins (plugin_values='plain')",
+                              type_name="NotPlainData", actor=who)
+        return unblob(value)
 
     def cast(self, sandbox_id: str, name: str, message: Any) -> None:
         """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
@@ -205,7 +224,7 @@ class CallMethods:
         if ref is not None:
             cast = Cast(sandbox_id=sandbox_id, name=name, message=payload, incarnation=ref.incarnation,
                         corr=self._system.new_corr())
-            pending = self._system.send(ref.address, cast)
+            pending = self._system.send(ref.address, cast, sandbox_id, _principal(ref))
             try:
                 sent = pending.wait_sent(_CAST_SEND)
             finally:
@@ -221,9 +240,10 @@ class CallMethods:
         Raises:
             SandboxNotFoundError: no such sandbox.
             RunTimeoutError: ``fn`` did not return within ``timeout`` (its process is killed).
-            PluginError: ``fn`` raised.
+            PluginError: ``fn`` raised (or returned other than plain data, with ``plugin_values="plain"``).
         """
         timeout = self.config.call_timeout if timeout is None else timeout
         request = Run(sandbox_id=sandbox_id, fn=Blob.dump(fn), timeout=timeout)
-        return self._request(request, timeout + _ADMIN_SLACK,
-                             lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s")).load()
+        value = self._request(request, timeout + _ADMIN_SLACK,
+                              lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s"))
+        return self._from_plugin(value, f"run in {sandbox_id!r}")

@@ -2,8 +2,14 @@
 
 Thespian forks its admin from whichever process first calls ``ActorSystem()``, and every
 actor inherits that process's memory, file descriptors and threads.  Starting it from this
-small script (run by path, so the ``plugin_host`` package is not imported) keeps every
-actor lean, whatever the embedding application has loaded.  The host attaches afterwards.
+small script (run by path, in a fresh interpreter) keeps every actor lean, whatever the
+embedding application has loaded.  The host attaches afterwards.
+
+The system's description and its host key come on standard input (:func:`start`), never on the
+command line or in the environment, which other processes of the same user can read through
+``/proc``; the command line names only the state folder and the port (for ``ps`` and leak checks).
+The launcher installs the frame authentication of :mod:`plugin_host._wire` with that key before
+Thespian starts, so every process of the system inherits it.
 
 This module also holds :func:`apply_bind_patch`, which the host process applies as well.
 """
@@ -12,10 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_bind_patch", "log_defs"]
+__all__ = ["apply_bind_patch", "log_defs", "start"]
+
+KEY_BYTES = 32
+"""Length of the host key handed to the launcher."""
 
 
 def apply_bind_patch(address: str) -> None:
@@ -53,9 +64,56 @@ def log_defs(log_file: str) -> dict[str, Any]:
     }
 
 
+def start(spec: dict[str, Any], key: bytearray | None, out: Path, timeout: float,
+          new_session: bool = False) -> tuple[int | None, list[str]]:
+    """Run the launcher for ``spec`` (the key goes on its stdin, after the spec); its output goes to ``out``.
+
+    Returns:
+        Its exit code (``None`` if it did not finish within ``timeout``: it is killed) and its
+        command line (every process of the system carries it).
+    """
+    command = [sys.executable, __file__, "--state-dir", str(spec.get("state_dir", "")), "--port", str(spec["port"])]
+    data = json.dumps({**spec, "authenticated": key is not None}).encode()
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        # Output to a file, never a pipe: the detached admin inherits it and would hold it open.
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True,
+                                start_new_session=new_session)
+    finally:
+        os.close(fd)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(len(data).to_bytes(4, "big") + data)
+        if key is not None:
+            proc.stdin.write(key)
+        proc.stdin.close()
+        return proc.wait(timeout), command
+    except (subprocess.TimeoutExpired, BrokenPipeError):
+        proc.kill()
+        proc.wait()
+        return None, command
+
+
+def _read_exactly(size: int) -> bytearray:
+    """``size`` bytes of standard input, read straight into one buffer (a key must leave no copies)."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        count = os.readv(0, [view[got:]])
+        if count == 0:
+            raise SystemExit("the launcher's input ended early")
+        got += count
+    return buffer
+
+
 def main(argv: list[str]) -> int:
-    """Start the system described by the JSON in ``argv[1]`` and return."""
-    spec = json.loads(argv[1])
+    """Start the system described on standard input (see :func:`start`) and return."""
+    spec = json.loads(bytes(_read_exactly(int.from_bytes(_read_exactly(4), "big"))))
+    key = _read_exactly(KEY_BYTES) if spec["authenticated"] else None
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the forked admin must not keep the application's pipe
+    os.close(devnull)
+    os.umask(0o077)  # every file the system writes (registry, logs) is private
     sys.path[:] = spec["sys_path"]
     os.environ["THESPLOG_FILE"] = spec["thesplog"]
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
@@ -72,6 +130,12 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:05")
     os.environ.setdefault("CONVENTION_RESTART_PERIOD", "0:05")
     apply_bind_patch(spec["bind"])
+    if key is not None:
+        from plugin_host import _statedir, _wire
+
+        _wire.install()
+        log_fd = _statedir.open_private(Path(spec["rejections"]))
+        _wire.set_process_keys(_wire.Keyring(key, log_fd))
     from thespian.actors import ActorSystem
 
     capabilities = dict(spec.get("capabilities") or {})

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--find-links", action="append", metavar="DIR",
                         help="a folder or URL of wheels for sandbox requirements installed here; repeatable")
     parser.add_argument("--no-index", action="store_true", help="install sandbox requirements from --find-links only")
+    parser.add_argument("--cookie-file", metavar="PATH",
+                        help="the convention's credential, a copy of the leader host's cookie file (default: "
+                             "STATE_DIR/cookie); a member with another one is refused")
     parser.add_argument("--json", action="store_true", help="print the startup line as one JSON object")
 
 
@@ -71,12 +74,13 @@ def run_node(args: argparse.Namespace) -> int:
 
     fields: dict[str, Any] = {"convention_leader": args.leader, "capabilities": dict(args.capabilities)}
     for name, value in (("bind_address", args.bind), ("admin_port", args.port), ("state_dir", args.state_dir),
-                        ("find_links", args.find_links), ("no_index", args.no_index or None)):
+                        ("find_links", args.find_links), ("no_index", args.no_index or None),
+                        ("cookie_file", args.cookie_file)):
         if value is not None:
             fields[name] = value
     config = HostConfig(**fields)  # validates before anything starts: a ConfigError starts no process
 
-    _check_leader_listens(args.leader)
+    _check_leader_accepts(config)
 
     from ._system import ActorSystemHandle
 
@@ -84,7 +88,7 @@ def run_node(args: argparse.Namespace) -> int:
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     handle = ActorSystemHandle(config)
     try:
-        handle.start()
+        handle.start(lock=False)  # a node keeps no registry: it may share a host's state_dir (and its cookie)
         if _boot(handle, stop):
             print(_startup_line(handle, args.json), flush=True)
             stop.wait()  # the handlers run in this (main) thread, which a signal wakes: no polling
@@ -95,11 +99,15 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_leader_listens(leader: str) -> None:
-    """Fail at once, not after :data:`JOIN_TIMEOUT`, when nothing listens at the leader's address."""
-    from ._system import port_in_use
-    from .errors import HostStartError
+def _check_leader_accepts(config: Any) -> None:
+    """Fail at once, not after :data:`JOIN_TIMEOUT`, when nothing listens at the leader's address or it
+    refuses this node's credential (one signed frame; the leader logs a refused one)."""
+    from . import _statedir, _wire
+    from .errors import CredentialError, HostStartError
 
+    from ._system import port_in_use
+
+    leader = config.convention_leader
     address, _, port = leader.rpartition(":")
     try:
         listening = port_in_use(address, int(port))
@@ -107,6 +115,16 @@ def _check_leader_listens(leader: str) -> None:
         raise HostStartError(f"cannot reach the convention leader {leader}: {exc}") from None
     if not listening:
         raise HostStartError(f"no convention leader listens on {leader}")
+    _statedir.prepare(config.state_dir)
+    keys = _wire.Keyring(_wire.host_key_from_cookie(_statedir.cookie(config.credential_file, create=True)))
+    try:
+        accepted = _wire.probe((address, int(port)), keys)
+    except OSError as exc:  # nothing listens, or a host name that does not resolve
+        raise HostStartError(f"no convention leader answers on {leader}: {exc}") from None
+    if not accepted:
+        raise CredentialError(f"the convention leader {leader} refused this node's credential "
+                              f"{config.credential_file}: pass a copy of the leader host's cookie file "
+                              "with --cookie-file")
 
 
 def _boot(handle: ActorSystemHandle, stop: threading.Event) -> bool:

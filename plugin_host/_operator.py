@@ -3,6 +3,13 @@
 The ``status``, ``destroy``, ``reload``, ``rollback`` and ``history`` commands attach to the
 actor system a ``Host`` already runs and speak the ``plugin_host.messages`` protocol to its admin actor.  They never start that
 system and never shut it down: closing an :class:`AdminClient` only detaches from it.
+
+An operator holds the host's credential, as an Erlang node holds the cookie and a Jupyter client
+the connection file: the ``state_dir`` a host runs with names it (``run/<port>.json``, mode
+``0600``) and holds its credential, so a user who cannot read that folder cannot drive the host.
+:func:`find_host` reads the runtime files and checks the version before anything is sent; then
+one signed probe frame checks the credential, so a wrong port or a wrong credential fails in
+under a second, and nothing is ever sent to a service that is not a plugin host of this version.
 Compilation needs no host: :func:`compile_path` runs the isolated compiler locally, the
 way ``Host.compile_sandbox`` does, and ``reload`` sends its artifacts to the admin.
 """
@@ -15,7 +22,7 @@ from typing import Any, Sequence
 
 import attrs
 
-from . import compiler
+from . import __version__, _statedir, compiler
 from .config import HostConfig
 from .errors import CallTimeoutError, HostClosedError, HostStartError, PluginHostError
 from .messages import (
@@ -26,37 +33,73 @@ from .messages import (
     GetResourceUsage,
     GetVersionHistory,
     HotReload,
+    ListNodes,
     ListSandboxes,
     Request,
     RollbackModule,
 )
 from ._system import DEAD, ActorSystemHandle
-from .values import Artifact, AuditRecord, CompileInfo, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
+from .values import (Artifact, AuditRecord, CompileInfo, NodeInfo, ReloadResult, ResourceUsage, SandboxInfo,
+                     VersionHistory)
 
-__all__ = ["AdminClient", "compile_path"]
+__all__ = ["AdminClient", "compile_path", "find_host"]
 
 _SLACK = 5.0  # seconds on top of the admin's own deadlines, so that it answers first
+
+
+def find_host(config: HostConfig, port: int | None = None) -> dict[str, Any]:
+    """The running host of ``config.state_dir`` (the one on ``port``, when given), from its runtime file.
+
+    Raises:
+        HostStartError: no host of this plugin-host version runs with that ``state_dir`` (on that
+            port), or several do and ``port`` does not say which.
+    """
+    state_dir = config.state_dir
+    try:
+        if not Path(state_dir).is_dir():
+            raise HostStartError(f"no plugin host runs with state_dir {state_dir} (the folder does not exist)")
+        hosts = _statedir.running_hosts(state_dir)
+    except OSError as exc:
+        raise HostStartError(f"cannot read state_dir {state_dir}: {exc.strerror}") from None
+    chosen = [h for h in hosts if port is None or h.get("port") == port]
+    if not chosen:
+        running = ", ".join(str(h.get("port")) for h in hosts) or "none"
+        where = f" on port {port}" if port is not None else ""
+        raise HostStartError(f"no plugin host runs{where} with state_dir {state_dir} (ports running: {running}); "
+                             "pass --state-dir, or set PLUGIN_HOST_STATE_DIR, to the host's", port=port)
+    if len(chosen) > 1:
+        raise HostStartError(f"{len(chosen)} hosts run with state_dir {state_dir} (ports "
+                             f"{', '.join(str(h.get('port')) for h in chosen)}): pick one with --port")
+    info = chosen[0]
+    if info.get("version") != __version__:
+        raise HostStartError(f"the host on port {info.get('port')} runs plugin-host {info.get('version')}; this is "
+                             f"{__version__}: use the same version", port=info.get("port"))
+    return info
 
 
 class AdminClient:
     """A connection to the admin actor of a running host.
 
     Args:
-        port: the host's admin port (``Host.admin_port``).
-        config: where to connect (``bind_address``) and the timeouts to use; default
+        port: the host's admin port (``Host.admin_port``); default: the one host that runs with
+            ``config.state_dir`` (see :func:`find_host`).
+        config: its ``state_dir`` (runtime files and credential), and the timeouts to use; default
             ``HostConfig()``, i.e. defaults and the ``PLUGIN_HOST_*`` environment.
 
     Raises:
-        HostStartError: no plugin host listens on that port.
+        HostStartError: no plugin host of this version runs there.
+        CredentialError: the host refuses this credential (``config.credential_file``).
     """
 
-    def __init__(self, port: int, config: HostConfig | None = None) -> None:
-        self.config = config or HostConfig()
-        self.port = port
+    def __init__(self, port: int | None = None, config: HostConfig | None = None) -> None:
+        config = config or HostConfig()
+        info = find_host(config, port)
+        self.config = attrs.evolve(config, bind_address=str(info.get("bind") or config.bind_address))
+        self.port: int = int(info["port"])
         """The admin port attached to."""
         self._system = ActorSystemHandle(self.config)
         try:
-            self._system.attach_existing(port)
+            self._system.attach_existing(self.port)
             # Global names are idempotent: this finds the running admin, it starts none.
             from actors.admin import AdminActor
 
@@ -66,7 +109,7 @@ class AdminClient:
             raise
         except Exception as exc:  # noqa: BLE001 - Thespian raises its own types for a bad peer
             self._system.detach()
-            raise HostStartError(f"cannot reach a plugin host on port {port}: {exc}", port=port) from exc
+            raise HostStartError(f"cannot reach a plugin host on port {self.port}: {exc}", port=self.port) from exc
 
     def __enter__(self) -> AdminClient:
         return self
@@ -87,7 +130,8 @@ class AdminClient:
             PluginHostError: the admin answered ``Failed`` (its error is raised as is).
         """
         request = attrs.evolve(request, corr=self._system.new_corr())
-        reply = self._system.ask(self._admin, request, timeout)
+        about = getattr(request, "sandbox_id", None)
+        reply = self._system.ask(self._admin, request, timeout, about if isinstance(about, str) else None)
         if reply is DEAD:
             raise HostClosedError(f"the plugin host on port {self.port} went away", port=self.port)
         if reply is None:
@@ -99,6 +143,10 @@ class AdminClient:
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of the host, sorted by id."""
         return list(self.request(ListSandboxes(), self.config.call_timeout + _SLACK))
+
+    def nodes(self) -> list[NodeInfo]:
+        """The host's actor system (with what it refused) and the members of its convention, as ``Host.nodes``."""
+        return list(self.request(ListNodes(), self.config.call_timeout + _SLACK))
 
     def resource_usage(self, sandbox_id: str) -> ResourceUsage:
         """Memory, CPU time, messages and restarts per actor of the sandbox, as ``Host.resource_usage`` does.
@@ -168,9 +216,11 @@ def compile_path(path: str | os.PathLike[str], config: HostConfig | None = None,
         CompilationError: syntax or import errors (``errors`` lists file, line, message).
         CompilationTimeoutError: the import-time validation ran past the compile timeout.
         SecurityViolationError: the ``restricted`` profile found something.
+        ConfigError: ``state_dir`` is not private to this user.
     """
     config = config or HostConfig()
-    options: dict[str, Any] = {"timeout": config.compile_timeout, "cache_dir": Path(config.state_dir) / "compile-cache",
+    state_dir = _statedir.prepare(config.state_dir)  # its cache must be this user's alone
+    options: dict[str, Any] = {"timeout": config.compile_timeout, "cache_dir": state_dir / "compile-cache",
                                "security_profile": security_profile or config.security_profile}
     if Path(path).is_file():
         return compiler.compile_file(path, **options)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from ._operator import AdminClient
+    from .config import HostConfig
     from .values import AuditRecord, CompileInfo, ResourceUsage, SandboxInfo, VersionHistory
 
     Snapshot = list[tuple[SandboxInfo, ResourceUsage | None]]
@@ -86,13 +87,14 @@ def artifacts_table(info: CompileInfo, root: Path, *, plain: bool = False) -> Re
     return table
 
 
-def run_status(console: Console, port: int, *, sandbox_id: str | None, audit: bool, as_json: bool, once: bool,
-               interval: float) -> int:
+def run_status(console: Console, port: int | None, *, sandbox_id: str | None, audit: bool, as_json: bool,
+               once: bool, interval: float, config: HostConfig | None = None) -> int:
     """Run the ``status`` command against the host whose admin port is ``port``.
 
     Args:
         console: where tables and the live view go (JSON goes to standard output).
-        port: the host's admin port.
+        port: the host's admin port (``None``: the one host running with ``config.state_dir``).
+        config: the host's ``state_dir`` and credential (default ``HostConfig()``).
         sandbox_id: show only this sandbox (``None``: every one).
         audit: print the audit log, oldest record first, instead of the status.
         as_json: print JSON instead of a table.
@@ -109,11 +111,12 @@ def run_status(console: Console, port: int, *, sandbox_id: str | None, audit: bo
     """
     from ._operator import AdminClient
 
-    with AdminClient(port) as client:
+    with AdminClient(port, config) as client:
         if audit:
             return _print_audit(console, _audit_records(client, sandbox_id), as_json=as_json)
         if as_json or once or not console.is_terminal:
-            return _print_status(console, _snapshot(client, sandbox_id), as_json=as_json)
+            return _print_status(console, _snapshot(client, sandbox_id), as_json=as_json,
+                                 security=_security_line(client))
         try:
             _live_status(client, console, sandbox_id, interval)
         except KeyboardInterrupt:  # Ctrl-C is how a live view ends, as with ``top``
@@ -174,7 +177,15 @@ def _usage_of(client: AdminClient, info: SandboxInfo) -> ResourceUsage | None:
         return None
 
 
-def _print_status(console: Console, snapshot: Snapshot, *, as_json: bool) -> int:
+def _security_line(client: AdminClient) -> str:
+    """What the host's own system refused since it started: frames that failed authentication or that a
+    sandbox may not send, and requests the admin denied to sandboxes."""
+    local = next(node for node in client.nodes() if node.local)
+    return (f"security: {local.rejected_frames or 0} frame(s) rejected, {local.denied_requests or 0} "
+            "request(s) denied (see the frame_rejected and denied events)")
+
+
+def _print_status(console: Console, snapshot: Snapshot, *, as_json: bool, security: str = "") -> int:
     if as_json:  # the sandboxes as before, each with its usage (or null)
         print(json.dumps([{**attrs.asdict(info), "usage": None if usage is None else attrs.asdict(usage)}
                           for info, usage in snapshot], indent=2, default=str))
@@ -182,6 +193,9 @@ def _print_status(console: Console, snapshot: Snapshot, *, as_json: bool) -> int
         console.print(_usage_table(snapshot, plain=not console.is_terminal))
     else:
         console.print("no sandboxes", highlight=False)
+    if security and not as_json:
+        console.print(security, highlight=False, style="red" if not security.startswith("security: 0 frame(s) "
+                                                                                     "rejected, 0 ") else "")
     return 0
 
 
@@ -191,12 +205,12 @@ def _live_status(client: AdminClient, console: Console, sandbox_id: str | None, 
 
     with Live(console=console, auto_refresh=False) as live:
         while True:
-            live.update(_live_frame(_snapshot(client, sandbox_id), client.port), refresh=True)
+            live.update(_live_frame(_snapshot(client, sandbox_id), client.port, _security_line(client)), refresh=True)
             _pause(interval)
 
 
-def _live_frame(snapshot: Snapshot, port: int) -> RenderableType:
-    """One frame of the live view: a summary line, then the status table."""
+def _live_frame(snapshot: Snapshot, port: int, security: str = "") -> RenderableType:
+    """One frame of the live view: a summary line, the status table, then what the host refused."""
     from rich.console import Group
     from rich.text import Text
 
@@ -204,7 +218,7 @@ def _live_frame(snapshot: Snapshot, port: int) -> RenderableType:
     rss, cpu = sum(u.total_rss_bytes for u in usages) / _MIB, sum(u.total_cpu_seconds for u in usages)
     head = Text(f"plugin host on port {port}: {len(snapshot)} sandbox(es), {rss:.1f} MiB, {cpu:.2f} s CPU"
                 f"  [{time.strftime('%H:%M:%S')}, Ctrl-C quits]", style="bold")
-    return Group(head, _usage_table(snapshot) if snapshot else Text("no sandboxes"))
+    return Group(head, _usage_table(snapshot) if snapshot else Text("no sandboxes"), Text(security))
 
 
 def _usage_table(snapshot: Snapshot, *, plain: bool = False) -> RenderableType:

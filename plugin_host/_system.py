@@ -2,7 +2,9 @@
 
 Thespian's ``ActorSystem`` object is not thread-safe and a timed-out ``ask`` leaves its
 late reply for the next ``ask``, so every thread gets its own private context and every
-request carries a correlation id; replies that do not match are dropped.
+request carries a correlation id; replies that do not match are dropped.  Every frame is
+signed with the host's key (:mod:`plugin_host._wire`); a reply counts only when it comes
+from the host's own processes or from the sandbox the request was about.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from thespian.actors import ActorSystem
 from thespian.system import isInternalActorSystemMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
-from . import _launcher
+from . import _launcher, _statedir, _wire
 from .config import HostConfig, system_capabilities
-from .errors import HostClosedError, HostStartError
+from .errors import CredentialError, HostClosedError, HostStartError
 
 __all__ = ["ActorSystemHandle", "DEAD", "Pending", "free_port"]
 
@@ -54,10 +56,14 @@ def port_in_use(address: str, port: int) -> bool:
 
 
 class ActorSystemHandle:
-    """One actor system: its process tree, its contexts, and how to stop it for sure."""
+    """One actor system: its process tree, its contexts, its keys, and how to stop it for sure."""
 
     def __init__(self, config: HostConfig) -> None:
         self.config = config
+        self.keys: _wire.Keyring | None = None
+        """This process's keys for the system (``None`` on ``simpleSystemBase``: nothing goes on a wire)."""
+        self._host_lock: _statedir.HostLock | None = None
+        self._runtime: Path | None = None
         self.port = 0
         self.system: ActorSystem | None = None
         self.system_pid: int | None = None
@@ -72,60 +78,107 @@ class ActorSystemHandle:
 
     # -- start / attach ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, lock: bool = True) -> None:
         """Start a fresh system (through the launcher) and attach to it.
 
+        Args:
+            lock: take ``state_dir``'s host lock for the system's life (a host does; a node need not).
+
         Raises:
+            ConfigError: ``state_dir`` or the credential file is not private to this user.
+            StateDirInUseError: another host runs with this ``state_dir``.
             HostStartError: the port is taken, or the system did not come up.
         """
         cfg = self.config
-        if cfg.base == "simpleSystemBase":
-            self.system = ActorSystem("simpleSystemBase", transientUnique=True)
-            return
-        self.port = cfg.admin_port or free_port(cfg.bind_address)
-        if port_in_use(cfg.bind_address, self.port):
-            raise HostStartError(
-                f"something already listens on {cfg.bind_address}:{self.port}; refusing to attach to a stale or "
-                "foreign actor system (choose another admin_port, or stop that system)", port=self.port)
-        self._launch()
-        _launcher.apply_bind_patch(cfg.bind_address)
-        self.system = ActorSystem("multiprocTCPBase", {"Admin Port": self.port}, transientUnique=True)
+        state_dir = _statedir.prepare(cfg.state_dir)
+        if lock:
+            self._host_lock = _statedir.HostLock(state_dir)
+            self._host_lock.acquire()
+        try:
+            if cfg.base == "simpleSystemBase":
+                self.system = ActorSystem("simpleSystemBase", transientUnique=True)
+                return
+            self.port = cfg.admin_port or free_port(cfg.bind_address)
+            if port_in_use(cfg.bind_address, self.port):
+                raise HostStartError(
+                    f"something already listens on {cfg.bind_address}:{self.port}; refusing to attach to a stale or "
+                    "foreign actor system (choose another admin_port, or stop that system)", port=self.port)
+            logs = _statedir.private_folder(state_dir / "logs")
+            _prune_logs(logs)
+            self.keys = self._keyring(logs, create=True)
+            self._launch(logs)
+            self._attach()
+        except BaseException:
+            self._release()
+            raise
 
-    def _launch(self) -> None:
-        logs = Path(self.config.state_dir) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        _prune_logs(logs)
+    def _keyring(self, logs: Path, create: bool) -> _wire.Keyring:
+        secret = _statedir.cookie(self.config.credential_file, create)
+        log_fd = _statedir.open_private(logs / f"rejected-{self.port}.log") if logs.is_dir() else None
+        return _wire.Keyring(_wire.host_key_from_cookie(secret), log_fd)
+
+    def _attach(self) -> None:
+        _launcher.apply_bind_patch(self.config.bind_address)
+        _wire.install()
+        if self.config.state_dir.is_dir():  # this process's own Thespian log: never a fixed name in /tmp
+            _thespian_log_to(Path(self.config.state_dir) / "logs" / f"thespian-app-{self.port}.log")
+        with _wire.keys_for_new_systems(self.keys):
+            self.system = ActorSystem("multiprocTCPBase", {"Admin Port": self.port}, transientUnique=True)
+
+    def _launch(self, logs: Path) -> None:
+        files = {name: logs / f"{name}-{self.port}.log" for name in ("actors", "thespian", "rejected", "launcher")}
+        for path in files.values():  # made private here, so a symlink planted in their place is not followed
+            os.close(_statedir.open_private(path))
         spec = {
             "port": self.port, "bind": self.config.bind_address, "sys_path": [p for p in sys.path],
-            "log": str(logs / f"actors-{self.port}.log"), "thesplog": str(logs / f"thespian-{self.port}.log"),
+            "state_dir": os.fspath(self.config.state_dir), "log": str(files["actors"]),
+            "thesplog": str(files["thespian"]), "rejections": str(files["rejected"]),
             "capabilities": system_capabilities(self.config, self.port), "leader": self.config.convention_leader,
             # What a sandbox root placed here by another host needs of this system (see local_environment).
             "environ": {"PLUGIN_HOST_STATE_DIR": os.fspath(self.config.state_dir),
                         "PLUGIN_HOST_FIND_LINKS": json.dumps(list(self.config.find_links)),  # URLs have ':'
                         "PLUGIN_HOST_NO_INDEX": "1" if self.config.no_index else "0"},
         }
-        out = logs / f"launcher-{self.port}.log"
-        with open(out, "ab") as sink:
-            # Output to a file, never a pipe: the detached admin inherits it and would hold it open.
-            proc = subprocess.Popen([sys.executable, _launcher.__file__, json.dumps(spec)],
-                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, close_fds=True)
-        try:
-            code = proc.wait(_LAUNCH_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise HostStartError(f"the actor system did not start within {_LAUNCH_TIMEOUT} s; see {out}") from None
+        assert self.keys is not None
+        code, _ = _launcher.start(spec, self.keys.host_key, files["launcher"], _LAUNCH_TIMEOUT)
+        if code is None:
+            raise HostStartError(f"the actor system did not start within {_LAUNCH_TIMEOUT} s; see {files['launcher']}")
         if code != 0:
-            raise HostStartError(f"the actor system launcher failed (exit {code}); see {out}")
+            raise HostStartError(f"the actor system launcher failed (exit {code}); see {files['launcher']}")
 
     def attach_existing(self, port: int) -> None:
-        """Attach to a host that already runs (operator commands); never starts one."""
+        """Attach to a host that already runs (operator commands); never starts one.
+
+        Raises:
+            HostStartError: nothing answers on that port, or the credential file is missing.
+            CredentialError: the system there refuses this credential.
+        """
         cfg = self.config
-        if not port_in_use(cfg.bind_address, port):
-            raise HostStartError(f"no plugin host listens on {cfg.bind_address}:{port}", port=port)
         self.port = port
-        _launcher.apply_bind_patch(cfg.bind_address)
-        self.system = ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True)
+        self.keys = self._keyring(Path(cfg.state_dir) / "logs", create=False)
+        try:
+            accepted = _wire.probe((cfg.bind_address, port), self.keys)
+        except OSError as exc:
+            raise HostStartError(f"no plugin host answers on {cfg.bind_address}:{port}: {exc}", port=port) from None
+        if not accepted:
+            raise CredentialError(f"the plugin host on {cfg.bind_address}:{port} refused the credential "
+                                  f"{cfg.credential_file} (another host's cookie?)", port=port)
+        self._attach()
+
+    def publish(self) -> None:
+        """Write the runtime file operator commands find this host by (removed at shutdown)."""
+        self._runtime = _statedir.write_runtime(self.config.state_dir, self.port, self.config.bind_address)
+
+    def _release(self) -> None:
+        if self._runtime is not None:
+            try:
+                self._runtime.unlink()
+            except OSError:
+                pass
+            self._runtime = None
+        if self._host_lock is not None:
+            self._host_lock.release()
+            self._host_lock = None
 
     def adopt(self, system_pid: int, pgid: int) -> None:
         """Remember the processes to end for sure at :meth:`shutdown`."""
@@ -164,21 +217,53 @@ class ActorSystemHandle:
         assert self.system is not None
         return self.system.createActor(actor_class, globalName=global_name)
 
-    def ask(self, address: Any, message: Any, timeout: float) -> Any:
+    def ask(self, address: Any, message: Any, timeout: float, about: str | None = None) -> Any:
         """Send ``message`` (which has a ``corr``) and return the reply with the same ``corr``.
+
+        Args:
+            about: the sandbox the request concerns: its processes may answer too.
 
         Returns:
             The reply; ``None`` on timeout; :data:`DEAD` when the target does not exist.
         """
-        pending = self.send(address, message)
+        pending = self.send(address, message, about)
         try:
             return pending.wait(timeout)
         finally:
             pending.close()
 
-    def send(self, address: Any, message: Any) -> Pending:
-        """Send ``message`` and return a handle to wait for its reply (see :class:`Pending`)."""
-        return Pending(self, self._context(), address, message)
+    def send(self, address: Any, message: Any, about: str | None = None,
+             principal: _wire.Principal | None = None) -> Pending:
+        """Send ``message`` and return a handle to wait for its reply (see :class:`Pending`).
+
+        Args:
+            about: the sandbox the request concerns: a reply signed by its processes counts too.
+            principal: the sandbox incarnation ``address`` belongs to (the frame is signed for it).
+        """
+        if principal is None or self.keys is None:
+            return Pending(self, self._context(), address, message, about)
+        with _wire.signing_for(address, principal):
+            return Pending(self, self._context(), address, message, about)
+
+    def accepts(self, envelope: Any, about: str | None) -> bool:
+        """Whether a received envelope's signer may answer a request about sandbox ``about``."""
+        if self.keys is None:
+            return True
+        principal = _wire.envelope_principal(envelope, self.keys)
+        return principal.is_host or (about is not None and principal.sandbox_id == about)
+
+    def receive(self, timeout: float) -> Any:
+        """The next message this thread's context gets from the host's own processes, or ``None``."""
+        ctx = self.context_of_this_thread()
+        if self._serial is not None:
+            return ctx.listen(timeout)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            response = ctx._systemBase._run_transport(timedelta(seconds=left))
+            if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message) \
+                    and self.accepts(response, None):
+                return response.message
+        return None
 
     def tell(self, address: Any, message: Any) -> None:
         """Fire and forget (only to actors that cannot be dead, i.e. the admin)."""
@@ -220,6 +305,7 @@ class ActorSystemHandle:
                 self.system.shutdown()
         finally:
             self._kill_leftovers(tree, leaders)
+            self._release()
 
     def detach(self) -> None:
         """Drop this process's contexts without stopping the system (operator commands)."""
@@ -265,7 +351,8 @@ class _Mailbox:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.active: set[str] = set()
+        self.active: dict[str, str | None] = {}
+        """The requests this thread waits on: correlation id -> the sandbox that may answer it too."""
         self.stash: dict[str, Any] = {}
 
 
@@ -278,8 +365,10 @@ class Pending:
     send again), and a message delivered whose reply has not come (yet).
     """
 
-    def __init__(self, handle: ActorSystemHandle, mailbox: Any, address: Any, message: Any) -> None:
+    def __init__(self, handle: ActorSystemHandle, mailbox: Any, address: Any, message: Any,
+                 about: str | None = None) -> None:
         self.corr: str = message.corr
+        self.about = about
         self.delivered = False
         self.refused = False
         self._handle = handle
@@ -292,7 +381,7 @@ class Pending:
             self.delivered = True
             return
         self._ctx, self._mailbox = mailbox.ctx, mailbox
-        mailbox.active.add(self.corr)
+        mailbox.active[self.corr] = about
         self._first = None
         base = self._ctx._systemBase  # Thespian internals: the context's transport
         base.transport.scheduleTransmit(None, TransmitIntent(address, message, onSuccess=self._sent,
@@ -349,22 +438,32 @@ class Pending:
         response = self._ctx._systemBase._run_transport(timedelta(seconds=seconds))
         if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
             corr = getattr(response.message, "corr", None)
-            if corr == self.corr:
-                return response.message
             mailbox = self._mailbox
-            if mailbox is not None and corr in mailbox.active:  # another request of this thread: keep it
-                mailbox.stash[corr] = response.message
+            if corr == self.corr:
+                # Only from the host's processes or the sandbox asked: another one may not forge it.
+                return response.message if self._handle.accepts(response, self.about) else None
+            if mailbox is not None and corr in mailbox.active and self._handle.accepts(response, mailbox.active[corr]):
+                mailbox.stash[corr] = response.message  # another request of this thread: keep it
             # anything else answers a request nobody waits for any more: drop it
         return None
 
     def close(self) -> None:
         """Stop waiting for this request: a reply arriving later is dropped."""
         if self._mailbox is not None:
-            self._mailbox.active.discard(self.corr)
+            self._mailbox.active.pop(self.corr, None)
             self._mailbox.stash.pop(self.corr, None)
 
 
-_KEEP_LOGS = 60  # log files kept in state_dir/logs (three per host run)
+def _thespian_log_to(path: Path) -> None:
+    """Where Thespian's own log of this process goes (it defaults to ``$TMPDIR/thespian.log``, a name
+    anyone could have planted a symlink at); Thespian reads the name once and caches it here."""
+    from thespian.system import utilis
+
+    os.close(_statedir.open_private(path))
+    utilis._thesplog_file, utilis._thesplog_old_file = str(path), f"{path}.old"
+
+
+_KEEP_LOGS = 100  # log files kept in state_dir/logs (five per host run)
 
 
 def _prune_logs(folder: Path) -> None:

@@ -27,7 +27,7 @@ import psutil
 
 from . import _bench_actors as acts
 from ._bench_harness import Row, _Bench, _Progress, _Raw, _write
-from ._bench_sections import (_CRASHES, _call, _cast, _compile, _crash, _hang, _lost, _memory, _reload,
+from ._bench_sections import (_CRASHES, _auth, _call, _cast, _compile, _crash, _hang, _lost, _memory, _reload,
                               _reload_source, _remote, _rollback, _sandbox, _sibling)
 
 __all__ = ["ROWS", "Row", "SECTIONS", "TARGETS", "Target", "evaluate_targets", "machine", "run_bench"]
@@ -118,6 +118,7 @@ _SECTIONS = (
                                            "memory_sandbox_pss")),
     _Section("lost", "lost / reordered across reloads", _lost, ("lost",)),
     _Section("remote", "call to a sandbox on another actor system", _remote, ("remote",)),
+    _Section("auth", "frame authentication", _auth, ("auth",)),
 )
 
 SECTIONS: tuple[str, ...] = tuple(s.name for s in _SECTIONS)

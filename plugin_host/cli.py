@@ -144,8 +144,28 @@ def _operator_parsers(commands: Any) -> None:
 
 
 def _with_port(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--port", type=int, required=True, metavar="N", help="the host's admin port")
+    parser.add_argument("--port", type=int, metavar="N",
+                        help="the host's admin port (default: the one host running with the state folder)")
+    parser.add_argument("--state-dir", metavar="DIR", help="the host's state folder, where its runtime file and "
+                                                           "credential are (default: PLUGIN_HOST_STATE_DIR, else "
+                                                           "the XDG state folder)")
+    parser.add_argument("--cookie-file", metavar="PATH", help="the host's credential (default: STATE_DIR/cookie)")
     return parser
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """An :class:`AdminClient` for the host the operator command names (``--port``, ``--state-dir``)."""
+    from ._operator import AdminClient
+
+    return AdminClient(args.port, _operator_config(args))
+
+
+def _operator_config(args: argparse.Namespace) -> Any:
+    from .config import HostConfig
+
+    fields = {name: value for name, value in (("state_dir", args.state_dir), ("cookie_file", args.cookie_file))
+              if value is not None}
+    return HostConfig(**fields)
 
 
 def _seconds(text: str) -> float:
@@ -286,7 +306,7 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     return run_status(_console(), args.port, sandbox_id=args.sandbox, audit=args.audit, as_json=args.json,
-                      once=args.once, interval=args.interval)
+                      once=args.once, interval=args.interval, config=_operator_config(args))
 
 
 def _deps(args: argparse.Namespace) -> int:
@@ -310,9 +330,7 @@ def _deps(args: argparse.Namespace) -> int:
 
 
 def _destroy(args: argparse.Namespace) -> int:
-    from ._operator import AdminClient
-
-    with AdminClient(args.port) as client:
+    with _client(args) as client:
         client.destroy_sandbox(args.sandbox_id)
     _console().print(f"destroyed {args.sandbox_id!r}", highlight=False)
     return 0
@@ -334,28 +352,25 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from ._operator import AdminClient, compile_path
+    from ._operator import compile_path
 
-    info = compile_path(args.path)  # locally and first: broken code never reaches the host
-    with AdminClient(args.port) as client:
+    config = _operator_config(args)
+    info = compile_path(args.path, config)  # locally and first: broken code never reaches the host
+    with _client(args) as client:
         result = client.hot_reload(args.sandbox_id, info.artifacts)
     _console().print(_reload_line(result), markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from ._operator import AdminClient
-
-    with AdminClient(args.port) as client:
+    with _client(args) as client:
         result = client.rollback_module(args.sandbox_id, args.module, args.version)
     _console().print(_reload_line(result, "rolled back"), markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
 def _history(args: argparse.Namespace) -> int:
-    from ._operator import AdminClient
-
-    with AdminClient(args.port) as client:
+    with _client(args) as client:
         history = client.get_version_history(args.sandbox_id, args.module)
     if args.json:
         print(json.dumps(_history_json(args.sandbox_id, args.module, history), indent=2))

@@ -259,6 +259,7 @@ def _compile(job: _Job, start: float) -> CompileInfo:
     key = cache_key(job)
     output = cache_load(job.options.cache_dir, key)
     if output is not None:
+        _security(job)  # never taken from the cache: it is cheap, and a planted entry must not skip it
         return CompileInfo(_artifacts(job), output, _elapsed_ms(start), cached=True)
     lines = [f"compiling {len(job.targets)} module(s) of {job.label} "
              f"(profile {job.options.profile}, Python {sys.version.split()[0]})"]

@@ -19,7 +19,7 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["HostConfig", "ResourceLimits", "SUPPORTED_BASES", "SECURITY_PROFILES", "NODE_CAPABILITY",
+__all__ = ["HostConfig", "ResourceLimits", "SUPPORTED_BASES", "SECURITY_PROFILES", "PLUGIN_VALUES", "NODE_CAPABILITY",
            "VERSION_CAPABILITY", "PYTHON_CAPABILITY", "node_name", "system_capabilities"]
 
 SUPPORTED_BASES = ("multiprocTCPBase", "simpleSystemBase")
@@ -231,7 +231,7 @@ def _check_capabilities(instance: Any, attribute: attrs.Attribute, value: Any) -
                           f"{RESERVED_CAPABILITY_PREFIX}* capabilities itself", field=attribute.name)
 
 
-def _to_path(value: Any) -> Path:
+def _to_path(value: Any, field: str = "state_dir") -> Path:
     try:
         path = Path(value).expanduser()
         os.fspath(path).encode()  # a NUL or an unencodable name fails here, not at first use
@@ -239,7 +239,7 @@ def _to_path(value: Any) -> Path:
             raise ValueError("embedded null byte")
         return path
     except (TypeError, ValueError, UnicodeError):
-        raise ConfigError(f"state_dir must be a path, got {value!r}", field="state_dir") from None
+        raise ConfigError(f"{field} must be a path, got {value!r}", field=field) from None
 
 
 def _to_limits(value: Any) -> ResourceLimits:
@@ -255,6 +255,20 @@ def _to_links(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"find_links must be a list of folders or URLs, got {value!r}", field="find_links")
     return tuple(value)
+
+
+def _to_cookie_path(value: Any) -> Path | None:
+    return None if value is None else _to_path(value, "cookie_file")
+
+
+PLUGIN_VALUES = ("objects", "plain")
+"""What ``HostConfig.plugin_values`` accepts."""
+
+
+def _check_plugin_values(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in PLUGIN_VALUES:
+        raise ConfigError(f"plugin_values must be one of {', '.join(PLUGIN_VALUES)}, got {value!r}",
+                          field="plugin_values")
 
 
 def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -338,6 +352,22 @@ class HostConfig:
     """Folders or URLs of wheels for installing sandbox requirements offline."""
     no_index: bool = attrs.field(default=_from_env("no_index", _parse_bool, lambda: False), validator=_check_bool)
     """Install sandbox requirements from ``find_links`` only."""
+    cookie_file: Path | None = attrs.field(
+        default=_from_env("cookie_file", _parse_optional_str, lambda: None), converter=_to_cookie_path
+    )
+    """The credential every frame of the actor system is signed with (default ``state_dir/cookie``, made
+    ``0600`` at the first start).  Operators need to read it; convention members share it."""
+    plugin_values: str = attrs.field(
+        default=_from_env("plugin_values", str, lambda: "objects"), validator=_check_plugin_values
+    )
+    """What ``call`` and ``run`` take from a plugin: ``"objects"`` (any value, plugin-defined classes
+    included, rebuilt with cloudpickle in this process, which runs code: trust the plugin), or ``"plain"``
+    (builtin data only; anything else raises ``PluginError``): for plugins you do not trust."""
+
+    @property
+    def credential_file(self) -> Path:
+        """Where the credential is: ``cookie_file``, else ``state_dir/cookie``."""
+        return self.cookie_file if self.cookie_file is not None else self.state_dir / "cookie"
 
     @probation_seconds.validator
     def _check_probation(self, attribute: attrs.Attribute, value: Any) -> None:

@@ -241,7 +241,21 @@ def _packaging(submodule: str) -> ModuleType:
     raise DependencyError("reading requirements needs the 'packaging' library (pip install 'packaging>=23')")
 
 
+def _split_hashes(text: str, source: str) -> tuple[str, list[str]]:
+    """A requirement line without its ``--hash`` options, and those hashes (pip's hash-checking mode)."""
+    requirement, _, options = text.partition(" --")
+    hashes = []
+    for option in filter(None, (part.strip() for part in f"--{options}".split(" --") if options)):
+        name, _, value = option.lstrip("-").partition("=")
+        if name != "hash" or not re.fullmatch(r"(sha256|sha384|sha512):[0-9a-fA-F]+", value.strip()):
+            raise DependencyError(f"{source}: {text!r}: only --hash=sha256:... options may follow a requirement",
+                                  requirement=text)
+        hashes.append(value.strip().lower())
+    return requirement.strip(), sorted(set(hashes))
+
+
 def _parse(text: str, source: str) -> Requirement:
+    text = _split_hashes(text, source)[0]
     module = _packaging("requirements")
     try:
         requirement: Requirement = module.Requirement(text)
@@ -258,14 +272,16 @@ def _canonical_name(name: str) -> str:
 
 
 def _normalise(text: str, source: str) -> str:
-    """One spelling per requirement: canonical names, sorted extras and specifiers, the marker last."""
+    """One spelling per requirement: canonical names, sorted extras and specifiers, the marker, then its
+    sorted ``--hash`` pins (kept: with any of them pip checks every download against its pins)."""
+    hashes = "".join(f" --hash={digest}" for digest in _split_hashes(text, source)[1])
     requirement = _parse(text, source)
     if requirement.url:
         raise DependencyError(f"{source}: {text!r} is a direct URL reference, which the environment key could "
                               "not follow; publish a wheel in a find_links folder instead", requirement=text)
     extras = ",".join(sorted(_canonical_name(extra) for extra in requirement.extras))
     marker = f"; {requirement.marker}" if requirement.marker is not None else ""
-    return f"{_canonical_name(requirement.name)}{f'[{extras}]' if extras else ''}{requirement.specifier}{marker}"
+    return f"{_canonical_name(requirement.name)}{f'[{extras}]' if extras else ''}{requirement.specifier}{marker}{hashes}"
 
 
 def _applies(requirement: Requirement) -> bool:
@@ -286,7 +302,7 @@ def _requirements_lines(file: Path) -> list[str]:
                                   "installs and included files cannot be hashed into an environment key)",
                                   path=str(file), requirement=line)
         if line and not line.startswith("-"):
-            found.append(line.split(" --", 1)[0].strip())  # per-requirement options such as --hash
+            found.append(line)
     return found
 
 
@@ -398,8 +414,15 @@ def _pip_install(wanted: list[str], target: Path, find_links: list[str], no_inde
     for link in find_links:
         command += ["--find-links", link]
     packages = [_canonical_name(_parse(text, "requirement").name) for text in wanted]
+    if any(_split_hashes(text, "requirement")[1] for text in wanted):
+        # Pins only work from a requirements file; with one, pip refuses anything unpinned or mismatched.
+        pinned = target / ".requirements.txt"
+        pinned.write_text("".join(f"{text}\n" for text in wanted), encoding="utf-8")
+        arguments = ["--require-hashes", "-r", str(pinned)]
+    else:
+        arguments = list(wanted)
     try:
-        code = _run_pip([*command, *wanted], target / LOG_NAME, timeout)
+        code = _run_pip([*command, *arguments], target / LOG_NAME, timeout)
     except subprocess.TimeoutExpired:
         raise DependencyError(f"pip did not install {', '.join(packages)} within {timeout:g} s and was killed",
                               packages=packages, requirements=wanted, output=_tail(target / LOG_NAME)) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AccessDeniedError",
     "ActorNotFoundError",
     "BadRequestError",
     "CallTimeoutError",
@@ -18,6 +19,7 @@ __all__ = [
     "CompilationTimeoutError",
     "ConfigError",
     "CodeIntegrityError",
+    "CredentialError",
     "DependencyError",
     "HostClosedError",
     "HostStartError",
@@ -34,6 +36,7 @@ __all__ = [
     "SandboxNotFoundError",
     "SandboxStartError",
     "SecurityViolationError",
+    "StateDirInUseError",
     "UnknownModuleError",
     "VersionNotFoundError",
 ]
@@ -79,6 +82,21 @@ class ConfigError(PluginHostError, ValueError):
 
 class HostStartError(PluginHostError, RuntimeError):
     """The host could not start its actor system (or refused a stale one on its port)."""
+
+
+class StateDirInUseError(HostStartError):
+    """Another host already runs with this ``state_dir`` (``state_dir`` and ``pid`` name them)."""
+
+
+class CredentialError(HostStartError):
+    """A running host refused this process's credential (another cookie file, or none of its own)."""
+
+
+class AccessDeniedError(PluginHostError, PermissionError):
+    """A sandbox asked for something only the host may do, or something about another sandbox.
+
+    ``request`` names the request's type and ``sandbox_id`` the sandbox that asked.
+    """
 
 
 class HostClosedError(PluginHostError, RuntimeError):

@@ -98,6 +98,7 @@ class Host(CallMethods, ReloadMethods):
             raise HostStartError(f"the admin actor did not answer the boot request (got {reply!r})")
         if self.config.base != "simpleSystemBase":
             self._system.adopt(reply.system_pid, reply.pgid)
+            self._system.publish()
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -158,7 +159,9 @@ class Host(CallMethods, ReloadMethods):
     def _request(self, request: Request, timeout: float, on_timeout: Callable[[], PluginHostError]) -> Any:
         if self._system.closed:
             raise HostClosedError("the host is closed")
-        reply = self._system.ask(self._admin, attrs.evolve(request, corr=self._system.new_corr()), timeout)
+        about = getattr(request, "sandbox_id", None)  # its processes may answer too (a run, a routed call)
+        reply = self._system.ask(self._admin, attrs.evolve(request, corr=self._system.new_corr()), timeout,
+                                 about if isinstance(about, str) else None)
         if reply is None or reply is DEAD:
             raise on_timeout()
         if isinstance(reply, Failed):

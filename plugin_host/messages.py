@@ -126,6 +126,8 @@ class ActorRef:
     """Recent earlier incarnations that died, with the correlation id of the call each was running."""
     max_mailbox: int | None = None
     """The sandbox's ``max_mailbox`` limit: calls a host may have waiting on this actor."""
+    kid: bytes = b""
+    """The key id of the sandbox's current incarnation: frames to the actor are signed with its key."""
 
 
 @attrs.frozen(kw_only=True)
@@ -231,7 +233,7 @@ class Cast(Request):
 
 @attrs.frozen(kw_only=True)
 class Run(Request):
-    """Run ``fn()`` (a :class:`Blob`) inside the sandbox; replies ``Ok(Blob(value))``."""
+    """Run ``fn()`` (a :class:`Blob`) inside the sandbox; replies ``Ok(value)`` (a Blob unless plain data)."""
 
     sandbox_id: str
     fn: Blob

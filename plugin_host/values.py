@@ -91,6 +91,11 @@ class NodeInfo:
     """Whether it is this host's own actor system."""
     sandboxes: list[str] = attrs.field(factory=list)
     """Ids of this host's sandboxes that run there."""
+    rejected_frames: int | None = None
+    """Frames its processes dropped since the host started: unauthenticated (no key of the host's
+    signed them) or refused (a sandbox sent what it may not); ``None`` for a member."""
+    denied_requests: int | None = None
+    """Requests the admin refused to sandboxes since the host started; ``None`` for a member."""
 
 
 @attrs.frozen

@@ -273,14 +273,102 @@ def test_destroy_of_an_unknown_sandbox_prints_one_error_line_and_exits_one(
 
 def test_status_against_a_port_without_a_host_exits_one(cli_env: dict[str, str],
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """Operator commands never start a system: nothing listening is an error, not a new host."""
+    """Operator commands never start a system: no host of the state_dir on that port is an error, not a new host."""
     assert main(["status", "--port", str(free_port("127.0.0.1"))]) == 1
-    assert capsys.readouterr().err.startswith("error: no plugin host listens")
+    assert capsys.readouterr().err.startswith("error: no plugin host runs on port")
 
 
-@pytest.mark.parametrize("argv", [["bogus"], [], ["status"], ["destroy", "x", "--port", "many"],
+def test_status_shows_the_frames_and_requests_the_host_refused(host: Host, cli_env: dict[str, str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A frame without the host's credential sent to its admin port shows up in ``status`` (its line under
+    the table) and in ``Host.nodes``; the JSON output stays the list of sandboxes."""
+    import socket
+
+    assert main(["status", "--once"]) == 0
+    assert "security: 0 frame(s) rejected, 0 request(s) denied" in capsys.readouterr().out
+    with socket.create_connection(("127.0.0.1", host.admin_port), timeout=5) as sock:
+        sock.sendall(b"11>not a frame")
+        assert sock.recv(10) == b""  # dropped, unanswered
+    eventually(lambda: host.nodes()[0].rejected_frames == 1)
+    assert main(["status", "--once"]) == 0
+    assert "security: 1 frame(s) rejected, 0 request(s) denied" in capsys.readouterr().out
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_status_finds_the_host_of_its_state_dir_without_a_port(host: Host, cli_env: dict[str, str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The state_dir's runtime file names the running host: no ``--port`` is needed (``--state-dir`` picks it)."""
+    host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
+    assert main(["status", "--json"]) == 0
+    assert [s["id"] for s in json.loads(capsys.readouterr().out)] == ["s1"]
+    assert main(["status", "--json", "--state-dir", str(host.config.state_dir)]) == 0
+    assert [s["id"] for s in json.loads(capsys.readouterr().out)] == ["s1"]
+
+
+def test_a_port_that_is_no_plugin_host_gets_nothing_and_fails_within_a_second(
+        cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator command aimed at another service fails in under a second, and sends it nothing at all
+    (never a pickle to an unknown service, never a long hang)."""
+    import socket
+    import threading
+
+    accepted: list[bytes] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(3)
+
+        def serve() -> None:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                accepted.append(conn.recv(100))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        start = time.monotonic()
+        code = main(["status", "--port", str(server.getsockname()[1])])
+        elapsed = time.monotonic() - start
+        thread.join()
+    assert code == 1 and elapsed < 1.0, elapsed
+    assert capsys.readouterr().err.startswith("error: no plugin host runs on port")
+    assert accepted == []
+
+
+def test_a_host_of_another_version_is_refused_before_anything_is_sent(host: Host, cli_env: dict[str, str],
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The runtime file's version must be this one's: otherwise a one-line error, nothing sent."""
+    runtime = Path(host.config.state_dir) / "run" / f"{host.admin_port}.json"
+    info = json.loads(runtime.read_text())
+    runtime.write_text(json.dumps({**info, "version": "0.0.1"}))
+    try:
+        assert main(["status"]) == 1
+        assert capsys.readouterr().err.strip().endswith("runs plugin-host 0.0.1; this is 0.1.0: use the same version")
+    finally:
+        runtime.write_text(json.dumps(info))
+    assert main(["status", "--json"]) == 0
+
+
+def test_an_operator_with_another_credential_is_refused(host: Host, cli_env: dict[str, str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A cookie file that is not the host's: the host refuses the first (signed) frame; one error line, fast."""
+    other = tmp_path / "other-cookie"
+    other.write_text("a" * 64)
+    other.chmod(0o600)
+    start = time.monotonic()
+    assert main(["destroy", "nope", "--cookie-file", str(other)]) == 1
+    assert time.monotonic() - start < 2.0
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the plugin host on 127.0.0.1:{host.admin_port} refused the credential {other}")
+    assert host.list_sandboxes() == []
+
+
+@pytest.mark.parametrize("argv", [["bogus"], [], ["destroy", "x", "--port", "many"],
                                   ["status", "--port", "1", "--interval", "0"]],
-                         ids=["unknown-command", "no-command", "missing-port", "bad-port", "zero-interval"])
+                         ids=["unknown-command", "no-command", "bad-port", "zero-interval"])
 def test_a_usage_error_exits_two(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Unknown commands and bad arguments are usage errors: exit code 2 and a usage line."""
     assert main(argv) == 2

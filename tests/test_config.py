@@ -54,6 +54,8 @@ ENV_CASES: dict[str, tuple[str, Any, Any]] = {
     "capabilities": ('{"gpu": true, "zone": "a"}', {"gpu": True, "zone": "a"}, {"zone": "b"}),
     "find_links": (os.pathsep.join(["/w1", "/w2"]), ("/w1", "/w2"), ("/w3",)),
     "no_index": ("yes", True, False),
+    "cookie_file": ("/etc/ph-cookie", Path("/etc/ph-cookie"), Path("/other")),
+    "plugin_values": ("plain", "plain", "objects"),
 }
 
 

@@ -43,12 +43,13 @@ NODE_TIMEOUT = 2.0
 class Node:
     """A ``plugin-host node`` process and the processes of its actor system."""
 
-    def __init__(self, folder: Path, leader_port: int, capabilities: dict[str, str], *extra: str) -> None:
+    def __init__(self, folder: Path, leader_port: int, capabilities: dict[str, str], *extra: str,
+                 cookie: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.out = folder / "node.out"
         self.state = folder / "state"
         command = [sys.executable, "-m", "plugin_host", "node", "--leader", f"127.0.0.1:{leader_port}",
-                   "--state-dir", str(self.state), "--json", *extra]
+                   "--state-dir", str(self.state), "--cookie-file", str(cookie), "--json", *extra]
         for key, value in capabilities.items():
             command += ["--capability", f"{key}={value}"]
         with open(self.out, "wb") as sink:  # a file, never a pipe: the system's daemons inherit it
@@ -120,7 +121,8 @@ def start_node(leader: Host, tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
     def start(*extra: str, **capabilities: str) -> Node:
-        node = Node(tmp_path / f"node{len(nodes)}", leader.admin_port or 0, capabilities, *extra)
+        node = Node(tmp_path / f"node{len(nodes)}", leader.admin_port or 0, capabilities, *extra,
+                    cookie=leader.config.credential_file)  # members share the leader's credential
         nodes.append(node)
         eventually(lambda: any(n.name == node.name and n.status == "up" for n in leader.nodes()), timeout=20)
         return node
@@ -179,7 +181,8 @@ def test_sandboxes_go_where_the_requirements_are_met(leader: Host, start_node: C
     assert nodes[c.name].sandboxes == ["on-c"] and nodes[b.name].sandboxes == []
     usage = leader.resource_usage("on-c")  # sampled by the monitor on that member
     assert {a.pid for a in usage.actors} <= {p.pid for p in c.processes()} and usage.total_rss_bytes > 0
-    assert main(["status", "--port", str(leader.admin_port), "--once", "--sandbox", "on-c"]) == 0
+    assert main(["status", "--port", str(leader.admin_port), "--state-dir", str(leader.config.state_dir), "--once",
+                 "--sandbox", "on-c"]) == 0
     rows = [row for row in map(str.split, capsys.readouterr().out.splitlines()) if row[:1] == ["on-c"]]
     assert len(rows) == 4 and {row[-1] for row in rows} == {c.name}  # root + 3 workers, each on node c
 
@@ -449,7 +452,8 @@ def test_a_root_refuses_code_that_does_not_match_its_checksum(host: Host, tmp_pa
 def test_a_host_that_joins_another_leader_can_place_sandboxes_on_it(leader: Host, tmp_path: Path) -> None:
     """Two applications: the second host joins the first's convention and runs a sandbox on its system."""
     config = HostConfig(state_dir=tmp_path / "second", heartbeat_interval=0.2, hang_timeout=1.0,
-                        node_timeout=NODE_TIMEOUT, convention_leader=f"127.0.0.1:{leader.admin_port}")
+                        node_timeout=NODE_TIMEOUT, convention_leader=f"127.0.0.1:{leader.admin_port}",
+                        cookie_file=leader.config.credential_file)  # the convention's credential
     with Host(config) as second:
         first = eventually(lambda: next((n for n in second.nodes() if n.capabilities.get("zone") == "a"), None),
                            timeout=20)
@@ -510,7 +514,7 @@ def test_host_killed_without_close_remote_sandboxes_end_themselves(tmp_path: Pat
     node = None
     try:
         port = eventually(lambda: _json_lines(out).get("port"), timeout=30)
-        node = Node(tmp_path / "node", port, {"zone": "b"})
+        node = Node(tmp_path / "node", port, {"zone": "b"}, cookie=state_dir / "cookie")
         sandbox = eventually(lambda: _json_lines(out).get("created"), timeout=40)
         assert len(sandbox) == 4 and all(node.runs(pid) for pid in sandbox)
         proc.kill()

@@ -110,13 +110,20 @@ def _folder(tmp_path: Path, *, requirements_txt: str | None = None, pyproject_to
 
 
 def test_read_requirements_reads_requirements_txt_without_comments_options_or_duplicates(tmp_path: Path) -> None:
-    """Comments, blank lines, index options and per-line options go; names are normalised."""
+    """Comments, blank lines and index options go; names are normalised; ``--hash`` pins are kept, sorted."""
     folder = _folder(tmp_path, requirements_txt=(
         "# the plugin's needs\n\n--index-url https://example.invalid/simple\n"
-        "TinyLib>=1.0,<3  # inline comment\nrequests[Socks] ==2.31 --hash=sha256:00\ntinylib<3,>=1.0\n"
-        "colorama; sys_platform == 'win32'\n"))
-    assert read_requirements(folder) == ["tinylib<3,>=1.0", "requests[socks]==2.31",
+        "TinyLib>=1.0,<3  # inline comment\nrequests[Socks] ==2.31 --hash=sha256:FF --hash=sha256:00\n"
+        "tinylib<3,>=1.0\ncolorama; sys_platform == 'win32'\n"))
+    assert read_requirements(folder) == ["tinylib<3,>=1.0", "requests[socks]==2.31 --hash=sha256:00 --hash=sha256:ff",
                                          'colorama; sys_platform == "win32"']
+
+
+def test_other_per_requirement_options_are_refused(tmp_path: Path) -> None:
+    """An option after a requirement other than ``--hash`` is refused, never silently dropped."""
+    folder = _folder(tmp_path, requirements_txt="tinylib==1.0 --config-settings=x=1\n")
+    with pytest.raises(DependencyError, match="only --hash"):
+        read_requirements(folder)
 
 
 def test_read_requirements_reads_pyproject_project_dependencies(tmp_path: Path) -> None:
@@ -185,6 +192,25 @@ def test_prepare_environment_reuses_a_complete_environment_without_running_pip(
     assert pip_calls == []
     assert marker.stat().st_mtime_ns == before
     assert lines and "reusing" in lines[0]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_hash_pinned_requirements_install_only_the_pinned_file(tmp_path: Path, wheelhouse: Path) -> None:
+    """A ``--hash`` pin is kept: the right hash installs, a wrong one makes pip refuse the file (nothing
+    installed, DependencyError naming the package)."""
+    wheel = wheelhouse / "tinylib-2.0-py3-none-any.whl"
+    folder = _folder(tmp_path, requirements_txt=f"tinylib==2.0 --hash=sha256:{_sha256(wheel)}\n")
+    environment = prepare_environment(read_requirements(folder), tmp_path / "ok", find_links=[wheelhouse],
+                                      no_index=True)
+    assert environment is not None and (environment / "tinylib" / "__init__.py").read_text() == "VERSION = '2.0'\n"
+    wrong = "tinylib==2.0 --hash=sha256:" + "0" * 64
+    with pytest.raises(DependencyError, match="tinylib") as caught:
+        prepare_environment([wrong], tmp_path / "bad", find_links=[wheelhouse], no_index=True)
+    assert "hash" in caught.value.output.lower()
+    assert [p for p in (tmp_path / "bad" / "envs").iterdir() if p.is_dir()] == []
 
 
 def test_prepare_environment_returns_none_without_requirements(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import psutil
+import attrs
 import pytest
 
 from plugin_host import Host, HostConfig
@@ -75,9 +76,9 @@ def test_a_second_host_on_the_same_port_is_refused(config: HostConfig, host: Hos
     assert host.list_sandboxes() == []
 
 
-def test_hosts_get_their_own_free_ports(config: HostConfig, host: Host) -> None:
-    """Each host picks a fresh free port, so hosts (and tests) run side by side."""
-    with Host(config) as other:
+def test_hosts_get_their_own_free_ports(config: HostConfig, host: Host, tmp_path: Path) -> None:
+    """Each host picks a fresh free port, so hosts (and tests) run side by side (each on its own state_dir)."""
+    with Host(attrs.evolve(config, state_dir=tmp_path / "other")) as other:
         assert other.admin_port != host.admin_port
         other.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
         assert other.call("c", "counter", "inc") == 1

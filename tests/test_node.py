@@ -89,12 +89,15 @@ def node_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    """Start ``plugin-host node`` subprocesses; each (and its recorded system) is ended after the test."""
+def start_node(tmp_path: Path, config: HostConfig) -> Iterator[Callable[..., Node]]:
+    """Start ``plugin-host node`` subprocesses (with the hosts' credential, unless one is given); each (and its
+    recorded system) is ended after the test."""
     started: list[Node] = []
 
     def start(leader: str, *extra: str) -> Node:
         out, err = tmp_path / f"node{len(started)}.out", tmp_path / f"node{len(started)}.err"
+        if "--cookie-file" not in extra:
+            extra = (*extra, "--cookie-file", str(config.credential_file))
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             proc = subprocess.Popen(node_command(tmp_path, leader, *extra), cwd=ROOT, env=node_env(),
                                     stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True)
@@ -242,3 +245,21 @@ def test_no_leader_listening_fails_at_once(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert err.read_text().strip() == f"error: no convention leader listens on {leader}"
     assert not (tmp_path / "node").exists()
+
+
+def test_a_node_with_another_credential_is_refused_and_named_in_the_hosts_log(host: Host, tmp_path: Path) -> None:
+    """A member whose cookie is not the leader's: one ``error:`` line within seconds, exit 1, nothing left
+    running; the leader's log names the refused peer's address."""
+    err = tmp_path / "err"
+    with open(tmp_path / "out", "wb") as stdout, open(err, "wb") as stderr:
+        done = subprocess.run(node_command(tmp_path, leader_of(host)), cwd=ROOT, env=node_env(),
+                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, timeout=60)
+    assert done.returncode == 1
+    assert err.read_text().startswith(f"error: the convention leader {leader_of(host)} refused this node's "
+                                      f"credential {tmp_path / 'node' / 'cookie'}")
+    assert processes_naming(str(tmp_path / "node")) == []
+    log = Path(host.config.state_dir) / "logs" / f"actors-{host.admin_port}.log"
+    line = eventually(lambda: next((text for text in log.read_text().splitlines()
+                                    if "unauthenticated frame(s) dropped, from 127.0.0.1:" in text), None))
+    assert "wrong tag" in line
+    assert [n.name for n in host.nodes()] == [leader_of(host)]

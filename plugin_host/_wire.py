@@ -1,0 +1,755 @@
+"""Authenticated frames on Thespian's TCP transport: who sent a frame, checked before it is unpickled.
+
+Thespian's TCP transport unpickles the first frame of any connection, so anyone who can reach a
+port of an actor system runs code there.  This module puts a principal and an HMAC-SHA256 tag on
+every frame (ACKs included) and checks the tag in constant time before anything is unpickled.
+
+Keys are principals:
+
+- the **host** key, derived from the credential file (``HostConfig.cookie_file``), is held by the
+  processes that run only plugin-host's code: the application's ``Host``, the Thespian admin and
+  logger, the admin, registry and monitor actors (and ``plugin-host`` operator commands);
+- each **sandbox** incarnation has a key of its own, derived from the host key and its key id
+  (``s`` + a random nonce + the sandbox id), so every host process can derive it without any key
+  travelling.  A sandbox root switches to its sandbox key, wiping the host key and every key it
+  derived, before any plugin code runs; its supervisors and workers are forked from it.
+
+A frame signed with sandbox X's key is either from X or from the host *for* X: host processes
+sign what they send to a process of X with X's key (``signing_for`` and the routes of the root
+addresses).  So a sandbox process verifies with the one key it holds and cannot speak as the host
+or as another sandbox; host processes accept every key and learn the sender's principal from the
+key that verified the frame (never from the address the frame declares).  Host processes decode
+sandbox frames with an unpickler restricted to plugin-host's message and value classes, so an
+authenticated sandbox cannot run code in them with a crafted pickle.
+
+A frame that fails is dropped (an unauthenticated one without an answer; a refused one with
+Thespian's ``ACK+DATAERR``), and each drop is appended as a JSON line to a rejection log that
+the admin turns into events.  Transports made without a keyring (a raw Thespian system in the
+same process, the bench's baseline) behave exactly as Thespian does.
+
+The patch touches Thespian internals: :data:`PATCHED` lists them, Thespian is pinned exactly,
+and ``tests/test_wire.py`` fails loudly if any of them changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hmac
+import io
+import json
+import logging
+import os
+import pickle
+import secrets
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+__all__ = [
+    "HOST",
+    "MAX_FRAME_BYTES",
+    "PATCHED",
+    "Keyring",
+    "Principal",
+    "Rejected",
+    "RejectionTail",
+    "host_key_from_cookie",
+    "install",
+    "keys_for_new_systems",
+    "new_sandbox_principal",
+    "probe",
+    "process_keys",
+    "sender_principal",
+    "set_process_keys",
+    "signing_for",
+]
+
+MAGIC = b"PH1"
+_HOST_LABEL = b"plugin-host/1 host key\0"
+_SANDBOX_LABEL = b"plugin-host/1 sandbox key\0"
+_TAG = 32
+_HEADER = len(MAGIC) + 2  # magic, then the key id's length (2 bytes, big-endian)
+_PROBE = "plugin-host/1 probe"
+MAX_FRAME_BYTES = 256 * 2**20
+"""Frames above this are refused before they are buffered (an unauthenticated peer could
+otherwise make a process hold any amount of memory until its tag is checked)."""
+_CACHE_LIMIT = 4096  # derived keys and ACK frames kept per process
+
+PATCHED = {
+    "thespian.system.transport.TCPTransport": ("serializer", "ReceiveBuffer", "TCPTransport.__init__",
+                                               "TCPTransport.external_transport_clone", "TCPTransport.serializer",
+                                               "TCPTransport._addedDataToIncoming",
+                                               "TCPTransport._check_XMIT_4_done"),
+    "thespian.system.actorManager": ("ActorManager._handleOneMessage", "ActorManager._pendingActorReady"),
+    "thespian.system.logdirector": ("ThespianLogForwardHandler.handle",),
+    "thespian.system.utilis": ("_thesplog_file", "_thesplog_old_file"),
+}
+"""The Thespian names this module replaces or wraps (4.0.1)."""
+
+
+class Principal:
+    """Who signed a frame: the host, or one incarnation of a sandbox (its key id says which)."""
+
+    __slots__ = ("kid",)
+
+    def __init__(self, kid: bytes) -> None:
+        self.kid = kid
+
+    @property
+    def is_host(self) -> bool:
+        """Whether this is the host principal."""
+        return self.kid == b"h"
+
+    @property
+    def sandbox_id(self) -> str | None:
+        """The sandbox this principal is an incarnation of (``None`` for the host)."""
+        return None if self.is_host else self.kid[9:].decode("utf-8", "replace")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Principal) and other.kid == self.kid
+
+    def __hash__(self) -> int:
+        return hash(self.kid)
+
+    def __repr__(self) -> str:
+        return "Principal(host)" if self.is_host else f"Principal(sandbox {self.sandbox_id!r}, {self.kid[1:9].hex()})"
+
+
+HOST = Principal(b"h")
+"""The host principal."""
+
+
+def new_sandbox_principal(sandbox_id: str) -> Principal:
+    """A fresh principal for one incarnation of ``sandbox_id`` (a random nonce, so a later one differs)."""
+    return Principal(b"s" + secrets.token_bytes(8) + sandbox_id.encode("utf-8"))
+
+
+def host_key_from_cookie(cookie: bytes) -> bytearray:
+    """The host key: HMAC-SHA256 of a fixed label under the credential (a mutable buffer, so it can be wiped)."""
+    return bytearray(hmac.digest(cookie, _HOST_LABEL, "sha256"))
+
+
+class Rejected(Exception):
+    """A frame was dropped: ``unauthenticated`` (no key of ours made its tag), ``refused`` (content a
+    sandbox may not send), or ``ignored`` (a Thespian message a sandbox's runtime sends by itself)."""
+
+    def __init__(self, reason: str, detail: str, principal: Principal | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.principal = reason, detail, principal
+
+
+# -- the rejection log -------------------------------------------------------------------------
+
+
+class _RejectionLog:
+    """Appends one JSON line per dropped frame (at most ``_BURST`` a second; the rest are counted)."""
+
+    _BURST = 20
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.window = 0
+        self.written = 0
+        self.suppressed = 0
+
+    def record(self, rejected: Rejected, peer: str) -> None:
+        now = time.time()
+        if int(now) != self.window:
+            self.window, self.written = int(now), 0
+        if self.fd is None or self.written >= self._BURST:
+            self.suppressed += 1
+            return
+        self.written += 1
+        line = {"time": now, "pid": os.getpid(), "peer": peer, "reason": rejected.reason,
+                "detail": rejected.detail[:300], "count": 1 + self.suppressed}
+        if rejected.principal is not None and not rejected.principal.is_host:
+            line["sandbox"] = rejected.principal.sandbox_id
+        self.suppressed = 0
+        try:
+            os.write(self.fd, (json.dumps(line) + "\n").encode())  # O_APPEND: one line, one write
+        except OSError:
+            pass
+
+
+class RejectionTail:
+    """Reads the lines processes appended to a rejection log since the last read (the admin, each tick)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.total = 0
+        """Frames dropped since the log began (each line counts the ones it stands for)."""
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        """The records appended since the last call (an incomplete last line waits for the next)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return []
+        try:
+            data = os.pread(fd, 1 << 20, self.offset)
+        finally:
+            os.close(fd)
+        self.offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                self.total += int(record.get("count", 1))
+                records.append(record)
+        return records
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+def _wipe(data: bytes) -> None:
+    """Overwrite an (immutable) bytes object's buffer: a key must not linger in freed memory."""
+    if sys.implementation.name == "cpython" and data:
+        ctypes.memset(id(data) + sys.getsizeof(b"") - 1, 0, len(data))
+
+
+class Keyring:
+    """The keys one process holds, the routes it signs by, and the log of what it dropped.
+
+    Args:
+        host_key: the host key (a ``bytearray``; it is wiped when the process becomes a sandbox's).
+        log_fd: where dropped frames are recorded (an ``O_APPEND`` descriptor), or ``None``.
+    """
+
+    def __init__(self, host_key: bytearray, log_fd: int | None = None) -> None:
+        self._host_key: bytearray | None = host_key
+        self._own = HOST
+        self._macs: dict[bytes, Any] = {b"h": hmac.new(host_key, digestmod="sha256")}
+        """Pre-keyed HMAC states by key id (copied per frame); no derived key is kept as bytes."""
+        self._acks: dict[bytes, tuple[bytes, bytes]] = {}
+        self._routes: dict[Any, bytes] = {}
+        self._expected: dict[int, bytes] = {}
+        self.log = _RejectionLog(log_fd)
+
+    @property
+    def own(self) -> Principal:
+        """The principal this process speaks as."""
+        return self._own
+
+    @property
+    def is_host(self) -> bool:
+        """Whether this process holds the host key (and so every sandbox's)."""
+        return self._host_key is not None
+
+    @property
+    def host_key(self) -> bytearray:
+        """The host key itself (to hand to the launcher over a pipe).
+
+        Raises:
+            ValueError: this process is a sandbox's.
+        """
+        if self._host_key is None:
+            raise ValueError("a sandbox process holds no host key")
+        return self._host_key
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _mac(self, kid: bytes) -> Any:
+        """The keyed HMAC state of ``kid`` (``None``: a key this process does not hold)."""
+        mac = self._macs.get(kid)
+        if mac is not None or self._host_key is None or not kid.startswith(b"s") or len(kid) < 10:
+            return mac  # a sandbox process holds its own key only
+        if len(self._macs) >= _CACHE_LIMIT:
+            self._macs = {b"h": self._macs[b"h"]}
+            self._acks.clear()
+        mac = self._macs[kid] = self._keyed(kid)
+        return mac
+
+    def _keyed(self, kid: bytes) -> Any:
+        assert self._host_key is not None
+        key = hmac.digest(self._host_key, _SANDBOX_LABEL + kid, "sha256")
+        try:
+            return hmac.new(key, digestmod="sha256")
+        finally:
+            _wipe(key)  # the key lives on in the HMAC state only
+
+    def become_sandbox(self, principal: Principal) -> None:
+        """Hold ``principal``'s key only, from now on: the host key and every derived key are wiped.
+
+        Raises:
+            ValueError: ``principal`` is the host, or this process no longer holds the host key.
+        """
+        if principal.is_host or self._host_key is None:
+            raise ValueError("only a host process can become a sandbox's, once")
+        own = self._keyed(principal.kid)
+        self._host_key[:] = bytes(len(self._host_key))  # zero the buffer itself, not a copy
+        self._host_key = None
+        self._macs = {principal.kid: own}  # the other states are freed (OpenSSL clears them)
+        self._acks.clear()
+        self._routes.clear()
+        self._expected.clear()
+        self._own = principal
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def seal(self, kid: bytes, payload: bytes) -> bytes:
+        """The wire form of ``payload`` signed with ``kid``'s key: Thespian's ``N>`` size header, then the frame."""
+        template = self._mac(kid)
+        if template is None:
+            raise ValueError(f"no key for {Principal(kid)!r} in this process")
+        head = MAGIC + len(kid).to_bytes(2, "big") + kid
+        mac = template.copy()
+        mac.update(head)
+        mac.update(payload)
+        return b"".join((b"%d>" % (len(head) + _TAG + len(payload)), head, mac.digest(), payload))
+
+    def open(self, frame: bytes) -> tuple[Principal, memoryview]:
+        """Check a frame's tag and return its principal and payload (still pickled).
+
+        Raises:
+            Rejected: not a plugin-host frame, an unknown key id, or a wrong tag.
+        """
+        if frame[:len(MAGIC)] != MAGIC or len(frame) < _HEADER:
+            raise Rejected("unauthenticated", "not a plugin-host frame")
+        end = _HEADER + int.from_bytes(frame[len(MAGIC):_HEADER], "big")
+        kid = bytes(frame[_HEADER:end])
+        template = self._mac(kid)
+        if template is None or len(frame) < end + _TAG:
+            raise Rejected("unauthenticated", "a key id this process does not hold")
+        view = memoryview(frame)
+        mac = template.copy()
+        mac.update(view[:end])
+        mac.update(view[end + _TAG:])
+        if not hmac.compare_digest(view[end:end + _TAG], mac.digest()):
+            raise Rejected("unauthenticated", "wrong tag (another credential?)")
+        return Principal(kid), view[end + _TAG:]
+
+    def decode(self, frame: bytes) -> tuple[Principal, Any]:
+        """:meth:`open`, then unpickle: restricted when a host process reads a sandbox's frame.
+
+        Raises:
+            Rejected: the frame is not authentic, or holds a class a sandbox may not send.
+        """
+        principal, payload = self.open(frame)
+        if principal.is_host or not self.is_host:
+            return principal, pickle.loads(payload)
+        try:
+            return principal, _SandboxUnpickler(io.BytesIO(payload)).load()
+        except _Ignored as exc:
+            raise Rejected("ignored", str(exc), principal) from None
+        except Exception as exc:  # noqa: BLE001 - any decoding failure drops the frame
+            raise Rejected("refused", f"{type(exc).__name__}: {exc}", principal) from None
+
+    def ack(self, principal: Principal, error: bool = False) -> bytes:
+        """Thespian's ``ACK`` (or ``ACK+DATAERR``) control frame, signed for ``principal``."""
+        pair = self._acks.get(principal.kid)
+        if pair is None:
+            if len(self._acks) >= _CACHE_LIMIT:
+                self._acks.clear()
+            pair = self._acks[principal.kid] = (self.seal(principal.kid, pickle.dumps("ACK")),
+                                                self.seal(principal.kid, pickle.dumps("ACK+DATAERR")))
+        return pair[1] if error else pair[0]
+
+    # -- routes: which key a frame to an address is signed with ------------------------------
+
+    def kid_for(self, target: Any) -> bytes:
+        """The key id for a frame to ``target``: an explicit :func:`signing_for`, a route, else our own."""
+        if self._host_key is None:
+            return self._own.kid
+        where = _where(target)
+        overrides = getattr(_local, "signing", None)
+        if overrides and where in overrides:
+            return overrides[where]  # type: ignore[no-any-return]
+        return self._routes.get(where, self._own.kid)
+
+    def expect_child(self, local_address: Any, principal: Principal) -> None:
+        """Sign everything to the child just created at ``local_address`` for ``principal``, once its
+        real address is known (Thespian may queue messages until then)."""
+        instance = getattr(getattr(local_address, "addressDetails", None), "addressInstanceNum", None)
+        if isinstance(instance, int) and self._host_key is not None:
+            self._expected[instance] = principal.kid
+
+    def child_ready(self, instance: Any, address: Any) -> None:
+        """Thespian resolved a child's address: give it the route :meth:`expect_child` asked for."""
+        kid = self._expected.pop(instance, None) if isinstance(instance, int) else None
+        where = _where(address)
+        if kid is not None and where is not None:
+            self._routes[where] = kid
+
+    def forget(self, address: Any) -> None:
+        """Drop the route to ``address`` (its process is gone; the port may be reused)."""
+        self._routes.pop(_where(address), None)
+
+
+def _where(address: Any) -> Any:
+    """The (ip, port) an address sends to, whatever form (ActorAddress or its details) it takes."""
+    details = getattr(address, "addressDetails", address)
+    return getattr(details, "sockname", None)
+
+
+# -- the restricted decoder for sandbox frames in host processes -----------------------------------
+
+_ALLOWED_MODULES = ("plugin_host.messages", "plugin_host.values", "plugin_host.errors", "actors._messages")
+_ALLOWED_NAMES = {
+    ("plugin_host.errors", "_rebuild"),  # PluginHostError.__reduce__: cls(message), then its __dict__
+    ("plugin_host.config", "ResourceLimits"),
+    ("thespian.actors", "ActorAddress"),
+    ("thespian.system.transport.IPBase", "TCPv4ActorAddress"),
+    ("socket", "AddressFamily"), ("socket", "SocketKind"),  # inside an address
+    ("logging", "LogRecord"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"),
+}
+
+
+_IGNORED_NAMES = {("thespian.actors", "ChildActorExited"), ("thespian.actors", "DeadEnvelope")}
+"""What a sandbox's Thespian runtime sends host processes by itself: a root's goodbye to its parent (the
+admin learns of the exit from the kernel instead) and dead letters.  Acknowledged and dropped, not logged."""
+
+
+class _Ignored(pickle.UnpicklingError):
+    """A Thespian message a sandbox sends without meaning harm (see :data:`_IGNORED_NAMES`)."""
+
+
+class _SandboxUnpickler(pickle.Unpickler):
+    """Unpickles only plugin-host's own message, value and error classes, addresses and log records."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _IGNORED_NAMES:
+            raise _Ignored(f"{module}.{name}")
+        if (module, name) in _ALLOWED_NAMES:
+            return super().find_class(module, name)
+        if module in _ALLOWED_MODULES:
+            found = super().find_class(module, name)
+            if isinstance(found, type) and found.__module__ == module:
+                return found
+        raise pickle.UnpicklingError(f"a sandbox may not send {module}.{name}")
+
+
+# -- which keyring a transport uses -----------------------------------------------------------------
+
+_local = threading.local()
+_process_keys: Keyring | None = None
+
+
+def set_process_keys(keys: Keyring | None) -> None:
+    """The keyring of every transport this process (and every process forked from it) makes.
+
+    The launcher sets it before Thespian starts, so the admin, the logger and every actor
+    inherit it.  An application process leaves it unset and uses :func:`keys_for_new_systems`.
+    """
+    global _process_keys
+    _process_keys = keys
+
+
+def process_keys() -> Keyring | None:
+    """This process's keyring (``None`` in a process that is not part of an actor system)."""
+    return _process_keys
+
+
+@contextmanager
+def keys_for_new_systems(keys: Keyring | None) -> Iterator[None]:
+    """Transports created in this thread meanwhile (an ``ActorSystem()``) use ``keys``; their clones follow."""
+    previous = getattr(_local, "creating", _UNSET)
+    _local.creating = keys
+    try:
+        yield
+    finally:
+        if previous is _UNSET:
+            del _local.creating
+        else:
+            _local.creating = previous
+
+
+_UNSET = object()
+
+
+@contextmanager
+def signing_for(address: Any, principal: Principal) -> Iterator[None]:
+    """Frames this thread sends to ``address`` meanwhile are signed for ``principal`` (a host process
+    talking to a sandbox's process, or answering one)."""
+    where = _where(address)
+    table = getattr(_local, "signing", None)
+    if table is None:
+        table = _local.signing = {}
+    previous = table.get(where)
+    table[where] = principal.kid
+    try:
+        yield
+    finally:
+        if previous is None:
+            table.pop(where, None)
+        else:
+            table[where] = previous
+
+
+def sender_principal() -> Principal:
+    """Who signed the message the current actor is handling (its own process's principal for a
+    message it sent itself, such as a timer or Thespian's report of a child's exit)."""
+    principal = getattr(_local, "principal", None)
+    if principal is not None:
+        return principal  # type: ignore[no-any-return]
+    return _process_keys.own if _process_keys is not None else HOST
+
+
+def envelope_principal(envelope: Any, keys: Keyring | None) -> Principal:
+    """The principal of a received envelope (an application context reads replies this way)."""
+    found = getattr(envelope, "_ph_principal", None)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    return keys.own if keys is not None else HOST
+
+
+def probe(address: tuple[str, int], keys: Keyring, timeout: float = 1.0) -> bool:
+    """Whether the plugin-host system listening at ``address`` accepts ``keys`` (one signed frame).
+
+    Returns ``False`` when it refuses them; raises ``OSError`` when nothing answers at all.
+    """
+    frame = keys.seal(keys.own.kid, pickle.dumps(_PROBE))
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(frame)
+        data = b""
+        while b">" not in data[:24]:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return False  # closed without an answer: our tag did not verify there
+            data += chunk
+        size, _, rest = data.partition(b">")
+        while len(rest) < int(size):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return False
+            rest += chunk
+    try:
+        principal, answer = keys.decode(rest[:int(size)])
+    except Rejected:
+        return False
+    return principal == keys.own and answer == "ACK"
+
+
+# -- the Thespian patch ----------------------------------------------------------------------------
+
+_installed = False
+
+
+def install() -> None:
+    """Patch Thespian's TCP transport in this process (idempotent); forked processes inherit it."""
+    global _installed
+    if _installed:
+        return
+    from thespian.system import actorManager, logdirector
+    from thespian.system.transport import TCPTransport as tcp
+
+    originals = {
+        "init": tcp.TCPTransport.__init__, "clone": tcp.TCPTransport.external_transport_clone,
+        "one": actorManager.ActorManager._handleOneMessage, "ready": actorManager.ActorManager._pendingActorReady,
+        "log": logdirector.ThespianLogForwardHandler.handle,
+    }
+
+    def __init__(self: Any, *args: Any) -> None:
+        creating = getattr(_local, "creating", _UNSET)
+        self._ph_keys = _process_keys if creating is _UNSET else creating
+        originals["init"](self, *args)
+
+    def external_transport_clone(self: Any) -> Any:
+        with keys_for_new_systems(getattr(self, "_ph_keys", None)):
+            return originals["clone"](self)
+
+    def _handleOneMessage(self: Any, envelope: Any) -> Any:  # noqa: N802 (Thespian's name)
+        previous = getattr(_local, "principal", None)
+        _local.principal = getattr(envelope, "_ph_principal", None)
+        try:
+            return originals["one"](self, envelope)
+        finally:
+            _local.principal = previous
+
+    def _pendingActorReady(self: Any, childInstance: Any, actualAddress: Any,  # noqa: N802,N803
+                           isMyChild: bool = True) -> Any:  # noqa: N803
+        keys = getattr(self.transport, "_ph_keys", None)
+        if keys is not None:
+            keys.child_ready(childInstance, actualAddress)
+        return originals["ready"](self, childInstance, actualAddress, isMyChild)
+
+    def handle(self: Any, record: Any) -> Any:
+        # A sandbox's log records reach host processes through the restricted decoder: send the
+        # message as text, never the plugin's objects in ``args``.
+        keys = _process_keys
+        if keys is not None and not keys.is_host and record.args:
+            record.msg, record.args = record.getMessage(), None
+        return originals["log"](self, record)
+
+    tcp.serializer = _RawFrames()
+    tcp.ReceiveBuffer = _bounded_receive_buffer()
+    tcp.TCPTransport.__init__ = __init__
+    tcp.TCPTransport.external_transport_clone = external_transport_clone
+    tcp.TCPTransport.serializer = _serialize
+    tcp.TCPTransport._addedDataToIncoming = _added_data_to_incoming
+    tcp.TCPTransport._check_XMIT_4_done = _check_xmit_4_done
+    actorManager.ActorManager._handleOneMessage = _handleOneMessage
+    actorManager.ActorManager._pendingActorReady = _pendingActorReady
+    logdirector.ThespianLogForwardHandler.handle = handle
+    _installed = True
+
+
+class _RawFrames:
+    """Replaces the transport's module-level ``serializer``: receive buffers hand back the raw frame
+    (the transport methods below check and decode it); ``dumps`` is plain pickle."""
+
+    loads = staticmethod(bytes)
+    dumps = staticmethod(pickle.dumps)
+
+
+def _bounded_receive_buffer() -> type:
+    from thespian.system.transport.streamBuffer import ReceiveBuffer
+
+    class BoundedReceiveBuffer(ReceiveBuffer):
+        """Thespian's receive buffer, refusing a declared size over :data:`MAX_FRAME_BYTES`."""
+
+        def addMore(self, buf: bytes) -> None:  # noqa: N802 (Thespian's name)
+            super().addMore(buf)
+            if self._size is not None and self._size > MAX_FRAME_BYTES:
+                raise ValueError(f"a frame of {self._size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+
+    return BoundedReceiveBuffer
+
+
+def _serialize(self: Any, intent: Any) -> bytes:
+    """``TCPTransport.serializer``: the pickled envelope, sealed for the target's principal."""
+    payload = pickle.dumps((self.myAddress, intent.message))
+    keys: Keyring | None = getattr(self, "_ph_keys", None)  # none: made before the patch, or raw
+    if keys is None:
+        return b"%d>" % len(payload) + payload
+    kid = intent._ph_kid = keys.kid_for(intent.targetAddr)
+    return keys.seal(kid, payload)
+
+
+def _peer(sock: Any) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except (OSError, AttributeError, ValueError):
+        return "?"
+
+
+def _decode(keys: Keyring | None, buffer: Any) -> tuple[Principal | None, Any]:
+    """A completed receive buffer's content (decoded once, even when two paths read it)."""
+    done = getattr(buffer, "_ph_decoded", None)
+    if done is None:
+        raw, _ = buffer.completed()
+        if keys is None:  # a raw transport (a buffer made before the patch holds the value already)
+            done = (None, pickle.loads(raw) if isinstance(raw, (bytes, bytearray)) else raw)
+        else:
+            done = keys.decode(raw)
+        buffer._ph_decoded = done
+    return done
+
+
+def _added_data_to_incoming(self: Any, inc: Any, skipFinish: bool = False,  # noqa: N803 (Thespian's names)
+                            has_exclusive_flag: bool = False) -> Any:
+    """``TCPTransport._addedDataToIncoming`` (Thespian 4.0.1), with the frame checked before it is decoded."""
+    from thespian.system.transport import ReceiveEnvelope
+    from thespian.system.transport.TCPTransport import (
+        ackDataErrMsg, ackMsg, err_send_connreset, isControlMessage, thesplog)
+
+    if not inc.receivedAllData():
+        return inc
+    keys: Keyring | None = getattr(self, "_ph_keys", None)  # none: made before the patch, or raw
+    principal: Principal | None = None
+    rdata: Any = ""
+    try:
+        principal, rdata = _decode(keys, inc._rData)
+        if keys is not None and rdata == _PROBE:
+            inc.socket.send(keys.ack(principal))  # type: ignore[arg-type]
+            inc.close()
+            return None
+        if isControlMessage(rdata):
+            raise ValueError('Error: received control message "%s"; expecting incoming data.' % (str(rdata)))
+        envelope = ReceiveEnvelope(*rdata)
+    except Rejected as rejected:
+        assert keys is not None
+        if rejected.reason != "ignored":
+            keys.log.record(rejected, _peer(inc.socket))
+        if rejected.principal is not None:  # authentic but refused: tell the sender, in its key
+            _send_quietly(inc.socket, keys.ack(rejected.principal, error=rejected.reason != "ignored"))
+        inc.close()
+        return None
+    except Exception:  # noqa: BLE001 - Thespian's own data-error path
+        import traceback
+        thesplog('OUCH!  Error deserializing received data: %s  (rdata="%s")', traceback.format_exc(), rdata,
+                 level=logging.ERROR)
+        _send_quietly(inc.socket, ackDataErrMsg if keys is None or principal is None else keys.ack(principal, True))
+        inc.close()
+        return None
+    try:
+        inc.socket.send(ackMsg if keys is None or principal is None else keys.ack(principal))
+    except socket.error as err:
+        if err_send_connreset(err):
+            thesplog('Remote %s closed socket before ACK could be sent', inc.socket, level=logging.WARNING)
+        else:
+            raise
+    if principal is not None:
+        envelope._ph_principal = principal
+    inc.fromAddress = rdata[0]
+    self._processReceivedEnvelope(envelope, has_exclusive_flag=has_exclusive_flag)
+    # Thespian 4.0.1 drops data trailing a frame here (it re-adds the decoded tuple, which fails);
+    # a sender waits for each ACK before its next frame, so nothing is lost.
+    if not skipFinish:
+        self._finishIncoming(inc, envelope.sender)
+    return None
+
+
+def _send_quietly(sock: Any, data: bytes) -> None:
+    try:
+        sock.send(data)
+    except Exception:  # noqa: BLE001 - a courtesy; the socket is closed next anyway
+        pass
+
+
+def _check_xmit_4_done(self: Any, intent: Any, rcv: bytes) -> Any:
+    """``TCPTransport._check_XMIT_4_done`` (Thespian 4.0.1): the ACK must be authentic, and signed
+    with the key of the frame it acknowledges."""
+    from thespian.system.transport import SendStatus
+    from thespian.system.transport.TCPTransport import (
+        ReceiveBuffer, TCPIncomingPersistent, ackPacket, isControlMessage, serializer, thesplog)
+
+    intent.ackbuf.addMore(rcv)
+    if not intent.ackbuf.isDone():
+        return True  # continue waiting for the ACK
+    keys: Keyring | None = getattr(self, "_ph_keys", None)  # none: made before the patch, or raw
+    compl = intent.ackbuf.completed()
+    try:
+        if not compl:
+            raise Rejected("unauthenticated", "corrupted ACK")
+        principal, ackmsg = _decode(keys, intent.ackbuf)
+        if keys is not None and isControlMessage(ackmsg) and principal.kid != intent._ph_kid:  # type: ignore[union-attr]
+            raise Rejected("unauthenticated", "an ACK signed for another principal")
+    except Exception as exc:  # noqa: BLE001 - a corrupted or forged ACK: retry, as Thespian does
+        if keys is not None:
+            keys.log.record(exc if isinstance(exc, Rejected) else Rejected("unauthenticated", str(exc)),
+                            _peer(getattr(intent, "socket", None)))
+        intent.backoffPause(True)
+        intent.stage = self._XMITStepRetry
+        return self._nextTransmitStep(intent)
+    intent.extraRead = compl[1]
+    if isControlMessage(ackmsg):
+        intent.result = SendStatus.Sent if ackmsg == ackPacket else SendStatus.BadPacket
+        intent.stage = self._XMITStepFinishCleanup
+        return self._nextTransmitStep(intent)
+    # The remote sent a frame of its own instead of the ACK: take it as an incoming message.
+    intent.ackbuf.removeExtra()
+    if self._addedDataToIncoming(TCPIncomingPersistent(intent.targetAddr, intent.socket, intent.ackbuf), True):
+        thesplog('<<< Should never happen: not full receive while waiting for ACK. Aborting socket.',
+                 level=logging.CRITICAL)
+        intent.ackbuf = ReceiveBuffer(serializer.loads)
+        intent.backoffPause(True)
+        intent.stage = self._XMITStepRetry
+        return self._nextTransmitStep(intent)
+    intent.ackbuf = ReceiveBuffer(serializer.loads)
+    nxtrcv = intent.extraRead
+    intent.extraRead = ""
+    return self._check_XMIT_4_done(intent, nxtrcv)

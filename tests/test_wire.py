@@ -1,0 +1,162 @@
+"""The frame authentication of ``plugin_host._wire``: keys, tags, the restricted decoder, and the pin on
+the Thespian internals it patches."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import thespian
+
+from plugin_host import _wire
+from plugin_host.messages import Failed, Ok
+from plugin_host.errors import PluginError
+from conftest import ROOT
+
+# sha256 of each Thespian 4.0.1 file whose internals plugin-host patches or copies (see _wire.PATCHED and
+# _launcher.apply_bind_patch).  A new Thespian must be read again before these change.
+THESPIAN_FILES = {
+    "transport/TCPTransport.py": "303b9a9b3871ca949f70c5f57654fc8147e44f8d0e9981c55902a1b0f16a2c59",
+    "transport/streamBuffer.py": "3aa2191109c9aec9b7c96a6617eb7799dbe63e866de0d403075eb11e8f53f850",
+    "transport/IPBase.py": "ff75cc8eb35019a3783b9ee3d8e8720c9fe4d6a6c3219fef7e1934b85c359a69",
+    "actorManager.py": "ef63efe7ab4f9b5efa085671aa51696d727876415b0b06c699ab33b84095121a",
+    "logdirector.py": "d756ac5d9496a848f2715b69ed517eeec893e40619ea9ae720dfb7cd91d5b90e",
+    "utilis.py": "69b676a1b7c148f40f9365a600868b3db7783a639cd55528e78798d35b70b21b",
+}
+
+
+def keyring() -> _wire.Keyring:
+    """A host keyring from a fixed test credential."""
+    return _wire.Keyring(_wire.host_key_from_cookie(b"a test credential of 32 bytes...."))
+
+
+@pytest.mark.parametrize("relative", sorted(THESPIAN_FILES))
+def test_the_patched_thespian_files_are_the_ones_the_patch_was_written_for(relative: str) -> None:
+    """Each Thespian file whose internals are patched is byte for byte the 4.0.1 one the patch copies."""
+    path = Path(thespian.__file__).parent / "system" / relative
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == THESPIAN_FILES[relative], (
+        f"Thespian's {relative} changed: re-read plugin_host/_wire.py (PATCHED) against it before upgrading")
+
+
+def test_every_patched_name_exists_in_thespian() -> None:
+    """Every name in ``_wire.PATCHED`` resolves in the installed Thespian (a rename fails here, loudly)."""
+    for module_name, names in _wire.PATCHED.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            obj = module
+            for part in name.split("."):
+                assert hasattr(obj, part), f"{module_name}.{name} is gone"
+                obj = getattr(obj, part)
+
+
+def test_thespian_is_pinned_exactly() -> None:
+    """setup.cfg pins the Thespian release the patch was written for, exactly."""
+    assert "thespian==4.0.1" in (ROOT / "setup.cfg").read_text().replace(" ", "")
+
+
+def test_a_sealed_frame_opens_with_its_principal_and_a_changed_byte_is_refused() -> None:
+    """A sandbox-signed frame opens on a host keyring as that sandbox; one flipped bit anywhere fails."""
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    wire = keys.seal(alice.kid, pickle.dumps(("addr", Ok(1, "c1"))))
+    frame = wire.partition(b">")[2]
+    principal, (_, message) = keys.decode(frame)
+    assert principal == alice and principal.sandbox_id == "alice" and message == Ok(1, "c1")
+    for index in (0, 5, len(frame) // 2, len(frame) - 1):
+        tampered = bytearray(frame)
+        tampered[index] ^= 1
+        with pytest.raises(_wire.Rejected) as caught:
+            keys.decode(bytes(tampered))
+        assert caught.value.reason == "unauthenticated"
+
+
+def test_another_credential_cannot_open_a_frame() -> None:
+    """A host with another cookie refuses the frame (a convention member with the wrong credential)."""
+    frame = keyring().seal(b"h", pickle.dumps("hello")).partition(b">")[2]
+    other = _wire.Keyring(_wire.host_key_from_cookie(b"another credential, 32 bytes ...."))
+    with pytest.raises(_wire.Rejected, match="wrong tag"):
+        other.open(frame)
+
+
+def test_a_sandbox_keyring_holds_its_own_key_only() -> None:
+    """After ``become_sandbox`` the host key is zeroed; host and other sandboxes' frames no longer open."""
+    host = keyring()
+    alice, bob = _wire.new_sandbox_principal("alice"), _wire.new_sandbox_principal("bob")
+    to_bob = host.seal(bob.kid, pickle.dumps("for bob")).partition(b">")[2]
+    from_host = host.seal(b"h", pickle.dumps("host")).partition(b">")[2]
+    for_alice = host.seal(alice.kid, pickle.dumps("for alice")).partition(b">")[2]
+    sandbox = keyring()
+    held = sandbox.host_key
+    sandbox.become_sandbox(alice)
+    assert held == bytearray(len(held)) and not sandbox.is_host and sandbox.own == alice
+    assert sandbox.decode(for_alice) == (alice, "for alice")
+    for frame in (to_bob, from_host):
+        with pytest.raises(_wire.Rejected, match="does not hold"):
+            sandbox.decode(frame)
+    with pytest.raises(ValueError):
+        sandbox.seal(b"h", b"x")  # it cannot speak as the host
+    with pytest.raises(ValueError):
+        sandbox.host_key
+    assert sandbox.kid_for(object()) == alice.kid  # whatever the target, it signs as itself
+
+
+def test_a_sandbox_frame_with_a_crafted_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
+    """A host process decodes a sandbox's frame with the restricted unpickler: a ``__reduce__`` payload
+    never runs (the marker stays absent) and the frame is refused."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    for payload in (pickle.dumps(("addr", Evil())), pickle.dumps(("addr", Ok(Evil(), "c"))),
+                    pickle.dumps(os.system), pickle.dumps(("a", Failed(PluginError("x"), "c")))[:-1]):
+        frame = keys.seal(alice.kid, payload).partition(b">")[2]
+        with pytest.raises(_wire.Rejected) as caught:
+            keys.decode(frame)
+        assert caught.value.reason == "refused" and caught.value.principal == alice
+    assert not marker.exists()
+    # The host's own frames are trusted (they may carry any pickle): that is why only it holds its key.
+    frame = keys.seal(b"h", pickle.dumps(("a", Failed(PluginError("boom", actor="x"), "c")))).partition(b">")[2]
+    assert keys.decode(frame)[1][1].error.actor == "x"
+
+
+def test_plugin_host_messages_values_and_errors_pass_the_restricted_decoder() -> None:
+    """What a sandbox legitimately sends (replies, errors with context, sets, addresses) decodes."""
+    from thespian.actors import ActorAddress
+    from thespian.system.transport.IPBase import TCPv4ActorAddress
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    address = ActorAddress(TCPv4ActorAddress("127.0.0.1", 4242, external=True))
+    message = (address, Failed(PluginError("boom", type_name="KeyError", actor="a"), "c7"))
+    principal, (sender, reply) = keys.decode(keys.seal(alice.kid, pickle.dumps(message)).partition(b">")[2])
+    assert sender == address and reply.error.type_name == "KeyError" and reply.corr == "c7"
+    value = {"a": {1, 2}, "b": frozenset({3}), "c": bytearray(b"x"), "d": 1j}
+    assert keys.decode(keys.seal(alice.kid, pickle.dumps(("x", Ok(value, "c")))).partition(b">")[2])[1][1].value == value
+
+
+def test_a_frame_larger_than_the_limit_is_refused_before_it_is_buffered() -> None:
+    """A declared size over ``MAX_FRAME_BYTES`` fails at once (no memory is held for it)."""
+    _wire.install()
+    from thespian.system.transport import TCPTransport
+
+    buffer = TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
+    with pytest.raises(ValueError, match="limit"):
+        buffer.addMore(b"%d>PH1" % (_wire.MAX_FRAME_BYTES + 1))
+    ok = TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
+    ok.addMore(b"3>abc")
+    assert ok.completed() == (b"abc", b"")  # buffers hand the raw frame to the checking transport
+
+
+def test_principal_ids_are_unique_per_incarnation_and_name_their_sandbox() -> None:
+    """Two incarnations of one sandbox id get different keys; the id reads back (unicode included)."""
+    first, second = _wire.new_sandbox_principal("ünïcode id"), _wire.new_sandbox_principal("ünïcode id")
+    assert first != second and first.sandbox_id == second.sandbox_id == "ünïcode id"
+    assert _wire.HOST.is_host and _wire.HOST.sandbox_id is None and not first.is_host
