@@ -44,6 +44,15 @@ class Member:
     """When the last ping went (the next one waits for its pong, or ``node_timeout``)."""
     doomed: set[int] = attrs.field(factory=set)
     """Process groups of sandboxes lost there, to kill should the member answer again."""
+    monitor_started: float = 0.0
+    """When its monitor was last (re)created."""
+    monitor_due: bool = False
+    """Its monitor exited too soon after the last one was made: make another on a later tick."""
+
+
+_MONITOR_RETRY = 1.0
+"""Seconds between two monitors made for one member: a member that is shutting down fails every
+creation at once, and re-creating on each failure would flood both systems' admins."""
 
 
 class NodesAdmin:
@@ -86,7 +95,7 @@ class NodesAdmin:
                 self._retire_monitor(member)
                 member = self.members[name] = Member(name, msg.remoteAdminAddress, caps)
                 if NODE_CAPABILITY in caps:  # a plugin-host node: keep a monitor there (and ping it)
-                    member.monitor = self._new_monitor(name)
+                    member.monitor, member.monitor_started = self._new_monitor(name), time.monotonic()
             else:
                 member.capabilities = caps
         elif member is not None:
@@ -116,6 +125,8 @@ class NodesAdmin:
         for member in list(self.members.values()):
             if member.monitor is None:
                 continue  # it left the convention
+            if member.monitor_due and member.status == "up" and now - member.monitor_started >= _MONITOR_RETRY:
+                self._replace_monitor(member)
             if member.status == "up" and now - member.last_heard > timeout and not late:
                 self.node_lost(member, f"it did not answer for {timeout:g} s (node_timeout)")
             answered = member.last_heard >= member.ping_at
@@ -142,7 +153,8 @@ class NodesAdmin:
                 return
 
     def _replace_monitor(self, member: Member) -> None:
-        member.monitor = self._new_monitor(member.name)
+        member.monitor, member.monitor_started, member.monitor_due = self._new_monitor(member.name), \
+            time.monotonic(), False
         member.ping_at, member.last_heard = 0.0, time.monotonic()
         if member.status == "up":  # the new one knows nothing yet: what runs there, with what limits
             for sandbox_id, rec in list(self.sandboxes.items()):
@@ -154,11 +166,14 @@ class NodesAdmin:
 
         Not while it is lost: a creation on a member Thespian has dropped fails at once and
         reports the exit again, so this would loop; ``ping_members`` tries once per node_timeout.
+        Nor more than once a second for a member that is up (it may be shutting down).
         """
         for member in self.members.values():
             if member.monitor == address:
-                if member.status == "up":
+                if member.status == "up" and time.monotonic() - member.monitor_started >= _MONITOR_RETRY:
                     self._replace_monitor(member)
+                elif member.status == "up":
+                    member.monitor_due = True  # made again on a later tick, not in a loop of failures
                 return True
         return False
 

@@ -83,7 +83,8 @@ class HostActor(ActorTypeDispatcher):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: Any) -> bool:  # noqa: N802
         """Thespian's placement test: a system fits when it offers every required capability, equal."""
-        return all(capabilities.get(key) == value for key, value in dict(requirements or {}).items())
+        return all(capabilities.get(key) == value for key, value in dict(requirements or {}).items()
+                   if key != _wire.KID_REQUIREMENT)
 
     @property
     def multiprocess(self) -> bool:

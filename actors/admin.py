@@ -149,6 +149,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     def admit(self, message: Any, principal: _wire.Principal) -> Admission:
         """A sandbox may ask about itself (:data:`_SANDBOX_REQUESTS`) and report on itself; nothing else."""
+        if isinstance(message, ChildActorExited):
+            return "report"  # a root's goodbye: the transport let it through only about that root itself
         if isinstance(message, m.SandboxReloaded):
             pending = self.reloads.get(message.reload_id)
             about: Any = pending.sandbox_id if pending is not None else None
@@ -290,8 +292,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     def _start_root(self, sandbox_id: str, rec: _Sandbox) -> None:
         rec.principal = _wire.new_sandbox_principal(sandbox_id)
-        if rec.node:  # Thespian places it: the pinned node's admin forks it there
-            wanted = {**(rec.request.requirements or {}), NODE_CAPABILITY: rec.node}
+        if rec.node:  # Thespian places it: the pinned node's admin forks it there (and signs for its key)
+            wanted = {**(rec.request.requirements or {}), NODE_CAPABILITY: rec.node,
+                      _wire.KID_REQUIREMENT: rec.principal.kid.hex()}
             rec.root, rec.pid = self.createActor(SandboxActor, targetActorRequirements=wanted), None
         else:
             rec.root = self.createActor(SandboxActor)

@@ -50,6 +50,7 @@ from typing import Any, Iterator
 
 __all__ = [
     "HOST",
+    "KID_REQUIREMENT",
     "MAX_FRAME_BYTES",
     "PATCHED",
     "Keyring",
@@ -73,6 +74,10 @@ _SANDBOX_LABEL = b"plugin-host/1 sandbox key\0"
 _TAG = 32
 _HEADER = len(MAGIC) + 2  # magic, then the key id's length (2 bytes, big-endian)
 _PROBE = "plugin-host/1 probe"
+KID_REQUIREMENT = "plugin_host.kid"
+"""The requirement that carries a sandbox root's key id (hex) to the admin of the system that creates
+it, so that what that admin sends the root (an exit request at shutdown) is signed for it.  Not a
+capability: placement ignores it."""
 MAX_FRAME_BYTES = 256 * 2**20
 """Frames above this are refused before they are buffered (an unauthenticated peer could
 otherwise make a process hold any amount of memory until its tag is checked)."""
@@ -84,6 +89,7 @@ PATCHED = {
                                                "TCPTransport._addedDataToIncoming",
                                                "TCPTransport._check_XMIT_4_done"),
     "thespian.system.actorManager": ("ActorManager._handleOneMessage", "ActorManager._pendingActorReady"),
+    "thespian.system.admin.adminCore": ("AdminCore._pendingActorReady",),
     "thespian.system.logdirector": ("ThespianLogForwardHandler.handle",),
     "thespian.system.utilis": ("_thesplog_file", "_thesplog_old_file"),
 }
@@ -339,11 +345,17 @@ class Keyring:
         if principal.is_host or not self.is_host:
             return principal, pickle.loads(payload)
         try:
-            return principal, _SandboxUnpickler(io.BytesIO(payload)).load()
+            decoded = _SandboxUnpickler(io.BytesIO(payload)).load()
         except _Ignored as exc:
             raise Rejected("ignored", str(exc), principal) from None
         except Exception as exc:  # noqa: BLE001 - any decoding failure drops the frame
             raise Rejected("refused", f"{type(exc).__name__}: {exc}", principal) from None
+        message = decoded[1] if isinstance(decoded, tuple) and len(decoded) == 2 else None
+        if type(message).__name__ == "ChildActorExited" and \
+                self._routes.get(_where(getattr(message, "childAddress", None))) != principal.kid:
+            # A sandbox's root may say it exits (its parent waits for that at shutdown); nobody else.
+            raise Rejected("refused", "a ChildActorExited about another process", principal)
+        return principal, decoded
 
     def ack(self, principal: Principal, error: bool = False) -> bytes:
         """Thespian's ``ACK`` (or ``ACK+DATAERR``) control frame, signed for ``principal``."""
@@ -377,9 +389,16 @@ class Keyring:
     def child_ready(self, instance: Any, address: Any) -> None:
         """Thespian resolved a child's address: give it the route :meth:`expect_child` asked for."""
         kid = self._expected.pop(instance, None) if isinstance(instance, int) else None
+        if kid is not None:
+            self.route(address, Principal(kid))
+
+    def route(self, address: Any, principal: Principal) -> None:
+        """Sign everything to ``address`` for ``principal`` from now on (a host process only)."""
         where = _where(address)
-        if kid is not None and where is not None:
-            self._routes[where] = kid
+        if where is not None and self._host_key is not None:
+            if len(self._routes) >= _CACHE_LIMIT:
+                self._routes.pop(next(iter(self._routes)))
+            self._routes[where] = principal.kid
 
     def forget(self, address: Any) -> None:
         """Drop the route to ``address`` (its process is gone; the port may be reused)."""
@@ -402,13 +421,14 @@ _ALLOWED_NAMES = {
     ("thespian.system.transport.IPBase", "TCPv4ActorAddress"),
     ("socket", "AddressFamily"), ("socket", "SocketKind"),  # inside an address
     ("logging", "LogRecord"),
+    ("thespian.actors", "ChildActorExited"),  # a root's goodbye to its parent: checked in Keyring.decode
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"),
 }
 
 
-_IGNORED_NAMES = {("thespian.actors", "ChildActorExited"), ("thespian.actors", "DeadEnvelope")}
-"""What a sandbox's Thespian runtime sends host processes by itself: a root's goodbye to its parent (the
-admin learns of the exit from the kernel instead) and dead letters.  Acknowledged and dropped, not logged."""
+_IGNORED_NAMES = {("thespian.actors", "DeadEnvelope")}
+"""What a sandbox's Thespian runtime sends host processes by itself and nobody needs: dead letters.
+Acknowledged and dropped, not logged."""
 
 
 class _Ignored(pickle.UnpicklingError):
@@ -473,6 +493,9 @@ def signing_for(address: Any, principal: Principal) -> Iterator[None]:
     """Frames this thread sends to ``address`` meanwhile are signed for ``principal`` (a host process
     talking to a sandbox's process, or answering one)."""
     where = _where(address)
+    if where is None:  # not a resolved TCP address: nothing to sign for
+        yield
+        return
     table = getattr(_local, "signing", None)
     if table is None:
         table = _local.signing = {}
@@ -543,12 +566,14 @@ def install() -> None:
     if _installed:
         return
     from thespian.system import actorManager, logdirector
+    from thespian.system.admin import adminCore
     from thespian.system.transport import TCPTransport as tcp
 
     originals = {
         "init": tcp.TCPTransport.__init__, "clone": tcp.TCPTransport.external_transport_clone,
         "one": actorManager.ActorManager._handleOneMessage, "ready": actorManager.ActorManager._pendingActorReady,
         "log": logdirector.ThespianLogForwardHandler.handle,
+        "admin_ready": adminCore.AdminCore._pendingActorReady,
     }
 
     def __init__(self: Any, *args: Any) -> None:
@@ -575,6 +600,20 @@ def install() -> None:
             keys.child_ready(childInstance, actualAddress)
         return originals["ready"](self, childInstance, actualAddress, isMyChild)
 
+    def admin_pending_ready(self: Any, childInstance: Any, actualAddress: Any) -> Any:  # noqa: N803
+        # A system's admin creating a sandbox root another admin asked for (a convention member):
+        # the request carries the root's key id, so what this admin sends it is signed for it.
+        keys = getattr(self.transport, "_ph_keys", None)
+        requests = getattr(self, "_pendingChildren", {}).get(childInstance) or ()
+        wanted = getattr(requests[0].message, "targetActorReq", None) if requests else None
+        kid = wanted.get(KID_REQUIREMENT) if isinstance(wanted, dict) else None
+        if keys is not None and isinstance(kid, str):
+            try:
+                keys.route(actualAddress, Principal(bytes.fromhex(kid)))
+            except ValueError:
+                pass
+        return originals["admin_ready"](self, childInstance, actualAddress)
+
     def handle(self: Any, record: Any) -> Any:
         # A sandbox's log records reach host processes through the restricted decoder: send the
         # message as text, never the plugin's objects in ``args``.
@@ -592,6 +631,7 @@ def install() -> None:
     tcp.TCPTransport._check_XMIT_4_done = _check_xmit_4_done
     actorManager.ActorManager._handleOneMessage = _handleOneMessage
     actorManager.ActorManager._pendingActorReady = _pendingActorReady
+    adminCore.AdminCore._pendingActorReady = admin_pending_ready
     logdirector.ThespianLogForwardHandler.handle = handle
     _installed = True
 

@@ -348,7 +348,11 @@ class Host(CallMethods, ReloadMethods):
         """Call ``callback(event)`` for every sandbox event from now on (in a thread of the host).
 
         Events: ``started``, ``crashed``, ``restarted``, ``failed``, ``limit_breached``,
-        ``reloaded``, ``rolled_back``, ``stopped``.  Returns a handle: call it to unsubscribe.
+        ``reloaded``, ``rolled_back``, ``stopped``, ``lost``; and what the host refused:
+        ``denied`` (a sandbox asked for something only the host may do, or about another sandbox;
+        ``details["request"]`` names it) and ``frame_rejected`` (frames that failed authentication,
+        or that a sandbox may not send; ``details["count"]``, ``["peers"]``).  Returns a handle:
+        call it to unsubscribe.
         """
         if self._listener is None:
             self._listener = EventListener(self._system, self._admin)

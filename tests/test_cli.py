@@ -317,7 +317,7 @@ def test_a_port_that_is_no_plugin_host_gets_nothing_and_fails_within_a_second(
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        server.settimeout(3)
+        server.settimeout(1.5)
 
         def serve() -> None:
             try:

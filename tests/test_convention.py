@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from plugin_host import Host, HostConfig
+from plugin_host import Host, HostConfig, _wire
 from plugin_host.cli import main
 from plugin_host.errors import (
     ActorNotFoundError,
@@ -433,17 +433,20 @@ def test_a_root_refuses_code_that_does_not_match_its_checksum(host: Host, tmp_pa
     sources = codeload.read_sandbox_folder(make_folder(tmp_path / "code")).as_wire()
     checksums = codeload.wire_checksums(sources)
     tampered = {**sources, "counter": (sources["counter"][0], sources["counter"][1] + "\nimport os\n", False)}
-    root = host.actor_system.createActor(SandboxActor)
+    principal = _wire.new_sandbox_principal("t")  # as the admin does: Thespian's admin signs for its key
+    root = host.actor_system.createActor(SandboxActor, targetActorRequirements={_wire.KID_REQUIREMENT:
+                                                                                principal.kid.hex()})
     context = m.SandboxContext("t", root, 0.2, 1.0, 2.0)
     try:
-        first = host.actor_system.ask(root, m.StartSandbox(context, "root:Root", tampered, None, {}, None, checksums),
-                                      10)
+        first = host.actor_system.ask(root, m.StartSandbox(context, "root:Root", tampered, None, {}, None, checksums,
+                                                           kid=principal.kid), 10)
         assert isinstance(first, m.SandboxStatus) and first.status == "starting" and first.pid  # its pid, first
         reply = host.actor_system.listen(10)
         assert isinstance(reply, m.SandboxStatus) and reply.status == "start_failed"
         assert isinstance(reply.error, CodeIntegrityError) and "counter" in str(reply.error)
     finally:
-        host.actor_system.tell(root, __import__("thespian.actors").actors.ActorExitRequest())
+        with _wire.signing_for(root, principal):  # the root holds its own key only by now
+            host.actor_system.tell(root, __import__("thespian.actors").actors.ActorExitRequest())
     with pytest.raises(CodeIntegrityError):
         codeload.verify_checksums(tampered, checksums)
     codeload.verify_checksums(sources, checksums)

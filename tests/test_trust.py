@@ -137,7 +137,7 @@ def test_another_local_user_runs_no_code_through_any_port_and_cannot_drive_the_h
             for frame in (payload, forged):
                 with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
                     sock.sendall(b"%d>" % len(frame) + frame)
-                    sock.settimeout(2)
+                    sock.settimeout(0.5)  # a dropped frame closes at once; an idle endpoint reads it later
                     try:
                         answers[f"{port}-{len(frame)}"] = sock.recv(100).decode("latin-1")
                     except OSError as exc:

@@ -24,6 +24,7 @@ THESPIAN_FILES = {
     "transport/streamBuffer.py": "3aa2191109c9aec9b7c96a6617eb7799dbe63e866de0d403075eb11e8f53f850",
     "transport/IPBase.py": "ff75cc8eb35019a3783b9ee3d8e8720c9fe4d6a6c3219fef7e1934b85c359a69",
     "actorManager.py": "ef63efe7ab4f9b5efa085671aa51696d727876415b0b06c699ab33b84095121a",
+    "admin/adminCore.py": "7a805625903e45bbe29fc4891b6c1cef2e5f99fa08bd1ff5e04cb7b84057fb65",
     "logdirector.py": "d756ac5d9496a848f2715b69ed517eeec893e40619ea9ae720dfb7cd91d5b90e",
     "utilis.py": "69b676a1b7c148f40f9365a600868b3db7783a639cd55528e78798d35b70b21b",
 }
