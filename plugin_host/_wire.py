@@ -597,21 +597,25 @@ def install() -> None:
                            isMyChild: bool = True) -> Any:  # noqa: N803
         keys = getattr(self.transport, "_ph_keys", None)
         if keys is not None:
-            keys.child_ready(childInstance, actualAddress)
+            try:
+                keys.child_ready(childInstance, actualAddress)
+            except Exception:  # noqa: BLE001 - never break Thespian's own bookkeeping
+                pass
         return originals["ready"](self, childInstance, actualAddress, isMyChild)
 
     def admin_pending_ready(self: Any, childInstance: Any, actualAddress: Any) -> Any:  # noqa: N803
         # A system's admin creating a sandbox root another admin asked for (a convention member):
         # the request carries the root's key id, so what this admin sends it is signed for it.
         keys = getattr(self.transport, "_ph_keys", None)
-        requests = getattr(self, "_pendingChildren", {}).get(childInstance) or ()
-        wanted = getattr(requests[0].message, "targetActorReq", None) if requests else None
-        kid = wanted.get(KID_REQUIREMENT) if isinstance(wanted, dict) else None
-        if keys is not None and isinstance(kid, str):
-            try:
+        try:
+            pending = getattr(self, "_pendingChildren", None)  # Thespian makes it a list once shutting down
+            requests = (pending.get(childInstance) if isinstance(pending, dict) else None) or ()
+            wanted = getattr(requests[0].message, "targetActorReq", None) if requests else None
+            kid = wanted.get(KID_REQUIREMENT) if isinstance(wanted, dict) else None
+            if keys is not None and isinstance(kid, str):
                 keys.route(actualAddress, Principal(bytes.fromhex(kid)))
-            except ValueError:
-                pass
+        except Exception:  # noqa: BLE001 - never break Thespian's own bookkeeping
+            pass
         return originals["admin_ready"](self, childInstance, actualAddress)
 
     def handle(self: Any, record: Any) -> Any:
