@@ -87,10 +87,11 @@ class MonitorActor(OrphanWatch, HostActor):
         if root is not None and root not in self._roots:
             if _is_root_here(root):
                 self._roots.add(root)
-            else:
+            elif _alive_pid(root):
                 log.warning("sandbox %s: pid %s is not a sandbox root of this system; not watched", msg.sandbox_id,
                             root)
                 del pids["(root)"]
+            # a root already gone stays: the next round reports it (RootGone), and kills no group for it
         entry = self.watched.setdefault(msg.sandbox_id, _Watched(pids, msg.limits))
         entry.pids, entry.limits = pids, msg.limits
         if self.multiprocess and not self._ticking:
@@ -119,7 +120,7 @@ class MonitorActor(OrphanWatch, HostActor):
         Only groups of sandbox roots: ones this monitor watches or saw end, or a process that
         leads its own group under this system's admin (a root an earlier monitor watched).
         """
-        roots = {entry.pids.get("(root)") for entry in self.watched.values()} | set(self._gone_roots)
+        roots = self._roots | set(self._gone_roots)  # checked while they ran: a report cannot name another group
         for pgid in msg.pgids:
             if isinstance(pgid, int) and (pgid in roots or _is_root_here(pgid)):
                 kill_group(pgid)
@@ -139,9 +140,10 @@ class MonitorActor(OrphanWatch, HostActor):
                 # system this may be the only word of it that reaches the admin), and stop watching
                 # pids that may be reused.
                 root = entry.pids["(root)"]
-                self._roots.discard(root)
-                kill_group(root)
-                self._gone_roots.append(root)
+                if root in self._roots:  # only a group checked to be a sandbox root's while it ran
+                    self._roots.discard(root)
+                    kill_group(root)
+                    self._gone_roots.append(root)
                 self.send(self.admin, m.RootGone(sandbox_id, root))
                 del self.watched[sandbox_id]
                 continue
@@ -212,6 +214,13 @@ class MonitorActor(OrphanWatch, HostActor):
         usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
                               sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
         self.reply(msg.reply_to, usage, msg.corr)
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _descendants(root: int | None) -> list[psutil.Process]:
