@@ -218,7 +218,7 @@ class MonitorActor(OrphanWatch, HostActor):
 
 def _alive_pid(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
