@@ -215,10 +215,17 @@ ATTACKER = textwrap.dedent('''
             for target, message in cloudpickle.loads(request):
                 if isinstance(message, tuple) and message[0] == "exploit":
                     message = ("sender", Exploit(message[1]))  # made here: unpickling it runs code
+                if isinstance(message, tuple) and message[0] == "later":  # ("later", ms, [messages])
+                    self.send_after(message[1], ("send", target, message[2]))
+                    continue
                 self._ph_runtime._worker.send(target, message)
             return len(state), state
 
         def handle_info(self, message, state):
+            if isinstance(message, tuple) and message[:1] == ("send",):
+                for each in message[2]:
+                    self._ph_runtime._worker.send(message[1], each)
+                return state
             return state + [message]
 
 
@@ -383,6 +390,36 @@ def test_a_sandbox_may_ask_about_itself_and_hears_its_own_events_only(host: Host
                                                                  ("Failed", rest[0][3] if rest[0][0] == "Failed"
                                                                   else rest[1][3])]
     assert not any(text.endswith(" b") for _, _, _, text in rest)
+
+
+SLOW = textwrap.dedent('''
+    import time
+    from actors import Plugin
+
+
+    class Slow(Plugin):
+        def handle_call(self, request, state):
+            time.sleep(request)
+            return "the real reply", state
+''')
+
+
+def test_a_sandbox_cannot_forge_the_reply_to_a_call_to_another_sandbox(host: Host, attacker: str,
+                                                                      tmp_path: Path) -> None:
+    """A plugin that knows where the application waits and which correlation id comes next sends a forged
+    ``Ok`` while the application waits on another sandbox: the application takes the real reply only."""
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "slow.py").write_text(SLOW)
+    host.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
+    host.create_sandbox("b", "slow:Slow", sandbox_path=str(folder))
+    assert host.call("b", "slow", 0) == "the real reply"
+    context = host._system.context_of_this_thread()._systemBase.transport.myAddress  # this thread's replies
+    prefix, number = host._system.new_corr().rsplit("-", 1)
+    guesses = [msgs.Ok("forged", f"{prefix}-{int(number) + step}") for step in range(1, 6)]
+    host.call("a", "attacker", cloudpickle.dumps([(context, ("later", 300, guesses))]))
+    assert host.call("b", "slow", 0.7) == "the real reply"  # the forgeries arrived meanwhile, signed by A
+    assert host.call("b", "slow", 0) == "the real reply"  # none of them answers a later call either
 
 
 def test_plain_plugin_values_refuse_a_plugins_objects(config: HostConfig, attacker: str, tmp_path: Path) -> None:
