@@ -392,6 +392,28 @@ def test_a_sandbox_may_ask_about_itself_and_hears_its_own_events_only(host: Host
     assert not any(text.endswith(" b") for _, _, _, text in rest)
 
 
+def test_a_sandbox_lying_about_its_own_processes_cannot_point_the_monitor_or_the_admin_at_another(
+        host: Host, attacker: str) -> None:
+    """A sandbox may report on itself, but the pids it reports are checked: the monitor enforces limits only
+    on descendants of a verified root, and the admin kills a local root's group by the pid it forked, never
+    a reported one.  A stranger's CPU-burning process named as the sandbox's worker and root survives the
+    limit and the sandbox's destroy."""
+    host.create_sandbox("a", "attacker:Root", sandbox_path=attacker, limits={"max_cpu_seconds": 0.3})
+    burner = subprocess.Popen([os.sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        info = host.get_sandbox_info("a")
+        lie = m.SandboxStatus("a", "running", children=(attrs.evolve(info.children[0], pid=burner.pid),),
+                              directory={}, pid=burner.pid)
+        host.call("a", "attacker", cloudpickle.dumps([(host.admin_address, lie)]))
+        eventually(lambda: psutil.Process(burner.pid).cpu_times().user > 2.5, timeout=20)  # 2+ monitor rounds
+        assert burner.poll() is None
+        host.destroy_sandbox("a")
+        assert burner.poll() is None and pid_alive(burner.pid)
+    finally:
+        burner.kill()
+        burner.wait()
+
+
 SLOW = textwrap.dedent('''
     import time
     from actors import Plugin
