@@ -287,6 +287,18 @@ def test_editing_one_file_revalidates_it_and_its_importers_only(tmp_path: Path) 
     assert compile_sandbox(root, cache_dir=cache).cached is True
 
 
+def test_a_cache_entry_never_skips_the_security_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache entry saying restricted code is clean (planted by whoever can write the cache, here made by
+    compiling once with the scan switched off) is a cache hit, and the scan still refuses the code."""
+    root = write_tree(tmp_path / "sb", {"a.py": "import subprocess\n"})
+    cache = tmp_path / "state" / "compile-cache"
+    monkeypatch.setattr(compiler, "_security", lambda job: [])
+    assert compile_sandbox(root, cache_dir=cache, security_profile="restricted").cached is False
+    monkeypatch.undo()
+    with pytest.raises(SecurityViolationError, match="subprocess"):
+        compile_sandbox(root, cache_dir=cache, security_profile="restricted")
+
+
 def test_corrupt_cache_files_are_ignored(tmp_path: Path) -> None:
     """Garbage in every cache file means a recompile, never a crash."""
     root = write_tree(tmp_path / "sb", {"a.py": "X = 1\n"})
