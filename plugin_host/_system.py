@@ -74,6 +74,7 @@ class ActorSystemHandle:
         self._serial = threading.RLock() if config.base == "simpleSystemBase" else None
         self._corr = itertools.count()
         self._corr_prefix = uuid.uuid4().hex[:12]
+        self._pid = os.getpid()
         self.closed = False
 
     # -- start / attach ---------------------------------------------------------------------
@@ -170,6 +171,8 @@ class ActorSystemHandle:
         self._runtime = _statedir.write_runtime(self.config.state_dir, self.port, self.config.bind_address)
 
     def _release(self) -> None:
+        if self.keys is not None:
+            self.keys.log.close()
         if self._runtime is not None:
             try:
                 self._runtime.unlink()
@@ -310,6 +313,8 @@ class ActorSystemHandle:
     def detach(self) -> None:
         """Drop this process's contexts without stopping the system (operator commands)."""
         self.closed = True
+        if self.keys is not None and os.getpid() == self._pid:
+            self.keys.log.close()
         with self._lock:
             contexts, self._contexts = self._contexts, []
         for manager, _ in contexts:

@@ -161,6 +161,15 @@ class _RejectionLog:
         self.written = 0
         self.suppressed = 0
 
+    def close(self) -> None:
+        """Stop recording (close the descriptor); later drops are only counted."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def record(self, rejected: Rejected, peer: str) -> None:
         now = time.time()
         if int(now) != self.window:
