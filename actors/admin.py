@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import attrs
+import psutil
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from plugin_host import _wire, codeload
@@ -68,8 +69,19 @@ its own actors); everything else is the host's."""
 _SANDBOX_REPORTS = (m.SandboxStatus, m.TreeEvent, m.Usage, m.AuditRecords, m.SandboxReloaded)
 """What a sandbox's root reports, about its own sandbox only."""
 
+_VANISHING = "plugin_host.vanishing"
+"""Payload of the short wakeups that check killed processes are gone."""
+
 Done = Callable[[Any], None]
 """Called with the result (a value, or a PluginHostError) of an admin operation."""
+
+
+def _create_time(pid: int) -> float:
+    """When ``pid`` started (a pid that is gone, or recycled since, counts as gone)."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return -1.0
 
 
 def check_sandbox_id(sandbox_id: Any) -> None:
@@ -144,6 +156,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.denied = 0
         """Requests refused to sandboxes since the host started."""
         self._rejections: _wire.RejectionTail | None = None
+        self._vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
+        """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
 
     # -- who may ask what -------------------------------------------------------------------
 
@@ -209,6 +223,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         """Tick: host still alive? sandboxes past their start or stop deadline?"""
+        if msg.payload == _VANISHING:
+            self._check_vanishing()
+            return
         self._ticking = False
         if self.host is not None and not process_alive(*self.host):
             self._emergency_stop()
@@ -377,7 +394,31 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         else:
             self.kill_on_node(rec.node, rec.pid)
 
+    def _destroyed(self, sandbox_id: str, rec: _Sandbox) -> None:
+        self._fire(rec, rec.error if rec.action == "start_failed" else None)
+        if rec.action == "destroy":
+            self.emit("stopped", sandbox_id)
+        self._check_shutdown_done()
+
+    def _when_gone(self, pids: list[tuple[int, float]], then: Callable[[], None]) -> None:
+        """Call ``then`` once none of ``pids`` (pid, create time) runs any more (checked every few ms, 2 s at most)."""
+        self._vanishing.append((pids, then, time.monotonic() + 2.0))
+        self._check_vanishing()
+
+    def _check_vanishing(self) -> None:
+        now, waiting, self._vanishing = time.monotonic(), self._vanishing, []
+        for pids, then, deadline in waiting:
+            left = [(pid, started) for pid, started in pids if process_alive(pid, started)]
+            if left and now < deadline:
+                self._vanishing.append((left, then, deadline))
+            else:
+                then()
+        if self._vanishing and self.multiprocess:
+            self.wakeupAfter(timedelta(milliseconds=5), payload=_VANISHING)
+
     def _root_gone(self, sandbox_id: str, rec: _Sandbox) -> None:
+        # Its local processes, to wait for when it is destroyed (a member's are the monitor's there).
+        pids = [] if rec.node else [(p, _create_time(p)) for p in (rec.pid, *(c.pid for c in rec.children)) if p]
         self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
         if rec.action == "restart":
@@ -393,10 +434,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             self._fire(rec, rec.error)
         elif rec.action in ("destroy", "start_failed"):
             del self.sandboxes[sandbox_id]
-            self._fire(rec, rec.error if rec.action == "start_failed" else None)
-            if rec.action == "destroy":
-                self.emit("stopped", sandbox_id)
-            self._check_shutdown_done()
+            # Answered once its processes are gone (killed above, they end within milliseconds):
+            # destroy_sandbox promises that no process of the sandbox runs when it returns.
+            self._when_gone(pids, lambda: self._destroyed(sandbox_id, rec))
         elif rec.status == "starting" and not rec.restarted:
             del self.sandboxes[sandbox_id]  # died while starting: as a failed start, the id is free again
             self._fire(rec, SandboxStartError(
