@@ -13,18 +13,20 @@ from collections import deque
 from typing import Any, Callable
 
 from plugin_host import _wire
-from plugin_host.errors import SandboxNotFoundError
+from plugin_host.errors import AccessDeniedError, SandboxNotFoundError
 from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, Subscribe, Unsubscribe
 from plugin_host.values import AuditRecord, Event
 
 from . import _messages as m
 
-__all__ = ["EventsAdmin", "EVENT_LOG", "AUDIT_LOG"]
+__all__ = ["EventsAdmin", "EVENT_LOG", "AUDIT_LOG", "SANDBOX_SUBSCRIPTIONS"]
 
 EVENT_LOG = 1000
 """Events the admin keeps (host-wide)."""
 AUDIT_LOG = 1000
 """Audit records kept per sandbox."""
+SANDBOX_SUBSCRIPTIONS = 8
+"""Event subscriptions one sandbox incarnation may hold (each costs a send per event)."""
 
 
 class EventsAdmin:
@@ -53,11 +55,21 @@ class EventsAdmin:
                     self.send(subscriber, EventNotice(event))
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:  # noqa: N802
-        """Push every event to the sender from now on (a sandbox: its own events only)."""
+        """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
         principal = _wire.sender_principal()
+        if not principal.is_host and sum(p == principal for _, p in self.subscribers) >= SANDBOX_SUBSCRIPTIONS:
+            error = AccessDeniedError(f"sandbox {principal.sandbox_id!r} already has {SANDBOX_SUBSCRIPTIONS} "
+                                      "subscriptions", request="Subscribe", sandbox_id=principal.sandbox_id)
+            self.emit("denied", principal.sandbox_id or "", reason=str(error), request="Subscribe", target=None)
+            self.reply(sender, error, msg.corr)
+            return
         if not any(s == sender and p == principal for s, p in self.subscribers):
             self.subscribers.append((sender, principal))
         self.reply(sender, None, msg.corr)
+
+    def forget_subscribers(self, sandbox_id: str) -> None:
+        """A sandbox's processes are gone: so are its subscriptions (a new incarnation subscribes anew)."""
+        self.subscribers = [(s, p) for s, p in self.subscribers if p.sandbox_id != sandbox_id]
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:  # noqa: N802
         """Stop pushing events to the sender."""

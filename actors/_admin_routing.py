@@ -18,7 +18,12 @@ from plugin_host.messages import ActorRef, Blob, Call, Cast, GetSandboxInfo, Lis
 
 from . import _messages as m
 
-__all__ = ["RoutingAdmin", "not_found"]
+__all__ = ["RoutingAdmin", "not_found", "SANDBOX_LOOKUPS", "SANDBOX_LOOKUP_WAIT"]
+
+SANDBOX_LOOKUPS = 16
+"""Lookups one sandbox may have waiting for an actor to run again."""
+SANDBOX_LOOKUP_WAIT = 30.0
+"""Longest a sandbox's lookup waits (a host's waits as long as it asks)."""
 
 
 class RoutingAdmin:
@@ -78,8 +83,14 @@ class RoutingAdmin:
         if isinstance(msg.wait, bool) or not isinstance(msg.wait, (int, float)):
             self.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
             return
-        if not self._answer_lookup(msg, sender, final=msg.wait <= 0):
-            self._parked.append((msg, sender, time.monotonic() + msg.wait, _wire.sender_principal()))
+        principal = _wire.sender_principal()
+        wait = msg.wait
+        if not principal.is_host:  # a sandbox's lookups wait briefly, and a few at a time
+            wait = min(wait, SANDBOX_LOOKUP_WAIT)
+            if sum(p == principal for *_, p in self._parked) >= SANDBOX_LOOKUPS:
+                wait = 0
+        if not self._answer_lookup(msg, sender, final=wait <= 0):
+            self._parked.append((msg, sender, time.monotonic() + wait, principal))
             self._tick()
 
     def _answer_lookup(self, msg: LookupActor, sender: Any, final: bool) -> bool:

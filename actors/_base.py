@@ -41,7 +41,13 @@ class HostActor(ActorTypeDispatcher):
         principal = _wire.sender_principal()
         if principal.is_host or not _in_host_process():
             return self._dispatch(message, sender)
-        admission = self.admit(message, principal)
+        try:
+            admission = self.admit(message, principal)
+            reply_to = getattr(message, "reply_to", None)
+            if reply_to is not None and not reply_to == sender:
+                admission = "refused"  # answers go to the sandbox that asked, in its key, never elsewhere
+        except Exception:  # noqa: BLE001 - a malformed message is refused, never an error in Thespian's loop
+            admission = "refused"
         if admission == "refused":
             self.refuse(message, sender, principal)
             return None
@@ -64,7 +70,7 @@ class HostActor(ActorTypeDispatcher):
         log.warning("refused: %s", error)
         corr = getattr(message, "corr", None)
         if isinstance(corr, str):
-            with _wire.signing_for(sender, principal):
+            with _wire.signing_for(sender, principal):  # in its key: only it can read the answer
                 self.send(sender, Failed(error, corr))
         return error
 
@@ -118,8 +124,10 @@ class SandboxMember(HostActor):
     """An actor of a sandbox's tree (worker or supervisor): its identity, heartbeat and directory."""
 
     def admit(self, message: Any, principal: _wire.Principal) -> Admission:
-        """A sandbox's own actors take what reaches them: only the sandbox and the host hold its key."""
-        return "request"
+        """Asked only in a root that still holds the host key (one made by hand, before its start):
+        it takes nothing from sandboxes.  Once it holds its own key, only its sandbox and the host can
+        reach it at all."""
+        return "refused"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

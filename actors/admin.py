@@ -14,7 +14,8 @@ import time
 from collections import deque
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import attrs
 import psutil
@@ -74,6 +75,16 @@ _VANISHING = "plugin_host.vanishing"
 
 Done = Callable[[Any], None]
 """Called with the result (a value, or a PluginHostError) of an admin operation."""
+
+
+@contextmanager
+def _forking(principal: _wire.Principal) -> Iterator[None]:
+    keys = _wire.process_keys()
+    if keys is None:  # simpleSystemBase: nothing is forked, nothing goes on a wire
+        yield
+        return
+    with keys.forking(principal):
+        yield
 
 
 def _create_time(pid: int) -> float:
@@ -314,7 +325,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
                       _wire.KID_REQUIREMENT: rec.principal.kid.hex()}
             rec.root, rec.pid = self.createActor(SandboxActor, targetActorRequirements=wanted), None
         else:
-            rec.root = self.createActor(SandboxActor)
+            with _forking(rec.principal):  # the child takes the sandbox's key as it is forked
+                rec.root = self.createActor(SandboxActor)
             rec.pid = getattr(self.child_process(), "pid", None)
         keys = _wire.process_keys()
         if keys is not None:  # everything to the root, queued or not, is signed with its incarnation's key
@@ -420,6 +432,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         # Its local processes, to wait for when it is destroyed (a member's are the monitor's there).
         pids = [] if rec.node else [(p, _create_time(p)) for p in (rec.pid, *(c.pid for c in rec.children)) if p]
         self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
+        self.forget_subscribers(sandbox_id)
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
         if rec.action == "restart":
             rec.action, rec.restart_count, rec.restarted = "create", 0, True

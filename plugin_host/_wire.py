@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "HOST",
@@ -81,7 +81,8 @@ capability: placement ignores it."""
 MAX_FRAME_BYTES = 256 * 2**20
 """Frames above this are refused before they are buffered (an unauthenticated peer could
 otherwise make a process hold any amount of memory until its tag is checked)."""
-_CACHE_LIMIT = 4096  # derived keys and ACK frames kept per process
+_CACHE_LIMIT = 4096  # derived keys, ACK frames and expected children kept per process
+_ROUTE_LIMIT = 1 << 16
 
 PATCHED = {
     "thespian.system.transport.TCPTransport": ("serializer", "ReceiveBuffer", "TCPTransport.__init__",
@@ -89,7 +90,8 @@ PATCHED = {
                                                "TCPTransport._addedDataToIncoming",
                                                "TCPTransport._check_XMIT_4_done"),
     "thespian.system.actorManager": ("ActorManager._handleOneMessage", "ActorManager._pendingActorReady"),
-    "thespian.system.admin.adminCore": ("AdminCore._pendingActorReady",),
+    "thespian.system.admin.adminCore": ("AdminCore.h_PendingActor", "AdminCore._pendingActorReady"),
+    "thespian.system.systemCommon": ("systemCommonBase._handleChildExited",),
     "thespian.system.logdirector": ("ThespianLogForwardHandler.handle",),
     "thespian.system.utilis": ("_thesplog_file", "_thesplog_old_file"),
 }
@@ -249,6 +251,8 @@ class Keyring:
         self._acks: dict[bytes, tuple[bytes, bytes]] = {}
         self._routes: dict[Any, bytes] = {}
         self._expected: dict[int, bytes] = {}
+        self.next_child: Principal | None = None
+        """Set while a sandbox root is forked (see :meth:`forking`)."""
         self.log = _RejectionLog(log_fd)
 
     @property
@@ -360,10 +364,14 @@ class Keyring:
         except Exception as exc:  # noqa: BLE001 - any decoding failure drops the frame
             raise Rejected("refused", f"{type(exc).__name__}: {exc}", principal) from None
         message = decoded[1] if isinstance(decoded, tuple) and len(decoded) == 2 else None
-        if type(message).__name__ == "ChildActorExited" and \
-                self._routes.get(_where(getattr(message, "childAddress", None))) != principal.kid:
+        kind = type(message).__name__
+        if kind == "ChildActorExited" and not self.claims(getattr(message, "childAddress", None), principal):
             # A sandbox's root may say it exits (its parent waits for that at shutdown); nobody else.
             raise Rejected("refused", "a ChildActorExited about another process", principal)
+        if kind == "EndpointConnected" and self._expected.get(getattr(message, "childInstance", -1)) != \
+                principal.kid:
+            # A root reports in to the parent that forked it with its key; no one else can be that child.
+            raise Rejected("refused", "an EndpointConnected for a child that is not this sandbox's", principal)
         return principal, decoded
 
     def ack(self, principal: Principal, error: bool = False) -> bytes:
@@ -388,11 +396,14 @@ class Keyring:
             return overrides[where]  # type: ignore[no-any-return]
         return self._routes.get(where, self._own.kid)
 
-    def expect_child(self, local_address: Any, principal: Principal) -> None:
-        """Sign everything to the child just created at ``local_address`` for ``principal``, once its
-        real address is known (Thespian may queue messages until then)."""
-        instance = getattr(getattr(local_address, "addressDetails", None), "addressInstanceNum", None)
+    def expect_child(self, child: Any, principal: Principal) -> None:
+        """Sign everything to the child just created (its local address, or Thespian's instance number
+        of it) for ``principal``, once its real address is known (Thespian may queue messages until then)."""
+        instance = child if isinstance(child, int) else \
+            getattr(getattr(child, "addressDetails", None), "addressInstanceNum", None)
         if isinstance(instance, int) and self._host_key is not None:
+            if len(self._expected) >= _CACHE_LIMIT:  # creations that failed: their entry is never used
+                self._expected.pop(next(iter(self._expected)))
             self._expected[instance] = principal.kid
 
     def child_ready(self, instance: Any, address: Any) -> None:
@@ -405,9 +416,22 @@ class Keyring:
         """Sign everything to ``address`` for ``principal`` from now on (a host process only)."""
         where = _where(address)
         if where is not None and self._host_key is not None:
-            if len(self._routes) >= _CACHE_LIMIT:
+            if len(self._routes) >= _ROUTE_LIMIT:  # only if exits went unseen: routes are forgotten on exit
                 self._routes.pop(next(iter(self._routes)))
             self._routes[where] = principal.kid
+
+    def claims(self, address: Any, principal: Principal) -> bool:
+        """Whether ``address`` is one of ``principal``'s (routed to it), not just one its frame names."""
+        return self._routes.get(_where(address)) == principal.kid
+
+    @contextmanager
+    def forking(self, principal: Principal) -> Iterator[None]:
+        """A child forked meanwhile is ``principal``'s: it takes that key, and only it, as it starts."""
+        self.next_child = principal
+        try:
+            yield
+        finally:
+            self.next_child = None
 
     def forget(self, address: Any) -> None:
         """Drop the route to ``address`` (its process is gone; the port may be reused)."""
@@ -431,8 +455,27 @@ _ALLOWED_NAMES = {
     ("socket", "AddressFamily"), ("socket", "SocketKind"),  # inside an address
     ("logging", "LogRecord"),
     ("thespian.actors", "ChildActorExited"),  # a root's goodbye to its parent: checked in Keyring.decode
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"),
+    ("thespian.system.messages.multiproc", "EndpointConnected"),  # a root reporting in: checked there too
+    ("builtins", "set"), ("builtins", "frozenset"),
 }
+
+
+def _bytearray(data: Any = b"") -> bytearray:
+    """``bytearray`` as pickle rebuilds one (from its bytes), never ``bytearray(n)``: n zero bytes on request."""
+    if not isinstance(data, bytes):
+        raise pickle.UnpicklingError("a bytearray is rebuilt from bytes only")
+    return bytearray(data)
+
+
+def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    """``complex`` from two numbers only (parsing a huge string costs time)."""
+    if not all(isinstance(part, (int, float)) and not isinstance(part, bool) for part in (real, imag)):
+        raise pickle.UnpicklingError("a complex is rebuilt from numbers only")
+    return complex(real, imag)
+
+
+_SAFE_CONSTRUCTORS: dict[tuple[str, str], Any] = {("builtins", "bytearray"): _bytearray,
+                                                  ("builtins", "complex"): _complex}
 
 
 _IGNORED_NAMES = {("thespian.actors", "DeadEnvelope")}
@@ -448,6 +491,8 @@ class _SandboxUnpickler(pickle.Unpickler):
     """Unpickles only plugin-host's own message, value and error classes, addresses and log records."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_CONSTRUCTORS:
+            return _SAFE_CONSTRUCTORS[module, name]
         if (module, name) in _IGNORED_NAMES:
             raise _Ignored(f"{module}.{name}")
         if (module, name) in _ALLOWED_NAMES:
@@ -574,15 +619,16 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from thespian.system import actorManager, logdirector
+    from thespian.system import actorManager, logdirector, systemCommon
     from thespian.system.admin import adminCore
     from thespian.system.transport import TCPTransport as tcp
 
     originals = {
         "init": tcp.TCPTransport.__init__, "clone": tcp.TCPTransport.external_transport_clone,
         "one": actorManager.ActorManager._handleOneMessage, "ready": actorManager.ActorManager._pendingActorReady,
-        "log": logdirector.ThespianLogForwardHandler.handle,
+        "log": logdirector.ThespianLogForwardHandler.handle, "pending": adminCore.AdminCore.h_PendingActor,
         "admin_ready": adminCore.AdminCore._pendingActorReady,
+        "exited": systemCommon.systemCommonBase._handleChildExited,
     }
 
     def __init__(self: Any, *args: Any) -> None:
@@ -604,35 +650,40 @@ def install() -> None:
 
     def _pendingActorReady(self: Any, childInstance: Any, actualAddress: Any,  # noqa: N802,N803
                            isMyChild: bool = True) -> Any:  # noqa: N803
-        keys = getattr(self.transport, "_ph_keys", None)
-        if keys is not None:
-            try:
-                keys.child_ready(childInstance, actualAddress)
-            except Exception:  # noqa: BLE001 - never break Thespian's own bookkeeping
-                pass
+        _quietly(lambda: _keys_of(self).child_ready(childInstance, actualAddress))
         return originals["ready"](self, childInstance, actualAddress, isMyChild)
 
+    def h_PendingActor(self: Any, envelope: Any) -> Any:  # noqa: N802 (Thespian's name)
+        # A system's admin creating an actor another admin asked for (a sandbox root on a convention
+        # member): the request carries the root's key id, so the child takes its key at fork and what
+        # this admin sends it is signed for it.
+        keys, principal = _keys_of(self), _requested_principal(envelope)
+        if keys is None or principal is None:
+            return originals["pending"](self, envelope)
+        with keys.forking(principal):
+            result = originals["pending"](self, envelope)
+        pending = getattr(self, "_pendingChildren", None)
+        for instance, requests in (pending.items() if isinstance(pending, dict) else ()):
+            if requests and requests[0] is envelope:
+                keys.expect_child(instance, principal)
+        return result
+
     def admin_pending_ready(self: Any, childInstance: Any, actualAddress: Any) -> Any:  # noqa: N803
-        # A system's admin creating a sandbox root another admin asked for (a convention member):
-        # the request carries the root's key id, so what this admin sends it is signed for it.
-        keys = getattr(self.transport, "_ph_keys", None)
-        try:
-            pending = getattr(self, "_pendingChildren", None)  # Thespian makes it a list once shutting down
-            requests = (pending.get(childInstance) if isinstance(pending, dict) else None) or ()
-            wanted = getattr(requests[0].message, "targetActorReq", None) if requests else None
-            kid = wanted.get(KID_REQUIREMENT) if isinstance(wanted, dict) else None
-            if keys is not None and isinstance(kid, str):
-                keys.route(actualAddress, Principal(bytes.fromhex(kid)))
-        except Exception:  # noqa: BLE001 - never break Thespian's own bookkeeping
-            pass
+        _quietly(lambda: _keys_of(self).child_ready(childInstance, actualAddress))
         return originals["admin_ready"](self, childInstance, actualAddress)
 
+    def _handleChildExited(self: Any, childAddress: Any) -> Any:  # noqa: N802,N803
+        _quietly(lambda: _keys_of(self).forget(childAddress))  # its port may serve someone else next
+        return originals["exited"](self, childAddress)
+
     def handle(self: Any, record: Any) -> Any:
-        # A sandbox's log records reach host processes through the restricted decoder: send the
-        # message as text, never the plugin's objects in ``args``.
+        # A sandbox's log records reach host processes through the restricted decoder: extra fields
+        # holding the plugin's objects go as text (Thespian sends the message itself as text already).
         keys = _process_keys
-        if keys is not None and not keys.is_host and record.args:
-            record.msg, record.args = record.getMessage(), None
+        if keys is not None and not keys.is_host:
+            for name, value in list(vars(record).items()):
+                if not isinstance(value, _PLAIN_LOG_VALUES):
+                    _quietly(lambda: setattr(record, name, repr(value)))
         return originals["log"](self, record)
 
     tcp.serializer = _RawFrames()
@@ -644,9 +695,44 @@ def install() -> None:
     tcp.TCPTransport._check_XMIT_4_done = _check_xmit_4_done
     actorManager.ActorManager._handleOneMessage = _handleOneMessage
     actorManager.ActorManager._pendingActorReady = _pendingActorReady
+    adminCore.AdminCore.h_PendingActor = h_PendingActor
     adminCore.AdminCore._pendingActorReady = admin_pending_ready
+    systemCommon.systemCommonBase._handleChildExited = _handleChildExited
     logdirector.ThespianLogForwardHandler.handle = handle
+    os.register_at_fork(after_in_child=_take_the_childs_key)
     _installed = True
+
+
+_PLAIN_LOG_VALUES = (str, int, float, bool, type(None), tuple, list, dict)
+
+
+def _keys_of(manager: Any) -> Any:
+    return getattr(getattr(manager, "transport", None), "_ph_keys", None)
+
+
+def _requested_principal(envelope: Any) -> Principal | None:
+    wanted = getattr(getattr(envelope, "message", None), "targetActorReq", None)
+    kid = wanted.get(KID_REQUIREMENT) if isinstance(wanted, dict) else None
+    try:
+        return Principal(bytes.fromhex(kid)) if isinstance(kid, str) and kid.startswith("73") else None
+    except ValueError:
+        return None
+
+
+def _quietly(action: Callable[[], Any]) -> None:
+    """Run bookkeeping of ours inside Thespian's loop: it never breaks Thespian's own."""
+    try:
+        action()
+    except Exception:  # noqa: BLE001 - see above
+        pass
+
+
+def _take_the_childs_key() -> None:
+    """In a child just forked to be a sandbox's root: hold that sandbox's key only, before anything else runs."""
+    keys = _process_keys
+    if keys is not None and keys.next_child is not None:
+        principal, keys.next_child = keys.next_child, None
+        keys.become_sandbox(principal)
 
 
 class _RawFrames:
@@ -661,14 +747,48 @@ def _bounded_receive_buffer() -> type:
     from thespian.system.transport.streamBuffer import ReceiveBuffer
 
     class BoundedReceiveBuffer(ReceiveBuffer):
-        """Thespian's receive buffer, refusing a declared size over :data:`MAX_FRAME_BYTES`."""
+        """Thespian's receive buffer (same states and results), growing in place instead of copying itself
+        on every chunk, and refusing a declared size over :data:`MAX_FRAME_BYTES` before buffering it."""
+
+        _size: int | None
+        _extra: bytes
+        _blen: int
+
+        def __init__(self, serializer: Any = bytes) -> None:
+            super().__init__(serializer)
+            self._buf = bytearray()
 
         def addMore(self, buf: bytes) -> None:  # noqa: N802 (Thespian's name)
-            super().addMore(buf)
-            if self._size is not None and self._size > MAX_FRAME_BYTES:
-                raise ValueError(f"a frame of {self._size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+            if self._size is not None:
+                if len(self._buf) == self._size:
+                    self._extra += buf
+                else:
+                    want = self._size - len(self._buf)
+                    self._buf += buf[:want]
+                    if len(buf) > want:
+                        self._extra = bytes(buf[want:])
+                self._blen = len(self._buf)
+                return
+            mark = buf.find(b">")
+            if mark < 0:
+                self._buf += buf
+                self._blen = 1  # Thespian's "something arrived" before the size is known
+                if len(self._buf) > _SIZE_DIGITS:
+                    raise ValueError("no frame size in the first bytes")
+                return
+            size = int(bytes(self._buf) + buf[:mark])
+            if not 0 <= size <= MAX_FRAME_BYTES:
+                raise ValueError(f"a frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+            rest = buf[mark + 1:]
+            self._size, self._buf = size, bytearray(rest[:size])
+            self._blen = len(self._buf)
+            if len(rest) > size:
+                self._extra = bytes(rest[size:])
 
     return BoundedReceiveBuffer
+
+
+_SIZE_DIGITS = 24  # Thespian's "N>" header: a frame size never needs more digits
 
 
 def _serialize(self: Any, intent: Any) -> bytes:
@@ -752,7 +872,11 @@ def _added_data_to_incoming(self: Any, inc: Any, skipFinish: bool = False,  # no
     # Thespian 4.0.1 drops data trailing a frame here (it re-adds the decoded tuple, which fails);
     # a sender waits for each ACK before its next frame, so nothing is lost.
     if not skipFinish:
-        self._finishIncoming(inc, envelope.sender)
+        if keys is not None and keys.is_host and principal is not None and not principal.is_host and \
+                not keys.claims(envelope.sender, principal):
+            inc.close()  # never send on a sandbox's socket to an address it only names (another's)
+        else:
+            self._finishIncoming(inc, envelope.sender)
     return None
 
 

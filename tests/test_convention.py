@@ -438,8 +438,9 @@ def test_a_root_refuses_code_that_does_not_match_its_checksum(host: Host, tmp_pa
                                                                                 principal.kid.hex()})
     context = m.SandboxContext("t", root, 0.2, 1.0, 2.0)
     try:
-        first = host.actor_system.ask(root, m.StartSandbox(context, "root:Root", tampered, None, {}, None, checksums,
-                                                           kid=principal.kid), 10)
+        with _wire.signing_for(root, principal):  # it took its sandbox's key at fork: the host signs for it
+            first = host.actor_system.ask(root, m.StartSandbox(context, "root:Root", tampered, None, {}, None,
+                                                               checksums, kid=principal.kid), 10)
         assert isinstance(first, m.SandboxStatus) and first.status == "starting" and first.pid  # its pid, first
         reply = host.actor_system.listen(10)
         assert isinstance(reply, m.SandboxStatus) and reply.status == "start_failed"

@@ -23,7 +23,7 @@ from plugin_host.errors import (
     SandboxStartError,
 )
 
-from conftest import pid_alive, sample
+from conftest import eventually, pid_alive, sample
 
 STRATEGIES = os.path.join(os.path.dirname(__file__), "plugins", "strategies")
 
@@ -342,3 +342,30 @@ def test_destroying_a_sandbox_while_it_starts_fails_the_create(host: Host, tmp_p
     thread.join(timeout=30)
     assert len(outcome) == 1 and isinstance(outcome[0], SandboxStartError)
     assert host.list_sandboxes() == []
+
+
+def test_a_plugins_log_calls_reach_the_log_whatever_their_arguments(host: Host, tmp_path: Path) -> None:
+    """A log call with a wrong format or an ``extra`` field holding a plugin's own object neither raises in
+    the plugin nor gets the record refused on its way to the host's log (extra objects go as text)."""
+    folder = tmp_path / "chatty"
+    folder.mkdir()
+    (folder / "chatty.py").write_text(textwrap.dedent("""
+        import logging
+        from actors import Plugin
+
+        class Thing:
+            def __repr__(self):
+                return "<a thing of the plugin>"
+
+        class Chatty(Plugin):
+            def handle_call(self, request, state):
+                logging.getLogger("chatty").warning("%d items", "not a number")
+                logging.getLogger("chatty").warning("with an extra", extra={"thing": Thing()})
+                return "said", state
+    """))
+    host.create_sandbox("chatty", "chatty:Chatty", sandbox_path=str(folder))
+    assert host.call("chatty", "chatty", "go") == "said"
+    log = Path(host.config.state_dir) / "logs" / f"actors-{host.admin_port}.log"
+    # Thespian writes a record whose format does not fit its arguments as "<un-str-able message>".
+    eventually(lambda: "with an extra" in log.read_text() and "chatty: <un-str-able message>" in log.read_text())
+    assert host.nodes()[0].rejected_frames == 0

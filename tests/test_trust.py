@@ -378,8 +378,9 @@ def test_a_sandbox_may_ask_about_itself_and_hears_its_own_events_only(host: Host
            msgs.Subscribe(corr="s")]
     host.call("a", "attacker", cloudpickle.dumps([(admin, r) for r in own]))
     answers = eventually(lambda: (lambda got: got if len(got) >= 3 else None)(host.call("a", "attacker", "answers")))
-    assert [(kind, corr) for kind, _, corr, _ in answers] == [("Ok", "i"), ("Ok", "l"), ("Ok", "s")]
-    assert "SandboxInfo(id='a'" in answers[0][3] and "'attacker'" in answers[1][3]
+    assert sorted((kind, corr) for kind, _, corr, _ in answers) == [("Ok", "i"), ("Ok", "l"), ("Ok", "s")]
+    texts = {corr: text for _, _, corr, text in answers}
+    assert "SandboxInfo(id='a'" in texts["i"] and "'attacker'" in texts["l"]
     with pytest.raises(PluginHostError):
         host.call("b", "crashy", "raise")  # B's events: crashed, restarted
     host.call("a", "attacker", cloudpickle.dumps([(admin, msgs.DestroySandbox(sandbox_id="b", corr="d"))]))
@@ -414,6 +415,55 @@ def test_a_sandbox_lying_about_its_own_processes_cannot_point_the_monitor_or_the
         burner.wait()
 
 
+INTRUDERS = str(Path(__file__).parent / "plugins" / "intruders")
+
+
+def test_a_root_is_its_sandboxs_from_the_fork_so_no_sandbox_can_reach_it_while_it_starts(
+        host: Host, tmp_path: Path) -> None:
+    """A sandbox watching for new ports sends each one, as it appears, a StartChild whose spec runs code:
+    a root takes its own sandbox's key as it is forked, so none of them ever reads it (a root that still
+    held the host key until its start message took it on the first try)."""
+    marker = tmp_path / "pwned.txt"
+    host.create_sandbox("a", "racer:Root", sandbox_path=INTRUDERS)
+    host.call("a", "racer", (str(marker), 10.0))
+    for index in range(5):
+        host.create_sandbox(f"b{index}", "root:Root", sandbox_path=sample("counter"))
+        assert host.call(f"b{index}", "counter", "inc") == 1
+    assert not marker.exists(), marker.read_text()
+
+
+def test_a_sandbox_cannot_take_over_the_connection_the_host_uses_to_reach_another(host: Host) -> None:
+    """A sandbox that connects to the admin naming another sandbox's root as its address never gets what
+    the host then sends that root (a run, with the application's function), and the run goes through."""
+    host.create_sandbox("b", "root:Root", sandbox_path=sample("counter"))
+    host.create_sandbox("intruder", "hijacker:Root", sandbox_path=INTRUDERS)
+    ports = listening_ports([p.pid for p in host._system.process_tree()])
+    b_root = next(port for port, pid in ports.items() if pid == host.get_sandbox_info("b").pid)
+    admin = host.admin_address.addressDetails.sockname[1]  # the admin actor's own port
+    host.call("intruder", "hijacker", (admin, b_root, "intruder", 5.0))
+    # The admin acknowledges the frame and closes: the connection is not taken as the way to B's root
+    # (it was, and the admin's answer, then everything it sent B's root, went down it).
+    assert eventually(lambda: (lambda loot: loot if "closed" in loot else None)(
+        host.call("intruder", "hijacker", "loot"))) == ["own", "closed"]
+    secret = "the application's secret"
+    assert host.run("b", lambda: len(secret), timeout=5) == len(secret)
+
+
+def test_a_sandbox_cannot_make_the_admin_keep_a_growing_list_for_it(host: Host) -> None:
+    """Subscriptions and waiting lookups of one sandbox are capped (each made-up sender would otherwise cost
+    the admin a send per event, for ever): the ones past the cap are denied."""
+    events: list[Event] = []
+    host.subscribe(events.append)
+    host.create_sandbox("intruder", "hijacker:Root", sandbox_path=INTRUDERS)
+    subscribes = [msgs.Subscribe(corr=f"s{i}") for i in range(12)]
+    admin = host.admin_address.addressDetails.sockname[1]  # the admin actor's own port
+    assert host.call("intruder", "flooder", (admin, subscribes)) == 12
+    denied = eventually(lambda: [e for e in events if e.kind == "denied" and e.details["request"] == "Subscribe"])
+    time.sleep(0.3)
+    assert len([e for e in events if e.kind == "denied" and e.details["request"] == "Subscribe"]) == 12 - 8
+    assert "already has 8 subscriptions" in denied[0].reason
+
+
 SLOW = textwrap.dedent('''
     import time
     from actors import Plugin
@@ -429,7 +479,8 @@ SLOW = textwrap.dedent('''
 def test_a_sandbox_cannot_forge_the_reply_to_a_call_to_another_sandbox(host: Host, attacker: str,
                                                                       tmp_path: Path) -> None:
     """A plugin that knows where the application waits and which correlation id comes next sends a forged
-    ``Ok`` while the application waits on another sandbox: the application takes the real reply only."""
+    ``Ok`` while the application waits on another sandbox, and asks the admin to answer there for it: the
+    application takes the real reply only (the admin answers a sandbox's request to that sandbox alone)."""
     folder = tmp_path / "slow"
     folder.mkdir()
     (folder / "slow.py").write_text(SLOW)
@@ -438,8 +489,12 @@ def test_a_sandbox_cannot_forge_the_reply_to_a_call_to_another_sandbox(host: Hos
     assert host.call("b", "slow", 0) == "the real reply"
     context = host._system.context_of_this_thread()._systemBase.transport.myAddress  # this thread's replies
     prefix, number = host._system.new_corr().rsplit("-", 1)
-    guesses = [msgs.Ok("forged", f"{prefix}-{int(number) + step}") for step in range(1, 6)]
-    host.call("a", "attacker", cloudpickle.dumps([(context, ("later", 300, guesses))]))
+    corrs = [f"{prefix}-{int(number) + step}" for step in range(1, 6)]
+    forged = [msgs.Ok("forged", corr) for corr in corrs]
+    # ... and the same through the admin: a request of its own whose answer should go to the application
+    reflected = [msgs.Call(sandbox_id="a", name="nobody", request=1, reply_to=context, corr=corr) for corr in corrs]
+    host.call("a", "attacker", cloudpickle.dumps([(context, ("later", 300, forged)),
+                                                  (host.admin_address, ("later", 300, reflected))]))
     assert host.call("b", "slow", 0.7) == "the real reply"  # the forgeries arrived meanwhile, signed by A
     assert host.call("b", "slow", 0) == "the real reply"  # none of them answers a later call either
 

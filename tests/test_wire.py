@@ -161,3 +161,47 @@ def test_principal_ids_are_unique_per_incarnation_and_name_their_sandbox() -> No
     first, second = _wire.new_sandbox_principal("ünïcode id"), _wire.new_sandbox_principal("ünïcode id")
     assert first != second and first.sandbox_id == second.sandbox_id == "ünïcode id"
     assert _wire.HOST.is_host and _wire.HOST.sandbox_id is None and not first.is_host
+
+
+def test_the_restricted_decoder_rebuilds_bytearrays_from_bytes_only() -> None:
+    """A 40-byte frame cannot make a host process allocate a gigabyte: ``bytearray(n)`` and ``complex(str)``
+    are refused, a pickled bytearray still decodes."""
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    huge = b"\x80\x04cbuiltins\nbytearray\nJ\x00\x00\x00@\x85R."  # bytearray(1 << 30)
+    parse = b"\x80\x04cbuiltins\ncomplex\nX\x03\x00\x00\x001+2\x85R."  # complex("1+2")
+    for payload in (huge, parse):
+        with pytest.raises(_wire.Rejected, match="refused"):
+            keys.decode(keys.seal(alice.kid, payload).partition(b">")[2])
+    value = ("a", Ok(bytearray(b"xyz"), "c"))
+    assert keys.decode(keys.seal(alice.kid, pickle.dumps(value)).partition(b">")[2])[1] == value
+
+
+def test_the_receive_buffer_keeps_thespians_behaviour_over_many_chunks() -> None:
+    """The in-place buffer gives Thespian's results: the frame across many chunks, the bytes after it kept
+    as extra, and no size header within 24 bytes refused."""
+    _wire.install()
+    from thespian.system.transport import TCPTransport
+
+    frame = bytes(range(256)) * 400
+    data = b"%d>" % len(frame) + frame + b"next"
+    buffer = TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
+    for start in range(0, len(data), 1000):
+        buffer.addMore(data[start:start + 1000])
+    assert buffer.isDone() and buffer.completed() == (frame, b"next")
+    garbage = TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
+    with pytest.raises(ValueError, match="no frame size"):
+        for _ in range(30):
+            garbage.addMore(b"9")
+
+
+def test_routes_are_forgotten_and_a_sandbox_claims_only_its_own_addresses() -> None:
+    """A route names the sandbox an address belongs to; a frame's declared address proves nothing else."""
+    keys = keyring()
+    alice, bob = _wire.new_sandbox_principal("alice"), _wire.new_sandbox_principal("bob")
+    address = type("Details", (), {"sockname": ("127.0.0.1", 4000)})()
+    keys.route(address, alice)
+    assert keys.claims(address, alice) and not keys.claims(address, bob)
+    assert keys.kid_for(address) == alice.kid
+    keys.forget(address)
+    assert not keys.claims(address, alice) and keys.kid_for(address) == b"h"
