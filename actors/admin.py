@@ -87,6 +87,11 @@ def _forking(principal: _wire.Principal) -> Iterator[None]:
         yield
 
 
+def _with_start_times(*pids: int | None) -> list[tuple[int, float]]:
+    """``(pid, create time)`` of each pid given, to tell later whether that process still runs."""
+    return [(pid, _create_time(pid)) for pid in pids if pid]
+
+
 def _create_time(pid: int) -> float:
     """When ``pid`` started (a pid that is gone, or recycled since, counts as gone)."""
     try:
@@ -142,6 +147,8 @@ class _Sandbox:
     """Set when the admin gave the root up as lost (its system died, left or fell silent)."""
     principal: _wire.Principal | None = None
     """The key identity of the current root's incarnation (a new one each start)."""
+    stopping: list[tuple[int, float]] = attrs.field(factory=list)
+    """Its local processes when it was told to stop (pid, create time): a destroy answers once they end."""
 
 
 class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
@@ -430,7 +437,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     def _root_gone(self, sandbox_id: str, rec: _Sandbox) -> None:
         # Its local processes, to wait for when it is destroyed (a member's are the monitor's there).
-        pids = [] if rec.node else [(p, _create_time(p)) for p in (rec.pid, *(c.pid for c in rec.children)) if p]
+        pids = [] if rec.node else rec.stopping + _with_start_times(rec.pid, *(c.pid for c in rec.children))
         self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
         self.forget_subscribers(sandbox_id)
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
@@ -519,6 +526,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     def _stop_root(self, sandbox_id: str, rec: _Sandbox, action: str) -> None:
         rec.action = action
+        if not rec.node:  # its processes as of now: the reports while it stops clear their pids
+            rec.stopping = _with_start_times(rec.pid, *(c.pid for c in rec.children))
         if rec.root is None:
             self._root_gone(sandbox_id, rec)
             return
