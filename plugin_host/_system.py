@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ class ActorSystemHandle:
         self.system_pid: int | None = None
         self.pgid: int | None = None
         self._local = threading.local()
-        self._contexts: list[tuple[Any, Any]] = []
+        self._contexts: list[weakref.finalize] = []
+        """One per thread that talked to the system: it closes that thread's context when the thread's
+        mailbox goes (the thread ended) or at shutdown, whichever comes first."""
         self._lock = threading.Lock()
         self._serial = threading.RLock() if config.base == "simpleSystemBase" else None
         self._corr = itertools.count()
@@ -206,8 +209,12 @@ class ActorSystemHandle:
                 raise HostClosedError("the host is closed")
             manager = self.system.private()
             mailbox = self._local.mailbox = _Mailbox(manager.__enter__())
+            # A thread that ends releases its context (its sockets) with its thread-local mailbox:
+            # an application that calls from a new thread per request must not run out of descriptors.
+            closer = weakref.finalize(mailbox, _exit_context, manager)
             with self._lock:
-                self._contexts.append((manager, mailbox.ctx))
+                self._contexts = [c for c in self._contexts if c.alive]
+                self._contexts.append(closer)
         return mailbox
 
     def context_of_this_thread(self) -> Any:
@@ -297,13 +304,7 @@ class ActorSystemHandle:
         # Sandbox roots lead process groups of their own; read now, while they run.
         leaders = [p for p in tree if _in_group(p, p.pid) and p.pid != os.getpgid(0)]
         try:
-            with self._lock:
-                contexts, self._contexts = self._contexts, []
-            for manager, _ in contexts:
-                try:
-                    manager.__exit__(None, None, None)
-                except Exception:  # noqa: BLE001 - best effort; the system goes down next
-                    pass
+            self._close_contexts()
             if self.system is not None:
                 self.system.shutdown()
         finally:
@@ -315,13 +316,13 @@ class ActorSystemHandle:
         self.closed = True
         if self.keys is not None and os.getpid() == self._pid:
             self.keys.log.close()
+        self._close_contexts()
+
+    def _close_contexts(self) -> None:
         with self._lock:
-            contexts, self._contexts = self._contexts, []
-        for manager, _ in contexts:
-            try:
-                manager.__exit__(None, None, None)
-            except Exception:  # noqa: BLE001 - best effort
-                pass
+            closers, self._contexts = self._contexts, []
+        for closer in closers:
+            closer()  # runs at most once, whether the thread still lives or not
 
     def _kill_leftovers(self, tree: list[psutil.Process], leaders: list[psutil.Process]) -> None:
         if self.pgid and any(_in_group(p, self.pgid) for p in tree):
@@ -457,6 +458,14 @@ class Pending:
         if self._mailbox is not None:
             self._mailbox.active.pop(self.corr, None)
             self._mailbox.stash.pop(self.corr, None)
+
+
+def _exit_context(manager: Any) -> None:
+    """Close one thread's private context (best effort: the system may be going down)."""
+    try:
+        manager.__exit__(None, None, None)
+    except Exception:  # noqa: BLE001 - see above
+        pass
 
 
 def _thespian_log_to(path: Path) -> None:
