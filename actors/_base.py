@@ -69,7 +69,7 @@ class HostActor(ActorTypeDispatcher):
                                   sandbox_id=principal.sandbox_id)
         log.warning("refused: %s", error)
         corr = getattr(message, "corr", None)
-        if isinstance(corr, str):
+        if isinstance(corr, str) and not isinstance(message, (Ok, Failed)):  # answering answers would loop
             with _wire.signing_for(sender, principal):  # in its key: only it can read the answer
                 self.send(sender, Failed(error, corr))
         return error
@@ -103,7 +103,9 @@ class HostActor(ActorTypeDispatcher):
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
         """Answer a request we do not understand; nothing crashes on garbage."""
         corr = getattr(message, "corr", "") if isinstance(message, Request) else ""
-        if isinstance(message, Request) or not _is_thespian_system_message(message):
+        if isinstance(message, (Ok, Failed)):
+            log.warning("%s dropped an answer it did not ask for: %.200r", type(self).__name__, message)
+        elif isinstance(message, Request) or not _is_thespian_system_message(message):
             self.send(sender, Failed(BadRequestError(f"{type(self).__name__} does not understand "
                                                       f"{type(message).__name__} messages"), corr))
 

@@ -34,12 +34,14 @@ and ``tests/test_wire.py`` fails loudly if any of them changes.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import hmac
 import io
 import json
 import logging
 import os
 import pickle
+import pickletools
 import secrets
 import socket
 import sys
@@ -51,6 +53,7 @@ from typing import Any, Callable, Iterator
 __all__ = [
     "HOST",
     "KID_REQUIREMENT",
+    "MAX_BUFFERED_BYTES",
     "MAX_FRAME_BYTES",
     "PATCHED",
     "Keyring",
@@ -81,11 +84,17 @@ capability: placement ignores it."""
 MAX_FRAME_BYTES = 256 * 2**20
 """Frames above this are refused before they are buffered (an unauthenticated peer could
 otherwise make a process hold any amount of memory until its tag is checked)."""
+MAX_BUFFERED_BYTES = 2 * MAX_FRAME_BYTES
+"""What one process buffers of frames not received whole yet, all connections together; past it a
+new frame is refused (a tag is checked only once its frame is whole)."""
+INCOMING_PERIOD_SECONDS = 60
+"""An incoming connection is closed after this long without a whole frame (Thespian: 7 minutes)."""
 _CACHE_LIMIT = 4096  # derived keys, ACK frames and expected children kept per process
 _ROUTE_LIMIT = 1 << 16
 
 PATCHED = {
-    "thespian.system.transport.TCPTransport": ("serializer", "ReceiveBuffer", "TCPTransport.__init__",
+    "thespian.system.transport.TCPTransport": ("serializer", "ReceiveBuffer", "MAX_INCOMING_SOCKET_PERIOD",
+                                               "TCPTransport.__init__",
                                                "TCPTransport.external_transport_clone", "TCPTransport.serializer",
                                                "TCPTransport._addedDataToIncoming",
                                                "TCPTransport._check_XMIT_4_done"),
@@ -220,9 +229,14 @@ class RejectionTail:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict):
-                self.total += int(record.get("count", 1))
-                records.append(record)
+            if not isinstance(record, dict):
+                continue
+            try:
+                count = int(record.get("count", 1))
+            except (TypeError, ValueError):
+                continue
+            self.total += count
+            records.append(record)
         return records
 
 
@@ -309,6 +323,9 @@ class Keyring:
         self._host_key[:] = bytes(len(self._host_key))  # zero the buffer itself, not a copy
         self._host_key = None
         self._macs = {principal.kid: own}  # the other states are freed (OpenSSL clears them)
+        # The rejection log stays open: a sandbox's processes count the frames they refuse there. Plugin
+        # code could write lines to it too (as it could open it: same uid); a sandbox with a uid of its
+        # own (containment) will need a pipe to the host instead.
         self._acks.clear()
         self._routes.clear()
         self._expected.clear()
@@ -358,13 +375,20 @@ class Keyring:
         if principal.is_host or not self.is_host:
             return principal, pickle.loads(payload)
         try:
-            decoded = _SandboxUnpickler(io.BytesIO(payload)).load()
+            raw = bytes(payload)
+            reader = _FastSandboxUnpickler if _unfolds_small(raw) else _SandboxUnpickler
+            decoded = reader(io.BytesIO(raw)).load()
         except _Ignored as exc:
             raise Rejected("ignored", str(exc), principal) from None
         except Exception as exc:  # noqa: BLE001 - any decoding failure drops the frame
             raise Rejected("refused", f"{type(exc).__name__}: {exc}", principal) from None
         message = decoded[1] if isinstance(decoded, tuple) and len(decoded) == 2 else None
         kind = type(message).__name__
+        if isinstance(message, logging.LogRecord):
+            clean = _clean_log_record(message)
+            if clean is None:
+                raise Rejected("refused", "a log record with fields of the wrong type", principal)
+            return principal, (decoded[0], clean)
         if kind == "ChildActorExited" and not self.claims(getattr(message, "childAddress", None), principal):
             # A sandbox's root may say it exits (its parent waits for that at shutdown); nobody else.
             raise Rejected("refused", "a ChildActorExited about another process", principal)
@@ -487,21 +511,190 @@ class _Ignored(pickle.UnpicklingError):
     """A Thespian message a sandbox sends without meaning harm (see :data:`_IGNORED_NAMES`)."""
 
 
-class _SandboxUnpickler(pickle.Unpickler):
-    """Unpickles only plugin-host's own message, value and error classes, addresses and log records."""
+_EXPANDED_LIMIT = 1_000_000
+"""Objects a sandbox frame may unfold into through shared references (a 300-byte pickle of tuples
+that hold the previous one twice unfolds into 2**64 and hashes for ever)."""
+
+
+class _BoundedMemo(dict):
+    """The unpickler's memo, refusing a shared reference to something that unfolds too large."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[int, int] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        found = super().__getitem__(key)
+        if _unfolded_size(found, self.sizes) > _EXPANDED_LIMIT:
+            raise pickle.UnpicklingError("a structure that unfolds past a million objects")
+        return found
+
+
+def _unfolded_size(root: Any, sizes: dict[int, int]) -> int:
+    """How many objects ``root`` holds counting every path (shared ones as often as they are reached)."""
+    pending = [root]
+    while pending:
+        obj = pending[-1]
+        if id(obj) in sizes:
+            pending.pop()
+            continue
+        children = _children(obj)
+        missing = [child for child in children if id(child) not in sizes]
+        if missing:
+            pending.extend(missing)
+            continue
+        pending.pop()
+        sizes[id(obj)] = min(_EXPANDED_LIMIT + 1, 1 + sum(sizes[id(child)] for child in children))
+    return sizes[id(root)]
+
+
+def _children(obj: Any) -> list[Any]:
+    if isinstance(obj, (tuple, list, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if hasattr(obj, "__attrs_attrs__"):
+        return [getattr(obj, field.name, None) for field in obj.__attrs_attrs__]
+    if isinstance(obj, BaseException):
+        return list(vars(obj).values())
+    return []
+
+
+def _refuse_dup(self: Any) -> None:
+    raise pickle.UnpicklingError("DUP is not used by Python's pickler")  # sharing without the memo
+
+
+def _unfolds_small(raw: bytes) -> bool:
+    """Whether ``raw`` surely unfolds into at most :data:`_EXPANDED_LIMIT` objects.
+
+    A pickle of ``n`` opcodes with ``g`` shared references (GET, DUP) unfolds into at most
+    ``n * 2**g`` objects (a tree plus ``g`` edges has at most ``2**g`` paths to a node). The bytes
+    that could be such opcodes bound ``g`` at C speed; when that is not enough the opcodes are
+    walked. ``False`` sends the frame to the slower :class:`_SandboxUnpickler`, which watches its memo.
+    """
+    if len(raw) * 2 ** min(64, sum(map(raw.count, _SHARING_BYTES))) <= _EXPANDED_LIMIT:
+        return True
+    counted = _count_opcodes(raw)
+    return counted is not None and counted[0] * 2 ** min(counted[1], 64) <= _EXPANDED_LIMIT
+
+
+_SHARING_BYTES = (b"h", b"j", b"g", b"2")  # BINGET, LONG_BINGET, GET, DUP
+_SHARING = frozenset(byte[0] for byte in _SHARING_BYTES)
+_SKIP: list[int | None] = [None] * 256
+"""Per opcode byte: the bytes of its argument (>= 0), or how to find them (< 0, pickletools' codes)."""
+for _op in pickletools.opcodes:
+    _SKIP[ord(_op.code)] = _op.arg.n if _op.arg is not None else 0
+_PAIRS = frozenset(ord(code) for code in "ci")  # GLOBAL and INST: two lines of argument
+_LENGTH_BYTES = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+                 pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
+
+
+def _count_opcodes(raw: bytes) -> tuple[int, int] | None:
+    """(opcodes, shared references) up to STOP, read as the unpickler reads them; ``None`` if not a pickle."""
+    at, ops, shared, end = 0, 0, 0, len(raw)
+    stop = pickle.STOP[0]
+    try:
+        while at < end:
+            code = raw[at]
+            skip = _SKIP[code]
+            at += 1
+            ops += 1
+            if code in _SHARING:
+                shared += 1
+            if skip is None:
+                return None
+            if skip >= 0:
+                at += skip
+            elif skip == pickletools.UP_TO_NEWLINE:
+                at = raw.index(b"\n", at) + 1
+                if code in _PAIRS:
+                    at = raw.index(b"\n", at) + 1
+            else:
+                width = _LENGTH_BYTES[skip]
+                at += width + int.from_bytes(raw[at:at + width], "little")
+            if code == stop:
+                return ops, shared
+    except ValueError:  # no newline
+        return None
+    return None
+
+
+class _SandboxUnpickler(pickle._Unpickler):
+    """Unpickles only plugin-host's own message, value and error classes, addresses and log records.
+
+    Pure Python, unlike ``pickle.Unpickler``, so that its memo can be watched: a shared reference
+    (the only way a small pickle unfolds into a huge structure) is refused past a million objects,
+    before anything hashes it. Frames that cannot unfold that far take :class:`_FastSandboxUnpickler`.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.DUP[0]] = _refuse_dup
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.memo = _BoundedMemo()
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_CONSTRUCTORS:
-            return _SAFE_CONSTRUCTORS[module, name]
-        if (module, name) in _IGNORED_NAMES:
-            raise _Ignored(f"{module}.{name}")
-        if (module, name) in _ALLOWED_NAMES:
-            return super().find_class(module, name)
-        if module in _ALLOWED_MODULES:
-            found = super().find_class(module, name)
-            if isinstance(found, type) and found.__module__ == module:
-                return found
-        raise pickle.UnpicklingError(f"a sandbox may not send {module}.{name}")
+        return _find_sandbox_class(module, name)
+
+
+class _FastSandboxUnpickler(pickle.Unpickler):
+    """The same classes as :class:`_SandboxUnpickler`, at C speed, for frames :func:`_unfolds_small` clears."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _find_sandbox_class(module, name)
+
+
+def _find_sandbox_class(module: str, name: str) -> Any:
+    if (module, name) in _SAFE_CONSTRUCTORS:
+        return _SAFE_CONSTRUCTORS[module, name]
+    if (module, name) in _IGNORED_NAMES:
+        raise _Ignored(f"{module}.{name}")
+    if (module, name) in _ALLOWED_NAMES or module in _ALLOWED_MODULES:
+        found = getattr(sys.modules.get(module) or __import__(module, fromlist=["_"]), name, None) \
+            if "." not in name else None
+        if (module, name) in _ALLOWED_NAMES or (isinstance(found, type) and found.__module__ == module):
+            return found
+    raise pickle.UnpicklingError(f"a sandbox may not send {module}.{name}")
+
+
+_LOG_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "msg": (str,), "levelname": (str,), "levelno": (int,), "pathname": (str,),
+    "filename": (str,), "module": (str,), "lineno": (int,), "funcName": (str, type(None)),
+    "created": (float, int), "msecs": (float, int), "relativeCreated": (float, int),
+    "thread": (int, type(None)), "threadName": (str, type(None)), "processName": (str, type(None)),
+    "process": (int, type(None)), "exc_text": (str, type(None)), "stack_info": (str, type(None)),
+    "actorAddress": (str,),
+}
+"""What a log record from a sandbox may carry, and of which types (a record with a name that is not a
+string made the logger fail, and after 20 failures a second Thespian's logger exits)."""
+_LOG_EXTRA_VALUES = (str, int, float, bool, type(None))
+_LOG_EXTRAS = 32  # a plugin's ``extra=`` fields kept per record
+_LOG_TEXT = 10_000  # characters kept of any text field
+
+
+def _clean_log_record(record: Any) -> Any:
+    """A fresh record of the fields of :data:`_LOG_FIELDS`, each of its type, or ``None``.
+
+    A plugin's ``extra=`` fields (sent as text, see ``ThespianLogForwardHandler.handle`` in
+    :func:`install`) are kept when plain, up to :data:`_LOG_EXTRAS`; none may shadow a name of
+    ``LogRecord`` itself (a ``getMessage`` that is a string breaks every handler)."""
+    fields: dict[str, Any] = {}
+    extras = 0
+    for name, value in vars(record).items():
+        kinds = _LOG_FIELDS.get(name)
+        if kinds is not None and not isinstance(value, kinds):
+            return None
+        if kinds is None:
+            if not (isinstance(name, str) and name.isidentifier() and not name.startswith("_")
+                    and not hasattr(logging.LogRecord, name) and isinstance(value, _LOG_EXTRA_VALUES)
+                    and extras < _LOG_EXTRAS):
+                continue
+            extras += 1
+        fields[name] = value[:_LOG_TEXT] if isinstance(value, str) else value
+    if not isinstance(fields.get("name"), str) or not isinstance(fields.get("levelno"), int):
+        return None
+    return logging.makeLogRecord({**fields, "args": None, "exc_info": None})
 
 
 # -- which keyring a transport uses -----------------------------------------------------------------
@@ -687,6 +880,7 @@ def install() -> None:
         return originals["log"](self, record)
 
     tcp.serializer = _RawFrames()
+    tcp.MAX_INCOMING_SOCKET_PERIOD = datetime.timedelta(seconds=INCOMING_PERIOD_SECONDS)
     tcp.ReceiveBuffer = _bounded_receive_buffer()
     tcp.TCPTransport.__init__ = __init__
     tcp.TCPTransport.external_transport_clone = external_transport_clone
@@ -757,6 +951,19 @@ def _bounded_receive_buffer() -> type:
         def __init__(self, serializer: Any = bytes) -> None:
             super().__init__(serializer)
             self._buf = bytearray()
+            self._counted = 0
+
+        def __del__(self) -> None:
+            self._release()  # a connection dropped half-way
+
+        def _release(self) -> None:
+            _buffering[0] -= self._counted
+            self._counted = 0
+
+        def completed(self) -> Any:
+            if self._size is not None and self._blen == self._size:
+                self._release()  # whole: it is the frame's receiver's memory now, not a stranger's
+            return super().completed()
 
         def addMore(self, buf: bytes) -> None:  # noqa: N802 (Thespian's name)
             if self._size is not None:
@@ -779,6 +986,10 @@ def _bounded_receive_buffer() -> type:
             size = int(bytes(self._buf) + buf[:mark])
             if not 0 <= size <= MAX_FRAME_BYTES:
                 raise ValueError(f"a frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+            if _buffering[0] + size > MAX_BUFFERED_BYTES:
+                raise ValueError(f"{_buffering[0]} bytes of frames are being received already")
+            _buffering[0] += size
+            self._counted = size
             rest = buf[mark + 1:]
             self._size, self._buf = size, bytearray(rest[:size])
             self._blen = len(self._buf)
@@ -789,6 +1000,7 @@ def _bounded_receive_buffer() -> type:
 
 
 _SIZE_DIGITS = 24  # Thespian's "N>" header: a frame size never needs more digits
+_buffering = [0]  # bytes of frames this process is receiving (announced sizes), across connections
 
 
 def _serialize(self: Any, intent: Any) -> bytes:

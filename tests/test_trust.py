@@ -464,6 +464,19 @@ def test_a_sandbox_cannot_make_the_admin_keep_a_growing_list_for_it(host: Host) 
     assert "already has 8 subscriptions" in denied[0].reason
 
 
+def test_an_answer_a_sandbox_sends_a_host_actor_is_never_answered(host: Host, attacker: str) -> None:
+    """An ``Ok`` or ``Failed`` a sandbox sends the admin is dropped without an answer (answering answers lets
+    two actors bounce Faileds for ever); a request sent after them is answered, so nothing is pending."""
+    host.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
+    admin = host.admin_address
+    sent = [msgs.Failed(PluginError("bounce"), "f"), msgs.Ok("bounce", "o"), msgs.GetSandboxInfo(sandbox_id="a",
+                                                                                               corr="after")]
+    host.call("a", "attacker", cloudpickle.dumps([(admin, message) for message in sent]))
+    answers = eventually(lambda: (lambda got: got if any(corr == "after" for _, _, corr, _ in got) else None)(
+        host.call("a", "attacker", "answers")))
+    assert [(kind, corr) for kind, _, corr, _ in answers if kind in ("Ok", "Failed")] == [("Ok", "after")]
+
+
 SLOW = textwrap.dedent('''
     import time
     from actors import Plugin

@@ -205,3 +205,70 @@ def test_routes_are_forgotten_and_a_sandbox_claims_only_its_own_addresses() -> N
     assert keys.kid_for(address) == alice.kid
     keys.forget(address)
     assert not keys.claims(address, alice) and keys.kid_for(address) == b"h"
+
+
+def _shared_tuples(depth: int) -> bytes:
+    """A pickle of ``depth`` tuples, each holding the one before twice, put in a set (which hashes it)."""
+    out = b"\x80\x04)\x94"
+    for level in range(depth):
+        out += b"h%ch%c\x86\x94" % (level, level)
+    return out + b"\x8f\x94(h%c\x90." % depth
+
+
+def test_a_frame_that_unfolds_without_end_is_refused_at_once() -> None:
+    """A 400-byte frame of shared tuples (2**64 objects once unfolded; hashing it never ends) is refused
+    before anything hashes it, while a frame with a few shared references and a large plain value,
+    both unfolding small, still decode through the two decoding paths."""
+    import time
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    start = time.monotonic()
+    with pytest.raises(_wire.Rejected, match="million"):
+        keys.decode(keys.seal(alice.kid, _shared_tuples(64)).partition(b">")[2])
+    assert time.monotonic() - start < 5
+    assert keys.decode(keys.seal(alice.kid, _shared_tuples(8)).partition(b">")[2])[1] == {_nested(8)}
+    shared = ["the same ghost string"] * 3000  # thousands of GETs: the watched (pure Python) path
+    value = ("addr", Ok({"rows": shared, "more": [{"name": "x", "tags": ["a"]}] * 50}, "c"))
+    payload = pickle.dumps(value)
+    assert not _wire._unfolds_small(payload)
+    assert keys.decode(keys.seal(alice.kid, payload).partition(b">")[2])[1] == value
+
+
+def _nested(depth: int) -> tuple:
+    inner: tuple = ()
+    for _ in range(depth):
+        inner = (inner, inner)
+    return inner
+
+
+def test_the_opcode_count_reads_pickles_as_the_unpickler_does() -> None:
+    """The fast bound's opcode walk agrees with ``pickletools`` on every protocol and argument kind; it
+    says "not a pickle" (so the watched path decides) for a truncated one."""
+    import pickletools
+
+    value = {"list": [1, 2, 3] * 50, "text": "x\ny", "big": 2**3000, "bytes": b"\x00" * 300, "float": 1.5,
+             "set": frozenset({1}), "shared": ["same"] * 3, "wide": "é" * 300, "neg": -(2**70)}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        data = pickle.dumps(value, protocol=protocol)
+        ops = list(pickletools.genops(data))
+        sharing = sum(op.name in ("GET", "BINGET", "LONG_BINGET", "DUP") for op, _, _ in ops)
+        assert _wire._count_opcodes(data) == (len(ops), sharing), protocol
+        assert _wire._count_opcodes(data[:-1]) is None
+
+
+def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is_rebuilt() -> None:
+    """A sandbox's log record is rebuilt from typed fields: a non-string logger name (which made the host's
+    logger fail) is refused; an ``extra=`` field that would shadow a LogRecord method is dropped while a
+    plain one is kept; the message passes."""
+    import logging
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    bad = logging.makeLogRecord({"name": 42, "msg": "x", "levelno": 20})
+    with pytest.raises(_wire.Rejected, match="wrong type"):
+        keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", bad))).partition(b">")[2])
+    good = logging.makeLogRecord({"name": "plugin", "msg": "hello", "levelno": 20, "levelname": "INFO",
+                                  "getMessage": "shadow", "request": "r-1"})
+    _, (_, record) = keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", good))).partition(b">")[2])
+    assert record.getMessage() == "hello" and record.name == "plugin" and record.request == "r-1"
