@@ -12,6 +12,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+import attrs
+
 from plugin_host import _wire
 from plugin_host.errors import AccessDeniedError, SandboxNotFoundError
 from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, Subscribe, Unsubscribe
@@ -128,8 +130,10 @@ class EventsAdmin:
     def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
         """Audit records of a sandbox, from its root."""
         rec = self.sandboxes.get(msg.sandbox_id)
-        if rec is not None and self.from_root(rec, sender):
-            rec.audit.extend(msg.records)
+        if rec is not None and self.from_root(rec, sender) and isinstance(msg.records, (tuple, list)):
+            # A sandbox writes these: kept as audit records of its own, each of a bounded size.
+            rec.audit.extend(_bounded_record(record, msg.sandbox_id) for record in msg.records[-AUDIT_LOG:]
+                             if isinstance(record, AuditRecord))
 
     def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Any) -> None:  # noqa: N802
         """The sandbox's recent audit records, oldest first."""
@@ -141,3 +145,16 @@ class EventsAdmin:
     def new_audit_log() -> deque[AuditRecord]:
         """An empty bounded audit log."""
         return deque(maxlen=AUDIT_LOG)
+
+
+_AUDIT_TEXT = 1000
+"""Characters kept of an audit record's text fields (the sandbox's root sends them)."""
+
+
+def _bounded_record(record: AuditRecord, sandbox_id: str) -> AuditRecord:
+    """``record`` with its sandbox's id and its text cut to :data:`_AUDIT_TEXT` characters."""
+    def cut(text: Any) -> str:
+        return str(text)[:_AUDIT_TEXT] if isinstance(text, str) else repr(text)[:_AUDIT_TEXT]
+    moment = record.time if isinstance(record.time, (int, float)) and not isinstance(record.time, bool) else 0.0
+    return AuditRecord(sandbox_id, cut(record.actor), cut(record.event), cut(record.detail), float(moment),
+                       record.blocked is True)

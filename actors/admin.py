@@ -191,7 +191,10 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if about != principal.sandbox_id:
             return "refused"
         if isinstance(message, _SANDBOX_REPORTS):
-            return "report"
+            return "report"  # each handler checks it comes from the sandbox's current root (from_root)
+        rec = self.sandboxes.get(principal.sandbox_id or "")
+        if rec is None or rec.principal != principal:
+            return "refused"  # an ended incarnation, or another host's sandbox (hosts sharing a cookie)
         return "request" if isinstance(message, _SANDBOX_REQUESTS) else "refused"
 
     def refuse(self, message: Any, sender: Any, principal: _wire.Principal) -> AccessDeniedError:
@@ -249,14 +252,22 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             self._emergency_stop()
             return
         now = time.monotonic()
+        try:
+            # Each duty on its own: one that fails (say, on a malformed rejection log line) must not stop the
+            # others, nor the next tick that watches whether the host is alive.
+            for duty in (lambda: self._deadlines(now), lambda: self._retry_parked(now),
+                         lambda: self.reload_deadlines(now), lambda: self.ping_members(now), self._report_rejections):
+                try:
+                    duty()
+                except Exception:  # noqa: BLE001
+                    log.exception("the admin's tick failed in one of its duties")
+        finally:
+            self._tick()
+
+    def _deadlines(self, now: float) -> None:
         for sandbox_id, rec in list(self.sandboxes.items()):
             if rec.deadline is not None and now > rec.deadline:
                 self._deadline_passed(sandbox_id, rec)
-        self._retry_parked(now)
-        self.reload_deadlines(now)
-        self.ping_members(now)
-        self._report_rejections()
-        self._tick()
 
     def rejected_frames(self) -> int:
         """Frames this system's processes dropped since the host started."""

@@ -4,9 +4,10 @@ Everything a host keeps (registry, logs, caches, environments, its credential) l
 ``state_dir``, so another user who can write there, or plant a symlink there, could make the
 host run their code or write where they choose.  As OpenSSH refuses a loose key, the host
 refuses a ``state_dir`` owned by another user or writable by group or others (and one below
-such a folder, unless that folder is sticky, as ``/tmp`` is); a folder of ours that others
-may only read is tightened to ``0700``.  Files are created ``0600`` and opened without
-following symlinks.
+such a folder, unless that folder is sticky, as ``/tmp`` is, or reached through another user's
+symlink).  A ``state_dir`` the host creates is ``0700``; one that exists keeps its mode (it may be
+shared on purpose: the host's folders in it are tightened to ``0700`` and its files are created
+``0600``, opened without following symlinks).
 
 Runtime files (``run/<port>.json``: pid, port, version) let operator commands find a running
 host without ``--port``; the lock (``host.lock``) keeps a second host off the same folder.
@@ -45,28 +46,43 @@ def _owner_problem(path: Path, info: os.stat_result, own: bool) -> str | None:
 
 
 def prepare(state_dir: Path) -> Path:
-    """Create ``state_dir`` (``0700``) if needed and check that only this user controls it.
+    """Create ``state_dir`` (``0700``) if needed, check that only this user controls it, and return
+    its real path (use that from then on: a symlink on the way could be changed later).
 
     Raises:
-        ConfigError: it, or a folder above it, is owned by another user or writable by others.
+        ConfigError: it, a folder above it, or a symlink on the way to it is owned by another user,
+            or a folder on the way is writable by others.
     """
     path = Path(state_dir).expanduser().absolute()
+    for step in [*reversed(path.parents), path]:  # the way as given, checked before anything is made on it
+        try:
+            link = os.lstat(step)
+        except FileNotFoundError:
+            break
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.getuid(), 0):
+            raise ConfigError(f"refusing state_dir {path}: {step} is a symlink owned by uid {link.st_uid}, who "
+                              "chooses where it points", field="state_dir")
+    created = not os.path.lexists(path)
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         real = path.resolve(strict=True)
     except OSError as exc:
         raise ConfigError(f"state_dir {path} cannot be created: {exc.strerror}", field="state_dir") from None
-    for parent in reversed(real.parents):
+    for parent in {*path.parents, *real.parents}:  # and where it leads
         problem = _owner_problem(parent, os.stat(parent), own=False)
         if problem:
             raise ConfigError(f"refusing state_dir {path}: the folder {parent} above it is not safe ({problem}); "
                               "another user could replace it", field="state_dir")
-    private_folder(real, field="state_dir")
-    return path
+    private_folder(real, field="state_dir", tighten=created)
+    return real
 
 
-def private_folder(path: Path, field: str = "state_dir") -> Path:
+def private_folder(path: Path, field: str = "state_dir", tighten: bool = True) -> Path:
     """Make ``path`` a folder only this user can enter (``0700``), or refuse it.
+
+    ``tighten=False`` leaves the mode of a folder of ours that others may read (the ``state_dir``
+    a user chose, which may be a folder they share on purpose; what the host keeps in it is
+    private anyway).
 
     Raises:
         ConfigError: it is a symlink, not a folder, owned by another user or writable by others.
@@ -84,7 +100,7 @@ def private_folder(path: Path, field: str = "state_dir") -> Path:
     if problem:
         raise ConfigError(f"refusing {path}: {problem}; make it yours and mode 0700, or choose another "
                           "state_dir", field=field)
-    if stat.S_IMODE(info.st_mode) & 0o077:
+    if tighten and stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(path, 0o700)  # ours and readable by others: private from now on
     return path
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from datetime import timedelta
 
+import attrs
 import psutil
 from thespian.actors import ActorSystem
 from thespian.system import isInternalActorSystemMessage
@@ -93,8 +94,8 @@ class ActorSystemHandle:
             StateDirInUseError: another host runs with this ``state_dir``.
             HostStartError: the port is taken, or the system did not come up.
         """
-        cfg = self.config
-        state_dir = _statedir.prepare(cfg.state_dir)
+        state_dir = _statedir.prepare(self.config.state_dir)
+        self.config = cfg = attrs.evolve(self.config, state_dir=state_dir)  # its real path from now on
         if lock:
             self._host_lock = _statedir.HostLock(state_dir)
             self._host_lock.acquire()

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
+from . import _statedir
 from .errors import DependencyError
 
 if TYPE_CHECKING:
@@ -165,6 +166,7 @@ def prepare_environment(requirements: Iterable[str], state_dir: str | os.PathLik
         The environment folder to put first on ``sys.path``, or ``None`` when there are no requirements.
 
     Raises:
+        ConfigError: ``state_dir`` or its ``envs/`` is not private to this user.
         DependencyError: a requirement does not parse, pip failed (``packages`` names them, ``output`` holds
             pip's last lines) or timed out.
     """
@@ -172,10 +174,11 @@ def prepare_environment(requirements: Iterable[str], state_dir: str | os.PathLik
     if not wanted:
         return None
     report = progress or _ignore
-    envs = Path(state_dir) / "envs"
+    # Environments run as this user: their folder is checked like state_dir (another user's, or one others
+    # may write, is refused) and private.
+    envs = _statedir.private_folder(_statedir.prepare(Path(state_dir)) / "envs")
     final = envs / environment_key(wanted)
     if not (final / MARKER_NAME).is_file():
-        envs.mkdir(parents=True, exist_ok=True)
         with _locked(envs / f".{final.name}.lock"):
             if not (final / MARKER_NAME).is_file():  # else another caller installed it while we waited
                 _discard_leftovers(final)

@@ -87,6 +87,7 @@ class Host(CallMethods, ReloadMethods):
 
     def _boot(self) -> None:
         self._system.start()
+        self.config = self._system.config  # state_dir resolved: a symlink on the way may change later
         self._admin = self._system.create_actor(AdminActor, ADMIN_GLOBAL_NAME)
         config = attrs.evolve(self.config, admin_port=self._system.port or None)
         token = self._system.new_corr()

@@ -332,3 +332,19 @@ def test_cli_deps_of_a_failing_install_prints_an_error_line_and_exits_one(
     captured = capsys.readouterr()
     assert captured.out == "" and "\nerror: pip could not install tinylib==9.9" in captured.err
     assert "No matching distribution" in captured.err
+
+
+def test_environments_live_in_a_private_folder_and_one_others_may_write_is_refused(tmp_path: Path,
+                                                                                  wheelhouse: Path) -> None:
+    """Environments run as this user: ``envs/`` is made 0700, and an ``envs/`` others may write (where
+    they could plant a package) is refused with ConfigError before pip runs or anything is imported."""
+    from plugin_host.errors import ConfigError
+
+    made = prepare_environment(["tinylib==1.0"], tmp_path / "a", find_links=[wheelhouse], no_index=True)
+    assert made is not None and made.parent.stat().st_mode & 0o777 == 0o700
+    loose = tmp_path / "b" / "envs"
+    loose.mkdir(parents=True)
+    loose.chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by"):
+        prepare_environment(["tinylib==1.0"], tmp_path / "b", find_links=[wheelhouse], no_index=True)
+    assert os.listdir(loose) == []

@@ -477,6 +477,35 @@ def test_an_answer_a_sandbox_sends_a_host_actor_is_never_answered(host: Host, at
     assert [(kind, corr) for kind, _, corr, _ in answers if kind in ("Ok", "Failed")] == [("Ok", "after")]
 
 
+def test_audit_records_a_sandbox_reports_are_its_own_and_bounded(host: Host, attacker: str) -> None:
+    """A sandbox may report its own audit records, but not grow the admin's memory through them or write in
+    another's name: at most 1,000 are kept, each text cut to 1,000 characters, each filed under its own id."""
+    host.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
+    huge = AuditRecord("b", "x" * 2_000, "open", "y" * 5_000, 1.0, False)
+    report = m.AuditRecords("a", (huge,) * 1500)
+    host.call("a", "attacker", cloudpickle.dumps([(host.admin_address, report)]))
+    log = eventually(lambda: host.audit_log("a"))
+    assert len(log) == 1000
+    assert {r.sandbox_id for r in log} == {"a"} and max(len(r.detail) for r in log) == 1000
+    assert sum(len(r.actor) == 1000 for r in log) >= 990  # the plugin's own operations are audited too
+
+
+def test_a_sandbox_of_another_host_sharing_the_cookie_cannot_act_as_a_namesake(config: HostConfig, attacker: str,
+                                                                            tmp_path: Path) -> None:
+    """Two hosts started with one cookie file verify each other's frames, yet a sandbox is its incarnation's
+    key, not its name: host 1's sandbox "a" asking host 2's admin to call host 2's own "a" is refused."""
+    shared = attrs.evolve(config, cookie_file=tmp_path / "cookie")
+    with Host(attrs.evolve(shared, state_dir=tmp_path / "one")) as one, \
+            Host(attrs.evolve(shared, state_dir=tmp_path / "two")) as two:
+        one.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
+        two.create_sandbox("a", "root:Root", sandbox_path=sample("counter"))
+        call = msgs.Call(sandbox_id="a", name="counter", request="inc", corr="x")
+        one.call("a", "attacker", cloudpickle.dumps([(two.admin_address, call)]))
+        answers = eventually(lambda: one.call("a", "attacker", "answers"))
+        assert [(kind, error) for kind, error, corr, _ in answers if corr == "x"] == [("Failed", "AccessDeniedError")]
+        assert two.call("a", "counter", "inc") == 1
+
+
 SLOW = textwrap.dedent('''
     import time
     from actors import Plugin
@@ -640,6 +669,47 @@ def test_a_state_dir_of_another_user_with_a_planted_cache_entry_is_refused(tmp_p
         compile_path(sample("counter"), HostConfig(state_dir=state))
 
 
+@as_root
+def test_a_state_dir_reached_through_another_users_symlink_is_refused(tmp_path: Path) -> None:
+    """F7: a symlink on the way to state_dir that another user owns (they choose where it points: say, into
+    ~/.ssh) is refused before anything is written where it leads; this user's own symlink is followed, and
+    the host's ``config.state_dir`` is then the real folder."""
+    target = tmp_path / "private"
+    target.mkdir(mode=0o700)
+    planted = tmp_path / "planted"
+    planted.symlink_to(target)
+    os.lchown(planted, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match="symlink owned by uid 65534") as caught:
+        Host(state_dir=planted / "state")
+    assert caught.value.field == "state_dir" and os.listdir(target) == []
+    own = tmp_path / "own"
+    own.symlink_to(target)
+    with Host(state_dir=own) as host:
+        assert host.config.state_dir == target and (target / "cookie").is_file()
+
+
+def test_an_existing_state_dir_keeps_its_mode_and_what_the_host_puts_in_it_is_private(tmp_path: Path) -> None:
+    """A state_dir the user made readable (shared on purpose) is not changed, yet every folder and file the
+    host makes in it (registry, logs, cookie, runtime files, caches) is private to this user."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    with Host(state_dir=state) as host:
+        host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+        assert host.call("c", "counter", "inc") == 1
+        host.compile_sandbox(sample("counter"))
+        made = list(state.rglob("*"))
+    assert stat_mode(state) == 0o755
+    assert {"cookie", "registry.sqlite3", "logs", "run", "compile-cache"} <= {path.name for path in made}
+    loose = [f"{path} {stat_mode(path):o}" for path in made if path.exists() and stat_mode(path) & 0o077]
+    assert not loose
+
+
+def stat_mode(path: Path) -> int:
+    """Permission bits of ``path``."""
+    return path.stat().st_mode & 0o777
+
+
 def test_a_symlink_planted_for_a_log_file_is_not_followed(tmp_path: Path) -> None:
     """F7: a symlink where a log of the next host will be is replaced, never written through."""
     state, target = tmp_path / "state", tmp_path / "target.txt"
@@ -656,20 +726,26 @@ def test_a_symlink_planted_for_a_log_file_is_not_followed(tmp_path: Path) -> Non
     assert not any(p.is_symlink() for p in (state / "logs").iterdir())
 
 
-def test_the_state_folder_and_its_files_are_private(host: Host, config: HostConfig) -> None:
-    """F7: state_dir and its folders are 0700; the registry (every plugin's source), logs, cookie and runtime
-    file are 0600; the host's own Thespian log is in state_dir, not a fixed name in /tmp."""
-    host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
-    host.call("c", "counter", "inc")
-    state = Path(config.state_dir)
+def test_the_state_folder_and_its_files_are_private(config: HostConfig, tmp_path: Path) -> None:
+    """F7: a state_dir the host makes and its folders are 0700; the registry (every plugin's source), logs,
+    cookie and runtime file are 0600; the host's own Thespian log is in state_dir, not a fixed name in /tmp."""
+    state = tmp_path / "made-by-the-host"
+    with Host(attrs.evolve(config, state_dir=state)) as host:
+        host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+        host.call("c", "counter", "inc")
+        check_private(state, host.admin_port)
+
+
+def check_private(state: Path, port: int | None) -> None:
+    """``state`` and all in it are this user's alone; the files a running host keeps there exist."""
     for path in [state, *state.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         if path.is_dir():
             assert mode & 0o077 == 0, f"{path} is {mode:o}"
         else:
             assert mode & 0o077 == 0, f"{path} is {mode:o}"
-    assert (state / "cookie").exists() and (state / "run" / f"{host.admin_port}.json").exists()
-    assert (state / "logs" / f"thespian-app-{host.admin_port}.log").exists()
+    assert (state / "cookie").exists() and (state / "run" / f"{port}.json").exists()
+    assert (state / "logs" / f"thespian-app-{port}.log").exists()
     from thespian.system import utilis
     assert utilis._thesplog_file.startswith(str(state))
 
