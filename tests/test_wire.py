@@ -272,3 +272,34 @@ def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is
                                   "getMessage": "shadow", "request": "r-1"})
     _, (_, record) = keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", good))).partition(b">")[2])
     assert record.getMessage() == "hello" and record.name == "plugin" and record.request == "r-1"
+
+
+def test_frames_being_received_are_bounded_per_process_and_released_when_done() -> None:
+    """All connections together may announce at most ``MAX_BUFFERED_BYTES`` of unfinished frames (a third
+    256 MiB frame is refused while two are pending, with no memory taken for them); a frame received whole,
+    or a connection dropped half-way, gives its share back. An idle incoming connection is closed after
+    ``INCOMING_PERIOD_SECONDS`` (Thespian's constant, patched)."""
+    import datetime
+    import gc
+
+    _wire.install()
+    from thespian.system.transport import TCPTransport
+
+    def buffer() -> object:
+        return TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
+
+    start = _wire._buffering[0]
+    first, second = buffer(), buffer()
+    first.addMore(b"%d>" % _wire.MAX_FRAME_BYTES)
+    second.addMore(b"%d>" % _wire.MAX_FRAME_BYTES)
+    with pytest.raises(ValueError, match="being received already"):
+        buffer().addMore(b"10>")
+    del second  # a connection dropped half-way
+    gc.collect()
+    small = buffer()
+    small.addMore(b"3>abc")
+    assert small.completed() == (b"abc", b"") and _wire._buffering[0] == start + _wire.MAX_FRAME_BYTES
+    del first
+    gc.collect()
+    assert _wire._buffering[0] == start
+    assert TCPTransport.MAX_INCOMING_SOCKET_PERIOD == datetime.timedelta(seconds=_wire.INCOMING_PERIOD_SECONDS)
