@@ -161,20 +161,27 @@ def _parse_paths(text: str) -> tuple[str, ...]:
     return tuple(p for p in text.split(os.pathsep) if p)
 
 
-def _from_env(name: str, parse: Callable[[str], Any], default: Callable[[], Any]) -> Any:
-    """An attrs default that reads ``PLUGIN_HOST_<NAME>`` first."""
+def _number(value: Any) -> float:
+    """``value`` when it is a number, else 0 (its own validator reports it)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
-    def factory() -> Any:
+
+def _from_env(name: str, parse: Callable[[str], Any], default: Callable[[], Any],
+              derived: Callable[[Any], Any] | None = None) -> Any:
+    """An attrs default that reads ``PLUGIN_HOST_<NAME>`` first; ``derived(instance)``, when given,
+    makes the default follow the fields set before it (``default`` is then unused)."""
+
+    def factory(instance: Any) -> Any:
         variable = _ENV_PREFIX + name.upper()
         raw = os.environ.get(variable)
         if raw is None:
-            return default()
+            return derived(instance) if derived is not None else default()
         try:
             return parse(raw)
         except (ValueError, TypeError, ConfigError) as exc:
             raise ConfigError(f"{variable}={raw!r} is not a valid {name}: {exc}", field=name) from None
 
-    return attrs.Factory(factory)
+    return attrs.Factory(factory, takes_self=True)
 
 
 def _check_base(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -326,8 +333,13 @@ class HostConfig:
         default=_from_env("heartbeat_interval", float, lambda: 1.0), validator=_positive_required
     )
     """How often supervisors ping their children."""
-    hang_timeout: float = attrs.field(default=_from_env("hang_timeout", float, lambda: 10.0), validator=_positive_required)
-    """A child silent for this long (busy in a callback, or hung) is killed and restarted."""
+    hang_timeout: float = attrs.field(
+        default=_from_env("hang_timeout", float, lambda: 10.0,
+                          derived=lambda config: max(10.0, 10 * _number(config.heartbeat_interval))),
+        validator=_positive_required)
+    """A child silent for this long (busy in a callback, or hung) is killed and restarted. Default: 10 s,
+    or ten heartbeats when ``heartbeat_interval`` is longer than 1 s (a default never contradicts a
+    field that was set; only two explicit values can)."""
     shutdown_timeout: float = attrs.field(
         default=_from_env("shutdown_timeout", float, lambda: 5.0), validator=_positive_required
     )

@@ -268,13 +268,6 @@ def test_hang_timeout_not_longer_than_heartbeat_interval_is_rejected(hang: float
     assert info.value.field == "hang_timeout"
 
 
-def test_larger_heartbeat_than_default_hang_timeout_is_rejected() -> None:
-    """Raising only the heartbeat above the default hang timeout is caught too."""
-    with pytest.raises(ConfigError) as info:
-        HostConfig(heartbeat_interval=HostConfig().hang_timeout + 1)
-    assert info.value.field == "hang_timeout"
-
-
 @pytest.mark.parametrize("value", ["nohost", "host:", ":1900", "host:port", "host:0", "host:70000", "host:-1"])
 def test_bad_convention_leader_is_rejected(value: str) -> None:
     """``convention_leader`` must be ``host:port`` with a valid port."""
@@ -501,3 +494,14 @@ def test_node_timeout_must_leave_the_admin_two_ticks() -> None:
         HostConfig(node_timeout=2.0)
     assert info.value.field == "node_timeout"
     assert HostConfig(node_timeout=2.0, heartbeat_interval=0.5).node_timeout == 2.0
+
+
+def test_a_default_follows_the_fields_that_were_set_and_only_explicit_values_contradict() -> None:
+    """``heartbeat_interval=30`` alone is valid: the default ``hang_timeout`` becomes ten heartbeats (it was
+    a fixed 10 s, shorter than the heartbeat, and the config raised). Two explicit values that contradict
+    each other still raise ConfigError naming the field; the default is 10 s for short heartbeats."""
+    assert HostConfig(heartbeat_interval=30).hang_timeout == 300
+    assert HostConfig(heartbeat_interval=0.2).hang_timeout == HostConfig().hang_timeout == 10.0
+    with pytest.raises(ConfigError) as caught:
+        HostConfig(heartbeat_interval=30, hang_timeout=20)
+    assert caught.value.field == "hang_timeout"
