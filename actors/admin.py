@@ -126,6 +126,9 @@ class _Sandbox:
     status: str = "starting"
     reason: str | None = None
     restart_count: int = 0
+    """Actor restarts in the current incarnation (the root's own count)."""
+    earlier_restarts: int = 0
+    """Restarts of earlier incarnations, each whole-sandbox restart counted too: the reported count only grows."""
     children: tuple[Any, ...] = ()
     directory: dict[str, tuple[Any, int]] = attrs.field(factory=dict)
     deaths: dict[str, tuple[tuple[int, str], ...]] = attrs.field(factory=dict)
@@ -453,7 +456,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.forget_subscribers(sandbox_id)
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
         if rec.action == "restart":
-            rec.action, rec.restart_count, rec.restarted = "create", 0, True
+            rec.action, rec.restarted = "create", True
+            _next_incarnation(rec)
             member = self.members.get(rec.node)
             if rec.node and (member is None or member.status != "up"):
                 self._elsewhere(sandbox_id, rec, f"its node {rec.node} is lost")
@@ -513,6 +517,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             else:
                 self.emit("lost", sandbox_id, reason=reason, restarting_on=node or self.node)
                 rec.node, rec.restarted, rec.action = node, True, "create"
+                _next_incarnation(rec)
                 self._start_root(sandbox_id, rec)
                 self.watch(sandbox_id, rec)
                 return
@@ -631,5 +636,11 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         status = "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
         supervisor = rec.request.supervisor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
-        return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.restart_count, list(rec.children),
-                           dict(rec.modules), rec.node or self.node, rec.reason, rec.pid)
+        return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.earlier_restarts + rec.restart_count,
+                           list(rec.children), dict(rec.modules), rec.node or self.node, rec.reason, rec.pid)
+
+
+def _next_incarnation(rec: _Sandbox) -> None:
+    """The sandbox starts again as a whole: its restarts so far, and this one, carry over."""
+    rec.earlier_restarts += rec.restart_count + 1
+    rec.restart_count = 0

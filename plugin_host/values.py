@@ -64,7 +64,8 @@ class SandboxInfo:
     created_at: float
     """Unix time of creation."""
     restart_count: int
-    """Restarts of actors in this sandbox since creation (or ``restart_sandbox``)."""
+    """Restarts since creation, never reset: of its actors by their supervisors, and of the whole
+    sandbox (``restart_sandbox``, or a start on another system after its own was lost)."""
     children: list[ChildInfo] = attrs.field(factory=list)
     """Every actor of the tree, in start order (nested supervisors included)."""
     modules: dict[str, int] = attrs.field(factory=dict)

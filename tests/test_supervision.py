@@ -47,6 +47,21 @@ def test_crashed_actor_is_restarted_with_fresh_state(host: Host, how: str) -> No
     assert [c.restarts for c in info.children if c.name == "a"] == [1]
 
 
+def test_the_restart_count_only_grows_across_a_restart_of_the_sandbox(host: Host) -> None:
+    """``restart_count`` is never reset (as Kubernetes' restartCount): an actor restart counts one, a
+    ``restart_sandbox`` one more, and later actor restarts add to that (it went back to 0)."""
+    create(host, "OneForOne")
+    with pytest.raises(PluginError):
+        host.call("s", "a", "raise")
+    restarts_reach(host, 1)
+    host.restart_sandbox("s")
+    assert host.get_sandbox_info("s").restart_count == 2
+    with pytest.raises(PluginError):
+        host.call("s", "b", "raise")
+    restarts_reach(host, 3)
+    assert host.get_sandbox_info("s").restart_count == 3
+
+
 def test_plugin_error_carries_the_original_exception(host: Host) -> None:
     """PluginError names the original type and message and carries the traceback text."""
     create(host, "OneForOne")
