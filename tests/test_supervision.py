@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import signal
 
 import pytest
@@ -174,6 +175,20 @@ def test_sandbox_fails_past_restart_intensity_and_others_keep_answering(host: Ho
     revived = host.restart_sandbox("fragile")
     assert revived.status == "running"
     assert host.call("fragile", "a", "inc") == 1
+
+
+def test_restarts_spread_wider_than_the_window_never_fail_the_sandbox(host: Host) -> None:
+    """Only restarts within ``max_seconds`` count towards ``max_restarts`` (OTP's intensity): with 2 in 0.3 s
+    allowed, five crashes 0.4 s apart leave the sandbox running, restarted five times."""
+    create(host, "Forgetful")
+    for crash in range(1, 6):
+        with pytest.raises(PluginError):
+            host.call("s", "a", "raise")
+        restarts_reach(host, crash)
+        time.sleep(0.4)  # the window itself is what is tested: let it pass
+    info = host.get_sandbox_info("s")
+    assert info.status == "running" and info.restart_count == 5
+    assert host.call("s", "a", "inc") == 1
 
 
 def test_nested_supervisor_restarts_its_own_children(host: Host) -> None:

@@ -33,6 +33,13 @@ class Fragile(Supervisor):
     children = [ChildSpec("a", Worker)]
 
 
+class Forgetful(Supervisor):
+    """Fragile's intensity in a short window: restarts spread wider than 0.3 s never add up."""
+    strategy = "one_for_one"
+    max_restarts, max_seconds = 2, 0.3
+    children = [ChildSpec("a", Worker)]
+
+
 class Kinds(Supervisor):
     strategy = "one_for_one"
     max_restarts, max_seconds = 5, 10
