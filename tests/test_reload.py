@@ -116,6 +116,22 @@ def test_a_raising_code_change_changes_nothing(sandbox: Host) -> None:
     assert [(v.version, v.status) for v in history.versions] == [(2, "failed"), (1, "current")]
 
 
+def test_an_actor_restarted_after_a_refused_reload_runs_the_old_code(sandbox: Host) -> None:
+    """All or nothing holds after the reload too: every actor that crashes once a reload was refused comes
+    back on the version the registry names current (a root that kept the staged code brought it back on
+    the refused one)."""
+    bad = 'if self.name == "c2":\n                    raise ValueError("cannot migrate")\n                return old_state'
+    with pytest.raises(HotReloadError):
+        sandbox.hot_reload_source("s", counter(tag="v2", code_change=bad), module="counter")
+    for name in ("c1", "c2", "c3"):
+        before = sandbox.call("s", name, "pid")
+        with pytest.raises(PluginError):
+            sandbox.call("s", name, "crash")
+        assert sandbox.call("s", name, "pid") != before  # a new process, started by the root
+    assert tags(sandbox) == {"v1"}
+    assert sandbox.get_version_history("s", "counter").current_version == 1
+
+
 def test_reloading_identical_code_is_a_no_op(sandbox: Host, tmp_path: Path) -> None:
     """The current code again returns the current version and mints no number."""
     result = sandbox.hot_reload_source("s", counter(), module="counter")
