@@ -12,7 +12,7 @@ import socket
 import psutil
 import pytest
 
-from plugin_host import Host
+from plugin_host import Host, HostConfig
 
 from conftest import sample
 
@@ -64,3 +64,19 @@ def test_every_listening_socket_accepts_a_connection_to_the_configured_address(h
         with socket.create_connection((address, port), timeout=2):
             pass
     assert host.call("c", "counter", "inc") == 2
+
+
+def test_a_host_bound_to_another_loopback_address_listens_there_only(config: HostConfig) -> None:
+    """``bind_address`` is obeyed, not assumed: a host bound to 127.0.0.3 has every listening socket of its
+    tree on 127.0.0.3, answers calls through it, and nothing of it answers on 127.0.0.1."""
+    import attrs
+
+    with Host(attrs.evolve(config, bind_address="127.0.0.3")) as host:
+        host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+        assert host.call("c", "counter", "inc") == 1
+        found = listening_ports(host)
+        assert len(found) >= 5 and set(found.values()) == {"127.0.0.3"}, found
+        for port in sorted(found):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        assert host.call("c", "counter", "inc") == 2
