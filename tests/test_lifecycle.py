@@ -205,3 +205,55 @@ def test_closing_a_forked_copy_of_the_host_leaves_the_parents_system_running(hos
             os._exit(0)
     os.waitpid(child, 0)
     assert host.call("c", "counter", "inc") == 1
+
+
+SIDE_EFFECT = textwrap.dedent('''
+    import os
+    import threading
+    from actors import Plugin, Supervisor, ChildSpec
+
+
+    class Effect(Plugin):
+        """Appends a line to a file per call (the side effect), then waits until killed when asked."""
+
+        def handle_call(self, request, state):
+            path, wait = request
+            with open(path, "a") as out:
+                out.write(f"{os.getpid()}\\n")
+            if wait:
+                threading.Event().wait()  # until SIGKILL
+            return os.getpid(), state
+
+
+    class Root(Supervisor):
+        children = [ChildSpec("effect", Effect)]
+''')
+
+
+def test_a_call_whose_process_is_killed_mid_call_fails_and_never_runs_again(host: Host, tmp_path: Path) -> None:
+    """At most once: SIGKILL the worker in the middle of a side-effecting call: the caller gets PluginError
+    and the restarted worker never runs that call again (the file holds one line from the killed pid;
+    the next call's line comes from the new process)."""
+    folder = tmp_path / "effect"
+    folder.mkdir()
+    (folder / "effect.py").write_text(SIDE_EFFECT)
+    effects = tmp_path / "effects.txt"
+    host.create_sandbox("e", "effect:Root", sandbox_path=str(folder))
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            host.call("e", "effect", (str(effects), True), timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    victim = int(eventually(lambda: effects.exists() and effects.read_text().strip()))
+    os.kill(victim, signal.SIGKILL)
+    caller.join(30)
+    assert not caller.is_alive() and len(outcome) == 1 and isinstance(outcome[0], PluginError), outcome
+    fresh = host.call("e", "effect", (str(tmp_path / "after.txt"), False))
+    assert fresh != victim
+    host.call("e", "effect", (str(tmp_path / "after.txt"), False))  # ordered after anything redelivered
+    assert effects.read_text().split() == [str(victim)]
