@@ -102,6 +102,8 @@ def run_node(args: argparse.Namespace) -> int:
 def _check_leader_accepts(config: Any) -> None:
     """Fail at once, not after :data:`JOIN_TIMEOUT`, when nothing listens at the leader's address or it
     refuses this node's credential (one signed frame; the leader logs a refused one)."""
+    import attrs
+
     from . import _statedir, _wire
     from .errors import CredentialError, HostStartError
 
@@ -115,7 +117,7 @@ def _check_leader_accepts(config: Any) -> None:
         raise HostStartError(f"cannot reach the convention leader {leader}: {exc}") from None
     if not listening:
         raise HostStartError(f"no convention leader listens on {leader}")
-    _statedir.prepare(config.state_dir)
+    config = attrs.evolve(config, state_dir=_statedir.prepare(config.state_dir))  # its real path from now on
     keys = _wire.Keyring(_wire.host_key_from_cookie(_statedir.cookie(config.credential_file, create=True)))
     try:
         accepted = _wire.probe((address, int(port)), keys)

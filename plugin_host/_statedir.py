@@ -54,14 +54,7 @@ def prepare(state_dir: Path) -> Path:
             or a folder on the way is writable by others.
     """
     path = Path(state_dir).expanduser().absolute()
-    for step in [*reversed(path.parents), path]:  # the way as given, checked before anything is made on it
-        try:
-            link = os.lstat(step)
-        except FileNotFoundError:
-            break
-        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.getuid(), 0):
-            raise ConfigError(f"refusing state_dir {path}: {step} is a symlink owned by uid {link.st_uid}, who "
-                              "chooses where it points", field="state_dir")
+    _check_links(path, path)  # the way as given, and where each symlink on it leads, before anything is made
     created = not os.path.lexists(path)
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -75,6 +68,27 @@ def prepare(state_dir: Path) -> Path:
                               "another user could replace it", field="state_dir")
     private_folder(real, field="state_dir", tighten=created)
     return real
+
+
+def _check_links(way: Path, state_dir: Path, depth: int = 0) -> None:
+    """Refuse ``state_dir`` if a symlink on ``way`` (followed to its target, and so on) is another user's."""
+    if depth > 40:
+        raise ConfigError(f"refusing state_dir {state_dir}: too many levels of symlinks", field="state_dir")
+    current = Path(way.anchor)
+    for part in way.parts[1:]:
+        step = current / part
+        try:
+            link = os.lstat(step)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # not made yet: it will be ours
+        if not stat.S_ISLNK(link.st_mode):
+            current = step
+            continue
+        if link.st_uid not in (os.getuid(), 0):
+            raise ConfigError(f"refusing state_dir {state_dir}: {step} is a symlink owned by uid {link.st_uid}, who "
+                              "chooses where it points", field="state_dir")
+        _check_links(Path(os.path.join(current, os.readlink(step))), state_dir, depth + 1)
+        current = Path(os.path.realpath(step))
 
 
 def private_folder(path: Path, field: str = "state_dir", tighten: bool = True) -> Path:

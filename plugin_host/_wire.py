@@ -39,6 +39,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import pickletools
@@ -387,7 +388,7 @@ class Keyring:
         if isinstance(message, logging.LogRecord):
             clean = _clean_log_record(message)
             if clean is None:
-                raise Rejected("refused", "a log record with fields of the wrong type", principal)
+                raise Rejected("refused", "a log record with fields of the wrong type or size", principal)
             return principal, (decoded[0], clean)
         if kind == "ChildActorExited" and not self.claims(getattr(message, "childAddress", None), principal):
             # A sandbox's root may say it exits (its parent waits for that at shutdown); nobody else.
@@ -517,21 +518,39 @@ that hold the previous one twice unfolds into 2**64 and hashes for ever)."""
 
 
 class _BoundedMemo(dict):
-    """The unpickler's memo, refusing a shared reference to something that unfolds too large."""
+    """The unpickler's memo, refusing a shared reference to something that unfolds too large.
+
+    Sizes are computed afresh at every reference: an object fetched while small may be filled in
+    later (BUILD, SETITEMS...), so no size outlives its fetch. The visits of all fetches of a
+    frame are budgeted (:data:`_VISIT_BUDGET`), so refetching a large structure cannot cost more."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.sizes: dict[int, int] = {}
+        self.visits = 0
 
     def __getitem__(self, key: Any) -> Any:
         found = super().__getitem__(key)
-        if _unfolded_size(found, self.sizes) > _EXPANDED_LIMIT:
+        size, visited = _unfolded_size(found, _VISIT_BUDGET - self.visits)
+        self.visits += visited
+        if size > _EXPANDED_LIMIT:
             raise pickle.UnpicklingError("a structure that unfolds past a million objects")
         return found
 
 
-def _unfolded_size(root: Any, sizes: dict[int, int]) -> int:
-    """How many objects ``root`` holds counting every path (shared ones as often as they are reached)."""
+_VISIT_BUDGET = 4 * _EXPANDED_LIMIT
+"""Objects the checks of one frame's shared references may visit in all."""
+
+
+def _unfolded_size(root: Any, budget: int) -> tuple[int, int]:
+    """How many objects ``root`` holds counting every path (shared ones as often as they are reached;
+    a reference back to an object being counted, a cycle, counts one), and how many distinct objects
+    that took to find out.
+
+    Raises:
+        pickle.UnpicklingError: finding out would visit more than ``budget`` objects.
+    """
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
     pending = [root]
     while pending:
         obj = pending[-1]
@@ -539,13 +558,18 @@ def _unfolded_size(root: Any, sizes: dict[int, int]) -> int:
             pending.pop()
             continue
         children = _children(obj)
-        missing = [child for child in children if id(child) not in sizes]
-        if missing:
-            pending.extend(missing)
-            continue
+        if id(obj) not in open_ids:
+            open_ids.add(id(obj))
+            missing = [child for child in children if id(child) not in sizes and id(child) not in open_ids]
+            if missing:
+                pending.extend(missing)
+                if len(open_ids) + len(sizes) > budget:
+                    raise pickle.UnpicklingError("a frame whose shared references cost too much to check")
+                continue
         pending.pop()
-        sizes[id(obj)] = min(_EXPANDED_LIMIT + 1, 1 + sum(sizes[id(child)] for child in children))
-    return sizes[id(root)]
+        open_ids.discard(id(obj))
+        sizes[id(obj)] = min(_EXPANDED_LIMIT + 1, 1 + sum(sizes.get(id(child), 1) for child in children))
+    return sizes[id(root)], len(sizes)
 
 
 def _children(obj: Any) -> list[Any]:
@@ -568,14 +592,16 @@ def _unfolds_small(raw: bytes) -> bool:
     """Whether ``raw`` surely unfolds into at most :data:`_EXPANDED_LIMIT` objects.
 
     A pickle of ``n`` opcodes with ``g`` shared references (GET, DUP) unfolds into at most
-    ``n * 2**g`` objects (a tree plus ``g`` edges has at most ``2**g`` paths to a node). The bytes
+    ``n * 2**g`` objects (a tree plus ``g`` edges has at most ``2**g`` paths to a node); a large
+    frame may unfold to four times its opcodes (``g <= 2``). The bytes
     that could be such opcodes bound ``g`` at C speed; when that is not enough the opcodes are
     walked. ``False`` sends the frame to the slower :class:`_SandboxUnpickler`, which watches its memo.
     """
     if len(raw) * 2 ** min(64, sum(map(raw.count, _SHARING_BYTES))) <= _EXPANDED_LIMIT:
         return True
     counted = _count_opcodes(raw)
-    return counted is not None and counted[0] * 2 ** min(counted[1], 64) <= _EXPANDED_LIMIT
+    # A large frame has paid for its own size: it may unfold to a few times that, not to a million more.
+    return counted is not None and counted[0] * 2 ** min(counted[1], 64) <= max(_EXPANDED_LIMIT, 4 * counted[0])
 
 
 _SHARING_BYTES = (b"h", b"j", b"g", b"2")  # BINGET, LONG_BINGET, GET, DUP
@@ -692,9 +718,30 @@ def _clean_log_record(record: Any) -> Any:
                 continue
             extras += 1
         fields[name] = value[:_LOG_TEXT] if isinstance(value, str) else value
-    if not isinstance(fields.get("name"), str) or not isinstance(fields.get("levelno"), int):
-        return None
+    name = fields.get("name")
+    if not isinstance(name, str) or not isinstance(fields.get("levelno"), int) or len(name) > _LOG_NAME \
+            or name.count(".") > _LOG_NAME_DOTS or not all(_sane_number(fields.get(key)) for key in _LOG_NUMBERS):
+        return None  # a long dotted name makes logging keep a placeholder per prefix, for ever
+    if name not in _LOG_NAMES_SEEN:
+        if len(_LOG_NAMES_SEEN) >= _LOG_NAMES:
+            fields["name"] = "plugin_host.sandbox"  # each new name is a logger kept for ever: not past this many
+        else:
+            _LOG_NAMES_SEEN.add(name)
     return logging.makeLogRecord({**fields, "args": None, "exc_info": None})
+
+
+_LOG_NAME, _LOG_NAME_DOTS, _LOG_NAMES = 200, 10, 1024  # a logger name's length and dots; names a process takes
+_LOG_NAMES_SEEN: set[str] = set()
+_LOG_NUMBERS = ("levelno", "lineno", "created", "msecs", "relativeCreated", "thread", "process")
+
+
+def _sane_number(value: Any) -> bool:
+    """No number a handler would choke on formatting (a NaN time, a 10**400 line)."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value) and abs(value) < 1e13
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
 
 
 # -- which keyring a transport uses -----------------------------------------------------------------
@@ -894,6 +941,7 @@ def install() -> None:
     systemCommon.systemCommonBase._handleChildExited = _handleChildExited
     logdirector.ThespianLogForwardHandler.handle = handle
     os.register_at_fork(after_in_child=_take_the_childs_key)
+    os.register_at_fork(after_in_child=_buffering_starts_afresh)
     _installed = True
 
 
@@ -951,13 +999,14 @@ def _bounded_receive_buffer() -> type:
         def __init__(self, serializer: Any = bytes) -> None:
             super().__init__(serializer)
             self._buf = bytearray()
-            self._counted = 0
+            self._counted, self._pid = 0, 0
 
         def __del__(self) -> None:
             self._release()  # a connection dropped half-way
 
         def _release(self) -> None:
-            _buffering[0] -= self._counted
+            if self._counted and self._pid == os.getpid():  # a parent's buffer, inherited by a fork, is not ours
+                _buffering[0] -= self._counted
             self._counted = 0
 
         def completed(self) -> Any:
@@ -989,7 +1038,7 @@ def _bounded_receive_buffer() -> type:
             if _buffering[0] + size > MAX_BUFFERED_BYTES:
                 raise ValueError(f"{_buffering[0]} bytes of frames are being received already")
             _buffering[0] += size
-            self._counted = size
+            self._counted, self._pid = size, os.getpid()
             rest = buf[mark + 1:]
             self._size, self._buf = size, bytearray(rest[:size])
             self._blen = len(self._buf)
@@ -1001,6 +1050,11 @@ def _bounded_receive_buffer() -> type:
 
 _SIZE_DIGITS = 24  # Thespian's "N>" header: a frame size never needs more digits
 _buffering = [0]  # bytes of frames this process is receiving (announced sizes), across connections
+
+
+def _buffering_starts_afresh() -> None:
+    """After a fork: the parent's frames in progress are not the child's to count (nor to release)."""
+    _buffering[0] = 0
 
 
 def _serialize(self: Any, intent: Any) -> bytes:

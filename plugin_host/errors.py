@@ -67,6 +67,9 @@ class PluginHostError(Exception):
 def _rebuild(cls: type[PluginHostError], message: str, state: dict[str, Any]) -> PluginHostError:
     # Through the constructor: classes with two builtin bases (ValueError + TimeoutError)
     # refuse a bare cls.__new__(cls).
+    if not (isinstance(cls, type) and issubclass(cls, PluginHostError)) or not isinstance(state, dict):
+        # Frames from sandboxes may call this: never let it construct, or write attributes on, anything else.
+        raise TypeError(f"not a plugin-host error class: {cls!r}")
     error = cls(message)
     error.__dict__.update(state)
     return error

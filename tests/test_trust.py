@@ -682,6 +682,11 @@ def test_a_state_dir_reached_through_another_users_symlink_is_refused(tmp_path: 
     with pytest.raises(ConfigError, match="symlink owned by uid 65534") as caught:
         Host(state_dir=planted / "state")
     assert caught.value.field == "state_dir" and os.listdir(target) == []
+    hop = tmp_path / "hop"  # this user's symlink to the stranger's: followed, and refused there
+    hop.symlink_to(planted)
+    with pytest.raises(ConfigError, match="symlink owned by uid 65534"):
+        Host(state_dir=hop)
+    assert os.listdir(target) == []
     own = tmp_path / "own"
     own.symlink_to(target)
     with Host(state_dir=own) as host:

@@ -259,15 +259,19 @@ def test_the_opcode_count_reads_pickles_as_the_unpickler_does() -> None:
 
 def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is_rebuilt() -> None:
     """A sandbox's log record is rebuilt from typed fields: a non-string logger name (which made the host's
-    logger fail) is refused; an ``extra=`` field that would shadow a LogRecord method is dropped while a
-    plain one is kept; the message passes."""
+    logger fail), a long dotted name (logging keeps a placeholder per prefix: 20 such records took 514 MiB),
+    a NaN time and a huge line number are refused; an ``extra=`` field that would shadow a LogRecord method
+    is dropped while a plain one is kept; the message passes."""
     import logging
 
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")
-    bad = logging.makeLogRecord({"name": 42, "msg": "x", "levelno": 20})
-    with pytest.raises(_wire.Rejected, match="wrong type"):
-        keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", bad))).partition(b">")[2])
+    for bad in (logging.makeLogRecord({"name": 42, "msg": "x", "levelno": 20}),
+                logging.makeLogRecord({"name": "x." * 4995, "msg": "x", "levelno": 20}),  # a placeholder per prefix
+                logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "created": float("nan")}),
+                logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "lineno": 10**400})):
+        with pytest.raises(_wire.Rejected, match="wrong type"):
+            keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", bad))).partition(b">")[2])
     good = logging.makeLogRecord({"name": "plugin", "msg": "hello", "levelno": 20, "levelname": "INFO",
                                   "getMessage": "shadow", "request": "r-1"})
     _, (_, record) = keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", good))).partition(b">")[2])
@@ -303,3 +307,92 @@ def test_frames_being_received_are_bounded_per_process_and_released_when_done() 
     gc.collect()
     assert _wire._buffering[0] == start
     assert TCPTransport.MAX_INCOMING_SOCKET_PERIOD == datetime.timedelta(seconds=_wire.INCOMING_PERIOD_SECONDS)
+
+
+def _filled_late(depth: int) -> bytes:
+    """Empty ``Ok`` objects, each fetched while still empty, then filled with the one before twice (BUILD)
+    and the last put in a set: sizes seen at a fetch must not be trusted once a BUILD changes them."""
+    import struct
+
+    def get(index: int) -> bytes:
+        return b"j" + struct.pack("<I", index)
+
+    def text(value: str) -> bytes:
+        return b"\x8c" + bytes([len(value)]) + value.encode()
+
+    out = b"\x80\x04" + b"cplugin_host.messages\nOk\n)\x81\x940" * (depth + 1)
+    out += get(0) + b"}(" + text("value") + b"K\x01" + text("corr") + text("c") + b"ub0"
+    for level in range(1, depth + 1):
+        out += get(level) + b"}(" + text("value") + get(level - 1) + text("corr") + get(level - 1) + b"ub0"
+    return out + b"\x8f(" + get(depth) + b"\x90."
+
+
+def test_shared_references_are_measured_when_fetched_even_if_filled_in_later() -> None:
+    """Objects fetched while empty and filled in afterwards (a 4 KB frame unfolding into 2**64 objects) are
+    refused at once; the same shape kept small still decodes, and so does a list that holds itself (a cycle
+    counts once: it cannot be hashed), through the watched decoder too."""
+    import time
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    start = time.monotonic()
+    with pytest.raises(_wire.Rejected, match="million"):
+        keys.decode(keys.seal(alice.kid, _filled_late(64)).partition(b">")[2])
+    assert time.monotonic() - start < 5
+    assert isinstance(keys.decode(keys.seal(alice.kid, _filled_late(6)).partition(b">")[2])[1], set)
+    cyclic = b"\x80\x04]\x94h\x00a" + b"h\x00" * 40 + b"0" * 40 + b"."  # a list in itself, fetched 41 times
+    assert not _wire._unfolds_small(cyclic)
+    decoded = keys.decode(keys.seal(alice.kid, cyclic).partition(b">")[2])[1]
+    assert decoded[0] is decoded
+
+
+def test_a_forked_child_does_not_inherit_the_frames_its_parent_was_receiving() -> None:
+    """Thespian forks actors from inside a handler: a parent holding 512 MiB of announced frames (a stranger's
+    half-sent headers) must not leave its child unable to receive; the child's counter starts at 0, and
+    dropping the parent's buffers there gives nothing back twice."""
+    import gc
+
+    _wire.install()
+    from thespian.system.transport import TCPTransport
+
+    held = [TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads) for _ in range(2)]
+    for each in held:
+        each.addMore(b"%d>" % _wire.MAX_FRAME_BYTES)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        try:
+            fresh = _wire._buffering[0]
+            incoming = TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
+            incoming.addMore(b"5>hello")
+            held.clear()
+            gc.collect()
+            os.write(write, f"{fresh} {incoming.completed()[0]!r} {_wire._buffering[0]}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    report = os.read(read, 200).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert report == "0 b'hello' 0"
+    del held
+    gc.collect()
+
+
+def test_the_error_rebuilder_a_sandbox_may_call_builds_plugin_host_errors_only() -> None:
+    """``errors._rebuild`` is allowed in sandbox frames (it rebuilds a PluginHostError); called with another
+    allowed class (``socket.AddressFamily``) it would rename ``socket.AF_INET`` in the host process: refused,
+    and the enum stays as it was."""
+    import socket
+
+    from plugin_host.errors import _rebuild
+
+    class Rename:
+        def __reduce__(self) -> tuple:
+            return (_rebuild, (socket.AddressFamily, 2, {"_name_": "PWNED", "_value_": 10}))
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    with pytest.raises(_wire.Rejected, match="not a plugin-host error class"):
+        keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", Rename()))).partition(b">")[2])
+    assert socket.AF_INET.name == "AF_INET" and socket.AF_INET.value == 2
