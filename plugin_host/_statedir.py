@@ -54,6 +54,12 @@ def prepare(state_dir: Path) -> Path:
             or a folder on the way is writable by others.
     """
     path = Path(state_dir).expanduser().absolute()
+    missing = next((index for index in range(1, len(path.parts) + 1)
+                    if not os.path.lexists(Path(*path.parts[:index]))), None)
+    if missing is not None and ".." in path.parts[missing:]:
+        # mkdir would make the missing folder, then ".." from it leads to names the checks never saw
+        raise ConfigError(f"refusing state_dir {path}: '..' after a folder that does not exist yet",
+                          field="state_dir")
     _check_links(path, path)  # the way as given, and where each symlink on it leads, before anything is made
     created = not os.path.lexists(path)
     try:
@@ -70,10 +76,12 @@ def prepare(state_dir: Path) -> Path:
     return real
 
 
-def _check_links(way: Path, state_dir: Path, depth: int = 0) -> None:
-    """Refuse ``state_dir`` if a symlink on ``way`` (followed to its target, and so on) is another user's."""
-    if depth > 40:
-        raise ConfigError(f"refusing state_dir {state_dir}: too many levels of symlinks", field="state_dir")
+def _check_links(way: Path, state_dir: Path, followed: list[int] | None = None) -> None:
+    """Refuse ``state_dir`` if a symlink on ``way`` (followed to its target, and so on) is another user's.
+
+    Like the kernel, at most 40 symlinks are followed in all (counted across targets, so links
+    that lead through each other cost linear time, not exponential)."""
+    followed = [0] if followed is None else followed
     current = Path(way.anchor)
     for part in way.parts[1:]:
         step = current / part
@@ -87,7 +95,10 @@ def _check_links(way: Path, state_dir: Path, depth: int = 0) -> None:
         if link.st_uid not in (os.getuid(), 0):
             raise ConfigError(f"refusing state_dir {state_dir}: {step} is a symlink owned by uid {link.st_uid}, who "
                               "chooses where it points", field="state_dir")
-        _check_links(Path(os.path.join(current, os.readlink(step))), state_dir, depth + 1)
+        followed[0] += 1
+        if followed[0] > 40:
+            raise ConfigError(f"refusing state_dir {state_dir}: too many levels of symlinks", field="state_dir")
+        _check_links(Path(os.path.join(current, os.readlink(step))), state_dir, followed)
         current = Path(os.path.realpath(step))
 
 

@@ -520,38 +520,45 @@ that hold the previous one twice unfolds into 2**64 and hashes for ever)."""
 class _BoundedMemo(dict):
     """The unpickler's memo, refusing a shared reference to something that unfolds too large.
 
-    Sizes are computed afresh at every reference: an object fetched while small may be filled in
-    later (BUILD, SETITEMS...), so no size outlives its fetch. The visits of all fetches of a
-    frame are budgeted (:data:`_VISIT_BUDGET`), so refetching a large structure cannot cost more."""
+    Sizes found are kept for later references until something they were found in changes (see
+    :func:`_watching`): an object fetched while small may be filled in afterwards (BUILD,
+    SETITEMS...). The children walked to find sizes are budgeted per frame (:data:`_WALK_BUDGET`),
+    so neither refetching nor changing a large structure can make the checks cost more."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.visits = 0
+        self.sizes: dict[int, int] = {}
+        self.walked = 0
 
     def __getitem__(self, key: Any) -> Any:
         found = super().__getitem__(key)
-        size, visited = _unfolded_size(found, _VISIT_BUDGET - self.visits)
-        self.visits += visited
+        size, walked = _unfolded_size(found, self.sizes, _WALK_BUDGET - self.walked)
+        self.walked += walked
         if size > _EXPANDED_LIMIT:
             raise pickle.UnpicklingError("a structure that unfolds past a million objects")
         return found
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key in self:
+            self.sizes.clear()  # the object it held may be freed, and its id taken by another
+        super().__setitem__(key, value)
 
-_VISIT_BUDGET = 4 * _EXPANDED_LIMIT
-"""Objects the checks of one frame's shared references may visit in all."""
+
+_WALK_BUDGET = 4 * _EXPANDED_LIMIT
+"""Children the checks of one frame's shared references may walk in all."""
 
 
-def _unfolded_size(root: Any, budget: int) -> tuple[int, int]:
+def _unfolded_size(root: Any, sizes: dict[int, int], budget: int) -> tuple[int, int]:
     """How many objects ``root`` holds counting every path (shared ones as often as they are reached;
-    a reference back to an object being counted, a cycle, counts one), and how many distinct objects
-    that took to find out.
+    a reference back to an object being counted, a cycle, counts one), and how many children were
+    walked to find out (objects already in ``sizes`` are not walked again; new sizes are added).
 
     Raises:
-        pickle.UnpicklingError: finding out would visit more than ``budget`` objects.
+        pickle.UnpicklingError: finding out would walk more than ``budget`` children.
     """
-    sizes: dict[int, int] = {}
     open_ids: set[int] = set()
     pending = [root]
+    walked = 0
     while pending:
         obj = pending[-1]
         if id(obj) in sizes:
@@ -560,16 +567,27 @@ def _unfolded_size(root: Any, budget: int) -> tuple[int, int]:
         children = _children(obj)
         if id(obj) not in open_ids:
             open_ids.add(id(obj))
+            walked += len(children)
+            if walked > budget:
+                raise pickle.UnpicklingError("a frame whose shared references cost too much to check")
             missing = [child for child in children if id(child) not in sizes and id(child) not in open_ids]
             if missing:
                 pending.extend(missing)
-                if len(open_ids) + len(sizes) > budget:
-                    raise pickle.UnpicklingError("a frame whose shared references cost too much to check")
                 continue
         pending.pop()
         open_ids.discard(id(obj))
         sizes[id(obj)] = min(_EXPANDED_LIMIT + 1, 1 + sum(sizes.get(id(child), 1) for child in children))
-    return sizes[id(root)], len(sizes)
+    return sizes[id(root)], walked
+
+
+def _watching(load: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An opcode that changes the object on top of the stack: sizes found before no longer hold if
+    they were found in it (if it was never measured, nothing measured holds it)."""
+    def run(self: Any) -> None:
+        load(self)
+        if self.stack and id(self.stack[-1]) in self.memo.sizes:
+            self.memo.sizes.clear()
+    return run
 
 
 def _children(obj: Any) -> list[Any]:
@@ -577,11 +595,13 @@ def _children(obj: Any) -> list[Any]:
         return list(obj)
     if isinstance(obj, dict):
         return [*obj.keys(), *obj.values()]
-    if hasattr(obj, "__attrs_attrs__"):
-        return [getattr(obj, field.name, None) for field in obj.__attrs_attrs__]
+    found = [getattr(obj, field.name, None) for field in obj.__attrs_attrs__] \
+        if hasattr(obj, "__attrs_attrs__") else []
     if isinstance(obj, BaseException):
-        return list(vars(obj).values())
-    return []
+        found += obj.args
+    if isinstance(getattr(obj, "__dict__", None), dict):  # addresses, log records, errors' context
+        found += list(vars(obj).values())
+    return found
 
 
 def _refuse_dup(self: Any) -> None:
@@ -655,6 +675,9 @@ class _SandboxUnpickler(pickle._Unpickler):
 
     dispatch = dict(pickle._Unpickler.dispatch)
     dispatch[pickle.DUP[0]] = _refuse_dup
+    for _code in (pickle.BUILD, pickle.SETITEM, pickle.SETITEMS, pickle.APPEND, pickle.APPENDS, pickle.ADDITEMS):
+        dispatch[_code[0]] = _watching(dispatch[_code[0]])
+    del _code
 
     def __init__(self, file: Any) -> None:
         super().__init__(file)
@@ -719,18 +742,21 @@ def _clean_log_record(record: Any) -> Any:
             extras += 1
         fields[name] = value[:_LOG_TEXT] if isinstance(value, str) else value
     name = fields.get("name")
-    if not isinstance(name, str) or not isinstance(fields.get("levelno"), int) or len(name) > _LOG_NAME \
-            or name.count(".") > _LOG_NAME_DOTS or not all(_sane_number(fields.get(key)) for key in _LOG_NUMBERS):
-        return None  # a long dotted name makes logging keep a placeholder per prefix, for ever
+    if not isinstance(name, str) or not isinstance(fields.get("levelno"), int) \
+            or not all(_sane_number(fields.get(key)) for key in _LOG_NUMBERS):
+        return None
     if name not in _LOG_NAMES_SEEN:
-        if len(_LOG_NAMES_SEEN) >= _LOG_NAMES:
-            fields["name"] = "plugin_host.sandbox"  # each new name is a logger kept for ever: not past this many
+        # Each new name is a logger kept for ever, and a dotted one a placeholder per prefix too: a long
+        # one, or one past the first few hundred, is logged under a name of ours instead.
+        if len(name) > _LOG_NAME or name.count(".") > _LOG_NAME_DOTS or len(_LOG_NAMES_SEEN) >= _LOG_NAMES:
+            fields["name"] = _LOG_FOLDED
         else:
             _LOG_NAMES_SEEN.add(name)
     return logging.makeLogRecord({**fields, "args": None, "exc_info": None})
 
 
 _LOG_NAME, _LOG_NAME_DOTS, _LOG_NAMES = 200, 10, 1024  # a logger name's length and dots; names a process takes
+_LOG_FOLDED = "plugin_host.sandbox"
 _LOG_NAMES_SEEN: set[str] = set()
 _LOG_NUMBERS = ("levelno", "lineno", "created", "msecs", "relativeCreated", "thread", "process")
 
@@ -741,7 +767,7 @@ def _sane_number(value: Any) -> bool:
         return True
     if isinstance(value, float):
         return math.isfinite(value) and abs(value) < 1e13
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
 
 
 # -- which keyring a transport uses -----------------------------------------------------------------

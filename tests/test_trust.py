@@ -693,6 +693,26 @@ def test_a_state_dir_reached_through_another_users_symlink_is_refused(tmp_path: 
         assert host.config.state_dir == target and (target / "cookie").is_file()
 
 
+def test_a_state_dir_whose_way_the_checks_cannot_see_is_refused(tmp_path: Path) -> None:
+    """'..' after a folder that does not exist yet (made by the host, it would lead past the checks) and a
+    chain of more than 40 symlinks (the kernel's own limit; checked in linear time) are refused with
+    ConfigError before anything is made; '..' through folders that exist is fine."""
+    import time
+
+    with pytest.raises(ConfigError, match="does not exist yet") as caught:
+        Host(state_dir=tmp_path / "missing" / ".." / "state")
+    assert caught.value.field == "state_dir" and not (tmp_path / "missing").exists()
+    (tmp_path / "L45").mkdir()
+    for index in range(44, -1, -1):
+        (tmp_path / f"L{index}").symlink_to(f"L{index + 1}/../L{index + 1}")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="too many levels of symlinks"):
+        Host(state_dir=tmp_path / "L0")
+    assert time.monotonic() - start < 5
+    with Host(state_dir=tmp_path / "L45" / ".." / "fine") as host:
+        assert host.config.state_dir == tmp_path / "fine"
+
+
 def test_an_existing_state_dir_keeps_its_mode_and_what_the_host_puts_in_it_is_private(tmp_path: Path) -> None:
     """A state_dir the user made readable (shared on purpose) is not changed, yet every folder and file the
     host makes in it (registry, logs, cookie, runtime files, caches) is private to this user."""

@@ -259,15 +259,14 @@ def test_the_opcode_count_reads_pickles_as_the_unpickler_does() -> None:
 
 def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is_rebuilt() -> None:
     """A sandbox's log record is rebuilt from typed fields: a non-string logger name (which made the host's
-    logger fail), a long dotted name (logging keeps a placeholder per prefix: 20 such records took 514 MiB),
-    a NaN time and a huge line number are refused; an ``extra=`` field that would shadow a LogRecord method
-    is dropped while a plain one is kept; the message passes."""
+    logger fail), a NaN time and a huge line number are refused; a long dotted name (logging keeps a
+    placeholder per prefix: 20 such records took 514 MiB) is logged under plugin-host's name; an ``extra=``
+    field that would shadow a LogRecord method is dropped while a plain one is kept; the message passes."""
     import logging
 
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")
     for bad in (logging.makeLogRecord({"name": 42, "msg": "x", "levelno": 20}),
-                logging.makeLogRecord({"name": "x." * 4995, "msg": "x", "levelno": 20}),  # a placeholder per prefix
                 logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "created": float("nan")}),
                 logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "lineno": 10**400})):
         with pytest.raises(_wire.Rejected, match="wrong type"):
@@ -276,6 +275,9 @@ def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is
                                   "getMessage": "shadow", "request": "r-1"})
     _, (_, record) = keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", good))).partition(b">")[2])
     assert record.getMessage() == "hello" and record.name == "plugin" and record.request == "r-1"
+    dotted = logging.makeLogRecord({"name": "x." * 4995, "msg": "kept", "levelno": 20})
+    _, (_, record) = keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", dotted))).partition(b">")[2])
+    assert record.name == "plugin_host.sandbox" and record.getMessage() == "kept"
 
 
 def test_frames_being_received_are_bounded_per_process_and_released_when_done() -> None:
@@ -396,3 +398,33 @@ def test_the_error_rebuilder_a_sandbox_may_call_builds_plugin_host_errors_only()
     with pytest.raises(_wire.Rejected, match="not a plugin-host error class"):
         keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", Rename()))).partition(b">")[2])
     assert socket.AF_INET.name == "AF_INET" and socket.AF_INET.value == 2
+
+
+def test_checking_shared_references_costs_linear_time_and_takes_legitimate_sharing() -> None:
+    """A million-item list fetched a thousand times, and structures hidden in an address's attributes (a
+    2**40 chain of shared tuples in ``af``), are settled in seconds, not hours: the first by sizes kept
+    between fetches (it decodes), the second refused; a large row shared 45 times inside replies decodes."""
+    import struct
+    import time
+
+    def get(index: int) -> bytes:
+        return b"j" + struct.pack("<I", index)
+
+    def text(value: str) -> bytes:
+        return b"\x8c" + bytes([len(value)]) + value.encode()
+
+    address = b"cthespian.system.transport.IPBase\nTCPv4ActorAddress\n)\x81}("
+    hidden = b"\x80\x04)\x94" + b"".join(
+        address + text("af") + get(level - 1) + get(level - 1) + b"\x86" + text("sockname") + b"K\x00ub\x94"
+        for level in range(1, 41)) + b"\x8f(" + get(40) + b"\x90."
+    refetched = b"\x80\x04]\x94(" + b"N" * 999_990 + b"e" + b"h\x000" * 1000 + b"."
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    start = time.monotonic()
+    with pytest.raises(_wire.Rejected, match="million"):
+        keys.decode(keys.seal(alice.kid, hidden).partition(b">")[2])
+    assert len(keys.decode(keys.seal(alice.kid, refetched).partition(b">")[2])[1]) == 999_990
+    row = [f"s{index}" for index in range(100_000)]
+    value = ("addr", [Ok(row, str(index)) for index in range(45)])
+    assert keys.decode(keys.seal(alice.kid, pickle.dumps(value)).partition(b">")[2])[1] == value
+    assert time.monotonic() - start < 10
