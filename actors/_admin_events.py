@@ -155,6 +155,7 @@ def _bounded_record(record: AuditRecord, sandbox_id: str) -> AuditRecord:
     """``record`` with its sandbox's id and its text cut to :data:`_AUDIT_TEXT` characters."""
     def cut(text: Any) -> str:
         return str(text)[:_AUDIT_TEXT] if isinstance(text, str) else repr(text)[:_AUDIT_TEXT]
-    moment = record.time if isinstance(record.time, (int, float)) and not isinstance(record.time, bool) else 0.0
+    moment = record.time if isinstance(record.time, (int, float)) and not isinstance(record.time, bool) \
+        and abs(record.time) < 1e13 else 0.0
     return AuditRecord(sandbox_id, cut(record.actor), cut(record.event), cut(record.detail), float(moment),
                        record.blocked is True)

@@ -89,6 +89,9 @@ def _check_links(way: Path, state_dir: Path, followed: list[int] | None = None) 
             link = os.lstat(step)
         except (FileNotFoundError, NotADirectoryError):
             return  # not made yet: it will be ours
+        except OSError as exc:
+            raise ConfigError(f"state_dir {state_dir} cannot be checked: {step}: {exc.strerror}",
+                              field="state_dir") from None
         if not stat.S_ISLNK(link.st_mode):
             current = step
             continue
@@ -98,7 +101,12 @@ def _check_links(way: Path, state_dir: Path, followed: list[int] | None = None) 
         followed[0] += 1
         if followed[0] > 40:
             raise ConfigError(f"refusing state_dir {state_dir}: too many levels of symlinks", field="state_dir")
-        _check_links(Path(os.path.join(current, os.readlink(step))), state_dir, followed)
+        try:
+            target = os.readlink(step)
+        except OSError as exc:
+            raise ConfigError(f"state_dir {state_dir} cannot be checked: {step}: {exc.strerror}",
+                              field="state_dir") from None
+        _check_links(Path(os.path.join(current, target)), state_dir, followed)
         current = Path(os.path.realpath(step))
 
 
