@@ -354,6 +354,9 @@ def test_a_killed_member_s_sandbox_restarts_elsewhere_from_the_current_code(
     # Detected within node_timeout (plus a tick and scheduling slack), not Thespian's minutes.
     lost = wait_for(seen, changed, lambda e: e.kind == "lost" and e.sandbox_id == "s", timeout=NODE_TIMEOUT + 5)
     assert where.name in lost.reason and lost.details["restarting_on"] == other.name
+    moving = leader.get_sandbox_info("s")  # while it starts there: nothing of it is said to be on the lost one
+    assert moving.node == other.name and (moving.pid is None or other.runs(moving.pid))
+    assert all(child.pid is None or other.runs(child.pid) for child in moving.children), moving
     assert leader.call("s", "c1", "tag", timeout=20) == "v2"  # the current version, on the other member
     now = leader.get_sandbox_info("s")
     assert now.status == "running" and now.node == other.name and other.runs(now.pid)
