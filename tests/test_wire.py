@@ -7,7 +7,9 @@ import hashlib
 import importlib
 import os
 import pickle
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import thespian
@@ -33,6 +35,11 @@ THESPIAN_FILES = {
 def keyring() -> _wire.Keyring:
     """A host keyring from a fixed test credential."""
     return _wire.Keyring(_wire.host_key_from_cookie(b"a test credential of 32 bytes...."))
+
+
+def from_sandbox(keys: _wire.Keyring, principal: _wire.Principal, payload: bytes) -> tuple[_wire.Principal, Any]:
+    """What a host process makes of ``payload`` sent, sealed in its own key, by ``principal``'s sandbox."""
+    return keys.decode(keys.seal(principal.kid, payload).partition(b">")[2])
 
 
 @pytest.mark.parametrize("relative", sorted(THESPIAN_FILES))
@@ -137,10 +144,10 @@ def test_plugin_host_messages_values_and_errors_pass_the_restricted_decoder() ->
     alice = _wire.new_sandbox_principal("alice")
     address = ActorAddress(TCPv4ActorAddress("127.0.0.1", 4242, external=True))
     message = (address, Failed(PluginError("boom", type_name="KeyError", actor="a"), "c7"))
-    principal, (sender, reply) = keys.decode(keys.seal(alice.kid, pickle.dumps(message)).partition(b">")[2])
+    principal, (sender, reply) = from_sandbox(keys, alice, pickle.dumps(message))
     assert sender == address and reply.error.type_name == "KeyError" and reply.corr == "c7"
     value = {"a": {1, 2}, "b": frozenset({3}), "c": bytearray(b"x"), "d": 1j}
-    assert keys.decode(keys.seal(alice.kid, pickle.dumps(("x", Ok(value, "c")))).partition(b">")[2])[1][1].value == value
+    assert from_sandbox(keys, alice, pickle.dumps(("x", Ok(value, "c"))))[1][1].value == value
 
 
 def test_a_frame_larger_than_the_limit_is_refused_before_it_is_buffered() -> None:
@@ -172,9 +179,9 @@ def test_the_restricted_decoder_rebuilds_bytearrays_from_bytes_only() -> None:
     parse = b"\x80\x04cbuiltins\ncomplex\nX\x03\x00\x00\x001+2\x85R."  # complex("1+2")
     for payload in (huge, parse):
         with pytest.raises(_wire.Rejected, match="refused"):
-            keys.decode(keys.seal(alice.kid, payload).partition(b">")[2])
+            from_sandbox(keys, alice, payload)
     value = ("a", Ok(bytearray(b"xyz"), "c"))
-    assert keys.decode(keys.seal(alice.kid, pickle.dumps(value)).partition(b">")[2])[1] == value
+    assert from_sandbox(keys, alice, pickle.dumps(value))[1] == value
 
 
 def test_the_receive_buffer_keeps_thespians_behaviour_over_many_chunks() -> None:
@@ -225,14 +232,14 @@ def test_a_frame_that_unfolds_without_end_is_refused_at_once() -> None:
     alice = _wire.new_sandbox_principal("alice")
     start = time.monotonic()
     with pytest.raises(_wire.Rejected, match="million"):
-        keys.decode(keys.seal(alice.kid, _shared_tuples(64)).partition(b">")[2])
+        from_sandbox(keys, alice, _shared_tuples(64))
     assert time.monotonic() - start < 5
-    assert keys.decode(keys.seal(alice.kid, _shared_tuples(8)).partition(b">")[2])[1] == {_nested(8)}
+    assert from_sandbox(keys, alice, _shared_tuples(8))[1] == {_nested(8)}
     shared = ["the same ghost string"] * 3000  # thousands of GETs: the watched (pure Python) path
     value = ("addr", Ok({"rows": shared, "more": [{"name": "x", "tags": ["a"]}] * 50}, "c"))
     payload = pickle.dumps(value)
     assert not _wire._unfolds_small(payload)
-    assert keys.decode(keys.seal(alice.kid, payload).partition(b">")[2])[1] == value
+    assert from_sandbox(keys, alice, payload)[1] == value
 
 
 def _nested(depth: int) -> tuple:
@@ -270,13 +277,13 @@ def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is
                 logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "created": float("nan")}),
                 logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "lineno": 10**400})):
         with pytest.raises(_wire.Rejected, match="wrong type"):
-            keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", bad))).partition(b">")[2])
+            from_sandbox(keys, alice, pickle.dumps(("addr", bad)))
     good = logging.makeLogRecord({"name": "plugin", "msg": "hello", "levelno": 20, "levelname": "INFO",
                                   "getMessage": "shadow", "request": "r-1"})
-    _, (_, record) = keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", good))).partition(b">")[2])
+    _, (_, record) = from_sandbox(keys, alice, pickle.dumps(("addr", good)))
     assert record.getMessage() == "hello" and record.name == "plugin" and record.request == "r-1"
     dotted = logging.makeLogRecord({"name": "x." * 4995, "msg": "kept", "levelno": 20})
-    _, (_, record) = keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", dotted))).partition(b">")[2])
+    _, (_, record) = from_sandbox(keys, alice, pickle.dumps(("addr", dotted)))
     assert record.name == "plugin_host.sandbox" and record.getMessage() == "kept"
 
 
@@ -311,17 +318,19 @@ def test_frames_being_received_are_bounded_per_process_and_released_when_done() 
     assert TCPTransport.MAX_INCOMING_SOCKET_PERIOD == datetime.timedelta(seconds=_wire.INCOMING_PERIOD_SECONDS)
 
 
+def get(index: int) -> bytes:
+    """The pickle opcode that fetches memo entry ``index`` (LONG_BINGET)."""
+    return b"j" + struct.pack("<I", index)
+
+
+def text(value: str) -> bytes:
+    """The pickle opcode that pushes a short string (SHORT_BINUNICODE)."""
+    return b"\x8c" + bytes([len(value)]) + value.encode()
+
+
 def _filled_late(depth: int) -> bytes:
     """Empty ``Ok`` objects, each fetched while still empty, then filled with the one before twice (BUILD)
     and the last put in a set: sizes seen at a fetch must not be trusted once a BUILD changes them."""
-    import struct
-
-    def get(index: int) -> bytes:
-        return b"j" + struct.pack("<I", index)
-
-    def text(value: str) -> bytes:
-        return b"\x8c" + bytes([len(value)]) + value.encode()
-
     out = b"\x80\x04" + b"cplugin_host.messages\nOk\n)\x81\x940" * (depth + 1)
     out += get(0) + b"}(" + text("value") + b"K\x01" + text("corr") + text("c") + b"ub0"
     for level in range(1, depth + 1):
@@ -339,12 +348,12 @@ def test_shared_references_are_measured_when_fetched_even_if_filled_in_later() -
     alice = _wire.new_sandbox_principal("alice")
     start = time.monotonic()
     with pytest.raises(_wire.Rejected, match="million"):
-        keys.decode(keys.seal(alice.kid, _filled_late(64)).partition(b">")[2])
+        from_sandbox(keys, alice, _filled_late(64))
     assert time.monotonic() - start < 5
-    assert isinstance(keys.decode(keys.seal(alice.kid, _filled_late(6)).partition(b">")[2])[1], set)
+    assert isinstance(from_sandbox(keys, alice, _filled_late(6))[1], set)
     cyclic = b"\x80\x04]\x94h\x00a" + b"h\x00" * 40 + b"0" * 40 + b"."  # a list in itself, fetched 41 times
     assert not _wire._unfolds_small(cyclic)
-    decoded = keys.decode(keys.seal(alice.kid, cyclic).partition(b">")[2])[1]
+    decoded = from_sandbox(keys, alice, cyclic)[1]
     assert decoded[0] is decoded
 
 
@@ -396,7 +405,7 @@ def test_the_error_rebuilder_a_sandbox_may_call_builds_plugin_host_errors_only()
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")
     with pytest.raises(_wire.Rejected, match="not a plugin-host error class"):
-        keys.decode(keys.seal(alice.kid, pickle.dumps(("addr", Rename()))).partition(b">")[2])
+        from_sandbox(keys, alice, pickle.dumps(("addr", Rename())))
     assert socket.AF_INET.name == "AF_INET" and socket.AF_INET.value == 2
 
 
@@ -404,14 +413,7 @@ def test_checking_shared_references_costs_linear_time_and_takes_legitimate_shari
     """A million-item list fetched a thousand times, and structures hidden in an address's attributes (a
     2**40 chain of shared tuples in ``af``), are settled in seconds, not hours: the first by sizes kept
     between fetches (it decodes), the second refused; a large row shared 45 times inside replies decodes."""
-    import struct
     import time
-
-    def get(index: int) -> bytes:
-        return b"j" + struct.pack("<I", index)
-
-    def text(value: str) -> bytes:
-        return b"\x8c" + bytes([len(value)]) + value.encode()
 
     address = b"cthespian.system.transport.IPBase\nTCPv4ActorAddress\n)\x81}("
     hidden = b"\x80\x04)\x94" + b"".join(
@@ -422,9 +424,9 @@ def test_checking_shared_references_costs_linear_time_and_takes_legitimate_shari
     alice = _wire.new_sandbox_principal("alice")
     start = time.monotonic()
     with pytest.raises(_wire.Rejected, match="million"):
-        keys.decode(keys.seal(alice.kid, hidden).partition(b">")[2])
-    assert len(keys.decode(keys.seal(alice.kid, refetched).partition(b">")[2])[1]) == 999_990
+        from_sandbox(keys, alice, hidden)
+    assert len(from_sandbox(keys, alice, refetched)[1]) == 999_990
     row = [f"s{index}" for index in range(100_000)]
     value = ("addr", [Ok(row, str(index)) for index in range(45)])
-    assert keys.decode(keys.seal(alice.kid, pickle.dumps(value)).partition(b">")[2])[1] == value
+    assert from_sandbox(keys, alice, pickle.dumps(value))[1] == value
     assert time.monotonic() - start < 10
