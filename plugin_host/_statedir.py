@@ -54,13 +54,7 @@ def prepare(state_dir: Path) -> Path:
             or a folder on the way is writable by others.
     """
     path = Path(state_dir).expanduser().absolute()
-    missing = next((index for index in range(1, len(path.parts) + 1)
-                    if not os.path.lexists(Path(*path.parts[:index]))), None)
-    if missing is not None and ".." in path.parts[missing:]:
-        # mkdir would make the missing folder, then ".." from it leads to names the checks never saw
-        raise ConfigError(f"refusing state_dir {path}: '..' after a folder that does not exist yet",
-                          field="state_dir")
-    _check_links(path, path)  # the way as given, and where each symlink on it leads, before anything is made
+    _check_way(path, path)  # the way as given, and where each symlink on it leads, before anything is made
     created = not os.path.lexists(path)
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -76,23 +70,29 @@ def prepare(state_dir: Path) -> Path:
     return real
 
 
-def _check_links(way: Path, state_dir: Path, followed: list[int] | None = None) -> None:
-    """Refuse ``state_dir`` if a symlink on ``way`` (followed to its target, and so on) is another user's.
+def _check_way(way: Path, state_dir: Path, followed: list[int] | None = None) -> None:
+    """Refuse ``state_dir`` if a symlink on ``way`` (followed to its target, and so on) is another user's,
+    or if ``..`` comes after a folder that does not exist yet (mkdir would make the folder, then ``..``
+    from it leads to names these checks never saw).
 
     Like the kernel, at most 40 symlinks are followed in all (counted across targets, so links
     that lead through each other cost linear time, not exponential)."""
     followed = [0] if followed is None else followed
     current = Path(way.anchor)
-    for part in way.parts[1:]:
+    for index, part in enumerate(way.parts[1:], start=1):
         step = current / part
         try:
             link = os.lstat(step)
+            target = os.readlink(step) if stat.S_ISLNK(link.st_mode) else None
         except (FileNotFoundError, NotADirectoryError):
+            if ".." in way.parts[index + 1:]:
+                raise ConfigError(f"refusing state_dir {state_dir}: '..' after a folder that does not exist yet",
+                                  field="state_dir") from None
             return  # not made yet: it will be ours
         except OSError as exc:
             raise ConfigError(f"state_dir {state_dir} cannot be checked: {step}: {exc.strerror}",
                               field="state_dir") from None
-        if not stat.S_ISLNK(link.st_mode):
+        if target is None:
             current = step
             continue
         if link.st_uid not in (os.getuid(), 0):
@@ -101,12 +101,7 @@ def _check_links(way: Path, state_dir: Path, followed: list[int] | None = None) 
         followed[0] += 1
         if followed[0] > 40:
             raise ConfigError(f"refusing state_dir {state_dir}: too many levels of symlinks", field="state_dir")
-        try:
-            target = os.readlink(step)
-        except OSError as exc:
-            raise ConfigError(f"state_dir {state_dir} cannot be checked: {step}: {exc.strerror}",
-                              field="state_dir") from None
-        _check_links(Path(os.path.join(current, target)), state_dir, followed)
+        _check_way(Path(os.path.join(current, target)), state_dir, followed)
         current = Path(os.path.realpath(step))
 
 
