@@ -89,10 +89,12 @@ def kill_group(pgid: int | None) -> None:
         pass
 
 
-def process_alive(pid: int, create_time: float) -> bool:
-    """Whether ``pid`` still runs the process created at ``create_time`` (not a recycled pid, not a zombie)."""
+def process_alive(pid: int, create_time: float | None = None) -> bool:
+    """Whether ``pid`` still runs (not a zombie), and, given ``create_time``, the process created then (not a
+    recycled pid)."""
     try:
         proc = psutil.Process(pid)
-        return bool(abs(proc.create_time() - create_time) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE)
+        same = create_time is None or abs(proc.create_time() - create_time) < 1.0
+        return bool(same and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False

@@ -25,7 +25,7 @@ from plugin_host.values import ActorUsage, ResourceUsage
 
 from . import _messages as m
 from ._base import HostActor, log
-from ._hardening import kill_group
+from ._hardening import kill_group, process_alive
 from ._orphan import ORPHAN_CHECK, OrphanWatch
 
 __all__ = ["MonitorActor", "HISTORY"]
@@ -87,7 +87,7 @@ class MonitorActor(OrphanWatch, HostActor):
         if root is not None and root not in self._roots:
             if _is_root_here(root):
                 self._roots.add(root)
-            elif _alive_pid(root):
+            elif process_alive(root):
                 log.warning("sandbox %s: pid %s is not a sandbox root of this system; not watched", msg.sandbox_id,
                             root)
                 del pids["(root)"]
@@ -214,13 +214,6 @@ class MonitorActor(OrphanWatch, HostActor):
         usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
                               sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
         self.reply(msg.reply_to, usage, msg.corr)
-
-
-def _alive_pid(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 def _descendants(root: int | None) -> list[psutil.Process]:
