@@ -8,6 +8,7 @@ import importlib
 import os
 import pickle
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +227,9 @@ def test_a_frame_that_unfolds_without_end_is_refused_at_once() -> None:
     """A 400-byte frame of shared tuples (2**64 objects once unfolded; hashing it never ends) is refused
     before anything hashes it, while a frame with a few shared references and a large plain value,
     both unfolding small, still decode through the two decoding paths."""
-    import time
-
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")
-    start = time.monotonic()
-    with pytest.raises(_wire.Rejected, match="million"):
-        from_sandbox(keys, alice, _shared_tuples(64))
-    assert time.monotonic() - start < 5
+    refused_at_once(keys, alice, _shared_tuples(64))
     assert from_sandbox(keys, alice, _shared_tuples(8))[1] == {_nested(8)}
     shared = ["the same ghost string"] * 3000  # thousands of GETs: the watched (pure Python) path
     value = ("addr", Ok({"rows": shared, "more": [{"name": "x", "tags": ["a"]}] * 50}, "c"))
@@ -328,6 +324,14 @@ def text(value: str) -> bytes:
     return b"\x8c" + bytes([len(value)]) + value.encode()
 
 
+def refused_at_once(keys: _wire.Keyring, principal: _wire.Principal, payload: bytes) -> None:
+    """A host process refuses ``payload`` from the sandbox as unfolding too far, within seconds."""
+    start = time.monotonic()
+    with pytest.raises(_wire.Rejected, match="million"):
+        from_sandbox(keys, principal, payload)
+    assert time.monotonic() - start < 5
+
+
 def _filled_late(depth: int) -> bytes:
     """Empty ``Ok`` objects, each fetched while still empty, then filled with the one before twice (BUILD)
     and the last put in a set: sizes seen at a fetch must not be trusted once a BUILD changes them."""
@@ -342,14 +346,9 @@ def test_shared_references_are_measured_when_fetched_even_if_filled_in_later() -
     """Objects fetched while empty and filled in afterwards (a 4 KB frame unfolding into 2**64 objects) are
     refused at once; the same shape kept small still decodes, and so does a list that holds itself (a cycle
     counts once: it cannot be hashed), through the watched decoder too."""
-    import time
-
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")
-    start = time.monotonic()
-    with pytest.raises(_wire.Rejected, match="million"):
-        from_sandbox(keys, alice, _filled_late(64))
-    assert time.monotonic() - start < 5
+    refused_at_once(keys, alice, _filled_late(64))
     assert isinstance(from_sandbox(keys, alice, _filled_late(6))[1], set)
     cyclic = b"\x80\x04]\x94h\x00a" + b"h\x00" * 40 + b"0" * 40 + b"."  # a list in itself, fetched 41 times
     assert not _wire._unfolds_small(cyclic)
@@ -413,7 +412,6 @@ def test_checking_shared_references_costs_linear_time_and_takes_legitimate_shari
     """A million-item list fetched a thousand times, and structures hidden in an address's attributes (a
     2**40 chain of shared tuples in ``af``), are settled in seconds, not hours: the first by sizes kept
     between fetches (it decodes), the second refused; a large row shared 45 times inside replies decodes."""
-    import time
 
     address = b"cthespian.system.transport.IPBase\nTCPv4ActorAddress\n)\x81}("
     hidden = b"\x80\x04)\x94" + b"".join(
