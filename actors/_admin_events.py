@@ -8,6 +8,7 @@ queries go to that monitor.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from typing import Any, Callable
@@ -29,6 +30,10 @@ AUDIT_LOG = 1000
 """Audit records kept per sandbox."""
 SANDBOX_SUBSCRIPTIONS = 8
 """Event subscriptions one sandbox incarnation may hold (each costs a send per event)."""
+COUNT_DEADLINE = 2.0
+"""Seconds a usage query waits for the root's fresh message counts (it answers within ``COUNT_WAIT``)."""
+
+_count_ids = itertools.count(1)
 
 
 class EventsAdmin:
@@ -44,6 +49,7 @@ class EventsAdmin:
     _get: Callable[[Any, Any, str], Any]
     monitor_of: Callable[[str], Any]
     from_root: Callable[[Any, Any], bool]
+    counting: dict[str, tuple[GetResourceUsage, Any, float]]
 
     def emit(self, kind: str, sandbox_id: str, actor: str = "", reason: str = "", **details: Any) -> None:
         """Record an event and push it to every subscriber (a sandbox's subscribers get its own events only)."""
@@ -97,10 +103,15 @@ class EventsAdmin:
                   limit=msg.limit, value=msg.value, maximum=msg.maximum)
 
     def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
-        """Message counts from a sandbox root."""
+        """Message counts from a sandbox root: after a heartbeat, or asked for by a usage query."""
         rec = self.sandboxes.get(msg.sandbox_id)
-        if rec is not None and self.from_root(rec, sender):
-            rec.messages = dict(msg.messages)
+        if rec is None or not self.from_root(rec, sender):
+            return
+        rec.messages = dict(msg.messages)
+        query = self.counting.get(msg.corr)
+        if query is not None and query[0].sandbox_id == msg.sandbox_id:
+            del self.counting[msg.corr]
+            self._ask_monitor(rec, *query[:2])
 
     def watch(self, sandbox_id: str, rec: Any) -> None:
         """Tell the monitor which processes the sandbox has now."""
@@ -115,17 +126,35 @@ class EventsAdmin:
             self.send(monitor, m.Watch(sandbox_id, pids, rec.limits, self.config.monitor_interval))
 
     def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: Any) -> None:  # noqa: N802
-        """Memory, CPU, messages and restarts per actor (sampled now by the monitor)."""
+        """Memory, CPU, messages and restarts per actor: counts asked of the root now, figures sampled now."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
-        if rec is not None:
-            restarts = {child.name: child.restarts for child in rec.children}
-            monitor = self.monitor_of(rec.node)
-            if monitor is None:
-                self.reply(sender, SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is {rec.status}: "
-                                                        f"{rec.reason}", sandbox_id=msg.sandbox_id), msg.corr)
-                return
-            self.send(monitor, m.UsageQuery(sandbox_id=msg.sandbox_id, messages=dict(rec.messages),
-                                                 restarts=restarts, reply_to=sender, corr=msg.corr))
+        if rec is None:
+            return
+        if rec.root is None or rec.status != "running":
+            self._ask_monitor(rec, msg, sender)
+            return
+        corr = f"u{next(_count_ids)}"
+        self.counting[corr] = (msg, sender, time.monotonic() + COUNT_DEADLINE)
+        self.send(rec.root, m.CountMessages(corr))
+
+    def count_deadlines(self, now: float) -> None:
+        """Answer usage queries whose root never sent its counts (it died meanwhile), with the last ones."""
+        for corr, (msg, sender, deadline) in list(self.counting.items()):
+            if now > deadline:
+                del self.counting[corr]
+                rec = self._get(msg.sandbox_id, sender, msg.corr)
+                if rec is not None:
+                    self._ask_monitor(rec, msg, sender)
+
+    def _ask_monitor(self, rec: Any, msg: GetResourceUsage, sender: Any) -> None:
+        restarts = {child.name: child.restarts for child in rec.children}
+        monitor = self.monitor_of(rec.node)
+        if monitor is None:
+            self.reply(sender, SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is {rec.status}: "
+                                                    f"{rec.reason}", sandbox_id=msg.sandbox_id), msg.corr)
+            return
+        self.send(monitor, m.UsageQuery(sandbox_id=msg.sandbox_id, messages=dict(rec.messages),
+                                        restarts=restarts, reply_to=sender, corr=msg.corr))
 
     def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
         """Audit records of a sandbox, from its root."""

@@ -329,6 +329,15 @@ class Usage:
     messages: dict[str, int]
     sandbox_id: str = ""
     """Set by the root when it reports to the admin."""
+    corr: str = ""
+    """Set when it answers a ``CountMessages``."""
+
+
+@attrs.frozen
+class CountMessages:
+    """Admin -> sandbox root: ask every actor now, then answer ``Usage`` with this ``corr``."""
+
+    corr: str
 
 
 @attrs.frozen

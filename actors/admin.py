@@ -41,6 +41,7 @@ from plugin_host.messages import (
     CreateSandbox,
     DestroySandbox,
     Failed,
+    GetResourceUsage,
     GetSandboxInfo,
     LookupActor,
     Ok,
@@ -166,6 +167,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self._ticking = False
         self._shutdown_waiters: list[Done] = []
         self._parked: list[tuple[LookupActor, Any, float, _wire.Principal]] = []
+        self.counting: dict[str, tuple[GetResourceUsage, Any, float]] = {}
+        """Usage queries waiting for a root's message counts (corr -> query, asker, deadline)."""
         self.registry: Any = None
         self.reader: VersionStore | None = None
         self.module_versions: dict[str, Any] = {}
@@ -259,7 +262,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             # Each duty on its own: one that fails (say, on a malformed rejection log line) must not stop the
             # others, nor the next tick that watches whether the host is alive.
             for duty in (lambda: self._deadlines(now), lambda: self._retry_parked(now),
-                         lambda: self.reload_deadlines(now), lambda: self.ping_members(now), self._report_rejections):
+                         lambda: self.reload_deadlines(now), lambda: self.count_deadlines(now),
+                         lambda: self.ping_members(now), self._report_rejections):
                 try:
                     duty()
                 except Exception:  # noqa: BLE001

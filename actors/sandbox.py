@@ -40,8 +40,10 @@ from .plugin import Plugin
 from .runner import RunnerActor
 from .supervisor import SupervisorActor
 
-__all__ = ["SandboxActor", "resolve_supervisor"]
+__all__ = ["SandboxActor", "resolve_supervisor", "COUNT_WAIT"]
 
+COUNT_WAIT = 0.5
+"""Seconds a root waits for its actors' message counts: one busy in a long call keeps its heartbeat figure."""
 
 
 def resolve_supervisor(ref: Any, args: Any) -> type[Supervisor]:
@@ -101,6 +103,8 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.deaths: dict[str, tuple[tuple[int, str], ...]] = {}
         self.crashes: dict[str, int] = {}
         self.message_counts: dict[str, int] = {}
+        self._counting: dict[str, set[str]] = {}
+        """Admin questions being answered (corr -> actors not heard from yet)."""
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
@@ -231,6 +235,35 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.message_counts.update(msg.messages)
         self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id))  # type: ignore[union-attr]
 
+    def receiveMsg_CountMessages(self, msg: m.CountMessages, sender: Any) -> None:  # noqa: N802
+        """Ask every live actor how many messages it handled; answer once all did, or after ``COUNT_WAIT``."""
+        waiting = set(self.live)
+        self._counting[msg.corr] = waiting
+        for address, _ in self.live.values():
+            self.send(address, m.Ping(0))  # answered between messages: it counts every one handled so far
+        if waiting:
+            self.wakeupAfter(timedelta(seconds=COUNT_WAIT), payload=("count", msg.corr))
+        else:
+            self._counted(msg.corr)
+
+    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:  # noqa: N802
+        """A heartbeat answer from a child, or a count from any actor of the tree."""
+        super().receiveMsg_Pong(msg, sender)
+        entry = self.live.get(msg.name)
+        if entry is None or entry[1] != msg.incarnation:
+            return
+        self.message_counts[msg.name] = msg.messages
+        for corr, waiting in list(self._counting.items()):
+            if msg.name in waiting:
+                waiting.discard(msg.name)
+                if not waiting:
+                    self._counted(corr)
+
+    def _counted(self, corr: str) -> None:
+        entry = self._counting.pop(corr, None)
+        if entry is not None:  # anyone still busy keeps the figure it last gave
+            self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id, corr))  # type: ignore[union-attr]
+
     def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:  # noqa: N802
         """Deliver a message for a named actor, holding it while that actor (re)starts."""
         entry = self.live.get(msg.name)
@@ -277,6 +310,9 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         """A ``Host.run`` or reload deadline."""
         if isinstance(payload, tuple) and payload[0] == "reload":
             self.reload_timeout(payload[1])
+            return
+        if isinstance(payload, tuple) and payload[0] == "count":
+            self._counted(payload[1])
             return
         if not (isinstance(payload, tuple) and payload[0] == "run"):
             return

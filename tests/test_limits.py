@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -98,6 +100,26 @@ def test_a_tree_larger_than_max_actors_is_refused(host: Host) -> None:
         host.run("one", lambda: 1)
 
 
+def test_resource_usage_counts_every_message_handled_before_it_was_asked(state_dir: Path) -> None:
+    """``ActorUsage.messages`` counts the calls answered before the query, not as of the last heartbeat
+    (30 s apart here); an actor busy in a long call keeps its last figure and does not hold the answer up."""
+    with Host(HostConfig(state_dir=state_dir, heartbeat_interval=30, call_timeout=10)) as host:
+        host.create_sandbox("c", "hog:Root", sandbox_path=LIMITS)
+        for calls in (1, 2, 3):
+            host.call("c", "hog", "pid")
+            assert {a.name: a.messages for a in host.resource_usage("c").actors}["hog"] == calls
+        busy = threading.Thread(target=host.call, args=("c", "hog", ("sleep", 4.0)))
+        busy.start()
+        try:
+            eventually(lambda: host._waiting.get(("c", "hog"), 0) == 1)
+            started = time.monotonic()
+            usage = host.resource_usage("c")
+            assert time.monotonic() - started < 2.0
+            assert {a.name: a.messages for a in usage.actors}["hog"] == 3  # the figure it last gave
+        finally:
+            busy.join()
+
+
 def test_calls_past_max_mailbox_fail_fast(host: Host) -> None:
     """With max_mailbox=1, a second call while one waits raises OverloadedError at once."""
     host.create_sandbox("slow", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(max_mailbox=1))
@@ -128,10 +150,9 @@ def test_resource_usage_matches_the_processes(host: Host) -> None:
     for _ in range(5):
         host.call("c", "counter", "inc")
     pid = host.call("c", "counter", "pid")
-    eventually(lambda: {a.name: a.messages for a in host.resource_usage("c").actors}.get("counter", 0) >= 6)
     usage = host.resource_usage("c")
     actor = next(a for a in usage.actors if a.name == "counter")
-    assert actor.pid == pid
+    assert actor.pid == pid and actor.messages == 6
     rss = psutil.Process(pid).memory_info().rss
     assert abs(actor.rss_bytes - rss) < 0.2 * rss
     assert 0 <= actor.cpu_seconds < 60 and actor.restarts == 0
