@@ -473,8 +473,9 @@ def test_a_host_that_joins_another_leader_can_place_sandboxes_on_it(leader: Host
 
 def test_every_socket_of_a_member_binds_its_address_only(leader: Host, start_node: Callable[..., Node],
                                                          tmp_path: Path) -> None:
-    """A member's sockets (its admin, logger, the remote root and workers) refuse 127.0.0.2 and accept --bind."""
-    b = start_node("--bind", "127.0.0.1", zone="b")
+    """A member started with ``--bind 127.0.0.4`` (not the default) has every socket (its admin, logger,
+    monitor, the remote root and workers) on that address: 127.0.0.1 and 127.0.0.2 are refused."""
+    b = start_node("--bind", "127.0.0.4", zone="b")
     leader.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"), requirements={"zone": "b"})
     assert leader.call("s", "c1", "inc") == 1
     ports: dict[int, str] = {}
@@ -482,11 +483,13 @@ def test_every_socket_of_a_member_binds_its_address_only(leader: Host, start_nod
         for conn in proc.net_connections("inet"):
             if conn.status == psutil.CONN_LISTEN:
                 ports[conn.laddr.port] = conn.laddr.ip
-    assert len(ports) >= 6 and set(ports.values()) == {"127.0.0.1"}, ports  # admin, logger, monitor, root, 3+
+    assert len(ports) >= 6 and set(ports.values()) == {"127.0.0.4"}, ports  # admin, logger, monitor, root, 3+
     for port in ports:
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.2", port), timeout=2).close()
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        for elsewhere in ("127.0.0.1", "127.0.0.2"):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((elsewhere, port), timeout=2).close()
+        socket.create_connection(("127.0.0.4", port), timeout=2).close()
+    assert leader.call("s", "c1", "inc") == 2
 
 
 @pytest.mark.parametrize("capabilities", [{"plugin_host.node": "x"}, {"plugin_host.anything": 1}])
