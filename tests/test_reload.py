@@ -5,10 +5,12 @@ from __future__ import annotations
 import textwrap
 import threading
 from pathlib import Path
+from typing import Iterator
 
+import attrs
 import pytest
 
-from plugin_host import Host, HostConfig
+from plugin_host import Host, HostConfig, ReloadResult
 from plugin_host.errors import CompilationError, HotReloadError, PluginError, UnknownModuleError, VersionNotFoundError
 
 from conftest import eventually
@@ -72,6 +74,97 @@ def make_folder(path: Path, counter_source: str | None = None) -> str:
 def sandbox(host: Host, tmp_path: Path) -> Host:
     host.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"))
     return host
+
+
+def recorder(tag: str, gate: Path | None = None) -> str:
+    """Source of a counter plugin that logs each ``(sender, seq)`` cast, and each ``("record", sender,
+    seq)`` call, with the version (``tag``) that handled it; the call ``"log"`` returns that log.
+
+    With ``gate`` (a folder), the reload to this code is held open by the test: each actor's
+    ``code_change`` marks it prepared (the file ``<name>.prepared``), and c2's then waits for the file
+    ``open``, so c1 and c3 hold every message that arrives until the test opens the gate.
+    """
+    return textwrap.dedent(f'''
+        import os
+        import time
+        from actors import Plugin
+
+        GATE = {str(gate) if gate else None!r}
+
+        class Counter(Plugin):
+            def init(self, args):
+                return {{"log": []}}
+
+            def handle_cast(self, message, state):
+                return {{"log": state["log"] + [(*message, "{tag}")]}}
+
+            def handle_call(self, request, state):
+                if request == "log":
+                    return state["log"], state
+                if isinstance(request, tuple) and request[0] == "record":
+                    return "{tag}", {{"log": state["log"] + [(*request[1:], "{tag}")]}}
+                raise ValueError(request)
+
+            def code_change(self, old_state, old_vsn, new_vsn):
+                if GATE is not None:
+                    with open(os.path.join(GATE, self.name + ".prepared"), "w"):
+                        pass
+                    deadline = time.monotonic() + 60  # never block forever, even if the test died
+                    while self.name == "c2" and not os.path.exists(os.path.join(GATE, "open")):
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("the test never opened the gate")
+                        time.sleep(0.005)
+                return old_state
+    ''')
+
+
+class GatedReload:
+    """A hot reload of ``counter`` to ``recorder("v2", gate)`` that the test holds open.
+
+    Entering starts the reload in a thread and returns once c1 is prepared (so every message that
+    reaches it from then on is held) and c2 is blocked in its ``code_change`` (so the reload cannot
+    commit); :meth:`open` lets c2 go and returns the reload's result.  Leaving always opens the gate.
+    """
+
+    def __init__(self, host: Host, gate: Path) -> None:
+        self.host, self.gate = host, gate
+        self.results: list[ReloadResult] = []
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            self.results.append(self.host.hot_reload_source("s", recorder("v2", self.gate), module="counter"))
+        except BaseException as exc:  # noqa: BLE001 - reported by open()
+            self.errors.append(exc)
+
+    def __enter__(self) -> GatedReload:
+        self.gate.mkdir()
+        self.thread.start()
+        prepared = [self.gate / "c1.prepared", self.gate / "c2.prepared"]
+        eventually(lambda: not self.thread.is_alive() or all(path.exists() for path in prepared), timeout=30)
+        assert not self.errors and self.thread.is_alive(), f"the reload ended before the gate opened: {self.errors}"
+        return self
+
+    def open(self) -> ReloadResult:
+        """Let the reload commit (it must still be waiting: what was sent meanwhile was held)."""
+        assert self.thread.is_alive(), "the reload ended before the gate opened: nothing was held"
+        (self.gate / "open").touch()
+        self.thread.join(60)
+        assert not self.errors and self.results, f"the reload failed: {self.errors}"
+        return self.results[0]
+
+    def __exit__(self, *exc_info: object) -> None:
+        (self.gate / "open").touch()
+        self.thread.join(60)
+
+
+@pytest.fixture
+def slow_host(config: HostConfig) -> Iterator[Host]:
+    """A host whose hang detection leaves an actor blocked in ``code_change`` alone while a test holds
+    a reload open (the test config kills an actor silent for 1 s)."""
+    with Host(attrs.evolve(config, hang_timeout=60.0)) as h:
+        yield h
 
 
 def tags(host: Host, sandbox_id: str = "s") -> set[str]:
@@ -227,23 +320,69 @@ def test_no_call_is_lost_duplicated_or_reordered_across_reloads(sandbox: Host) -
     assert replies == list(range(1, len(replies) + 1))
 
 
-def test_casts_queued_during_a_reload_are_handled_by_the_new_code(sandbox: Host) -> None:
-    """Messages held while actors are prepared are replayed, in order, after the switch."""
-    sandbox.hot_reload_source("s", counter(tag="v2", extra='''
-        def handle_cast(self, message, state):
-            return {**state, "log": state["log"] + [message]}
-    '''), module="counter")
-    for value in range(20):
-        sandbox.cast("s", "c1", value)
-    sandbox.hot_reload_source("s", counter(tag="v3", extra='''
-        def handle_cast(self, message, state):
-            return {**state, "log": state["log"] + [("v3", message)]}
-    '''), module="counter")
-    for value in range(20, 25):
-        sandbox.cast("s", "c1", value)
-    log = sandbox.call("s", "c1", "state")["log"]
-    assert [v if isinstance(v, int) else v[1] for v in log] == list(range(25))
-    assert all(isinstance(v, tuple) for v in log[20:])
+def test_casts_queued_during_a_reload_are_handled_by_the_new_code(slow_host: Host, tmp_path: Path) -> None:
+    """Casts sent while the reload is held open are held, then replayed in the order sent, by the new code."""
+    slow_host.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code", recorder("v1")))
+    for seq in range(5):
+        slow_host.cast("s", "c1", (0, seq))
+    with GatedReload(slow_host, tmp_path / "gate") as reload:
+        for seq in range(5, 25):  # c1 is prepared and c2 blocked: the reload cannot commit yet
+            slow_host.cast("s", "c1", (0, seq))
+        result = reload.open()
+    assert result.new_version == 2
+    for seq in range(25, 30):
+        slow_host.cast("s", "c1", (0, seq))
+    log = slow_host.call("s", "c1", "log")
+    assert [seq for _, seq, _ in log] == list(range(30))
+    assert [tag for _, _, tag in log] == ["v1"] * 5 + ["v2"] * 25
+
+
+def test_concurrent_senders_keep_their_order_across_a_slow_reload(slow_host: Host, tmp_path: Path) -> None:
+    """Several threads cast (and call) while a reload is held open: each sender's messages reach the
+    actor in the order it sent them, none lost or doubled, and all those sent during the reload are
+    held and then handled by the new code.  (A newest-first replay breaks this; one sequential caller
+    cannot see it, as it never has more than one message held.)"""
+    slow_host.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code", recorder("v1")))
+    senders, before, during, after = 4, 10, 30, 10
+    reached_call = [threading.Event() for _ in range(senders)]
+    replies: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def sender(index: int) -> None:
+        try:
+            for seq in range(before, before + during):
+                slow_host.cast("s", "c1", (index, seq))
+            reached_call[index].set()
+            # A call held with the casts: it returns once the reload commits, answered by the new code.
+            replies[index] = slow_host.call("s", "c1", ("record", index, before + during))
+            for seq in range(before + during + 1, before + during + 1 + after):
+                slow_host.cast("s", "c1", (index, seq))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            reached_call[index].set()
+
+    for index in range(senders):
+        for seq in range(before):
+            slow_host.cast("s", "c1", (index, seq))
+    threads = [threading.Thread(target=sender, args=(index,)) for index in range(senders)]
+    with GatedReload(slow_host, tmp_path / "gate") as reload:
+        for thread in threads:
+            thread.start()
+        for event in reached_call:
+            assert event.wait(60)
+        result = reload.open()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert result.new_version == 2 and replies == {index: "v2" for index in range(senders)}
+    log = slow_host.call("s", "c1", "log")
+    total = before + during + 1 + after
+    for index in range(senders):
+        mine = [(seq, tag) for who, seq, tag in log if who == index]
+        assert [seq for seq, _ in mine] == list(range(total)), f"sender {index}"
+        assert [tag for _, tag in mine] == ["v1"] * before + ["v2"] * (total - before), f"sender {index}"
+    assert len(log) == senders * total
 
 
 def test_a_broken_source_is_refused_before_anything_changes(sandbox: Host) -> None:
