@@ -12,8 +12,8 @@ import os
 import signal
 import threading
 import time
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import attrs
 import psutil
@@ -117,6 +117,64 @@ def _remote(b: _Bench) -> list[Row]:
     return [Row("remote", "call round trip to a sandbox on another actor system: Host.call", "ms", host, raw_samples,
                 "ask to a bare actor placed on a member (targetActorRequirements)",
                 note="a convention of two systems on loopback; no anchored target")]
+
+
+THREADS = (1, 4, 16)
+"""Calling threads of the ``threads_<n>`` rows."""
+
+
+def _threaded_rate(threads: int, calls: int, session: Callable[[], ContextManager[Callable[[], Any]]]) -> float:
+    """Calls per second when ``threads`` fresh threads share ``calls`` calls, each thread making its calls
+    through one ``session`` (timed from its opening); every call must succeed."""
+    failures: list[BaseException] = []
+    ready = threading.Barrier(threads + 1)
+
+    def work(count: int) -> None:
+        ready.wait()
+        try:
+            with session() as call:
+                for _ in range(count):
+                    call()
+        except BaseException as exc:  # noqa: BLE001 - reported below, in the bench's thread
+            failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(calls // threads,)) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    ready.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise _BenchError(f"{len(failures)} of {threads} calling threads failed: {failures[0]!r}")
+    return calls // threads * threads / elapsed
+
+
+def _threads(b: _Bench) -> list[Row]:
+    """Aggregate call throughput from 1, 4 and 16 calling threads, each started fresh for its sample (so a
+    thread's private context is made and released every time), against raw asks from as many threads,
+    each through a private context of its own (the ActorSystem object is not thread-safe)."""
+    echo = b.raw.create(acts.Echo)
+    calls = b.n(480, 96)
+
+    @contextmanager
+    def raw_session() -> Iterator[Callable[[], Any]]:
+        with b.raw.system.private() as context:
+            yield lambda: _expect(context.ask(echo, "ping", 10), "ping")
+
+    rows = []
+    with b.sandbox("bench-threads", "roots:Trio") as sid:
+        def host_session() -> ContextManager[Callable[[], Any]]:
+            return nullcontext(lambda: _expect(b.host.call(sid, "a", "ping"), "ping"))
+
+        for threads in THREADS:
+            host, raw = _pair(b, b.n(8, 3), functools.partial(_threaded_rate, threads, calls, host_session),
+                              functools.partial(_threaded_rate, threads, calls, raw_session), warmup=1)
+            rows.append(Row(f"threads_{threads}", f"call throughput from {threads} calling thread(s), "
+                            f"{calls} calls in all", "msg/s", host, raw,
+                            "asks from as many threads, a private context each", higher_is_better=True))
+    return rows
 
 
 def _cast(b: _Bench) -> list[Row]:

@@ -27,8 +27,8 @@ import psutil
 
 from . import _bench_actors as acts
 from ._bench_harness import Row, _Bench, _Progress, _Raw, _write
-from ._bench_sections import (_CRASHES, _auth, _call, _cast, _compile, _crash, _hang, _lost, _memory, _reload,
-                              _reload_source, _remote, _rollback, _sandbox, _sibling)
+from ._bench_sections import (_CRASHES, THREADS, _auth, _call, _cast, _compile, _crash, _hang, _lost, _memory,
+                              _reload, _reload_source, _remote, _rollback, _sandbox, _sibling, _threads)
 
 __all__ = ["ROWS", "Row", "SECTIONS", "TARGETS", "Target", "evaluate_targets", "machine", "run_bench"]
 
@@ -106,6 +106,7 @@ class _Section:
 _SECTIONS = (
     _Section("call", "call round trip", _call, ("call",)),
     _Section("cast", "cast throughput", _cast, ("cast",)),
+    _Section("threads", "call throughput against calling threads", _threads, tuple(f"threads_{n}" for n in THREADS)),
     _Section("sibling", "sibling → sibling throughput", _sibling, ("sibling",)),
     _Section("sandbox", "sandbox create + destroy", _sandbox, ("sandbox_create", "sandbox_destroy")),
     _Section("crash", "crash → restarted", _crash, tuple(f"crash_{kind}" for kind, _, _ in _CRASHES)),
