@@ -943,13 +943,9 @@ def install() -> None:
         return originals["exited"](self, childAddress)
 
     def handle(self: Any, record: Any) -> Any:
-        # A sandbox's log records reach host processes through the restricted decoder: extra fields
-        # holding the plugin's objects go as text (Thespian sends the message itself as text already).
         keys = _process_keys
         if keys is not None and not keys.is_host:
-            for name, value in list(vars(record).items()):
-                if not isinstance(value, _PLAIN_LOG_VALUES):
-                    _quietly(lambda: setattr(record, name, repr(value)))
+            _quietly(lambda: _extras_as_text(record))
         return originals["log"](self, record)
 
     tcp.serializer = _RawFrames()
@@ -971,7 +967,22 @@ def install() -> None:
     _installed = True
 
 
-_PLAIN_LOG_VALUES = (str, int, float, bool, type(None), tuple, list, dict)
+def _extras_as_text(record: logging.LogRecord) -> None:
+    """Turn a sandbox's log record's ``extra=`` fields that :func:`_clean_log_record` would drop (anything
+    but :data:`_LOG_EXTRA_VALUES`: lists, the plugin's own objects...) into their text, before it is sent.
+
+    The record's own fields are left to Thespian, which formats the message and the traceback."""
+    for name, value in list(vars(record).items()):
+        if name not in _RECORD_FIELDS and not isinstance(value, _LOG_EXTRA_VALUES):
+            try:
+                text = repr(value)
+            except Exception:  # noqa: BLE001 - a plugin's __repr__ may raise anything
+                text = f"<{type(value).__name__} that cannot be shown>"
+            setattr(record, name, text[:_LOG_TEXT])
+
+
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+"""What a ``LogRecord`` carries of its own (anything else on a record came from ``extra=``)."""
 
 
 def _keys_of(manager: Any) -> Any:

@@ -8,6 +8,7 @@ import importlib
 import os
 import pickle
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,40 @@ def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is
     dotted = logging.makeLogRecord({"name": "x." * 4995, "msg": "kept", "levelno": 20})
     _, (_, record) = from_sandbox(keys, alice, pickle.dumps(("addr", dotted)))
     assert record.name == "plugin_host.sandbox" and record.getMessage() == "kept"
+
+
+def test_a_sandboxs_log_extras_that_are_not_plain_arrive_as_their_text() -> None:
+    """What a sandbox sends of a log record's ``extra=`` fields is what the host keeps: a list, a dict and a
+    plugin's own object (even one whose ``repr`` raises) arrive as text, plain numbers and strings as they
+    are, and the record's own fields (message, traceback) stay Thespian's to format."""
+    import logging
+
+    class Thing:
+        def __repr__(self) -> str:
+            return "<a thing of the plugin>"
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.makeLogRecord({"name": "plugin", "msg": "%s items", "args": (3,), "levelno": 40,
+                                    "levelname": "ERROR", "exc_info": exc_info, "items": [1, 2],
+                                    "where": {"a": 1}, "thing": Thing(), "broken": Broken(), "count": 3,
+                                    "label": "x"})
+    _wire._extras_as_text(record)
+    assert record.exc_info == exc_info and record.args == (3,)  # Thespian's own to format, next
+    record.exc_text, record.exc_info = "Traceback ... ValueError: boom", None
+    record.msg, record.args = record.getMessage(), None
+    _, (_, received) = from_sandbox(keys, alice, pickle.dumps(("addr", record)))
+    assert (received.items, received.where, received.thing) == ("[1, 2]", "{'a': 1}", "<a thing of the plugin>")
+    assert received.broken == "<Broken that cannot be shown>" and (received.count, received.label) == (3, "x")
+    assert received.getMessage() == "3 items" and "ValueError: boom" in received.exc_text
 
 
 def test_frames_being_received_are_bounded_per_process_and_released_when_done() -> None:
