@@ -521,8 +521,6 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             else:
                 self.emit("lost", sandbox_id, reason=reason, restarting_on=node or self.node)
                 rec.node, rec.restarted, rec.action = node, True, "create"
-                # Nothing of the lost incarnation is reported as the sandbox's any more (its pids are there).
-                rec.status, rec.children, rec.directory = "starting", (), {}
                 _next_incarnation(rec)
                 self._start_root(sandbox_id, rec)
                 self.watch(sandbox_id, rec)
