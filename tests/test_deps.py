@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shlex
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +31,8 @@ from plugin_host.deps import (
     read_requirements,
 )
 from plugin_host.errors import DependencyError
+
+from conftest import eventually
 
 
 def _write_wheel(folder: Path, version: str) -> Path:
@@ -243,13 +247,26 @@ def test_a_pip_timeout_raises_and_leaves_no_folder_behind(tmp_path: Path, monkey
 
 
 def test_run_pip_kills_the_process_group_on_timeout(tmp_path: Path) -> None:
-    """The runner does not wait past its timeout, and kills what it started."""
-    marker = tmp_path / "child-pid"
-    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    """The runner does not wait past its timeout, and kills what it started down to the processes its
+    child started (pip's build backends): the whole process group, not only pip."""
+    pids = tmp_path / "pids"
+    # A shell standing in for pip starts a grandchild, records both pids (atomically), and waits.
+    script = f'sleep 60 & echo "$$ $!" > {shlex.quote(str(pids))}.tmp; mv {shlex.quote(str(pids))}.tmp ' \
+             f'{shlex.quote(str(pids))}; wait'
+    started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
-        deps._run_pip([sys.executable, "-c", script], tmp_path / "log", 1.0)
-    if marker.exists():  # on a slow machine it may be killed before it wrote its pid
-        assert not psutil.pid_exists(int(marker.read_text()))
+        deps._run_pip(["sh", "-c", script], tmp_path / "log", 2.0)
+    assert time.monotonic() - started < 2.0 + 5.0
+    assert pids.exists(), "the stand-in for pip did not record its pids within the 2 s timeout"
+    child, grandchild = (int(pid) for pid in pids.read_text().split())
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    eventually(lambda: not alive(child) and not alive(grandchild), timeout=5.0)
 
 
 def test_concurrent_prepares_of_one_set_install_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
