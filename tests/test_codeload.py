@@ -123,9 +123,13 @@ def test_read_sandbox_folder_raises_sandbox_start_error_when_only_skipped_files_
 
 
 def test_check_syntax_accepts_valid_code(tmp_path: Path) -> None:
-    """Valid modules pass without running any code."""
-    root = write(tmp_path / "sb", {"ok.py": "raise SystemExit('must not run')\n"})
-    check_syntax(read_sandbox_folder(root))
+    """Valid modules pass without running any code (a module that would leave a file when run leaves none)."""
+    ran = tmp_path / "ran"
+    root = write(tmp_path / "sb", {"checked_only.py": f"open({str(ran)!r}, 'w').close()\n",
+                                   "pkg/__init__.py": "x = 1\n"})
+    assert check_syntax(read_sandbox_folder(root)) is None
+    assert not ran.exists()
+    assert "checked_only" not in sys.modules
 
 
 def test_check_syntax_reports_every_broken_file_with_its_line(tmp_path: Path) -> None:

@@ -309,8 +309,14 @@ def test_check_conflicts_refuses_a_runtime_dependency_in_another_version() -> No
 
 
 def test_check_conflicts_accepts_compatible_unloaded_and_pure_python_requirements() -> None:
-    """A fitting version, a package not loaded, and a pure-Python one outside the runtime all pass."""
-    check_conflicts(["psutil>=1", "tinylib==1.0", "pytest<1", "psutil<1; sys_platform == 'win32'"])
+    """A fitting version, a package not loaded, a pure-Python one outside the runtime (loaded here in a
+    version the requirement excludes), and one whose marker is false here all pass, each on its own."""
+    # What makes each case the case it names (else it would pass for another reason).
+    assert "tinylib" not in sys.modules
+    assert "pytest" in sys.modules and not pytest.__version__.startswith("0.")
+    assert "psutil" in sys.modules and not psutil.__version__.startswith("0.")
+    for requirement in ["psutil>=1", "tinylib==1.0", "pytest<1", "psutil<1; sys_platform == 'win32'"]:
+        assert check_conflicts([requirement]) is None, requirement
 
 
 def test_activate_environment_swaps_an_already_imported_pure_python_module(installed: dict[str, Path]) -> None:
