@@ -221,7 +221,8 @@ def _check_leader(instance: Any, attribute: attrs.Attribute, value: Any) -> None
     if value is None:
         return
     host, _, port = str(value).rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    # isdigit() alone takes "²" (int() then raises ValueError) and other scripts' digits.
+    if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"convention_leader must be 'host:port', got {value!r}", field="convention_leader")
 
 
@@ -245,7 +246,7 @@ def _to_path(value: Any, field: str = "state_dir") -> Path:
         if "\0" in os.fspath(path):
             raise ValueError("embedded null byte")
         return path
-    except (TypeError, ValueError, UnicodeError):
+    except (TypeError, ValueError, UnicodeError, RuntimeError):  # RuntimeError: "~nosuchuser"
         raise ConfigError(f"{field} must be a path, got {value!r}", field=field) from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import time
 import uuid
 import warnings
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from plugin_host import Host, HostConfig
 from plugin_host import compiler
 from plugin_host import messages as msgs
-from plugin_host.config import ResourceLimits
+from plugin_host.config import PLUGIN_VALUES, SECURITY_PROFILES, SUPPORTED_BASES, ResourceLimits
 from plugin_host.errors import (
     ActorNotFoundError,
     BadRequestError,
@@ -314,45 +315,171 @@ def test_arbitrary_sandbox_ids_are_refused_or_work_and_never_become_paths(scene:
 
 # -- configuration values ------------------------------------------------------------------
 
-config_values = st.one_of(junk, st.sampled_from([math.inf, -math.inf, math.nan, 0, -1, 0.0, 1e-300, 2**70, "1",
-                                                 "127.0.0.1", "::1", "0.0.0.0", "~\x00", "\x00", "",
-                                                 "host:99999", ":1", "localhost:1"]))
+CONFIG_SAMPLES = [
+    # Values some field takes, so every field is also shown values it must keep.
+    *SUPPORTED_BASES, *SECURITY_PROFILES, *PLUGIN_VALUES, "127.0.0.2", "10.0.0.1:1900", "leader.example:65535",
+    1, 3, 1900, 0.5, 2.5, 30, True, False, None, "/tmp/elsewhere", "~", {"gpu": True, "zone": "a"},
+    {"max_actors": 2, "max_memory_mb": 64.5}, ["/wheels", "https://example.org/simple"], ("/w",),
+    # Edges.
+    math.inf, -math.inf, math.nan, 0, -1, 0.0, 1e-300, 2**70, 2.0, 65535, 65536, "1", "127.0.0.1", "::1",
+    "0.0.0.0", "1.2.3.04", "127.0.0.1 ", "~\x00", "\x00", "", "~nosuchuser", "\udcff", b"/tmp", "host:99999",
+    ":1", "localhost:1", "h:\u0661", "h:\u00b2", "h:0", {"plugin_host.node": "x"}, {"max_threads": 1}, {1: 2},
+    {"max_actors": 2.5}, [1], [None], "multiprocQueueBase", "Standard",
+]
+"""Values every field of ``HostConfig`` and ``ResourceLimits`` is shown, valid ones and edges."""
+
+config_values = st.one_of(junk, st.sampled_from(CONFIG_SAMPLES))
+
+INVALID = object()
+"""The oracle's verdict for a value the field must refuse."""
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}")
 
 
-def _known_config_bug(field: str, value: Any) -> bool:
-    """Inputs covered by their own tests below (kept out of the properties)."""
-    if field == "state_dir":
-        return isinstance(value, str) and value.startswith("~") and "\x00" in value
-    if field == "limits":
-        return isinstance(value, dict) and not all(isinstance(key, str) for key in value)
-    return False
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _constructs_or_names_field(cls: Any, field: str, value: Any, **others: Any) -> None:
+def _expected_limit(field: str, value: Any) -> Any:
+    """What a ``ResourceLimits`` field holds for ``value``, from the docs: ``None`` or a positive number
+    (a positive integer for the counts ``max_actors`` and ``max_mailbox``)."""
+    if value is None:
+        return None
+    if field in ("max_actors", "max_mailbox"):
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else INVALID
+    return value if _is_number(value) and value > 0 else INVALID
+
+
+def _expected_path(value: Any) -> Any:
+    """A path: a string or path-like, with ``~`` expanded; no NUL, encodable, a user that exists."""
+    if not isinstance(value, (str, os.PathLike)) or "\x00" in os.fspath(value):
+        return INVALID
     try:
-        cls(**{field: value}, **others)
+        os.fspath(value).encode()
+        return Path(value).expanduser()
+    except (UnicodeError, RuntimeError, ValueError):
+        return INVALID
+
+
+def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any, set[str]]:
+    """The oracle: what ``HostConfig(**{field: value})`` holds in ``field`` (``INVALID`` when it must raise),
+    and the fields its ``ConfigError`` may name. Written from the README and the field docstrings."""
+    positive = _is_number(value) and value > 0
+    if field == "base":
+        return (value if value in SUPPORTED_BASES else INVALID), {field}
+    if field == "security_profile":
+        return (value if value in SECURITY_PROFILES else INVALID), {field}
+    if field == "plugin_values":
+        return (value if value in PLUGIN_VALUES else INVALID), {field}
+    if field == "admin_port":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535)
+        return (value if ok else INVALID), {field}
+    if field == "bind_address":
+        return (value if isinstance(value, str) and _IPV4.fullmatch(value) else INVALID), {field}
+    if field in ("state_dir", "cookie_file"):
+        return (None if value is None and field == "cookie_file" else _expected_path(value)), {field}
+    if field == "max_versions":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        return (value if ok else INVALID), {field}
+    if field in ("call_timeout", "compile_timeout", "reload_timeout", "start_timeout", "shutdown_timeout",
+                 "monitor_interval"):
+        return (value if positive else INVALID), {field}
+    if field == "heartbeat_interval":
+        # The default hang_timeout follows it (ten heartbeats); an infinite one leaves no longer hang_timeout.
+        return (value if positive and value != math.inf else INVALID), {field, "hang_timeout"}
+    if field == "hang_timeout":
+        return (value if positive and value > defaults.heartbeat_interval else INVALID), {field}
+    if field == "node_timeout":
+        tick = min(1.0, defaults.heartbeat_interval)
+        return (value if positive and value > 2 * tick else INVALID), {field}
+    if field == "probation_seconds":
+        return (value if _is_number(value) and value >= 0 else INVALID), {field}
+    if field == "convention_leader":
+        if value is None:
+            return None, {field}
+        host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+        ok = bool(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+        return (value if ok else INVALID), {field}
+    if field == "capabilities":
+        ok = isinstance(value, dict) and all(isinstance(key, str) and not key.startswith("plugin_host.")
+                                             for key in value)
+        return (value if ok else INVALID), {field}
+    if field == "limits":
+        if value is None:
+            return ResourceLimits(), {field}
+        names = [f.name for f in attrs.fields(ResourceLimits)]
+        if not isinstance(value, dict) or not all(key in names for key in value) or \
+                any(_expected_limit(key, limit) is INVALID for key, limit in value.items()):
+            return INVALID, {field}
+        return ResourceLimits(**value), {field}
+    if field == "find_links":
+        if isinstance(value, str):
+            return (value,), {field}
+        ok = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+        return (tuple(value) if ok else INVALID), {field}
+    if field == "no_index":
+        return (value if isinstance(value, bool) else INVALID), {field}
+    raise AssertionError(f"the oracle does not know HostConfig.{field}: add it")
+
+
+def _builds_exactly_the_valid_values(build: Any, field: str, value: Any, expected: Any, names: set[str]) -> None:
+    """``build()`` keeps a valid ``value`` (as ``expected``) and refuses an invalid one with ``ConfigError``
+    naming one of ``names``: a field that accepts anything, or refuses a good value, fails."""
+    try:
+        made = build()
     except ConfigError as exc:
-        allowed = {field, "hang_timeout"} if field == "heartbeat_interval" else {field}
-        assert getattr(exc, "field", None) in allowed, f"{field}={value!r}: {exc!r} names {getattr(exc, 'field', None)}"
+        assert expected is INVALID, f"{field}={value!r} is valid but was refused: {exc!r}"
+        assert getattr(exc, "field", None) in names, f"{field}={value!r}: {exc!r} names {getattr(exc, 'field', None)}"
+    else:
+        assert expected is not INVALID, f"{field}={value!r} is invalid but was accepted as {getattr(made, field)!r}"
+        assert getattr(made, field) == expected
 
 
-@SETTINGS
-@given(field=st.sampled_from([f.name for f in attrs.fields(ResourceLimits)]), value=config_values)
-def test_resource_limits_construct_or_raise_config_error_naming_the_field(field: str, value: Any) -> None:
-    """Any value of any ``ResourceLimits`` field constructs, or raises ``ConfigError`` naming it
-    (directly and through ``from_mapping``)."""
-    _constructs_or_names_field(ResourceLimits, field, value)
-    _constructs_or_names_field(lambda **data: ResourceLimits.from_mapping(data), field, value)
+def _check_limit(field: str, value: Any) -> None:
+    expected = _expected_limit(field, value)
+    _builds_exactly_the_valid_values(lambda: ResourceLimits(**{field: value}), field, value, expected, {field})
+    _builds_exactly_the_valid_values(lambda: ResourceLimits.from_mapping({field: value}), field, value, expected,
+                                     {field})
 
 
-@SETTINGS
-@given(field=st.sampled_from([f.name for f in attrs.fields(HostConfig)]), value=config_values)
-def test_host_config_constructs_or_raises_config_error_naming_the_field(tmp_path: Path, field: str,
-                                                                          value: Any) -> None:
-    """Any value of any ``HostConfig`` field constructs, or raises ``ConfigError`` naming it."""
-    assume(not _known_config_bug(field, value))
+def _check_config(tmp_path: Path, field: str, value: Any) -> None:
     others = {} if field == "state_dir" else {"state_dir": tmp_path / "state"}
-    _constructs_or_names_field(HostConfig, field, value, **others)
+    expected, names = _expected_config(field, value, HostConfig(**others))
+    _builds_exactly_the_valid_values(lambda: HostConfig(**{field: value}, **others), field, value, expected, names)
+
+
+@pytest.mark.parametrize("field", [f.name for f in attrs.fields(ResourceLimits)])
+def test_resource_limits_keep_exactly_the_valid_listed_values(field: str) -> None:
+    """Each value of ``CONFIG_SAMPLES`` is kept by a ``ResourceLimits`` field when valid (``None`` or positive;
+    counts are integers) and raises ``ConfigError`` naming the field otherwise, directly and through
+    ``from_mapping``."""
+    for value in CONFIG_SAMPLES:
+        _check_limit(field, value)
+
+
+@SETTINGS
+@pytest.mark.parametrize("field", [f.name for f in attrs.fields(ResourceLimits)])
+@given(value=junk)
+def test_resource_limits_keep_exactly_the_valid_values_of_any_kind(field: str, value: Any) -> None:
+    """The same for any value: a limit that accepts anything, or refuses a good value, fails."""
+    _check_limit(field, value)
+
+
+@pytest.mark.parametrize("field", [f.name for f in attrs.fields(HostConfig)])
+def test_host_config_keeps_exactly_the_valid_listed_values(tmp_path: Path, field: str) -> None:
+    """Each value of ``CONFIG_SAMPLES`` is kept by a ``HostConfig`` field (normalised as documented) when
+    the docs call it valid, and raises ``ConfigError`` naming the field otherwise."""
+    for value in CONFIG_SAMPLES:
+        _check_config(tmp_path, field, value)
+
+
+@SETTINGS
+@pytest.mark.parametrize("field", [f.name for f in attrs.fields(HostConfig)])
+@given(value=config_values)
+def test_host_config_keeps_exactly_the_valid_values_of_any_kind(tmp_path: Path, field: str, value: Any) -> None:
+    """The same for any value: a field that accepts anything, or refuses a good value, fails."""
+    _check_config(tmp_path, field, value)
 
 
 def test_host_config_with_a_nul_after_a_tilde_in_state_dir_raises_config_error(tmp_path: Path) -> None:

@@ -123,9 +123,13 @@ def test_read_sandbox_folder_raises_sandbox_start_error_when_only_skipped_files_
 
 
 def test_check_syntax_accepts_valid_code(tmp_path: Path) -> None:
-    """Valid modules pass without running any code."""
-    root = write(tmp_path / "sb", {"ok.py": "raise SystemExit('must not run')\n"})
-    check_syntax(read_sandbox_folder(root))
+    """Valid modules pass without running any code (a module that would leave a file when run leaves none)."""
+    ran = tmp_path / "ran"
+    root = write(tmp_path / "sb", {"checked_only.py": f"open({str(ran)!r}, 'w').close()\n",
+                                   "pkg/__init__.py": "x = 1\n"})
+    assert check_syntax(read_sandbox_folder(root)) is None
+    assert not ran.exists()
+    assert "checked_only" not in sys.modules
 
 
 def test_check_syntax_reports_every_broken_file_with_its_line(tmp_path: Path) -> None:
@@ -312,11 +316,10 @@ def test_install_puts_the_finder_first_on_meta_path(elsewhere: Path) -> None:
 
 
 def test_package_folder_wins_over_a_module_file_of_the_same_name(tmp_path: Path) -> None:
-    """As in Python, ``a/__init__.py`` shadows ``a.py`` (or the clash is refused), never the reverse."""
+    """As in Python, ``a/__init__.py`` shadows ``a.py``: the table serves the package, never the module."""
     root = write(tmp_path / "sb", {"a.py": "X = 'module'\n", "a/__init__.py": "X = 'package'\n", "a/sub.py": ""})
-    try:
-        table = read_sandbox_folder(root)
-    except (CompilationError, SandboxStartError):
-        return
+    table = read_sandbox_folder(root)
+    assert sorted(table.modules) == ["a", "a.sub"]
     assert table.modules["a"].is_package
-    assert "package" in table.modules["a"].source
+    assert table.modules["a"].source == "X = 'package'\n"
+    assert table.modules["a"].path == str((root / "a" / "__init__.py").resolve())

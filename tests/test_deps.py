@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shlex
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +31,8 @@ from plugin_host.deps import (
     read_requirements,
 )
 from plugin_host.errors import DependencyError
+
+from conftest import eventually
 
 
 def _write_wheel(folder: Path, version: str) -> Path:
@@ -243,13 +247,26 @@ def test_a_pip_timeout_raises_and_leaves_no_folder_behind(tmp_path: Path, monkey
 
 
 def test_run_pip_kills_the_process_group_on_timeout(tmp_path: Path) -> None:
-    """The runner does not wait past its timeout, and kills what it started."""
-    marker = tmp_path / "child-pid"
-    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    """The runner does not wait past its timeout, and kills what it started down to the processes its
+    child started (pip's build backends): the whole process group, not only pip."""
+    pids = tmp_path / "pids"
+    # A shell standing in for pip starts a grandchild, records both pids (atomically), and waits.
+    script = f'sleep 60 & echo "$$ $!" > {shlex.quote(str(pids))}.tmp; mv {shlex.quote(str(pids))}.tmp ' \
+             f'{shlex.quote(str(pids))}; wait'
+    started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
-        deps._run_pip([sys.executable, "-c", script], tmp_path / "log", 1.0)
-    if marker.exists():  # on a slow machine it may be killed before it wrote its pid
-        assert not psutil.pid_exists(int(marker.read_text()))
+        deps._run_pip(["sh", "-c", script], tmp_path / "log", 2.0)
+    assert time.monotonic() - started < 2.0 + 5.0
+    assert pids.exists(), "the stand-in for pip did not record its pids within the 2 s timeout"
+    child, grandchild = (int(pid) for pid in pids.read_text().split())
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    eventually(lambda: not alive(child) and not alive(grandchild), timeout=5.0)
 
 
 def test_concurrent_prepares_of_one_set_install_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,8 +309,14 @@ def test_check_conflicts_refuses_a_runtime_dependency_in_another_version() -> No
 
 
 def test_check_conflicts_accepts_compatible_unloaded_and_pure_python_requirements() -> None:
-    """A fitting version, a package not loaded, and a pure-Python one outside the runtime all pass."""
-    check_conflicts(["psutil>=1", "tinylib==1.0", "pytest<1", "psutil<1; sys_platform == 'win32'"])
+    """A fitting version, a package not loaded, a pure-Python one outside the runtime (loaded here in a
+    version the requirement excludes), and one whose marker is false here all pass, each on its own."""
+    # What makes each case the case it names (else it would pass for another reason).
+    assert "tinylib" not in sys.modules
+    assert "pytest" in sys.modules and not pytest.__version__.startswith("0.")
+    assert "psutil" in sys.modules and not psutil.__version__.startswith("0.")
+    for requirement in ["psutil>=1", "tinylib==1.0", "pytest<1", "psutil<1; sys_platform == 'win32'"]:
+        assert check_conflicts([requirement]) is None, requirement
 
 
 def test_activate_environment_swaps_an_already_imported_pure_python_module(installed: dict[str, Path]) -> None:

@@ -95,17 +95,20 @@ def test_child_spec_of_an_importable_plugin_pickles() -> None:
 
 
 def test_supervisor_check_accepts_a_valid_tree() -> None:
-    """A well-formed nested tree passes ``check``."""
+    """A well-formed nested tree passes ``check``, which walks every actor of it (nested ones included)."""
     inner = supervisor(strategy="rest_for_one", children=[ChildSpec("echo", Echo)])
     outer = supervisor(strategy="one_for_all", max_restarts=0, max_seconds=0.5,
                        children=[ChildSpec("counter", Counter), ChildSpec("inner", inner, restart="transient")])
-    outer.check()
+    seen: set[str] = set()
+    assert outer.check(seen) is None
+    assert seen == {"counter", "inner", "echo"}
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", ["one_for_one", "one_for_all", "rest_for_one"])
 def test_supervisor_check_accepts_every_strategy(strategy: str) -> None:
-    """Each OTP strategy is valid."""
-    supervisor(strategy=strategy, children=[ChildSpec("c", Counter)]).check()
+    """Each OTP strategy is valid (listed here, not read from ``STRATEGIES``, so dropping one fails)."""
+    assert strategy in STRATEGIES
+    assert supervisor(strategy=strategy, children=[ChildSpec("c", Counter)]).check() is None
 
 
 def test_supervisor_defaults_are_one_for_one_three_in_five_seconds() -> None:
@@ -154,8 +157,12 @@ def test_supervisor_check_rejects_children_that_are_not_a_list() -> None:
 
 
 def test_supervisor_check_accepts_a_tuple_of_children() -> None:
-    """A tuple of specs is as good as a list."""
-    supervisor(children=(ChildSpec("a", Counter), ChildSpec("b", Echo))).check()
+    """A tuple of specs is as good as a list: accepted, and every child of it is checked."""
+    seen: set[str] = set()
+    assert supervisor(children=(ChildSpec("a", Counter), ChildSpec("b", Echo))).check(seen) is None
+    assert seen == {"a", "b"}
+    with pytest.raises(InvalidSpecError, match="'a'"):
+        supervisor(children=(ChildSpec("a", Counter), ChildSpec("a", Echo))).check()
 
 
 def test_supervisor_check_rejects_a_name_used_twice_among_siblings() -> None:
@@ -188,10 +195,12 @@ def test_supervisor_check_rejects_an_invalid_nested_supervisor() -> None:
 
 
 def test_supervisor_check_can_be_called_twice() -> None:
-    """``check`` keeps no state between calls (names seen are per call)."""
+    """``check`` keeps no state between calls (names seen are per call), and changes nothing in the spec."""
     spec = supervisor(children=[ChildSpec("once", Counter)])
-    spec.check()
-    spec.check()
+    children = list(spec.children)
+    assert spec.check() is None
+    assert spec.check() is None  # a name remembered from the first call would be "used twice" here
+    assert list(spec.children) == children
 
 
 def test_supervisor_reused_in_two_branches_is_rejected_for_duplicate_names() -> None:
