@@ -267,10 +267,10 @@ class ActorSystemHandle:
         """The next message this thread's context gets from the host's own processes, or ``None``."""
         ctx = self.context_of_this_thread()
         if self._serial is not None:
-            return ctx.listen(timeout)
+            return ctx.listen(min(timeout, _A_WHILE))
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            response = ctx._systemBase._run_transport(timedelta(seconds=left))
+            response = ctx._systemBase._run_transport(_at_most_a_while(left))
             if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message) \
                     and self.accepts(response, None):
                 return response.message
@@ -442,7 +442,7 @@ class Pending:
 
     def _pump(self, seconds: float) -> Any:
         """Run the transport once: this request's reply, or ``None`` (other replies are kept or dropped)."""
-        response = self._ctx._systemBase._run_transport(timedelta(seconds=seconds))
+        response = self._ctx._systemBase._run_transport(_at_most_a_while(seconds))
         if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
             corr = getattr(response.message, "corr", None)
             mailbox = self._mailbox
@@ -515,3 +515,12 @@ def _running(proc: psutil.Process) -> bool:
         return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
+
+
+_A_WHILE = 3600.0
+"""The longest one turn of the transport waits (``timedelta`` overflows on ``inf``, a wait for ever)."""
+
+
+def _at_most_a_while(seconds: float) -> timedelta:
+    """One turn's wait: ``seconds``, or :data:`_A_WHILE` for longer ones (the caller's loop waits on)."""
+    return timedelta(seconds=min(seconds, _A_WHILE))

@@ -311,7 +311,7 @@ class HostConfig:
     )
     """Versions kept per module; ``None`` keeps all (the current one is never pruned)."""
     call_timeout: float = attrs.field(default=_from_env("call_timeout", float, lambda: 10.0), validator=_positive_required)
-    """Default timeout of ``call`` and ``run``."""
+    """Default timeout of ``call`` and ``run`` (``math.inf``: no limit)."""
     compile_timeout: float = attrs.field(
         default=_from_env("compile_timeout", float, lambda: 60.0), validator=_positive_required
     )

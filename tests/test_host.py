@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_host import Host, SandboxInfo
+from plugin_host import Host, HostConfig, SandboxInfo
 from plugin_host.errors import (
     ActorNotFoundError,
     BadRequestError,
@@ -398,3 +398,19 @@ def test_threads_that_end_release_what_the_host_held_for_them(host: Host) -> Non
     assert errors == []
     assert host.call("c", "counter", "get") == 2_001
     assert len(os.listdir("/proc/self/fd")) <= before + 3
+
+
+def test_an_infinite_timeout_waits_as_long_as_it_takes(config: HostConfig) -> None:
+    """``call_timeout=math.inf`` (and ``timeout=math.inf`` on a call) means no time limit, as the config's
+    "a positive number" allows: calls, usage queries and reloads answer (``timedelta`` overflowed on it)."""
+    import math
+
+    import attrs
+
+    with Host(attrs.evolve(config, call_timeout=math.inf, start_timeout=math.inf)) as host:
+        host.create_sandbox("c", "root:Root", sandbox_path=sample("counter"))
+        assert host.call("c", "counter", "inc") == 1
+        assert host.call("c", "counter", "inc", timeout=math.inf) == 2
+        assert host.call("c", "counter", "inc", timeout=1e14) == 3
+        assert any(a.name == "counter" for a in host.resource_usage("c").actors)
+        host.destroy_sandbox("c")
