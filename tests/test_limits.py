@@ -25,9 +25,10 @@ def events_of(host: Host) -> queue.Queue[Event]:
     return events
 
 
-def wait_for(events: queue.Queue[Event], kind: str, actor: str = "") -> Event:
+def wait_for(events: queue.Queue[Event], kind: str, actor: str = "", timeout: float = 30) -> Event:
+    deadline = time.monotonic() + timeout
     while True:
-        event = events.get(timeout=30)
+        event = events.get(timeout=max(deadline - time.monotonic(), 0.001))
         if event.kind == kind and (not actor or event.actor == actor):
             return event
 
@@ -193,6 +194,16 @@ def test_the_monitor_kills_a_process_whose_resident_memory_grew_past_max_memory_
         assert "SIGKILL" in crash.reason
         assert eventually(lambda: not pid_alive(pid))
         assert host.call("rss", "hog", "pid") != pid
+
+
+def test_memory_taken_before_the_monitors_first_round_counts_against_max_memory_mb(config: HostConfig) -> None:
+    """The monitor measures growth from the process's start, not from its first sample: a plugin that lifts
+    RLIMIT_AS and takes 128 MiB in ``init`` (over a 64 MiB limit) is killed all the same."""
+    with Host(config, monitor_interval=0.1) as host:
+        events = events_of(host)
+        host.create_sandbox("eager", "hog:EagerRoot", sandbox_path=LIMITS, limits=ResourceLimits(max_memory_mb=64))
+        breach = wait_for(events, "limit_breached", "hog", timeout=10)
+        assert breach.details["limit"] == "max_memory_mb" and breach.details["value"] > 64
 
 
 def test_resource_usage_history_holds_the_monitors_recent_samples_oldest_first(config: HostConfig) -> None:

@@ -51,6 +51,19 @@ class Root(Supervisor):
     children = [ChildSpec("hog", Hog)]
 
 
+class EagerHog(Hog):
+    """Lifts its own RLIMIT_AS and takes 128 MiB (resident) in ``init``: before any monitor round."""
+
+    def init(self, args):
+        self.handle_call("unlimit", [])
+        return self.handle_call(("grow", 128), [])[1]
+
+
+class EagerRoot(Supervisor):
+    max_restarts, max_seconds = 3, 60
+    children = [ChildSpec("hog", EagerHog)]
+
+
 class Big(Supervisor):
     children = [ChildSpec(f"hog{i}", Hog) for i in range(5)]
 
