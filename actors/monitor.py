@@ -2,7 +2,8 @@
 
 Every ``monitor_interval`` it reads each watched process's resident memory and CPU time,
 keeps a short rolling history per sandbox, and kills (by pid) a plugin process whose
-resident memory grew past ``max_memory_mb`` since it started, or whose CPU time passed
+resident memory grew past ``max_memory_mb`` since it started (forked from its supervisor's
+process, it started no bigger than that one), or whose CPU time passed
 ``max_cpu_seconds`` (before the kernel's RLIMIT_CPU backstop does); the admin turns each such
 kill into a ``limit_breached`` event.  It also answers resource-usage queries.
 """
@@ -177,12 +178,26 @@ class MonitorActor(OrphanWatch, HostActor):
             pid = entry.pids[name]
             if name == "(root)" or pid not in tree:
                 continue  # the root runs our code, not the plugin's; never a process outside the sandbox
-            start = entry.baseline.setdefault(pid, figures.rss)
+            start = entry.baseline.get(pid)
+            if start is None:
+                start = entry.baseline[pid] = self._start_rss(pid, figures.rss)
             grown_mb = (figures.rss - start) / _MiB
             if limits.max_memory_mb is not None and grown_mb > limits.max_memory_mb:
                 self._kill(sandbox_id, name, pid, "max_memory_mb", grown_mb, limits.max_memory_mb)
             elif limits.max_cpu_seconds is not None and figures.cpu > limits.max_cpu_seconds:
                 self._kill(sandbox_id, name, pid, "max_cpu_seconds", figures.cpu, limits.max_cpu_seconds)
+
+    def _start_rss(self, pid: int, rss: int) -> int:
+        """Resident memory a plugin process had at its start, as near as can be known now.
+
+        It is forked from its supervisor's process, so it started no bigger than that one is: the
+        first sample alone would count nothing a plugin took before it (in ``init``, say).
+        """
+        try:
+            parent = self._sample(psutil.Process(pid).ppid())
+        except psutil.Error:
+            parent = None
+        return min(rss, parent.rss) if parent is not None else rss
 
     def _enforce_processes(self, sandbox_id: str, entry: _Watched, maximum: int) -> None:
         """Processes a plugin forked itself count against ``max_actors``: past it, they are ended."""

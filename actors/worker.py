@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import itertools
 import os
+import signal
 import sys
 import traceback
 from typing import Any, Iterator
@@ -94,6 +95,10 @@ class WorkerActor(SandboxMember):
         self.actor_name, self.incarnation = msg.name, msg.incarnation
         self.directory = dict(msg.directory)
         if self.multiprocess:
+            # Thespian makes SIGTERM and SIGQUIT a quiet graceful exit, whose notice beats the exit
+            # status; a plugin process ended by one is a crash, so the signal must show in its reason.
+            for signum in (signal.SIGTERM, signal.SIGQUIT):
+                signal.signal(signum, signal.SIG_DFL)
             apply_rlimits(msg.context.limits)
             self._budget = CpuBudget(msg.context.limits.call_cpu_budget_ms, msg.name)
             self._auditor = Auditor(msg.context.sandbox_id, msg.context.security_profile, self._audited.append)

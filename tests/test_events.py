@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 
 import pytest
 
@@ -69,3 +71,32 @@ def test_a_failed_sandbox_is_an_event(host: Host) -> None:
     while (event := events.get(timeout=30)).kind != "failed":
         pass
     assert "max restart intensity" in event.reason
+
+
+def crash_reason(events: queue.Queue[Event], actor: str) -> str:
+    """The reason of the next ``crashed`` event of ``actor``."""
+    while True:
+        event = events.get(timeout=30)
+        if event.kind == "crashed" and event.actor == actor:
+            return event.reason
+
+
+def test_a_crashed_event_names_the_cause(host: Host) -> None:
+    """A crash's reason is the exception (type and message), the exit code, or the signal that ended it
+    (SIGTERM too, which Thespian would otherwise turn into a quiet exit with no reason)."""
+    events: queue.Queue[Event] = queue.Queue()
+    host.subscribe(events.put)
+    host.create_sandbox("c", "root:Root", sandbox_path=sample("crashy"))
+    with pytest.raises(PluginError):
+        host.call("c", "crashy", "raise")
+    reason = crash_reason(events, "crashy")
+    assert "RuntimeError" in reason and "crashy was asked to raise" in reason
+    with pytest.raises(PluginError):
+        host.call("c", "crashy", "exit")
+    assert "exited with code 3" in crash_reason(events, "crashy")
+    with pytest.raises(PluginError):
+        host.call("c", "crashy", "segfault")
+    assert "SIGSEGV" in crash_reason(events, "crashy")
+    for signum in (signal.SIGKILL, signal.SIGTERM):  # from outside: the OOM killer, an operator
+        os.kill(host.call("c", "crashy", "pid"), signum)
+        assert signum.name in crash_reason(events, "crashy")

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from actors.monitor import HISTORY
 from plugin_host import Event, Host, HostConfig, ResourceLimits
 from plugin_host.errors import LimitExceededError, OverloadedError, PluginError, SandboxStartError
 
@@ -25,9 +26,10 @@ def events_of(host: Host) -> queue.Queue[Event]:
     return events
 
 
-def wait_for(events: queue.Queue[Event], kind: str, actor: str = "") -> Event:
+def wait_for(events: queue.Queue[Event], kind: str, actor: str = "", timeout: float = 30) -> Event:
+    deadline = time.monotonic() + timeout
     while True:
-        event = events.get(timeout=30)
+        event = events.get(timeout=max(deadline - time.monotonic(), 0.001))
         if event.kind == kind and (not actor or event.actor == actor):
             return event
 
@@ -183,3 +185,68 @@ def test_a_plugin_flooding_a_sibling_is_stopped_by_max_mailbox(host: Host) -> No
     breach = wait_for(events, "limit_breached", "flooder")
     assert breach.details["limit"] == "max_mailbox"
     assert isinstance(host.call("flood", "sink", "count"), int)
+
+
+def test_the_monitor_kills_a_process_whose_resident_memory_grew_past_max_memory_mb(config: HostConfig) -> None:
+    """max_memory_mb is also the monitor's: a plugin that lifts its own RLIMIT_AS and grows its RSS
+    past the limit is SIGKILLed by the monitor, which says so (limit, value, maximum), and restarted."""
+    with Host(config, monitor_interval=0.1) as host:
+        events = events_of(host)
+        host.create_sandbox("rss", "hog:Root", sandbox_path=LIMITS, limits=ResourceLimits(max_memory_mb=64))
+        pid = host.call("rss", "hog", "pid")
+        soft, hard = host.call("rss", "hog", "unlimit")
+        assert soft == hard  # RLIMIT_AS is out of the way: only the monitor can stop it now
+        eventually(lambda: host.resource_usage("rss").history)  # sampled once: its start size is known
+        try:
+            assert host.call("rss", "hog", ("grow", 96)) == 96 * 2**20  # resident, and no MemoryError
+        except PluginError as exc:  # the monitor may kill it before the answer leaves
+            assert exc.type_name != "builtins.MemoryError"
+        breach = crash = None
+        deadline = time.monotonic() + 10
+        while breach is None or crash is None:
+            event = events.get(timeout=max(deadline - time.monotonic(), 0.01))
+            if event.actor == "hog" and event.kind == "limit_breached":
+                breach = event
+            elif event.actor == "hog" and event.kind == "crashed":
+                crash = event
+        assert breach.details["limit"] == "max_memory_mb" and breach.details["maximum"] == 64
+        assert 64 < breach.details["value"] < 64 + 96 and "max_memory_mb" in breach.reason
+        assert "SIGKILL" in crash.reason
+        assert eventually(lambda: not pid_alive(pid))
+        assert host.call("rss", "hog", "pid") != pid
+
+
+def test_memory_taken_before_the_monitors_first_round_counts_against_max_memory_mb(config: HostConfig) -> None:
+    """The monitor measures growth from the process's start, not from its first sample: a plugin that lifts
+    RLIMIT_AS and takes 128 MiB in ``init`` (over a 64 MiB limit) is killed all the same."""
+    with Host(config, monitor_interval=0.1) as host:
+        events = events_of(host)
+        host.create_sandbox("eager", "hog:EagerRoot", sandbox_path=LIMITS, limits=ResourceLimits(max_memory_mb=64))
+        breach = wait_for(events, "limit_breached", "hog", timeout=10)
+        assert breach.details["limit"] == "max_memory_mb" and breach.details["value"] > 64
+
+
+def test_resource_usage_history_holds_the_monitors_recent_samples_oldest_first(config: HostConfig) -> None:
+    """ResourceUsage.history: (time, total rss, total cpu) per monitor round, oldest first, following
+    the processes (rss grows with the plugin's memory), and never longer than HISTORY samples."""
+    with Host(config, monitor_interval=0.02) as host:
+        started = time.time()
+        host.create_sandbox("h", "hog:Root", sandbox_path=LIMITS)
+        first = eventually(lambda: host.resource_usage("h").history)[0]
+        host.call("h", "hog", ("grow", 64))
+        grown = time.time()
+        # a sample taken after the growth shows it, in bytes, next to the earlier ones
+        history = eventually(lambda: [s for s in host.resource_usage("h").history if s[0] > grown] and
+                             host.resource_usage("h").history)
+        later = next(s for s in history if s[0] > grown)
+        assert later[1] - first[1] > 60 * 2**20
+        times = [s[0] for s in history]
+        assert times == sorted(times) and len(set(times)) == len(times)
+        assert started <= times[0] and times[-1] <= time.time()
+        assert all(rss > 0 and cpu >= 0 for _, rss, cpu in history)
+        assert [s[2] for s in history] == sorted(s[2] for s in history)  # cpu time only grows: no restart here
+        # bounded: after HISTORY more rounds the oldest samples are gone and the length stays HISTORY
+        full = eventually(lambda: (h := host.resource_usage("h").history) and h[0][0] > later[0] and h, timeout=20)
+        assert len(full) == HISTORY
+        usage = host.resource_usage("h")
+        assert abs(usage.history[-1][1] - usage.total_rss_bytes) < 0.2 * usage.total_rss_bytes

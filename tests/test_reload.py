@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import queue
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 import attrs
 import pytest
 
-from plugin_host import Host, HostConfig, ReloadResult
+from plugin_host import Event, Host, HostConfig, ReloadResult
 from plugin_host.errors import CompilationError, HotReloadError, PluginError, UnknownModuleError, VersionNotFoundError
 
 from conftest import eventually
@@ -410,6 +412,51 @@ def test_a_crash_during_probation_rolls_back_by_itself(sandbox: Host) -> None:
     assert eventually(lambda: tags(sandbox) == {"v1"})
     history = sandbox.get_version_history("s", "counter")
     assert {v.version: v.status for v in history.versions} == {2: "failed", 1: "current"}
+
+
+def test_the_configured_probation_window_rolls_back_inside_it_and_never_after(config: HostConfig,
+                                                                              tmp_path: Path) -> None:
+    """HostConfig.probation_seconds: a reloaded actor crashing inside the window brings the old code back
+    by itself (a ``rolled_back`` event saying why); a crash after the window (``probation=`` set
+    per reload, overriding the config) leaves the new version current."""
+    crashy = '''
+        def handle_cast(self, message, state):
+            raise RuntimeError("this version is broken")
+    '''
+    with Host(config, probation_seconds=30) as host:
+        events: queue.Queue[Event] = queue.Queue()
+        host.subscribe(events.put)
+        host.create_sandbox("s", "root:Root", sandbox_path=make_folder(tmp_path / "code"))
+        # inside the configured window (no probation= given): back to version 1, and said so
+        assert host.hot_reload_source("s", counter(tag="v2", extra=crashy), module="counter").new_version == 2
+        host.cast("s", "c1", "boom")
+        event = next_event(events, "rolled_back", timeout=10.0)
+        assert "probation" in event.reason and "c1" in event.reason
+        assert (event.details["module"], event.details["new_version"]) == ("counter", 1)
+        assert host.get_module_version("s", "counter") == 1 and tags(host) == {"v1"}
+        assert {v.version: v.status for v in host.get_version_history("s", "counter").versions} == {
+            2: "failed", 1: "current"}
+        # after a short window: the crash is only a crash, version 3 stays
+        window = 0.5
+        v3 = host.compile_sandbox(make_folder(tmp_path / "v3", counter(tag="v3", extra=crashy)))
+        assert host.hot_reload("s", v3, probation=window).new_version == 3
+        reloaded = time.monotonic()
+        time.sleep(max(reloaded + window + 0.2 - time.monotonic(), 0))  # no event marks the window's end
+        host.cast("s", "c1", "boom")
+        next_event(events, "restarted")  # the admin judged the crash (the root reports it before the restart)
+        with pytest.raises(queue.Empty):  # a rollback would follow within ms (see above); give it 1 s
+            next_event(events, "rolled_back", timeout=1.0)
+        assert host.get_module_version("s", "counter") == 3 and tags(host) == {"v3"}
+        assert host.get_version_history("s", "counter").current_version == 3
+
+
+def next_event(events: "queue.Queue[Event]", kind: str, timeout: float = 30.0) -> Event:
+    """The next event of ``kind`` within ``timeout`` seconds (others are skipped); ``queue.Empty`` if none."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = events.get(timeout=max(deadline - time.monotonic(), 0.001))
+        if event.kind == kind:
+            return event
 
 
 def test_history_survives_the_host_and_recreation_continues_numbering(config: HostConfig, tmp_path: Path) -> None:

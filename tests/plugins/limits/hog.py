@@ -7,7 +7,9 @@ from actors import ChildSpec, Plugin, Supervisor
 
 
 class Hog(Plugin):
-    """alloc: +50 MiB kept in state; spin: burn CPU forever; sleep: wait; pid."""
+    """alloc: +50 MiB kept in state; ("grow", n): +n MiB, every page touched (resident);
+    unlimit: lift its own soft RLIMIT_AS to the hard limit (any plugin may); spin: burn CPU
+    forever; sleep: wait; pid."""
 
     def init(self, args):
         return []
@@ -16,6 +18,16 @@ class Hog(Plugin):
         if request == "alloc":
             state = state + [bytearray(50 * 2**20)]
             return len(state), state
+        if isinstance(request, tuple) and request[0] == "grow":
+            block = bytearray(request[1] * 2**20)
+            block[::4096] = b"\x01" * len(range(0, len(block), 4096))  # every page resident, whatever the allocator does
+            return len(block), state + [block]
+        if request == "unlimit":
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+            return resource.getrlimit(resource.RLIMIT_AS), state
         if request == "spin":
             while True:
                 pass
@@ -37,6 +49,19 @@ class Hog(Plugin):
 class Root(Supervisor):
     max_restarts, max_seconds = 3, 60
     children = [ChildSpec("hog", Hog)]
+
+
+class EagerHog(Hog):
+    """Lifts its own RLIMIT_AS and takes 128 MiB (resident) in ``init``: before any monitor round."""
+
+    def init(self, args):
+        self.handle_call("unlimit", [])
+        return self.handle_call(("grow", 128), [])[1]
+
+
+class EagerRoot(Supervisor):
+    max_restarts, max_seconds = 3, 60
+    children = [ChildSpec("hog", EagerHog)]
 
 
 class Big(Supervisor):
