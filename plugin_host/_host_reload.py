@@ -143,9 +143,10 @@ class ReloadMethods:
 
     def hot_reload_source(self, sandbox_id: str, source: str, module: str, *,
                           state_handler: Callable[[Any, Any, Any], Any] | None = None,
-                          timeout: float | None = None) -> ReloadResult:
+                          timeout: float | None = None, probation: float | None = None) -> ReloadResult:
         """Compile ``source`` as the new version of ``module`` (validated against the sandbox's
-        other modules, in a separate process) and hot-reload it.
+        other modules, in a separate process) and hot-reload it (``state_handler``, ``timeout`` and
+        ``probation`` as for :meth:`hot_reload`).
 
         Raises:
             CompilationError: it does not compile or import.
@@ -160,7 +161,7 @@ class ReloadMethods:
                                        security_profile=self.config.security_profile, cache_dir=self._cache_dir(),
                                        pool=self._compile_pool(),
                                        import_paths=() if environment is None else (environment,))
-        return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout)
+        return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout, probation=probation)
 
     def batch_hot_reload(self, sandbox_ids: Iterable[str],
                          code: Artifact | CompileInfo | Iterable[Artifact]) -> list[ReloadResult | PluginHostError]:

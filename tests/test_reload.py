@@ -414,6 +414,19 @@ def test_a_crash_during_probation_rolls_back_by_itself(sandbox: Host) -> None:
     assert {v.version: v.status for v in history.versions} == {2: "failed", 1: "current"}
 
 
+def test_hot_reload_source_takes_a_probation_window_too(sandbox: Host) -> None:
+    """``hot_reload_source(..., probation=)`` as ``hot_reload``: a crash inside the window rolls back."""
+    sandbox.call("s", "c1", "inc")
+    crashy = counter(tag="v2", extra='''
+        def handle_cast(self, message, state):
+            raise RuntimeError("v2 is broken")
+    ''')
+    assert sandbox.hot_reload_source("s", crashy, module="counter", probation=30).new_version == 2
+    sandbox.cast("s", "c1", "boom")
+    eventually(lambda: sandbox.get_module_version("s", "counter") == 1)
+    assert eventually(lambda: tags(sandbox) == {"v1"})
+
+
 def test_the_configured_probation_window_rolls_back_inside_it_and_never_after(config: HostConfig,
                                                                               tmp_path: Path) -> None:
     """HostConfig.probation_seconds: a reloaded actor crashing inside the window brings the old code back
