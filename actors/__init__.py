@@ -1,6 +1,6 @@
 """What plugin authors import: the ``Plugin`` behaviour and the supervision specs.
 
-    from actors import Plugin, Supervisor, ChildSpec
+from actors import Plugin, Supervisor, ChildSpec
 """
 
 from __future__ import annotations

@@ -66,8 +66,11 @@ class EventsAdmin:
         """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
         principal = _wire.sender_principal()
         if not principal.is_host and sum(p == principal for _, p in self.subscribers) >= SANDBOX_SUBSCRIPTIONS:
-            error = AccessDeniedError(f"sandbox {principal.sandbox_id!r} already has {SANDBOX_SUBSCRIPTIONS} "
-                                      "subscriptions", request="Subscribe", sandbox_id=principal.sandbox_id)
+            error = AccessDeniedError(
+                f"sandbox {principal.sandbox_id!r} already has {SANDBOX_SUBSCRIPTIONS} subscriptions",
+                request="Subscribe",
+                sandbox_id=principal.sandbox_id,
+            )
             self.emit("denied", principal.sandbox_id or "", reason=str(error), request="Subscribe", target=None)
             self.reply(sender, error, msg.corr)
             return
@@ -93,14 +96,27 @@ class EventsAdmin:
 
     def receiveMsg_Sample(self, msg: m.Sample, sender: Any) -> None:  # noqa: N802
         """The monitor killed a process over a limit."""
-        self.emit("limit_breached", msg.sandbox_id, msg.actor,
-                  f"{msg.limit}: {msg.value} over {msg.maximum}", limit=msg.limit, value=msg.value,
-                  maximum=msg.maximum)
+        self.emit(
+            "limit_breached",
+            msg.sandbox_id,
+            msg.actor,
+            f"{msg.limit}: {msg.value} over {msg.maximum}",
+            limit=msg.limit,
+            value=msg.value,
+            maximum=msg.maximum,
+        )
 
     def receiveMsg_HostBreach(self, msg: m.HostBreach, sender: Any) -> None:  # noqa: N802
         """A host refused a call past ``max_mailbox``."""
-        self.emit("limit_breached", msg.sandbox_id, msg.actor, f"{msg.limit}: {msg.value} calls waiting",
-                  limit=msg.limit, value=msg.value, maximum=msg.maximum)
+        self.emit(
+            "limit_breached",
+            msg.sandbox_id,
+            msg.actor,
+            f"{msg.limit}: {msg.value} calls waiting",
+            limit=msg.limit,
+            value=msg.value,
+            maximum=msg.maximum,
+        )
 
     def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
         """Message counts from a sandbox root: after a heartbeat, or asked for by a usage query."""
@@ -150,19 +166,35 @@ class EventsAdmin:
         restarts = {child.name: child.restarts for child in rec.children}
         monitor = self.monitor_of(rec.node)
         if monitor is None:
-            self.reply(sender, SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is {rec.status}: "
-                                                    f"{rec.reason}", sandbox_id=msg.sandbox_id), msg.corr)
+            self.reply(
+                sender,
+                SandboxNotFoundError(
+                    f"sandbox {msg.sandbox_id!r} is {rec.status}: {rec.reason}", sandbox_id=msg.sandbox_id
+                ),
+                msg.corr,
+            )
             return
-        self.send(monitor, m.UsageQuery(sandbox_id=msg.sandbox_id, messages=dict(rec.messages),
-                                        restarts=restarts, reply_to=sender, corr=msg.corr))
+        self.send(
+            monitor,
+            m.UsageQuery(
+                sandbox_id=msg.sandbox_id,
+                messages=dict(rec.messages),
+                restarts=restarts,
+                reply_to=sender,
+                corr=msg.corr,
+            ),
+        )
 
     def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
         """Audit records of a sandbox, from its root."""
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is not None and self.from_root(rec, sender) and isinstance(msg.records, (tuple, list)):
             # A sandbox writes these: kept as audit records of its own, each of a bounded size.
-            rec.audit.extend(_bounded_record(record, msg.sandbox_id) for record in msg.records[-AUDIT_LOG:]
-                             if isinstance(record, AuditRecord))
+            rec.audit.extend(
+                _bounded_record(record, msg.sandbox_id)
+                for record in msg.records[-AUDIT_LOG:]
+                if isinstance(record, AuditRecord)
+            )
 
     def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Any) -> None:  # noqa: N802
         """The sandbox's recent audit records, oldest first."""
@@ -182,9 +214,15 @@ _AUDIT_TEXT = 1000
 
 def _bounded_record(record: AuditRecord, sandbox_id: str) -> AuditRecord:
     """``record`` with its sandbox's id and its text cut to :data:`_AUDIT_TEXT` characters."""
+
     def cut(text: Any) -> str:
         return str(text)[:_AUDIT_TEXT] if isinstance(text, str) else repr(text)[:_AUDIT_TEXT]
-    moment = record.time if isinstance(record.time, (int, float)) and not isinstance(record.time, bool) \
-        and abs(record.time) < 1e13 else 0.0
-    return AuditRecord(sandbox_id, cut(record.actor), cut(record.event), cut(record.detail), float(moment),
-                       record.blocked is True)
+
+    moment = (
+        record.time
+        if isinstance(record.time, (int, float)) and not isinstance(record.time, bool) and abs(record.time) < 1e13
+        else 0.0
+    )
+    return AuditRecord(
+        sandbox_id, cut(record.actor), cut(record.event), cut(record.detail), float(moment), record.blocked is True
+    )

@@ -153,8 +153,11 @@ class NodesAdmin:
                 return
 
     def _replace_monitor(self, member: Member) -> None:
-        member.monitor, member.monitor_started, member.monitor_due = self._new_monitor(member.name), \
-            time.monotonic(), False
+        member.monitor, member.monitor_started, member.monitor_due = (
+            self._new_monitor(member.name),
+            time.monotonic(),
+            False,
+        )
         member.ping_at, member.last_heard = 0.0, time.monotonic()
         if member.status == "up":  # the new one knows nothing yet: what runs there, with what limits
             for sandbox_id, rec in list(self.sandboxes.items()):
@@ -237,21 +240,27 @@ class NodesAdmin:
         capable, why_not = [], {self.node: _describe(_lacks(mine, requirements))}
         for name, member in sorted(self.members.items()):
             lacks = _lacks(member.capabilities, requirements)
-            mismatch = {k: member.capabilities.get(k) for k in (VERSION_CAPABILITY, PYTHON_CAPABILITY)
-                        if member.capabilities.get(k) != mine[k]}
+            mismatch = {
+                k: member.capabilities.get(k)
+                for k in (VERSION_CAPABILITY, PYTHON_CAPABILITY)
+                if member.capabilities.get(k) != mine[k]
+            }
             if member.status != "up" or name in exclude:
                 why_not[name] = member.status if member.status != "up" else "excluded"
             elif lacks:
                 why_not[name] = _describe(lacks)
             elif mismatch:
-                why_not[name] = (f"runs {_pairs(mismatch)}, unlike this host ({VERSION_CAPABILITY}="
-                                 f"{mine[VERSION_CAPABILITY]!r}, {PYTHON_CAPABILITY}={mine[PYTHON_CAPABILITY]!r})")
+                why_not[name] = (
+                    f"runs {_pairs(mismatch)}, unlike this host ({VERSION_CAPABILITY}="
+                    f"{mine[VERSION_CAPABILITY]!r}, {PYTHON_CAPABILITY}={mine[PYTHON_CAPABILITY]!r})"
+                )
             else:
                 capable.append(name)
         if not capable:
             detail = "; ".join(f"{name}: {why}" for name, why in why_not.items())
-            raise NoCapableNodeError(f"no actor system of the convention offers {requirements} ({detail})",
-                                     requirements=dict(requirements))
+            raise NoCapableNodeError(
+                f"no actor system of the convention offers {requirements} ({detail})", requirements=dict(requirements)
+            )
         load = {name: 0 for name in capable}
         for rec in self.sandboxes.values():
             if rec.node in load and rec.status != "lost":
@@ -269,10 +278,21 @@ class NodesAdmin:
         for sandbox_id, rec in sorted(self.sandboxes.items()):
             if rec.status != "lost":  # a lost sandbox runs nowhere
                 on.setdefault(rec.node, []).append(sandbox_id)
-        nodes = [NodeInfo(self.node, system_capabilities(self.config, self.config.admin_port or 0), "up", True,
-                          on.get("", []), self.rejected_frames(), self.denied)]
-        nodes += [NodeInfo(name, dict(member.capabilities), member.status, False, on.get(name, []))
-                  for name, member in sorted(self.members.items())]
+        nodes = [
+            NodeInfo(
+                self.node,
+                system_capabilities(self.config, self.config.admin_port or 0),
+                "up",
+                True,
+                on.get("", []),
+                self.rejected_frames(),
+                self.denied,
+            )
+        ]
+        nodes += [
+            NodeInfo(name, dict(member.capabilities), member.status, False, on.get(name, []))
+            for name, member in sorted(self.members.items())
+        ]
         self.reply(sender, nodes, msg.corr)
 
 

@@ -120,8 +120,17 @@ class VersionsAdmin:
     def receiveMsg_HotReload(self, msg: HotReload, sender: Any) -> None:  # noqa: N802
         """Reload compiled artifacts into a sandbox."""
         probation = self.config.probation_seconds if msg.probation is None else msg.probation
-        self.start_reload(msg.sandbox_id, msg.artifacts, msg.state_handler, msg.timeout, probation, msg.event,
-                          "", self._replier(sender, msg.corr), msg.environment)
+        self.start_reload(
+            msg.sandbox_id,
+            msg.artifacts,
+            msg.state_handler,
+            msg.timeout,
+            probation,
+            msg.event,
+            "",
+            self._replier(sender, msg.corr),
+            msg.environment,
+        )
 
     def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: Any) -> None:  # noqa: N802
         """Reload the stored code of an earlier (or later) version."""
@@ -134,8 +143,16 @@ class VersionsAdmin:
         rec = self.sandboxes.get(msg.sandbox_id)
         path = rec.sources.get(msg.module, (f"<{msg.module}>",))[0] if rec is not None else f"<{msg.module}>"
         artifact = Artifact(msg.module, path, _checksum(source), source)
-        self.start_reload(msg.sandbox_id, [artifact], None, msg.timeout, 0.0, "rolled_back",
-                          f"rollback to version {msg.version}", done)
+        self.start_reload(
+            msg.sandbox_id,
+            [artifact],
+            None,
+            msg.timeout,
+            0.0,
+            "rolled_back",
+            f"rollback to version {msg.version}",
+            done,
+        )
 
     def receiveMsg_BatchHotReload(self, msg: BatchHotReload, sender: Any) -> None:  # noqa: N802
         """The same code into many sandboxes; one failure never stops the others."""
@@ -143,13 +160,25 @@ class VersionsAdmin:
         if ids is None:
             self.reply(sender, BadRequestError("BatchHotReload.sandbox_ids must be a list"), msg.corr)
             return
-        self._batch(len(ids), sender, msg.corr, lambda i, done: self.start_reload(
-            ids[i], msg.artifacts, None, msg.timeout, self.config.probation_seconds, "reloaded", "", done))
+        self._batch(
+            len(ids),
+            sender,
+            msg.corr,
+            lambda i, done: self.start_reload(
+                ids[i], msg.artifacts, None, msg.timeout, self.config.probation_seconds, "reloaded", "", done
+            ),
+        )
 
     def _forward_query(self, msg: Any, sender: Any) -> None:
         if not (isinstance(msg.sandbox_id, str) and isinstance(msg.module, str)):
-            self.reply(sender, BadRequestError(f"{type(msg).__name__}: sandbox_id and module are strings, got "
-                                               f"{msg.sandbox_id!r} and {msg.module!r}"), msg.corr)
+            self.reply(
+                sender,
+                BadRequestError(
+                    f"{type(msg).__name__}: sandbox_id and module are strings, got "
+                    f"{msg.sandbox_id!r} and {msg.module!r}"
+                ),
+                msg.corr,
+            )
             return
         self.send(self.registry, RegistryQuery(msg, sender))
 
@@ -159,8 +188,18 @@ class VersionsAdmin:
 
     # -- the reload -----------------------------------------------------------------------
 
-    def start_reload(self, sandbox_id: str, artifacts: Any, state_handler: Any, timeout: float, probation: float,
-                     event: str, details: str, done: Done, environment: str | None = None) -> None:
+    def start_reload(
+        self,
+        sandbox_id: str,
+        artifacts: Any,
+        state_handler: Any,
+        timeout: float,
+        probation: float,
+        event: str,
+        details: str,
+        done: Done,
+        environment: str | None = None,
+    ) -> None:
         """Validate, number and send a reload to the sandbox root; ``done`` gets the outcome.
 
         A new ``environment`` (changed requirements) re-executes every module of the sandbox.
@@ -186,25 +225,59 @@ class VersionsAdmin:
             info = table.setdefault(module, ModuleVersions())
             new = info.assign(checksums[module]) if module in changed else info.current
             versions[module] = (info.current, new)
-        self.send(self.registry, RecordVersions(sandbox_id, tuple(
-            (module, changed[module][1], checksums[module], versions[module][1]) for module in sorted(changed))))
+        self.send(
+            self.registry,
+            RecordVersions(
+                sandbox_id,
+                tuple(
+                    (module, changed[module][1], checksums[module], versions[module][1]) for module in sorted(changed)
+                ),
+            ),
+        )
         reload_id = f"r{next(_reload_ids)}"
-        self.reloads[reload_id] = _PendingReload(sandbox_id, done, changed, checksums, versions, event, details,
-                                                 probation, time.monotonic() + timeout + 5.0, new_environment)
+        self.reloads[reload_id] = _PendingReload(
+            sandbox_id,
+            done,
+            changed,
+            checksums,
+            versions,
+            event,
+            details,
+            probation,
+            time.monotonic() + timeout + 5.0,
+            new_environment,
+        )
         handler = state_handler.data if state_handler is not None else None
-        self.send(rec.root, m.ReloadSandbox(reload_id, changed, order, versions, handler, timeout,
-                                            new_environment, {name: checksums[name] for name in changed},
-                                            remote_packages(rec.node, new_environment)))
+        self.send(
+            rec.root,
+            m.ReloadSandbox(
+                reload_id,
+                changed,
+                order,
+                versions,
+                handler,
+                timeout,
+                new_environment,
+                {name: checksums[name] for name in changed},
+                remote_packages(rec.node, new_environment),
+            ),
+        )
 
     def _changes(self, sandbox_id: str, artifacts: Any) -> tuple[Any, dict[str, tuple[str, str, bool]], dict[str, str]]:
         rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
         if rec is None:
             raise self.not_found(sandbox_id)
         if rec.status != "running" or rec.root is None:
-            raise HotReloadError(f"sandbox {sandbox_id!r} is {rec.status}; only a running sandbox can be reloaded",
-                                 actor="", cause=rec.status)
-        if not isinstance(artifacts, (list, tuple)) or not artifacts or \
-                not all(isinstance(a, Artifact) for a in artifacts):
+            raise HotReloadError(
+                f"sandbox {sandbox_id!r} is {rec.status}; only a running sandbox can be reloaded",
+                actor="",
+                cause=rec.status,
+            )
+        if (
+            not isinstance(artifacts, (list, tuple))
+            or not artifacts
+            or not all(isinstance(a, Artifact) for a in artifacts)
+        ):
             raise BadRequestError("a reload needs a non-empty list of Artifact values")
         changed, checksums = {}, {}
         for artifact in artifacts:
@@ -233,10 +306,20 @@ class VersionsAdmin:
             for module in sorted(pending.changed):
                 new = pending.versions[module][1]
                 if new != table[module].current:
-                    self.send(self.registry, RecordOutcome(pending.sandbox_id, module, new, False, pending.event,
-                                                           f"{msg.actor}: {msg.cause}"))
-            pending.done(HotReloadError(f"hot reload of {pending.sandbox_id!r} failed in {msg.actor}: {msg.cause}; "
-                                        "the old code and state were kept", actor=msg.actor, cause=msg.cause))
+                    self.send(
+                        self.registry,
+                        RecordOutcome(
+                            pending.sandbox_id, module, new, False, pending.event, f"{msg.actor}: {msg.cause}"
+                        ),
+                    )
+            pending.done(
+                HotReloadError(
+                    f"hot reload of {pending.sandbox_id!r} failed in {msg.actor}: {msg.cause}; "
+                    "the old code and state were kept",
+                    actor=msg.actor,
+                    cause=msg.cause,
+                )
+            )
             return
         if rec is not None and pending.environment is not None:
             rec.request = attrs.evolve(rec.request, environment=pending.environment)  # restarts use it too
@@ -244,8 +327,9 @@ class VersionsAdmin:
         for module in sorted(pending.changed):
             old, new = pending.versions[module]
             table[module].current = new
-            self.send(self.registry, RecordOutcome(pending.sandbox_id, module, new, True, pending.event,
-                                                   pending.details))
+            self.send(
+                self.registry, RecordOutcome(pending.sandbox_id, module, new, True, pending.event, pending.details)
+            )
             if rec is not None:
                 if module in rec.sources:
                     old_sources[module] = rec.sources[module]
@@ -254,12 +338,23 @@ class VersionsAdmin:
         first = sorted(pending.changed or pending.versions)[0]
         old, new = pending.versions[first]
         pending.done(ReloadResult(pending.sandbox_id, first, old, new, list(msg.actors_updated)))
-        self.emit(pending.event, pending.sandbox_id, reason=pending.details, module=first, old_version=old,
-                  new_version=new, actors=list(msg.actors_updated))
+        self.emit(
+            pending.event,
+            pending.sandbox_id,
+            reason=pending.details,
+            module=first,
+            old_version=old,
+            new_version=new,
+            actors=list(msg.actors_updated),
+        )
         if rec is not None and pending.probation > 0 and old_sources:
-            rec.probation = _Probation(time.monotonic() + pending.probation, frozenset(msg.actors_updated),
-                                       dict(rec.crashes), old_sources,
-                                       {module: pending.versions[module][1] for module in pending.changed})
+            rec.probation = _Probation(
+                time.monotonic() + pending.probation,
+                frozenset(msg.actors_updated),
+                dict(rec.crashes),
+                old_sources,
+                {module: pending.versions[module][1] for module in pending.changed},
+            )
 
     def fail_reloads(self, sandbox_id: str, cause: str) -> None:
         """Fail every reload of a sandbox whose root is gone for good (its system was lost)."""
@@ -272,8 +367,11 @@ class VersionsAdmin:
         for reload_id, pending in list(self.reloads.items()):
             if now > pending.deadline:
                 del self.reloads[reload_id]
-                pending.done(HotReloadError(f"hot reload of {pending.sandbox_id!r} got no answer in time",
-                                            actor="root", cause="timeout"))
+                pending.done(
+                    HotReloadError(
+                        f"hot reload of {pending.sandbox_id!r} got no answer in time", actor="root", cause="timeout"
+                    )
+                )
 
     # -- probation ------------------------------------------------------------------------
 
@@ -285,13 +383,16 @@ class VersionsAdmin:
         if time.monotonic() > probation.deadline:
             rec.probation = None
             return
-        crashed = sorted(name for name in probation.actors
-                         if rec.crashes.get(name, 0) > probation.baseline.get(name, 0))
+        crashed = sorted(
+            name for name in probation.actors if rec.crashes.get(name, 0) > probation.baseline.get(name, 0)
+        )
         if not crashed:
             return
         rec.probation = None
-        artifacts = [Artifact(module, path, _checksum(source), source)
-                     for module, (path, source, _) in probation.old_sources.items()]
+        artifacts = [
+            Artifact(module, path, _checksum(source), source)
+            for module, (path, source, _) in probation.old_sources.items()
+        ]
         reason = f"probation: {crashed[0]} crashed after the reload"
 
         def rolled_back(result: Any) -> None:
@@ -299,8 +400,9 @@ class VersionsAdmin:
                 for module, version in probation.new_versions.items():
                     self.send(self.registry, RecordOutcome(sandbox_id, module, version, False, "reloaded", reason))
 
-        self.start_reload(sandbox_id, artifacts, None, self.config.reload_timeout, 0.0, "rolled_back", reason,
-                          rolled_back)
+        self.start_reload(
+            sandbox_id, artifacts, None, self.config.reload_timeout, 0.0, "rolled_back", reason, rolled_back
+        )
 
 
 def _reload_order(sources: dict[str, tuple[str, str, bool]], changed: list[str]) -> list[str]:

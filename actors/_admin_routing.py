@@ -66,17 +66,26 @@ class RoutingAdmin:
     def _lookup(self, sandbox_id: str, rec: Any, name: Any) -> ActorRef:
         entry = rec.directory.get(name) if isinstance(name, str) else None
         if entry is not None and rec.status == "running":
-            return ActorRef(sandbox_id, name, entry[0], entry[1], rec.deaths.get(name, ()), rec.limits.max_mailbox,
-                            rec.principal.kid if rec.principal is not None else b"")
+            return ActorRef(
+                sandbox_id,
+                name,
+                entry[0],
+                entry[1],
+                rec.deaths.get(name, ()),
+                rec.limits.max_mailbox,
+                rec.principal.kid if rec.principal is not None else b"",
+            )
         if rec.status in ("failed", "lost"):
             state = "has failed" if rec.status == "failed" else "is lost"
-            raise ActorNotFoundError(f"sandbox {sandbox_id!r} {state}: {rec.reason}", sandbox_id=sandbox_id,
-                                     name=name)
+            raise ActorNotFoundError(f"sandbox {sandbox_id!r} {state}: {rec.reason}", sandbox_id=sandbox_id, name=name)
         known = any(c.name == name for c in rec.children)
         transient = rec.status in ("starting", "stopping") or known
         raise ActorNotFoundError(
             f"actor {name!r} of sandbox {sandbox_id!r} is {'restarting' if transient else 'unknown'}",
-            sandbox_id=sandbox_id, name=name, stale=transient and rec.action != "destroy")
+            sandbox_id=sandbox_id,
+            name=name,
+            stale=transient and rec.action != "destroy",
+        )
 
     def receiveMsg_LookupActor(self, msg: LookupActor, sender: Any) -> None:  # noqa: N802
         """Where a named actor runs now; with ``wait``, answered once it runs again."""
@@ -102,8 +111,12 @@ class RoutingAdmin:
         try:
             ref = self._lookup(msg.sandbox_id, rec, msg.name)
             if ref.incarnation == msg.not_incarnation:
-                raise ActorNotFoundError(f"actor {msg.name!r} of sandbox {msg.sandbox_id!r} is restarting",
-                                         sandbox_id=msg.sandbox_id, name=msg.name, stale=True)
+                raise ActorNotFoundError(
+                    f"actor {msg.name!r} of sandbox {msg.sandbox_id!r} is restarting",
+                    sandbox_id=msg.sandbox_id,
+                    name=msg.name,
+                    stale=True,
+                )
         except PluginHostError as exc:
             if getattr(exc, "stale", False) and not final:
                 return False
@@ -158,8 +171,9 @@ class RoutingAdmin:
             self.reply(sender, BadRequestError(f"Run.timeout must be positive seconds, got {msg.timeout!r}"), msg.corr)
             return
         if rec.root is None or rec.status not in ("running", "failed") or not isinstance(msg.fn, Blob):
-            self.reply(sender, BadRequestError(f"cannot run in sandbox {msg.sandbox_id!r} now ({rec.status})"),
-                       msg.corr)
+            self.reply(
+                sender, BadRequestError(f"cannot run in sandbox {msg.sandbox_id!r} now ({rec.status})"), msg.corr
+            )
             return
         self.send(rec.root, attrs.evolve(msg, reply_to=msg.reply_to or sender))
 

@@ -59,6 +59,7 @@ _RISKY_STDLIB_EXTENSIONS = frozenset({"_ctypes", "_posixsubprocess", "_xxsubinte
 # They only look at builtin types (never call repr() on plugin objects), so no plugin code
 # and no further audit event can run inside the hook.
 
+
 def _short(value: Any, depth: int = 0) -> str:
     kind = type(value)
     if kind is str:
@@ -100,8 +101,11 @@ def _describe_import(args: tuple[Any, ...]) -> str | None:
     if args[1] is None:
         return None
     name, filename = _short(args[0]), _short(args[1])
-    if (os.path.dirname(os.path.normpath(filename)) in _STDLIB_EXTENSION_DIRS
-            and name not in _RISKY_STDLIB_EXTENSIONS and not name.startswith("_test")):
+    if (
+        os.path.dirname(os.path.normpath(filename)) in _STDLIB_EXTENSION_DIRS
+        and name not in _RISKY_STDLIB_EXTENSIONS
+        and not name.startswith("_test")
+    ):
         return None
     return f"{name} from {filename}"
 
@@ -200,12 +204,13 @@ def _hook(event: str, args: tuple[Any, ...], _active: _Active = _active) -> None
         return
     record = auditor._audit(event, describe, args, _active.actor)
     if record is not None and record.blocked:
-        raise PermissionError(errno.EPERM, f"{event} refused by the restricted profile of sandbox "
-                                           f"{record.sandbox_id!r}: {record.detail}")
+        raise PermissionError(
+            errno.EPERM, f"{event} refused by the restricted profile of sandbox {record.sandbox_id!r}: {record.detail}"
+        )
 
 
 def _truncate(text: str) -> str:
-    return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL - 3] + "..."
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 
 class Auditor:
@@ -225,8 +230,11 @@ class Auditor:
 
     def __init__(self, sandbox_id: str, profile: str, emit: Callable[[AuditRecord], None]) -> None:
         if profile not in PROFILES:
-            raise ConfigError(f"unknown security profile {profile!r}; expected one of {', '.join(PROFILES)}",
-                              field="profile", value=profile)
+            raise ConfigError(
+                f"unknown security profile {profile!r}; expected one of {', '.join(PROFILES)}",
+                field="profile",
+                value=profile,
+            )
         self.sandbox_id = sandbox_id
         """The sandbox the records name."""
         self.profile = profile
@@ -276,8 +284,9 @@ class Auditor:
         finally:
             _local.paused -= 1
 
-    def _audit(self, event: str, describe: Callable[[tuple[Any, ...]], str | None],
-               args: tuple[Any, ...], actor: str) -> AuditRecord | None:
+    def _audit(
+        self, event: str, describe: Callable[[tuple[Any, ...]], str | None], args: tuple[Any, ...], actor: str
+    ) -> AuditRecord | None:
         """Describe and emit one event; the record (or None for a benign one).  Never raises."""
         try:
             detail = describe(args)
@@ -286,8 +295,9 @@ class Auditor:
         if detail is None:
             return None
         try:
-            record = AuditRecord(self.sandbox_id, actor, event, _truncate(detail), time.time(),
-                                 self.profile == "restricted")
+            record = AuditRecord(
+                self.sandbox_id, actor, event, _truncate(detail), time.time(), self.profile == "restricted"
+            )
         except Exception:  # noqa: BLE001 - the hook's own failure must not reach the plugin
             return None
         _local.paused += 1  # what emit does is the runtime's doing, not the plugin's

@@ -64,9 +64,12 @@ class HostActor(ActorTypeDispatcher):
         """Drop a message a sandbox may not send here; one with a ``corr`` is answered ``Failed(AccessDeniedError)``."""
         about = getattr(message, "sandbox_id", None)
         target = f" about sandbox {about!r}" if isinstance(about, str) and about != principal.sandbox_id else ""
-        error = AccessDeniedError(f"sandbox {principal.sandbox_id!r} may not send {type(message).__name__}{target} "
-                                  f"to the {type(self).__name__}: only the host may", request=type(message).__name__,
-                                  sandbox_id=principal.sandbox_id)
+        error = AccessDeniedError(
+            f"sandbox {principal.sandbox_id!r} may not send {type(message).__name__}{target} "
+            f"to the {type(self).__name__}: only the host may",
+            request=type(message).__name__,
+            sandbox_id=principal.sandbox_id,
+        )
         log.warning("refused: %s", error)
         corr = getattr(message, "corr", None)
         if isinstance(corr, str) and not isinstance(message, (Ok, Failed)):  # answering answers would loop
@@ -81,16 +84,25 @@ class HostActor(ActorTypeDispatcher):
             log.exception("%s could not handle a %s", type(self).__name__, type(message).__name__)
             if isinstance(message, Request):
                 target = getattr(message, "reply_to", None) or sender
-                self.send(target, Failed(BadRequestError(
-                    f"{type(self).__name__} could not handle {type(message).__name__}: {describe_exception(exc)}"),
-                    message.corr))
+                self.send(
+                    target,
+                    Failed(
+                        BadRequestError(
+                            f"{type(self).__name__} could not handle {type(message).__name__}: {describe_exception(exc)}"
+                        ),
+                        message.corr,
+                    ),
+                )
             return None
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: Any) -> bool:  # noqa: N802
         """Thespian's placement test: a system fits when it offers every required capability, equal."""
-        return all(capabilities.get(key) == value for key, value in dict(requirements or {}).items()
-                   if key != _wire.KID_REQUIREMENT)
+        return all(
+            capabilities.get(key) == value
+            for key, value in dict(requirements or {}).items()
+            if key != _wire.KID_REQUIREMENT
+        )
 
     @property
     def multiprocess(self) -> bool:
@@ -106,8 +118,13 @@ class HostActor(ActorTypeDispatcher):
         if isinstance(message, (Ok, Failed)):
             log.warning("%s dropped an answer it did not ask for: %.200r", type(self).__name__, message)
         elif isinstance(message, Request) or not _is_thespian_system_message(message):
-            self.send(sender, Failed(BadRequestError(f"{type(self).__name__} does not understand "
-                                                      f"{type(message).__name__} messages"), corr))
+            self.send(
+                sender,
+                Failed(
+                    BadRequestError(f"{type(self).__name__} does not understand {type(message).__name__} messages"),
+                    corr,
+                ),
+            )
 
     def reply(self, target: Any, value: Any, corr: str) -> None:
         """Send ``Ok(value)`` (or ``Failed`` when ``value`` is an error) to ``target``."""

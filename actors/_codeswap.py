@@ -44,8 +44,9 @@ class Staged:
         Exception: whatever the modules' top-level code raised (the old state is restored).
     """
 
-    def __init__(self, sources: dict[str, tuple[str, str, bool]], order: list[str],
-                 environment: str | None = None) -> None:
+    def __init__(
+        self, sources: dict[str, tuple[str, str, bool]], order: list[str], environment: str | None = None
+    ) -> None:
         self._old_path: list[str] | None = None
         self._evicted: dict[str, Any] = {}
         if environment and (not sys.path or sys.path[0] != environment):

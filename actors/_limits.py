@@ -67,7 +67,9 @@ class CpuBudget:
         signal.setitimer(signal.ITIMER_VIRTUAL, max(self.seconds or 0.0, 0.05))
         raise LimitExceededError(
             f"{self.actor}: a callback used more than {self.seconds * 1000:.0f} ms of CPU",  # type: ignore[operator]
-            limit="call_cpu_budget_ms", actor=self.actor)
+            limit="call_cpu_budget_ms",
+            actor=self.actor,
+        )
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:

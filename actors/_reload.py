@@ -68,8 +68,11 @@ class ReloadCoordinator:
         (request, admin, _, since), self.installing = self.installing, None
         left = request.timeout - (time.monotonic() - since)
         if msg.path is None or left <= 0:
-            cause = (f"installing the requirements failed: {msg.error}" if msg.path is None else
-                     f"installing the requirements took longer than the reload's {request.timeout:g} s")
+            cause = (
+                f"installing the requirements failed: {msg.error}"
+                if msg.path is None
+                else f"installing the requirements took longer than the reload's {request.timeout:g} s"
+            )
             self.send(admin, m.SandboxReloaded(request.reload_id, False, actor="root", cause=cause))
             return
         # The install used part of the reload's time: the admin waits for the whole of it, no longer.
@@ -78,8 +81,9 @@ class ReloadCoordinator:
     def installer_exited(self, address: Any) -> None:
         """An environment installer exited; one that never answered died installing: fail its reload."""
         if self.installing is not None and self.installing[2] == address:
-            self.receiveMsg_EnvironmentReady(m.EnvironmentReady(self.installing[0].reload_id, None,
-                                                                "the installer process died"), address)
+            self.receiveMsg_EnvironmentReady(
+                m.EnvironmentReady(self.installing[0].reload_id, None, "the installer process died"), address
+            )
 
     def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:  # noqa: N802
         """Reload code across the sandbox (see the module docstring)."""
@@ -98,17 +102,35 @@ class ReloadCoordinator:
             codeload.verify_checksums(msg.sources, msg.checksums)
             staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
-            self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root",
-                                                cause=f"loading the new code failed: {describe_exception(exc)}"))
+            self.send(
+                sender,
+                m.SandboxReloaded(
+                    msg.reload_id, False, actor="root", cause=f"loading the new code failed: {describe_exception(exc)}"
+                ),
+            )
             return
-        affected = [name for name, info in self.infos.items()
-                    if info.kind == "worker" and info.module in staged.order and name in self.live]
+        affected = [
+            name
+            for name, info in self.infos.items()
+            if info.kind == "worker" and info.module in staged.order and name in self.live
+        ]
         # Always two phases, even for one actor: one that answers too late must still be able
         # to drop the new code (the abort follows its LoadCode, from the same sender).
         self.reload = _Reload(msg, sender, staged, affected, started_ns, set(affected))
         for name in affected:
-            self.send(self.live[name][0], m.LoadCode(msg.reload_id, msg.sources, msg.order, msg.versions,
-                                                     msg.state_handler, True, msg.timeout, msg.environment))
+            self.send(
+                self.live[name][0],
+                m.LoadCode(
+                    msg.reload_id,
+                    msg.sources,
+                    msg.order,
+                    msg.versions,
+                    msg.state_handler,
+                    True,
+                    msg.timeout,
+                    msg.environment,
+                ),
+            )
         if affected:
             self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("reload", msg.reload_id))
         else:
@@ -157,8 +179,10 @@ class ReloadCoordinator:
         """The reload's deadline passed with actors still silent."""
         reload = self.reload
         if reload is not None and reload.request.reload_id == reload_id and reload.waiting:
-            reload.failure = reload.failure or (sorted(reload.waiting)[0],
-                                                f"no answer within {reload.request.timeout} s (busy or hung)")
+            reload.failure = reload.failure or (
+                sorted(reload.waiting)[0],
+                f"no answer within {reload.request.timeout} s (busy or hung)",
+            )
             reload.waiting.clear()
             self._finish_reload()
 
@@ -181,8 +205,19 @@ class ReloadCoordinator:
             if name in prepared:
                 self.send(address, m.CommitCode(request.reload_id))
             else:
-                self.send(address, m.LoadCode(request.reload_id, request.sources, request.order, request.versions,
-                                              None, False, request.timeout, request.environment))
+                self.send(
+                    address,
+                    m.LoadCode(
+                        request.reload_id,
+                        request.sources,
+                        request.order,
+                        request.versions,
+                        None,
+                        False,
+                        request.timeout,
+                        request.environment,
+                    ),
+                )
         self.committed_ns = time.time_ns()
         self.commit_versions({module: new for module, (_, new) in request.versions.items()})
         self.send(reload.admin, m.SandboxReloaded(request.reload_id, True, tuple(sorted(reload.updated))))

@@ -93,7 +93,11 @@ class Supervisor:
             raise InvalidSpecError(f"{where}: strategy must be one of {STRATEGIES}, got {cls.strategy!r}")
         if isinstance(cls.max_restarts, bool) or not isinstance(cls.max_restarts, int) or cls.max_restarts < 0:
             raise InvalidSpecError(f"{where}: max_restarts must be an integer >= 0, got {cls.max_restarts!r}")
-        if isinstance(cls.max_seconds, bool) or not isinstance(cls.max_seconds, (int, float)) or not cls.max_seconds > 0:
+        if (
+            isinstance(cls.max_seconds, bool)
+            or not isinstance(cls.max_seconds, (int, float))
+            or not cls.max_seconds > 0
+        ):
             raise InvalidSpecError(f"{where}: max_seconds must be a positive number, got {cls.max_seconds!r}")
         if not isinstance(cls.children, (list, tuple)):
             raise InvalidSpecError(f"{where}: children must be a list of ChildSpec")

@@ -208,8 +208,13 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         error = super().refuse(message, sender, principal)
         self.denied += 1
         about = getattr(message, "sandbox_id", None)
-        self.emit("denied", principal.sandbox_id or "", reason=str(error), request=type(message).__name__,
-                  target=about if isinstance(about, str) else None)
+        self.emit(
+            "denied",
+            principal.sandbox_id or "",
+            reason=str(error),
+            request=type(message).__name__,
+            target=about if isinstance(about, str) else None,
+        )
         return error
 
     def from_root(self, rec: _Sandbox, sender: Any) -> bool:
@@ -225,14 +230,21 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def receiveMsg_HostBoot(self, msg: m.HostBoot, sender: Any) -> None:  # noqa: N802
         """Claim this system for a host; a second, different claim means it is stale."""
         if self.token is not None and self.token != msg.token:
-            self.send(sender, Failed(HostStartError("this actor system already belongs to another host "
-                                                    f"(pid {self.host[0] if self.host else '?'})")))
+            self.send(
+                sender,
+                Failed(
+                    HostStartError(
+                        f"this actor system already belongs to another host (pid {self.host[0] if self.host else '?'})"
+                    )
+                ),
+            )
             return
         self.token, self.config = msg.token, msg.config
         self.host = (msg.host_pid, msg.host_create_time)
         if self.config.admin_port and self._rejections is None:
             self._rejections = _wire.RejectionTail(
-                str(Path(self.config.state_dir) / "logs" / f"rejected-{self.config.admin_port}.log"))
+                str(Path(self.config.state_dir) / "logs" / f"rejected-{self.config.admin_port}.log")
+            )
         if self.registry is None:
             path = str(Path(self.config.state_dir) / "registry.sqlite3")
             self.reader = VersionStore(path, max_versions=self.config.max_versions)
@@ -261,9 +273,14 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         try:
             # Each duty on its own: one that fails (say, on a malformed rejection log line) must not stop the
             # others, nor the next tick that watches whether the host is alive.
-            for duty in (lambda: self._deadlines(now), lambda: self._retry_parked(now),
-                         lambda: self.reload_deadlines(now), lambda: self.count_deadlines(now),
-                         lambda: self.ping_members(now), self._report_rejections):
+            for duty in (
+                lambda: self._deadlines(now),
+                lambda: self._retry_parked(now),
+                lambda: self.reload_deadlines(now),
+                lambda: self.count_deadlines(now),
+                lambda: self.ping_members(now),
+                self._report_rejections,
+            ):
                 try:
                     duty()
                 except Exception:  # noqa: BLE001
@@ -346,8 +363,11 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def _start_root(self, sandbox_id: str, rec: _Sandbox) -> None:
         rec.principal = _wire.new_sandbox_principal(sandbox_id)
         if rec.node:  # Thespian places it: the pinned node's admin forks it there (and signs for its key)
-            wanted = {**(rec.request.requirements or {}), NODE_CAPABILITY: rec.node,
-                      _wire.KID_REQUIREMENT: rec.principal.kid.hex()}
+            wanted = {
+                **(rec.request.requirements or {}),
+                NODE_CAPABILITY: rec.node,
+                _wire.KID_REQUIREMENT: rec.principal.kid.hex(),
+            }
             rec.root, rec.pid = self.createActor(SandboxActor, targetActorRequirements=wanted), None
         else:
             with _forking(rec.principal):  # the child takes the sandbox's key as it is forked
@@ -360,13 +380,29 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         rec.lost_reason = None
         rec.deadline = time.monotonic() + self.config.start_timeout
         cfg = self.config
-        context = m.SandboxContext(sandbox_id, rec.root, cfg.heartbeat_interval, cfg.hang_timeout,
-                                   cfg.shutdown_timeout, rec.limits,
-                                   rec.request.security_profile or cfg.security_profile)
-        self.send(rec.root, m.StartSandbox(context, rec.request.supervisor, rec.sources, rec.request.args,
-                                           dict(rec.modules), rec.request.environment,
-                                           codeload.wire_checksums(rec.sources),
-                                           remote_packages(rec.node, rec.request.environment), rec.principal.kid))
+        context = m.SandboxContext(
+            sandbox_id,
+            rec.root,
+            cfg.heartbeat_interval,
+            cfg.hang_timeout,
+            cfg.shutdown_timeout,
+            rec.limits,
+            rec.request.security_profile or cfg.security_profile,
+        )
+        self.send(
+            rec.root,
+            m.StartSandbox(
+                context,
+                rec.request.supervisor,
+                rec.sources,
+                rec.request.args,
+                dict(rec.modules),
+                rec.request.environment,
+                codeload.wire_checksums(rec.sources),
+                remote_packages(rec.node, rec.request.environment),
+                rec.principal.kid,
+            ),
+        )
         self._tick()
 
     # -- reports from sandbox roots ------------------------------------------------------
@@ -478,10 +514,15 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             self._when_gone(pids, lambda: self._destroyed(sandbox_id, rec))
         elif rec.status == "starting" and not rec.restarted:
             del self.sandboxes[sandbox_id]  # died while starting: as a failed start, the id is free again
-            self._fire(rec, SandboxStartError(
-                f"sandbox {sandbox_id!r} was lost while starting: {rec.lost_reason}" if rec.lost_reason else
-                "the sandbox root process exited while starting (os._exit or a fatal signal in a module's "
-                "top-level code?)"))
+            self._fire(
+                rec,
+                SandboxStartError(
+                    f"sandbox {sandbox_id!r} was lost while starting: {rec.lost_reason}"
+                    if rec.lost_reason
+                    else "the sandbox root process exited while starting (os._exit or a fatal signal in a module's "
+                    "top-level code?)"
+                ),
+            )
         elif rec.status == "failed":  # gave up already (restart intensity): its root going changes nothing
             rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
         elif rec.node:
@@ -532,8 +573,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def _deadline_passed(self, sandbox_id: str, rec: _Sandbox) -> None:
         rec.deadline = None
         if rec.status == "starting":
-            rec.error = SandboxStartError(f"sandbox {sandbox_id!r} did not start within "
-                                          f"{self.config.start_timeout} s (hung import or init?)")
+            rec.error = SandboxStartError(
+                f"sandbox {sandbox_id!r} did not start within {self.config.start_timeout} s (hung import or init?)"
+            )
             rec.action = "start_failed"
         self._kill_sandbox_group(rec)  # a stop or start past its deadline: ChildActorExited follows
         if rec.node and rec.root is not None and rec.pid is None:
@@ -566,8 +608,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             done(not_found(sandbox_id))
             return
         if rec.status == "starting" and rec.action == "create":
-            self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} was destroyed before it started",
-                                              sandbox_id=sandbox_id))
+            self._fire(
+                rec, SandboxStartError(f"sandbox {sandbox_id!r} was destroyed before it started", sandbox_id=sandbox_id)
+            )
         rec.waiters.append(done)
         if rec.action not in ("destroy", "start_failed"):
             self._stop_root(sandbox_id, rec, "destroy")
@@ -579,8 +622,11 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             self.reply(sender, not_found(msg.sandbox_id), msg.corr)
             return
         if rec.action in ("destroy", "start_failed"):
-            self.reply(sender, SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is being destroyed",
-                                                    sandbox_id=msg.sandbox_id), msg.corr)
+            self.reply(
+                sender,
+                SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is being destroyed", sandbox_id=msg.sandbox_id),
+                msg.corr,
+            )
             return
         rec.waiters.append(self._replier(sender, msg.corr))
         if rec.action != "restart":
@@ -627,6 +673,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
                 left[0] -= 1
                 if left[0] == 0:
                     self.reply(sender, results, corr)
+
             return done
 
         if count == 0:
@@ -640,8 +687,18 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         status = "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
         supervisor = rec.request.supervisor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
-        return SandboxInfo(sandbox_id, status, label, rec.created_at, rec.earlier_restarts + rec.restart_count,
-                           list(rec.children), dict(rec.modules), rec.node or self.node, rec.reason, rec.pid)
+        return SandboxInfo(
+            sandbox_id,
+            status,
+            label,
+            rec.created_at,
+            rec.earlier_restarts + rec.restart_count,
+            list(rec.children),
+            dict(rec.modules),
+            rec.node or self.node,
+            rec.reason,
+            rec.pid,
+        )
 
 
 def _next_incarnation(rec: _Sandbox) -> None:

@@ -89,8 +89,9 @@ class MonitorActor(OrphanWatch, HostActor):
             if _is_root_here(root):
                 self._roots.add(root)
             elif process_alive(root):
-                log.warning("sandbox %s: pid %s is not a sandbox root of this system; not watched", msg.sandbox_id,
-                            root)
+                log.warning(
+                    "sandbox %s: pid %s is not a sandbox root of this system; not watched", msg.sandbox_id, root
+                )
                 del pids["(root)"]
             # a root already gone stays: the next round reports it (RootGone), and kills no group for it
         entry = self.watched.setdefault(msg.sandbox_id, _Watched(pids, msg.limits))
@@ -109,8 +110,7 @@ class MonitorActor(OrphanWatch, HostActor):
         for sandbox_id, entry in self.watched.items():
             root = entry.pids.get("(root)")
             if root in self._roots:
-                log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id,
-                            self._orphan_timeout)
+                log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id, self._orphan_timeout)
                 kill_group(root)
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
@@ -223,11 +223,25 @@ class MonitorActor(OrphanWatch, HostActor):
         actors = []
         for name, pid in sorted((entry.pids if entry else {}).items()):
             figures = self._sample(pid)
-            actors.append(ActorUsage(name, pid, figures.rss if figures else 0, figures.cpu if figures else 0.0,
-                                     msg.messages.get(name, 0), msg.restarts.get(name, 0),
-                                     figures.fds if figures else 0, figures.threads if figures else 0))
-        usage = ResourceUsage(msg.sandbox_id, actors, sum(a.rss_bytes for a in actors),
-                              sum(a.cpu_seconds for a in actors), list(entry.history) if entry else [])
+            actors.append(
+                ActorUsage(
+                    name,
+                    pid,
+                    figures.rss if figures else 0,
+                    figures.cpu if figures else 0.0,
+                    msg.messages.get(name, 0),
+                    msg.restarts.get(name, 0),
+                    figures.fds if figures else 0,
+                    figures.threads if figures else 0,
+                )
+            )
+        usage = ResourceUsage(
+            msg.sandbox_id,
+            actors,
+            sum(a.rss_bytes for a in actors),
+            sum(a.cpu_seconds for a in actors),
+            list(entry.history) if entry else [],
+        )
         self.reply(msg.reply_to, usage, msg.corr)
 
 

@@ -80,8 +80,12 @@ class NodeActor(HostActor):
         """Claim the system, start the watchdog, and wait for the leader's registration."""
         if self.token is not None and self.token != msg.token:
             pid = self.command[0] if self.command else "?"
-            self.send(sender, Failed(HostStartError(f"this actor system already belongs to another node command "
-                                                    f"(pid {pid})"), msg.token))
+            self.send(
+                sender,
+                Failed(
+                    HostStartError(f"this actor system already belongs to another node command (pid {pid})"), msg.token
+                ),
+            )
             return
         self.token, self.command = msg.token, (msg.command_pid, msg.command_create_time)
         self._pending = (msg.token, sender, time.monotonic() + msg.join_timeout)
@@ -91,8 +95,11 @@ class NodeActor(HostActor):
         # (and so after it has recorded) the member's registration.
         self.notifyOnSystemRegistrationChanges(True)
 
-    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate,  # noqa: N802
-                                               sender: Any) -> None:
+    def receiveMsg_ActorSystemConventionUpdate(
+        self,
+        msg: ActorSystemConventionUpdate,  # noqa: N802
+        sender: Any,
+    ) -> None:
         """The leader registered with this system: the node has joined."""
         if msg.remoteAdded:
             self._answer_boot(joined=True)

@@ -80,11 +80,21 @@ class RegistryActor(HostActor):
             try:
                 version, _ = self.store.register(msg.sandbox_id, module, source, checksum)  # type: ignore[union-attr]
                 if version != expected:
-                    log.warning("registry numbered %s/%s as %s, the admin expected %s (another host on this "
-                                "state_dir?)", msg.sandbox_id, module, version, expected)
+                    log.warning(
+                        "registry numbered %s/%s as %s, the admin expected %s (another host on this state_dir?)",
+                        msg.sandbox_id,
+                        module,
+                        version,
+                        expected,
+                    )
                 if msg.event:
-                    self.store.mark_current(msg.sandbox_id, module, version, event=msg.event,  # type: ignore[union-attr]
-                                            details=msg.details)
+                    self.store.mark_current(  # type: ignore[union-attr]
+                        msg.sandbox_id,
+                        module,
+                        version,
+                        event=msg.event,
+                        details=msg.details,
+                    )
             except PluginHostError:
                 log.exception("registry: recording %s/%s failed", msg.sandbox_id, module)
 
@@ -92,11 +102,21 @@ class RegistryActor(HostActor):
         """Mark a version current (with its event) or failed (with the reason)."""
         try:
             if msg.ok:
-                self.store.mark_current(msg.sandbox_id, msg.module, msg.version, event=msg.event,  # type: ignore[union-attr]
-                                        details=msg.details)
+                self.store.mark_current(  # type: ignore[union-attr]
+                    msg.sandbox_id,
+                    msg.module,
+                    msg.version,
+                    event=msg.event,
+                    details=msg.details,
+                )
             else:
-                self.store.mark_failed(msg.sandbox_id, msg.module, msg.version, msg.details,  # type: ignore[union-attr]
-                                       event=msg.event)
+                self.store.mark_failed(  # type: ignore[union-attr]
+                    msg.sandbox_id,
+                    msg.module,
+                    msg.version,
+                    msg.details,
+                    event=msg.event,
+                )
         except PluginHostError:
             log.exception("registry: recording the outcome for %s/%s failed", msg.sandbox_id, msg.module)
 

@@ -145,8 +145,16 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
 
     def _report_start_failure(self, error: PluginHostError) -> None:
         self.phase = "stopped"
-        self.send(self.admin, m.SandboxStatus(self.context.sandbox_id, "start_failed",  # type: ignore[union-attr]
-                                              reason=str(error), pid=os.getpid(), error=error))
+        self.send(
+            self.admin,
+            m.SandboxStatus(
+                self.context.sandbox_id,  # type: ignore[union-attr]
+                "start_failed",
+                reason=str(error),
+                pid=os.getpid(),
+                error=error,
+            ),
+        )
 
     # -- tree state ------------------------------------------------------------------------
 
@@ -171,15 +179,34 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
 
     def _report(self, status: str, error: PluginHostError | None = None) -> None:
         children = tuple(sorted(self.infos.values(), key=lambda info: self.order.get(info.name, 0)))
-        self.send(self.admin, m.SandboxStatus(
-            self.context.sandbox_id, status, reason=self.reason, children=children,  # type: ignore[union-attr]
-            restart_count=self.restart_count, directory=dict(self.live), pid=os.getpid(), error=error,
-            deaths=dict(self.deaths), crashes=dict(self.crashes)))
+        self.send(
+            self.admin,
+            m.SandboxStatus(
+                self.context.sandbox_id,  # type: ignore[union-attr]
+                status,
+                reason=self.reason,
+                children=children,
+                restart_count=self.restart_count,
+                directory=dict(self.live),
+                pid=os.getpid(),
+                error=error,
+                deaths=dict(self.deaths),
+                crashes=dict(self.crashes),
+            ),
+        )
 
     def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:  # noqa: N802
         """A child of the tree (re)started: update the directory and tell everyone."""
-        self.infos[msg.name] = ChildInfo(msg.name, msg.pid, msg.restarts, msg.module, self.modules.get(msg.module),
-                                         "running", msg.supervisor, msg.kind)
+        self.infos[msg.name] = ChildInfo(
+            msg.name,
+            msg.pid,
+            msg.restarts,
+            msg.module,
+            self.modules.get(msg.module),
+            "running",
+            msg.supervisor,
+            msg.kind,
+        )
         self.live[msg.name] = (msg.address, msg.incarnation)
         self.directory[msg.name] = msg.address
         if self.phase != "starting":  # at start-up, everyone gets the whole directory once, at the end
@@ -274,9 +301,17 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             if len(queue) < 1000:
                 queue.append(msg.message)
         elif isinstance(msg.message, Call):
-            self.send(msg.message.reply_to or sender, Failed(ActorNotFoundError(
-                f"no actor {msg.name!r} in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
-                sandbox_id=self.context.sandbox_id, name=msg.name), msg.message.corr))  # type: ignore[union-attr]
+            self.send(
+                msg.message.reply_to or sender,
+                Failed(
+                    ActorNotFoundError(
+                        f"no actor {msg.name!r} in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
+                        sandbox_id=self.context.sandbox_id,  # type: ignore[union-attr]
+                        name=msg.name,
+                    ),
+                    msg.message.corr,
+                ),
+            )
 
     # -- Host.run ----------------------------------------------------------------------------
 
@@ -284,9 +319,16 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
         limit = self.context.limits.max_actors if self.context else None
         if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
-            self.send(msg.reply_to or sender, Failed(LimitExceededError(
-                f"sandbox {self.context.sandbox_id!r} already runs {limit} actors (max_actors)",  # type: ignore[union-attr]
-                limit="max_actors"), msg.corr))
+            self.send(
+                msg.reply_to or sender,
+                Failed(
+                    LimitExceededError(
+                        f"sandbox {self.context.sandbox_id!r} already runs {limit} actors (max_actors)",  # type: ignore[union-attr]
+                        limit="max_actors",
+                    ),
+                    msg.corr,
+                ),
+            )
             return
         runner = self.createActor(RunnerActor)
         process = self.child_process()
@@ -332,8 +374,16 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         for runner in [r for r in self._runners if r[0] == address]:
             self._runners.remove(runner)
             run = runner[2]
-            self.send(run.reply_to, Failed(PluginError("run: the process died before answering (os._exit, a "
-                                                       "signal or a limit)", type_name="ProcessDied"), run.corr))
+            self.send(
+                run.reply_to,
+                Failed(
+                    PluginError(
+                        "run: the process died before answering (os._exit, a signal or a limit)",
+                        type_name="ProcessDied",
+                    ),
+                    run.corr,
+                ),
+            )
 
 
 def _tree_names(spec: type[Supervisor]) -> list[str]:
@@ -348,12 +398,14 @@ def _tree_names(spec: type[Supervisor]) -> list[str]:
 def _check_max_actors(spec: type[Supervisor], limit: int | None) -> None:
     count = len(_tree_names(spec))
     if limit is not None and count > limit:
-        raise SandboxStartError(f"the supervision tree has {count} actors; max_actors is {limit}",
-                                limit="max_actors")
+        raise SandboxStartError(f"the supervision tree has {count} actors; max_actors is {limit}", limit="max_actors")
 
 
-_LIMIT_MARKERS = (("MemoryError", "max_memory_mb"), ("SIGXCPU", "max_cpu_seconds"),
-                  ("LimitExceededError", "call_cpu_budget_ms"))
+_LIMIT_MARKERS = (
+    ("MemoryError", "max_memory_mb"),
+    ("SIGXCPU", "max_cpu_seconds"),
+    ("LimitExceededError", "call_cpu_budget_ms"),
+)
 
 
 def _breached_limit(reason: str) -> str | None:

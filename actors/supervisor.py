@@ -130,8 +130,16 @@ class SupervisorActor(SandboxMember):
         child.process = self.child_process()
         child.pid = getattr(child.process, "pid", None)
         child.status, child.last_heard = "starting", time.monotonic()
-        self.send(child.address, m.StartChild(self.context, child.spec.name, child.incarnation,  # type: ignore[arg-type]
-                                              child.blob, dict(self.directory)))
+        self.send(
+            child.address,
+            m.StartChild(
+                self.context,  # type: ignore[arg-type]
+                child.spec.name,
+                child.incarnation,
+                child.blob,
+                dict(self.directory),
+            ),
+        )
 
     def _find(self, name: str, incarnation: int) -> _Child | None:
         for child in self.children:
@@ -145,9 +153,18 @@ class SupervisorActor(SandboxMember):
         if child is None or child.status != "starting":
             return
         child.status, child.last_heard = "running", time.monotonic()
-        self.to_root(m.ChildUp(
-            child.spec.name, child.incarnation, child.address, child.pid, self.actor_name,
-            "supervisor" if child.spec.is_supervisor else "worker", child.spec.plugin.__module__, child.restarts))
+        self.to_root(
+            m.ChildUp(
+                child.spec.name,
+                child.incarnation,
+                child.address,
+                child.pid,
+                self.actor_name,
+                "supervisor" if child.spec.is_supervisor else "worker",
+                child.spec.plugin.__module__,
+                child.restarts,
+            )
+        )
         self._check_started()
 
     def _check_started(self) -> None:
@@ -231,8 +248,11 @@ class SupervisorActor(SandboxMember):
             child.status = "failed"
             self._report_down(child, "failed", reason, restarting=False)
             first_line = reason.strip().splitlines()[0] if reason.strip() else reason
-            self._shut_down_all("failing", f"reached max restart intensity ({self.spec.max_restarts} restarts "
-                                           f"in {self.spec.max_seconds} s); last: {child.spec.name}: {first_line}")
+            self._shut_down_all(
+                "failing",
+                f"reached max restart intensity ({self.spec.max_restarts} restarts "
+                f"in {self.spec.max_seconds} s); last: {child.spec.name}: {first_line}",
+            )
             return
         self._restart_group(child, reason)
 
@@ -245,8 +265,9 @@ class SupervisorActor(SandboxMember):
 
     def _restart_group(self, crashed: _Child, reason: str) -> None:
         index = self.children.index(crashed)
-        group = {"one_for_one": [crashed], "one_for_all": list(self.children),
-                 "rest_for_one": self.children[index:]}[self.spec.strategy]
+        group = {"one_for_one": [crashed], "one_for_all": list(self.children), "rest_for_one": self.children[index:]}[
+            self.spec.strategy
+        ]
         crashed.status = "restarting"
         down = self._down(crashed, "crashed", reason, restarting=True)
         for child in group:
@@ -369,8 +390,10 @@ class SupervisorActor(SandboxMember):
 
     def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
         """Supervisors run no plugin code: a call to one is a caller's mistake."""
-        self.send(msg.reply_to or sender, Failed(BadRequestError(
-            f"{msg.name!r} is a supervisor; supervisors do not handle calls"), msg.corr))
+        self.send(
+            msg.reply_to or sender,
+            Failed(BadRequestError(f"{msg.name!r} is a supervisor; supervisors do not handle calls"), msg.corr),
+        )
 
     def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:  # noqa: N802
         """A reload committed: children this supervisor restarts from now on run the new code."""
@@ -380,4 +403,3 @@ class SupervisorActor(SandboxMember):
             self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False, describe_exception(exc)))
             return
         self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, True))
-

@@ -141,8 +141,16 @@ class WorkerActor(SandboxMember):
         try:
             payload = pack(reply)
         except Exception as exc:  # noqa: BLE001 - an unserialisable reply is the caller's error only
-            self.send(reply_to, Failed(PluginError(f"{self.actor_name}: reply cannot be serialised: "
-                                                   f"{describe_exception(exc)}", actor=self.actor_name), msg.corr))
+            self.send(
+                reply_to,
+                Failed(
+                    PluginError(
+                        f"{self.actor_name}: reply cannot be serialised: {describe_exception(exc)}",
+                        actor=self.actor_name,
+                    ),
+                    msg.corr,
+                ),
+            )
         else:
             self.send(reply_to, Ok(payload, msg.corr))
         self._after_callback()
@@ -203,8 +211,9 @@ class WorkerActor(SandboxMember):
 
     def _not_me(self, name: str) -> ActorNotFoundError:
         sandbox = self.context.sandbox_id if self.context else ""
-        return ActorNotFoundError(f"actor {name!r} is not running here (restarting or moved)",
-                                  sandbox_id=sandbox, name=name, stale=True)
+        return ActorNotFoundError(
+            f"actor {name!r} is not running here (restarting or moved)", sandbox_id=sandbox, name=name, stale=True
+        )
 
     def _run_callback(self, hook: str, message: Any) -> None:
         if self.plugin is None or self.dead:
@@ -258,8 +267,12 @@ class WorkerActor(SandboxMember):
         try:
             staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
-            self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False,
-                                           f"loading the new code failed: {describe_exception(exc)}"))
+            self.send(
+                sender,
+                m.CodeLoaded(
+                    msg.reload_id, self.actor_name, False, f"loading the new code failed: {describe_exception(exc)}"
+                ),
+            )
             return
         swap = None
         if self.plugin is not None and not self.dead and self.module in staged.order:
@@ -267,8 +280,12 @@ class WorkerActor(SandboxMember):
                 swap = self._migrate(msg)
             except Exception as exc:  # noqa: BLE001 - the sandbox boundary
                 staged.abort()
-                self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False,
-                                               f"code_change failed: {describe_exception(exc)}"))
+                self.send(
+                    sender,
+                    m.CodeLoaded(
+                        msg.reload_id, self.actor_name, False, f"code_change failed: {describe_exception(exc)}"
+                    ),
+                )
                 return
         if msg.prepare:
             self._prepared = (msg.reload_id, staged, swap)
@@ -328,12 +345,21 @@ class WorkerActor(SandboxMember):
         if limit is not None:
             queued = _queued_transmits(self)
             if queued >= limit:
-                self.send(self.context.root, m.TreeEvent(  # type: ignore[union-attr]
-                    self.context.sandbox_id, "limit_breached", self.actor_name,  # type: ignore[union-attr]
-                    f"max_mailbox: {queued} messages queued", {"limit": "max_mailbox", "value": queued,
-                                                               "maximum": limit}))
-                raise OverloadedError(f"{self.actor_name} -> {name}: {queued} messages already queued "
-                                      f"(max_mailbox {limit})", name=name, limit="max_mailbox")
+                self.send(
+                    self.context.root,  # type: ignore[union-attr]
+                    m.TreeEvent(
+                        self.context.sandbox_id,  # type: ignore[union-attr]
+                        "limit_breached",
+                        self.actor_name,
+                        f"max_mailbox: {queued} messages queued",
+                        {"limit": "max_mailbox", "value": queued, "maximum": limit},
+                    ),
+                )
+                raise OverloadedError(
+                    f"{self.actor_name} -> {name}: {queued} messages already queued (max_mailbox {limit})",
+                    name=name,
+                    limit="max_mailbox",
+                )
         cast = Cast(sandbox_id=self.context.sandbox_id, name=name, message=pack(message))  # type: ignore[union-attr]
         address = self.directory.get(name)
         if address is None:
@@ -350,12 +376,14 @@ class WorkerActor(SandboxMember):
         from ._sibling import blocking_call, endpoint_address
 
         if not self.multiprocess:
-            raise ActorNotFoundError("Plugin.call between actors needs a multiprocess base (not simpleSystemBase)",
-                                     name=name)
+            raise ActorNotFoundError(
+                "Plugin.call between actors needs a multiprocess base (not simpleSystemBase)", name=name
+            )
         context = self.context
         assert context is not None
-        call = Call(sandbox_id=context.sandbox_id, name=name, request=pack(request),
-                    corr=f"{os.getpid()}-{next(self._calls)}")
+        call = Call(
+            sandbox_id=context.sandbox_id, name=name, request=pack(request), corr=f"{os.getpid()}-{next(self._calls)}"
+        )
         with Auditor.paused():  # the runtime's own sockets, not the plugin's
             address = self.directory.get(name)
             message: Any = call
@@ -364,8 +392,11 @@ class WorkerActor(SandboxMember):
                 message = m.Route(name, attrs.evolve(call, reply_to=endpoint_address(self)))
             reply = blocking_call(self, address, message, timeout, call.corr)
         if reply is None:
-            raise CallTimeoutError(f"{self.actor_name} -> {name}: no reply within {timeout} s",
-                                   sandbox_id=self.context.sandbox_id, name=name)  # type: ignore[union-attr]
+            raise CallTimeoutError(
+                f"{self.actor_name} -> {name}: no reply within {timeout} s",
+                sandbox_id=self.context.sandbox_id,  # type: ignore[union-attr]
+                name=name,
+            )
         if isinstance(reply, Failed):
             raise reply.error
         return unblob(reply.value)

@@ -20,8 +20,18 @@ from typing import Any
 
 from thespian.actors import Actor, ActorExitRequest, ChildActorExited
 
-__all__ = ["Echo", "RawParent", "RemoteEcho", "Sender", "Sink", "PLUGIN_SOURCES", "VARIANTS", "counter_source",
-           "fleet_sources", "many_modules"]
+__all__ = [
+    "Echo",
+    "RawParent",
+    "RemoteEcho",
+    "Sender",
+    "Sink",
+    "PLUGIN_SOURCES",
+    "VARIANTS",
+    "counter_source",
+    "fleet_sources",
+    "many_modules",
+]
 
 
 class Echo(Actor):
@@ -269,10 +279,14 @@ def many_modules(count: int) -> dict[str, str]:
     """A plugin of ``count`` modules, each importing the one before it (file name to source)."""
     files = {"mod000.py": "def value():\n    return 0\n"}
     for i in range(1, count - 1):
-        files[f"mod{i:03d}.py"] = (f'"""Module {i} of the compile bench."""\nimport mod{i - 1:03d}\n\n\n'
-                                   f"def value():\n    return mod{i - 1:03d}.value() + 1\n\n\n"
-                                   f"TABLE = {{n: n * {i} for n in range(20)}}\n")
-    files["plugin.py"] = (f"from actors import Plugin\nimport mod{count - 2:03d}\n\n\nclass Top(Plugin):\n"
-                          f"    def handle_call(self, request, state):\n"
-                          f"        return mod{count - 2:03d}.value(), state\n")
+        files[f"mod{i:03d}.py"] = (
+            f'"""Module {i} of the compile bench."""\nimport mod{i - 1:03d}\n\n\n'
+            f"def value():\n    return mod{i - 1:03d}.value() + 1\n\n\n"
+            f"TABLE = {{n: n * {i} for n in range(20)}}\n"
+        )
+    files["plugin.py"] = (
+        f"from actors import Plugin\nimport mod{count - 2:03d}\n\n\nclass Top(Plugin):\n"
+        f"    def handle_call(self, request, state):\n"
+        f"        return mod{count - 2:03d}.value(), state\n"
+    )
     return files

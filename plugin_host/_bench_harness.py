@@ -64,13 +64,26 @@ class Row:
         ratio = None
         if self.raw:
             raw_median = statistics.median(self.raw)
-            raw = {"label": self.raw_label, "n": len(self.raw), "median": raw_median,
-                   "p99": _p99(self.raw, self.higher_is_better)}
+            raw = {
+                "label": self.raw_label,
+                "n": len(self.raw),
+                "median": raw_median,
+                "p99": _p99(self.raw, self.higher_is_better),
+            }
             ratio = None if median is None or not raw_median else median / raw_median
-        return {"name": self.name, "label": self.label, "unit": self.unit, "median": median,
-                "p99": _p99(self.samples, self.higher_is_better) if self.samples else None,
-                "n": len(self.samples) if self.count is None else self.count, "raw": raw, "ratio": ratio,
-                "higher_is_better": self.higher_is_better, "comparable": self.comparable, "note": self.note}
+        return {
+            "name": self.name,
+            "label": self.label,
+            "unit": self.unit,
+            "median": median,
+            "p99": _p99(self.samples, self.higher_is_better) if self.samples else None,
+            "n": len(self.samples) if self.count is None else self.count,
+            "raw": raw,
+            "ratio": ratio,
+            "higher_is_better": self.higher_is_better,
+            "comparable": self.comparable,
+            "note": self.note,
+        }
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -90,8 +103,14 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.live = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False)
+            self.live = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                auto_refresh=False,
+            )
             self.live.start()
             self.overall = self.live.add_task("bench", total=sections)
             self.task = self.live.add_task("", total=1)
@@ -137,8 +156,12 @@ class _Raw:
         saved = {k: os.environ.get(k) for k in ("THESPLOG_FILE", "THESPIAN_BASE_IPADDR")}
         os.environ.update(THESPLOG_FILE=str(folder / "raw-thespian.log"), THESPIAN_BASE_IPADDR="127.0.0.1")
         try:
-            self.system = ActorSystem("multiprocTCPBase", {"Admin Port": free_port("127.0.0.1")},
-                                      logDefs=log_defs(str(folder / "raw-actors.log")), transientUnique=True)
+            self.system = ActorSystem(
+                "multiprocTCPBase",
+                {"Admin Port": free_port("127.0.0.1")},
+                logDefs=log_defs(str(folder / "raw-actors.log")),
+                transientUnique=True,
+            )
         finally:
             for key, value in saved.items():
                 os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
@@ -203,8 +226,9 @@ class _Bench:
         return self.repeat(count, lambda: _ms(fn), warmup)
 
     @contextmanager
-    def sandbox(self, sandbox_id: str, supervisor: str, host: Host | None = None,
-                folder: Path | None = None) -> Iterator[str]:
+    def sandbox(
+        self, sandbox_id: str, supervisor: str, host: Host | None = None, folder: Path | None = None
+    ) -> Iterator[str]:
         """A sandbox (of the bench folder unless ``folder``) for the duration of a section."""
         host = host or self.host
         host.create_sandbox(sandbox_id, supervisor, sandbox_path=folder or self.folder)
@@ -228,8 +252,9 @@ def _ms(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def _wait(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
-          what: str = "condition not met") -> Any:
+def _wait(
+    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition not met"
+) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:
@@ -251,8 +276,9 @@ def _expect(value: Any, expected: Any) -> Any:
     return value
 
 
-def _pair(b: _Bench, count: int, host_fn: Callable[[], float], raw_fn: Callable[[], float],
-          warmup: int = 2) -> tuple[list[float], list[float]]:
+def _pair(
+    b: _Bench, count: int, host_fn: Callable[[], float], raw_fn: Callable[[], float], warmup: int = 2
+) -> tuple[list[float], list[float]]:
     """Alternate host and raw samples, so drifting machine load hits both sides alike."""
     both = b.repeat(count, lambda: (host_fn(), raw_fn()), warmup)
     return [h for h, _ in both], [r for _, r in both]
@@ -263,4 +289,3 @@ def _write(folder: Path, files: Mapping[str, str]) -> Path:
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
     return folder
-

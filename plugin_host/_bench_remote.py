@@ -56,13 +56,25 @@ class _Node:
     def __init__(self, folder: Path, leader_port: int, capabilities: Mapping[str, str], cookie: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.out = folder / "node.out"
-        command = [sys.executable, "-m", "plugin_host", "node", "--leader", f"127.0.0.1:{leader_port}",
-                   "--state-dir", str(folder / "state"), "--cookie-file", str(cookie), "--json"]
+        command = [
+            sys.executable,
+            "-m",
+            "plugin_host",
+            "node",
+            "--leader",
+            f"127.0.0.1:{leader_port}",
+            "--state-dir",
+            str(folder / "state"),
+            "--cookie-file",
+            str(cookie),
+            "--json",
+        ]
         for key, value in capabilities.items():
             command += ["--capability", f"{key}={value}"]
         with open(self.out, "wb") as sink:
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.info: dict[str, Any] = {}
         self.system: psutil.Process | None = None
         self.tree: list[psutil.Process] | None = None
@@ -79,10 +91,12 @@ class _Node:
 
     def ready(self, timeout: float = 40.0) -> dict[str, Any]:
         """Wait for the node's JSON startup line (it has joined the leader) and return it."""
+
         def line() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
-                raise _BenchError(f"plugin-host node exited {self.proc.returncode}: "
-                                  f"{self.out.read_text(errors='replace')[-2000:]}")
+                raise _BenchError(
+                    f"plugin-host node exited {self.proc.returncode}: {self.out.read_text(errors='replace')[-2000:]}"
+                )
             return self._startup_line()
 
         self.info = _wait(line, timeout, interval=0.05, what="plugin-host node printed no startup line")
@@ -168,9 +182,16 @@ class _RawConvention:
         from ._system import free_port
 
         port = free_port("127.0.0.1")
-        spec = {"port": port, "bind": "127.0.0.1", "sys_path": list(sys.path), "capabilities": dict(capabilities),
-                "leader": leader, "log": str(self.folder / f"raw-{name}-actors.log"), "state_dir": str(self.folder),
-                "thesplog": str(self.folder / f"raw-{name}-thespian.log")}
+        spec = {
+            "port": port,
+            "bind": "127.0.0.1",
+            "sys_path": list(sys.path),
+            "capabilities": dict(capabilities),
+            "leader": leader,
+            "log": str(self.folder / f"raw-{name}-actors.log"),
+            "state_dir": str(self.folder),
+            "thesplog": str(self.folder / f"raw-{name}-thespian.log"),
+        }
         out = self.folder / f"raw-{name}-launcher.out"
         code, command = _launcher.start(spec, None, out, 30.0, new_session=True)  # raw: no frame authentication
         if code is None:

@@ -19,8 +19,7 @@ import attrs
 import psutil
 
 from . import _bench_actors as acts
-from ._bench_harness import (Row, _Bench, _BenchError, _expect, _gone, _ms, _pair, _Raw, _wait,
-                             _write)
+from ._bench_harness import Row, _Bench, _BenchError, _expect, _gone, _ms, _pair, _Raw, _wait, _write
 from ._bench_remote import _Node, _RawConvention
 from .errors import PluginError
 
@@ -34,8 +33,13 @@ MIB = 1024 * 1024
 def _call(b: _Bench) -> list[Row]:
     echo = b.raw.create(acts.Echo)
     with b.sandbox("bench-call", "roots:Trio") as sid:
-        host, raw = _pair(b, b.n(500, 100), lambda: _ms(lambda: _expect(b.host.call(sid, "a", "ping"), "ping")),
-                          lambda: _ms(lambda: _expect(b.raw.ask(echo, "ping"), "ping")), warmup=50)
+        host, raw = _pair(
+            b,
+            b.n(500, 100),
+            lambda: _ms(lambda: _expect(b.host.call(sid, "a", "ping"), "ping")),
+            lambda: _ms(lambda: _expect(b.raw.ask(echo, "ping"), "ping")),
+            warmup=50,
+        )
     return [Row("call", "call round trip: Host.call", "ms", host, raw, "ask to a bare actor")]
 
 
@@ -67,8 +71,16 @@ def _auth(b: _Bench) -> list[Row]:
         return (time.perf_counter() - start) / rounds * 1e6
 
     host, raw = _pair(b, b.n(50, 10), authenticated, plain)
-    return [Row("auth", f"one frame authenticated: seal + check + restricted decode ({rounds} per sample)", "µs",
-                host, raw, "pickle dumps + loads, unauthenticated")]
+    return [
+        Row(
+            "auth",
+            f"one frame authenticated: seal + check + restricted decode ({rounds} per sample)",
+            "µs",
+            host,
+            raw,
+            "pickle dumps + loads, unauthenticated",
+        )
+    ]
 
 
 _REMOTE = {"bench": "remote"}
@@ -105,18 +117,33 @@ def _remote(b: _Bench) -> list[Row]:
         if not raw.member_runs(raw.ask(echo, "pid")):
             raise _BenchError("raw Thespian: the echo actor did not land on the member system")
         name = node.ready()["node"]
-        _wait(lambda: any(n.name == name and n.status == "up" for n in b.host.nodes()), timeout=30,
-              what=f"the host did not list the member {name} as up")
+        _wait(
+            lambda: any(n.name == name and n.status == "up" for n in b.host.nodes()),
+            timeout=30,
+            what=f"the host did not list the member {name} as up",
+        )
         info = b.host.create_sandbox("bench-remote", "roots:Trio", sandbox_path=b.folder, requirements=_REMOTE)
         stack.callback(b.host.destroy_sandbox, "bench-remote")
         if info.node != name or not any(p.pid == info.pid for p in node.processes()):
             raise _BenchError(f"the sandbox did not land on the member {name} (it is on {info.node})")
         host, raw_samples = _pair(
-            b, b.n(500, 100), lambda: _ms(lambda: _expect(b.host.call("bench-remote", "a", "ping"), "ping")),
-            lambda: _ms(lambda: _expect(raw.ask(echo, "ping"), "ping")), warmup=50)
-    return [Row("remote", "call round trip to a sandbox on another actor system: Host.call", "ms", host, raw_samples,
-                "ask to a bare actor placed on a member (targetActorRequirements)",
-                note="a convention of two systems on loopback; no anchored target")]
+            b,
+            b.n(500, 100),
+            lambda: _ms(lambda: _expect(b.host.call("bench-remote", "a", "ping"), "ping")),
+            lambda: _ms(lambda: _expect(raw.ask(echo, "ping"), "ping")),
+            warmup=50,
+        )
+    return [
+        Row(
+            "remote",
+            "call round trip to a sandbox on another actor system: Host.call",
+            "ms",
+            host,
+            raw_samples,
+            "ask to a bare actor placed on a member (targetActorRequirements)",
+            note="a convention of two systems on loopback; no anchored target",
+        )
+    ]
 
 
 THREADS = (1, 4, 16)
@@ -165,15 +192,29 @@ def _threads(b: _Bench) -> list[Row]:
 
     rows = []
     with b.sandbox("bench-threads", "roots:Trio") as sid:
+
         def host_session() -> ContextManager[Callable[[], Any]]:
             return nullcontext(lambda: _expect(b.host.call(sid, "a", "ping"), "ping"))
 
         for threads in THREADS:
-            host, raw = _pair(b, b.n(8, 3), functools.partial(_threaded_rate, threads, calls, host_session),
-                              functools.partial(_threaded_rate, threads, calls, raw_session), warmup=1)
-            rows.append(Row(f"threads_{threads}", f"call throughput from {threads} calling thread(s), "
-                            f"{calls} calls in all", "msg/s", host, raw,
-                            "asks from as many threads, a private context each", higher_is_better=True))
+            host, raw = _pair(
+                b,
+                b.n(8, 3),
+                functools.partial(_threaded_rate, threads, calls, host_session),
+                functools.partial(_threaded_rate, threads, calls, raw_session),
+                warmup=1,
+            )
+            rows.append(
+                Row(
+                    f"threads_{threads}",
+                    f"call throughput from {threads} calling thread(s), {calls} calls in all",
+                    "msg/s",
+                    host,
+                    raw,
+                    "asks from as many threads, a private context each",
+                    higher_is_better=True,
+                )
+            )
     return rows
 
 
@@ -191,19 +232,33 @@ def _cast(b: _Bench) -> list[Row]:
         return burst / (time.perf_counter() - start)
 
     with b.sandbox("bench-cast", "roots:Trio") as sid:
-        host, raw = _pair(b, b.n(10, 3), lambda: batch("host", lambda: b.host.cast(sid, "b", "tick"),
-                                                       lambda: b.host.call(sid, "b", "ticks")),
-                          lambda: batch("raw", lambda: b.raw.tell(echo, "tick"), lambda: b.raw.ask(echo, "ticks")),
-                          warmup=1)
-    return [Row("cast", f"cast throughput host → actor ({burst} casts, then a call)", "msg/s", host, raw,
-                "tell, then an ask", higher_is_better=True)]
+        host, raw = _pair(
+            b,
+            b.n(10, 3),
+            lambda: batch("host", lambda: b.host.cast(sid, "b", "tick"), lambda: b.host.call(sid, "b", "ticks")),
+            lambda: batch("raw", lambda: b.raw.tell(echo, "tick"), lambda: b.raw.ask(echo, "ticks")),
+            warmup=1,
+        )
+    return [
+        Row(
+            "cast",
+            f"cast throughput host → actor ({burst} casts, then a call)",
+            "msg/s",
+            host,
+            raw,
+            "tell, then an ask",
+            higher_is_better=True,
+        )
+    ]
 
 
-def _burst_rate(burst: int, reset: Callable[[], Any], trigger: Callable[[], Any],
-                stats: Callable[[], tuple[int, float, float]]) -> float:
+def _burst_rate(
+    burst: int, reset: Callable[[], Any], trigger: Callable[[], Any], stats: Callable[[], tuple[int, float, float]]
+) -> float:
     """Messages per second as the receiver saw them: from the burst's start to its last arrival."""
     reset()
     trigger()
+
     def done() -> tuple[int, float, float] | None:
         seen = stats()
         return seen if seen[0] >= burst else None
@@ -219,14 +274,34 @@ def _sibling(b: _Bench) -> list[Row]:
     with b.sandbox("bench-sibling", "roots:Pair") as sid:
         call, ask = b.host.call, b.raw.ask
         host, raw = _pair(
-            b, b.n(10, 3),
-            lambda: _burst_rate(burst, lambda: call(sid, "sink", "reset"),
-                                lambda: call(sid, "sender", ("burst", burst, "sink")),
-                                lambda: call(sid, "sink", "stats")),
-            lambda: _burst_rate(burst, lambda: ask(sink, "reset"), lambda: ask(sender, ("burst", burst, sink)),
-                                lambda: ask(sink, "stats")), warmup=1)
-    return [Row("sibling", f"sibling → sibling throughput (self.cast, {burst}-message bursts)", "msg/s", host, raw,
-                "actor → actor sends", higher_is_better=True, note="measured by the receiver")]
+            b,
+            b.n(10, 3),
+            lambda: _burst_rate(
+                burst,
+                lambda: call(sid, "sink", "reset"),
+                lambda: call(sid, "sender", ("burst", burst, "sink")),
+                lambda: call(sid, "sink", "stats"),
+            ),
+            lambda: _burst_rate(
+                burst,
+                lambda: ask(sink, "reset"),
+                lambda: ask(sender, ("burst", burst, sink)),
+                lambda: ask(sink, "stats"),
+            ),
+            warmup=1,
+        )
+    return [
+        Row(
+            "sibling",
+            f"sibling → sibling throughput (self.cast, {burst}-message bursts)",
+            "msg/s",
+            host,
+            raw,
+            "actor → actor sends",
+            higher_is_better=True,
+            note="measured by the receiver",
+        )
+    ]
 
 
 def _sandbox(b: _Bench) -> list[Row]:
@@ -254,10 +329,24 @@ def _sandbox(b: _Bench) -> list[Row]:
 
     both = b.repeat(b.n(20, 5), lambda: (host_once(), raw_once()))
     raw_label = "a parent creates 3 children, all answered (4 createActor)"
-    return [Row("sandbox_create", "create a sandbox (root + 3 workers, all running)", "ms", [h[0] for h, _ in both],
-                [r[0] for _, r in both], raw_label),
-            Row("sandbox_destroy", "destroy it (until every process is gone)", "ms", [h[1] for h, _ in both],
-                [r[1] for _, r in both], "ActorExitRequest to the parent")]
+    return [
+        Row(
+            "sandbox_create",
+            "create a sandbox (root + 3 workers, all running)",
+            "ms",
+            [h[0] for h, _ in both],
+            [r[0] for _, r in both],
+            raw_label,
+        ),
+        Row(
+            "sandbox_destroy",
+            "destroy it (until every process is gone)",
+            "ms",
+            [h[1] for h, _ in both],
+            [r[1] for _, r in both],
+            "ActorExitRequest to the parent",
+        ),
+    ]
 
 
 def _crash_once(host: Host, sid: str, request: str | None) -> float:
@@ -288,8 +377,12 @@ def _raw_crash_once(raw: _Raw, parent: Any) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-_CRASHES = (("exception", "raise", "an exception in handle_call"), ("exit", "exit", "os._exit(3)"),
-            ("sigkill", None, "SIGKILL from outside"), ("segfault", "segfault", "a segfault (ctypes)"))
+_CRASHES = (
+    ("exception", "raise", "an exception in handle_call"),
+    ("exit", "exit", "os._exit(3)"),
+    ("sigkill", None, "SIGKILL from outside"),
+    ("segfault", "segfault", "a segfault (ctypes)"),
+)
 
 
 def _crash(b: _Bench) -> list[Row]:
@@ -299,8 +392,15 @@ def _crash(b: _Bench) -> list[Row]:
     with b.sandbox("bench-crash", "roots:One") as sid:
         for kind, request, what in _CRASHES:
             samples = b.repeat(count, functools.partial(_crash_once, b.host, sid, request))
-            rows.append(Row(f"crash_{kind}", f"crash → restarted actor answers: {what}", "ms", samples,
-                            note="from the crashing request (or the kill) to the new process's reply"))
+            rows.append(
+                Row(
+                    f"crash_{kind}",
+                    f"crash → restarted actor answers: {what}",
+                    "ms",
+                    samples,
+                    note="from the crashing request (or the kill) to the new process's reply",
+                )
+            )
     parent = b.raw.create(acts.RawParent)
     b.raw.ask(parent, ("start", 1))
     rows[2].raw = b.repeat(count, lambda: _raw_crash_once(b.raw, parent))
@@ -312,18 +412,27 @@ def _crash(b: _Bench) -> list[Row]:
 def _hang(b: _Bench) -> list[Row]:
     from .host import Host
 
-    config = attrs.evolve(b.host.config, state_dir=str(b.work / "state-hang"), heartbeat_interval=0.1,
-                          hang_timeout=0.5)
+    config = attrs.evolve(b.host.config, state_dir=str(b.work / "state-hang"), heartbeat_interval=0.1, hang_timeout=0.5)
     with Host(config) as host, b.sandbox("bench-hang", "roots:One", host) as sid:
         samples = b.repeat(b.n(8, 2), lambda: _crash_once(host, sid, "hang"), warmup=1)
-    return [Row("hang", "hang → detected, killed, answering again", "ms", samples,
-                note="heartbeat_interval=0.1 s, hang_timeout=0.5 s; raw Thespian never detects a hang")]
+    return [
+        Row(
+            "hang",
+            "hang → detected, killed, answering again",
+            "ms",
+            samples,
+            note="heartbeat_interval=0.1 s, hang_timeout=0.5 s; raw Thespian never detects a hang",
+        )
+    ]
 
 
 def _reload(b: _Bench) -> list[Row]:
     rows = []
-    for name, size, count in (("reload_1", 1, b.n(30, 10)), ("reload_10", 10, b.n(20, 5)),
-                              ("reload_100", b.n(100, 20), b.n(10, 4))):
+    for name, size, count in (
+        ("reload_1", 1, b.n(30, 10)),
+        ("reload_10", 10, b.n(20, 5)),
+        ("reload_100", b.n(100, 20), b.n(10, 4)),
+    ):
         turn = iter(range(1_000_000))
         folder, code = b.fleet(size)
         with b.sandbox(f"bench-{name}", "root:Root", folder=folder) as sid:
@@ -331,8 +440,16 @@ def _reload(b: _Bench) -> list[Row]:
             samples = b.timed(count, lambda: _updated(b.host.hot_reload(sid, code[(next(turn) + 1) % 2]), size))
             _expect(b.host.call(sid, "c0", "inc"), before + 1)  # state kept across every reload
         note = "quick mode: 20 actors (full mode: 100)" if size == 20 else "variants a/b alternate; state kept"
-        rows.append(Row(name, f"hot reload of a compiled artifact, {size} actor(s)", "ms", samples,
-                        comparable=size != 20, note=note))
+        rows.append(
+            Row(
+                name,
+                f"hot reload of a compiled artifact, {size} actor(s)",
+                "ms",
+                samples,
+                comparable=size != 20,
+                note=note,
+            )
+        )
     return rows
 
 
@@ -345,10 +462,21 @@ def _updated(result: Any, size: int) -> Any:
 def _reload_source(b: _Bench) -> list[Row]:
     serial, source = iter(range(1_000_000)), acts.counter_source("a")
     with b.sandbox("bench-source", "root:Root", folder=b.fleet(1)[0]) as sid:
-        samples = b.timed(b.n(20, 5), lambda: _updated(b.host.hot_reload_source(
-            sid, f"{source}\n# bench variant {next(serial)}\n", module="counter"), 1))
-    return [Row("reload_source", "hot_reload_source end to end (compile + validate + reload)", "ms", samples,
-                note="the source differs each time (a comment), so the compile cache never hits")]
+        samples = b.timed(
+            b.n(20, 5),
+            lambda: _updated(
+                b.host.hot_reload_source(sid, f"{source}\n# bench variant {next(serial)}\n", module="counter"), 1
+            ),
+        )
+    return [
+        Row(
+            "reload_source",
+            "hot_reload_source end to end (compile + validate + reload)",
+            "ms",
+            samples,
+            note="the source differs each time (a comment), so the compile cache never hits",
+        )
+    ]
 
 
 def _rollback(b: _Bench) -> list[Row]:
@@ -374,15 +502,18 @@ def _compile(b: _Bench) -> list[Row]:
 
     def cold() -> None:
         cache = b.work / f"cold-cache-{next(serial)}"  # empty: nothing of this folder is cached
-        info = compiler.compile_sandbox(folder, timeout=config.compile_timeout,
-                                        security_profile=config.security_profile, cache_dir=cache)
+        info = compiler.compile_sandbox(
+            folder, timeout=config.compile_timeout, security_profile=config.security_profile, cache_dir=cache
+        )
         _expect((len(info.artifacts), info.cached), (50, False))
 
     cold_samples = b.timed(b.n(5, 2), cold, warmup=1)
     b.host.compile_sandbox(folder)  # fills the host's cache
     cached = b.timed(b.n(20, 5), lambda: _expect(b.host.compile_sandbox(folder).cached, True), warmup=0)
-    return [Row("compile_cold", "compile a 50-module plugin, cold (empty cache)", "ms", cold_samples),
-            Row("compile_cached", "compile the same plugin again (cache hit)", "ms", cached)]
+    return [
+        Row("compile_cold", "compile a 50-module plugin, cold (empty cache)", "ms", cold_samples),
+        Row("compile_cached", "compile the same plugin again (cache hit)", "ms", cached),
+    ]
 
 
 def _memory_of(pids: Sequence[int]) -> tuple[list[float], list[float]]:
@@ -417,14 +548,32 @@ def _memory(b: _Bench) -> list[Row]:
         b.progress.tick()
     for address in echoes:
         b.raw.tell(address, ActorExitRequest())
-    each, tree, raw_each, raw_tree = "one plugin actor (worker)", "a sandbox: root + 3 workers", "a bare actor", \
-        "a parent + 3 children"
-    return [Row("memory_actor_uss", f"private memory (USS) of {each}", "MiB", uss, raw_uss, raw_each),
-            Row("memory_actor_pss", f"proportional memory (PSS) of {each}", "MiB", pss, raw_pss, raw_each),
-            Row("memory_sandbox_uss", f"USS of {tree}", "MiB", [sum(t[0]) for t in trees],
-                [sum(t[0]) for t in raw_trees], raw_tree),
-            Row("memory_sandbox_pss", f"PSS of {tree}", "MiB", [sum(t[1]) for t in trees],
-                [sum(t[1]) for t in raw_trees], raw_tree)]
+    each, tree, raw_each, raw_tree = (
+        "one plugin actor (worker)",
+        "a sandbox: root + 3 workers",
+        "a bare actor",
+        "a parent + 3 children",
+    )
+    return [
+        Row("memory_actor_uss", f"private memory (USS) of {each}", "MiB", uss, raw_uss, raw_each),
+        Row("memory_actor_pss", f"proportional memory (PSS) of {each}", "MiB", pss, raw_pss, raw_each),
+        Row(
+            "memory_sandbox_uss",
+            f"USS of {tree}",
+            "MiB",
+            [sum(t[0]) for t in trees],
+            [sum(t[0]) for t in raw_trees],
+            raw_tree,
+        ),
+        Row(
+            "memory_sandbox_pss",
+            f"PSS of {tree}",
+            "MiB",
+            [sum(t[1]) for t in trees],
+            [sum(t[1]) for t in raw_trees],
+            raw_tree,
+        ),
+    ]
 
 
 def _lost(b: _Bench) -> list[Row]:
@@ -455,6 +604,13 @@ def _lost(b: _Bench) -> list[Row]:
         final = b.host.call(sid, "c0", "inc")
     sequence = [*replies, final]
     bad = len(errors) + sum(1 for before, now in zip([0, *sequence], sequence) if now != before + 1)
-    return [Row("lost", f"messages lost or reordered across {reloads} reloads under a call load", "msgs",
-                [float(bad)], count=len(sequence),
-                note=f"{len(replies)} sequential calls from a thread during {reloads} reloads; replies must be 1..n")]
+    return [
+        Row(
+            "lost",
+            f"messages lost or reordered across {reloads} reloads under a call load",
+            "msgs",
+            [float(bad)],
+            count=len(sequence),
+            note=f"{len(replies)} sequential calls from a thread during {reloads} reloads; replies must be 1..n",
+        )
+    ]

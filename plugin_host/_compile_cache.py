@@ -32,8 +32,15 @@ _CACHE_LIMIT = 512
 
 def _settings(job: _Job) -> list[object]:
     o = job.options
-    return [_CACHE_FORMAT, sys.version, sys.executable, o.profile, o.validate, sorted(o.plugin_classes),
-            list(o.import_paths)]
+    return [
+        _CACHE_FORMAT,
+        sys.version,
+        sys.executable,
+        o.profile,
+        o.validate,
+        sorted(o.plugin_classes),
+        list(o.import_paths),
+    ]
 
 
 def cache_key(job: _Job) -> str:

@@ -50,8 +50,7 @@ _STOP_SECONDS = 2.0
 MAX_MESSAGE = 65536
 """Bytes of one control message between the host and its warm worker (paths and small events)."""
 _SERVE_BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from plugin_host._compile_worker import serve; serve(sys.argv[1:])"
+    "import sys; sys.path.insert(0, sys.argv[1]); from plugin_host._compile_worker import serve; serve(sys.argv[1:])"
 )
 
 
@@ -177,7 +176,9 @@ class _Worker:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-P", "-c", _SERVE_BOOTSTRAP, ROOT, str(theirs.fileno()), label],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 pass_fds=[theirs.fileno()],
                 cwd="/",  # pins no folder of the host's
                 start_new_session=True,  # no terminal: Ctrl-C in the host's shell is not for it

@@ -37,7 +37,7 @@ _WAIT = 15.0  # seconds to wait for a restart or a failure before giving up
 # Samples are not package data: an installed copy may lack them, so the demo carries
 # minimal copies of the two it needs and writes them to a temporary folder.
 _FALLBACK = {
-    "counter/counter.py": '''
+    "counter/counter.py": """
 import os
 from actors import Plugin
 
@@ -51,15 +51,15 @@ class Counter(Plugin):
         elif request == "pid":
             return os.getpid(), state
         return state["count"], state
-''',
-    "counter/root.py": '''
+""",
+    "counter/root.py": """
 from actors import ChildSpec, Supervisor
 from counter import Counter
 
 class Root(Supervisor):
     children = [ChildSpec("counter", Counter, args={"start": 0})]
-''',
-    "crashy/crashy.py": '''
+""",
+    "crashy/crashy.py": """
 import ctypes, os
 from actors import Plugin
 
@@ -70,8 +70,8 @@ class Crashy(Plugin):
         if request == "segfault":
             ctypes.string_at(0)
         return {"ping": "pong", "pid": os.getpid()}[request], state
-''',
-    "crashy/root.py": '''
+""",
+    "crashy/root.py": """
 from actors import ChildSpec, Supervisor
 from counter import Counter
 from crashy import Crashy
@@ -85,12 +85,12 @@ class Root(Supervisor):
 
 class Fragile(Root):
     max_restarts = 1
-''',
+""",
 }
 _FALLBACK["crashy/counter.py"] = _FALLBACK["counter/counter.py"]
 
 # The counter's next versions, written over a copy of its folder (samples/ is never touched).
-_COUNTER_NEXT = '''
+_COUNTER_NEXT = """
 from actors import Plugin
 
 class Counter(Plugin):
@@ -108,13 +108,15 @@ class Counter(Plugin):
 
     def code_change(self, old_state, old_vsn, new_vsn):
         CODE_CHANGE
-'''
+"""
 # Version 2 counts by ten; its code_change migrates version 1's state ({"count": n}).
 _COUNTER_V2 = _COUNTER_NEXT.replace("VSN", "2").replace(
-    "CODE_CHANGE", 'return {**old_state, "step": 10, "migrated": f"from version {old_vsn} to {new_vsn}"}')
+    "CODE_CHANGE", 'return {**old_state, "step": 10, "migrated": f"from version {old_vsn} to {new_vsn}"}'
+)
 # Version 3 cannot migrate: its code_change raises, so the reload must change nothing.
 _COUNTER_V3 = _COUNTER_NEXT.replace("VSN", "3").replace(
-    "CODE_CHANGE", 'raise ValueError("version 3 cannot migrate this state")')
+    "CODE_CHANGE", 'raise ValueError("version 3 cannot migrate this state")'
+)
 
 
 @contextlib.contextmanager
@@ -156,8 +158,13 @@ def scratch_state_dir(config: HostConfig | None = None, prefix: str = "demo-") -
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_demo(host: Host, samples: Path, console: Console, table: Callable[[list[SandboxInfo]], Any],
-             history: Callable[[VersionHistory], Any]) -> None:
+def run_demo(
+    host: Host,
+    samples: Path,
+    console: Console,
+    table: Callable[[list[SandboxInfo]], Any],
+    history: Callable[[VersionHistory], Any],
+) -> None:
     """Run the tour on ``host``; ``table`` and ``history`` render infos and version histories for ``console``.
 
     Raises:
@@ -167,8 +174,9 @@ def run_demo(host: Host, samples: Path, console: Console, table: Callable[[list[
     _counter(host, samples, console)
     _crash_and_restart(host, samples, console)
     with tempfile.TemporaryDirectory(prefix="plugin-host-demo-") as tmp:
-        folder = Path(shutil.copytree(samples / "counter", Path(tmp) / "counter",
-                                      ignore=shutil.ignore_patterns("__pycache__")))
+        folder = Path(
+            shutil.copytree(samples / "counter", Path(tmp) / "counter", ignore=shutil.ignore_patterns("__pycache__"))
+        )
         _reload_keeping_state(host, folder, console, history)
         _failed_reload(host, folder, console, history)
         _memory_bomb(host, Path(tmp) / "bomb", console)
@@ -205,26 +213,37 @@ def _crash_and_restart(host: Host, samples: Path, console: Console) -> None:
         try:
             host.call("crashy", "crashy", how)
         except PluginHostError as exc:
-            _say(console, f"call('crashy', 'crashy', {how!r}) -> [red]{type(exc).__name__}[/]: "
-                          f"{escape(str(exc).splitlines()[0])}")
+            _say(
+                console,
+                f"call('crashy', 'crashy', {how!r}) -> [red]{type(exc).__name__}[/]: "
+                f"{escape(str(exc).splitlines()[0])}",
+            )
         _wait_for(lambda: _restarted(host, "crashy", "crashy", before.restarts), "a restart")
         pid = host.call("crashy", "crashy", "pid")
-        _say(console, f"restarted by its supervisor: {host.call('crashy', 'crashy', 'ping')!r} "
-                      f"from pid {pid} (was {before.pid})")
-    _say(console, f"its sibling 'steady' never noticed: still pid {host.call('crashy', 'steady', 'pid')} "
-                  f"(was {steady})")
+        _say(
+            console,
+            f"restarted by its supervisor: {host.call('crashy', 'crashy', 'ping')!r} from pid {pid} (was {before.pid})",
+        )
+    _say(
+        console, f"its sibling 'steady' never noticed: still pid {host.call('crashy', 'steady', 'pid')} (was {steady})"
+    )
 
 
-def _reload_keeping_state(host: Host, folder: Path, console: Console,
-                          history: Callable[[VersionHistory], Any]) -> None:
+def _reload_keeping_state(host: Host, folder: Path, console: Console, history: Callable[[VersionHistory], Any]) -> None:
     _step(console, "Hot-reload 'counter' with a version that counts by 10: its actor keeps running, and its count")
     before = host.call("counter", "counter", "get")
     (folder / "counter.py").write_text(_COUNTER_V2.lstrip())
     result = host.hot_reload("counter", host.compile_sandbox(folder))
-    _say(console, f"hot_reload -> version {result.old_version} -> {result.new_version}, "
-                  f"actors updated: {escape(str(result.actors_updated))}")
-    _say(console, f"call('counter', 'counter', 'inc') -> {host.call('counter', 'counter', 'inc')} (was {before}); "
-                  f"code_change migrated its state {host.call('counter', 'counter', 'migrated')}")
+    _say(
+        console,
+        f"hot_reload -> version {result.old_version} -> {result.new_version}, "
+        f"actors updated: {escape(str(result.actors_updated))}",
+    )
+    _say(
+        console,
+        f"call('counter', 'counter', 'inc') -> {host.call('counter', 'counter', 'inc')} (was {before}); "
+        f"code_change migrated its state {host.call('counter', 'counter', 'migrated')}",
+    )
     console.print(history(host.get_version_history("counter", "counter")))
 
 
@@ -237,20 +256,26 @@ def _failed_reload(host: Host, folder: Path, console: Console, history: Callable
         _say(console, f"hot_reload -> [red]HotReloadError[/]: {escape(str(exc).splitlines()[0])}")
     else:
         raise HotReloadError("demo: a raising code_change was accepted", actor="counter", cause="no error")
-    _say(console, f"still version {host.get_module_version('counter', 'counter')}, still counting by 10: "
-                  f"inc -> {host.call('counter', 'counter', 'inc')}")
+    _say(
+        console,
+        f"still version {host.get_module_version('counter', 'counter')}, still counting by 10: "
+        f"inc -> {host.call('counter', 'counter', 'inc')}",
+    )
     console.print(history(host.get_version_history("counter", "counter")))
 
 
 def _rollback(host: Host, console: Console, history: Callable[[VersionHistory], Any]) -> None:
     _step(console, "Roll 'counter' back to version 1: counting by one again, from the same count")
     result = host.rollback_module("counter", "counter", 1)
-    _say(console, f"rollback_module('counter', 'counter', 1) -> version {result.old_version} -> "
-                  f"{result.new_version}; inc -> {host.call('counter', 'counter', 'inc')}")
+    _say(
+        console,
+        f"rollback_module('counter', 'counter', 1) -> version {result.old_version} -> "
+        f"{result.new_version}; inc -> {host.call('counter', 'counter', 'inc')}",
+    )
     console.print(history(host.get_version_history("counter", "counter")))
 
 
-_BOMB = '''
+_BOMB = """
 from actors import ChildSpec, Plugin, Supervisor
 
 
@@ -266,7 +291,7 @@ class Bomb(Plugin):
 class Root(Supervisor):
     max_restarts, max_seconds = 1, 60
     children = [ChildSpec("bomb", Bomb)]
-'''
+"""
 
 
 def _memory_bomb(host: Host, folder: Path, console: Console) -> None:
@@ -281,17 +306,23 @@ def _memory_bomb(host: Host, folder: Path, console: Console) -> None:
         try:
             held = host.call("bomb", "bomb", "more")
         except PluginError as exc:
-            _say(console, f"holding {held} MiB, one more call -> [red]{exc.type_name}[/]: the actor crashed; "
-                          "its supervisor restarts it")
+            _say(
+                console,
+                f"holding {held} MiB, one more call -> [red]{exc.type_name}[/]: the actor crashed; "
+                "its supervisor restarts it",
+            )
             held = 0
         except ActorNotFoundError:
             break
     unsubscribe()
     seen = [events.get_nowait() for _ in range(events.qsize())]
     breaches = sum(1 for event in seen if event.kind == "limit_breached")
-    _say(console, f"{breaches} limit_breached events; 'bomb' is [red]{host.get_sandbox_info('bomb').status}[/] "
-                  f"(past its restart intensity); the host is fine, 'counter' counts: "
-                  f"{host.call('counter', 'counter', 'inc')}")
+    _say(
+        console,
+        f"{breaches} limit_breached events; 'bomb' is [red]{host.get_sandbox_info('bomb').status}[/] "
+        f"(past its restart intensity); the host is fine, 'counter' counts: "
+        f"{host.call('counter', 'counter', 'inc')}",
+    )
 
 
 def _fail_past_intensity(host: Host, samples: Path, console: Console) -> None:
@@ -301,11 +332,17 @@ def _fail_past_intensity(host: Host, samples: Path, console: Console) -> None:
         before = _child(host, "fragile", "crashy")
         with contextlib.suppress(PluginHostError):
             host.call("fragile", "crashy", "raise")
-        _wait_for(lambda: _restarted(host, "fragile", "crashy", before.restarts)
-                  or host.get_sandbox_info("fragile").status == "failed", "a restart or a failure")
+        _wait_for(
+            lambda: (
+                _restarted(host, "fragile", "crashy", before.restarts)
+                or host.get_sandbox_info("fragile").status == "failed"
+            ),
+            "a restart or a failure",
+        )
     status = host.get_sandbox_info("fragile").status
-    _say(console, f"'fragile' is now [red]{status}[/]; 'counter' still counts: "
-                  f"{host.call('counter', 'counter', 'inc')}")
+    _say(
+        console, f"'fragile' is now [red]{status}[/]; 'counter' still counts: {host.call('counter', 'counter', 'inc')}"
+    )
 
 
 def _child(host: Host, sandbox_id: str, name: str) -> ChildInfo:

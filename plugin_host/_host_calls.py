@@ -78,8 +78,12 @@ class CallMethods:
             return ref
         wait = max(0.0, deadline - time.monotonic())
         lookup = LookupActor(sandbox_id=sandbox_id, name=name, wait=wait, not_incarnation=gone)
-        ref = cast(ActorRef, self._request(lookup, wait + _ADMIN_SLACK,
-                            lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time")))
+        ref = cast(
+            ActorRef,
+            self._request(
+                lookup, wait + _ADMIN_SLACK, lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time")
+            ),
+        )
         self._refs[key] = ref
         return ref
 
@@ -90,8 +94,11 @@ class CallMethods:
 
     def _still_running(self, ref: ActorRef) -> bool:
         try:
-            now = self._request(LookupActor(sandbox_id=ref.sandbox_id, name=ref.name), self.config.call_timeout,
-                                self._admin_timeout("a lookup"))
+            now = self._request(
+                LookupActor(sandbox_id=ref.sandbox_id, name=ref.name),
+                self.config.call_timeout,
+                self._admin_timeout("a lookup"),
+            )
         except PluginHostError:
             return False
         return bool(now.incarnation == ref.incarnation)
@@ -105,12 +112,18 @@ class CallMethods:
         try:
             fresh = self._resolve(dead.sandbox_id, dead.name, deadline)
         except PluginHostError as exc:
-            raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering "
-                              f"({exc})", actor=dead.name, type_name="ProcessDied") from None
+            raise PluginError(
+                f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering ({exc})",
+                actor=dead.name,
+                type_name="ProcessDied",
+            ) from None
         last_calls = dict(fresh.deaths)
         if last_calls.get(dead.incarnation, corr) == corr:  # running our call, or unknown: assume it ran
-            raise PluginError(f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering",
-                              actor=dead.name, type_name="ProcessDied")
+            raise PluginError(
+                f"{dead.sandbox_id}/{dead.name}: the actor's process died before answering",
+                actor=dead.name,
+                type_name="ProcessDied",
+            )
 
     def _await(self, pending: Any, ref: ActorRef, deadline: float) -> Any:
         """Wait for a call's reply, checking now and then that its actor still runs."""
@@ -136,10 +149,14 @@ class CallMethods:
         with self._waiting_lock:
             waiting = self._waiting.get(key, 0)
             if ref.max_mailbox is not None and waiting >= ref.max_mailbox:
-                self._system.tell(self._admin, m.HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting,
-                                                            ref.max_mailbox))
-                raise OverloadedError(f"{ref.sandbox_id}/{ref.name} already has {waiting} calls waiting "
-                                      f"(max_mailbox {ref.max_mailbox})", sandbox_id=ref.sandbox_id, name=ref.name)
+                self._system.tell(
+                    self._admin, m.HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting, ref.max_mailbox)
+                )
+                raise OverloadedError(
+                    f"{ref.sandbox_id}/{ref.name} already has {waiting} calls waiting (max_mailbox {ref.max_mailbox})",
+                    sandbox_id=ref.sandbox_id,
+                    name=ref.name,
+                )
             self._waiting[key] = waiting + 1
         try:
             yield
@@ -169,8 +186,13 @@ class CallMethods:
         payload = pack(request)
         while True:
             ref = self._resolve(sandbox_id, name, deadline)
-            call = Call(sandbox_id=sandbox_id, name=name, request=payload, incarnation=ref.incarnation,
-                        corr=self._system.new_corr())
+            call = Call(
+                sandbox_id=sandbox_id,
+                name=name,
+                request=payload,
+                incarnation=ref.incarnation,
+                corr=self._system.new_corr(),
+            )
             with self._mailbox_slot(ref):
                 pending = self._system.send(ref.address, call, sandbox_id, _principal(ref))
                 try:
@@ -181,8 +203,9 @@ class CallMethods:
                 self._mark_gone(ref)  # never handled: safe to send again to the next incarnation
                 continue
             if reply is None:
-                raise CallTimeoutError(f"{sandbox_id}/{name}: no reply within {timeout} s",
-                                       sandbox_id=sandbox_id, name=name)
+                raise CallTimeoutError(
+                    f"{sandbox_id}/{name}: no reply within {timeout} s", sandbox_id=sandbox_id, name=name
+                )
             if isinstance(reply, Failed):
                 if isinstance(reply.error, PluginError):
                     self._mark_gone(ref)  # the actor crashed on it and is restarting
@@ -196,9 +219,12 @@ class CallMethods:
             PluginError: it is not plain data and the host takes plain data only (nothing of it was loaded).
         """
         if isinstance(value, Blob) and self.config.plugin_values == "plain":
-            raise PluginError(f"{who} returned a value that is not plain data (builtin scalars and containers), "
-                              "and this host takes plain data only from plugins (plugin_values='plain')",
-                              type_name="NotPlainData", actor=who)
+            raise PluginError(
+                f"{who} returned a value that is not plain data (builtin scalars and containers), "
+                "and this host takes plain data only from plugins (plugin_values='plain')",
+                type_name="NotPlainData",
+                actor=who,
+            )
         return unblob(value)
 
     def cast(self, sandbox_id: str, name: str, message: Any) -> None:
@@ -222,8 +248,13 @@ class CallMethods:
                 raise
             ref = None  # restarting: the admin queues it for the next incarnation
         if ref is not None:
-            cast = Cast(sandbox_id=sandbox_id, name=name, message=payload, incarnation=ref.incarnation,
-                        corr=self._system.new_corr())
+            cast = Cast(
+                sandbox_id=sandbox_id,
+                name=name,
+                message=payload,
+                incarnation=ref.incarnation,
+                corr=self._system.new_corr(),
+            )
             pending = self._system.send(ref.address, cast, sandbox_id, _principal(ref))
             try:
                 sent = pending.wait_sent(_CAST_SEND)
@@ -244,6 +275,9 @@ class CallMethods:
         """
         timeout = self.config.call_timeout if timeout is None else timeout
         request = Run(sandbox_id=sandbox_id, fn=Blob.dump(fn), timeout=timeout)
-        value = self._request(request, timeout + _ADMIN_SLACK,
-                              lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s"))
+        value = self._request(
+            request,
+            timeout + _ADMIN_SLACK,
+            lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s"),
+        )
         return self._from_plugin(value, f"run in {sandbox_id!r}")

@@ -76,8 +76,14 @@ class ReloadMethods:
         except Exception:  # noqa: BLE001 - Host.close shuts the actor system down after this, whatever happens
             pass
 
-    def compile_sandbox(self, path: str | os.PathLike[str], *, timeout: float | None = None, validate: bool = True,
-                        security_profile: str | None = None) -> CompileInfo:
+    def compile_sandbox(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        validate: bool = True,
+        security_profile: str | None = None,
+    ) -> CompileInfo:
         """Compile a sandbox folder in a separate process (see :func:`plugin_host.compiler.compile_sandbox`).
 
         Raises:
@@ -86,21 +92,35 @@ class ReloadMethods:
             SecurityViolationError: the ``restricted`` profile found something.
         """
         environment = self.prepare_dependencies(path) if validate else None
-        return compiler.compile_sandbox(path, timeout=timeout or self.config.compile_timeout, validate=validate,
-                                        security_profile=security_profile or self.config.security_profile,
-                                        cache_dir=self._cache_dir(),
-                                        import_paths=() if environment is None else (str(environment),),
-                                        pool=self._compile_pool())
+        return compiler.compile_sandbox(
+            path,
+            timeout=timeout or self.config.compile_timeout,
+            validate=validate,
+            security_profile=security_profile or self.config.security_profile,
+            cache_dir=self._cache_dir(),
+            import_paths=() if environment is None else (str(environment),),
+            pool=self._compile_pool(),
+        )
 
     def compile_file(self, path: str | os.PathLike[str], timeout: float | None = None) -> CompileInfo:
         """Compile one module file (its folder's modules importable) in a separate process."""
-        return compiler.compile_file(path, timeout=timeout or self.config.compile_timeout,
-                                     security_profile=self.config.security_profile, cache_dir=self._cache_dir(),
-                                     pool=self._compile_pool())
+        return compiler.compile_file(
+            path,
+            timeout=timeout or self.config.compile_timeout,
+            security_profile=self.config.security_profile,
+            cache_dir=self._cache_dir(),
+            pool=self._compile_pool(),
+        )
 
-    def hot_reload(self, sandbox_id: str, code: Artifact | CompileInfo | Iterable[Artifact], *,
-                   state_handler: Callable[[Any, Any, Any], Any] | None = None, timeout: float | None = None,
-                   probation: float | None = None) -> ReloadResult:
+    def hot_reload(
+        self,
+        sandbox_id: str,
+        code: Artifact | CompileInfo | Iterable[Artifact],
+        *,
+        state_handler: Callable[[Any, Any, Any], Any] | None = None,
+        timeout: float | None = None,
+        probation: float | None = None,
+    ) -> ReloadResult:
         """Swap new code into every actor of the sandbox that runs it, keeping their state.
 
         Each affected actor builds the new behaviour and calls its
@@ -127,11 +147,22 @@ class ReloadMethods:
             SandboxNotFoundError: no such sandbox.
         """
         timeout = timeout or self.config.reload_timeout
-        request = HotReload(sandbox_id=sandbox_id, artifacts=_artifacts(code), timeout=timeout, probation=probation,
-                            state_handler=None if state_handler is None else Blob.dump(state_handler),
-                            environment=self._environment_for(sandbox_id))
-        return cast(ReloadResult, self._request(request, timeout + _SLACK, lambda: HotReloadError(
-            f"no answer reloading {sandbox_id!r}", actor="", cause="timeout")))
+        request = HotReload(
+            sandbox_id=sandbox_id,
+            artifacts=_artifacts(code),
+            timeout=timeout,
+            probation=probation,
+            state_handler=None if state_handler is None else Blob.dump(state_handler),
+            environment=self._environment_for(sandbox_id),
+        )
+        return cast(
+            ReloadResult,
+            self._request(
+                request,
+                timeout + _SLACK,
+                lambda: HotReloadError(f"no answer reloading {sandbox_id!r}", actor="", cause="timeout"),
+            ),
+        )
 
     def _environment_for(self, sandbox_id: str) -> str | None:
         """The sandbox's requirements as its folder declares them now, installed first (outside it)."""
@@ -141,9 +172,16 @@ class ReloadMethods:
         environment = self.prepare_dependencies(folder)
         return None if environment is None else str(environment)
 
-    def hot_reload_source(self, sandbox_id: str, source: str, module: str, *,
-                          state_handler: Callable[[Any, Any, Any], Any] | None = None,
-                          timeout: float | None = None, probation: float | None = None) -> ReloadResult:
+    def hot_reload_source(
+        self,
+        sandbox_id: str,
+        source: str,
+        module: str,
+        *,
+        state_handler: Callable[[Any, Any, Any], Any] | None = None,
+        timeout: float | None = None,
+        probation: float | None = None,
+    ) -> ReloadResult:
         """Compile ``source`` as the new version of ``module`` (validated against the sandbox's
         other modules, in a separate process) and hot-reload it (``state_handler``, ``timeout`` and
         ``probation`` as for :meth:`hot_reload`).
@@ -152,28 +190,41 @@ class ReloadMethods:
             CompilationError: it does not compile or import.
             HotReloadError: as :meth:`hot_reload`.
         """
-        wire = self._request(m.GetSandboxCode(sandbox_id=sandbox_id), self.config.call_timeout,
-                             lambda: HotReloadError("no answer from the admin", actor="", cause="timeout"))
+        wire = self._request(
+            m.GetSandboxCode(sandbox_id=sandbox_id),
+            self.config.call_timeout,
+            lambda: HotReloadError("no answer from the admin", actor="", cause="timeout"),
+        )
         table = CodeTable.from_wire(wire)
         environment = self._environment_for(sandbox_id)
-        info = compiler.compile_source(module, source, sandbox_sources=table,
-                                       timeout=self.config.compile_timeout,
-                                       security_profile=self.config.security_profile, cache_dir=self._cache_dir(),
-                                       pool=self._compile_pool(),
-                                       import_paths=() if environment is None else (environment,))
+        info = compiler.compile_source(
+            module,
+            source,
+            sandbox_sources=table,
+            timeout=self.config.compile_timeout,
+            security_profile=self.config.security_profile,
+            cache_dir=self._cache_dir(),
+            pool=self._compile_pool(),
+            import_paths=() if environment is None else (environment,),
+        )
         return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout, probation=probation)
 
-    def batch_hot_reload(self, sandbox_ids: Iterable[str],
-                         code: Artifact | CompileInfo | Iterable[Artifact]) -> list[ReloadResult | PluginHostError]:
+    def batch_hot_reload(
+        self, sandbox_ids: Iterable[str], code: Artifact | CompileInfo | Iterable[Artifact]
+    ) -> list[ReloadResult | PluginHostError]:
         """Reload the same code into many sandboxes; one item per id: its result or its error."""
         timeout = self.config.reload_timeout
         request = BatchHotReload(sandbox_ids=list(sandbox_ids), artifacts=_artifacts(code), timeout=timeout)
-        replies = self._request(request, timeout + _SLACK, lambda: HotReloadError(
-            "no answer to a batch reload", actor="", cause="timeout"))
-        return [cast(PluginHostError, r.error) if isinstance(r, Failed) else cast(ReloadResult, r.value) for r in replies]
+        replies = self._request(
+            request, timeout + _SLACK, lambda: HotReloadError("no answer to a batch reload", actor="", cause="timeout")
+        )
+        return [
+            cast(PluginHostError, r.error) if isinstance(r, Failed) else cast(ReloadResult, r.value) for r in replies
+        ]
 
-    def rollback_module(self, sandbox_id: str, module: str, version: int, *,
-                        timeout: float | None = None) -> ReloadResult:
+    def rollback_module(
+        self, sandbox_id: str, module: str, version: int, *, timeout: float | None = None
+    ) -> ReloadResult:
         """Hot-reload the stored code of ``version`` (``code_change(state, current, version)``).
 
         Raises:
@@ -181,9 +232,14 @@ class ReloadMethods:
             HotReloadError: as :meth:`hot_reload`.
         """
         timeout = timeout or self.config.reload_timeout
-        return cast(ReloadResult, self._request(RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout),
-                             timeout + _SLACK, lambda: HotReloadError(
-                                 f"no answer rolling back {sandbox_id!r}", actor="", cause="timeout")))
+        return cast(
+            ReloadResult,
+            self._request(
+                RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout),
+                timeout + _SLACK,
+                lambda: HotReloadError(f"no answer rolling back {sandbox_id!r}", actor="", cause="timeout"),
+            ),
+        )
 
     def get_module_version(self, sandbox_id: str, module: str) -> int:
         """The current version of ``module`` in the sandbox (running or not, as the registry knows it).
@@ -202,5 +258,8 @@ class ReloadMethods:
         return cast(VersionHistory, self._query(GetVersionHistory(sandbox_id=sandbox_id, module=module)))
 
     def _query(self, request: Request) -> Any:
-        return self._request(request, self.config.call_timeout, lambda: HotReloadError(
-            "no answer from the registry", actor="registry", cause="timeout"))
+        return self._request(
+            request,
+            self.config.call_timeout,
+            lambda: HotReloadError("no answer from the registry", actor="registry", cause="timeout"),
+        )

@@ -42,7 +42,9 @@ def apply_bind_patch(address: str) -> None:
     current = IPBase.IPActorAddress.__init__
     original = getattr(current, "_plugin_host_original", current)
 
-    def __init__(self: Any, af: Any, socktype: Any, proto: Any, baseaddr: Any, port: Any, external: Any = False) -> None:
+    def __init__(
+        self: Any, af: Any, socktype: Any, proto: Any, baseaddr: Any, port: Any, external: Any = False
+    ) -> None:
         if not baseaddr or baseaddr == "0.0.0.0":
             baseaddr = address
         original(self, af, socktype, proto, baseaddr, port, external)
@@ -58,14 +60,16 @@ def log_defs(log_file: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": log_file, "formatter": "plain",
-                              "level": "INFO"}},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": log_file, "formatter": "plain", "level": "INFO"}
+        },
         "root": {"handlers": ["file"], "level": "INFO"},
     }
 
 
-def start(spec: dict[str, Any], key: bytearray | None, out: Path, timeout: float,
-          new_session: bool = False) -> tuple[int | None, list[str]]:
+def start(
+    spec: dict[str, Any], key: bytearray | None, out: Path, timeout: float, new_session: bool = False
+) -> tuple[int | None, list[str]]:
     """Run the launcher for ``spec`` (the key goes on its stdin, after the spec); its output goes to ``out``.
 
     Returns:
@@ -77,8 +81,9 @@ def start(spec: dict[str, Any], key: bytearray | None, out: Path, timeout: float
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         # Output to a file, never a pipe: the detached admin inherits it and would hold it open.
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True,
-                                start_new_session=new_session)
+        proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=fd, stderr=fd, close_fds=True, start_new_session=new_session
+        )
     finally:
         os.close(fd)
     assert proc.stdin is not None

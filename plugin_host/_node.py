@@ -31,19 +31,35 @@ _BOOT_SLACK = 10.0  # beyond JOIN_TIMEOUT, for the node actor's own start
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``node`` command's options."""
     parser.add_argument("--leader", required=True, metavar="HOST:PORT", help="admin address of the convention leader")
-    parser.add_argument("--capability", dest="capabilities", action="append", type=parse_capability, default=[],
-                        metavar="KEY=VALUE", help="a capability to offer; VALUE is JSON if it parses, else a "
-                                                  "string; repeatable")
+    parser.add_argument(
+        "--capability",
+        dest="capabilities",
+        action="append",
+        type=parse_capability,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a capability to offer; VALUE is JSON if it parses, else a string; repeatable",
+    )
     parser.add_argument("--bind", metavar="ADDR", help="the only address the node's sockets bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, metavar="N", help="admin port of the node (default: a free one)")
-    parser.add_argument("--state-dir", metavar="DIR",
-                        help="where the node's logs and sandbox environments go (default: the host default)")
-    parser.add_argument("--find-links", action="append", metavar="DIR",
-                        help="a folder or URL of wheels for sandbox requirements installed here; repeatable")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the node's logs and sandbox environments go (default: the host default)",
+    )
+    parser.add_argument(
+        "--find-links",
+        action="append",
+        metavar="DIR",
+        help="a folder or URL of wheels for sandbox requirements installed here; repeatable",
+    )
     parser.add_argument("--no-index", action="store_true", help="install sandbox requirements from --find-links only")
-    parser.add_argument("--cookie-file", metavar="PATH",
-                        help="the convention's credential, a copy of the leader host's cookie file (default: "
-                             "STATE_DIR/cookie); a member with another one is refused")
+    parser.add_argument(
+        "--cookie-file",
+        metavar="PATH",
+        help="the convention's credential, a copy of the leader host's cookie file (default: "
+        "STATE_DIR/cookie); a member with another one is refused",
+    )
     parser.add_argument("--json", action="store_true", help="print the startup line as one JSON object")
 
 
@@ -73,9 +89,14 @@ def run_node(args: argparse.Namespace) -> int:
     from .config import HostConfig
 
     fields: dict[str, Any] = {"convention_leader": args.leader, "capabilities": dict(args.capabilities)}
-    for name, value in (("bind_address", args.bind), ("admin_port", args.port), ("state_dir", args.state_dir),
-                        ("find_links", args.find_links), ("no_index", args.no_index or None),
-                        ("cookie_file", args.cookie_file)):
+    for name, value in (
+        ("bind_address", args.bind),
+        ("admin_port", args.port),
+        ("state_dir", args.state_dir),
+        ("find_links", args.find_links),
+        ("no_index", args.no_index or None),
+        ("cookie_file", args.cookie_file),
+    ):
         if value is not None:
             fields[name] = value
     config = HostConfig(**fields)  # validates before anything starts: a ConfigError starts no process
@@ -124,9 +145,11 @@ def _check_leader_accepts(config: Any) -> None:
     except OSError as exc:  # nothing listens, or a host name that does not resolve
         raise HostStartError(f"no convention leader answers on {leader}: {exc}") from None
     if not accepted:
-        raise CredentialError(f"the convention leader {leader} refused this node's credential "
-                              f"{config.credential_file}: pass a copy of the leader host's cookie file "
-                              "with --cookie-file")
+        raise CredentialError(
+            f"the convention leader {leader} refused this node's credential "
+            f"{config.credential_file}: pass a copy of the leader host's cookie file "
+            "with --cookie-file"
+        )
 
 
 def _boot(handle: ActorSystemHandle, stop: threading.Event) -> bool:
@@ -161,9 +184,11 @@ def _boot(handle: ActorSystemHandle, stop: threading.Event) -> bool:
         raise HostStartError(f"the node actor did not answer the boot request (got {reply!r})")
     handle.adopt(reply.system_pid, reply.pgid)
     if not reply.joined:
-        raise HostStartError(f"the convention leader {handle.config.convention_leader} did not register this node "
-                             f"within {JOIN_TIMEOUT:g} s (is it running, and reachable from "
-                             f"{handle.config.bind_address}?)")
+        raise HostStartError(
+            f"the convention leader {handle.config.convention_leader} did not register this node "
+            f"within {JOIN_TIMEOUT:g} s (is it running, and reachable from "
+            f"{handle.config.bind_address}?)"
+        )
     return True
 
 
@@ -174,10 +199,25 @@ def _startup_line(handle: ActorSystemHandle, as_json: bool) -> str:
     config = handle.config
     name = node_name(config.bind_address, handle.port)
     if as_json:
-        return json.dumps({"node": name, "port": handle.port, "leader": config.convention_leader,
-                           "capabilities": config.capabilities, "pid": os.getpid(), "system_pid": handle.system_pid,
-                           "pgid": handle.pgid})
-    caps = ", ".join(f"{key}={value if isinstance(value, str) else json.dumps(value)}"
-                     for key, value in config.capabilities.items()) or "none"
-    return (f"node {name} joined the convention of {config.convention_leader} (capabilities: {caps}); "
-            "Ctrl-C or SIGTERM stops it")
+        return json.dumps(
+            {
+                "node": name,
+                "port": handle.port,
+                "leader": config.convention_leader,
+                "capabilities": config.capabilities,
+                "pid": os.getpid(),
+                "system_pid": handle.system_pid,
+                "pgid": handle.pgid,
+            }
+        )
+    caps = (
+        ", ".join(
+            f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in config.capabilities.items()
+        )
+        or "none"
+    )
+    return (
+        f"node {name} joined the convention of {config.convention_leader} (capabilities: {caps}); "
+        "Ctrl-C or SIGTERM stops it"
+    )

@@ -39,8 +39,16 @@ from .messages import (
     RollbackModule,
 )
 from ._system import DEAD, ActorSystemHandle
-from .values import (Artifact, AuditRecord, CompileInfo, NodeInfo, ReloadResult, ResourceUsage, SandboxInfo,
-                     VersionHistory)
+from .values import (
+    Artifact,
+    AuditRecord,
+    CompileInfo,
+    NodeInfo,
+    ReloadResult,
+    ResourceUsage,
+    SandboxInfo,
+    VersionHistory,
+)
 
 __all__ = ["AdminClient", "compile_path", "find_host"]
 
@@ -65,15 +73,23 @@ def find_host(config: HostConfig, port: int | None = None) -> dict[str, Any]:
     if not chosen:
         running = ", ".join(str(h.get("port")) for h in hosts) or "none"
         where = f" on port {port}" if port is not None else ""
-        raise HostStartError(f"no plugin host runs{where} with state_dir {state_dir} (ports running: {running}); "
-                             "pass --state-dir, or set PLUGIN_HOST_STATE_DIR, to the host's", port=port)
+        raise HostStartError(
+            f"no plugin host runs{where} with state_dir {state_dir} (ports running: {running}); "
+            "pass --state-dir, or set PLUGIN_HOST_STATE_DIR, to the host's",
+            port=port,
+        )
     if len(chosen) > 1:
-        raise HostStartError(f"{len(chosen)} hosts run with state_dir {state_dir} (ports "
-                             f"{', '.join(str(h.get('port')) for h in chosen)}): pick one with --port")
+        raise HostStartError(
+            f"{len(chosen)} hosts run with state_dir {state_dir} (ports "
+            f"{', '.join(str(h.get('port')) for h in chosen)}): pick one with --port"
+        )
     info = chosen[0]
     if info.get("version") != __version__:
-        raise HostStartError(f"the host on port {info.get('port')} runs plugin-host {info.get('version')}; this is "
-                             f"{__version__}: use the same version", port=info.get("port"))
+        raise HostStartError(
+            f"the host on port {info.get('port')} runs plugin-host {info.get('version')}; this is "
+            f"{__version__}: use the same version",
+            port=info.get("port"),
+        )
     return info
 
 
@@ -205,8 +221,9 @@ class AdminClient:
         return self.request(request, self.config.call_timeout + _SLACK)  # type: ignore[no-any-return]
 
 
-def compile_path(path: str | os.PathLike[str], config: HostConfig | None = None, *,
-                 security_profile: str | None = None) -> CompileInfo:
+def compile_path(
+    path: str | os.PathLike[str], config: HostConfig | None = None, *, security_profile: str | None = None
+) -> CompileInfo:
     """Compile a sandbox folder, or one module file with its folder importable, in a separate process.
 
     Uses the same timeout, security profile and result cache (under ``state_dir``) as a
@@ -220,8 +237,11 @@ def compile_path(path: str | os.PathLike[str], config: HostConfig | None = None,
     """
     config = config or HostConfig()
     state_dir = _statedir.prepare(config.state_dir)  # its cache must be this user's alone
-    options: dict[str, Any] = {"timeout": config.compile_timeout, "cache_dir": state_dir / "compile-cache",
-                               "security_profile": security_profile or config.security_profile}
+    options: dict[str, Any] = {
+        "timeout": config.compile_timeout,
+        "cache_dir": state_dir / "compile-cache",
+        "security_profile": security_profile or config.security_profile,
+    }
     if Path(path).is_file():
         return compiler.compile_file(path, **options)
     return compiler.compile_sandbox(path, **options)

@@ -27,8 +27,16 @@ from typing import Any
 
 from .errors import ConfigError, HostStartError, StateDirInUseError
 
-__all__ = ["HostLock", "cookie", "open_private", "prepare", "private_folder", "read_runtime", "running_hosts",
-           "write_runtime"]
+__all__ = [
+    "HostLock",
+    "cookie",
+    "open_private",
+    "prepare",
+    "private_folder",
+    "read_runtime",
+    "running_hosts",
+    "write_runtime",
+]
 
 _COOKIE_BYTES = 32
 
@@ -40,8 +48,10 @@ def _owner_problem(path: Path, info: os.stat_result, own: bool) -> str | None:
     if info.st_uid not in (uid, 0):
         return f"it is owned by uid {info.st_uid}"
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (not own and info.st_mode & stat.S_ISVTX):
-        return f"it is writable by {'group and others' if info.st_mode & stat.S_IWOTH else 'its group'} " \
-               f"(mode {stat.S_IMODE(info.st_mode):04o})"
+        return (
+            f"it is writable by {'group and others' if info.st_mode & stat.S_IWOTH else 'its group'} "
+            f"(mode {stat.S_IMODE(info.st_mode):04o})"
+        )
     return None
 
 
@@ -64,8 +74,11 @@ def prepare(state_dir: Path) -> Path:
     for parent in {*path.parents, *real.parents}:  # and where it leads
         problem = _owner_problem(parent, os.stat(parent), own=False)
         if problem:
-            raise ConfigError(f"refusing state_dir {path}: the folder {parent} above it is not safe ({problem}); "
-                              "another user could replace it", field="state_dir")
+            raise ConfigError(
+                f"refusing state_dir {path}: the folder {parent} above it is not safe ({problem}); "
+                "another user could replace it",
+                field="state_dir",
+            )
     private_folder(real, field="state_dir", tighten=created)
     return real
 
@@ -85,19 +98,24 @@ def _check_way(way: Path, state_dir: Path, followed: list[int] | None = None) ->
             link = os.lstat(step)
             target = os.readlink(step) if stat.S_ISLNK(link.st_mode) else None
         except (FileNotFoundError, NotADirectoryError):
-            if ".." in way.parts[index + 1:]:
-                raise ConfigError(f"refusing state_dir {state_dir}: '..' after a folder that does not exist yet",
-                                  field="state_dir") from None
+            if ".." in way.parts[index + 1 :]:
+                raise ConfigError(
+                    f"refusing state_dir {state_dir}: '..' after a folder that does not exist yet", field="state_dir"
+                ) from None
             return  # not made yet: it will be ours
         except OSError as exc:
-            raise ConfigError(f"state_dir {state_dir} cannot be checked: {step}: {exc.strerror}",
-                              field="state_dir") from None
+            raise ConfigError(
+                f"state_dir {state_dir} cannot be checked: {step}: {exc.strerror}", field="state_dir"
+            ) from None
         if target is None:
             current = step
             continue
         if link.st_uid not in (os.getuid(), 0):
-            raise ConfigError(f"refusing state_dir {state_dir}: {step} is a symlink owned by uid {link.st_uid}, who "
-                              "chooses where it points", field="state_dir")
+            raise ConfigError(
+                f"refusing state_dir {state_dir}: {step} is a symlink owned by uid {link.st_uid}, who "
+                "chooses where it points",
+                field="state_dir",
+            )
         followed[0] += 1
         if followed[0] > 40:
             raise ConfigError(f"refusing state_dir {state_dir}: too many levels of symlinks", field="state_dir")
@@ -126,8 +144,9 @@ def private_folder(path: Path, field: str = "state_dir", tighten: bool = True) -
         raise ConfigError(f"refusing {path}: it is not a folder (a symlink?)", field=field)
     problem = _owner_problem(path, info, own=True)
     if problem:
-        raise ConfigError(f"refusing {path}: {problem}; make it yours and mode 0700, or choose another "
-                          "state_dir", field=field)
+        raise ConfigError(
+            f"refusing {path}: {problem}; make it yours and mode 0700, or choose another state_dir", field=field
+        )
     if tighten and stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(path, 0o700)  # ours and readable by others: private from now on
     return path
@@ -168,13 +187,16 @@ def cookie(path: Path, create: bool) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise HostStartError(f"no credential file {path}: is a host running with this state_dir "
-                             "(or pass the convention's --cookie-file)?") from None
+        raise HostStartError(
+            f"no credential file {path}: is a host running with this state_dir "
+            "(or pass the convention's --cookie-file)?"
+        ) from None
     except PermissionError:
         raise HostStartError(f"cannot read the credential file {path}: permission denied") from None
     except OSError as exc:
-        raise ConfigError(f"refusing the credential file {path}: {exc.strerror} (a symlink?)",
-                          field="cookie_file") from None
+        raise ConfigError(
+            f"refusing the credential file {path}: {exc.strerror} (a symlink?)", field="cookie_file"
+        ) from None
     with os.fdopen(fd, "rb") as source:
         info = os.fstat(source.fileno())
         problem = None if stat.S_ISREG(info.st_mode) else "it is not a regular file"
@@ -185,8 +207,9 @@ def cookie(path: Path, create: bool) -> bytes:
             raise ConfigError(f"refusing the credential file {path}: {problem}", field="cookie_file")
         secret = source.read().strip()
     if len(secret) < 16:
-        raise ConfigError(f"the credential file {path} holds {len(secret)} bytes; at least 16 are needed",
-                          field="cookie_file")
+        raise ConfigError(
+            f"the credential file {path} holds {len(secret)} bytes; at least 16 are needed", field="cookie_file"
+        )
     return secret
 
 
@@ -213,9 +236,12 @@ class HostLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise StateDirInUseError(f"another host (pid {holder}) already runs with state_dir "
-                                     f"{self.path.parent}; one host per state_dir (choose another one)",
-                                     state_dir=str(self.path.parent), pid=holder) from None
+            raise StateDirInUseError(
+                f"another host (pid {holder}) already runs with state_dir "
+                f"{self.path.parent}; one host per state_dir (choose another one)",
+                state_dir=str(self.path.parent),
+                pid=holder,
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -235,8 +261,14 @@ def write_runtime(state_dir: Path, port: int, bind: str, extra: dict[str, Any] |
     """Record a running host (pid, port, address, version) for operator commands; returns the file."""
     from . import __version__
 
-    info = {"pid": os.getpid(), "port": port, "bind": bind, "version": __version__, "started": time.time(),
-            **(extra or {})}
+    info = {
+        "pid": os.getpid(),
+        "port": port,
+        "bind": bind,
+        "version": __version__,
+        "started": time.time(),
+        **(extra or {}),
+    }
     path = _runtime_folder(state_dir) / f"{port}.json"
     fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "w") as out:

@@ -30,8 +30,15 @@ if TYPE_CHECKING:
 
 __all__ = ["artifacts_table", "history_for", "run_status", "table_for"]
 
-_STATUS_STYLES = {"running": "green", "starting": "yellow", "failed": "bold red", "lost": "red", "stopped": "dim",
-                  "current": "green", "previous": "dim"}
+_STATUS_STYLES = {
+    "running": "green",
+    "starting": "yellow",
+    "failed": "bold red",
+    "lost": "red",
+    "stopped": "dim",
+    "current": "green",
+    "previous": "dim",
+}
 _MIB = 1024 * 1024
 _USAGE_COLUMNS = ("sandbox", "status", "actor", "pid", "rss MiB", "cpu s", "messages", "restarts", "version", "node")
 _pause = time.sleep  # between live refreshes; a seam, so tests need not sleep
@@ -87,8 +94,17 @@ def artifacts_table(info: CompileInfo, root: Path, *, plain: bool = False) -> Re
     return table
 
 
-def run_status(console: Console, port: int | None, *, sandbox_id: str | None, audit: bool, as_json: bool,
-               once: bool, interval: float, config: HostConfig | None = None) -> int:
+def run_status(
+    console: Console,
+    port: int | None,
+    *,
+    sandbox_id: str | None,
+    audit: bool,
+    as_json: bool,
+    once: bool,
+    interval: float,
+    config: HostConfig | None = None,
+) -> int:
     """Run the ``status`` command against the host whose admin port is ``port``.
 
     Args:
@@ -115,8 +131,9 @@ def run_status(console: Console, port: int | None, *, sandbox_id: str | None, au
         if audit:
             return _print_audit(console, _audit_records(client, sandbox_id), as_json=as_json)
         if as_json or once or not console.is_terminal:
-            return _print_status(console, _snapshot(client, sandbox_id), as_json=as_json,
-                                 security=_security_line(client))
+            return _print_status(
+                console, _snapshot(client, sandbox_id), as_json=as_json, security=_security_line(client)
+            )
         try:
             _live_status(client, console, sandbox_id, interval)
         except KeyboardInterrupt:  # Ctrl-C is how a live view ends, as with ``top``
@@ -135,9 +152,14 @@ def _info_table(infos: list[SandboxInfo], *, plain: bool = False) -> RenderableT
     for column in ("id", "status", "restarts", "children", "pid", "node"):
         table.add_column(column, justify="right" if column in ("restarts", "pid") else "left")
     for info in infos:
-        table.add_row(info.id, Text(info.status, style=_STATUS_STYLES.get(info.status, "")), str(info.restart_count),
-                      ", ".join(c.name for c in info.children), "-" if info.pid is None else str(info.pid),
-                      info.node or "-")
+        table.add_row(
+            info.id,
+            Text(info.status, style=_STATUS_STYLES.get(info.status, "")),
+            str(info.restart_count),
+            ", ".join(c.name for c in info.children),
+            "-" if info.pid is None else str(info.pid),
+            info.node or "-",
+        )
     # One line per reason: the full text (often a traceback) stays in the sandbox's info.
     reasons = [Text(f"{info.id}: {info.reason.splitlines()[0]}", style="red") for info in infos if info.reason]
     return Group(table, *reasons)
@@ -153,8 +175,12 @@ def _history_table(history: VersionHistory, *, plain: bool = False) -> Renderabl
     for column in ("version", "status", "loaded_at", "checksum"):
         table.add_column(column, justify="right" if column == "version" else "left")
     for version in history.versions:
-        table.add_row(str(version.version), Text(version.status, style=_STATUS_STYLES.get(version.status, "")),
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version.loaded_at)), version.checksum[:12])
+        table.add_row(
+            str(version.version),
+            Text(version.status, style=_STATUS_STYLES.get(version.status, "")),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(version.loaded_at)),
+            version.checksum[:12],
+        )
     return table
 
 
@@ -181,21 +207,34 @@ def _security_line(client: AdminClient) -> str:
     """What the host's own system refused since it started: frames that failed authentication or that a
     sandbox may not send, and requests the admin denied to sandboxes."""
     local = next(node for node in client.nodes() if node.local)
-    return (f"security: {local.rejected_frames or 0} frame(s) rejected, {local.denied_requests or 0} "
-            "request(s) denied (see the frame_rejected and denied events)")
+    return (
+        f"security: {local.rejected_frames or 0} frame(s) rejected, {local.denied_requests or 0} "
+        "request(s) denied (see the frame_rejected and denied events)"
+    )
 
 
 def _print_status(console: Console, snapshot: Snapshot, *, as_json: bool, security: str = "") -> int:
     if as_json:  # the sandboxes as before, each with its usage (or null)
-        print(json.dumps([{**attrs.asdict(info), "usage": None if usage is None else attrs.asdict(usage)}
-                          for info, usage in snapshot], indent=2, default=str))
+        print(
+            json.dumps(
+                [
+                    {**attrs.asdict(info), "usage": None if usage is None else attrs.asdict(usage)}
+                    for info, usage in snapshot
+                ],
+                indent=2,
+                default=str,
+            )
+        )
     elif snapshot:
         console.print(_usage_table(snapshot, plain=not console.is_terminal))
     else:
         console.print("no sandboxes", highlight=False)
     if security and not as_json:
-        console.print(security, highlight=False, style="red" if not security.startswith("security: 0 frame(s) "
-                                                                                     "rejected, 0 ") else "")
+        console.print(
+            security,
+            highlight=False,
+            style="red" if not security.startswith("security: 0 frame(s) rejected, 0 ") else "",
+        )
     return 0
 
 
@@ -216,8 +255,11 @@ def _live_frame(snapshot: Snapshot, port: int, security: str = "") -> Renderable
 
     usages = [usage for _, usage in snapshot if usage is not None]
     rss, cpu = sum(u.total_rss_bytes for u in usages) / _MIB, sum(u.total_cpu_seconds for u in usages)
-    head = Text(f"plugin host on port {port}: {len(snapshot)} sandbox(es), {rss:.1f} MiB, {cpu:.2f} s CPU"
-                f"  [{time.strftime('%H:%M:%S')}, Ctrl-C quits]", style="bold")
+    head = Text(
+        f"plugin host on port {port}: {len(snapshot)} sandbox(es), {rss:.1f} MiB, {cpu:.2f} s CPU"
+        f"  [{time.strftime('%H:%M:%S')}, Ctrl-C quits]",
+        style="bold",
+    )
     return Group(head, _usage_table(snapshot) if snapshot else Text("no sandboxes"), Text(security))
 
 
@@ -237,9 +279,18 @@ def _usage_table(snapshot: Snapshot, *, plain: bool = False) -> RenderableType:
             table.add_row(info.id, status, *["-"] * (len(_USAGE_COLUMNS) - 3), info.node or "-")
         for actor in usage.actors if usage is not None else ():
             version = _version_of(info, actor.name)
-            table.add_row(info.id, status, actor.name, "-" if actor.pid is None else str(actor.pid),
-                          f"{actor.rss_bytes / _MIB:.1f}", f"{actor.cpu_seconds:.2f}", str(actor.messages),
-                          str(actor.restarts), "-" if version is None else str(version), info.node or "-")
+            table.add_row(
+                info.id,
+                status,
+                actor.name,
+                "-" if actor.pid is None else str(actor.pid),
+                f"{actor.rss_bytes / _MIB:.1f}",
+                f"{actor.cpu_seconds:.2f}",
+                str(actor.messages),
+                str(actor.restarts),
+                "-" if version is None else str(version),
+                info.node or "-",
+            )
     reasons = [Text(f"{info.id}: {info.reason.splitlines()[0]}", style="red") for info, _ in snapshot if info.reason]
     return Group(table, *reasons)
 
@@ -285,6 +336,13 @@ def _audit_table(records: list[AuditRecord], *, plain: bool = False) -> Renderab
         table.add_column(column, overflow="fold", no_wrap=column != "detail")
     for record in records:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.time)) + f".{int(record.time % 1 * 1000):03d}"
-        table.add_row(stamp, record.sandbox_id, record.actor, record.event, record.detail,
-                      "blocked" if record.blocked else "", style="red" if record.blocked else None)
+        table.add_row(
+            stamp,
+            record.sandbox_id,
+            record.actor,
+            record.event,
+            record.detail,
+            "blocked" if record.blocked else "",
+            style="red" if record.blocked else None,
+        )
     return table

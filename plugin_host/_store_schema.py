@@ -73,9 +73,7 @@ def sqlite_errors(path: Path, operation: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
-        raise PluginHostError(
-            f"version store {path}: {operation} failed: {exc}", path=str(path)
-        ) from exc
+        raise PluginHostError(f"version store {path}: {operation} failed: {exc}", path=str(path)) from exc
 
 
 def connect(path: Path) -> sqlite3.Connection:

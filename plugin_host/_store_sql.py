@@ -43,7 +43,9 @@ def known(conn: sqlite3.Connection, sandbox_id: str) -> dict[str, tuple[int, int
     rows = conn.execute(
         "SELECT m.module, m.last_version, v.version, v.checksum, v.status FROM modules m "
         "LEFT JOIN versions v ON v.sandbox_id = m.sandbox_id AND v.module = m.module "
-        "WHERE m.sandbox_id = ?", (sandbox_id,)).fetchall()
+        "WHERE m.sandbox_id = ?",
+        (sandbox_id,),
+    ).fetchall()
     result: dict[str, tuple[int, int, dict[str, int]]] = {}
     for module, last, version, checksum, status in rows:
         _, current, by_checksum = result.setdefault(module, (last, 0, {}))
@@ -75,9 +77,7 @@ def current_version(conn: sqlite3.Connection, sandbox_id: str, module: str) -> i
 
 def is_registered(conn: sqlite3.Connection, sandbox_id: str, module: str) -> bool:
     """Return whether ``module`` was ever registered for ``sandbox_id`` (its counter row exists)."""
-    row = conn.execute(
-        "SELECT 1 FROM modules WHERE sandbox_id = ? AND module = ?", (sandbox_id, module)
-    ).fetchone()
+    row = conn.execute("SELECT 1 FROM modules WHERE sandbox_id = ? AND module = ?", (sandbox_id, module)).fetchone()
     return row is not None
 
 
@@ -94,7 +94,9 @@ def require(conn: sqlite3.Connection, sandbox_id: str, module: str, version: int
     if row is None:
         raise VersionNotFoundError(
             f"sandbox {sandbox_id!r} has no stored version {version} of module {module!r}",
-            sandbox_id=sandbox_id, module=module, version=version,
+            sandbox_id=sandbox_id,
+            module=module,
+            version=version,
         )
     return tuple(row)
 
@@ -118,9 +120,7 @@ def version_history(conn: sqlite3.Connection, sandbox_id: str, module: str) -> V
     return VersionHistory(current_version=current, total_versions=len(versions), versions=versions)
 
 
-def event_rows(
-    conn: sqlite3.Connection, sandbox_id: str, module: str | None, limit: int | None
-) -> list[Any]:
+def event_rows(conn: sqlite3.Connection, sandbox_id: str, module: str | None, limit: int | None) -> list[Any]:
     """Return event-log rows, newest first, in :class:`~plugin_host.store.VersionEvent` field order."""
     query = "SELECT time, sandbox_id, module, from_version, to_version, kind, outcome, details FROM events"
     query += " WHERE sandbox_id = ?" + ("" if module is None else " AND module = ?")

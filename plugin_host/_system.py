@@ -107,7 +107,9 @@ class ActorSystemHandle:
             if port_in_use(cfg.bind_address, self.port):
                 raise HostStartError(
                     f"something already listens on {cfg.bind_address}:{self.port}; refusing to attach to a stale or "
-                    "foreign actor system (choose another admin_port, or stop that system)", port=self.port)
+                    "foreign actor system (choose another admin_port, or stop that system)",
+                    port=self.port,
+                )
             logs = _statedir.private_folder(state_dir / "logs")
             _prune_logs(logs)
             self.keys = self._keyring(logs, create=True)
@@ -135,14 +137,21 @@ class ActorSystemHandle:
         for path in files.values():  # made private here, so a symlink planted in their place is not followed
             os.close(_statedir.open_private(path))
         spec = {
-            "port": self.port, "bind": self.config.bind_address, "sys_path": [p for p in sys.path],
-            "state_dir": os.fspath(self.config.state_dir), "log": str(files["actors"]),
-            "thesplog": str(files["thespian"]), "rejections": str(files["rejected"]),
-            "capabilities": system_capabilities(self.config, self.port), "leader": self.config.convention_leader,
+            "port": self.port,
+            "bind": self.config.bind_address,
+            "sys_path": [p for p in sys.path],
+            "state_dir": os.fspath(self.config.state_dir),
+            "log": str(files["actors"]),
+            "thesplog": str(files["thespian"]),
+            "rejections": str(files["rejected"]),
+            "capabilities": system_capabilities(self.config, self.port),
+            "leader": self.config.convention_leader,
             # What a sandbox root placed here by another host needs of this system (see local_environment).
-            "environ": {"PLUGIN_HOST_STATE_DIR": os.fspath(self.config.state_dir),
-                        "PLUGIN_HOST_FIND_LINKS": json.dumps(list(self.config.find_links)),  # URLs have ':'
-                        "PLUGIN_HOST_NO_INDEX": "1" if self.config.no_index else "0"},
+            "environ": {
+                "PLUGIN_HOST_STATE_DIR": os.fspath(self.config.state_dir),
+                "PLUGIN_HOST_FIND_LINKS": json.dumps(list(self.config.find_links)),  # URLs have ':'
+                "PLUGIN_HOST_NO_INDEX": "1" if self.config.no_index else "0",
+            },
         }
         assert self.keys is not None
         code, _ = _launcher.start(spec, self.keys.host_key, files["launcher"], _LAUNCH_TIMEOUT)
@@ -166,8 +175,11 @@ class ActorSystemHandle:
         except OSError as exc:
             raise HostStartError(f"no plugin host answers on {cfg.bind_address}:{port}: {exc}", port=port) from None
         if not accepted:
-            raise CredentialError(f"the plugin host on {cfg.bind_address}:{port} refused the credential "
-                                  f"{cfg.credential_file} (another host's cookie?)", port=port)
+            raise CredentialError(
+                f"the plugin host on {cfg.bind_address}:{port} refused the credential "
+                f"{cfg.credential_file} (another host's cookie?)",
+                port=port,
+            )
         self._attach()
 
     def publish(self) -> None:
@@ -243,8 +255,9 @@ class ActorSystemHandle:
         finally:
             pending.close()
 
-    def send(self, address: Any, message: Any, about: str | None = None,
-             principal: _wire.Principal | None = None) -> Pending:
+    def send(
+        self, address: Any, message: Any, about: str | None = None, principal: _wire.Principal | None = None
+    ) -> Pending:
         """Send ``message`` and return a handle to wait for its reply (see :class:`Pending`).
 
         Args:
@@ -271,8 +284,11 @@ class ActorSystemHandle:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             response = ctx._systemBase._run_transport(_at_most_a_while(left))
-            if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message) \
-                    and self.accepts(response, None):
+            if (
+                isinstance(response, ReceiveEnvelope)
+                and not isInternalActorSystemMessage(response.message)
+                and self.accepts(response, None)
+            ):
                 return response.message
         return None
 
@@ -372,8 +388,9 @@ class Pending:
     send again), and a message delivered whose reply has not come (yet).
     """
 
-    def __init__(self, handle: ActorSystemHandle, mailbox: Any, address: Any, message: Any,
-                 about: str | None = None) -> None:
+    def __init__(
+        self, handle: ActorSystemHandle, mailbox: Any, address: Any, message: Any, about: str | None = None
+    ) -> None:
         self.corr: str = message.corr
         self.about = about
         self.delivered = False
@@ -391,8 +408,9 @@ class Pending:
         mailbox.active[self.corr] = about
         self._first = None
         base = self._ctx._systemBase  # Thespian internals: the context's transport
-        base.transport.scheduleTransmit(None, TransmitIntent(address, message, onSuccess=self._sent,
-                                                             onError=self._failed))
+        base.transport.scheduleTransmit(
+            None, TransmitIntent(address, message, onSuccess=self._sent, onError=self._failed)
+        )
 
     def _sent(self, result: Any, intent: Any) -> None:  # Thespian calls back with (result, intent)
         self.delivered = True

@@ -51,8 +51,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 # The child must import plugin_host even when it is not installed (a checkout on PYTHONPATH);
 # ``-P`` keeps the scratch working folder off sys.path.
 _BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from plugin_host._compile_worker import main; main(sys.argv[1:])"
+    "import sys; sys.path.insert(0, sys.argv[1]); from plugin_host._compile_worker import main; main(sys.argv[1:])"
 )
 _FRAME = re.compile(r'File "(?P<file>.*)", line (?P<line>\d+)')
 
@@ -97,10 +96,17 @@ def run_validator(
         # The scratch folder is the child's working folder too: relative writes by top-level
         # code land there, never in the sources.
         payload = Path(scratch, "payload.json")
-        payload.write_text(json.dumps(
-            {"modules": table.as_wire(), "targets": list(targets), "plugin_classes": list(plugin_classes),
-             "paths": list(paths)}
-        ), encoding="utf-8")
+        payload.write_text(
+            json.dumps(
+                {
+                    "modules": table.as_wire(),
+                    "targets": list(targets),
+                    "plugin_classes": list(plugin_classes),
+                    "paths": list(paths),
+                }
+            ),
+            encoding="utf-8",
+        )
         outcome = pool._run(payload, label, timeout) if pool is not None else None
         if outcome is None:
             outcome = _run_fresh(payload, label, time.monotonic() + timeout)

@@ -95,9 +95,11 @@ class FolderSnapshot:
     def _files(self) -> list[Path]:
         # The compiler skips hidden folders and __pycache__; so do we, or byte-code
         # written by a tool would look like an edit.
-        return [path for path in self.root.rglob("*.py")
-                if not any(part.startswith(".") or part == "__pycache__"
-                           for part in path.relative_to(self.root).parts[:-1])]
+        return [
+            path
+            for path in self.root.rglob("*.py")
+            if not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(self.root).parts[:-1])
+        ]
 
 
 def _stamp(path: Path) -> _Stamp | None:
@@ -115,8 +117,9 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def reload_folder(host: Host, sandbox_id: str, path: str | os.PathLike[str],
-                  files: tuple[str, ...] = ()) -> ReloadReport:
+def reload_folder(
+    host: Host, sandbox_id: str, path: str | os.PathLike[str], files: tuple[str, ...] = ()
+) -> ReloadReport:
     """Compile the folder and hot-reload it into the sandbox; never raises a plugin-host error.
 
     Args:
@@ -134,8 +137,7 @@ def reload_folder(host: Host, sandbox_id: str, path: str | os.PathLike[str],
         after = dict(host.get_sandbox_info(sandbox_id).modules)
     except PluginHostError as exc:
         return ReloadReport(files, running=_modules_now(host, sandbox_id), error=exc)
-    versions = {module: (before.get(module), new) for module, new in sorted(after.items())
-                if before.get(module) != new}
+    versions = {module: (before.get(module), new) for module, new in sorted(after.items()) if before.get(module) != new}
     return ReloadReport(files, versions, tuple(result.actors_updated), after)
 
 
@@ -162,8 +164,16 @@ class Watcher:
         debounce: seconds the folder must stay unchanged before a reload starts.
     """
 
-    def __init__(self, host: Host, sandbox_id: str, path: str | os.PathLike[str],
-                 report: Callable[[ReloadReport], None], *, interval: float = 0.1, debounce: float = 0.2) -> None:
+    def __init__(
+        self,
+        host: Host,
+        sandbox_id: str,
+        path: str | os.PathLike[str],
+        report: Callable[[ReloadReport], None],
+        *,
+        interval: float = 0.1,
+        debounce: float = 0.2,
+    ) -> None:
         self.host, self.sandbox_id, self.report = host, sandbox_id, report
         self.interval, self.debounce = interval, debounce
         self.snapshot = FolderSnapshot(path)

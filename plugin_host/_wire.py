@@ -94,11 +94,16 @@ _CACHE_LIMIT = 4096  # derived keys, ACK frames and expected children kept per p
 _ROUTE_LIMIT = 1 << 16
 
 PATCHED = {
-    "thespian.system.transport.TCPTransport": ("serializer", "ReceiveBuffer", "MAX_INCOMING_SOCKET_PERIOD",
-                                               "TCPTransport.__init__",
-                                               "TCPTransport.external_transport_clone", "TCPTransport.serializer",
-                                               "TCPTransport._addedDataToIncoming",
-                                               "TCPTransport._check_XMIT_4_done"),
+    "thespian.system.transport.TCPTransport": (
+        "serializer",
+        "ReceiveBuffer",
+        "MAX_INCOMING_SOCKET_PERIOD",
+        "TCPTransport.__init__",
+        "TCPTransport.external_transport_clone",
+        "TCPTransport.serializer",
+        "TCPTransport._addedDataToIncoming",
+        "TCPTransport._check_XMIT_4_done",
+    ),
     "thespian.system.actorManager": ("ActorManager._handleOneMessage", "ActorManager._pendingActorReady"),
     "thespian.system.admin.adminCore": ("AdminCore.h_PendingActor", "AdminCore._pendingActorReady"),
     "thespian.system.systemCommon": ("systemCommonBase._handleChildExited",),
@@ -190,8 +195,14 @@ class _RejectionLog:
             self.suppressed += 1
             return
         self.written += 1
-        line = {"time": now, "pid": os.getpid(), "peer": peer, "reason": rejected.reason,
-                "detail": rejected.detail[:300], "count": 1 + self.suppressed}
+        line = {
+            "time": now,
+            "pid": os.getpid(),
+            "peer": peer,
+            "reason": rejected.reason,
+            "detail": rejected.detail[:300],
+            "count": 1 + self.suppressed,
+        }
         if rejected.principal is not None and not rejected.principal.is_host:
             line["sandbox"] = rejected.principal.sandbox_id
         self.suppressed = 0
@@ -351,9 +362,9 @@ class Keyring:
         Raises:
             Rejected: not a plugin-host frame, an unknown key id, or a wrong tag.
         """
-        if frame[:len(MAGIC)] != MAGIC or len(frame) < _HEADER:
+        if frame[: len(MAGIC)] != MAGIC or len(frame) < _HEADER:
             raise Rejected("unauthenticated", "not a plugin-host frame")
-        end = _HEADER + int.from_bytes(frame[len(MAGIC):_HEADER], "big")
+        end = _HEADER + int.from_bytes(frame[len(MAGIC) : _HEADER], "big")
         kid = bytes(frame[_HEADER:end])
         template = self._mac(kid)
         if template is None or len(frame) < end + _TAG:
@@ -361,10 +372,10 @@ class Keyring:
         view = memoryview(frame)
         mac = template.copy()
         mac.update(view[:end])
-        mac.update(view[end + _TAG:])
-        if not hmac.compare_digest(view[end:end + _TAG], mac.digest()):
+        mac.update(view[end + _TAG :])
+        if not hmac.compare_digest(view[end : end + _TAG], mac.digest()):
             raise Rejected("unauthenticated", "wrong tag (another credential?)")
-        return Principal(kid), view[end + _TAG:]
+        return Principal(kid), view[end + _TAG :]
 
     def decode(self, frame: bytes) -> tuple[Principal, Any]:
         """:meth:`open`, then unpickle: restricted when a host process reads a sandbox's frame.
@@ -393,8 +404,7 @@ class Keyring:
         if kind == "ChildActorExited" and not self.claims(getattr(message, "childAddress", None), principal):
             # A sandbox's root may say it exits (its parent waits for that at shutdown); nobody else.
             raise Rejected("refused", "a ChildActorExited about another process", principal)
-        if kind == "EndpointConnected" and self._expected.get(getattr(message, "childInstance", -1)) != \
-                principal.kid:
+        if kind == "EndpointConnected" and self._expected.get(getattr(message, "childInstance", -1)) != principal.kid:
             # A root reports in to the parent that forked it with its key; no one else can be that child.
             raise Rejected("refused", "an EndpointConnected for a child that is not this sandbox's", principal)
         return principal, decoded
@@ -405,8 +415,10 @@ class Keyring:
         if pair is None:
             if len(self._acks) >= _CACHE_LIMIT:
                 self._acks.clear()
-            pair = self._acks[principal.kid] = (self.seal(principal.kid, pickle.dumps("ACK")),
-                                                self.seal(principal.kid, pickle.dumps("ACK+DATAERR")))
+            pair = self._acks[principal.kid] = (
+                self.seal(principal.kid, pickle.dumps("ACK")),
+                self.seal(principal.kid, pickle.dumps("ACK+DATAERR")),
+            )
         return pair[1] if error else pair[0]
 
     # -- routes: which key a frame to an address is signed with ------------------------------
@@ -424,8 +436,11 @@ class Keyring:
     def expect_child(self, child: Any, principal: Principal) -> None:
         """Sign everything to the child just created (its local address, or Thespian's instance number
         of it) for ``principal``, once its real address is known (Thespian may queue messages until then)."""
-        instance = child if isinstance(child, int) else \
-            getattr(getattr(child, "addressDetails", None), "addressInstanceNum", None)
+        instance = (
+            child
+            if isinstance(child, int)
+            else getattr(getattr(child, "addressDetails", None), "addressInstanceNum", None)
+        )
         if isinstance(instance, int) and self._host_key is not None:
             if len(self._expected) >= _CACHE_LIMIT:  # creations that failed: their entry is never used
                 self._expected.pop(next(iter(self._expected)))
@@ -477,11 +492,13 @@ _ALLOWED_NAMES = {
     ("plugin_host.config", "ResourceLimits"),
     ("thespian.actors", "ActorAddress"),
     ("thespian.system.transport.IPBase", "TCPv4ActorAddress"),
-    ("socket", "AddressFamily"), ("socket", "SocketKind"),  # inside an address
+    ("socket", "AddressFamily"),
+    ("socket", "SocketKind"),  # inside an address
     ("logging", "LogRecord"),
     ("thespian.actors", "ChildActorExited"),  # a root's goodbye to its parent: checked in Keyring.decode
     ("thespian.system.messages.multiproc", "EndpointConnected"),  # a root reporting in: checked there too
-    ("builtins", "set"), ("builtins", "frozenset"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
 }
 
 
@@ -499,8 +516,10 @@ def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
     return complex(real, imag)
 
 
-_SAFE_CONSTRUCTORS: dict[tuple[str, str], Any] = {("builtins", "bytearray"): _bytearray,
-                                                  ("builtins", "complex"): _complex}
+_SAFE_CONSTRUCTORS: dict[tuple[str, str], Any] = {
+    ("builtins", "bytearray"): _bytearray,
+    ("builtins", "complex"): _complex,
+}
 
 
 _IGNORED_NAMES = {("thespian.actors", "DeadEnvelope")}
@@ -583,10 +602,12 @@ def _unfolded_size(root: Any, sizes: dict[int, int], budget: int) -> tuple[int, 
 def _watching(load: Callable[[Any], None]) -> Callable[[Any], None]:
     """An opcode that changes the object on top of the stack: sizes found before no longer hold if
     they were found in it (if it was never measured, nothing measured holds it)."""
+
     def run(self: Any) -> None:
         load(self)
         if self.stack and id(self.stack[-1]) in self.memo.sizes:
             self.memo.sizes.clear()
+
     return run
 
 
@@ -595,8 +616,7 @@ def _children(obj: Any) -> list[Any]:
         return list(obj)
     if isinstance(obj, dict):
         return [*obj.keys(), *obj.values()]
-    found = [getattr(obj, field.name, None) for field in obj.__attrs_attrs__] \
-        if hasattr(obj, "__attrs_attrs__") else []
+    found = [getattr(obj, field.name, None) for field in obj.__attrs_attrs__] if hasattr(obj, "__attrs_attrs__") else []
     if isinstance(obj, BaseException):
         found += obj.args
     if isinstance(getattr(obj, "__dict__", None), dict):  # addresses, log records, errors' context
@@ -631,8 +651,12 @@ _SKIP: list[int | None] = [None] * 256
 for _op in pickletools.opcodes:
     _SKIP[ord(_op.code)] = _op.arg.n if _op.arg is not None else 0
 _PAIRS = frozenset(ord(code) for code in "ci")  # GLOBAL and INST: two lines of argument
-_LENGTH_BYTES = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
-                 pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
+_LENGTH_BYTES = {
+    pickletools.TAKEN_FROM_ARGUMENT1: 1,
+    pickletools.TAKEN_FROM_ARGUMENT4: 4,
+    pickletools.TAKEN_FROM_ARGUMENT4U: 4,
+    pickletools.TAKEN_FROM_ARGUMENT8U: 8,
+}
 
 
 def _count_opcodes(raw: bytes) -> tuple[int, int] | None:
@@ -657,7 +681,7 @@ def _count_opcodes(raw: bytes) -> tuple[int, int] | None:
                     at = raw.index(b"\n", at) + 1
             else:
                 width = _LENGTH_BYTES[skip]
-                at += width + int.from_bytes(raw[at:at + width], "little")
+                at += width + int.from_bytes(raw[at : at + width], "little")
             if code == stop:
                 return ops, shared
     except ValueError:  # no newline
@@ -700,19 +724,35 @@ def _find_sandbox_class(module: str, name: str) -> Any:
     if (module, name) in _IGNORED_NAMES:
         raise _Ignored(f"{module}.{name}")
     if (module, name) in _ALLOWED_NAMES or module in _ALLOWED_MODULES:
-        found = getattr(sys.modules.get(module) or __import__(module, fromlist=["_"]), name, None) \
-            if "." not in name else None
+        found = (
+            getattr(sys.modules.get(module) or __import__(module, fromlist=["_"]), name, None)
+            if "." not in name
+            else None
+        )
         if (module, name) in _ALLOWED_NAMES or (isinstance(found, type) and found.__module__ == module):
             return found
     raise pickle.UnpicklingError(f"a sandbox may not send {module}.{name}")
 
 
 _LOG_FIELDS: dict[str, tuple[type, ...]] = {
-    "name": (str,), "msg": (str,), "levelname": (str,), "levelno": (int,), "pathname": (str,),
-    "filename": (str,), "module": (str,), "lineno": (int,), "funcName": (str, type(None)),
-    "created": (float, int), "msecs": (float, int), "relativeCreated": (float, int),
-    "thread": (int, type(None)), "threadName": (str, type(None)), "processName": (str, type(None)),
-    "process": (int, type(None)), "exc_text": (str, type(None)), "stack_info": (str, type(None)),
+    "name": (str,),
+    "msg": (str,),
+    "levelname": (str,),
+    "levelno": (int,),
+    "pathname": (str,),
+    "filename": (str,),
+    "module": (str,),
+    "lineno": (int,),
+    "funcName": (str, type(None)),
+    "created": (float, int),
+    "msecs": (float, int),
+    "relativeCreated": (float, int),
+    "thread": (int, type(None)),
+    "threadName": (str, type(None)),
+    "processName": (str, type(None)),
+    "process": (int, type(None)),
+    "exc_text": (str, type(None)),
+    "stack_info": (str, type(None)),
     "actorAddress": (str,),
 }
 """What a log record from a sandbox may carry, and of which types (a record with a name that is not a
@@ -735,15 +775,23 @@ def _clean_log_record(record: Any) -> Any:
         if kinds is not None and not isinstance(value, kinds):
             return None
         if kinds is None:
-            if not (isinstance(name, str) and name.isidentifier() and not name.startswith("_")
-                    and not hasattr(logging.LogRecord, name) and isinstance(value, _LOG_EXTRA_VALUES)
-                    and extras < _LOG_EXTRAS):
+            if not (
+                isinstance(name, str)
+                and name.isidentifier()
+                and not name.startswith("_")
+                and not hasattr(logging.LogRecord, name)
+                and isinstance(value, _LOG_EXTRA_VALUES)
+                and extras < _LOG_EXTRAS
+            ):
                 continue
             extras += 1
         fields[name] = value[:_LOG_TEXT] if isinstance(value, str) else value
     name = fields.get("name")
-    if not isinstance(name, str) or not isinstance(fields.get("levelno"), int) \
-            or not all(_sane_number(fields.get(key)) for key in _LOG_NUMBERS):
+    if (
+        not isinstance(name, str)
+        or not isinstance(fields.get("levelno"), int)
+        or not all(_sane_number(fields.get(key)) for key in _LOG_NUMBERS)
+    ):
         return None
     if name not in _LOG_NAMES_SEEN:
         # Each new name is a logger kept for ever, and a dotted one a placeholder per prefix too: a long
@@ -869,7 +917,7 @@ def probe(address: tuple[str, int], keys: Keyring, timeout: float = 1.0) -> bool
                 return False
             rest += chunk
     try:
-        principal, answer = keys.decode(rest[:int(size)])
+        principal, answer = keys.decode(rest[: int(size)])
     except Rejected:
         return False
     return principal == keys.own and answer == "ACK"
@@ -890,9 +938,12 @@ def install() -> None:
     from thespian.system.transport import TCPTransport as tcp
 
     originals = {
-        "init": tcp.TCPTransport.__init__, "clone": tcp.TCPTransport.external_transport_clone,
-        "one": actorManager.ActorManager._handleOneMessage, "ready": actorManager.ActorManager._pendingActorReady,
-        "log": logdirector.ThespianLogForwardHandler.handle, "pending": adminCore.AdminCore.h_PendingActor,
+        "init": tcp.TCPTransport.__init__,
+        "clone": tcp.TCPTransport.external_transport_clone,
+        "one": actorManager.ActorManager._handleOneMessage,
+        "ready": actorManager.ActorManager._pendingActorReady,
+        "log": logdirector.ThespianLogForwardHandler.handle,
+        "pending": adminCore.AdminCore.h_PendingActor,
         "admin_ready": adminCore.AdminCore._pendingActorReady,
         "exited": systemCommon.systemCommonBase._handleChildExited,
     }
@@ -914,8 +965,12 @@ def install() -> None:
         finally:
             _local.principal = previous
 
-    def _pendingActorReady(self: Any, childInstance: Any, actualAddress: Any,  # noqa: N802,N803
-                           isMyChild: bool = True) -> Any:  # noqa: N803
+    def _pendingActorReady(
+        self: Any,
+        childInstance: Any,
+        actualAddress: Any,  # noqa: N802,N803
+        isMyChild: bool = True,
+    ) -> Any:  # noqa: N803
         _quietly(lambda: _keys_of(self).child_ready(childInstance, actualAddress))
         return originals["ready"](self, childInstance, actualAddress, isMyChild)
 
@@ -929,7 +984,7 @@ def install() -> None:
         with keys.forking(principal):
             result = originals["pending"](self, envelope)
         pending = getattr(self, "_pendingChildren", None)
-        for instance, requests in (pending.items() if isinstance(pending, dict) else ()):
+        for instance, requests in pending.items() if isinstance(pending, dict) else ():
             if requests and requests[0] is envelope:
                 keys.expect_child(instance, principal)
         return result
@@ -1076,7 +1131,7 @@ def _bounded_receive_buffer() -> type:
                 raise ValueError(f"{_buffering[0]} bytes of frames are being received already")
             _buffering[0] += size
             self._counted, self._pid = size, os.getpid()
-            rest = buf[mark + 1:]
+            rest = buf[mark + 1 :]
             self._size, self._buf = size, bytearray(rest[:size])
             self._blen = len(self._buf)
             if len(rest) > size:
@@ -1125,12 +1180,21 @@ def _decode(keys: Keyring | None, buffer: Any) -> tuple[Principal | None, Any]:
     return done
 
 
-def _added_data_to_incoming(self: Any, inc: Any, skipFinish: bool = False,  # noqa: N803 (Thespian's names)
-                            has_exclusive_flag: bool = False) -> Any:
+def _added_data_to_incoming(
+    self: Any,
+    inc: Any,
+    skipFinish: bool = False,  # noqa: N803 (Thespian's names)
+    has_exclusive_flag: bool = False,
+) -> Any:
     """``TCPTransport._addedDataToIncoming`` (Thespian 4.0.1), with the frame checked before it is decoded."""
     from thespian.system.transport import ReceiveEnvelope
     from thespian.system.transport.TCPTransport import (
-        ackDataErrMsg, ackMsg, err_send_connreset, isControlMessage, thesplog)
+        ackDataErrMsg,
+        ackMsg,
+        err_send_connreset,
+        isControlMessage,
+        thesplog,
+    )
 
     if not inc.receivedAllData():
         return inc
@@ -1156,8 +1220,13 @@ def _added_data_to_incoming(self: Any, inc: Any, skipFinish: bool = False,  # no
         return None
     except Exception:  # noqa: BLE001 - Thespian's own data-error path
         import traceback
-        thesplog('OUCH!  Error deserializing received data: %s  (rdata="%s")', traceback.format_exc(), rdata,
-                 level=logging.ERROR)
+
+        thesplog(
+            'OUCH!  Error deserializing received data: %s  (rdata="%s")',
+            traceback.format_exc(),
+            rdata,
+            level=logging.ERROR,
+        )
         _send_quietly(inc.socket, ackDataErrMsg if keys is None or principal is None else keys.ack(principal, True))
         inc.close()
         return None
@@ -1165,7 +1234,7 @@ def _added_data_to_incoming(self: Any, inc: Any, skipFinish: bool = False,  # no
         inc.socket.send(ackMsg if keys is None or principal is None else keys.ack(principal))
     except socket.error as err:
         if err_send_connreset(err):
-            thesplog('Remote %s closed socket before ACK could be sent', inc.socket, level=logging.WARNING)
+            thesplog("Remote %s closed socket before ACK could be sent", inc.socket, level=logging.WARNING)
         else:
             raise
     if principal is not None:
@@ -1175,8 +1244,13 @@ def _added_data_to_incoming(self: Any, inc: Any, skipFinish: bool = False,  # no
     # Thespian 4.0.1 drops data trailing a frame here (it re-adds the decoded tuple, which fails);
     # a sender waits for each ACK before its next frame, so nothing is lost.
     if not skipFinish:
-        if keys is not None and keys.is_host and principal is not None and not principal.is_host and \
-                not keys.claims(envelope.sender, principal):
+        if (
+            keys is not None
+            and keys.is_host
+            and principal is not None
+            and not principal.is_host
+            and not keys.claims(envelope.sender, principal)
+        ):
             inc.close()  # never send on a sandbox's socket to an address it only names (another's)
         else:
             self._finishIncoming(inc, envelope.sender)
@@ -1195,7 +1269,13 @@ def _check_xmit_4_done(self: Any, intent: Any, rcv: bytes) -> Any:
     with the key of the frame it acknowledges."""
     from thespian.system.transport import SendStatus
     from thespian.system.transport.TCPTransport import (
-        ReceiveBuffer, TCPIncomingPersistent, ackPacket, isControlMessage, serializer, thesplog)
+        ReceiveBuffer,
+        TCPIncomingPersistent,
+        ackPacket,
+        isControlMessage,
+        serializer,
+        thesplog,
+    )
 
     intent.ackbuf.addMore(rcv)
     if not intent.ackbuf.isDone():
@@ -1210,8 +1290,10 @@ def _check_xmit_4_done(self: Any, intent: Any, rcv: bytes) -> Any:
             raise Rejected("unauthenticated", "an ACK signed for another principal")
     except Exception as exc:  # noqa: BLE001 - a corrupted or forged ACK: retry, as Thespian does
         if keys is not None:
-            keys.log.record(exc if isinstance(exc, Rejected) else Rejected("unauthenticated", str(exc)),
-                            _peer(getattr(intent, "socket", None)))
+            keys.log.record(
+                exc if isinstance(exc, Rejected) else Rejected("unauthenticated", str(exc)),
+                _peer(getattr(intent, "socket", None)),
+            )
         intent.backoffPause(True)
         intent.stage = self._XMITStepRetry
         return self._nextTransmitStep(intent)
@@ -1223,8 +1305,9 @@ def _check_xmit_4_done(self: Any, intent: Any, rcv: bytes) -> Any:
     # The remote sent a frame of its own instead of the ACK: take it as an incoming message.
     intent.ackbuf.removeExtra()
     if self._addedDataToIncoming(TCPIncomingPersistent(intent.targetAddr, intent.socket, intent.ackbuf), True):
-        thesplog('<<< Should never happen: not full receive while waiting for ACK. Aborting socket.',
-                 level=logging.CRITICAL)
+        thesplog(
+            "<<< Should never happen: not full receive while waiting for ACK. Aborting socket.", level=logging.CRITICAL
+        )
         intent.ackbuf = ReceiveBuffer(serializer.loads)
         intent.backoffPause(True)
         intent.stage = self._XMITStepRetry

@@ -27,8 +27,25 @@ import psutil
 
 from . import _bench_actors as acts
 from ._bench_harness import Row, _Bench, _Progress, _Raw, _write
-from ._bench_sections import (_CRASHES, THREADS, _auth, _call, _cast, _compile, _crash, _hang, _lost, _memory,
-                              _reload, _reload_source, _remote, _rollback, _sandbox, _sibling, _threads)
+from ._bench_sections import (
+    _CRASHES,
+    THREADS,
+    _auth,
+    _call,
+    _cast,
+    _compile,
+    _crash,
+    _hang,
+    _lost,
+    _memory,
+    _reload,
+    _reload_source,
+    _remote,
+    _rollback,
+    _sandbox,
+    _sibling,
+    _threads,
+)
 
 __all__ = ["ROWS", "Row", "SECTIONS", "TARGETS", "Target", "evaluate_targets", "machine", "run_bench"]
 
@@ -77,8 +94,9 @@ TARGETS: tuple[Target, ...] = (
 """The targets table of ANCHORS.md (same machine, same run, raw Thespian as the baseline)."""
 
 
-def evaluate_targets(rows: Mapping[str, Mapping[str, Any]],
-                     targets: Sequence[Target] = TARGETS) -> list[dict[str, Any]]:
+def evaluate_targets(
+    rows: Mapping[str, Mapping[str, Any]], targets: Sequence[Target] = TARGETS
+) -> list[dict[str, Any]]:
     """Check each target against the JSON form of the rows (name to ``median``, ``ratio``, ``n``...).
 
     Returns:
@@ -89,7 +107,6 @@ def evaluate_targets(rows: Mapping[str, Mapping[str, Any]],
         result, value = target.check(rows.get(target.row))
         results.append({**attrs.asdict(target), "value": value, "result": result})
     return results
-
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -115,8 +132,12 @@ _SECTIONS = (
     _Section("reload_source", "hot_reload_source", _reload_source, ("reload_source",)),
     _Section("rollback", "rollback", _rollback, ("rollback",)),
     _Section("compile", "compile 50 modules", _compile, ("compile_cold", "compile_cached")),
-    _Section("memory", "memory", _memory, ("memory_actor_uss", "memory_actor_pss", "memory_sandbox_uss",
-                                           "memory_sandbox_pss")),
+    _Section(
+        "memory",
+        "memory",
+        _memory,
+        ("memory_actor_uss", "memory_actor_pss", "memory_sandbox_uss", "memory_sandbox_pss"),
+    ),
     _Section("lost", "lost / reordered across reloads", _lost, ("lost",)),
     _Section("remote", "call to a sandbox on another actor system", _remote, ("remote",)),
     _Section("auth", "frame authentication", _auth, ("auth",)),
@@ -138,14 +159,27 @@ def machine() -> dict[str, Any]:
 
     cpu = ""
     try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "thespian": metadata.version("thespian"), "cloudpickle": metadata.version("cloudpickle"),
-            "plugin_host": metadata.version("plugin-host"), "platform": platform.platform(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "load_average": os.getloadavg()}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "thespian": metadata.version("thespian"),
+        "cloudpickle": metadata.version("cloudpickle"),
+        "plugin_host": metadata.version("plugin-host"),
+        "platform": platform.platform(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": os.getloadavg(),
+    }
 
 
 def _run_sections(b: _Bench, sections: Sequence[_Section]) -> tuple[list[Row], dict[str, str]]:
@@ -162,8 +196,9 @@ def _run_sections(b: _Bench, sections: Sequence[_Section]) -> tuple[list[Row], d
     return rows, errors
 
 
-def run_bench(*, quick: bool = False, json_path: str | os.PathLike[str] | None = None,
-              only: Sequence[str] | None = None) -> int:
+def run_bench(
+    *, quick: bool = False, json_path: str | os.PathLike[str] | None = None, only: Sequence[str] | None = None
+) -> int:
     """Run the bench, print the table on stdout and optionally write the JSON report.
 
     Args:
@@ -199,15 +234,29 @@ def run_bench(*, quick: bool = False, json_path: str | os.PathLike[str] | None =
     return 1 if errors or (lost is not None and lost["median"] != 0) else 0
 
 
-def _report(rows: list[Row], errors: dict[str, str], quick: bool, only: Sequence[str] | None, duration: float,
-            json_path: Any) -> dict[str, Any]:
-    command = "plugin-host bench" + (" --quick" if quick else "") + (f" --json {json_path}" if json_path else "") + \
-        (f" --only {' '.join(only)}" if only else "")
+def _report(
+    rows: list[Row], errors: dict[str, str], quick: bool, only: Sequence[str] | None, duration: float, json_path: Any
+) -> dict[str, Any]:
+    command = (
+        "plugin-host bench"
+        + (" --quick" if quick else "")
+        + (f" --json {json_path}" if json_path else "")
+        + (f" --only {' '.join(only)}" if only else "")
+    )
     summaries = {row.name: row.summary() for row in rows}
-    return {"command": command, "mode": "quick" if quick else "full", "duration_s": round(duration, 1),
-            "machine": machine(), "rows": summaries, "targets": evaluate_targets(summaries), "errors": errors,
-            "notes": ["p99 of a rate (msg/s) is its slow tail: the 1st percentile of the per-burst rates",
-                      "ratio = plugin-host median / raw Thespian median (same machine, same run, interleaved)"]}
+    return {
+        "command": command,
+        "mode": "quick" if quick else "full",
+        "duration_s": round(duration, 1),
+        "machine": machine(),
+        "rows": summaries,
+        "targets": evaluate_targets(summaries),
+        "errors": errors,
+        "notes": [
+            "p99 of a rate (msg/s) is its slow tail: the 1st percentile of the per-burst rates",
+            "ratio = plugin-host median / raw Thespian median (same machine, same run, interleaved)",
+        ],
+    }
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -231,17 +280,23 @@ def _table(report: Mapping[str, Any], plain: bool) -> Any:
     targets = {t["row"]: t for t in report["targets"]}
     table = Table(box=box.SIMPLE_HEAD if plain else box.ROUNDED, header_style="bold")
     for column in ("row", "n", "median", "p99", "unit", "raw Thespian", "ratio", "target", ""):
-        table.add_column(column, justify="left" if column in ("row", "unit", "target", "") else "right",
-                         no_wrap=column != "row")
+        table.add_column(
+            column, justify="left" if column in ("row", "unit", "target", "") else "right", no_wrap=column != "row"
+        )
     styles = {"pass": "green", "fail": "bold red", "n/a": "dim"}
     for row in report["rows"].values():
         raw, target = row["raw"], targets.get(row["name"])
-        table.add_row(row["label"], str(row["n"]), _fmt(row["median"], row["unit"]), _fmt(row["p99"], row["unit"]),
-                      row["unit"], "" if raw is None else _fmt(raw["median"], row["unit"]),
-                      "" if row["ratio"] is None else f"{row['ratio']:.2f}×",
-                      "" if target is None else _target_text(target, row["unit"]),
-                      Text("" if target is None else target["result"], style=styles.get(target["result"], ""))
-                      if target else "")
+        table.add_row(
+            row["label"],
+            str(row["n"]),
+            _fmt(row["median"], row["unit"]),
+            _fmt(row["p99"], row["unit"]),
+            row["unit"],
+            "" if raw is None else _fmt(raw["median"], row["unit"]),
+            "" if row["ratio"] is None else f"{row['ratio']:.2f}×",
+            "" if target is None else _target_text(target, row["unit"]),
+            Text("" if target is None else target["result"], style=styles.get(target["result"], "")) if target else "",
+        )
     return table
 
 
@@ -254,10 +309,13 @@ def _print_report(report: Mapping[str, Any]) -> None:
     plain = not console.is_terminal
     m = report["machine"]
     console.print(f"$ {report['command']}", markup=False, highlight=False)
-    console.print(f"{report['mode']} mode, {report['duration_s']:.0f} s; {m['cores']} cores ({m['cpu']}), "
-                  f"Python {m['python']}, Thespian {m['thespian']}, cloudpickle {m['cloudpickle']}, {m['platform']}; "
-                  f"load average {m['load_average_start']:.2f} at the start, {m['load_average'][0]:.2f} at the end",
-                  markup=False, highlight=False)
+    console.print(
+        f"{report['mode']} mode, {report['duration_s']:.0f} s; {m['cores']} cores ({m['cpu']}), "
+        f"Python {m['python']}, Thespian {m['thespian']}, cloudpickle {m['cloudpickle']}, {m['platform']}; "
+        f"load average {m['load_average_start']:.2f} at the start, {m['load_average'][0]:.2f} at the end",
+        markup=False,
+        highlight=False,
+    )
     console.print(_table(report, plain))
     for row in report["rows"].values():
         extra = [f"raw: {row['raw']['label']}"] if row["raw"] else []

@@ -80,8 +80,12 @@ def _parser() -> argparse.ArgumentParser:
 def _deps_parser(commands: Any) -> None:
     deps = commands.add_parser("deps", help="install a sandbox folder's requirements ahead of time (offline use)")
     deps.add_argument("path", metavar="PATH", help="the sandbox folder (requirements.txt or pyproject.toml)")
-    deps.add_argument("--find-links", action="append", metavar="DIR",
-                      help="a folder or URL of wheels; repeatable (default: the configured find_links)")
+    deps.add_argument(
+        "--find-links",
+        action="append",
+        metavar="DIR",
+        help="a folder or URL of wheels; repeatable (default: the configured find_links)",
+    )
     deps.add_argument("--no-index", action="store_true", help="install from --find-links only")
     deps.set_defaults(handler=_deps)
 
@@ -106,8 +110,9 @@ def _bench_parser(commands: Any) -> None:
     bench = commands.add_parser("bench", help="measure plugin-host against raw Thespian, in one run")
     bench.add_argument("--quick", action="store_true", help="fewer samples and actors (CI smoke use, under a minute)")
     bench.add_argument("--json", dest="json_path", metavar="FILE", help="also write the report as JSON to FILE")
-    bench.add_argument("--only", nargs="+", choices=SECTIONS, metavar="NAME",
-                       help=f"run only these sections: {', '.join(SECTIONS)}")
+    bench.add_argument(
+        "--only", nargs="+", choices=SECTIONS, metavar="NAME", help=f"run only these sections: {', '.join(SECTIONS)}"
+    )
     bench.set_defaults(handler=_bench)
 
 
@@ -144,11 +149,19 @@ def _operator_parsers(commands: Any) -> None:
 
 
 def _with_port(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--port", type=int, metavar="N",
-                        help="the host's admin port (default: the one host running with the state folder)")
-    parser.add_argument("--state-dir", metavar="DIR", help="the host's state folder, where its runtime file and "
-                                                           "credential are (default: PLUGIN_HOST_STATE_DIR, else "
-                                                           "the XDG state folder)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        metavar="N",
+        help="the host's admin port (default: the one host running with the state folder)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the host's state folder, where its runtime file and "
+        "credential are (default: PLUGIN_HOST_STATE_DIR, else "
+        "the XDG state folder)",
+    )
     parser.add_argument("--cookie-file", metavar="PATH", help="the host's credential (default: STATE_DIR/cookie)")
     return parser
 
@@ -163,8 +176,11 @@ def _client(args: argparse.Namespace) -> Any:
 def _operator_config(args: argparse.Namespace) -> Any:
     from .config import HostConfig
 
-    fields = {name: value for name, value in (("state_dir", args.state_dir), ("cookie_file", args.cookie_file))
-              if value is not None}
+    fields = {
+        name: value
+        for name, value in (("state_dir", args.state_dir), ("cookie_file", args.cookie_file))
+        if value is not None
+    }
     return HostConfig(**fields)
 
 
@@ -189,8 +205,10 @@ def _reload_line(result: ReloadResult, verb: str = "reloaded") -> str:
     if result.old_version == result.new_version and not result.actors_updated:
         return f"no change: {result.sandbox_id}/{result.module} already runs version {result.new_version}"
     actors = ", ".join(result.actors_updated) or "none"
-    return (f"{verb} {result.sandbox_id}/{result.module}: version {result.old_version} -> {result.new_version}; "
-            f"actors updated: {actors}")
+    return (
+        f"{verb} {result.sandbox_id}/{result.module}: version {result.old_version} -> {result.new_version}; "
+        f"actors updated: {actors}"
+    )
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -254,8 +272,16 @@ def _serve(host: Host, args: argparse.Namespace, console: Console, stop: threadi
             watcher.stop()  # before the host closes: a reload under way finishes first
 
 
-_EVENT_STYLES = {"crashed": "red", "failed": "bold red", "limit_breached": "magenta", "restarted": "yellow",
-                 "reloaded": "green", "rolled_back": "yellow", "started": "green", "stopped": "dim"}
+_EVENT_STYLES = {
+    "crashed": "red",
+    "failed": "bold red",
+    "limit_breached": "magenta",
+    "restarted": "yellow",
+    "reloaded": "green",
+    "rolled_back": "yellow",
+    "started": "green",
+    "stopped": "dim",
+}
 
 
 def _event_printer(console: Console) -> Callable[[Event], None]:
@@ -265,8 +291,11 @@ def _event_printer(console: Console) -> Callable[[Event], None]:
     def show(event: Event) -> None:
         actor = f" {event.actor}" if event.actor else ""
         reason = f": {event.reason}" if event.reason else ""
-        console.print(Text.assemble((event.kind, _EVENT_STYLES.get(event.kind, "")),
-                                    f" {event.sandbox_id}{actor}{reason}"), highlight=False)
+        console.print(
+            Text.assemble((event.kind, _EVENT_STYLES.get(event.kind, "")), f" {event.sandbox_id}{actor}{reason}"),
+            highlight=False,
+        )
+
     return show
 
 
@@ -286,8 +315,10 @@ def _print_report(console: Console, report: ReloadReport) -> None:
     elif not report.versions:
         console.print(Text(f"{head}no change to the running code"), soft_wrap=True)
     else:
-        moved = ", ".join(f"{module} {'(new)' if old is None else f'v{old}'} -> v{new}"
-                          for module, (old, new) in report.versions.items())
+        moved = ", ".join(
+            f"{module} {'(new)' if old is None else f'v{old}'} -> v{new}"
+            for module, (old, new) in report.versions.items()
+        )
         actors = ", ".join(report.actors_updated) or "none"
         console.print(Text(f"{head}reloaded {moved}; actors updated: {actors}", style="green"), soft_wrap=True)
 
@@ -305,8 +336,16 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    return run_status(_console(), args.port, sandbox_id=args.sandbox, audit=args.audit, as_json=args.json,
-                      once=args.once, interval=args.interval, config=_operator_config(args))
+    return run_status(
+        _console(),
+        args.port,
+        sandbox_id=args.sandbox,
+        audit=args.audit,
+        as_json=args.json,
+        once=args.once,
+        interval=args.interval,
+        config=_operator_config(args),
+    )
 
 
 def _deps(args: argparse.Namespace) -> int:
@@ -322,9 +361,12 @@ def _deps(args: argparse.Namespace) -> int:
         return 0
     with console.status("preparing the environment (pip runs only the first time)"):
         environment = prepare_environment(
-            requirements, config.state_dir, find_links=args.find_links or config.find_links,
+            requirements,
+            config.state_dir,
+            find_links=args.find_links or config.find_links,
             no_index=args.no_index or config.no_index,
-            progress=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+            progress=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        )
     print(environment)
     return 0
 
@@ -346,8 +388,9 @@ def _compile(args: argparse.Namespace) -> int:
     if info.output.strip():
         console.print(info.output.rstrip(), markup=False, highlight=False, soft_wrap=True)
     cached = " (from the cache)" if info.cached else ""
-    console.print(f"compiled {len(info.artifacts)} module(s) in {info.compilation_time:.0f} ms{cached}",
-                  highlight=False)
+    console.print(
+        f"compiled {len(info.artifacts)} module(s) in {info.compilation_time:.0f} ms{cached}", highlight=False
+    )
     return 0
 
 
@@ -376,18 +419,27 @@ def _history(args: argparse.Namespace) -> int:
         print(json.dumps(_history_json(args.sandbox_id, args.module, history), indent=2))
         return 0
     console = _console()
-    console.print(f"{args.sandbox_id}/{args.module}: current version {history.current_version}, "
-                  f"{history.total_versions} stored", highlight=False)
+    console.print(
+        f"{args.sandbox_id}/{args.module}: current version {history.current_version}, {history.total_versions} stored",
+        highlight=False,
+    )
     console.print(history_for(console)(history))
     return 0
 
 
 def _history_json(sandbox_id: str, module: str, history: VersionHistory) -> dict[str, Any]:
     """The history as plain data; sources are left out (``Host.get_version_history`` has them)."""
-    versions = [{"version": v.version, "status": v.status, "loaded_at": v.loaded_at, "checksum": v.checksum}
-                for v in history.versions]
-    return {"sandbox_id": sandbox_id, "module": module, "current_version": history.current_version,
-            "total_versions": history.total_versions, "versions": versions}
+    versions = [
+        {"version": v.version, "status": v.status, "loaded_at": v.loaded_at, "checksum": v.checksum}
+        for v in history.versions
+    ]
+    return {
+        "sandbox_id": sandbox_id,
+        "module": module,
+        "current_version": history.current_version,
+        "total_versions": history.total_versions,
+        "versions": versions,
+    }
 
 
 if __name__ == "__main__":

@@ -24,8 +24,16 @@ import attrs
 
 from .errors import CodeIntegrityError, CompilationError, SandboxStartError
 
-__all__ = ["CodeTable", "ModuleSource", "PROTECTED_MODULES", "SandboxFinder", "read_sandbox_folder", "check_syntax",
-           "verify_checksums", "wire_checksums"]
+__all__ = [
+    "CodeTable",
+    "ModuleSource",
+    "PROTECTED_MODULES",
+    "SandboxFinder",
+    "read_sandbox_folder",
+    "check_syntax",
+    "verify_checksums",
+    "wire_checksums",
+]
 
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".tox", ".venv", "venv", "node_modules", "build", "dist"}
 
@@ -79,8 +87,9 @@ def verify_checksums(sources: dict[str, tuple[str, str, bool]], checksums: dict[
     actual = wire_checksums(sources)
     bad = sorted(name for name in actual if checksums.get(name) != actual[name])
     if bad:
-        raise CodeIntegrityError(f"refusing module(s) {', '.join(bad)}: the source does not match the sha256 "
-                                 "it was sent with", modules=bad)
+        raise CodeIntegrityError(
+            f"refusing module(s) {', '.join(bad)}: the source does not match the sha256 it was sent with", modules=bad
+        )
 
 
 def _module_name(relative: Path) -> tuple[str, bool]:
@@ -206,13 +215,10 @@ def install(table: CodeTable, *, protected: Iterable[str] = PROTECTED_MODULES) -
     Raises:
         SandboxStartError: a module would shadow one this process has already imported.
     """
-    clashes = sorted(
-        name for name in table.modules if name in sys.modules or name.split(".")[0] in set(protected)
-    )
+    clashes = sorted(name for name in table.modules if name in sys.modules or name.split(".")[0] in set(protected))
     if clashes:
         raise SandboxStartError(
-            f"sandbox module(s) {', '.join(clashes)} would shadow module(s) the host runtime already uses; "
-            "rename them",
+            f"sandbox module(s) {', '.join(clashes)} would shadow module(s) the host runtime already uses; rename them",
             modules=clashes,
         )
     finder = SandboxFinder(table)

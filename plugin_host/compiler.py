@@ -98,8 +98,7 @@ def compile_sandbox(
     """
     start = time.perf_counter()
     root = Path(path).resolve()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool,
-                            import_paths)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool, import_paths)
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
 
@@ -142,8 +141,7 @@ def compile_source(
         ConfigError: an invalid profile or timeout.
     """
     start = time.perf_counter()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool,
-                            import_paths)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
     file = str(path) if path is not None else (old.path if old else f"<{module}>")
@@ -173,8 +171,7 @@ def compile_file(
     root, name, is_package = _module_of_file(file)
     # No cache-inside-the-tree check here: the folder is only read for imports, and a file in
     # the home folder would otherwise refuse a state_dir under it.
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool,
-                            import_paths)
+    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
     try:
         text = _as_text(file.read_bytes(), str(file))
     except OSError as exc:
@@ -230,8 +227,9 @@ class _Options:
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout")
         folder = Path(cache_dir).resolve() if cache_dir is not None else None
         if folder is not None and source_root is not None and folder.is_relative_to(source_root):
-            raise ConfigError(f"cache_dir {str(folder)!r} is inside the source tree {str(source_root)!r}",
-                              field="cache_dir")
+            raise ConfigError(
+                f"cache_dir {str(folder)!r} is inside the source tree {str(source_root)!r}", field="cache_dir"
+            )
         classes = tuple(plugin_classes)
         _check_class_specs(classes)
         return cls(float(timeout), bool(validate), profile, folder, classes, pool, tuple(map(str, import_paths)))
@@ -261,8 +259,10 @@ def _compile(job: _Job, start: float) -> CompileInfo:
     if output is not None:
         _security(job)  # never taken from the cache: it is cheap, and a planted entry must not skip it
         return CompileInfo(_artifacts(job), output, _elapsed_ms(start), cached=True)
-    lines = [f"compiling {len(job.targets)} module(s) of {job.label} "
-             f"(profile {job.options.profile}, Python {sys.version.split()[0]})"]
+    lines = [
+        f"compiling {len(job.targets)} module(s) of {job.label} "
+        f"(profile {job.options.profile}, Python {sys.version.split()[0]})"
+    ]
     _syntax(job)
     lines += _security(job)
     if job.options.validate:
@@ -280,8 +280,9 @@ def _syntax(job: _Job) -> None:
 def _security(job: _Job) -> list[str]:
     if job.options.profile == "permissive":
         return []
-    findings = [f for name in job.targets for f in scan_source(job.table.modules[name].source,
-                                                               job.table.modules[name].path)]
+    findings = [
+        f for name in job.targets for f in scan_source(job.table.modules[name].source, job.table.modules[name].path)
+    ]
     if findings and job.options.profile == "restricted":
         raise SecurityViolationError(_format(findings, "security violation"), errors=findings, output="")
     return [_format([f], "security warning") for f in findings]
@@ -291,17 +292,26 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
     targets = _to_import(job)
     if not targets and not job.options.plugin_classes:
         return [f"validated 0 of {len(job.table.modules)} module(s): none changed since the last success"]
-    result = run_validator(job.table, targets, job.options.plugin_classes,
-                           timeout=job.options.timeout, label=job.label, pool=job.options.pool,
-                           paths=job.options.import_paths)
-    notes = [f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "
-             f"in a separate process ({result.elapsed * 1000:.0f} ms)"]
+    result = run_validator(
+        job.table,
+        targets,
+        job.options.plugin_classes,
+        timeout=job.options.timeout,
+        label=job.label,
+        pool=job.options.pool,
+        paths=job.options.import_paths,
+    )
+    notes = [
+        f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "
+        f"in a separate process ({result.elapsed * 1000:.0f} ms)"
+    ]
     if result.chatter.strip():
         notes += ["--- printed by the modules' top-level code ---", result.chatter.rstrip()]
     output = "\n".join(lines + notes)
     if result.timed_out:
-        raise CompilationTimeoutError(_format(result.errors, "timeout"), errors=result.errors, output=output,
-                                      timeout=job.options.timeout)
+        raise CompilationTimeoutError(
+            _format(result.errors, "timeout"), errors=result.errors, output=output, timeout=job.options.timeout
+        )
     if result.errors:
         raise CompilationError(_format(result.errors, "import failed"), errors=result.errors, output=output)
     return notes
@@ -315,7 +325,8 @@ def _to_import(job: _Job) -> list[str]:
         if previous is None:
             return list(job.targets)
         changed = {n for n, m in job.table.modules.items() if previous.get(n) != m.checksum} | (
-            set(previous) - set(job.table.modules))
+            set(previous) - set(job.table.modules)
+        )
     graph = import_graph(job.table, changed)
     wanted: dict[str, None] = {}
     for name in sorted(changed):

@@ -19,8 +19,18 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["HostConfig", "ResourceLimits", "SUPPORTED_BASES", "SECURITY_PROFILES", "PLUGIN_VALUES", "NODE_CAPABILITY",
-           "VERSION_CAPABILITY", "PYTHON_CAPABILITY", "node_name", "system_capabilities"]
+__all__ = [
+    "HostConfig",
+    "ResourceLimits",
+    "SUPPORTED_BASES",
+    "SECURITY_PROFILES",
+    "PLUGIN_VALUES",
+    "NODE_CAPABILITY",
+    "VERSION_CAPABILITY",
+    "PYTHON_CAPABILITY",
+    "node_name",
+    "system_capabilities",
+]
 
 SUPPORTED_BASES = ("multiprocTCPBase", "simpleSystemBase")
 """Thespian bases a host may run on; the queue and UDP bases lose crashes or big messages."""
@@ -52,8 +62,12 @@ def system_capabilities(config: HostConfig, port: int) -> dict[str, Any]:
 
     from . import __version__
 
-    return {**config.capabilities, NODE_CAPABILITY: node_name(config.bind_address, port),
-            VERSION_CAPABILITY: __version__, PYTHON_CAPABILITY: "%d.%d" % sys.version_info[:2]}
+    return {
+        **config.capabilities,
+        NODE_CAPABILITY: node_name(config.bind_address, port),
+        VERSION_CAPABILITY: __version__,
+        PYTHON_CAPABILITY: "%d.%d" % sys.version_info[:2],
+    }
 
 
 _ENV_PREFIX = "PLUGIN_HOST_"
@@ -166,8 +180,9 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def _from_env(name: str, parse: Callable[[str], Any], default: Callable[[], Any],
-              derived: Callable[[Any], Any] | None = None) -> Any:
+def _from_env(
+    name: str, parse: Callable[[str], Any], default: Callable[[], Any], derived: Callable[[Any], Any] | None = None
+) -> Any:
     """An attrs default that reads ``PLUGIN_HOST_<NAME>`` first; ``derived(instance)``, when given,
     makes the default follow the fields set before it (``default`` is then unused)."""
 
@@ -235,8 +250,11 @@ def _check_capabilities(instance: Any, attribute: attrs.Attribute, value: Any) -
     _check_mapping(instance, attribute, value)
     reserved = sorted(k for k in value if k.startswith(RESERVED_CAPABILITY_PREFIX))
     if reserved:
-        raise ConfigError(f"capabilities {reserved} are reserved: plugin-host sets the "
-                          f"{RESERVED_CAPABILITY_PREFIX}* capabilities itself", field=attribute.name)
+        raise ConfigError(
+            f"capabilities {reserved} are reserved: plugin-host sets the "
+            f"{RESERVED_CAPABILITY_PREFIX}* capabilities itself",
+            field=attribute.name,
+        )
 
 
 def _to_path(value: Any, field: str = "state_dir") -> Path:
@@ -275,8 +293,9 @@ PLUGIN_VALUES = ("objects", "plain")
 
 def _check_plugin_values(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value not in PLUGIN_VALUES:
-        raise ConfigError(f"plugin_values must be one of {', '.join(PLUGIN_VALUES)}, got {value!r}",
-                          field="plugin_values")
+        raise ConfigError(
+            f"plugin_values must be one of {', '.join(PLUGIN_VALUES)}, got {value!r}", field="plugin_values"
+        )
 
 
 def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -310,7 +329,9 @@ class HostConfig:
         default=_from_env("max_versions", _parse_optional_int, lambda: None), validator=_positive_int
     )
     """Versions kept per module; ``None`` keeps all (the current one is never pruned)."""
-    call_timeout: float = attrs.field(default=_from_env("call_timeout", float, lambda: 10.0), validator=_positive_required)
+    call_timeout: float = attrs.field(
+        default=_from_env("call_timeout", float, lambda: 10.0), validator=_positive_required
+    )
     """Default timeout of ``call`` and ``run`` (``math.inf``: no limit)."""
     compile_timeout: float = attrs.field(
         default=_from_env("compile_timeout", float, lambda: 60.0), validator=_positive_required
@@ -320,7 +341,9 @@ class HostConfig:
         default=_from_env("reload_timeout", float, lambda: 30.0), validator=_positive_required
     )
     """Default timeout of a hot reload across a sandbox."""
-    start_timeout: float = attrs.field(default=_from_env("start_timeout", float, lambda: 30.0), validator=_positive_required)
+    start_timeout: float = attrs.field(
+        default=_from_env("start_timeout", float, lambda: 30.0), validator=_positive_required
+    )
     """How long a sandbox (imports and every ``init``) may take to start."""
     limits: ResourceLimits = attrs.field(
         default=_from_env("limits", _parse_json_mapping, ResourceLimits), converter=_to_limits
@@ -335,9 +358,14 @@ class HostConfig:
     )
     """How often supervisors ping their children."""
     hang_timeout: float = attrs.field(
-        default=_from_env("hang_timeout", float, lambda: 10.0,
-                          derived=lambda config: max(10.0, 10 * _number(config.heartbeat_interval))),
-        validator=_positive_required)
+        default=_from_env(
+            "hang_timeout",
+            float,
+            lambda: 10.0,
+            derived=lambda config: max(10.0, 10 * _number(config.heartbeat_interval)),
+        ),
+        validator=_positive_required,
+    )
     """A child silent for this long (busy in a callback, or hung) is killed and restarted. Default: 10 s,
     or ten heartbeats when ``heartbeat_interval`` is longer than 1 s (a default never contradicts a
     field that was set; only two explicit values can)."""
@@ -359,11 +387,11 @@ class HostConfig:
         default=_from_env("capabilities", _parse_json_mapping, dict), validator=_check_capabilities, hash=False
     )
     """Capabilities this system offers to a convention (``plugin_host.*`` names are reserved)."""
-    node_timeout: float = attrs.field(default=_from_env("node_timeout", float, lambda: 10.0), validator=_positive_required)
-    """How long a sandbox on another system of the convention may stay silent before it is ``lost``."""
-    find_links: tuple[str, ...] = attrs.field(
-        default=_from_env("find_links", _parse_paths, tuple), converter=_to_links
+    node_timeout: float = attrs.field(
+        default=_from_env("node_timeout", float, lambda: 10.0), validator=_positive_required
     )
+    """How long a sandbox on another system of the convention may stay silent before it is ``lost``."""
+    find_links: tuple[str, ...] = attrs.field(default=_from_env("find_links", _parse_paths, tuple), converter=_to_links)
     """Folders or URLs of wheels for installing sandbox requirements offline."""
     no_index: bool = attrs.field(default=_from_env("no_index", _parse_bool, lambda: False), validator=_check_bool)
     """Install sandbox requirements from ``find_links`` only."""
@@ -393,9 +421,11 @@ class HostConfig:
     def _check_node_timeout(self, attribute: attrs.Attribute, value: Any) -> None:
         tick = min(1.0, self.heartbeat_interval)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 2 * tick:
-            raise ConfigError(f"node_timeout ({value}) must be more than twice the admin's tick "
-                              f"(min(1 s, heartbeat_interval) = {tick} s): a member needs a chance to answer",
-                              field="node_timeout")
+            raise ConfigError(
+                f"node_timeout ({value}) must be more than twice the admin's tick "
+                f"(min(1 s, heartbeat_interval) = {tick} s): a member needs a chance to answer",
+                field="node_timeout",
+            )
 
     @hang_timeout.validator
     def _check_hang(self, attribute: attrs.Attribute, value: Any) -> None:

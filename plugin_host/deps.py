@@ -40,8 +40,16 @@ from .errors import DependencyError
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
 
-__all__ = ["LOG_NAME", "MARKER_NAME", "activate_environment", "check_conflicts", "environment_key",
-           "environment_requirements", "prepare_environment", "read_requirements"]
+__all__ = [
+    "LOG_NAME",
+    "MARKER_NAME",
+    "activate_environment",
+    "check_conflicts",
+    "environment_key",
+    "environment_requirements",
+    "prepare_environment",
+    "read_requirements",
+]
 
 MARKER_NAME = ".plugin-host-env.json"
 """Written last into an environment: its presence means the install completed."""
@@ -81,14 +89,17 @@ def read_requirements(path: str | os.PathLike[str]) -> list[str]:
     text_file, toml_file = folder / "requirements.txt", folder / "pyproject.toml"
     from_toml = _pyproject_dependencies(toml_file) if toml_file.is_file() else None
     if text_file.is_file() and from_toml is not None:
-        raise DependencyError(f"{folder} declares requirements in both requirements.txt and pyproject.toml; "
-                              "keep only one of them", path=str(folder))
+        raise DependencyError(
+            f"{folder} declares requirements in both requirements.txt and pyproject.toml; keep only one of them",
+            path=str(folder),
+        )
     lines, source = (_requirements_lines(text_file), text_file) if text_file.is_file() else (from_toml or [], toml_file)
     return list(dict.fromkeys(_normalise(line, str(source)) for line in lines))
 
 
-def environment_key(requirements: Iterable[str], *,
-                    python: tuple[int, int] = (sys.version_info.major, sys.version_info.minor)) -> str:
+def environment_key(
+    requirements: Iterable[str], *, python: tuple[int, int] = (sys.version_info.major, sys.version_info.minor)
+) -> str:
     """The name of the environment of a set of requirements: equal sets share one environment.
 
     Args:
@@ -137,17 +148,29 @@ def check_conflicts(requirements: Iterable[str]) -> None:
         if name in _runtime_closure() or _has_extensions(imported[name]):
             conflicts.append((name, str(requirement.specifier), present))
     if conflicts:
-        listed = "; ".join(f"{name} {wanted} is wanted but {present} is already loaded by the host"
-                           for name, wanted, present in conflicts)
-        raise DependencyError(f"requirements conflict with the host: {listed} (a compiled extension or a "
-                              "dependency of plugin-host cannot differ in a sandbox process)",
-                              package=conflicts[0][0], wanted=conflicts[0][1], present=conflicts[0][2],
-                              conflicts=conflicts)
+        listed = "; ".join(
+            f"{name} {wanted} is wanted but {present} is already loaded by the host"
+            for name, wanted, present in conflicts
+        )
+        raise DependencyError(
+            f"requirements conflict with the host: {listed} (a compiled extension or a "
+            "dependency of plugin-host cannot differ in a sandbox process)",
+            package=conflicts[0][0],
+            wanted=conflicts[0][1],
+            present=conflicts[0][2],
+            conflicts=conflicts,
+        )
 
 
-def prepare_environment(requirements: Iterable[str], state_dir: str | os.PathLike[str], *,
-                        find_links: Sequence[str | os.PathLike[str]] = (), no_index: bool = False,
-                        timeout: float = 600.0, progress: Callable[[str], None] | None = None) -> Path | None:
+def prepare_environment(
+    requirements: Iterable[str],
+    state_dir: str | os.PathLike[str],
+    *,
+    find_links: Sequence[str | os.PathLike[str]] = (),
+    no_index: bool = False,
+    timeout: float = 600.0,
+    progress: Callable[[str], None] | None = None,
+) -> Path | None:
     """Install requirements into their environment under ``state_dir``, or reuse it when complete.
 
     A complete environment is reused without running pip at all.  Otherwise pip installs into a
@@ -251,8 +274,9 @@ def _split_hashes(text: str, source: str) -> tuple[str, list[str]]:
     for option in filter(None, (part.strip() for part in f"--{options}".split(" --") if options)):
         name, _, value = option.lstrip("-").partition("=")
         if name != "hash" or not re.fullmatch(r"(sha256|sha384|sha512):[0-9a-fA-F]+", value.strip()):
-            raise DependencyError(f"{source}: {text!r}: only --hash=sha256:... options may follow a requirement",
-                                  requirement=text)
+            raise DependencyError(
+                f"{source}: {text!r}: only --hash=sha256:... options may follow a requirement", requirement=text
+            )
         hashes.append(value.strip().lower())
     return requirement.strip(), sorted(set(hashes))
 
@@ -263,9 +287,11 @@ def _parse(text: str, source: str) -> Requirement:
     try:
         requirement: Requirement = module.Requirement(text)
     except module.InvalidRequirement as exc:
-        raise DependencyError(f"{source}: {text!r} is not a requirement ({exc}); URLs, paths and editable "
-                              "installs are refused, publish a wheel in a find_links folder instead",
-                              requirement=text) from None
+        raise DependencyError(
+            f"{source}: {text!r} is not a requirement ({exc}); URLs, paths and editable "
+            "installs are refused, publish a wheel in a find_links folder instead",
+            requirement=text,
+        ) from None
     return requirement
 
 
@@ -280,11 +306,16 @@ def _normalise(text: str, source: str) -> str:
     hashes = "".join(f" --hash={digest}" for digest in _split_hashes(text, source)[1])
     requirement = _parse(text, source)
     if requirement.url:
-        raise DependencyError(f"{source}: {text!r} is a direct URL reference, which the environment key could "
-                              "not follow; publish a wheel in a find_links folder instead", requirement=text)
+        raise DependencyError(
+            f"{source}: {text!r} is a direct URL reference, which the environment key could "
+            "not follow; publish a wheel in a find_links folder instead",
+            requirement=text,
+        )
     extras = ",".join(sorted(_canonical_name(extra) for extra in requirement.extras))
     marker = f"; {requirement.marker}" if requirement.marker is not None else ""
-    return f"{_canonical_name(requirement.name)}{f'[{extras}]' if extras else ''}{requirement.specifier}{marker}{hashes}"
+    return (
+        f"{_canonical_name(requirement.name)}{f'[{extras}]' if extras else ''}{requirement.specifier}{marker}{hashes}"
+    )
 
 
 def _applies(requirement: Requirement) -> bool:
@@ -301,9 +332,12 @@ def _requirements_lines(file: Path) -> list[str]:
     for raw in text.splitlines():
         line = _COMMENT.sub("", raw).strip()
         if line.startswith(_REFUSED_OPTIONS):
-            raise DependencyError(f"{file}: {line!r} is refused: list the requirements themselves (editable "
-                                  "installs and included files cannot be hashed into an environment key)",
-                                  path=str(file), requirement=line)
+            raise DependencyError(
+                f"{file}: {line!r} is refused: list the requirements themselves (editable "
+                "installs and included files cannot be hashed into an environment key)",
+                path=str(file),
+                requirement=line,
+            )
         if line and not line.startswith("-"):
             found.append(line)
     return found
@@ -371,8 +405,12 @@ def _top_level_names(folder: Path) -> set[str]:
 def _evictable(names: set[str]) -> set[str]:
     mapping = importlib.metadata.packages_distributions()
     runtime = _runtime_closure()
-    return {name for name in names if name in mapping
-            and not any(_canonical_name(dist) in runtime or _has_extensions(dist) for dist in mapping[name])}
+    return {
+        name
+        for name in names
+        if name in mapping
+        and not any(_canonical_name(dist) in runtime or _has_extensions(dist) for dist in mapping[name])
+    }
 
 
 @contextmanager
@@ -395,8 +433,9 @@ def _discard_leftovers(final: Path) -> None:
         shutil.rmtree(final, ignore_errors=True)
 
 
-def _install(wanted: list[str], final: Path, find_links: list[str], no_index: bool, timeout: float,
-             report: Callable[[str], None]) -> None:
+def _install(
+    wanted: list[str], final: Path, find_links: list[str], no_index: bool, timeout: float, report: Callable[[str], None]
+) -> None:
     started = time.monotonic()
     report(f"installing {', '.join(wanted)} into environment {final.name[:12]}")
     temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -411,8 +450,17 @@ def _install(wanted: list[str], final: Path, find_links: list[str], no_index: bo
 
 
 def _pip_install(wanted: list[str], target: Path, find_links: list[str], no_index: bool, timeout: float) -> None:
-    command = [sys.executable, "-m", "pip", "install", "--target", str(target), "--no-user",
-               "--disable-pip-version-check", "--no-input"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        str(target),
+        "--no-user",
+        "--disable-pip-version-check",
+        "--no-input",
+    ]
     command += ["--no-index"] if no_index else []
     for link in find_links:
         command += ["--find-links", link]
@@ -427,13 +475,21 @@ def _pip_install(wanted: list[str], target: Path, find_links: list[str], no_inde
     try:
         code = _run_pip([*command, *arguments], target / LOG_NAME, timeout)
     except subprocess.TimeoutExpired:
-        raise DependencyError(f"pip did not install {', '.join(packages)} within {timeout:g} s and was killed",
-                              packages=packages, requirements=wanted, output=_tail(target / LOG_NAME)) from None
+        raise DependencyError(
+            f"pip did not install {', '.join(packages)} within {timeout:g} s and was killed",
+            packages=packages,
+            requirements=wanted,
+            output=_tail(target / LOG_NAME),
+        ) from None
     if code != 0:
         output = _tail(target / LOG_NAME)
-        raise DependencyError(f"pip could not install {', '.join(wanted)} (packages: {', '.join(packages)}; "
-                              f"exit status {code}); its last lines:\n{output}",
-                              packages=packages, requirements=wanted, output=output)
+        raise DependencyError(
+            f"pip could not install {', '.join(wanted)} (packages: {', '.join(packages)}; "
+            f"exit status {code}); its last lines:\n{output}",
+            packages=packages,
+            requirements=wanted,
+            output=output,
+        )
 
 
 PIP_IN_OWN_SESSION = True
@@ -447,8 +503,9 @@ def _run_pip(command: list[str], log: Path, timeout: float) -> int:
     own_session = PIP_IN_OWN_SESSION
     with open(log, "wb") as output:
         # A file, not a pipe: nobody reads a pipe while we wait, and a full one would hang pip.
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=own_session)
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=own_session
+        )
         try:
             return process.wait(timeout)
         except BaseException:

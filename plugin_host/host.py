@@ -161,8 +161,12 @@ class Host(CallMethods, ReloadMethods):
         if self._system.closed:
             raise HostClosedError("the host is closed")
         about = getattr(request, "sandbox_id", None)  # its processes may answer too (a run, a routed call)
-        reply = self._system.ask(self._admin, attrs.evolve(request, corr=self._system.new_corr()), timeout,
-                                 about if isinstance(about, str) else None)
+        reply = self._system.ask(
+            self._admin,
+            attrs.evolve(request, corr=self._system.new_corr()),
+            timeout,
+            about if isinstance(about, str) else None,
+        )
         if reply is None or reply is DEAD:
             raise on_timeout()
         if isinstance(reply, Failed):
@@ -172,10 +176,18 @@ class Host(CallMethods, ReloadMethods):
     def _admin_timeout(self, what: str) -> Callable[[], PluginHostError]:
         return lambda: CallTimeoutError(f"the admin actor did not answer {what} in time")
 
-    def create_sandbox(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: str | os.PathLike[str] | None = None,
-                       args: Any = None, limits: ResourceLimits | Mapping[str, Any] | None = None,
-                       security_profile: str | None = None, requirements: Mapping[str, Any] | None = None,
-                       restart_elsewhere: bool = False) -> SandboxInfo:
+    def create_sandbox(
+        self,
+        sandbox_id: str,
+        supervisor: str | type,
+        *,
+        sandbox_path: str | os.PathLike[str] | None = None,
+        args: Any = None,
+        limits: ResourceLimits | Mapping[str, Any] | None = None,
+        security_profile: str | None = None,
+        requirements: Mapping[str, Any] | None = None,
+        restart_elsewhere: bool = False,
+    ) -> SandboxInfo:
         """Create a sandbox and wait until every actor of its tree runs.
 
         Args:
@@ -208,19 +220,38 @@ class Host(CallMethods, ReloadMethods):
             # Syntax and the security scan here, in the caller (cached): the admin only reads the folder.
             self.compile_sandbox(sandbox_path, validate=False, security_profile=security_profile)
             environment = self.prepare_dependencies(sandbox_path)
-        request = self._create_request(sandbox_id, supervisor, sandbox_path=sandbox_path, args=args, limits=limits,
-                                       security_profile=security_profile, requirements=requirements,
-                                       restart_elsewhere=restart_elsewhere)
+        request = self._create_request(
+            sandbox_id,
+            supervisor,
+            sandbox_path=sandbox_path,
+            args=args,
+            limits=limits,
+            security_profile=security_profile,
+            requirements=requirements,
+            restart_elsewhere=restart_elsewhere,
+        )
         if environment is not None:
             request = attrs.evolve(request, environment=str(environment))
         if request.sandbox_path is not None:
             self._sandbox_paths[sandbox_id] = request.sandbox_path
         timeout = self.config.start_timeout + self._stop_wait()
-        return cast(SandboxInfo, self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}")))
+        return cast(
+            SandboxInfo,
+            self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}")),
+        )
 
-    def _create_request(self, sandbox_id: str, supervisor: str | type, *, sandbox_path: Any = None, args: Any = None,
-                        limits: Any = None, security_profile: str | None = None,
-                        requirements: Mapping[str, Any] | None = None, restart_elsewhere: bool = False) -> CreateSandbox:
+    def _create_request(
+        self,
+        sandbox_id: str,
+        supervisor: str | type,
+        *,
+        sandbox_path: Any = None,
+        args: Any = None,
+        limits: Any = None,
+        security_profile: str | None = None,
+        requirements: Mapping[str, Any] | None = None,
+        restart_elsewhere: bool = False,
+    ) -> CreateSandbox:
         if isinstance(supervisor, type):
             ref: Any = Blob.dump(supervisor)
             label = f"{supervisor.__module__}:{supervisor.__qualname__}"
@@ -230,11 +261,17 @@ class Host(CallMethods, ReloadMethods):
             raise InvalidSpecError(f"supervisor must be 'module:Class', a dotted path or a class, got {supervisor!r}")
         if isinstance(limits, Mapping):
             limits = ResourceLimits.from_mapping(dict(limits))
-        return CreateSandbox(sandbox_id=sandbox_id, supervisor=ref, supervisor_label=label,
-                             sandbox_path=None if sandbox_path is None else os.fspath(os.path.abspath(sandbox_path)),
-                             args=Blob.dump(args), limits=limits, security_profile=security_profile,
-                             requirements=dict(requirements) if requirements else None,
-                             restart_elsewhere=bool(restart_elsewhere))
+        return CreateSandbox(
+            sandbox_id=sandbox_id,
+            supervisor=ref,
+            supervisor_label=label,
+            sandbox_path=None if sandbox_path is None else os.fspath(os.path.abspath(sandbox_path)),
+            args=Blob.dump(args),
+            limits=limits,
+            security_profile=security_profile,
+            requirements=dict(requirements) if requirements else None,
+            restart_elsewhere=bool(restart_elsewhere),
+        )
 
     def prepare_dependencies(self, sandbox_path: str | os.PathLike[str]) -> Path | None:
         """Install a sandbox folder's requirements into their shared environment under ``state_dir``.
@@ -250,8 +287,9 @@ class Host(CallMethods, ReloadMethods):
         if not requirements:
             return None
         deps.check_conflicts(requirements)
-        return deps.prepare_environment(requirements, self.config.state_dir, find_links=self.config.find_links,
-                                        no_index=self.config.no_index)
+        return deps.prepare_environment(
+            requirements, self.config.state_dir, find_links=self.config.find_links, no_index=self.config.no_index
+        )
 
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox (every actor's ``terminate`` runs) and end its processes.
@@ -272,12 +310,21 @@ class Host(CallMethods, ReloadMethods):
         """
         self._forget(sandbox_id)
         timeout = self.config.start_timeout + self._stop_wait()
-        return cast(SandboxInfo, self._request(RestartSandbox(sandbox_id=sandbox_id), timeout,
-                             lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}")))
+        return cast(
+            SandboxInfo,
+            self._request(
+                RestartSandbox(sandbox_id=sandbox_id),
+                timeout,
+                lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}"),
+            ),
+        )
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of this host, sorted by id."""
-        return cast("list[SandboxInfo]", self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes")))
+        return cast(
+            "list[SandboxInfo]",
+            self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes")),
+        )
 
     def nodes(self) -> list[NodeInfo]:
         """This host's actor system and every member of its convention, local one first.
@@ -285,7 +332,9 @@ class Host(CallMethods, ReloadMethods):
         A host that leads the convention sees every member; one that joined another leader
         sees that leader only (Thespian tells members about the leader, not each other).
         """
-        return cast("list[NodeInfo]", self._request(ListNodes(), self.config.call_timeout, self._admin_timeout("nodes")))
+        return cast(
+            "list[NodeInfo]", self._request(ListNodes(), self.config.call_timeout, self._admin_timeout("nodes"))
+        )
 
     def get_sandbox_info(self, sandbox_id: str) -> SandboxInfo:
         """A snapshot of one sandbox.
@@ -293,8 +342,12 @@ class Host(CallMethods, ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return cast(SandboxInfo, self._request(GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout,
-                             self._admin_timeout("get_sandbox_info")))
+        return cast(
+            SandboxInfo,
+            self._request(
+                GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("get_sandbox_info")
+            ),
+        )
 
     def batch_create(self, specs: Iterable[Mapping[str, Any]]) -> list[SandboxInfo | PluginHostError]:
         """Create many sandboxes concurrently; one bad spec never fails the others.
@@ -322,8 +375,10 @@ class Host(CallMethods, ReloadMethods):
         for sandbox_id in ids:
             self._forget(sandbox_id)
         timeout = self._stop_wait()
-        return [_unwrap(r) for r in self._request(BatchDestroy(sandbox_ids=ids), timeout,
-                                                  self._admin_timeout("batch_destroy"))]
+        return [
+            _unwrap(r)
+            for r in self._request(BatchDestroy(sandbox_ids=ids), timeout, self._admin_timeout("batch_destroy"))
+        ]
 
     # -- monitoring and events ------------------------------------------------------------
 
@@ -333,8 +388,12 @@ class Host(CallMethods, ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return cast(ResourceUsage, self._request(GetResourceUsage(sandbox_id=sandbox_id), self.config.call_timeout,
-                                                 self._admin_timeout("resource_usage")))
+        return cast(
+            ResourceUsage,
+            self._request(
+                GetResourceUsage(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("resource_usage")
+            ),
+        )
 
     def audit_log(self, sandbox_id: str) -> list[AuditRecord]:
         """The sandbox's recent audit records (file writes, processes, sockets...), oldest first.
@@ -342,8 +401,12 @@ class Host(CallMethods, ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return cast("list[AuditRecord]", self._request(GetAuditLog(sandbox_id=sandbox_id), self.config.call_timeout,
-                                                       self._admin_timeout("audit_log")))
+        return cast(
+            "list[AuditRecord]",
+            self._request(
+                GetAuditLog(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("audit_log")
+            ),
+        )
 
     def subscribe(self, callback: Callable[[Event], Any]) -> Subscription:
         """Call ``callback(event)`` for every sandbox event from now on (in a thread of the host).

@@ -235,9 +235,7 @@ class VersionStore:
             sql.set_status(conn, sandbox_id, module, version, "current", loaded_at=now)
             sql.append_event(conn, now, sandbox_id, module, old, version, event, "ok", details)
 
-    def mark_failed(
-        self, sandbox_id: str, module: str, version: int, reason: str, *, event: str = "reloaded"
-    ) -> None:
+    def mark_failed(self, sandbox_id: str, module: str, version: int, reason: str, *, event: str = "reloaded") -> None:
         """Record that loading ``version`` failed; which version is current does not change.
 
         Args:
@@ -259,7 +257,9 @@ class VersionStore:
                 raise BadRequestError(
                     f"version {version} of {module!r} in sandbox {sandbox_id!r} is current; "
                     "make another version current before marking it failed",
-                    sandbox_id=sandbox_id, module=module, version=version,
+                    sandbox_id=sandbox_id,
+                    module=module,
+                    version=version,
                 )
             sql.set_status(conn, sandbox_id, module, version, "failed")
             sql.append_event(conn, time.time(), sandbox_id, module, current, version, event, "failed", reason)
@@ -299,7 +299,8 @@ class VersionStore:
         if current is None:
             raise UnknownModuleError(
                 f"sandbox {sandbox_id!r} has no current version of module {module!r}",
-                sandbox_id=sandbox_id, module=module,
+                sandbox_id=sandbox_id,
+                module=module,
             )
         return current
 

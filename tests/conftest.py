@@ -62,8 +62,14 @@ def no_leaked_processes(tmp_path: Path) -> Iterator[None]:
 @pytest.fixture
 def config(state_dir: Path) -> HostConfig:
     """A fast-reacting configuration for tests."""
-    return HostConfig(state_dir=state_dir, heartbeat_interval=0.2, hang_timeout=1.0, shutdown_timeout=2.0,
-                      call_timeout=10.0, start_timeout=20.0)
+    return HostConfig(
+        state_dir=state_dir,
+        heartbeat_interval=0.2,
+        hang_timeout=1.0,
+        shutdown_timeout=2.0,
+        call_timeout=10.0,
+        start_timeout=20.0,
+    )
 
 
 @pytest.fixture
@@ -84,8 +90,6 @@ def pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
 
 
 def terminate(proc: "subprocess.Popen[bytes]", timeout: float = 15.0) -> None:

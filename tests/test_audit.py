@@ -52,14 +52,20 @@ class Outcome:
     """Name of the exception the plugin code got, or None."""
 
 
-def run_plugin(tmp_path: Path, profile: str, operation: str, *, setup: str = "",
-               emit: str = "", after: str = "") -> Outcome:
+def run_plugin(
+    tmp_path: Path, profile: str, operation: str, *, setup: str = "", emit: str = "", after: str = ""
+) -> Outcome:
     """Run ``operation`` as plugin code under ``profile`` in a fresh interpreter."""
-    code = _SCRIPT.format(profile=profile, emit=textwrap.dedent(emit), setup=textwrap.dedent(setup),
-                          operation=textwrap.indent(textwrap.dedent(operation).strip(), " " * 8),
-                          after=textwrap.dedent(after))
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    code = _SCRIPT.format(
+        profile=profile,
+        emit=textwrap.dedent(emit),
+        setup=textwrap.dedent(setup),
+        operation=textwrap.indent(textwrap.dedent(operation).strip(), " " * 8),
+        after=textwrap.dedent(after),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines and "error" in lines[-1], result.stdout + result.stderr
@@ -83,20 +89,40 @@ os.waitpid(pid, 0)
 # (id, setup, operation, audit event, start of the detail: "{tmp}" is the test's tmp_path)
 OPERATIONS = [
     ("open-for-writing", "", "open(os.path.join(TMP, 'out.txt'), 'w').close()", "open", "{tmp}/out.txt"),
-    ("os-open-for-appending", "",
-     "os.close(os.open(os.path.join(TMP, 'log'), os.O_WRONLY | os.O_APPEND | os.O_CREAT))", "open", "{tmp}/log"),
+    (
+        "os-open-for-appending",
+        "",
+        "os.close(os.open(os.path.join(TMP, 'log'), os.O_WRONLY | os.O_APPEND | os.O_CREAT))",
+        "open",
+        "{tmp}/log",
+    ),
     ("subprocess", "", "subprocess.run(['true'], check=True)", "subprocess.Popen", "true"),
     ("os-system", "", "os.system('true')", "os.system", "true"),
     # Under standard, echo replaces the interpreter and prints the result line for it.
     ("os-exec", "", """os.execv('/bin/echo', ['echo', '{"error": null}'])""", "os.exec", "/bin/echo: echo"),
-    ("os-posix-spawn", "", "os.waitpid(os.posix_spawn('/bin/true', ['true'], os.environ), 0)",
-     "os.posix_spawn", "/bin/true: true"),
+    (
+        "os-posix-spawn",
+        "",
+        "os.waitpid(os.posix_spawn('/bin/true', ['true'], os.environ), 0)",
+        "os.posix_spawn",
+        "/bin/true: true",
+    ),
     ("os-fork", "", _FORK, "os.fork", ""),
-    ("socket-connect", "server = socket.create_server(('127.0.0.1', 0))",
-     "socket.create_connection(server.getsockname()).close()", "socket.connect", "127.0.0.1:"),
+    (
+        "socket-connect",
+        "server = socket.create_server(('127.0.0.1', 0))",
+        "socket.create_connection(server.getsockname()).close()",
+        "socket.connect",
+        "127.0.0.1:",
+    ),
     ("socket-bind", "", "socket.socket().bind(('127.0.0.1', 0))", "socket.bind", "127.0.0.1:0"),
-    ("socket-sendto", "", "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))",
-     "socket.sendto", "127.0.0.1:9"),
+    (
+        "socket-sendto",
+        "",
+        "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))",
+        "socket.sendto",
+        "127.0.0.1:9",
+    ),
     ("native-extension-import", _COPY_CSV_EXTENSION, "import _csv", "import", "_csv from {tmp}/_csv."),
     ("ctypes-dlopen", "import ctypes", "ctypes.CDLL('libc.so.6')", "ctypes.dlopen", "libc.so.6"),
     ("ctypes-dlsym", "import ctypes; libc = ctypes.CDLL('libc.so.6')", "libc.getpid", "ctypes.dlsym", "getpid"),
@@ -107,19 +133,22 @@ OPERATION_CASES = [pytest.param(*case[1:], id=case[0]) for case in OPERATIONS]
 
 
 @pytest.mark.parametrize(("setup", "operation", "event", "detail"), OPERATION_CASES)
-def test_standard_profile_records_each_audited_operation(tmp_path: Path, setup: str, operation: str,
-                                                         event: str, detail: str) -> None:
+def test_standard_profile_records_each_audited_operation(
+    tmp_path: Path, setup: str, operation: str, event: str, detail: str
+) -> None:
     """Under ``standard`` the operation succeeds and leaves one record with its event and detail."""
     outcome = run_plugin(tmp_path, "standard", operation, setup=setup)
     assert outcome.error is None
     assert [(r["event"], r["actor"], r["sandbox_id"], r["blocked"]) for r in outcome.records] == [
-        (event, "worker-1", "sb-1", False)]
+        (event, "worker-1", "sb-1", False)
+    ]
     assert outcome.records[0]["detail"].startswith(detail.format(tmp=tmp_path))
 
 
 @pytest.mark.parametrize(("setup", "operation", "event", "detail"), OPERATION_CASES)
-def test_restricted_profile_refuses_each_audited_operation(tmp_path: Path, setup: str, operation: str,
-                                                           event: str, detail: str) -> None:
+def test_restricted_profile_refuses_each_audited_operation(
+    tmp_path: Path, setup: str, operation: str, event: str, detail: str
+) -> None:
     """Under ``restricted`` the plugin gets PermissionError and the record says blocked."""
     outcome = run_plugin(tmp_path, "restricted", operation, setup=setup)
     assert outcome.error == "PermissionError"
@@ -150,8 +179,7 @@ def test_permissive_profile_records_nothing(tmp_path: Path) -> None:
 def test_nothing_is_recorded_or_refused_outside_watching(tmp_path: Path) -> None:
     """Runtime code before and after the plugin's callback writes and connects freely."""
     outside = "open(os.path.join(TMP, '{0}'), 'w').close(); socket.socket().bind(('127.0.0.1', 0))"
-    outcome = run_plugin(tmp_path, "restricted", "pass", setup=outside.format("before"),
-                         after=outside.format("after"))
+    outcome = run_plugin(tmp_path, "restricted", "pass", setup=outside.format("before"), after=outside.format("after"))
     assert outcome == Outcome([], None)
     assert (tmp_path / "before").exists() and (tmp_path / "after").exists()
 

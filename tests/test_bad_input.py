@@ -74,8 +74,14 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     base = tmp_path_factory.mktemp("bad_input")
     state_dir = base / "state"
     state_dir.mkdir()
-    config = HostConfig(state_dir=state_dir, heartbeat_interval=0.2, hang_timeout=1.0, shutdown_timeout=2.0,
-                        call_timeout=10.0, start_timeout=20.0)
+    config = HostConfig(
+        state_dir=state_dir,
+        heartbeat_interval=0.2,
+        hang_timeout=1.0,
+        shutdown_timeout=2.0,
+        call_timeout=10.0,
+        start_timeout=20.0,
+    )
     with Host(config) as host:
         host.create_sandbox(SANDBOX, "root:Root", sandbox_path=sample("counter"))
         yield Scene(host, base, state_dir)
@@ -124,21 +130,54 @@ def assert_counter_answers(scene: Scene) -> None:
 # -- strategies ----------------------------------------------------------------------------
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=40),
-    st.binary(max_size=40), st.complex_numbers(allow_nan=False),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.complex_numbers(allow_nan=False),
 )
 junk = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner), st.frozensets(scalars, max_size=3),
-                            st.dictionaries(st.one_of(st.text(max_size=10), st.integers()), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.frozensets(scalars, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=10), st.integers()), inner, max_size=3),
+    ),
     max_leaves=8,
 )
 """Arbitrary picklable Python values."""
 
 odd_ids = st.one_of(
-    st.sampled_from(["", ".", "..", "../x", "../../escape", "a/b", "a\\b", "/abs", "x" * 129, "x" * 5000,
-                     "nul\x00byte", "tab\tid", "new\nline", "\x7f", "\u202e-rtl", "\u00e9t\u00e9", "\U0001f600",
-                     "~", "$HOME", "con", "a:b", " ", "x" * 128]),
+    st.sampled_from(
+        [
+            "",
+            ".",
+            "..",
+            "../x",
+            "../../escape",
+            "a/b",
+            "a\\b",
+            "/abs",
+            "x" * 129,
+            "x" * 5000,
+            "nul\x00byte",
+            "tab\tid",
+            "new\nline",
+            "\x7f",
+            "\u202e-rtl",
+            "\u00e9t\u00e9",
+            "\U0001f600",
+            "~",
+            "$HOME",
+            "con",
+            "a:b",
+            " ",
+            "x" * 128,
+        ]
+    ),
     st.text(max_size=140),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
     st.text(alphabet="./\\\x00\n:~ ab", max_size=12),
@@ -147,15 +186,42 @@ odd_ids = st.one_of(
 
 # Requests whose junk cannot change the shared sandbox, hang the admin, or make it send us events.
 _SAFE_REQUESTS = [
-    msgs.BatchCreate, msgs.BatchDestroy, msgs.BatchHotReload, msgs.CreateSandbox, msgs.DestroySandbox,
-    msgs.GetAuditLog, msgs.GetModuleVersion, msgs.GetResourceUsage, msgs.GetSandboxInfo, msgs.GetVersionHistory,
-    msgs.HotReload, msgs.ListModuleVersions, msgs.ListSandboxes, msgs.LookupActor, msgs.RestartSandbox,
-    msgs.RollbackModule, msgs.Run,
+    msgs.BatchCreate,
+    msgs.BatchDestroy,
+    msgs.BatchHotReload,
+    msgs.CreateSandbox,
+    msgs.DestroySandbox,
+    msgs.GetAuditLog,
+    msgs.GetModuleVersion,
+    msgs.GetResourceUsage,
+    msgs.GetSandboxInfo,
+    msgs.GetVersionHistory,
+    msgs.HotReload,
+    msgs.ListModuleVersions,
+    msgs.ListSandboxes,
+    msgs.LookupActor,
+    msgs.RestartSandbox,
+    msgs.RollbackModule,
+    msgs.Run,
 ]
-_READ_ONLY = {msgs.GetAuditLog, msgs.GetModuleVersion, msgs.GetResourceUsage, msgs.GetSandboxInfo,
-              msgs.GetVersionHistory, msgs.ListModuleVersions, msgs.LookupActor}
-_SHORT = st.one_of(st.none(), st.text(max_size=10), st.binary(max_size=10), st.lists(scalars, max_size=2),
-                   st.floats(max_value=0.5), st.just(math.nan), st.integers(max_value=0))
+_READ_ONLY = {
+    msgs.GetAuditLog,
+    msgs.GetModuleVersion,
+    msgs.GetResourceUsage,
+    msgs.GetSandboxInfo,
+    msgs.GetVersionHistory,
+    msgs.ListModuleVersions,
+    msgs.LookupActor,
+}
+_SHORT = st.one_of(
+    st.none(),
+    st.text(max_size=10),
+    st.binary(max_size=10),
+    st.lists(scalars, max_size=2),
+    st.floats(max_value=0.5),
+    st.just(math.nan),
+    st.integers(max_value=0),
+)
 """Junk for wait and timeout fields: never a long positive wait (that would be a valid request to wait)."""
 
 
@@ -191,8 +257,9 @@ def _known_admin_bug(request: msgs.Request) -> bool:
         return isinstance(request.sandbox_ids, (list, tuple)) and not all(_hashable(i) for i in request.sandbox_ids)
     if isinstance(request, msgs.CreateSandbox):
         path, limits = request.sandbox_path, request.limits
-        return (path is not None and not isinstance(path, str)) or \
-            (isinstance(limits, dict) and not all(isinstance(key, str) for key in limits))
+        return (path is not None and not isinstance(path, str)) or (
+            isinstance(limits, dict) and not all(isinstance(key, str) for key in limits)
+        )
     return False
 
 
@@ -244,11 +311,15 @@ def test_admin_answers_a_lookup_with_a_non_numeric_wait_with_bad_request(scene: 
     _assert_bad_request(scene, msgs.LookupActor(corr="lookup", sandbox_id=SANDBOX, name="counter", wait=None))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("request_", [
-    msgs.DestroySandbox(corr="destroy", sandbox_id=[]),  # type: ignore[arg-type]
-    msgs.RestartSandbox(corr="restart", sandbox_id=[]),  # type: ignore[arg-type]
-    msgs.BatchDestroy(corr="batch", sandbox_ids=[[]]),  # type: ignore[list-item]
-], ids=["destroy", "restart", "batch-destroy"])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        msgs.DestroySandbox(corr="destroy", sandbox_id=[]),  # type: ignore[arg-type]
+        msgs.RestartSandbox(corr="restart", sandbox_id=[]),  # type: ignore[arg-type]
+        msgs.BatchDestroy(corr="batch", sandbox_ids=[[]]),  # type: ignore[list-item]
+    ],
+    ids=["destroy", "restart", "batch-destroy"],
+)
 def test_admin_answers_an_unhashable_sandbox_id_with_bad_request(scene: Scene, request_: msgs.Request) -> None:
     """An id that is a list should get ``Failed(BadRequestError)`` (alone or in a batch), not a ``PoisonMessage``."""
     reply = ask(scene, request_)
@@ -259,14 +330,14 @@ def test_admin_answers_an_unhashable_sandbox_id_with_bad_request(scene: Scene, r
 
 def test_admin_answers_a_create_with_a_non_string_sandbox_path_with_bad_request(scene: Scene) -> None:
     """``CreateSandbox(sandbox_path=0)`` should get ``Failed(BadRequestError)``, not a ``PoisonMessage``."""
-    _assert_bad_request(scene, msgs.CreateSandbox(corr="create-path", sandbox_id="p", supervisor="root:Root",
-                                                  sandbox_path=0))  # type: ignore[arg-type]
+    _assert_bad_request(
+        scene, msgs.CreateSandbox(corr="create-path", sandbox_id="p", supervisor="root:Root", sandbox_path=0)
+    )  # type: ignore[arg-type]
 
 
 def test_admin_answers_a_create_with_limits_of_non_string_keys_with_a_failure(scene: Scene) -> None:
     """``CreateSandbox(limits={1: 2})`` should get ``Failed(PluginHostError)``, not a ``PoisonMessage``."""
-    reply = ask(scene, msgs.CreateSandbox(corr="create-limits", sandbox_id="l", supervisor="root:Root",
-                                          limits={1: 2}))
+    reply = ask(scene, msgs.CreateSandbox(corr="create-limits", sandbox_id="l", supervisor="root:Root", limits={1: 2}))
     assert isinstance(reply, msgs.Failed) and isinstance(reply.error, PluginHostError), reply
 
 
@@ -317,14 +388,65 @@ def test_arbitrary_sandbox_ids_are_refused_or_work_and_never_become_paths(scene:
 
 CONFIG_SAMPLES = [
     # Values some field takes, so every field is also shown values it must keep.
-    *SUPPORTED_BASES, *SECURITY_PROFILES, *PLUGIN_VALUES, "127.0.0.2", "10.0.0.1:1900", "leader.example:65535",
-    1, 3, 1900, 0.5, 2.5, 30, True, False, None, "/tmp/elsewhere", "~", {"gpu": True, "zone": "a"},
-    {"max_actors": 2, "max_memory_mb": 64.5}, ["/wheels", "https://example.org/simple"], ("/w",),
+    *SUPPORTED_BASES,
+    *SECURITY_PROFILES,
+    *PLUGIN_VALUES,
+    "127.0.0.2",
+    "10.0.0.1:1900",
+    "leader.example:65535",
+    1,
+    3,
+    1900,
+    0.5,
+    2.5,
+    30,
+    True,
+    False,
+    None,
+    "/tmp/elsewhere",
+    "~",
+    {"gpu": True, "zone": "a"},
+    {"max_actors": 2, "max_memory_mb": 64.5},
+    ["/wheels", "https://example.org/simple"],
+    ("/w",),
     # Edges.
-    math.inf, -math.inf, math.nan, 0, -1, 0.0, 1e-300, 2**70, 2.0, 65535, 65536, "1", "127.0.0.1", "::1",
-    "0.0.0.0", "1.2.3.04", "127.0.0.1 ", "~\x00", "\x00", "", "~nosuchuser", "\udcff", b"/tmp", "host:99999",
-    ":1", "localhost:1", "h:\u0661", "h:\u00b2", "h:0", {"plugin_host.node": "x"}, {"max_threads": 1}, {1: 2},
-    {"max_actors": 2.5}, [1], [None], "multiprocQueueBase", "Standard",
+    math.inf,
+    -math.inf,
+    math.nan,
+    0,
+    -1,
+    0.0,
+    1e-300,
+    2**70,
+    2.0,
+    65535,
+    65536,
+    "1",
+    "127.0.0.1",
+    "::1",
+    "0.0.0.0",
+    "1.2.3.04",
+    "127.0.0.1 ",
+    "~\x00",
+    "\x00",
+    "",
+    "~nosuchuser",
+    "\udcff",
+    b"/tmp",
+    "host:99999",
+    ":1",
+    "localhost:1",
+    "h:\u0661",
+    "h:\u00b2",
+    "h:0",
+    {"plugin_host.node": "x"},
+    {"max_threads": 1},
+    {1: 2},
+    {"max_actors": 2.5},
+    [1],
+    [None],
+    "multiprocQueueBase",
+    "Standard",
 ]
 """Values every field of ``HostConfig`` and ``ResourceLimits`` is shown, valid ones and edges."""
 
@@ -382,8 +504,14 @@ def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any,
     if field == "max_versions":
         ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
         return (value if ok else INVALID), {field}
-    if field in ("call_timeout", "compile_timeout", "reload_timeout", "start_timeout", "shutdown_timeout",
-                 "monitor_interval"):
+    if field in (
+        "call_timeout",
+        "compile_timeout",
+        "reload_timeout",
+        "start_timeout",
+        "shutdown_timeout",
+        "monitor_interval",
+    ):
         return (value if positive else INVALID), {field}
     if field == "heartbeat_interval":
         # The default hang_timeout follows it (ten heartbeats); an infinite one leaves no longer hang_timeout.
@@ -402,15 +530,19 @@ def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any,
         ok = bool(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
         return (value if ok else INVALID), {field}
     if field == "capabilities":
-        ok = isinstance(value, dict) and all(isinstance(key, str) and not key.startswith("plugin_host.")
-                                             for key in value)
+        ok = isinstance(value, dict) and all(
+            isinstance(key, str) and not key.startswith("plugin_host.") for key in value
+        )
         return (value if ok else INVALID), {field}
     if field == "limits":
         if value is None:
             return ResourceLimits(), {field}
         names = [f.name for f in attrs.fields(ResourceLimits)]
-        if not isinstance(value, dict) or not all(key in names for key in value) or \
-                any(_expected_limit(key, limit) is INVALID for key, limit in value.items()):
+        if (
+            not isinstance(value, dict)
+            or not all(key in names for key in value)
+            or any(_expected_limit(key, limit) is INVALID for key, limit in value.items())
+        ):
             return INVALID, {field}
         return ResourceLimits(**value), {field}
     if field == "find_links":
@@ -439,8 +571,9 @@ def _builds_exactly_the_valid_values(build: Any, field: str, value: Any, expecte
 def _check_limit(field: str, value: Any) -> None:
     expected = _expected_limit(field, value)
     _builds_exactly_the_valid_values(lambda: ResourceLimits(**{field: value}), field, value, expected, {field})
-    _builds_exactly_the_valid_values(lambda: ResourceLimits.from_mapping({field: value}), field, value, expected,
-                                     {field})
+    _builds_exactly_the_valid_values(
+        lambda: ResourceLimits.from_mapping({field: value}), field, value, expected, {field}
+    )
 
 
 def _check_config(tmp_path: Path, field: str, value: Any) -> None:
@@ -520,8 +653,9 @@ def garbage_artifacts(draw: st.DrawFn) -> Artifact:
 
 @SETTINGS
 @given(artifact=garbage_artifacts())
-def test_random_bytes_as_compiled_code_are_refused_and_the_sandbox_keeps_answering(scene: Scene,
-                                                                                    artifact: Artifact) -> None:
+def test_random_bytes_as_compiled_code_are_refused_and_the_sandbox_keeps_answering(
+    scene: Scene, artifact: Artifact
+) -> None:
     """A hot reload of garbage raises a documented error; the sandbox keeps its code and answers."""
     before = outside_state(scene)
     version = scene.host.get_module_version(SANDBOX, "counter")
@@ -547,8 +681,7 @@ def test_hot_reload_source_of_bytes_that_are_not_utf8_raises_compilation_error(s
 
 @SETTINGS
 @given(source=not_utf8, module=st.sampled_from(["counter", "m", "pkg.mod"]))
-def test_compiling_bytes_that_are_not_utf8_raises_compilation_error(tmp_path: Path, source: bytes,
-                                                                     module: str) -> None:
+def test_compiling_bytes_that_are_not_utf8_raises_compilation_error(tmp_path: Path, source: bytes, module: str) -> None:
     """The compiler refuses source bytes that are not UTF-8 with ``CompilationError``."""
     with pytest.raises(CompilationError):
         compiler.compile_source(module, source, validate=False, cache_dir=tmp_path / "cache")

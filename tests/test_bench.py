@@ -19,9 +19,15 @@ def _run_bench(tmp_path, *args: str, timeout: float) -> tuple[int, str, dict]:
     # TMPDIR and the state folder under tmp_path: the leak guard sees every process the bench started.
     env = {**os.environ, "PLUGIN_HOST_STATE_DIR": str(tmp_path / "state"), "TMPDIR": str(tmp_path)}
     with open(out, "wb") as sink:  # a file, never a pipe: a stray actor process would hold a pipe open
-        code = subprocess.run([sys.executable, "-m", "plugin_host.cli", "bench", *args, "--json", str(report_file)],
-                              cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                              timeout=timeout).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", "plugin_host.cli", "bench", *args, "--json", str(report_file)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        ).returncode
     text = out.read_text(errors="replace")
     return code, text, json.loads(report_file.read_text()) if report_file.exists() else {}
 

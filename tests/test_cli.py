@@ -39,8 +39,14 @@ def cli_env(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def start_cli(args: list[str], out: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start ``python -m plugin_host.cli ARGS`` with its output in a file (daemons inherit it)."""
     with open(out, "wb") as sink:
-        return subprocess.Popen([sys.executable, "-m", "plugin_host.cli", *args], cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "plugin_host.cli", *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
@@ -55,8 +61,11 @@ def wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], timeout:
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder``, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def copy_counter(target: Path, step: int = 1) -> Path:
@@ -72,8 +81,15 @@ def test_demo_runs_the_guided_tour_and_exits_zero(cli_env: dict[str, str], state
     out, samples = tmp_path / "demo.txt", tree_digest(SAMPLES)
     with open(out, "wb") as sink:
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "plugin_host.cli", "demo"], cwd=ROOT, env=cli_env,
-                              stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "plugin_host.cli", "demo"],
+            cwd=ROOT,
+            env=cli_env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
     text = out.read_text()
     assert done.returncode == 0, text
     assert time.monotonic() - started < 20, "the tour must stay short"
@@ -83,13 +99,21 @@ def test_demo_runs_the_guided_tour_and_exits_zero(cli_env: dict[str, str], state
     assert tree_digest(SAMPLES) == samples and list(state_dir.iterdir()) == []  # nothing left behind
 
 
-def test_demo_reloads_with_state_kept_refuses_a_failing_reload_and_rolls_back(cli_env: dict[str, str],
-                                                                              tmp_path: Path) -> None:
+def test_demo_reloads_with_state_kept_refuses_a_failing_reload_and_rolls_back(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
     """The reload steps: count by 10 from the old count, a raising code_change changes nothing, rollback to 1."""
     out = tmp_path / "demo.txt"
     with open(out, "wb") as sink:
-        done = subprocess.run([sys.executable, "-m", "plugin_host.cli", "demo"], cwd=ROOT, env=cli_env,
-                              stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "plugin_host.cli", "demo"],
+            cwd=ROOT,
+            env=cli_env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
     text = out.read_text()
     assert done.returncode == 0, text
     assert "hot_reload -> version 1 -> 2" in text and "-> 13 (was 3)" in text
@@ -115,8 +139,9 @@ def test_demo_fallback_samples_load_when_the_repository_samples_are_missing(host
     assert host.call("fragile", "steady", "inc") == 1
 
 
-def test_status_json_lists_the_sandboxes_of_a_running_host(host: Host, cli_env: dict[str, str],
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_json_lists_the_sandboxes_of_a_running_host(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``status --json`` reads the sandboxes through the admin port and leaves the host running."""
     host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     host.create_sandbox("s2", "root:Root", sandbox_path=sample("crashy"))
@@ -141,20 +166,25 @@ def fake_terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     return screen
 
 
-def test_status_once_prints_a_row_per_actor_with_its_pid_and_memory(host: Host, cli_env: dict[str, str],
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_once_prints_a_row_per_actor_with_its_pid_and_memory(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``status --once`` prints sandbox, status, actor, pid, memory, CPU, messages, restarts and version per actor."""
     info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     assert main(["status", "--port", str(host.admin_port), "--once"]) == 0
     out = capsys.readouterr().out
     rows = actor_rows(out, "s1")
-    assert {actor: row[0] for actor, row in rows.items()} == {"(root)": str(info.pid), "counter": str(info.children[0].pid)}
+    assert {actor: row[0] for actor, row in rows.items()} == {
+        "(root)": str(info.pid),
+        "counter": str(info.children[0].pid),
+    }
     assert all(float(row[1]) > 1.0 and float(row[2]) >= 0.0 for row in rows.values())  # MiB resident, CPU seconds
     assert rows["counter"][3:] == ["0", "0", "1", info.node] and "running" in out
 
 
-def test_status_json_includes_the_usage_of_each_actor(host: Host, cli_env: dict[str, str],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_json_includes_the_usage_of_each_actor(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``status --json`` gives each sandbox its ``usage``: pid, rss, CPU, messages and restarts per actor."""
     info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     assert main(["status", "--port", str(host.admin_port), "--json"]) == 0
@@ -166,8 +196,9 @@ def test_status_json_includes_the_usage_of_each_actor(host: Host, cli_env: dict[
     assert all(actor["rss_bytes"] > 0 and actor["restarts"] == 0 for actor in usage["actors"])
 
 
-def test_status_audit_lists_a_file_write_of_a_standard_sandbox(host: Host, cli_env: dict[str, str], tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_audit_lists_a_file_write_of_a_standard_sandbox(
+    host: Host, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``status --audit`` prints the audit records (time, sandbox, actor, event, detail); ``--json`` too."""
     host.create_sandbox("std", "nosy:Root", sandbox_path=AUDIT)
     host.create_sandbox("quiet", "root:Root", sandbox_path=sample("counter"))
@@ -181,20 +212,27 @@ def test_status_audit_lists_a_file_write_of_a_standard_sandbox(host: Host, cli_e
     assert main(["status", "--port", port, "--audit", "--sandbox", "std", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     write = next(r for r in records if r["event"] == "open")
-    assert str(target) in write["detail"] and (write["sandbox_id"], write["actor"], write["blocked"]) == ("std", "nosy", False)
+    assert str(target) in write["detail"] and (write["sandbox_id"], write["actor"], write["blocked"]) == (
+        "std",
+        "nosy",
+        False,
+    )
     assert main(["status", "--port", port, "--audit", "--sandbox", "quiet"]) == 0
     assert "no audit records" in capsys.readouterr().out
 
 
-def test_status_audit_of_an_unknown_sandbox_exits_one(host: Host, cli_env: dict[str, str],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_audit_of_an_unknown_sandbox_exits_one(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--audit --sandbox ID`` of no such sandbox is one ``error:`` line naming it."""
     assert main(["status", "--port", str(host.admin_port), "--audit", "--sandbox", "nope"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope" in err and len(err.strip().splitlines()) == 1
 
 
-def test_status_live_frame_has_a_summary_a_row_per_actor_and_failure_reasons(host: Host, cli_env: dict[str, str]) -> None:
+def test_status_live_frame_has_a_summary_a_row_per_actor_and_failure_reasons(
+    host: Host, cli_env: dict[str, str]
+) -> None:
     """One frame of the live view: the totals line, the actor rows, and a failed sandbox's reason."""
     info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     failed = SandboxInfo("broken", "failed", "root:Root", 0.0, 5, reason="reached max restart intensity\ntraceback")
@@ -209,8 +247,9 @@ def test_status_live_frame_has_a_summary_a_row_per_actor_and_failure_reasons(hos
     assert "broken: reached max restart intensity" in out and "traceback" not in out
 
 
-def test_status_on_a_terminal_redraws_until_ctrl_c_then_exits_zero(host: Host, cli_env: dict[str, str],
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_on_a_terminal_redraws_until_ctrl_c_then_exits_zero(
+    host: Host, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a terminal ``status`` is a live view that refreshes every ``--interval`` seconds; Ctrl-C ends it."""
     info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     screen, pauses = fake_terminal(monkeypatch), []
@@ -222,13 +261,15 @@ def test_status_on_a_terminal_redraws_until_ctrl_c_then_exits_zero(host: Host, c
 
     monkeypatch.setattr(_status, "_pause", pause)
     assert main(["status", "--port", str(host.admin_port), "--interval", "0.5"]) == 0
-    assert pauses == [0.5, 0.5] and screen.getvalue().count("Ctrl-C quits") >= 2  # two frames (rich redraws the last on exit)
+    assert (
+        pauses == [0.5, 0.5] and screen.getvalue().count("Ctrl-C quits") >= 2
+    )  # two frames (rich redraws the last on exit)
     assert str(info.children[0].pid) in screen.getvalue() and "\x1b[" in screen.getvalue()
 
 
-def test_status_live_view_exits_one_when_the_host_goes_away(cli_env: dict[str, str], tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_live_view_exits_one_when_the_host_goes_away(
+    cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A host that stops between two refreshes ends the live view with one ``error:`` line and exit code 1."""
     port, out = free_port("127.0.0.1"), tmp_path / "run.txt"
     proc = start_cli(["run", sample("counter"), "--supervisor", "root:Root", "--admin-port", str(port)], out, cli_env)
@@ -251,8 +292,9 @@ def test_status_live_view_exits_one_when_the_host_goes_away(cli_env: dict[str, s
             proc.wait()
 
 
-def test_destroy_stops_a_sandbox_of_a_running_host(host: Host, cli_env: dict[str, str],
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_destroy_stops_a_sandbox_of_a_running_host(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """``destroy ID --port N`` stops that sandbox's processes; the host and its other sandboxes stay."""
     info = host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     host.create_sandbox("s2", "root:Root", sandbox_path=sample("counter"))
@@ -264,22 +306,25 @@ def test_destroy_stops_a_sandbox_of_a_running_host(host: Host, cli_env: dict[str
 
 
 def test_destroy_of_an_unknown_sandbox_prints_one_error_line_and_exits_one(
-        host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """A ``SandboxNotFoundError`` from the host becomes ``error: ...`` on stderr and exit code 1."""
     assert main(["destroy", "nope", "--port", str(host.admin_port)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope" in err and len(err.strip().splitlines()) == 1
 
 
-def test_status_against_a_port_without_a_host_exits_one(cli_env: dict[str, str],
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_against_a_port_without_a_host_exits_one(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """Operator commands never start a system: no host of the state_dir on that port is an error, not a new host."""
     assert main(["status", "--port", str(free_port("127.0.0.1"))]) == 1
     assert capsys.readouterr().err.startswith("error: no plugin host runs on port")
 
 
-def test_status_shows_the_frames_and_requests_the_host_refused(host: Host, cli_env: dict[str, str],
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_shows_the_frames_and_requests_the_host_refused(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """A frame without the host's credential sent to its admin port shows up in ``status`` (its line under
     the table) and in ``Host.nodes``; the JSON output stays the list of sandboxes."""
     import socket
@@ -296,8 +341,9 @@ def test_status_shows_the_frames_and_requests_the_host_refused(host: Host, cli_e
     assert json.loads(capsys.readouterr().out) == []
 
 
-def test_status_finds_the_host_of_its_state_dir_without_a_port(host: Host, cli_env: dict[str, str],
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_finds_the_host_of_its_state_dir_without_a_port(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """The state_dir's runtime file names the running host: no ``--port`` is needed (``--state-dir`` picks it)."""
     host.create_sandbox("s1", "root:Root", sandbox_path=sample("counter"))
     assert main(["status", "--json"]) == 0
@@ -307,7 +353,8 @@ def test_status_finds_the_host_of_its_state_dir_without_a_port(host: Host, cli_e
 
 
 def test_a_port_that_is_no_plugin_host_gets_nothing_and_fails_within_a_second(
-        cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """An operator command aimed at another service fails in under a second, and sends it nothing at all
     (never a pickle to an unknown service, never a long hang)."""
     import socket
@@ -338,8 +385,9 @@ def test_a_port_that_is_no_plugin_host_gets_nothing_and_fails_within_a_second(
     assert accepted == []
 
 
-def test_a_host_of_another_version_is_refused_before_anything_is_sent(host: Host, cli_env: dict[str, str],
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_host_of_another_version_is_refused_before_anything_is_sent(
+    host: Host, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """The runtime file's version must be this one's: otherwise a one-line error, nothing sent."""
     runtime = Path(host.config.state_dir) / "run" / f"{host.admin_port}.json"
     info = json.loads(runtime.read_text())
@@ -352,8 +400,9 @@ def test_a_host_of_another_version_is_refused_before_anything_is_sent(host: Host
     assert main(["status", "--json"]) == 0
 
 
-def test_an_operator_with_another_credential_is_refused(host: Host, cli_env: dict[str, str], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_operator_with_another_credential_is_refused(
+    host: Host, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A cookie file that is not the host's: the host refuses the first (signed) frame; one error line, fast."""
     other = tmp_path / "other-cookie"
     other.write_text("a" * 64)
@@ -366,21 +415,27 @@ def test_an_operator_with_another_credential_is_refused(host: Host, cli_env: dic
     assert host.list_sandboxes() == []
 
 
-@pytest.mark.parametrize("argv", [["bogus"], [], ["destroy", "x", "--port", "many"],
-                                  ["status", "--port", "1", "--interval", "0"]],
-                         ids=["unknown-command", "no-command", "bad-port", "zero-interval"])
+@pytest.mark.parametrize(
+    "argv",
+    [["bogus"], [], ["destroy", "x", "--port", "many"], ["status", "--port", "1", "--interval", "0"]],
+    ids=["unknown-command", "no-command", "bad-port", "zero-interval"],
+)
 def test_a_usage_error_exits_two(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Unknown commands and bad arguments are usage errors: exit code 2 and a usage line."""
     assert main(argv) == 2
     assert "usage: plugin-host" in capsys.readouterr().err
 
 
-def test_run_serves_a_sandbox_until_sigterm_then_closes_cleanly(cli_env: dict[str, str], tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_serves_a_sandbox_until_sigterm_then_closes_cleanly(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``run`` prints the sandbox and admin port, answers operators, and exits 0 on SIGTERM."""
     port, out = free_port("127.0.0.1"), tmp_path / "run.txt"
-    proc = start_cli(["run", sample("counter"), "--supervisor", "root:Root", "--id", "served",
-                      "--admin-port", str(port)], out, cli_env)
+    proc = start_cli(
+        ["run", sample("counter"), "--supervisor", "root:Root", "--id", "served", "--admin-port", str(port)],
+        out,
+        cli_env,
+    )
     try:
         text = wait_for_text(out, "serving", proc)
         assert f"admin port: {port}" in text and "served" in text
@@ -394,8 +449,9 @@ def test_run_serves_a_sandbox_until_sigterm_then_closes_cleanly(cli_env: dict[st
             proc.wait()
 
 
-def test_run_with_a_bad_supervisor_reports_the_error_and_exits_one(cli_env: dict[str, str],
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_with_a_bad_supervisor_reports_the_error_and_exits_one(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """A sandbox that cannot start is one ``error:`` line and exit code 1; the host is closed."""
     assert main(["run", sample("counter"), "--supervisor", "root:Missing"]) == 1
     assert capsys.readouterr().err.startswith("error: ")
@@ -407,8 +463,7 @@ def test_importing_plugin_host_and_its_cli_does_not_import_rich() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
-def test_compile_prints_the_artifacts_of_a_folder(cli_env: dict[str, str],
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_compile_prints_the_artifacts_of_a_folder(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     """``compile PATH`` needs no host: a table of modules with checksums, the compiler's output, exit 0."""
     assert main(["compile", sample("counter")]) == 0
     out = capsys.readouterr().out
@@ -419,7 +474,8 @@ def test_compile_prints_the_artifacts_of_a_folder(cli_env: dict[str, str],
 
 
 def test_compile_of_a_broken_folder_names_the_file_and_line_and_exits_one(
-        cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A syntax error is a ``CompilationError``: one ``error:`` report naming file and line, exit code 1."""
     folder = copy_counter(tmp_path / "broken")
     (folder / "counter.py").write_text("def broken(:\n")
@@ -428,8 +484,9 @@ def test_compile_of_a_broken_folder_names_the_file_and_line_and_exits_one(
     assert err.startswith("error: ") and f"{folder / 'counter.py'}:1" in err
 
 
-def test_reload_rollback_and_history_drive_a_running_host(host: Host, cli_env: dict[str, str], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_reload_rollback_and_history_drive_a_running_host(
+    host: Host, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``reload`` swaps new code in with the state kept, ``rollback`` goes back, ``history --json`` shows both."""
     host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
     port = str(host.admin_port)
@@ -447,8 +504,9 @@ def test_reload_rollback_and_history_drive_a_running_host(host: Host, cli_env: d
     assert history["versions"][0]["checksum"] == host.list_module_versions("s", "counter")[0].checksum
 
 
-def test_history_prints_a_table_newest_first(host: Host, cli_env: dict[str, str], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_prints_a_table_newest_first(
+    host: Host, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Plain ``history`` prints version, status, load time and checksum prefix per version."""
     host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
     host.hot_reload("s", host.compile_sandbox(copy_counter(tmp_path / "v2", step=10)))
@@ -460,8 +518,9 @@ def test_history_prints_a_table_newest_first(host: Host, cli_env: dict[str, str]
     assert "current version 2, 2 stored" in out
 
 
-def test_reload_of_a_broken_folder_never_reaches_the_host(host: Host, cli_env: dict[str, str], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_reload_of_a_broken_folder_never_reaches_the_host(
+    host: Host, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``reload`` compiles first: a failing import exits 1 and the running version stays."""
     host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
     broken = copy_counter(tmp_path / "v2")
@@ -471,8 +530,9 @@ def test_reload_of_a_broken_folder_never_reaches_the_host(host: Host, cli_env: d
     assert host.get_version_history("s", "counter").total_versions == 1
 
 
-def test_rollback_to_an_unknown_version_exits_one(host: Host, cli_env: dict[str, str], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_rollback_to_an_unknown_version_exits_one(
+    host: Host, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A ``VersionNotFoundError`` from the host is one ``error:`` line and exit code 1."""
     host.create_sandbox("s", "root:Root", sandbox_path=copy_counter(tmp_path / "v1"))
     assert main(["rollback", "s", "counter", "7", "--port", str(host.admin_port)]) == 1
@@ -494,8 +554,9 @@ def running_version(port: int, module: str) -> int:
 def test_run_watch_hot_reloads_on_save_and_reports_a_broken_save(cli_env: dict[str, str], tmp_path: Path) -> None:
     """``run --watch`` reloads each save (state kept), reports a broken one in place of reloading, stops on SIGTERM."""
     folder, port, out = copy_counter(tmp_path / "w"), free_port("127.0.0.1"), tmp_path / "run.txt"
-    proc = start_cli(["run", str(folder), "--supervisor", "root:Root", "--watch", "--admin-port", str(port)],
-                     out, cli_env)
+    proc = start_cli(
+        ["run", str(folder), "--supervisor", "root:Root", "--watch", "--admin-port", str(port)], out, cli_env
+    )
     try:
         wait_for_text(out, "serving", proc)
         assert admin_call(port, "inc") == 1

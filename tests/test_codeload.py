@@ -31,8 +31,9 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 def run_in_child(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in a fresh interpreter whose working folder is ``cwd``."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
 
 
 @pytest.fixture
@@ -45,8 +46,16 @@ def elsewhere(tmp_path: Path) -> Path:
 
 def test_read_sandbox_folder_finds_top_level_modules_and_packages(tmp_path: Path) -> None:
     """Top-level ``.py`` files, ``pkg/__init__.py`` and ``pkg/sub.py`` become modules by plain name."""
-    root = write(tmp_path / "sb", {"root.py": "X = 1\n", "pkg/__init__.py": "", "pkg/sub.py": "Y = 2\n",
-                                   "pkg/inner/__init__.py": "", "pkg/inner/leaf.py": "Z = 3\n"})
+    root = write(
+        tmp_path / "sb",
+        {
+            "root.py": "X = 1\n",
+            "pkg/__init__.py": "",
+            "pkg/sub.py": "Y = 2\n",
+            "pkg/inner/__init__.py": "",
+            "pkg/inner/leaf.py": "Z = 3\n",
+        },
+    )
     table = read_sandbox_folder(root)
     assert set(table.modules) == {"root", "pkg", "pkg.sub", "pkg.inner", "pkg.inner.leaf"}
     assert table.modules["pkg"].is_package and table.modules["pkg.inner"].is_package
@@ -63,19 +72,22 @@ def test_read_sandbox_folder_accepts_a_string_path(tmp_path: Path) -> None:
 
 def test_read_sandbox_folder_skips_pycache_hidden_and_non_package_folders(tmp_path: Path) -> None:
     """``__pycache__``, hidden folders and folders without ``__init__.py`` contribute no module."""
-    root = write(tmp_path / "sb", {
-        "main.py": "",
-        "__pycache__/main.py": "",
-        ".hidden/__init__.py": "",
-        ".hidden/secret.py": "",
-        "scripts/tool.py": "",
-        "notpkg/pkg/__init__.py": "",
-        "notpkg/pkg/mod.py": "",
-        "pkg/__init__.py": "",
-        "pkg/__pycache__/sub.py": "",
-        "pkg/.cache/x.py": "",
-        "pkg/data/loose.py": "",
-    })
+    root = write(
+        tmp_path / "sb",
+        {
+            "main.py": "",
+            "__pycache__/main.py": "",
+            ".hidden/__init__.py": "",
+            ".hidden/secret.py": "",
+            "scripts/tool.py": "",
+            "notpkg/pkg/__init__.py": "",
+            "notpkg/pkg/mod.py": "",
+            "pkg/__init__.py": "",
+            "pkg/__pycache__/sub.py": "",
+            "pkg/.cache/x.py": "",
+            "pkg/data/loose.py": "",
+        },
+    )
     assert set(read_sandbox_folder(root).modules) == {"main", "pkg"}
 
 
@@ -125,8 +137,9 @@ def test_read_sandbox_folder_raises_sandbox_start_error_when_only_skipped_files_
 def test_check_syntax_accepts_valid_code(tmp_path: Path) -> None:
     """Valid modules pass without running any code (a module that would leave a file when run leaves none)."""
     ran = tmp_path / "ran"
-    root = write(tmp_path / "sb", {"checked_only.py": f"open({str(ran)!r}, 'w').close()\n",
-                                   "pkg/__init__.py": "x = 1\n"})
+    root = write(
+        tmp_path / "sb", {"checked_only.py": f"open({str(ran)!r}, 'w').close()\n", "pkg/__init__.py": "x = 1\n"}
+    )
     assert check_syntax(read_sandbox_folder(root)) is None
     assert not ran.exists()
     assert "checked_only" not in sys.modules
@@ -134,12 +147,15 @@ def test_check_syntax_accepts_valid_code(tmp_path: Path) -> None:
 
 def test_check_syntax_reports_every_broken_file_with_its_line(tmp_path: Path) -> None:
     """All syntax errors are reported at once, each with its file and line."""
-    root = write(tmp_path / "sb", {
-        "ok.py": "x = 1\n",
-        "first.py": "a = 1\ndef f(:\n    pass\n",
-        "pkg/__init__.py": "",
-        "pkg/second.py": "a = 1\nb = 2\nif True\n    pass\n",
-    })
+    root = write(
+        tmp_path / "sb",
+        {
+            "ok.py": "x = 1\n",
+            "first.py": "a = 1\ndef f(:\n    pass\n",
+            "pkg/__init__.py": "",
+            "pkg/second.py": "a = 1\nb = 2\nif True\n    pass\n",
+        },
+    )
     with pytest.raises(CompilationError) as info:
         check_syntax(read_sandbox_folder(root))
     found = sorted((Path(file).name, line) for file, line, _ in info.value.errors)
@@ -174,13 +190,17 @@ def test_code_table_wire_form_round_trips(tmp_path: Path) -> None:
 
 def test_sandbox_finder_serves_modules_and_packages_by_plain_name(tmp_path: Path, elsewhere: Path) -> None:
     """In a fresh interpreter the finder imports modules, packages and relative imports from the table."""
-    root = write(tmp_path / "sb", {
-        "app.py": "import pkg\nfrom pkg.sub import VALUE\nRESULT = (pkg.TOTAL, VALUE)\n",
-        "pkg/__init__.py": "from .sub import VALUE\nfrom . import helper\nTOTAL = VALUE + helper.BASE\n",
-        "pkg/sub.py": "from .helper import BASE\nVALUE = BASE + 1\n",
-        "pkg/helper.py": "BASE = 41\n",
-    })
-    result = run_in_child(f"""
+    root = write(
+        tmp_path / "sb",
+        {
+            "app.py": "import pkg\nfrom pkg.sub import VALUE\nRESULT = (pkg.TOTAL, VALUE)\n",
+            "pkg/__init__.py": "from .sub import VALUE\nfrom . import helper\nTOTAL = VALUE + helper.BASE\n",
+            "pkg/sub.py": "from .helper import BASE\nVALUE = BASE + 1\n",
+            "pkg/helper.py": "BASE = 41\n",
+        },
+    )
+    result = run_in_child(
+        f"""
         import json, sys
         from plugin_host.codeload import SandboxFinder, install, read_sandbox_folder
         before = set(sys.modules)
@@ -194,7 +214,9 @@ def test_sandbox_finder_serves_modules_and_packages_by_plain_name(tmp_path: Path
             "is_pkg": hasattr(pkg, "__path__"), "package": sys.modules["pkg.sub"].__package__,
             "new": sorted(set(sys.modules) - before - {{"json"}}),
         }}))
-    """, elsewhere)
+    """,
+        elsewhere,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["result"] == [83, 42]
@@ -215,12 +237,15 @@ def test_sandbox_finder_declines_names_it_does_not_hold() -> None:
 
 def test_sandbox_finder_serves_code_that_exists_only_in_the_table(elsewhere: Path) -> None:
     """A module whose path is not a file on disk still imports (the table is the source of truth)."""
-    result = run_in_child("""
+    result = run_in_child(
+        """
         from plugin_host.codeload import CodeTable, ModuleSource, install
         install(CodeTable({"ghost": ModuleSource("ghost", "/nowhere/ghost.py", "WHO = 'ghost'\\n")}))
         import ghost
         print(ghost.WHO, ghost.__file__)
-    """, elsewhere)
+    """,
+        elsewhere,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ghost", "/nowhere/ghost.py"]
 
@@ -228,7 +253,8 @@ def test_sandbox_finder_serves_code_that_exists_only_in_the_table(elsewhere: Pat
 def test_traceback_from_a_served_module_shows_its_path_and_source_line(elsewhere: Path) -> None:
     """A traceback through served code names the module's path and quotes the failing line."""
     source = "def fail():\n    value = 1\n    raise ValueError('kaboom')  # the failing line\n"
-    result = run_in_child(f"""
+    result = run_in_child(
+        f"""
         import traceback
         from plugin_host.codeload import CodeTable, ModuleSource, install
         install(CodeTable({{"boom": ModuleSource("boom", "/virtual/sb/boom.py", {source!r})}}))
@@ -237,7 +263,9 @@ def test_traceback_from_a_served_module_shows_its_path_and_source_line(elsewhere
             boom.fail()
         except ValueError:
             print(traceback.format_exc())
-    """, elsewhere)
+    """,
+        elsewhere,
+    )
     assert result.returncode == 0, result.stderr
     assert 'File "/virtual/sb/boom.py", line 3, in fail' in result.stdout
     assert "raise ValueError('kaboom')  # the failing line" in result.stdout
@@ -246,7 +274,8 @@ def test_traceback_from_a_served_module_shows_its_path_and_source_line(elsewhere
 def test_traceback_shows_the_served_source_not_the_file_on_disk(tmp_path: Path, elsewhere: Path) -> None:
     """When the file on disk differs from the table, tracebacks quote the code that actually ran."""
     root = write(tmp_path / "sb", {"mod.py": "def f():\n    raise KeyError('served')\n"})
-    result = run_in_child(f"""
+    result = run_in_child(
+        f"""
         import traceback
         from pathlib import Path
         from plugin_host.codeload import install, read_sandbox_folder
@@ -257,7 +286,9 @@ def test_traceback_shows_the_served_source_not_the_file_on_disk(tmp_path: Path, 
             mod.f()
         except KeyError:
             print(traceback.format_exc())
-    """, elsewhere)
+    """,
+        elsewhere,
+    )
     assert result.returncode == 0, result.stderr
     assert "raise KeyError('served')" in result.stdout
     assert "edited on disk" not in result.stdout
@@ -285,11 +316,13 @@ def test_install_refuses_a_module_this_process_already_imported() -> None:
 
 def test_install_refuses_protected_names_and_their_submodules() -> None:
     """Protected top-level names are refused even when not imported yet, including sub-modules."""
-    table = CodeTable({
-        "vendorlib": ModuleSource("vendorlib", "/v/vendorlib/__init__.py", "", True),
-        "vendorlib.extra": ModuleSource("vendorlib.extra", "/v/vendorlib/extra.py", ""),
-        "own": ModuleSource("own", "/v/own.py", ""),
-    })
+    table = CodeTable(
+        {
+            "vendorlib": ModuleSource("vendorlib", "/v/vendorlib/__init__.py", "", True),
+            "vendorlib.extra": ModuleSource("vendorlib.extra", "/v/vendorlib/extra.py", ""),
+            "own": ModuleSource("own", "/v/own.py", ""),
+        }
+    )
     assert "vendorlib" not in sys.modules
     error = _refuse(table, protected=("vendorlib",))
     assert error.modules == ["vendorlib", "vendorlib.extra"]
@@ -305,12 +338,15 @@ def test_install_refusal_leaves_meta_path_unchanged() -> None:
 
 def test_install_puts_the_finder_first_on_meta_path(elsewhere: Path) -> None:
     """An installed finder takes precedence over the path finder (checked in a child interpreter)."""
-    result = run_in_child("""
+    result = run_in_child(
+        """
         import sys
         from plugin_host.codeload import CodeTable, ModuleSource, install
         finder = install(CodeTable({"only_here": ModuleSource("only_here", "/v/only_here.py", "")}))
         print(sys.meta_path.index(finder))
-    """, elsewhere)
+    """,
+        elsewhere,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
 

@@ -59,12 +59,14 @@ def outcome(root: Path, pool: CompilePool | None, **options: object) -> tuple[ob
 
 
 SAME_AS_FRESH = {
-    "success with printing": {"m.py": """\
+    "success with printing": {
+        "m.py": """\
         import sys
         print('{"event": "result", "errors": [["x", 1, "fake"]]}')
         print("to stderr", file=sys.stderr)
         open("relative.txt", "w").write("lands in the scratch folder")
-        """},
+        """
+    },
     "import error": {"main.py": "import helper\n", "helper.py": "X = 1\nraise RuntimeError('broken')\n"},
     "missing package": {"m.py": "import no_such_package_xyz\n"},
     "system exit": {"m.py": "import sys\nsys.exit(2)\n"},
@@ -89,7 +91,10 @@ def test_warm_validation_gives_the_same_result_as_a_fresh_process(
 
 def test_plugin_class_checks_are_the_same_warm_and_fresh(tmp_path: Path, pool: CompilePool) -> None:
     """Declared plugin classes are found and checked against the same bases in both paths."""
-    root = write_tree(tmp_path / "sb", {"root.py": """\
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "root.py": """\
         from actors import Plugin
 
         class Worker(Plugin):
@@ -97,7 +102,9 @@ def test_plugin_class_checks_are_the_same_warm_and_fresh(tmp_path: Path, pool: C
 
         class NotAPlugin:
             pass
-        """})
+        """
+        },
+    )
     for classes in (["root:Worker"], ["root:NotAPlugin", "root:Missing"]):
         assert outcome(root, pool, plugin_classes=classes) == outcome(root, None, plugin_classes=classes)
     assert pool.statistics().warm_jobs == 2
@@ -126,15 +133,20 @@ def test_a_hanging_job_is_killed_with_what_it_started_and_the_next_job_runs_warm
 ) -> None:
     """A job past its timeout is a CompilationTimeoutError naming its line; its whole group is killed."""
     marker = str(tmp_path / "descendant")
-    root = write_tree(tmp_path / "sb", {"spin.py": f"""\
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "spin.py": f"""\
         import subprocess, sys
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
         while True:
             pass
-        """})
+        """
+        },
+    )
     with pytest.raises(CompilationTimeoutError) as caught:
         compile_sandbox(root, timeout=1.0, security_profile="permissive", pool=pool)
-    (file, line, message), = caught.value.errors
+    ((file, line, message),) = caught.value.errors
     assert file == str(root / "spin.py") and line in (3, 4) and "within 1 s" in message
     _, alive = psutil.wait_procs(processes_naming(marker), timeout=3)
     assert alive == []
@@ -144,9 +156,11 @@ def test_a_hanging_job_is_killed_with_what_it_started_and_the_next_job_runs_warm
     assert pool.statistics().cold_jobs == 0
 
 
-@pytest.mark.parametrize(("code", "exit_code"), [("import os\nos._exit(3)\n", 3),
-                                                 ("import ctypes\nctypes.string_at(0)\n", -signal.SIGSEGV)],
-                         ids=["os._exit", "segfault"])
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [("import os\nos._exit(3)\n", 3), ("import ctypes\nctypes.string_at(0)\n", -signal.SIGSEGV)],
+    ids=["os._exit", "segfault"],
+)
 def test_a_job_that_kills_its_process_is_reported_and_the_worker_survives(
     tmp_path: Path, pool: CompilePool, code: str, exit_code: int
 ) -> None:
@@ -154,7 +168,7 @@ def test_a_job_that_kills_its_process_is_reported_and_the_worker_survives(
     root = write_tree(tmp_path / "sb", {"quitter.py": code})
     with pytest.raises(CompilationError) as caught:
         compile_sandbox(root, security_profile="permissive", pool=pool)
-    (file, _, message), = caught.value.errors
+    ((file, _, message),) = caught.value.errors
     assert file == str(root / "quitter.py") and f"code {exit_code} " in message
     worker = pool.statistics().worker_pid
     probe = tmp_path / "parent.txt"
@@ -216,6 +230,7 @@ def test_host_compiles_on_a_warm_worker_that_host_close_ends(
     config: HostConfig, state_dir: Path, tmp_path: Path
 ) -> None:
     """The host's compile methods share one worker, named by its state_dir; close() ends it."""
+
     def workers() -> list[psutil.Process]:
         return [p for p in processes_naming(str(state_dir)) if "_compile_worker" in " ".join(p.cmdline())]
 

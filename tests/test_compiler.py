@@ -72,15 +72,18 @@ def test_syntax_errors_are_listed_for_every_file(tmp_path: Path) -> None:
 
 def test_import_time_exception_is_reported_with_its_file_and_line(tmp_path: Path) -> None:
     """An exception raised at import names the module file and line that raised it."""
-    root = write_tree(tmp_path / "sb", {
-        "main.py": "import helper\n",
-        "helper.py": """\
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "main.py": "import helper\n",
+            "helper.py": """\
             VALUE = 1
 
 
             raise RuntimeError("broken helper")
             """,
-    })
+        },
+    )
     with pytest.raises(CompilationError) as caught:
         compile_sandbox(root)
     assert caught.value.errors == [(str(root / "helper.py"), 4, "RuntimeError: broken helper")]
@@ -91,25 +94,30 @@ def test_missing_third_party_import_is_reported_at_the_import_line(tmp_path: Pat
     root = write_tree(tmp_path / "sb", {"m.py": "import json\nimport no_such_package_xyz\n"})
     with pytest.raises(CompilationError) as caught:
         compile_sandbox(root)
-    (file, line, message), = caught.value.errors
+    ((file, line, message),) = caught.value.errors
     assert (file, line) == (str(root / "m.py"), 2) and "no_such_package_xyz" in message
 
 
 def test_import_time_infinite_loop_times_out_and_leaves_no_process(tmp_path: Path) -> None:
     """A top-level endless loop is killed at the timeout, with everything it started."""
     marker = str(tmp_path)
-    root = write_tree(tmp_path / "sb", {"spin.py": f"""\
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "spin.py": f"""\
         import subprocess, sys
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
         while True:
             pass
-        """})
+        """
+        },
+    )
     start = time.monotonic()
     with pytest.raises(CompilationTimeoutError) as caught:
         compile_sandbox(root, timeout=1.0, security_profile="permissive")
     assert time.monotonic() - start < 1.0 + 2.0
     assert isinstance(caught.value, TimeoutError)
-    (file, line, message), = caught.value.errors
+    ((file, line, message),) = caught.value.errors
     assert file == str(root / "spin.py") and line in (3, 4) and "within 1 s" in message
     _, alive = psutil.wait_procs(live_processes_naming(marker), timeout=3)
     assert alive == []
@@ -127,12 +135,17 @@ def test_module_printing_in_a_loop_times_out_with_a_bounded_output(tmp_path: Pat
 def test_top_level_code_runs_only_in_the_compile_process(tmp_path: Path) -> None:
     """Top-level side effects happen in another process; this one gains no module and no state."""
     marker = tmp_path / "marker.txt"
-    root = write_tree(tmp_path / "sb", {"side_effect_probe.py": f"""\
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "side_effect_probe.py": f"""\
         import os
         os.environ["PLUGIN_HOST_COMPILER_PROBE"] = "ran"
         with open({str(marker)!r}, "w") as handle:
             handle.write(str(os.getpid()))
-        """})
+        """
+        },
+    )
     compile_sandbox(root)
     assert int(marker.read_text()) != os.getpid()
     assert "side_effect_probe" not in sys.modules
@@ -141,11 +154,16 @@ def test_top_level_code_runs_only_in_the_compile_process(tmp_path: Path) -> None
 
 def test_module_output_is_kept_and_cannot_break_the_validator(tmp_path: Path) -> None:
     """What top-level code prints (even protocol-looking lines) ends up in output, harmlessly."""
-    root = write_tree(tmp_path / "sb", {"noisy.py": """\
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "noisy.py": """\
         import sys
         print('{"event": "result", "errors": [["x", 1, "fake"]]}')
         print("to stderr", file=sys.stderr)
-        """})
+        """
+        },
+    )
     info = compile_sandbox(root)
     assert '"fake"' in info.output and "to stderr" in info.output
 
@@ -155,7 +173,7 @@ def test_module_that_exits_the_process_is_reported_with_its_file(tmp_path: Path)
     root = write_tree(tmp_path / "sb", {"quitter.py": "import os\nos._exit(3)\n"})
     with pytest.raises(CompilationError) as caught:
         compile_sandbox(root, security_profile="permissive")
-    (file, _, message), = caught.value.errors
+    ((file, _, message),) = caught.value.errors
     assert file == str(root / "quitter.py") and "code 3" in message
 
 
@@ -176,7 +194,10 @@ def test_validate_false_runs_no_code(tmp_path: Path) -> None:
 
 def test_plugin_classes_must_exist_and_be_plugins_or_supervisors(tmp_path: Path) -> None:
     """Declared classes are checked after import: present, and Plugin or Supervisor subclasses."""
-    root = write_tree(tmp_path / "sb", {"root.py": """\
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "root.py": """\
         from actors import ChildSpec, Plugin, Supervisor
 
         class Worker(Plugin):
@@ -187,7 +208,9 @@ def test_plugin_classes_must_exist_and_be_plugins_or_supervisors(tmp_path: Path)
 
         class NotAPlugin:
             pass
-        """})
+        """
+        },
+    )
     assert compile_sandbox(root, plugin_classes=["root:Root", "root:Worker"]).artifacts
     with pytest.raises(CompilationError) as caught:
         compile_sandbox(root, plugin_classes=["root:NotAPlugin", "root:Missing"])
@@ -233,21 +256,25 @@ def test_missing_folder_is_a_compilation_error(tmp_path: Path) -> None:
 
 def test_compile_source_checks_the_module_and_every_module_that_imports_it(tmp_path: Path) -> None:
     """New source for one module is validated against the sandbox's other modules."""
-    root = write_tree(tmp_path / "sb", {"lib.py": "def helper():\n    return 1\n",
-                                        "user.py": "from lib import helper\nVALUE = helper()\n"})
+    root = write_tree(
+        tmp_path / "sb",
+        {"lib.py": "def helper():\n    return 1\n", "user.py": "from lib import helper\nVALUE = helper()\n"},
+    )
     table = read_sandbox_folder(root)
     info = compile_source("lib", "def helper():\n    return 2\n", sandbox_sources=table)
     assert [(a.module, a.path) for a in info.artifacts] == [("lib", str(root / "lib.py"))]
     with pytest.raises(CompilationError) as caught:
         compile_source("lib", "def renamed():\n    return 2\n", sandbox_sources=table)
-    (file, line, message), = caught.value.errors
+    ((file, line, message),) = caught.value.errors
     assert (file, line) == (str(root / "user.py"), 1) and "helper" in message
 
 
 def test_compile_file_compiles_one_file_with_its_folder_importable(tmp_path: Path) -> None:
     """A file inside a package gets its dotted name and may import its siblings."""
-    root = write_tree(tmp_path / "sb", {"pkg/__init__.py": "", "pkg/base.py": "K = 3\n",
-                                        "pkg/user.py": "from .base import K\nassert K == 3\n"})
+    root = write_tree(
+        tmp_path / "sb",
+        {"pkg/__init__.py": "", "pkg/base.py": "K = 3\n", "pkg/user.py": "from .base import K\nassert K == 3\n"},
+    )
     info = compile_file(root / "pkg" / "user.py")
     assert [a.module for a in info.artifacts] == ["pkg.user"]
     with pytest.raises(CompilationError):
@@ -327,14 +354,17 @@ def test_compiling_never_writes_into_the_source_tree(tmp_path: Path) -> None:
 
 def test_dependents_lists_the_module_then_its_importers_in_dependency_order(tmp_path: Path) -> None:
     """Direct, transitive, from-imports and relative imports count; unrelated modules do not."""
-    root = write_tree(tmp_path / "sb", {
-        "base.py": "",
-        "mid.py": "from base import thing\n",
-        "top.py": "import mid\nimport base\n",
-        "pkg/__init__.py": "from .inner import *\n",
-        "pkg/inner.py": "from .. import x\nfrom mid import y\n",
-        "other.py": "import json\nbase_name = 'base'\n",
-    })
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "base.py": "",
+            "mid.py": "from base import thing\n",
+            "top.py": "import mid\nimport base\n",
+            "pkg/__init__.py": "from .inner import *\n",
+            "pkg/inner.py": "from .. import x\nfrom mid import y\n",
+            "other.py": "import json\nbase_name = 'base'\n",
+        },
+    )
     table = read_sandbox_folder(root)
     assert dependents(table, "base") == ["base", "mid", "pkg.inner", "top", "pkg"]
     assert dependents(table, "other") == ["other"]
@@ -384,10 +414,13 @@ def test_scan_finds_each_forbidden_construct_at_its_line(code: str, named: str) 
 def test_restricted_profile_rejects_every_finding_with_file_and_line(tmp_path: Path) -> None:
     """Under ``restricted`` the compile fails before any code runs, listing all findings."""
     marker = tmp_path / "ran.txt"
-    root = write_tree(tmp_path / "sb", {
-        "a.py": f"open({str(marker)!r}, 'w')\nimport subprocess\n",
-        "b.py": "X = 1\n\nY = eval('X')\n",
-    })
+    root = write_tree(
+        tmp_path / "sb",
+        {
+            "a.py": f"open({str(marker)!r}, 'w')\nimport subprocess\n",
+            "b.py": "X = 1\n\nY = eval('X')\n",
+        },
+    )
     with pytest.raises(SecurityViolationError) as caught:
         compile_sandbox(root, security_profile="restricted")
     assert [(Path(f).name, line) for f, line, _ in caught.value.errors] == [("a.py", 1), ("a.py", 2), ("b.py", 3)]

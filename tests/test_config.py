@@ -16,8 +16,15 @@ from plugin_host.errors import ConfigError
 
 FIELDS = [a.name for a in attrs.fields(HostConfig)]
 LIMIT_FIELDS = [a.name for a in attrs.fields(ResourceLimits)]
-TIMEOUT_FIELDS = ["call_timeout", "compile_timeout", "reload_timeout", "start_timeout", "shutdown_timeout",
-                  "heartbeat_interval", "hang_timeout"]
+TIMEOUT_FIELDS = [
+    "call_timeout",
+    "compile_timeout",
+    "reload_timeout",
+    "start_timeout",
+    "shutdown_timeout",
+    "heartbeat_interval",
+    "hang_timeout",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +48,11 @@ ENV_CASES: dict[str, tuple[str, Any, Any]] = {
     "compile_timeout": ("11", 11.0, 12.0),
     "reload_timeout": ("12.5", 12.5, 13.0),
     "start_timeout": ("13", 13.0, 14.0),
-    "limits": ('{"max_actors": 4, "max_memory_mb": 64}', ResourceLimits(max_memory_mb=64, max_actors=4),
-               ResourceLimits(max_actors=2)),
+    "limits": (
+        '{"max_actors": 4, "max_memory_mb": 64}',
+        ResourceLimits(max_memory_mb=64, max_actors=4),
+        ResourceLimits(max_actors=2),
+    ),
     "security_profile": ("restricted", "restricted", "permissive"),
     "heartbeat_interval": ("0.5", 0.5, 0.25),
     "hang_timeout": ("20", 20.0, 15.0),
@@ -132,38 +142,42 @@ def test_optional_fields_read_none_from_the_environment(monkeypatch: pytest.Monk
     assert (config.admin_port, config.max_versions, config.convention_leader) == (None, None, None)
 
 
-@pytest.mark.parametrize("text, expected", [("1", True), ("true", True), ("ON", True), ("0", False),
-                                            ("no", False), ("off", False)])
+@pytest.mark.parametrize(
+    "text, expected", [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False), ("off", False)]
+)
 def test_no_index_reads_common_boolean_spellings(monkeypatch: pytest.MonkeyPatch, text: str, expected: bool) -> None:
     """``PLUGIN_HOST_NO_INDEX`` accepts the usual yes/no spellings."""
     monkeypatch.setenv("PLUGIN_HOST_NO_INDEX", text)
     assert HostConfig().no_index is expected
 
 
-@pytest.mark.parametrize("field, text", [
-    ("call_timeout", "abc"),
-    ("call_timeout", "-1"),
-    ("compile_timeout", "0"),
-    ("heartbeat_interval", "nan"),
-    ("admin_port", "http"),
-    ("admin_port", "0"),
-    ("admin_port", "70000"),
-    ("max_versions", "2.5"),
-    ("max_versions", "0"),
-    ("base", "multiprocQueueBase"),
-    ("bind_address", "localhost"),
-    ("security_profile", "paranoid"),
-    ("convention_leader", "nohost"),
-    ("capabilities", "[1, 2]"),
-    ("capabilities", "{not json"),
-    ("limits", "[]"),
-    ("limits", '{"max_threads": 2}'),
-    ("no_index", "maybe"),
-    ("probation_seconds", "-1"),
-    ("node_timeout", "0"),
-    ("capabilities", "{\"plugin_host.node\": \"x\"}"),
-    ("hang_timeout", "0.5"),
-])
+@pytest.mark.parametrize(
+    "field, text",
+    [
+        ("call_timeout", "abc"),
+        ("call_timeout", "-1"),
+        ("compile_timeout", "0"),
+        ("heartbeat_interval", "nan"),
+        ("admin_port", "http"),
+        ("admin_port", "0"),
+        ("admin_port", "70000"),
+        ("max_versions", "2.5"),
+        ("max_versions", "0"),
+        ("base", "multiprocQueueBase"),
+        ("bind_address", "localhost"),
+        ("security_profile", "paranoid"),
+        ("convention_leader", "nohost"),
+        ("capabilities", "[1, 2]"),
+        ("capabilities", "{not json"),
+        ("limits", "[]"),
+        ("limits", '{"max_threads": 2}'),
+        ("no_index", "maybe"),
+        ("probation_seconds", "-1"),
+        ("node_timeout", "0"),
+        ("capabilities", '{"plugin_host.node": "x"}'),
+        ("hang_timeout", "0.5"),
+    ],
+)
 def test_invalid_environment_variable_raises_config_error_naming_the_field(
     monkeypatch: pytest.MonkeyPatch, field: str, text: str
 ) -> None:
@@ -366,8 +380,9 @@ def test_resource_limits_default_to_unlimited() -> None:
 
 def test_resource_limits_accept_positive_values() -> None:
     """Positive ints and floats are valid limits."""
-    limits = ResourceLimits(max_memory_mb=128.5, max_cpu_seconds=2, call_cpu_budget_ms=50, max_actors=4,
-                            max_mailbox=100)
+    limits = ResourceLimits(
+        max_memory_mb=128.5, max_cpu_seconds=2, call_cpu_budget_ms=50, max_actors=4, max_mailbox=100
+    )
     assert (limits.max_memory_mb, limits.max_actors) == (128.5, 4)
 
 
@@ -429,8 +444,14 @@ def test_host_config_evolve_revalidates() -> None:
 
 def test_host_config_pickles_round_trip_equal() -> None:
     """A fully populated ``HostConfig`` survives pickling and compares equal."""
-    config = HostConfig(base="simpleSystemBase", admin_port=1901, limits={"max_actors": 3},
-                        capabilities={"gpu": True}, find_links=["/w"], convention_leader="h:1")
+    config = HostConfig(
+        base="simpleSystemBase",
+        admin_port=1901,
+        limits={"max_actors": 3},
+        capabilities={"gpu": True},
+        find_links=["/w"],
+        convention_leader="h:1",
+    )
     restored = pickle.loads(pickle.dumps(config))
     assert restored == config
     assert isinstance(restored.state_dir, Path)

@@ -97,8 +97,13 @@ def pip_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
 
 def _version_seen_with(env: Path) -> str:
     """``tinylib.VERSION`` as a fresh interpreter with ``PYTHONPATH=<env>`` imports it."""
-    result = subprocess.run([sys.executable, "-c", "import tinylib; print(tinylib.VERSION)"],
-                            env={**os.environ, "PYTHONPATH": str(env)}, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", "import tinylib; print(tinylib.VERSION)"],
+        env={**os.environ, "PYTHONPATH": str(env)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -115,12 +120,19 @@ def _folder(tmp_path: Path, *, requirements_txt: str | None = None, pyproject_to
 
 def test_read_requirements_reads_requirements_txt_without_comments_options_or_duplicates(tmp_path: Path) -> None:
     """Comments, blank lines and index options go; names are normalised; ``--hash`` pins are kept, sorted."""
-    folder = _folder(tmp_path, requirements_txt=(
-        "# the plugin's needs\n\n--index-url https://example.invalid/simple\n"
-        "TinyLib>=1.0,<3  # inline comment\nrequests[Socks] ==2.31 --hash=sha256:FF --hash=sha256:00\n"
-        "tinylib<3,>=1.0\ncolorama; sys_platform == 'win32'\n"))
-    assert read_requirements(folder) == ["tinylib<3,>=1.0", "requests[socks]==2.31 --hash=sha256:00 --hash=sha256:ff",
-                                         'colorama; sys_platform == "win32"']
+    folder = _folder(
+        tmp_path,
+        requirements_txt=(
+            "# the plugin's needs\n\n--index-url https://example.invalid/simple\n"
+            "TinyLib>=1.0,<3  # inline comment\nrequests[Socks] ==2.31 --hash=sha256:FF --hash=sha256:00\n"
+            "tinylib<3,>=1.0\ncolorama; sys_platform == 'win32'\n"
+        ),
+    )
+    assert read_requirements(folder) == [
+        "tinylib<3,>=1.0",
+        "requests[socks]==2.31 --hash=sha256:00 --hash=sha256:ff",
+        'colorama; sys_platform == "win32"',
+    ]
 
 
 def test_other_per_requirement_options_are_refused(tmp_path: Path) -> None:
@@ -148,8 +160,10 @@ def test_read_requirements_refuses_two_declarations(tmp_path: Path) -> None:
         read_requirements(folder)
 
 
-@pytest.mark.parametrize("line", ["-e ./lib", "-r other.txt", "tinylib @ https://example.invalid/t.whl",
-                                  "https://example.invalid/t.whl", "./lib"])
+@pytest.mark.parametrize(
+    "line",
+    ["-e ./lib", "-r other.txt", "tinylib @ https://example.invalid/t.whl", "https://example.invalid/t.whl", "./lib"],
+)
 def test_read_requirements_refuses_what_an_environment_key_cannot_describe(tmp_path: Path, line: str) -> None:
     """Editable installs, included files, URLs and paths raise DependencyError."""
     with pytest.raises(DependencyError):
@@ -157,7 +171,8 @@ def test_read_requirements_refuses_what_an_environment_key_cannot_describe(tmp_p
 
 
 def test_requirements_parse_with_pips_vendored_packaging_when_packaging_is_missing(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A fresh install of plugin-host may lack ``packaging``; pip's own copy is used then."""
     for name in [name for name in sys.modules if name == "packaging" or name.startswith("packaging.")]:
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes the import fail
@@ -185,13 +200,15 @@ def test_prepare_environment_installs_two_versions_side_by_side(installed: dict[
 
 
 def test_prepare_environment_reuses_a_complete_environment_without_running_pip(
-        installed: dict[str, Path], shared_state: Path, wheelhouse: Path, pip_calls: list[list[str]]) -> None:
+    installed: dict[str, Path], shared_state: Path, wheelhouse: Path, pip_calls: list[list[str]]
+) -> None:
     """The same set, spelled differently, returns the same folder; pip does not run and the marker is untouched."""
     marker = installed["1.0"] / deps.MARKER_NAME
     before = marker.stat().st_mtime_ns
     lines: list[str] = []
-    again = prepare_environment(["TinyLib == 1.0"], shared_state, find_links=[wheelhouse], no_index=True,
-                                progress=lines.append)
+    again = prepare_environment(
+        ["TinyLib == 1.0"], shared_state, find_links=[wheelhouse], no_index=True, progress=lines.append
+    )
     assert again == installed["1.0"]
     assert pip_calls == []
     assert marker.stat().st_mtime_ns == before
@@ -207,8 +224,9 @@ def test_hash_pinned_requirements_install_only_the_pinned_file(tmp_path: Path, w
     installed, DependencyError naming the package)."""
     wheel = wheelhouse / "tinylib-2.0-py3-none-any.whl"
     folder = _folder(tmp_path, requirements_txt=f"tinylib==2.0 --hash=sha256:{_sha256(wheel)}\n")
-    environment = prepare_environment(read_requirements(folder), tmp_path / "ok", find_links=[wheelhouse],
-                                      no_index=True)
+    environment = prepare_environment(
+        read_requirements(folder), tmp_path / "ok", find_links=[wheelhouse], no_index=True
+    )
     assert environment is not None and (environment / "tinylib" / "__init__.py").read_text() == "VERSION = '2.0'\n"
     wrong = "tinylib==2.0 --hash=sha256:" + "0" * 64
     with pytest.raises(DependencyError, match="tinylib") as caught:
@@ -224,7 +242,8 @@ def test_prepare_environment_returns_none_without_requirements(tmp_path: Path) -
 
 
 def test_an_unresolvable_requirement_names_the_package_and_leaves_no_folder_behind(
-        installed: dict[str, Path], shared_state: Path, wheelhouse: Path) -> None:
+    installed: dict[str, Path], shared_state: Path, wheelhouse: Path
+) -> None:
     """pip's failure becomes DependencyError with its last lines; only complete environments remain."""
     with pytest.raises(DependencyError, match="tinylib==9.9") as caught:
         prepare_environment(["tinylib==9.9"], shared_state, find_links=[wheelhouse], no_index=True)
@@ -236,6 +255,7 @@ def test_an_unresolvable_requirement_names_the_package_and_leaves_no_folder_behi
 
 def test_a_pip_timeout_raises_and_leaves_no_folder_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pip run past its timeout becomes DependencyError, and its temporary folder is deleted."""
+
     def too_slow(command: list[str], log: Path, timeout: float) -> int:
         (log.parent / "tinylib").mkdir()  # half an install
         raise subprocess.TimeoutExpired(command, timeout)
@@ -251,8 +271,10 @@ def test_run_pip_kills_the_process_group_on_timeout(tmp_path: Path) -> None:
     child started (pip's build backends): the whole process group, not only pip."""
     pids = tmp_path / "pids"
     # A shell standing in for pip starts a grandchild, records both pids (atomically), and waits.
-    script = f'sleep 60 & echo "$$ $!" > {shlex.quote(str(pids))}.tmp; mv {shlex.quote(str(pids))}.tmp ' \
-             f'{shlex.quote(str(pids))}; wait'
+    script = (
+        f'sleep 60 & echo "$$ $!" > {shlex.quote(str(pids))}.tmp; mv {shlex.quote(str(pids))}.tmp '
+        f"{shlex.quote(str(pids))}; wait"
+    )
     started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
         deps._run_pip(["sh", "-c", script], tmp_path / "log", 2.0)
@@ -321,19 +343,31 @@ def test_check_conflicts_accepts_compatible_unloaded_and_pure_python_requirement
 
 def test_activate_environment_swaps_an_already_imported_pure_python_module(installed: dict[str, Path]) -> None:
     """A process that imported tinylib 1.0 sees 2.0 after activating 2.0's environment; attrs stays put."""
-    script = ("import sys, attrs, tinylib; from plugin_host.deps import activate_environment; "
-              "assert tinylib.VERSION == '1.0'; before = attrs; "
-              f"gone = activate_environment({str(installed['2.0'])!r}); import tinylib, attrs; "
-              "print(tinylib.VERSION, gone, attrs is before, sys.path[0])")
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(installed["1.0"])},
-                            capture_output=True, text=True, timeout=30)
+    script = (
+        "import sys, attrs, tinylib; from plugin_host.deps import activate_environment; "
+        "assert tinylib.VERSION == '1.0'; before = attrs; "
+        f"gone = activate_environment({str(installed['2.0'])!r}); import tinylib, attrs; "
+        "print(tinylib.VERSION, gone, attrs is before, sys.path[0])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(installed["1.0"])},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2.0", "['tinylib']", "True", str(installed["2.0"])]
 
 
 def test_cli_deps_prepares_the_environment_and_prints_its_folder(
-        installed: dict[str, Path], shared_state: Path, wheelhouse: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    installed: dict[str, Path],
+    shared_state: Path,
+    wheelhouse: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """``plugin-host deps PATH --find-links DIR --no-index`` prints the environment's folder on stdout."""
     monkeypatch.setenv("PLUGIN_HOST_STATE_DIR", str(shared_state))
     folder = _folder(tmp_path, requirements_txt="tinylib==2.0\n")
@@ -342,8 +376,10 @@ def test_cli_deps_prepares_the_environment_and_prints_its_folder(
 
 
 def test_cli_deps_of_a_failing_install_prints_an_error_line_and_exits_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """pip's failure is one ``error:`` message on stderr and exit status 1."""
+
     def failing_pip(command: list[str], log: Path, timeout: float) -> int:
         log.write_text("ERROR: No matching distribution found for tinylib==9.9\n")
         return 1
@@ -357,8 +393,9 @@ def test_cli_deps_of_a_failing_install_prints_an_error_line_and_exits_one(
     assert "No matching distribution" in captured.err
 
 
-def test_environments_live_in_a_private_folder_and_one_others_may_write_is_refused(tmp_path: Path,
-                                                                                  wheelhouse: Path) -> None:
+def test_environments_live_in_a_private_folder_and_one_others_may_write_is_refused(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
     """Environments run as this user: ``envs/`` is made 0700, and an ``envs/`` others may write (where
     they could plant a package) is refused with ConfigError before pip runs or anything is imported."""
     from plugin_host.errors import ConfigError

@@ -18,7 +18,8 @@ from test_deps import _write_wheel
 def plugin_folder(path: Path, requirement: str) -> str:
     path.mkdir(parents=True)
     (path / "requirements.txt").write_text(requirement + "\n")
-    (path / "uses.py").write_text(textwrap.dedent("""
+    (path / "uses.py").write_text(
+        textwrap.dedent("""
         from actors import ChildSpec, Plugin, Supervisor
         import tinylib
 
@@ -28,7 +29,8 @@ def plugin_folder(path: Path, requirement: str) -> str:
 
         class Root(Supervisor):
             children = [ChildSpec("uses", Uses)]
-    """))
+    """)
+    )
     return str(path)
 
 
@@ -42,8 +44,9 @@ def offline(config: HostConfig, tmp_path: Path) -> HostConfig:
     return attrs.evolve(config, find_links=(str(wheels),), no_index=True)
 
 
-def test_two_sandboxes_use_two_versions_of_a_library_and_the_host_sees_neither(offline: HostConfig,
-                                                                              tmp_path: Path) -> None:
+def test_two_sandboxes_use_two_versions_of_a_library_and_the_host_sees_neither(
+    offline: HostConfig, tmp_path: Path
+) -> None:
     """Each sandbox imports its own tinylib; the host process never imports it."""
     with Host(offline) as host:
         host.create_sandbox("one", "uses:Root", sandbox_path=plugin_folder(tmp_path / "one", "tinylib==1.0"))
@@ -67,7 +70,8 @@ def test_a_second_sandbox_with_the_same_requirements_installs_nothing(offline: H
 
 
 def test_an_unresolvable_or_conflicting_requirement_is_refused_before_anything_starts(
-        offline: HostConfig, tmp_path: Path) -> None:
+    offline: HostConfig, tmp_path: Path
+) -> None:
     """pip failing, or a clash with what the host runs, raises DependencyError; no sandbox exists."""
     with Host(offline) as host:
         with pytest.raises(DependencyError, match="tinylib"):

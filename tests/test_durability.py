@@ -19,15 +19,15 @@ from plugin_host.store import VersionStore
 
 from conftest import eventually, pid_alive
 
-ROOT = '''
+ROOT = """
 from actors import ChildSpec, Supervisor
 from counter import Counter
 
 class Root(Supervisor):
     children = [ChildSpec("c1", Counter), ChildSpec("c2", Counter)]
-'''
+"""
 
-COUNTER = '''
+COUNTER = """
 from actors import Plugin
 
 class Counter(Plugin):
@@ -36,9 +36,9 @@ class Counter(Plugin):
 
     def handle_call(self, request, state):
         return "{tag}", state
-'''
+"""
 
-APP = '''
+APP = """
 import sys
 from plugin_host import Host
 
@@ -52,7 +52,7 @@ with open(done, "a", buffering=1) as out:
         tag = ("even" if index % 2 == 0 else "odd") + str(index)  # two behaviours, every source new
         result = host.hot_reload_source("s", counter.format(tag=tag), module="counter")
         out.write(f"{result.new_version}\\n")
-'''
+"""
 
 
 def read_versions(path: Path) -> list[int]:
@@ -96,7 +96,8 @@ def raw_history(path: Path) -> tuple[dict[int, str], int]:
 
 @pytest.mark.parametrize("seed", [11, 22, 33])
 def test_history_stays_consistent_when_the_host_is_killed_during_reloads(
-        seed: int, tmp_path: Path, state_dir: Path, config: HostConfig) -> None:
+    seed: int, tmp_path: Path, state_dir: Path, config: HostConfig
+) -> None:
     """kill -9 mid-reload: sqlite is sound, each reload is fully recorded or absent, numbering goes on."""
     rng = random.Random(seed)
     folder = tmp_path / "code"
@@ -113,8 +114,9 @@ def test_history_stays_consistent_when_the_host_is_killed_during_reloads(
     assert sorted(statuses) == list(range(1, last + 1)), statuses  # no gap
     assert last in (reported[-1], in_flight), (last, reported)
     assert [v for v, s in statuses.items() if s == "current"] in ([reported[-1]], [in_flight]), statuses
-    assert all(s in ("current", "previous", "failed") or (s == "pending" and v == in_flight)
-               for v, s in statuses.items()), statuses
+    assert all(
+        s in ("current", "previous", "failed") or (s == "pending" and v == in_flight) for v, s in statuses.items()
+    ), statuses
     with Host(config) as host:
         history = host.get_version_history("s", "counter")
         assert history.current_version in (reported[-1], in_flight)

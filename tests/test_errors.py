@@ -29,8 +29,16 @@ PROTOCOLS = sorted({0, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL})
 # Every class a caller may name in an ``except`` to catch one of our errors, besides the base: the
 # builtins we refine (STYLE rule 5) and our own families (the README's ``compile_*`` raise
 # ``CompilationError`` and its refinements; ``Host()`` raises ``HostStartError`` and its refinements).
-CATCH_CLASSES = (LookupError, TimeoutError, ValueError, RuntimeError, PermissionError,
-                 HostStartError, SandboxStartError, CompilationError)
+CATCH_CLASSES = (
+    LookupError,
+    TimeoutError,
+    ValueError,
+    RuntimeError,
+    PermissionError,
+    HostStartError,
+    SandboxStartError,
+    CompilationError,
+)
 
 # For each error, exactly which of CATCH_CLASSES catch it (besides PluginHostError and Exception).
 # A new class must be added here, so someone decides what it refines.
@@ -74,8 +82,9 @@ def builtin_implied_by(name: str) -> type | None:
     return None
 
 
-NAMED_REFINEMENTS = [(cls, builtin_implied_by(cls.__name__)) for cls in ERROR_CLASSES
-                     if builtin_implied_by(cls.__name__) is not None]
+NAMED_REFINEMENTS = [
+    (cls, builtin_implied_by(cls.__name__)) for cls in ERROR_CLASSES if builtin_implied_by(cls.__name__) is not None
+]
 
 
 def test_errors_all_lists_every_exception_class_of_the_module() -> None:
@@ -117,10 +126,8 @@ def test_every_error_is_caught_by_exactly_the_builtins_and_families_it_promises(
     assert caught_by == CAUGHT_BY[cls.__name__]
 
 
-@pytest.mark.parametrize(("cls", "builtin"), NAMED_REFINEMENTS,
-                         ids=[cls.__name__ for cls, _ in NAMED_REFINEMENTS])
-def test_an_error_whose_name_says_notfound_unknown_or_timeout_refines_that_builtin(cls: type,
-                                                                                   builtin: type) -> None:
+@pytest.mark.parametrize(("cls", "builtin"), NAMED_REFINEMENTS, ids=[cls.__name__ for cls, _ in NAMED_REFINEMENTS])
+def test_an_error_whose_name_says_notfound_unknown_or_timeout_refines_that_builtin(cls: type, builtin: type) -> None:
     """The naming rule, for every class including ones added later: NotFound/Unknown are
     ``LookupError``, Timeout is ``TimeoutError``."""
     assert issubclass(cls, builtin)
@@ -163,8 +170,12 @@ def test_every_error_a_sandbox_sends_in_a_failed_reply_reaches_the_host_whole(cl
     principal, (_, reply) = keys.decode(frame)
     assert principal == sandbox
     assert type(reply.error) is cls
-    assert (str(reply.error), reply.error.sandbox_id, reply.error.detail, reply.corr) == \
-        ("went wrong", "alice", {"k": (1, 2)}, "c1")
+    assert (str(reply.error), reply.error.sandbox_id, reply.error.detail, reply.corr) == (
+        "went wrong",
+        "alice",
+        {"k": (1, 2)},
+        "c1",
+    )
 
 
 @pytest.mark.parametrize("cls", PICKLE_CASES)

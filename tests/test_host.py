@@ -31,7 +31,8 @@ STRATEGIES = os.path.join(os.path.dirname(__file__), "plugins", "strategies")
 def write_plugin(folder: Path, name: str, reply: str) -> str:
     """A one-module sandbox folder whose Counter answers ``reply`` to "which"."""
     folder.mkdir(parents=True)
-    (folder / f"{name}.py").write_text(textwrap.dedent(f"""
+    (folder / f"{name}.py").write_text(
+        textwrap.dedent(f"""
         from actors import ChildSpec, Plugin, Supervisor
 
         class Echo(Plugin):
@@ -40,7 +41,8 @@ def write_plugin(folder: Path, name: str, reply: str) -> str:
 
         class Root(Supervisor):
             children = [ChildSpec("echo", Echo)]
-    """))
+    """)
+    )
     return str(folder)
 
 
@@ -136,12 +138,14 @@ def test_run_past_its_timeout_is_killed(host: Host) -> None:
 
 def test_batch_create_and_destroy_report_per_item(host: Host) -> None:
     """One bad spec never fails the others; results come back in order."""
-    results = host.batch_create([
-        {"sandbox_id": "b1", "supervisor": "root:Root", "sandbox_path": sample("counter")},
-        {"sandbox_id": "b2", "supervisor": "root:Nope", "sandbox_path": sample("counter")},
-        {"sandbox_id": "b3", "supervisor": "root:Root", "sandbox_path": sample("counter")},
-        {"sandbox_id": "b1", "supervisor": "root:Root", "sandbox_path": sample("counter")},
-    ])
+    results = host.batch_create(
+        [
+            {"sandbox_id": "b1", "supervisor": "root:Root", "sandbox_path": sample("counter")},
+            {"sandbox_id": "b2", "supervisor": "root:Nope", "sandbox_path": sample("counter")},
+            {"sandbox_id": "b3", "supervisor": "root:Root", "sandbox_path": sample("counter")},
+            {"sandbox_id": "b1", "supervisor": "root:Root", "sandbox_path": sample("counter")},
+        ]
+    )
     assert isinstance(results[0], SandboxInfo) and isinstance(results[2], SandboxInfo)
     assert isinstance(results[1], SandboxStartError)
     assert isinstance(results[3], SandboxExistsError)
@@ -182,12 +186,15 @@ def test_unknown_sandbox_and_actor_raise_lookup_errors(host: Host) -> None:
         host.cast("c", "nobody", "x")
 
 
-@pytest.mark.parametrize("supervisor, error, match", [
-    ("root:Nope", SandboxStartError, "no 'Nope'"),
-    ("nomodule:Root", SandboxStartError, "cannot import"),
-    ("counter:Counter.init", InvalidSpecError, "neither"),
-    ("justaname", SandboxStartError, "module:Class"),
-])
+@pytest.mark.parametrize(
+    "supervisor, error, match",
+    [
+        ("root:Nope", SandboxStartError, "no 'Nope'"),
+        ("nomodule:Root", SandboxStartError, "cannot import"),
+        ("counter:Counter.init", InvalidSpecError, "neither"),
+        ("justaname", SandboxStartError, "module:Class"),
+    ],
+)
 def test_bad_supervisor_references_fail_to_start(host: Host, supervisor: str, error: type, match: str) -> None:
     """A supervisor that does not exist or is not a spec fails with a clear SandboxStartError."""
     with pytest.raises(error, match=match):
@@ -214,12 +221,14 @@ def test_child_spec_that_is_not_a_plugin_is_refused(host: Host, tmp_path: Path) 
     """ChildSpec validates its plugin class; the sandbox fails to start with InvalidSpecError."""
     folder = tmp_path / "bad"
     folder.mkdir()
-    (folder / "root.py").write_text(textwrap.dedent("""
+    (folder / "root.py").write_text(
+        textwrap.dedent("""
         from actors import ChildSpec, Supervisor
 
         class Root(Supervisor):
             children = [ChildSpec("x", dict)]
-    """))
+    """)
+    )
     with pytest.raises(SandboxStartError, match="Plugin or Supervisor"):
         host.create_sandbox("c", "root:Root", sandbox_path=str(folder))
 
@@ -273,7 +282,9 @@ def test_restricted_profile_refuses_a_sandbox_that_spawns_processes(host: Host, 
 
     folder = tmp_path / "sneaky"
     folder.mkdir()
-    (folder / "root.py").write_text("import subprocess\nfrom actors import Supervisor\nclass Root(Supervisor):\n    pass\n")
+    (folder / "root.py").write_text(
+        "import subprocess\nfrom actors import Supervisor\nclass Root(Supervisor):\n    pass\n"
+    )
     with pytest.raises(SecurityViolationError) as caught:
         host.create_sandbox("s", "root:Root", sandbox_path=str(folder), security_profile="restricted")
     assert caught.value.errors[0][1] == 1
@@ -313,7 +324,8 @@ def test_destroying_a_sandbox_while_it_starts_fails_the_create(host: Host, tmp_p
 
     folder = tmp_path / "slow"
     folder.mkdir()
-    (folder / "root.py").write_text(textwrap.dedent("""
+    (folder / "root.py").write_text(
+        textwrap.dedent("""
         import time
         from actors import ChildSpec, Plugin, Supervisor
 
@@ -324,7 +336,8 @@ def test_destroying_a_sandbox_while_it_starts_fails_the_create(host: Host, tmp_p
 
         class Root(Supervisor):
             children = [ChildSpec("slow", Slow)]
-    """))
+    """)
+    )
     outcome: list[object] = []
 
     def create() -> None:
@@ -349,7 +362,8 @@ def test_a_plugins_log_calls_reach_the_log_whatever_their_arguments(host: Host, 
     the plugin nor gets the record refused on its way to the host's log (extra objects go as text)."""
     folder = tmp_path / "chatty"
     folder.mkdir()
-    (folder / "chatty.py").write_text(textwrap.dedent("""
+    (folder / "chatty.py").write_text(
+        textwrap.dedent("""
         import logging
         from actors import Plugin
 
@@ -362,7 +376,8 @@ def test_a_plugins_log_calls_reach_the_log_whatever_their_arguments(host: Host, 
                 logging.getLogger("chatty").warning("%d items", "not a number")
                 logging.getLogger("chatty").warning("with an extra", extra={"thing": Thing()})
                 return "said", state
-    """))
+    """)
+    )
     host.create_sandbox("chatty", "chatty:Chatty", sandbox_path=str(folder))
     assert host.call("chatty", "chatty", "go") == "said"
     log = Path(host.config.state_dir) / "logs" / f"actors-{host.admin_port}.log"

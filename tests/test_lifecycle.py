@@ -88,16 +88,18 @@ def test_system_ends_itself_when_the_host_process_dies(tmp_path: Path) -> None:
     """A host killed with SIGKILL (no close) leaves nothing behind: the admin notices and ends the system."""
     pid_file = tmp_path / "pids.txt"
     script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, time
         from plugin_host import Host
-        host = Host(state_dir={str(tmp_path / 'state')!r}, heartbeat_interval=0.2, hang_timeout=1.0)
-        host.create_sandbox("c", "root:Root", sandbox_path={sample('counter')!r})
+        host = Host(state_dir={str(tmp_path / "state")!r}, heartbeat_interval=0.2, hang_timeout=1.0)
+        host.create_sandbox("c", "root:Root", sandbox_path={sample("counter")!r})
         host.call("c", "counter", "inc")
         pids = [p.pid for p in host._system.process_tree()]
         open({str(pid_file)!r}, "w").write(" ".join(map(str, pids)))
         time.sleep(600)
-    """))
+    """)
+    )
     with open(tmp_path / "app.log", "wb") as log:
         app = subprocess.Popen([sys.executable, str(script)], stdout=log, stderr=log)
     try:
@@ -183,10 +185,15 @@ def test_a_message_to_a_dead_actor_is_known_to_be_refused(host: Host) -> None:
     ref = host.actor_system.ask(host.admin_address, LookupActor(sandbox_id="k", name="temp", corr="l"), 10).value
     pid = host.call("k", "temp", "pid")
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: not pid_alive(pid) and
-               [c.status for c in host.get_sandbox_info("k").children if c.name == "temp"] == ["crashed"])
-    pending = host._system.send(ref.address, Call(sandbox_id="k", name="temp", request="pid",
-                                                  incarnation=ref.incarnation, corr="dead-1"))
+    eventually(
+        lambda: (
+            not pid_alive(pid)
+            and [c.status for c in host.get_sandbox_info("k").children if c.name == "temp"] == ["crashed"]
+        )
+    )
+    pending = host._system.send(
+        ref.address, Call(sandbox_id="k", name="temp", request="pid", incarnation=ref.incarnation, corr="dead-1")
+    )
     try:
         assert pending.wait(10) is DEAD
         assert pending.refused and not pending.delivered

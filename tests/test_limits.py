@@ -236,8 +236,9 @@ def test_resource_usage_history_holds_the_monitors_recent_samples_oldest_first(c
         host.call("h", "hog", ("grow", 64))
         grown = time.time()
         # a sample taken after the growth shows it, in bytes, next to the earlier ones
-        history = eventually(lambda: [s for s in host.resource_usage("h").history if s[0] > grown] and
-                             host.resource_usage("h").history)
+        history = eventually(
+            lambda: [s for s in host.resource_usage("h").history if s[0] > grown] and host.resource_usage("h").history
+        )
         later = next(s for s in history if s[0] > grown)
         assert later[1] - first[1] > 60 * 2**20
         times = [s[0] for s in history]

@@ -18,9 +18,7 @@ from plugin_host import messages
 from plugin_host.errors import BadRequestError, SandboxNotFoundError
 from plugin_host.messages import Blob, CreateSandbox, Failed, Ok, Request, unblob
 
-MESSAGE_CLASSES = [
-    getattr(messages, n) for n in messages.__all__ if inspect.isclass(getattr(messages, n))
-]
+MESSAGE_CLASSES = [getattr(messages, n) for n in messages.__all__ if inspect.isclass(getattr(messages, n))]
 REQUEST_CLASSES = [c for c in MESSAGE_CLASSES if issubclass(c, Request)]
 
 # Sample values for fields without a default, by field name.
@@ -56,8 +54,16 @@ def build(cls: type) -> Any:
 def test_message_module_has_request_classes_for_the_core_host_methods() -> None:
     """The admin protocol names its core requests as the design says."""
     names = {c.__name__ for c in REQUEST_CLASSES}
-    assert {"CreateSandbox", "DestroySandbox", "RestartSandbox", "ListSandboxes", "GetSandboxInfo",
-            "Call", "Cast", "Run"} <= names
+    assert {
+        "CreateSandbox",
+        "DestroySandbox",
+        "RestartSandbox",
+        "ListSandboxes",
+        "GetSandboxInfo",
+        "Call",
+        "Cast",
+        "Run",
+    } <= names
 
 
 @pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: c.__name__)
@@ -108,8 +114,9 @@ def test_evolve_gives_an_updated_copy_of_a_request(cls: type) -> None:
     assert updated != request
 
 
-@pytest.mark.parametrize("cls", [c for c in MESSAGE_CLASSES if c is not Failed and c not in REQUEST_CLASSES],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [c for c in MESSAGE_CLASSES if c is not Failed and c not in REQUEST_CLASSES], ids=lambda c: c.__name__
+)
 def test_every_other_message_pickles_round_trip_equal(cls: type) -> None:
     """``Ok``, ``Blob`` and ``ActorRef`` round-trip through pickle equal too."""
     message = build(cls)
@@ -197,8 +204,9 @@ def test_blob_carries_local_code_by_value_into_a_fresh_interpreter(tmp_path: Pat
         "import pickle, sys; fn, cls = [b.load() for b in pickle.loads(open(sys.argv[1], 'rb').read())]; "
         "print(fn(), cls().greet('world'))"
     )
-    result = subprocess.run([sys.executable, "-I", "-c", script, str(payload)], capture_output=True,
-                            text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(payload)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "42 hello world"
 

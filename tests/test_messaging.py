@@ -83,7 +83,8 @@ def test_calling_a_supervisor_is_a_bad_request(host: Host) -> None:
     """Names reach every actor of the tree, but supervisors answer calls with a clear error."""
     from plugin_host.errors import BadRequestError
 
-    host.create_sandbox("t", "trees:Nested", sandbox_path=os.path.join(os.path.dirname(__file__), "plugins",
-                                                                       "strategies"))
+    host.create_sandbox(
+        "t", "trees:Nested", sandbox_path=os.path.join(os.path.dirname(__file__), "plugins", "strategies")
+    )
     with pytest.raises(BadRequestError, match="supervisor"):
         host.call("t", "inner", "ping")

@@ -55,8 +55,9 @@ def test_every_listening_socket_refuses_a_connection_to_another_local_address(po
     assert accepted == [], f"reachable on {OTHER_LOCAL_ADDRESS}: {[(p, ports[p]) for p in accepted]}"
 
 
-def test_every_listening_socket_accepts_a_connection_to_the_configured_address(host: Host,
-                                                                              ports: dict[int, str]) -> None:
+def test_every_listening_socket_accepts_a_connection_to_the_configured_address(
+    host: Host, ports: dict[int, str]
+) -> None:
     """Sanity for the refusal test: the same ports accept on the configured address, and the host goes on."""
     address = host.config.bind_address
     assert set(ports.values()) == {address}

@@ -55,11 +55,13 @@ class Node:
 
     def wait_line(self, timeout: float = 30.0) -> str:
         """The startup line (waits for it; fails if the command exits first)."""
+
         def printed() -> str:
             text = self.out.read_text()
             if "\n" not in text:
                 assert self.proc.poll() is None, f"node exited with {self.proc.returncode}: {self.err.read_text()}"
             return text.partition("\n")[0]
+
         self.line = eventually(printed, timeout=timeout)
         return self.line
 
@@ -78,8 +80,17 @@ def system_tree(system_pid: int) -> list[psutil.Process]:
 
 def node_command(tmp_path: Path, leader: str, *extra: str) -> list[str]:
     """The command line of a node keeping its state (and logs) under ``tmp_path``."""
-    return [sys.executable, "-m", "plugin_host.cli", "node", "--leader", leader,
-            "--state-dir", str(tmp_path / "node"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "plugin_host.cli",
+        "node",
+        "--leader",
+        leader,
+        "--state-dir",
+        str(tmp_path / "node"),
+        *extra,
+    ]
 
 
 def node_env() -> dict[str, str]:
@@ -99,8 +110,15 @@ def start_node(tmp_path: Path, config: HostConfig) -> Iterator[Callable[..., Nod
         if "--cookie-file" not in extra:
             extra = (*extra, "--cookie-file", str(config.credential_file))
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            proc = subprocess.Popen(node_command(tmp_path, leader, *extra), cwd=ROOT, env=node_env(),
-                                    stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True)
+            proc = subprocess.Popen(
+                node_command(tmp_path, leader, *extra),
+                cwd=ROOT,
+                env=node_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
         started.append(Node(proc, out, err))
         return started[-1]
 
@@ -142,8 +160,7 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def test_node_joins_the_convention_and_runs_actors_placed_on_it(host: Host,
-                                                                start_node: Callable[..., Node]) -> None:
+def test_node_joins_the_convention_and_runs_actors_placed_on_it(host: Host, start_node: Callable[..., Node]) -> None:
     """The leader places an actor by the node's ``plugin_host.node`` capability; it runs in the node's tree."""
     node = start_node(leader_of(host), "--capability", "zone=b", "--capability", "slots=4", "--json")
     info = node.info()
@@ -161,14 +178,14 @@ def test_node_joins_the_convention_and_runs_actors_placed_on_it(host: Host,
     assert pid not in {p.pid for p in host._system.process_tree()}
     # The user's capabilities and the reserved ones are offered; a requirement nobody meets is refused.
     both = {"zone": "b", "slots": 4, PYTHON_CAPABILITY: "%d.%d" % sys.version_info[:2]}
-    assert system.ask(system.createActor(NodeProbe, targetActorRequirements=both), "pid", 10) in \
-        {p.pid for p in system_tree(info["system_pid"])}
+    assert system.ask(system.createActor(NodeProbe, targetActorRequirements=both), "pid", 10) in {
+        p.pid for p in system_tree(info["system_pid"])
+    }
     with pytest.raises(NoCompatibleSystemForActor):
         system.createActor(NodeProbe, targetActorRequirements={"zone": "a"})
 
 
-def test_node_rejoins_a_restarted_leader_within_seconds(config: HostConfig,
-                                                        start_node: Callable[..., Node]) -> None:
+def test_node_rejoins_a_restarted_leader_within_seconds(config: HostConfig, start_node: Callable[..., Node]) -> None:
     """A leader restarted on the same port learns of the node again without restarting the node.
 
     Thespian's defaults would take 3 min 22 s (CONVENTION_RESTART_PERIOD); the launcher sets 5 s.
@@ -185,8 +202,7 @@ def test_node_rejoins_a_restarted_leader_within_seconds(config: HostConfig,
     assert node.proc.poll() is None  # the node outlived both leaders
 
 
-def test_sigterm_stops_the_node_and_every_process_of_its_system(host: Host,
-                                                                 start_node: Callable[..., Node]) -> None:
+def test_sigterm_stops_the_node_and_every_process_of_its_system(host: Host, start_node: Callable[..., Node]) -> None:
     """SIGTERM: exit code 0 within seconds, and the admin, logger and node actor are all gone."""
     node = start_node(leader_of(host), "--json")
     info = node.info()
@@ -211,23 +227,36 @@ def test_human_startup_line(host: Host, start_node: Callable[..., Node]) -> None
     """Without ``--json``: one line naming the node, the leader and the capabilities."""
     node = start_node(leader_of(host), "--capability", "zone=b", "--capability", "gpu=true")
     line = node.wait_line()
-    assert re.fullmatch(rf"node 127\.0\.0\.1:\d+ joined the convention of {re.escape(leader_of(host))} "
-                        r"\(capabilities: zone=b, gpu=true\); Ctrl-C or SIGTERM stops it", line), line
+    assert re.fullmatch(
+        rf"node 127\.0\.0\.1:\d+ joined the convention of {re.escape(leader_of(host))} "
+        r"\(capabilities: zone=b, gpu=true\); Ctrl-C or SIGTERM stops it",
+        line,
+    ), line
     node.proc.send_signal(signal.SIGINT)
     assert node.proc.wait(10) == 0, node.err.read_text()
 
 
-@pytest.mark.parametrize(("extra", "code", "message"), [
-    (["--capability", "nokey"], 2, "expected KEY=VALUE"),
-    (["--capability", "=x"], 2, "expected KEY=VALUE"),
-    (["--capability", "plugin_host.node=x"], 1, "error: capabilities ['plugin_host.node'] are reserved"),
-])
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--capability", "nokey"], 2, "expected KEY=VALUE"),
+        (["--capability", "=x"], 2, "expected KEY=VALUE"),
+        (["--capability", "plugin_host.node=x"], 1, "error: capabilities ['plugin_host.node'] are reserved"),
+    ],
+)
 def test_bad_options_start_nothing(tmp_path: Path, extra: list[str], code: int, message: str) -> None:
     """A usage error exits 2, a reserved capability name exits 1 with one ``error:`` line; no process starts."""
     out, err = tmp_path / "out", tmp_path / "err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        done = subprocess.run(node_command(tmp_path, "127.0.0.1:9", *extra), cwd=ROOT, env=node_env(),
-                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, timeout=60)
+        done = subprocess.run(
+            node_command(tmp_path, "127.0.0.1:9", *extra),
+            cwd=ROOT,
+            env=node_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=60,
+        )
     assert done.returncode == code, err.read_text()
     assert message in err.read_text()
     assert out.read_text() == ""
@@ -240,8 +269,15 @@ def test_no_leader_listening_fails_at_once(tmp_path: Path) -> None:
     leader = f"127.0.0.1:{free_port('127.0.0.1')}"
     err = tmp_path / "err"
     with open(tmp_path / "out", "wb") as stdout, open(err, "wb") as stderr:
-        done = subprocess.run(node_command(tmp_path, leader), cwd=ROOT, env=node_env(),
-                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, timeout=60)
+        done = subprocess.run(
+            node_command(tmp_path, leader),
+            cwd=ROOT,
+            env=node_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=60,
+        )
     assert done.returncode == 1
     assert err.read_text().strip() == f"error: no convention leader listens on {leader}"
     assert not (tmp_path / "node").exists()
@@ -252,14 +288,30 @@ def test_a_node_with_another_credential_is_refused_and_named_in_the_hosts_log(ho
     running; the leader's log names the refused peer's address."""
     err = tmp_path / "err"
     with open(tmp_path / "out", "wb") as stdout, open(err, "wb") as stderr:
-        done = subprocess.run(node_command(tmp_path, leader_of(host)), cwd=ROOT, env=node_env(),
-                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, timeout=60)
+        done = subprocess.run(
+            node_command(tmp_path, leader_of(host)),
+            cwd=ROOT,
+            env=node_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=60,
+        )
     assert done.returncode == 1
-    assert err.read_text().startswith(f"error: the convention leader {leader_of(host)} refused this node's "
-                                      f"credential {tmp_path / 'node' / 'cookie'}")
+    assert err.read_text().startswith(
+        f"error: the convention leader {leader_of(host)} refused this node's credential {tmp_path / 'node' / 'cookie'}"
+    )
     assert processes_naming(str(tmp_path / "node")) == []
     log = Path(host.config.state_dir) / "logs" / f"actors-{host.admin_port}.log"
-    line = eventually(lambda: next((text for text in log.read_text().splitlines()
-                                    if "unauthenticated frame(s) dropped, from 127.0.0.1:" in text), None))
+    line = eventually(
+        lambda: next(
+            (
+                text
+                for text in log.read_text().splitlines()
+                if "unauthenticated frame(s) dropped, from 127.0.0.1:" in text
+            ),
+            None,
+        )
+    )
     assert "wrong tag" in line
     assert [n.name for n in host.nodes()] == [leader_of(host)]

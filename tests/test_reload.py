@@ -17,24 +17,25 @@ from plugin_host.errors import CompilationError, HotReloadError, PluginError, Un
 
 from conftest import eventually
 
-ROOT = '''
+ROOT = """
 from actors import ChildSpec, Supervisor
 from counter import Counter
 
 class Root(Supervisor):
     max_restarts, max_seconds = 10, 10
     children = [ChildSpec(name, Counter) for name in ("c1", "c2", "c3")]
-'''
+"""
 
-FMT = '''
+FMT = """
 def label(n):
     return f"n={n}"
-'''
+"""
 
 
 def counter(step: int = 1, tag: str = "v1", code_change: str = "return old_state", extra: str = "") -> str:
     """Source of a counter plugin whose behaviour says which version runs."""
-    return textwrap.dedent(f'''
+    return (
+        textwrap.dedent(f'''
         import os
         from actors import Plugin
         from fmt import label
@@ -61,7 +62,10 @@ def counter(step: int = 1, tag: str = "v1", code_change: str = "return old_state
 
             def code_change(self, old_state, old_vsn, new_vsn):
                 {code_change}
-    ''') + textwrap.indent(textwrap.dedent(extra).strip("\n"), "    ") + "\n"
+    ''')
+        + textwrap.indent(textwrap.dedent(extra).strip("\n"), "    ")
+        + "\n"
+    )
 
 
 def make_folder(path: Path, counter_source: str | None = None) -> str:
@@ -292,8 +296,12 @@ def test_other_sandboxes_never_see_the_new_code(host: Host, tmp_path: Path) -> N
 def test_state_handler_replaces_code_change(sandbox: Host) -> None:
     """A caller's state_handler migrates the state instead of the plugin's code_change."""
     sandbox.call("s", "c1", "inc")
-    result = sandbox.hot_reload_source("s", counter(tag="v2"), module="counter",
-                                       state_handler=lambda state, old, new: {**state, "count": 100 + old + new})
+    result = sandbox.hot_reload_source(
+        "s",
+        counter(tag="v2"),
+        module="counter",
+        state_handler=lambda state, old, new: {**state, "count": 100 + old + new},
+    )
     assert result.new_version == 2
     assert sandbox.call("s", "c1", "inc") == 104
 
@@ -400,12 +408,16 @@ def test_a_broken_source_is_refused_before_anything_changes(sandbox: Host) -> No
 def test_a_crash_during_probation_rolls_back_by_itself(sandbox: Host) -> None:
     """A reloaded actor that crashes inside its probation window takes the sandbox back to the old code."""
     sandbox.call("s", "c1", "inc")
-    crashy = counter(tag="v2", extra='''
+    crashy = counter(
+        tag="v2",
+        extra="""
         def handle_cast(self, message, state):
             raise RuntimeError("v2 is broken")
-    ''')
+    """,
+    )
     result = sandbox.hot_reload(
-        "s", sandbox.compile_sandbox(make_folder(Path(sandbox.config.state_dir) / "v2", crashy)), probation=30)
+        "s", sandbox.compile_sandbox(make_folder(Path(sandbox.config.state_dir) / "v2", crashy)), probation=30
+    )
     assert result.new_version == 2
     sandbox.cast("s", "c1", "boom")
     eventually(lambda: sandbox.get_module_version("s", "counter") == 1)
@@ -417,25 +429,29 @@ def test_a_crash_during_probation_rolls_back_by_itself(sandbox: Host) -> None:
 def test_hot_reload_source_takes_a_probation_window_too(sandbox: Host) -> None:
     """``hot_reload_source(..., probation=)`` as ``hot_reload``: a crash inside the window rolls back."""
     sandbox.call("s", "c1", "inc")
-    crashy = counter(tag="v2", extra='''
+    crashy = counter(
+        tag="v2",
+        extra="""
         def handle_cast(self, message, state):
             raise RuntimeError("v2 is broken")
-    ''')
+    """,
+    )
     assert sandbox.hot_reload_source("s", crashy, module="counter", probation=30).new_version == 2
     sandbox.cast("s", "c1", "boom")
     eventually(lambda: sandbox.get_module_version("s", "counter") == 1)
     assert eventually(lambda: tags(sandbox) == {"v1"})
 
 
-def test_the_configured_probation_window_rolls_back_inside_it_and_never_after(config: HostConfig,
-                                                                              tmp_path: Path) -> None:
+def test_the_configured_probation_window_rolls_back_inside_it_and_never_after(
+    config: HostConfig, tmp_path: Path
+) -> None:
     """HostConfig.probation_seconds: a reloaded actor crashing inside the window brings the old code back
     by itself (a ``rolled_back`` event saying why); a crash after the window (``probation=`` set
     per reload, overriding the config) leaves the new version current."""
-    crashy = '''
+    crashy = """
         def handle_cast(self, message, state):
             raise RuntimeError("this version is broken")
-    '''
+    """
     with Host(config, probation_seconds=30) as host:
         events: queue.Queue[Event] = queue.Queue()
         host.subscribe(events.put)
@@ -448,7 +464,9 @@ def test_the_configured_probation_window_rolls_back_inside_it_and_never_after(co
         assert (event.details["module"], event.details["new_version"]) == ("counter", 1)
         assert host.get_module_version("s", "counter") == 1 and tags(host) == {"v1"}
         assert {v.version: v.status for v in host.get_version_history("s", "counter").versions} == {
-            2: "failed", 1: "current"}
+            2: "failed",
+            1: "current",
+        }
         # after a short window: the crash is only a crash, version 3 stays
         window = 0.5
         v3 = host.compile_sandbox(make_folder(tmp_path / "v3", counter(tag="v3", extra=crashy)))
@@ -502,12 +520,15 @@ def test_batch_hot_reload_reports_per_sandbox(host: Host, tmp_path: Path) -> Non
 
 def test_a_reload_that_times_out_on_a_busy_actor_changes_nothing(sandbox: Host) -> None:
     """An actor busy past the reload's timeout loads the code late and drops it: old code, old version."""
-    slow = counter(tag="v1", extra='''
+    slow = counter(
+        tag="v1",
+        extra="""
         def handle_cast(self, message, state):
             import time
             time.sleep(message)
             return state
-    ''')
+    """,
+    )
     sandbox.hot_reload_source("s", slow, module="counter")
     version = sandbox.get_module_version("s", "counter")
     pid = sandbox.call("s", "c1", "pid")

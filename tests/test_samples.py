@@ -61,7 +61,12 @@ def test_tree_nests_backend_workers_under_their_supervisor_and_every_worker_answ
     info = host.create_sandbox("t", "root:Root", sandbox_path=sample("tree"))
     by_name = {c.name: c for c in info.children}
     assert {n: by_name[n].supervisor for n in ("frontend", "backend", "db", "cache", "api")} == {
-        "frontend": "", "backend": "", "db": "backend", "cache": "backend", "api": "backend"}
+        "frontend": "",
+        "backend": "",
+        "db": "backend",
+        "cache": "backend",
+        "api": "backend",
+    }
     assert by_name["backend"].kind == "supervisor"
     for name in ("frontend", "db", "cache", "api"):
         assert host.call("t", name, "ping") == f"pong from {name}"

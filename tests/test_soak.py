@@ -67,8 +67,9 @@ def host_rss() -> int:
 
 def test_host_memory_stays_bounded_over_ten_thousand_calls_to_twenty_sandboxes(host: Host, tmp_path: Path) -> None:
     """Every reply is right (each counter ends at the calls it got) and host RSS growth per 1,000 calls is small."""
-    results = host.batch_create([{"sandbox_id": s, "supervisor": "root:Root", "sandbox_path": sample("counter")}
-                                 for s in SANDBOXES])
+    results = host.batch_create(
+        [{"sandbox_id": s, "supervisor": "root:Root", "sandbox_path": sample("counter")} for s in SANDBOXES]
+    )
     assert all(not isinstance(r, Exception) for r in results), results
     replies: dict[str, list[int]] = defaultdict(list)
     errors: list[BaseException] = []
@@ -86,9 +87,11 @@ def test_host_memory_stays_bounded_over_ten_thousand_calls_to_twenty_sandboxes(h
     assert sum(len(v) for v in replies.values()) == WARMUP_CALLS + MEASURED_CALLS
     growth = (end_rss - start_rss) / (MEASURED_CALLS / 1000)
     blocks = (end_blocks - start_blocks) / (MEASURED_CALLS / 1000)
-    report = (f"soak: {MEASURED_CALLS} calls (after {WARMUP_CALLS} warm-up) over {len(SANDBOXES)} sandboxes "
-              f"from {THREADS} threads in {elapsed:.1f} s; host RSS {start_rss / 2**20:.1f} -> "
-              f"{end_rss / 2**20:.1f} MiB; growth {growth / 1024:.1f} KiB and {blocks:.0f} allocated blocks per 1,000 calls")
+    report = (
+        f"soak: {MEASURED_CALLS} calls (after {WARMUP_CALLS} warm-up) over {len(SANDBOXES)} sandboxes "
+        f"from {THREADS} threads in {elapsed:.1f} s; host RSS {start_rss / 2**20:.1f} -> "
+        f"{end_rss / 2**20:.1f} MiB; growth {growth / 1024:.1f} KiB and {blocks:.0f} allocated blocks per 1,000 calls"
+    )
     print(report)
     (tmp_path / "soak.txt").write_text(report + "\n")
     assert growth < MAX_GROWTH_PER_1000, report

@@ -97,8 +97,12 @@ def test_child_spec_of_an_importable_plugin_pickles() -> None:
 def test_supervisor_check_accepts_a_valid_tree() -> None:
     """A well-formed nested tree passes ``check``, which walks every actor of it (nested ones included)."""
     inner = supervisor(strategy="rest_for_one", children=[ChildSpec("echo", Echo)])
-    outer = supervisor(strategy="one_for_all", max_restarts=0, max_seconds=0.5,
-                       children=[ChildSpec("counter", Counter), ChildSpec("inner", inner, restart="transient")])
+    outer = supervisor(
+        strategy="one_for_all",
+        max_restarts=0,
+        max_seconds=0.5,
+        children=[ChildSpec("counter", Counter), ChildSpec("inner", inner, restart="transient")],
+    )
     seen: set[str] = set()
     assert outer.check(seen) is None
     assert seen == {"counter", "inner", "echo"}
@@ -138,12 +142,15 @@ def test_supervisor_check_rejects_bad_max_seconds(value: Any) -> None:
         supervisor(max_seconds=value).check()
 
 
-@pytest.mark.parametrize("children", [
-    [Counter],
-    [("counter", Counter)],
-    [ChildSpec("ok", Counter), {"name": "bad"}],
-    [None],
-])
+@pytest.mark.parametrize(
+    "children",
+    [
+        [Counter],
+        [("counter", Counter)],
+        [ChildSpec("ok", Counter), {"name": "bad"}],
+        [None],
+    ],
+)
 def test_supervisor_check_rejects_children_that_are_not_child_specs(children: list[Any]) -> None:
     """Every child must be a ``ChildSpec``."""
     with pytest.raises(InvalidSpecError, match="ChildSpec"):
@@ -229,7 +236,8 @@ def test_bare_plugin_supervisor_names_its_child_after_the_class_lower_cased() ->
     root = bare_plugin_supervisor(WordCount, {"lang": "en"})
     assert issubclass(root, Supervisor)
     assert [(c.name, c.plugin, c.args, c.restart) for c in root.children] == [
-        ("wordcount", WordCount, {"lang": "en"}, "permanent")]
+        ("wordcount", WordCount, {"lang": "en"}, "permanent")
+    ]
     assert root.__module__ == WordCount.__module__
     root.check()
 
@@ -278,14 +286,17 @@ def test_plugin_version_tag_defaults_to_none() -> None:
     assert Plugin.vsn is None
 
 
-@pytest.mark.parametrize("use", [
-    pytest.param(lambda p: p.name, id="name"),
-    pytest.param(lambda p: p.sandbox_id, id="sandbox_id"),
-    pytest.param(lambda p: p.call("other", "ping"), id="call"),
-    pytest.param(lambda p: p.cast("other", "ping"), id="cast"),
-    pytest.param(lambda p: p.send_after(10, "tick"), id="send_after"),
-    pytest.param(lambda p: p.stop(), id="stop"),
-])
+@pytest.mark.parametrize(
+    "use",
+    [
+        pytest.param(lambda p: p.name, id="name"),
+        pytest.param(lambda p: p.sandbox_id, id="sandbox_id"),
+        pytest.param(lambda p: p.call("other", "ping"), id="call"),
+        pytest.param(lambda p: p.cast("other", "ping"), id="cast"),
+        pytest.param(lambda p: p.send_after(10, "tick"), id="send_after"),
+        pytest.param(lambda p: p.stop(), id="stop"),
+    ],
+)
 def test_plugin_services_outside_a_sandbox_raise_a_runtime_error_that_says_so(use: Any) -> None:
     """Services that need a worker actor fail clearly when the plugin is used directly."""
     with pytest.raises(RuntimeError, match="not running in a sandbox"):
@@ -296,4 +307,3 @@ def test_plugin_reserved_attributes_use_the_ph_prefix() -> None:
     """Host-owned attributes on ``Plugin`` start with ``_ph_``, out of the author's namespace."""
     own = {n for n in vars(Plugin) if n.startswith("_") and not n.startswith("__")}
     assert own and all(n.startswith("_ph_") for n in own)
-

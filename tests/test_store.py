@@ -277,7 +277,10 @@ def run_writer_and_kill(db: Path, seed: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, "-c", WRITER, str(db), str(seed), str(kill_at)],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 

@@ -25,8 +25,13 @@ def _checks_directly(function: ast.AST) -> bool:
             raised = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
             if isinstance(raised, ast.Name) and raised.id == "AssertionError":
                 return True
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in PYTEST_CHECKS \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "pytest":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in PYTEST_CHECKS
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "pytest"
+        ):
             return True
     return False
 
@@ -52,9 +57,11 @@ class _Suite:
             if module.startswith("test_"):
                 for node in tree.body:
                     methods = node.body if isinstance(node, ast.ClassDef) and node.name.startswith("Test") else [node]
-                    self.tests += [(f"{path.relative_to(root)}::{f.name}", module, f) for f in methods
-                                   if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                                   and f.name.startswith("test")]
+                    self.tests += [
+                        (f"{path.relative_to(root)}::{f.name}", module, f)
+                        for f in methods
+                        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name.startswith("test")
+                    ]
         self._memo: dict[tuple[str, str], bool] = {}
 
     def _resolve(self, module: str, call: ast.Call) -> list[tuple[str, str]]:
@@ -82,8 +89,12 @@ class _Suite:
         """Whether ``function`` (of ``module``) checks something, itself or through a helper."""
         if _checks_directly(function):
             return True
-        return any(self.helper_checks(*target) for node in ast.walk(function) if isinstance(node, ast.Call)
-                   for target in self._resolve(module, node))
+        return any(
+            self.helper_checks(*target)
+            for node in ast.walk(function)
+            if isinstance(node, ast.Call)
+            for target in self._resolve(module, node)
+        )
 
 
 def test_every_test_function_checks_something() -> None:

@@ -26,9 +26,11 @@ def pids(host: Host, names: str = "abc", sandbox_id: str = "s") -> dict[str, int
 
 def restarts_reach(host: Host, count: int, sandbox_id: str = "s") -> None:
     """Wait until the sandbox has done ``count`` restarts and every actor runs again."""
+
     def done() -> bool:
         info = host.get_sandbox_info(sandbox_id)
         return info.restart_count >= count and all(c.status == "running" for c in info.children)
+
     eventually(done)
 
 

@@ -118,8 +118,9 @@ def host_key(config: HostConfig) -> bytes:
 
 
 @as_root
-def test_another_local_user_runs_no_code_through_any_port_and_cannot_drive_the_host(host: Host, config: HostConfig,
-                                                                                    tmp_path: Path) -> None:
+def test_another_local_user_runs_no_code_through_any_port_and_cannot_drive_the_host(
+    host: Host, config: HostConfig, tmp_path: Path
+) -> None:
     """F1/F2: uid 65534 sends crafted pickles (a raw Thespian frame, a forged plugin-host frame) to every
     listening port of the host's processes, the application's included: no code runs, the host still
     answers and counts the frames; the same user cannot use the operator API either."""
@@ -160,8 +161,9 @@ def test_another_local_user_runs_no_code_through_any_port_and_cannot_drive_the_h
     assert set(result["answers"].values()) <= {"", "TimeoutError"}, result["answers"]
     closed = sum(answer == "" for answer in result["answers"].values())
     assert closed >= len(result["answers"]) // 2  # idle ones: a context not in use, a worker's call endpoint
-    assert all("listed" not in text and "ermission denied" in text for text in result["operator"].values()), \
-        result["operator"]
+    assert all("listed" not in text and "ermission denied" in text for text in result["operator"].values()), result[
+        "operator"
+    ]
     assert eventually(lambda: host.nodes()[0].rejected_frames >= closed, timeout=10)
 
 
@@ -276,8 +278,13 @@ def victim_state(host: Host) -> Victim:
     """B as the host sees it (the call reads without changing its count)."""
     info = host.get_sandbox_info("b")
     history = host.get_version_history("b", "counter")
-    return Victim(host.call("b", "counter", "get"), info.pid, host.call("b", "counter", "pid"),
-                  [(v.version, v.status, v.checksum) for v in history.versions], info.status)
+    return Victim(
+        host.call("b", "counter", "get"),
+        info.pid,
+        host.call("b", "counter", "pid"),
+        [(v.version, v.status, v.checksum) for v in history.versions],
+        info.status,
+    )
 
 
 def test_a_plugin_cannot_read_rewrite_or_destroy_another_sandbox(host: Host, attacker: str, tmp_path: Path) -> None:
@@ -302,38 +309,55 @@ def test_a_plugin_cannot_read_rewrite_or_destroy_another_sandbox(host: Host, att
         artifact = Artifact("counter", "counter.py", hashlib.sha256(evil.encode()).hexdigest(), evil)
         steal = msgs.Blob.dump(lambda state, old, new: {"count": 1000})
         requests = [
-            msgs.DestroySandbox(sandbox_id="b"), msgs.RestartSandbox(sandbox_id="b"), m.HostShutdown(),
+            msgs.DestroySandbox(sandbox_id="b"),
+            msgs.RestartSandbox(sandbox_id="b"),
+            m.HostShutdown(),
             msgs.CreateSandbox(sandbox_id="c", supervisor="root:Root", sandbox_path=sample("counter")),
-            msgs.BatchCreate(specs=[]), msgs.BatchDestroy(sandbox_ids=["b"]),
+            msgs.BatchCreate(specs=[]),
+            msgs.BatchDestroy(sandbox_ids=["b"]),
             msgs.HotReload(sandbox_id="b", artifacts=[artifact], state_handler=steal),
             msgs.RollbackModule(sandbox_id="b", module="counter", version=1),
-            msgs.BatchHotReload(sandbox_ids=["b"], artifacts=[artifact]), m.GetSandboxCode(sandbox_id="b"),
-            msgs.GetSandboxInfo(sandbox_id="b"), msgs.ListSandboxes(), msgs.ListNodes(),
-            msgs.LookupActor(sandbox_id="b", name="counter"), msgs.Call(sandbox_id="b", name="counter", request="inc"),
+            msgs.BatchHotReload(sandbox_ids=["b"], artifacts=[artifact]),
+            m.GetSandboxCode(sandbox_id="b"),
+            msgs.GetSandboxInfo(sandbox_id="b"),
+            msgs.ListSandboxes(),
+            msgs.ListNodes(),
+            msgs.LookupActor(sandbox_id="b", name="counter"),
+            msgs.Call(sandbox_id="b", name="counter", request="inc"),
             msgs.Cast(sandbox_id="b", name="counter", message="inc"),
-            msgs.Run(sandbox_id="b", fn=msgs.Blob.dump(lambda: 1)), msgs.GetAuditLog(sandbox_id="b"),
-            msgs.GetResourceUsage(sandbox_id="b"), msgs.GetVersionHistory(sandbox_id="b", module="counter"),
+            msgs.Run(sandbox_id="b", fn=msgs.Blob.dump(lambda: 1)),
+            msgs.GetAuditLog(sandbox_id="b"),
+            msgs.GetResourceUsage(sandbox_id="b"),
+            msgs.GetVersionHistory(sandbox_id="b", module="counter"),
             msgs.ListModuleVersions(sandbox_id="b", module="counter"),
             msgs.GetModuleVersion(sandbox_id="b", module="counter"),
-            msgs.GetAuditLog(sandbox_id="a"), msgs.Run(sandbox_id="a", fn=msgs.Blob.dump(lambda: 1)),
+            msgs.GetAuditLog(sandbox_id="a"),
+            msgs.Run(sandbox_id="a", fn=msgs.Blob.dump(lambda: 1)),
         ]
         requests = [attrs.evolve(r, corr=f"r{i}") for i, r in enumerate(requests)]
         reports = [
-            m.SandboxStatus("b", "failed", reason="forged"), m.TreeEvent("b", "crashed", "counter", "forged"),
-            m.Sample("b", "counter", "max_memory_mb", 1.0, 1.0), m.HostBreach("b", "counter", "max_mailbox", 1, 1),
+            m.SandboxStatus("b", "failed", reason="forged"),
+            m.TreeEvent("b", "crashed", "counter", "forged"),
+            m.Sample("b", "counter", "max_memory_mb", 1.0, 1.0),
+            m.HostBreach("b", "counter", "max_mailbox", 1, 1),
             m.Usage({"counter": 10**6}, "b"),
             m.AuditRecords("b", (AuditRecord("b", "counter", "open", "forged", time.time(), True),)),
             m.RootGone("b", before.root_pid or 0),
         ]
-        unreadable = [m.HostBoot("boot", os.getpid(), 0.0, HostConfig()),  # a class no sandbox may send
-                      ("exploit", str(marker))]
+        unreadable = [
+            m.HostBoot("boot", os.getpid(), 0.0, HostConfig()),  # a class no sandbox may send
+            ("exploit", str(marker)),
+        ]
         to_admin = [(admin, message) for message in requests + reports + unreadable]
-        to_b = [(b_root, m.Stop()), (b_root, msgs.Run(sandbox_id="b", fn=msgs.Blob.dump(lambda: 1), corr="x1")),
-                (b_root, m.Route("counter", msgs.Cast(sandbox_id="b", name="counter", message="reset"))),
-                (b_worker, m.LoadCode("r", {}, [], {}, cloudpickle.dumps(lambda s, o, n: {"count": 1000}), False,
-                                      5.0)),
-                (b_worker, msgs.Call(sandbox_id="b", name="counter", request="inc", corr="x2")),
-                (b_worker, ActorExitRequest()), (b_root, ActorExitRequest())]
+        to_b = [
+            (b_root, m.Stop()),
+            (b_root, msgs.Run(sandbox_id="b", fn=msgs.Blob.dump(lambda: 1), corr="x1")),
+            (b_root, m.Route("counter", msgs.Cast(sandbox_id="b", name="counter", message="reset"))),
+            (b_worker, m.LoadCode("r", {}, [], {}, cloudpickle.dumps(lambda s, o, n: {"count": 1000}), False, 5.0)),
+            (b_worker, msgs.Call(sandbox_id="b", name="counter", request="inc", corr="x2")),
+            (b_worker, ActorExitRequest()),
+            (b_root, ActorExitRequest()),
+        ]
         watch = m.Watch("b", {"counter": sleeper.pid}, ResourceLimits(max_memory_mb=0.001, max_cpu_seconds=0.001), 0.1)
         to_monitor = [(address(port), watch) for port in ports]  # whichever of them is the monitor
         sent = host.call("a", "attacker", cloudpickle.dumps(to_admin + to_b + to_monitor))
@@ -350,8 +374,11 @@ def test_a_plugin_cannot_read_rewrite_or_destroy_another_sandbox(host: Host, att
             assert (kind, error) == ("Failed", "AccessDeniedError"), (request, replies[request.corr])
             assert type(request).__name__ in text
         expected = {type(r).__name__ for r in requests + reports}
-        denied = eventually(lambda: (lambda found: found if {e.details["request"] for e in found} >= expected
-                                     else None)([e for e in events if e.kind == "denied"]))
+        denied = eventually(
+            lambda: (lambda found: found if {e.details["request"] for e in found} >= expected else None)(
+                [e for e in events if e.kind == "denied"]
+            )
+        )
         assert {e.sandbox_id for e in denied} == {"a"}
         assert eventually(lambda: host.nodes()[0].rejected_frames >= 1)  # the pickle, and B's processes' drops
         time.sleep(1.5)  # a Watch that got through would have its first sample and kill by now
@@ -359,8 +386,10 @@ def test_a_plugin_cannot_read_rewrite_or_destroy_another_sandbox(host: Host, att
         assert host.get_sandbox_info("b").status == "running" and host.get_sandbox_info("a").status == "running"
         assert pid_alive(sleeper.pid) and sleeper.poll() is None
         assert not marker.exists()
-        assert not any(e.sandbox_id == "b" and e.kind in ("crashed", "failed", "limit_breached", "reloaded",
-                                                           "stopped", "lost") for e in events)
+        assert not any(
+            e.sandbox_id == "b" and e.kind in ("crashed", "failed", "limit_breached", "reloaded", "stopped", "lost")
+            for e in events
+        )
         assert host.audit_log("b") == []
         assert host.nodes()[0].denied_requests >= len(requests)
     finally:
@@ -374,8 +403,11 @@ def test_a_sandbox_may_ask_about_itself_and_hears_its_own_events_only(host: Host
     host.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
     host.create_sandbox("b", "root:Root", sandbox_path=sample("crashy"))
     admin = host.admin_address
-    own = [msgs.GetSandboxInfo(sandbox_id="a", corr="i"), msgs.LookupActor(sandbox_id="a", name="attacker", corr="l"),
-           msgs.Subscribe(corr="s")]
+    own = [
+        msgs.GetSandboxInfo(sandbox_id="a", corr="i"),
+        msgs.LookupActor(sandbox_id="a", name="attacker", corr="l"),
+        msgs.Subscribe(corr="s"),
+    ]
     host.call("a", "attacker", cloudpickle.dumps([(admin, r) for r in own]))
     answers = eventually(lambda: (lambda got: got if len(got) >= 3 else None)(host.call("a", "attacker", "answers")))
     assert sorted((kind, corr) for kind, _, corr, _ in answers) == [("Ok", "i"), ("Ok", "l"), ("Ok", "s")]
@@ -387,14 +419,16 @@ def test_a_sandbox_may_ask_about_itself_and_hears_its_own_events_only(host: Host
     answers = eventually(lambda: (lambda got: got if len(got) >= 5 else None)(host.call("a", "attacker", "answers")))
     time.sleep(0.3)  # anything else on its way arrives meanwhile
     rest = host.call("a", "attacker", "answers")[3:]
-    assert sorted((kind, text) for kind, _, _, text in rest) == [("EventNotice", "denied a"),
-                                                                 ("Failed", rest[0][3] if rest[0][0] == "Failed"
-                                                                  else rest[1][3])]
+    assert sorted((kind, text) for kind, _, _, text in rest) == [
+        ("EventNotice", "denied a"),
+        ("Failed", rest[0][3] if rest[0][0] == "Failed" else rest[1][3]),
+    ]
     assert not any(text.endswith(" b") for _, _, _, text in rest)
 
 
 def test_a_sandbox_lying_about_its_own_processes_cannot_point_the_monitor_or_the_admin_at_another(
-        host: Host, attacker: str) -> None:
+    host: Host, attacker: str
+) -> None:
     """A sandbox may report on itself, but the pids it reports are checked: the monitor enforces limits only
     on descendants of a verified root, and the admin kills a local root's group by the pid it forked, never
     a reported one.  A stranger's CPU-burning process named as the sandbox's worker and root survives the
@@ -403,8 +437,9 @@ def test_a_sandbox_lying_about_its_own_processes_cannot_point_the_monitor_or_the
     burner = subprocess.Popen([os.sys.executable, "-c", "while True: pass"], start_new_session=True)
     try:
         info = host.get_sandbox_info("a")
-        lie = m.SandboxStatus("a", "running", children=(attrs.evolve(info.children[0], pid=burner.pid),),
-                              directory={}, pid=burner.pid)
+        lie = m.SandboxStatus(
+            "a", "running", children=(attrs.evolve(info.children[0], pid=burner.pid),), directory={}, pid=burner.pid
+        )
         host.call("a", "attacker", cloudpickle.dumps([(host.admin_address, lie)]))
         eventually(lambda: psutil.Process(burner.pid).cpu_times().user > 2.5, timeout=20)  # 2+ monitor rounds
         assert burner.poll() is None
@@ -419,7 +454,8 @@ INTRUDERS = str(Path(__file__).parent / "plugins" / "intruders")
 
 
 def test_a_root_is_its_sandboxs_from_the_fork_so_no_sandbox_can_reach_it_while_it_starts(
-        host: Host, tmp_path: Path) -> None:
+    host: Host, tmp_path: Path
+) -> None:
     """A sandbox watching for new ports sends each one, as it appears, a StartChild whose spec runs code:
     a root takes its own sandbox's key as it is forked, so none of them ever reads it (a root that still
     held the host key until its start message took it on the first try)."""
@@ -443,8 +479,9 @@ def test_a_sandbox_cannot_take_over_the_connection_the_host_uses_to_reach_anothe
     host.call("intruder", "hijacker", (admin, b_root, "intruder", 5.0))
     # The admin acknowledges the frame and closes: the connection is not taken as the way to B's root
     # (it was, and the admin's answer, then everything it sent B's root, went down it).
-    assert eventually(lambda: (lambda loot: loot if "closed" in loot else None)(
-        host.call("intruder", "hijacker", "loot"))) == ["own", "closed"]
+    assert eventually(
+        lambda: (lambda loot: loot if "closed" in loot else None)(host.call("intruder", "hijacker", "loot"))
+    ) == ["own", "closed"]
     secret = "the application's secret"
     assert host.run("b", lambda: len(secret), timeout=5) == len(secret)
 
@@ -469,11 +506,17 @@ def test_an_answer_a_sandbox_sends_a_host_actor_is_never_answered(host: Host, at
     two actors bounce Faileds for ever); a request sent after them is answered, so nothing is pending."""
     host.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
     admin = host.admin_address
-    sent = [msgs.Failed(PluginError("bounce"), "f"), msgs.Ok("bounce", "o"), msgs.GetSandboxInfo(sandbox_id="a",
-                                                                                               corr="after")]
+    sent = [
+        msgs.Failed(PluginError("bounce"), "f"),
+        msgs.Ok("bounce", "o"),
+        msgs.GetSandboxInfo(sandbox_id="a", corr="after"),
+    ]
     host.call("a", "attacker", cloudpickle.dumps([(admin, message) for message in sent]))
-    answers = eventually(lambda: (lambda got: got if any(corr == "after" for _, _, corr, _ in got) else None)(
-        host.call("a", "attacker", "answers")))
+    answers = eventually(
+        lambda: (lambda got: got if any(corr == "after" for _, _, corr, _ in got) else None)(
+            host.call("a", "attacker", "answers")
+        )
+    )
     assert [(kind, corr) for kind, _, corr, _ in answers if kind in ("Ok", "Failed")] == [("Ok", "after")]
 
 
@@ -491,13 +534,16 @@ def test_audit_records_a_sandbox_reports_are_its_own_and_bounded(host: Host, att
     assert sum(len(r.actor) == 1000 for r in log) >= 990  # the plugin's own operations are audited too
 
 
-def test_a_sandbox_of_another_host_sharing_the_cookie_cannot_act_as_a_namesake(config: HostConfig, attacker: str,
-                                                                            tmp_path: Path) -> None:
+def test_a_sandbox_of_another_host_sharing_the_cookie_cannot_act_as_a_namesake(
+    config: HostConfig, attacker: str, tmp_path: Path
+) -> None:
     """Two hosts started with one cookie file verify each other's frames, yet a sandbox is its incarnation's
     key, not its name: host 1's sandbox "a" asking host 2's admin to call host 2's own "a" is refused."""
     shared = attrs.evolve(config, cookie_file=tmp_path / "cookie")
-    with Host(attrs.evolve(shared, state_dir=tmp_path / "one")) as one, \
-            Host(attrs.evolve(shared, state_dir=tmp_path / "two")) as two:
+    with (
+        Host(attrs.evolve(shared, state_dir=tmp_path / "one")) as one,
+        Host(attrs.evolve(shared, state_dir=tmp_path / "two")) as two,
+    ):
         one.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
         two.create_sandbox("a", "root:Root", sandbox_path=sample("counter"))
         call = msgs.Call(sandbox_id="a", name="counter", request="inc", corr="x")
@@ -507,7 +553,7 @@ def test_a_sandbox_of_another_host_sharing_the_cookie_cannot_act_as_a_namesake(c
         assert two.call("a", "counter", "inc") == 1
 
 
-SLOW = textwrap.dedent('''
+SLOW = textwrap.dedent("""
     import time
     from actors import Plugin
 
@@ -516,11 +562,12 @@ SLOW = textwrap.dedent('''
         def handle_call(self, request, state):
             time.sleep(request)
             return "the real reply", state
-''')
+""")
 
 
-def test_a_sandbox_cannot_forge_the_reply_to_a_call_to_another_sandbox(host: Host, attacker: str,
-                                                                      tmp_path: Path) -> None:
+def test_a_sandbox_cannot_forge_the_reply_to_a_call_to_another_sandbox(
+    host: Host, attacker: str, tmp_path: Path
+) -> None:
     """A plugin that knows where the application waits and which correlation id comes next sends a forged
     ``Ok`` while the application waits on another sandbox, and asks the admin to answer there for it: the
     application takes the real reply only (the admin answers a sandbox's request to that sandbox alone)."""
@@ -536,8 +583,11 @@ def test_a_sandbox_cannot_forge_the_reply_to_a_call_to_another_sandbox(host: Hos
     forged = [msgs.Ok("forged", corr) for corr in corrs]
     # ... and the same through the admin: a request of its own whose answer should go to the application
     reflected = [msgs.Call(sandbox_id="a", name="nobody", request=1, reply_to=context, corr=corr) for corr in corrs]
-    host.call("a", "attacker", cloudpickle.dumps([(context, ("later", 300, forged)),
-                                                  (host.admin_address, ("later", 300, reflected))]))
+    host.call(
+        "a",
+        "attacker",
+        cloudpickle.dumps([(context, ("later", 300, forged)), (host.admin_address, ("later", 300, reflected))]),
+    )
     assert host.call("b", "slow", 0.7) == "the real reply"  # the forgeries arrived meanwhile, signed by A
     assert host.call("b", "slow", 0) == "the real reply"  # none of them answers a later call either
 
@@ -585,8 +635,9 @@ def memory_holds(pid: int, needle: bytes) -> bool:
     return False
 
 
-def test_sandbox_processes_hold_no_host_key_and_no_other_sandboxs_key(host: Host, config: HostConfig,
-                                                                       attacker: str) -> None:
+def test_sandbox_processes_hold_no_host_key_and_no_other_sandboxs_key(
+    host: Host, config: HostConfig, attacker: str
+) -> None:
     """The root wipes the host key (and every key it derived) before plugin code runs; workers are forked
     from it: neither the host key nor sandbox B's key is anywhere in A's root or worker memory."""
     host.create_sandbox("a", "attacker:Root", sandbox_path=attacker)
@@ -624,8 +675,10 @@ def test_a_killed_hosts_lock_is_taken_over(tmp_path: Path) -> None:
     """A host SIGKILLed leaves its lock file; the next host on that state_dir starts (the kernel dropped it)."""
     state = tmp_path / "state"
     script = tmp_path / "app.py"
-    script.write_text(f"from plugin_host import Host\nh = Host(state_dir={str(state)!r})\nprint('up', flush=True)\n"
-                      "import time\ntime.sleep(60)\n")
+    script.write_text(
+        f"from plugin_host import Host\nh = Host(state_dir={str(state)!r})\nprint('up', flush=True)\n"
+        "import time\ntime.sleep(60)\n"
+    )
     proc = subprocess.Popen([os.sys.executable, str(script)], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
@@ -636,8 +689,10 @@ def test_a_killed_hosts_lock_is_taken_over(tmp_path: Path) -> None:
         proc.wait()
     with Host(state_dir=state, heartbeat_interval=0.2, hang_timeout=1.0) as second:
         assert second.list_sandboxes() == []
-    eventually(lambda: not [p for p in psutil.process_iter(["cmdline"]) if str(state) in " ".join(
-        p.info["cmdline"] or ())], timeout=10)  # the killed host's system ended itself
+    eventually(
+        lambda: not [p for p in psutil.process_iter(["cmdline"]) if str(state) in " ".join(p.info["cmdline"] or ())],
+        timeout=10,
+    )  # the killed host's system ended itself
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o722])
@@ -773,6 +828,7 @@ def check_private(state: Path, port: int | None) -> None:
     assert (state / "cookie").exists() and (state / "run" / f"{port}.json").exists()
     assert (state / "logs" / f"thespian-app-{port}.log").exists()
     from thespian.system import utilis
+
     assert utilis._thesplog_file.startswith(str(state))
 
 

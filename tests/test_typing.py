@@ -10,6 +10,11 @@ from conftest import ROOT
 
 def test_the_package_type_checks_with_mypy(tmp_path) -> None:
     """mypy finds no error in plugin_host and actors."""
-    result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache"),
-                             "plugin_host", "actors"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache"), "plugin_host", "actors"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

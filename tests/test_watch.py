@@ -16,13 +16,13 @@ from plugin_host.errors import CompilationError, HotReloadError, SandboxNotFound
 
 from conftest import eventually
 
-ROOT = '''
+ROOT = """
 from actors import ChildSpec, Supervisor
 from counter import Counter
 
 class Root(Supervisor):
     children = [ChildSpec("counter", Counter)]
-'''
+"""
 
 
 def counter(step: int = 1, tag: str = "v1", code_change: str = "return old_state") -> str:
@@ -111,8 +111,9 @@ def test_snapshot_skips_hidden_folders_and_bytecode_caches(folder: Path) -> None
     assert snapshot.scan() == set()
 
 
-def test_a_saved_change_is_hot_reloaded_and_the_state_kept(watched: Host, folder: Path,
-                                                           reports: queue.Queue[ReloadReport]) -> None:
+def test_a_saved_change_is_hot_reloaded_and_the_state_kept(
+    watched: Host, folder: Path, reports: queue.Queue[ReloadReport]
+) -> None:
     """Saving new code reloads it into the running actor: new behaviour, same state, same process."""
     assert [watched.call("w", "counter", "inc") for _ in range(2)] == [1, 2]
     (folder / "counter.py").write_text(counter(step=10, tag="v2"))
@@ -124,8 +125,9 @@ def test_a_saved_change_is_hot_reloaded_and_the_state_kept(watched: Host, folder
     assert report.running == {"counter": 2, "root": 1}
 
 
-def test_a_broken_save_leaves_the_running_version_in_place(watched: Host, folder: Path,
-                                                           reports: queue.Queue[ReloadReport]) -> None:
+def test_a_broken_save_leaves_the_running_version_in_place(
+    watched: Host, folder: Path, reports: queue.Queue[ReloadReport]
+) -> None:
     """A syntax error, then a raising code_change: each is reported, and version 1 keeps answering."""
     watched.call("w", "counter", "inc")
     (folder / "counter.py").write_text(counter(tag="v2") + "def broken(:\n")
@@ -145,8 +147,9 @@ def test_a_broken_save_leaves_the_running_version_in_place(watched: Host, folder
     assert statuses == {1: "previous", 2: "failed", 3: "current"}
 
 
-def test_a_report_for_a_sandbox_that_is_gone_carries_the_error(host: Host, folder: Path,
-                                                               reports: queue.Queue[ReloadReport]) -> None:
+def test_a_report_for_a_sandbox_that_is_gone_carries_the_error(
+    host: Host, folder: Path, reports: queue.Queue[ReloadReport]
+) -> None:
     """Reloading a destroyed sandbox is reported as an error, and the watcher keeps running."""
     with Watcher(host, "gone", folder, reports.put, interval=0.05, debounce=0.1) as watcher:
         (folder / "counter.py").write_text(counter(tag="v2"))
@@ -157,6 +160,7 @@ def test_a_report_for_a_sandbox_that_is_gone_carries_the_error(host: Host, folde
 
 def test_stop_raises_the_error_that_ended_the_watcher(host: Host, folder: Path) -> None:
     """An unexpected error in the watcher's thread is not swallowed: ``stop`` raises it."""
+
     def report(_: ReloadReport) -> None:
         raise RuntimeError("the report callback broke")
 

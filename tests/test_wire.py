@@ -49,7 +49,8 @@ def test_the_patched_thespian_files_are_the_ones_the_patch_was_written_for(relat
     """Each Thespian file whose internals are patched is byte for byte the 4.0.1 one the patch copies."""
     path = Path(thespian.__file__).parent / "system" / relative
     assert hashlib.sha256(path.read_bytes()).hexdigest() == THESPIAN_FILES[relative], (
-        f"Thespian's {relative} changed: re-read plugin_host/_wire.py (PATCHED) against it before upgrading")
+        f"Thespian's {relative} changed: re-read plugin_host/_wire.py (PATCHED) against it before upgrading"
+    )
 
 
 def test_every_patched_name_exists_in_thespian() -> None:
@@ -125,8 +126,12 @@ def test_a_sandbox_frame_with_a_crafted_pickle_is_refused_without_running_it(tmp
 
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")
-    for payload in (pickle.dumps(("addr", Evil())), pickle.dumps(("addr", Ok(Evil(), "c"))),
-                    pickle.dumps(os.system), pickle.dumps(("a", Failed(PluginError("x"), "c")))[:-1]):
+    for payload in (
+        pickle.dumps(("addr", Evil())),
+        pickle.dumps(("addr", Ok(Evil(), "c"))),
+        pickle.dumps(os.system),
+        pickle.dumps(("a", Failed(PluginError("x"), "c")))[:-1],
+    ):
         frame = keys.seal(alice.kid, payload).partition(b">")[2]
         with pytest.raises(_wire.Rejected) as caught:
             keys.decode(frame)
@@ -196,7 +201,7 @@ def test_the_receive_buffer_keeps_thespians_behaviour_over_many_chunks() -> None
     data = b"%d>" % len(frame) + frame + b"next"
     buffer = TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
     for start in range(0, len(data), 1000):
-        buffer.addMore(data[start:start + 1000])
+        buffer.addMore(data[start : start + 1000])
     assert buffer.isDone() and buffer.completed() == (frame, b"next")
     garbage = TCPTransport.ReceiveBuffer(TCPTransport.serializer.loads)
     with pytest.raises(ValueError, match="no frame size"):
@@ -251,8 +256,17 @@ def test_the_opcode_count_reads_pickles_as_the_unpickler_does() -> None:
     says "not a pickle" (so the watched path decides) for a truncated one."""
     import pickletools
 
-    value = {"list": [1, 2, 3] * 50, "text": "x\ny", "big": 2**3000, "bytes": b"\x00" * 300, "float": 1.5,
-             "set": frozenset({1}), "shared": ["same"] * 3, "wide": "é" * 300, "neg": -(2**70)}
+    value = {
+        "list": [1, 2, 3] * 50,
+        "text": "x\ny",
+        "big": 2**3000,
+        "bytes": b"\x00" * 300,
+        "float": 1.5,
+        "set": frozenset({1}),
+        "shared": ["same"] * 3,
+        "wide": "é" * 300,
+        "neg": -(2**70),
+    }
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         data = pickle.dumps(value, protocol=protocol)
         ops = list(pickletools.genops(data))
@@ -270,13 +284,16 @@ def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is
 
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")
-    for bad in (logging.makeLogRecord({"name": 42, "msg": "x", "levelno": 20}),
-                logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "created": float("nan")}),
-                logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "lineno": 10**400})):
+    for bad in (
+        logging.makeLogRecord({"name": 42, "msg": "x", "levelno": 20}),
+        logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "created": float("nan")}),
+        logging.makeLogRecord({"name": "p", "msg": "x", "levelno": 20, "lineno": 10**400}),
+    ):
         with pytest.raises(_wire.Rejected, match="wrong type"):
             from_sandbox(keys, alice, pickle.dumps(("addr", bad)))
-    good = logging.makeLogRecord({"name": "plugin", "msg": "hello", "levelno": 20, "levelname": "INFO",
-                                  "getMessage": "shadow", "request": "r-1"})
+    good = logging.makeLogRecord(
+        {"name": "plugin", "msg": "hello", "levelno": 20, "levelname": "INFO", "getMessage": "shadow", "request": "r-1"}
+    )
     _, (_, record) = from_sandbox(keys, alice, pickle.dumps(("addr", good)))
     assert record.getMessage() == "hello" and record.name == "plugin" and record.request == "r-1"
     dotted = logging.makeLogRecord({"name": "x." * 4995, "msg": "kept", "levelno": 20})
@@ -304,10 +321,22 @@ def test_a_sandboxs_log_extras_that_are_not_plain_arrive_as_their_text() -> None
         raise ValueError("boom")
     except ValueError:
         exc_info = sys.exc_info()
-    record = logging.makeLogRecord({"name": "plugin", "msg": "%s items", "args": (3,), "levelno": 40,
-                                    "levelname": "ERROR", "exc_info": exc_info, "items": [1, 2],
-                                    "where": {"a": 1}, "thing": Thing(), "broken": Broken(), "count": 3,
-                                    "label": "x"})
+    record = logging.makeLogRecord(
+        {
+            "name": "plugin",
+            "msg": "%s items",
+            "args": (3,),
+            "levelno": 40,
+            "levelname": "ERROR",
+            "exc_info": exc_info,
+            "items": [1, 2],
+            "where": {"a": 1},
+            "thing": Thing(),
+            "broken": Broken(),
+            "count": 3,
+            "label": "x",
+        }
+    )
     _wire._extras_as_text(record)
     assert record.exc_info == exc_info and record.args == (3,)  # Thespian's own to format, next
     record.exc_text, record.exc_info = "Traceback ... ValueError: boom", None
@@ -449,9 +478,16 @@ def test_checking_shared_references_costs_linear_time_and_takes_legitimate_shari
     between fetches (it decodes), the second refused; a large row shared 45 times inside replies decodes."""
 
     address = b"cthespian.system.transport.IPBase\nTCPv4ActorAddress\n)\x81}("
-    hidden = b"\x80\x04)\x94" + b"".join(
-        address + text("af") + get(level - 1) + get(level - 1) + b"\x86" + text("sockname") + b"K\x00ub\x94"
-        for level in range(1, 41)) + b"\x8f(" + get(40) + b"\x90."
+    hidden = (
+        b"\x80\x04)\x94"
+        + b"".join(
+            address + text("af") + get(level - 1) + get(level - 1) + b"\x86" + text("sockname") + b"K\x00ub\x94"
+            for level in range(1, 41)
+        )
+        + b"\x8f("
+        + get(40)
+        + b"\x90."
+    )
     refetched = b"\x80\x04]\x94(" + b"N" * 999_990 + b"e" + b"h\x000" * 1000 + b"."
     keys = keyring()
     alice = _wire.new_sandbox_principal("alice")

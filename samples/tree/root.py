@@ -1,11 +1,11 @@
 """A nested supervision tree::
 
-    root (one_for_one)
-    ├── frontend
-    └── backend (rest_for_one)
-        ├── db
-        ├── cache   (restarted when db restarts)
-        └── api     (restarted when db or cache restarts)
+root (one_for_one)
+├── frontend
+└── backend (rest_for_one)
+    ├── db
+    ├── cache   (restarted when db restarts)
+    └── api     (restarted when db or cache restarts)
 """
 
 from actors import ChildSpec, Supervisor

@@ -37,7 +37,7 @@ SANDBOXES = ("r", "a", "b", "d")  # r is hot-reloaded, d is destroyed and re-cre
 WORKERS = ("w1", "w2")
 FAULTS = ("raise", "exit", "segfault", "hang")
 
-ROOT = '''
+ROOT = """
 from actors import ChildSpec, Supervisor
 from counter import Counter
 
@@ -45,7 +45,7 @@ class Root(Supervisor):
     strategy = "one_for_one"
     max_restarts, max_seconds = 1000, 1
     children = [ChildSpec("w1", Counter), ChildSpec("w2", Counter)]
-'''
+"""
 
 
 def counter_source(tag: str) -> str:
@@ -134,10 +134,14 @@ class Chaos:
         return result, error
 
     def report(self) -> str:
-        lines = [f"chaos seed {SEED} ({CHAOS_SECONDS} s): replay with PLUGIN_HOST_CHAOS_SEED={SEED}",
-                 f"calls {self.calls}, answered {self.answered}, faults {dict(self.faults)}, "
-                 f"errors {dict(self.errors)}", *self.problems, "one message per error and action:",
-                 *[f"  {kind}: {text}" for kind, text in sorted(self.samples.items())], "event log:"]
+        lines = [
+            f"chaos seed {SEED} ({CHAOS_SECONDS} s): replay with PLUGIN_HOST_CHAOS_SEED={SEED}",
+            f"calls {self.calls}, answered {self.answered}, faults {dict(self.faults)}, errors {dict(self.errors)}",
+            *self.problems,
+            "one message per error and action:",
+            *[f"  {kind}: {text}" for kind, text in sorted(self.samples.items())],
+            "event log:",
+        ]
         lines += [f"  {t:8.3f} {action:<28} {outcome}" for t, action, outcome in self.log]
         return "\n".join(lines)
 
@@ -153,8 +157,9 @@ def load(chaos: Chaos, index: int, stop: threading.Event) -> None:
     last: dict[tuple[str, str], tuple[int, int]] = {}
     while not stop.is_set():
         key = (rng.choice(SANDBOXES), rng.choice(WORKERS))
-        reply, error = chaos.timed(f"load{index} {key}", LOAD_TIMEOUT,
-                                   lambda: chaos.host.call(*key, "inc", timeout=LOAD_TIMEOUT))
+        reply, error = chaos.timed(
+            f"load{index} {key}", LOAD_TIMEOUT, lambda: chaos.host.call(*key, "inc", timeout=LOAD_TIMEOUT)
+        )
         with chaos.lock:
             chaos.calls += 1
         if error is not None:
@@ -172,8 +177,9 @@ def load(chaos: Chaos, index: int, stop: threading.Event) -> None:
 
 
 def worker_pids(chaos: Chaos, sandbox_id: str) -> dict[str, int]:
-    info, error = chaos.timed(f"info {sandbox_id}", chaos.host.config.call_timeout,
-                              lambda: chaos.host.get_sandbox_info(sandbox_id))
+    info, error = chaos.timed(
+        f"info {sandbox_id}", chaos.host.config.call_timeout, lambda: chaos.host.get_sandbox_info(sandbox_id)
+    )
     if error is not None:
         return {}
     found = {c.name: c.pid for c in info.children if c.pid is not None and c.status == "running"}
@@ -213,16 +219,20 @@ def act_fault(chaos: Chaos) -> None:
 def act_reload(chaos: Chaos) -> None:
     target = chaos.rng.choice([1, 2])
     action = f"reload r -> {TAGS[target]}"
-    result, error = chaos.timed(action, chaos.host.config.reload_timeout, lambda: chaos.host.hot_reload_source(
-        "r", counter_source(TAGS[target]), module="counter"))
+    result, error = chaos.timed(
+        action,
+        chaos.host.config.reload_timeout,
+        lambda: chaos.host.hot_reload_source("r", counter_source(TAGS[target]), module="counter"),
+    )
     settle_version(chaos, action, result, error)
 
 
 def act_rollback(chaos: Chaos) -> None:
     target = chaos.rng.choice([1, 2])
     action = f"rollback r -> {target}"
-    result, error = chaos.timed(action, chaos.host.config.reload_timeout,
-                                lambda: chaos.host.rollback_module("r", "counter", target))
+    result, error = chaos.timed(
+        action, chaos.host.config.reload_timeout, lambda: chaos.host.rollback_module("r", "counter", target)
+    )
     settle_version(chaos, action, result, error)
 
 
@@ -234,8 +244,9 @@ def settle_version(chaos: Chaos, action: str, result: Any, error: BaseException 
         chaos.expected_version = {result.new_version}
     elif isinstance(error, HotReloadError) and getattr(error, "cause", "") == "timeout":
         chaos.expected_version |= {1, 2}  # no answer: either outcome is possible
-    current, failed = chaos.timed("get_module_version r", chaos.host.config.call_timeout,
-                                  lambda: chaos.host.get_module_version("r", "counter"))
+    current, failed = chaos.timed(
+        "get_module_version r", chaos.host.config.call_timeout, lambda: chaos.host.get_module_version("r", "counter")
+    )
     if failed is None and current not in chaos.expected_version:
         chaos.problem(f"{action}: registry says version {current}, expected {chaos.expected_version}")
 
@@ -243,8 +254,9 @@ def settle_version(chaos: Chaos, action: str, result: Any, error: BaseException 
 def act_restart(chaos: Chaos) -> None:
     sandbox_id = chaos.rng.choice(sorted(chaos.running))
     action = f"restart_sandbox {sandbox_id}"
-    info, error = chaos.timed(action, chaos.host.config.start_timeout + 15,
-                              lambda: chaos.host.restart_sandbox(sandbox_id))
+    info, error = chaos.timed(
+        action, chaos.host.config.start_timeout + 15, lambda: chaos.host.restart_sandbox(sandbox_id)
+    )
     chaos.faults["restart"] += 1
     chaos.note(action, repr(error) if error else info.status)
 
@@ -253,7 +265,9 @@ def act_recreate(chaos: Chaos) -> None:
     chaos.running.discard("d")
     _, error = chaos.timed("destroy d", 20, lambda: chaos.host.destroy_sandbox("d"))
     chaos.note("destroy d", repr(error))
-    _, error = chaos.timed("create d", chaos.host.config.start_timeout + 15, lambda: create(chaos.host, "d", chaos.folder))
+    _, error = chaos.timed(
+        "create d", chaos.host.config.start_timeout + 15, lambda: create(chaos.host, "d", chaos.folder)
+    )
     chaos.faults["destroy+create"] += 1
     chaos.note("create d", repr(error))
     if error is None:

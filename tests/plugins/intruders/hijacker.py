@@ -23,7 +23,7 @@ def read_frame(sock, buf):
         if not chunk:
             raise EOFError
         rest += chunk
-    return rest[:int(size)], rest[int(size):]
+    return rest[: int(size)], rest[int(size) :]
 
 
 def hijack(admin_port, victim_port, own_id, seconds):
@@ -46,7 +46,7 @@ def hijack(admin_port, victim_port, own_id, seconds):
         except (EOFError, OSError):
             LOOT.append("closed")
             break
-        kid = body[5:5 + int.from_bytes(body[3:5], "big")]
+        kid = body[5 : 5 + int.from_bytes(body[3:5], "big")]
         LOOT.append("own" if kid == keys.own.kid else "another's")
         if kid == keys.own.kid:
             sock.sendall(keys.ack(keys.own))
@@ -58,8 +58,6 @@ class Hijacker(Plugin):
             return list(LOOT), state
         threading.Thread(target=hijack, args=request, daemon=True).start()
         return "started", state
-
-
 
 
 def send_as_others(admin_port, messages):

@@ -17,8 +17,10 @@ class Evil:
         self.marker = marker
 
     def __reduce__(self):
-        code = ("import os\nfrom plugin_host import _wire\nk = _wire.process_keys()\n"
-                f"open({self.marker!r}, 'a').write(f'pid={{os.getpid()}} host_key={{k is not None and k.is_host}}\\n')")
+        code = (
+            "import os\nfrom plugin_host import _wire\nk = _wire.process_keys()\n"
+            f"open({self.marker!r}, 'a').write(f'pid={{os.getpid()}} host_key={{k is not None and k.is_host}}\\n')"
+        )
         return (exec, (code,))
 
 
@@ -62,8 +64,7 @@ def race(me, marker, seconds):
 class Racer(Plugin):
     def handle_call(self, request, state):
         marker, seconds = request
-        threading.Thread(target=race, args=(self._ph_runtime._worker.myAddress, marker, seconds),
-                         daemon=True).start()
+        threading.Thread(target=race, args=(self._ph_runtime._worker.myAddress, marker, seconds), daemon=True).start()
         return "armed", state
 
 

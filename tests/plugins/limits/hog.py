@@ -20,7 +20,9 @@ class Hog(Plugin):
             return len(state), state
         if isinstance(request, tuple) and request[0] == "grow":
             block = bytearray(request[1] * 2**20)
-            block[::4096] = b"\x01" * len(range(0, len(block), 4096))  # every page resident, whatever the allocator does
+            block[::4096] = b"\x01" * len(
+                range(0, len(block), 4096)
+            )  # every page resident, whatever the allocator does
             return len(block), state + [block]
         if request == "unlimit":
             import resource

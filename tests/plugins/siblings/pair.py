@@ -18,6 +18,7 @@ class Store(Plugin):
             raise RuntimeError("store crashed")
         if request == "hang":
             import time
+
             while True:
                 time.sleep(0.05)
         kind, value = request

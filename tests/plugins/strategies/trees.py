@@ -35,6 +35,7 @@ class Fragile(Supervisor):
 
 class Forgetful(Supervisor):
     """Fragile's intensity in a short window: restarts spread wider than 0.3 s never add up."""
+
     strategy = "one_for_one"
     max_restarts, max_seconds = 2, 0.3
     children = [ChildSpec("a", Worker)]
@@ -43,8 +44,11 @@ class Forgetful(Supervisor):
 class Kinds(Supervisor):
     strategy = "one_for_one"
     max_restarts, max_seconds = 5, 10
-    children = [ChildSpec("perm", Worker), ChildSpec("trans", Worker, restart="transient"),
-                ChildSpec("temp", Worker, restart="temporary")]
+    children = [
+        ChildSpec("perm", Worker),
+        ChildSpec("trans", Worker, restart="transient"),
+        ChildSpec("temp", Worker, restart="temporary"),
+    ]
 
 
 class Inner(Supervisor):
