@@ -13,8 +13,6 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-import attrs
-
 from plugin_host import _wire
 from plugin_host.errors import AccessDeniedError, SandboxNotFoundError
 from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, Subscribe, Unsubscribe
@@ -62,7 +60,7 @@ class EventsAdmin:
                 with _wire.signing_for(subscriber, principal):
                     self.send(subscriber, EventNotice(event))
 
-    def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:
         """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
         principal = _wire.sender_principal()
         if not principal.is_host and sum(p == principal for _, p in self.subscribers) >= SANDBOX_SUBSCRIPTIONS:
@@ -82,19 +80,19 @@ class EventsAdmin:
         """A sandbox's processes are gone: so are its subscriptions (a new incarnation subscribes anew)."""
         self.subscribers = [(s, p) for s, p in self.subscribers if p.sandbox_id != sandbox_id]
 
-    def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
         """Stop pushing events to the sender."""
         principal = _wire.sender_principal()
         self.subscribers = [(s, p) for s, p in self.subscribers if not (s == sender and p == principal)]
         self.reply(sender, None, msg.corr)
 
-    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:
         """Crashes, restarts and limit breaches reported by a sandbox root."""
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is not None and self.from_root(rec, sender):
             self.emit(msg.kind, msg.sandbox_id, msg.actor, msg.reason, **msg.details)
 
-    def receiveMsg_Sample(self, msg: m.Sample, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Sample(self, msg: m.Sample, sender: Any) -> None:
         """The monitor killed a process over a limit."""
         self.emit(
             "limit_breached",
@@ -106,7 +104,7 @@ class EventsAdmin:
             maximum=msg.maximum,
         )
 
-    def receiveMsg_HostBreach(self, msg: m.HostBreach, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_HostBreach(self, msg: m.HostBreach, sender: Any) -> None:
         """A host refused a call past ``max_mailbox``."""
         self.emit(
             "limit_breached",
@@ -118,7 +116,7 @@ class EventsAdmin:
             maximum=msg.maximum,
         )
 
-    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:
         """Message counts from a sandbox root: after a heartbeat, or asked for by a usage query."""
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is None or not self.from_root(rec, sender):
@@ -141,7 +139,7 @@ class EventsAdmin:
         if monitor is not None:  # none while its system is lost
             self.send(monitor, m.Watch(sandbox_id, pids, rec.limits, self.config.monitor_interval))
 
-    def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: Any) -> None:
         """Memory, CPU, messages and restarts per actor: counts asked of the root now, figures sampled now."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is None:
@@ -185,7 +183,7 @@ class EventsAdmin:
             ),
         )
 
-    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:
         """Audit records of a sandbox, from its root."""
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is not None and self.from_root(rec, sender) and isinstance(msg.records, (tuple, list)):
@@ -196,7 +194,7 @@ class EventsAdmin:
                 if isinstance(record, AuditRecord)
             )
 
-    def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Any) -> None:
         """The sandbox's recent audit records, oldest first."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is not None:

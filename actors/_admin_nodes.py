@@ -65,8 +65,8 @@ class NodesAdmin:
     members: dict[str, Member]
     send: Callable[[Any, Any], None]
     reply: Callable[[Any, Any, str], None]
-    createActor: Callable[..., Any]  # noqa: N815 (Thespian's name)
-    notifyOnSystemRegistrationChanges: Callable[[bool], None]  # noqa: N815
+    createActor: Callable[..., Any]
+    notifyOnSystemRegistrationChanges: Callable[[bool], None]
     emit: Callable[..., None]
     watch: Callable[[str, Any], None]
     _info: Callable[[str, Any], Any]
@@ -83,7 +83,7 @@ class NodesAdmin:
         """This host's own system's name in the convention."""
         return node_name(self.config.bind_address, self.config.admin_port or 0)
 
-    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Any) -> None:
         """A system joined or left the convention."""
         caps = dict(msg.remoteCapabilities or {})
         name = str(caps.get(NODE_CAPABILITY) or msg.remoteAdminAddress)
@@ -140,7 +140,7 @@ class NodesAdmin:
 
     _last_round = 0.0
 
-    def receiveMsg_NodePong(self, msg: m.NodePong, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_NodePong(self, msg: m.NodePong, sender: Any) -> None:
         """A member's monitor answered: that system is alive (again, if it was lost)."""
         for member in self.members.values():
             if member.monitor == sender:
@@ -272,7 +272,7 @@ class NodesAdmin:
     denied: int
     rejected_frames: Callable[[], int]
 
-    def receiveMsg_ListNodes(self, msg: ListNodes, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ListNodes(self, msg: ListNodes, sender: Any) -> None:
         """This system and every member known, each with this host's sandboxes on it."""
         on: dict[str, list[str]] = {}
         for sandbox_id, rec in sorted(self.sandboxes.items()):

@@ -17,7 +17,14 @@ import attrs
 from plugin_host.codeload import CodeTable
 from plugin_host.compiler import dependents
 from plugin_host.errors import BadRequestError, HotReloadError, PluginHostError
-from plugin_host.messages import BatchHotReload, HotReload, RollbackModule
+from plugin_host.messages import (
+    BatchHotReload,
+    GetModuleVersion,
+    GetVersionHistory,
+    HotReload,
+    ListModuleVersions,
+    RollbackModule,
+)
 from plugin_host.store import VersionStore
 from plugin_host.values import Artifact, ReloadResult
 
@@ -117,7 +124,7 @@ class VersionsAdmin:
 
     # -- requests -------------------------------------------------------------------------
 
-    def receiveMsg_HotReload(self, msg: HotReload, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_HotReload(self, msg: HotReload, sender: Any) -> None:
         """Reload compiled artifacts into a sandbox."""
         probation = self.config.probation_seconds if msg.probation is None else msg.probation
         self.start_reload(
@@ -132,7 +139,7 @@ class VersionsAdmin:
             msg.environment,
         )
 
-    def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: Any) -> None:
         """Reload the stored code of an earlier (or later) version."""
         done = self._replier(sender, msg.corr)
         try:
@@ -154,7 +161,7 @@ class VersionsAdmin:
             done,
         )
 
-    def receiveMsg_BatchHotReload(self, msg: BatchHotReload, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_BatchHotReload(self, msg: BatchHotReload, sender: Any) -> None:
         """The same code into many sandboxes; one failure never stops the others."""
         ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
         if ids is None:
@@ -182,9 +189,17 @@ class VersionsAdmin:
             return
         self.send(self.registry, RegistryQuery(msg, sender))
 
-    receiveMsg_GetModuleVersion = _forward_query
-    receiveMsg_ListModuleVersions = _forward_query
-    receiveMsg_GetVersionHistory = _forward_query
+    def receiveMsg_GetModuleVersion(self, msg: GetModuleVersion, sender: Any) -> None:
+        """The current version of a module: answered by the registry actor."""
+        self._forward_query(msg, sender)
+
+    def receiveMsg_ListModuleVersions(self, msg: ListModuleVersions, sender: Any) -> None:
+        """Every stored version of a module: answered by the registry actor."""
+        self._forward_query(msg, sender)
+
+    def receiveMsg_GetVersionHistory(self, msg: GetVersionHistory, sender: Any) -> None:
+        """A module's version history: answered by the registry actor."""
+        self._forward_query(msg, sender)
 
     # -- the reload -----------------------------------------------------------------------
 
@@ -292,7 +307,7 @@ class VersionsAdmin:
             checksums.setdefault(module, _checksum(source))
         return rec, changed, checksums
 
-    def receiveMsg_SandboxReloaded(self, msg: m.SandboxReloaded, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_SandboxReloaded(self, msg: m.SandboxReloaded, sender: Any) -> None:
         """The root's verdict: record it and answer."""
         pending = self.reloads.get(msg.reload_id)
         if pending is None:

@@ -47,17 +47,17 @@ class RoutingAdmin:
             self.reply(sender, not_found(sandbox_id), corr)
         return rec
 
-    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Any) -> None:
         """Every sandbox, by id."""
         self.reply(sender, [self._info(i, r) for i, r in sorted(self.sandboxes.items())], msg.corr)
 
-    def receiveMsg_GetSandboxCode(self, msg: m.GetSandboxCode, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_GetSandboxCode(self, msg: m.GetSandboxCode, sender: Any) -> None:
         """The sandbox's current sources (for compiling a new version against them)."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is not None:
             self.reply(sender, dict(rec.sources), msg.corr)
 
-    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Any) -> None:
         """One sandbox."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is not None:
@@ -87,7 +87,7 @@ class RoutingAdmin:
             stale=transient and rec.action != "destroy",
         )
 
-    def receiveMsg_LookupActor(self, msg: LookupActor, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_LookupActor(self, msg: LookupActor, sender: Any) -> None:
         """Where a named actor runs now; with ``wait``, answered once it runs again."""
         if isinstance(msg.wait, bool) or not isinstance(msg.wait, (int, float)):
             self.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
@@ -133,7 +133,7 @@ class RoutingAdmin:
             if not answered:
                 self._parked.append((msg, sender, deadline, principal))
 
-    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:
         """Route a call to its actor; the actor answers the caller directly."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is None:
@@ -153,7 +153,7 @@ class RoutingAdmin:
         with _wire.signing_for(address, rec.principal):
             self.send(address, message)
 
-    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:
         """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
         rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
         entry = rec.directory.get(msg.name) if rec is not None and isinstance(msg.name, str) else None
@@ -162,7 +162,7 @@ class RoutingAdmin:
         elif rec is not None and isinstance(msg.name, str):
             self.send(rec.root, m.Route(msg.name, msg))
 
-    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:
         """Run a function in a fresh process of the sandbox."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is None:

@@ -31,7 +31,7 @@ class HostActor(ActorTypeDispatcher):
         super().__init__(*args, **kwargs)
         self._ph_ready = False
 
-    def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 (Thespian API)
+    def receiveMessage(self, message: Any, sender: Any) -> Any:
         """Set the process up on the first message, check who sent it, then dispatch on its type."""
         if not self._ph_ready:
             self._ph_ready = True
@@ -80,7 +80,7 @@ class HostActor(ActorTypeDispatcher):
     def _dispatch(self, message: Any, sender: Any) -> Any:
         try:
             return super().receiveMessage(message, sender)
-        except Exception as exc:  # noqa: BLE001 - never let Thespian retry and poison: answer and go on
+        except Exception as exc:
             log.exception("%s could not handle a %s", type(self).__name__, type(message).__name__)
             if isinstance(message, Request):
                 target = getattr(message, "reply_to", None) or sender
@@ -88,7 +88,8 @@ class HostActor(ActorTypeDispatcher):
                     target,
                     Failed(
                         BadRequestError(
-                            f"{type(self).__name__} could not handle {type(message).__name__}: {describe_exception(exc)}"
+                            f"{type(self).__name__} could not handle {type(message).__name__}: "
+                            f"{describe_exception(exc)}"
                         ),
                         message.corr,
                     ),
@@ -96,7 +97,7 @@ class HostActor(ActorTypeDispatcher):
             return None
 
     @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: Any) -> bool:  # noqa: N802
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: Any) -> bool:
         """Thespian's placement test: a system fits when it offers every required capability, equal."""
         return all(
             capabilities.get(key) == value
@@ -112,7 +113,7 @@ class HostActor(ActorTypeDispatcher):
     def setup_process(self) -> None:
         """Hook: runs once, in the actor's process, before the first message."""
 
-    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
+    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Answer a request we do not understand; nothing crashes on garbage."""
         corr = getattr(message, "corr", "") if isinstance(message, Request) else ""
         if isinstance(message, (Ok, Failed)):
@@ -160,11 +161,11 @@ class SandboxMember(HostActor):
     messages = 0
     """Plugin messages handled (workers count them)."""
 
-    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:
         """Heartbeat from the supervisor: this process is not stuck in a callback."""
         self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq, self.messages))
 
-    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:
         """Learn where named actors run now."""
         self.directory.update(msg.entries)
 

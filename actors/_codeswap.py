@@ -13,9 +13,9 @@ import sys
 import types
 from typing import Any
 
+from plugin_host import deps
 from plugin_host.codeload import CodeTable, ModuleSource, SandboxFinder
 from plugin_host.config import HostConfig
-from plugin_host import deps
 from plugin_host.deps import activate_environment, prepare_environment
 
 __all__ = ["Staged", "local_environment", "sandbox_finder"]

@@ -22,7 +22,7 @@ __all__ = ["EnvironmentActor"]
 class EnvironmentActor(HostActor):
     """Runs ``pip`` for one reload, answers :class:`~actors._messages.EnvironmentReady`, then exits."""
 
-    def receiveMsg_PrepareEnvironment(self, msg: m.PrepareEnvironment, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_PrepareEnvironment(self, msg: m.PrepareEnvironment, sender: Any) -> None:
         """Install the packages under this system's ``state_dir`` (or reuse them)."""
         try:
             reply = m.EnvironmentReady(msg.reload_id, local_environment(None, msg.packages))

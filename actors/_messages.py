@@ -9,6 +9,49 @@ import attrs
 from plugin_host.config import ResourceLimits
 from plugin_host.messages import Request
 
+__all__ = [
+    "SandboxContext",
+    "StartChild",
+    "Started",
+    "StartFailed",
+    "Exiting",
+    "Ping",
+    "Pong",
+    "Stop",
+    "ChildUp",
+    "ChildDown",
+    "SupervisorFailed",
+    "DirectoryUpdate",
+    "Route",
+    "StartSandbox",
+    "SandboxStatus",
+    "HostBoot",
+    "HostBooted",
+    "HostShutdown",
+    "RunDone",
+    "ReloadSandbox",
+    "SandboxReloaded",
+    "LoadCode",
+    "CodeLoaded",
+    "CommitCode",
+    "AbortCode",
+    "GetSandboxCode",
+    "TreeEvent",
+    "Usage",
+    "CountMessages",
+    "Watch",
+    "Sample",
+    "UsageQuery",
+    "AuditRecords",
+    "HostBreach",
+    "NodePing",
+    "NodePong",
+    "RootGone",
+    "KillGroups",
+    "PrepareEnvironment",
+    "EnvironmentReady",
+]
+
 
 @attrs.frozen
 class SandboxContext:

@@ -55,13 +55,13 @@ class ReloadCoordinator:
     aborted_window: tuple[int, int] = (0, -1)
     """From the start to the end of the last aborted reload (ns): children forked then ran its code."""
     send: Callable[[Any, Any], None]  # the actor's (Thespian)
-    createActor: Callable[..., Any]  # noqa: N815 (Thespian's name)
-    wakeupAfter: Callable[..., None]  # noqa: N815 (Thespian's name)
+    createActor: Callable[..., Any]
+    wakeupAfter: Callable[..., None]
 
     installing: tuple[m.ReloadSandbox, Any, Any, float] | None = None
     """A reload waiting for its requirements to be installed on this system: (request, admin, installer, since)."""
 
-    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: Any) -> None:
         """The reload's requirements are installed here (or failed): go on with it."""
         if self.installing is None or self.installing[0].reload_id != msg.reload_id:
             return
@@ -85,7 +85,7 @@ class ReloadCoordinator:
                 m.EnvironmentReady(self.installing[0].reload_id, None, "the installer process died"), address
             )
 
-    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:
         """Reload code across the sandbox (see the module docstring)."""
         if self.reload is not None or self.installing is not None or self.phase != "running":
             busy = self.reload is not None or self.installing is not None
@@ -136,7 +136,7 @@ class ReloadCoordinator:
         else:
             self._finish_reload()
 
-    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: Any) -> None:
         """One actor's answer to a ``LoadCode``."""
         reload = self.reload
         if reload is None or msg.reload_id != reload.request.reload_id or msg.name not in reload.waiting:

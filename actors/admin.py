@@ -12,9 +12,9 @@ import os
 import signal
 import time
 from collections import deque
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import attrs
@@ -227,7 +227,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     # -- boot and the host watchdog ----------------------------------------------------
 
-    def receiveMsg_HostBoot(self, msg: m.HostBoot, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_HostBoot(self, msg: m.HostBoot, sender: Any) -> None:
         """Claim this system for a host; a second, different claim means it is stale."""
         if self.token is not None and self.token != msg.token:
             self.send(
@@ -260,7 +260,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=min(1.0, self.config.heartbeat_interval)))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         """Tick: host still alive? sandboxes past their start or stop deadline?"""
         if msg.payload == _VANISHING:
             self._check_vanishing()
@@ -322,7 +322,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     # -- create ---------------------------------------------------------------------------
 
-    def receiveMsg_CreateSandbox(self, msg: CreateSandbox, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_CreateSandbox(self, msg: CreateSandbox, sender: Any) -> None:
         """Create a sandbox; the reply comes once it runs (or failed to start)."""
         self._create(msg, self._replier(sender, msg.corr))
 
@@ -407,7 +407,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     # -- reports from sandbox roots ------------------------------------------------------
 
-    def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: Any) -> None:
         """Mirror a sandbox's state and answer whoever waits on it."""
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is None or not self.from_root(rec, sender):
@@ -442,7 +442,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         for done in waiters:
             done(result)
 
-    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         """A sandbox root exited: finish a stop, or record an unexpected death."""
         if self.monitor_exited(msg.childAddress):
             return
@@ -451,7 +451,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
                 self._root_gone(sandbox_id, rec)
                 return
 
-    def receiveMsg_RootGone(self, msg: m.RootGone, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_RootGone(self, msg: m.RootGone, sender: Any) -> None:
         """A member's monitor saw a sandbox root's process end (its exit notice may never come)."""
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is None or not rec.node or rec.root is None or rec.pid != msg.pid:
@@ -598,7 +598,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.send(rec.root, m.Stop("shutdown"))
         self._tick()
 
-    def receiveMsg_DestroySandbox(self, msg: DestroySandbox, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_DestroySandbox(self, msg: DestroySandbox, sender: Any) -> None:
         """Stop a sandbox (``terminate`` runs in every actor) and forget it."""
         self._destroy(msg.sandbox_id, self._replier(sender, msg.corr))
 
@@ -615,7 +615,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if rec.action not in ("destroy", "start_failed"):
             self._stop_root(sandbox_id, rec, "destroy")
 
-    def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Any) -> None:
         """Stop the whole sandbox and start it again from its current code."""
         rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
         if rec is None:
@@ -632,7 +632,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if rec.action != "restart":
             self._stop_root(msg.sandbox_id, rec, "restart")
 
-    def receiveMsg_HostShutdown(self, msg: m.HostShutdown, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_HostShutdown(self, msg: m.HostShutdown, sender: Any) -> None:
         """Destroy every sandbox, then answer (the host shuts the system down next)."""
         self._shutdown_waiters.append(self._replier(sender, msg.corr))
         for sandbox_id in list(self.sandboxes):
@@ -647,7 +647,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     # -- batch -------------------------------------------------------------------------
 
-    def receiveMsg_BatchCreate(self, msg: BatchCreate, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_BatchCreate(self, msg: BatchCreate, sender: Any) -> None:
         """Create many sandboxes at once; one bad spec never fails the others."""
         specs = msg.specs if isinstance(msg.specs, (list, tuple)) else None
         if specs is None or not all(isinstance(s, CreateSandbox) for s in specs):
@@ -655,7 +655,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             return
         self._batch(len(specs), sender, msg.corr, lambda i, done: self._create(specs[i], done))
 
-    def receiveMsg_BatchDestroy(self, msg: BatchDestroy, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_BatchDestroy(self, msg: BatchDestroy, sender: Any) -> None:
         """Destroy many sandboxes at once."""
         ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
         if ids is None:

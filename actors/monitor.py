@@ -72,7 +72,7 @@ class MonitorActor(OrphanWatch, HostActor):
         self._roots: set[int] = set()
         """Pids checked to be sandbox roots of this system while they ran (only their groups are killed)."""
 
-    def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:
         """Start, update or stop watching a sandbox.
 
         The pids come from the sandbox's own reports: the root must be a sandbox root of this
@@ -100,7 +100,7 @@ class MonitorActor(OrphanWatch, HostActor):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
 
-    def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:
         """The admin checks this system is alive (and tells this monitor the host is)."""
         self.note_admin(msg.timeout)
         self.send(sender, m.NodePong())
@@ -115,7 +115,7 @@ class MonitorActor(OrphanWatch, HostActor):
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
 
-    def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: Any) -> None:
         """End sandboxes' process groups on this system (a stop past its deadline, stragglers, lost ones).
 
         Only groups of sandbox roots: ones this monitor watches or saw end, or a process that
@@ -126,7 +126,7 @@ class MonitorActor(OrphanWatch, HostActor):
             if isinstance(pgid, int) and (pgid in roots or _is_root_here(pgid)):
                 kill_group(pgid)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         """Sample everything, enforce limits, schedule the next round."""
         if msg.payload == ORPHAN_CHECK:
             if self.orphaned():
@@ -217,7 +217,7 @@ class MonitorActor(OrphanWatch, HostActor):
             return
         self.send(self.admin, m.Sample(sandbox_id, name, limit, round(value, 3), maximum))
 
-    def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: Any) -> None:
         """Sample one sandbox now and answer ``ResourceUsage``."""
         entry = self.watched.get(msg.sandbox_id)
         actors = []

@@ -76,7 +76,7 @@ class NodeActor(HostActor):
         """The boot to answer: token, requester, join deadline (monotonic)."""
         self._ticking = False
 
-    def receiveMsg_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:
         """Claim the system, start the watchdog, and wait for the leader's registration."""
         if self.token is not None and self.token != msg.token:
             pid = self.command[0] if self.command else "?"
@@ -97,7 +97,7 @@ class NodeActor(HostActor):
 
     def receiveMsg_ActorSystemConventionUpdate(
         self,
-        msg: ActorSystemConventionUpdate,  # noqa: N802
+        msg: ActorSystemConventionUpdate,
         sender: Any,
     ) -> None:
         """The leader registered with this system: the node has joined."""
@@ -117,7 +117,7 @@ class NodeActor(HostActor):
             self._ticking = True
             self.wakeupAfter(_WATCH_INTERVAL)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         """Tick: is the node command still alive?  Has the join waited long enough?"""
         self._ticking = False
         if self.command is not None and not process_alive(*self.command):

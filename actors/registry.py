@@ -69,12 +69,12 @@ class RegistryActor(HostActor):
         super().__init__(*args, **kwargs)
         self.store: VersionStore | None = None
 
-    def receiveMsg_OpenRegistry(self, msg: OpenRegistry, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_OpenRegistry(self, msg: OpenRegistry, sender: Any) -> None:
         """Open the store once."""
         if self.store is None:
             self.store = VersionStore(msg.path, max_versions=msg.max_versions)
 
-    def receiveMsg_RecordVersions(self, msg: RecordVersions, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_RecordVersions(self, msg: RecordVersions, sender: Any) -> None:
         """Register versions (deduplicated by checksum) and optionally make them current."""
         for module, source, checksum, expected in msg.entries:
             try:
@@ -98,7 +98,7 @@ class RegistryActor(HostActor):
             except PluginHostError:
                 log.exception("registry: recording %s/%s failed", msg.sandbox_id, module)
 
-    def receiveMsg_RecordOutcome(self, msg: RecordOutcome, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_RecordOutcome(self, msg: RecordOutcome, sender: Any) -> None:
         """Mark a version current (with its event) or failed (with the reason)."""
         try:
             if msg.ok:
@@ -120,7 +120,7 @@ class RegistryActor(HostActor):
         except PluginHostError:
             log.exception("registry: recording the outcome for %s/%s failed", msg.sandbox_id, msg.module)
 
-    def receiveMsg_RegistryQuery(self, msg: RegistryQuery, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_RegistryQuery(self, msg: RegistryQuery, sender: Any) -> None:
         """Answer a version query for the admin's caller."""
         request, store = msg.request, self.store
         try:
@@ -136,7 +136,7 @@ class RegistryActor(HostActor):
             value = exc
         self.reply(msg.reply_to, value, request.corr)
 
-    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         """Close the store when the system shuts down."""
         if self.store is not None:
             self.store.close()

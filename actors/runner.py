@@ -21,7 +21,7 @@ __all__ = ["RunnerActor"]
 class RunnerActor(HostActor):
     """Runs one ``Run`` request and exits."""
 
-    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:
         """Call ``fn()`` and answer ``Ok(value)`` (a Blob unless plain data) or ``Failed(PluginError)``."""
         try:
             value = msg.fn.load()()

@@ -111,7 +111,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         if self.multiprocess:
             new_process_group()
 
-    def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: Any) -> None:
         """Take this incarnation's key (and only it), then load the sandbox's code and start the tree."""
         keys = _wire.process_keys()
         if keys is not None and keys.is_host:
@@ -195,7 +195,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             ),
         )
 
-    def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:
         """A child of the tree (re)started: update the directory and tell everyone."""
         self.infos[msg.name] = ChildInfo(
             msg.name,
@@ -222,7 +222,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         if msg.restarts:
             self._event("restarted", msg.name, f"restart #{msg.restarts}", pid=msg.pid)
 
-    def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: Any) -> None:
         """A child of the tree stopped or crashed."""
         if msg.restarting:
             self.restart_count += 1
@@ -249,20 +249,20 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     def _event(self, kind: str, actor: str, reason: str, **details: Any) -> None:
         self.send(self.admin, m.TreeEvent(self.context.sandbox_id, kind, actor, reason, details))  # type: ignore[union-attr]
 
-    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:
         """An event an actor of the tree reports itself (a limit it enforced): on to the admin."""
         self.send(self.admin, msg)
 
-    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:
         """A worker's audit records: on to the admin, which keeps the sandbox's log."""
         self.send(self.admin, msg)
 
-    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:
         """Message counts from a supervisor: keep them and tell the admin."""
         self.message_counts.update(msg.messages)
         self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id))  # type: ignore[union-attr]
 
-    def receiveMsg_CountMessages(self, msg: m.CountMessages, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_CountMessages(self, msg: m.CountMessages, sender: Any) -> None:
         """Ask every live actor how many messages it handled; answer once all did, or after ``COUNT_WAIT``."""
         waiting = set(self.live)
         self._counting[msg.corr] = waiting
@@ -273,7 +273,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         else:
             self._counted(msg.corr)
 
-    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:
         """A heartbeat answer from a child, or a count from any actor of the tree."""
         super().receiveMsg_Pong(msg, sender)
         entry = self.live.get(msg.name)
@@ -291,7 +291,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         if entry is not None:  # anyone still busy keeps the figure it last gave
             self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id, corr))  # type: ignore[union-attr]
 
-    def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:
         """Deliver a message for a named actor, holding it while that actor (re)starts."""
         entry = self.live.get(msg.name)
         if entry is not None:
@@ -315,7 +315,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
 
     # -- Host.run ----------------------------------------------------------------------------
 
-    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:
         """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
         limit = self.context.limits.max_actors if self.context else None
         if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
@@ -336,7 +336,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.send(runner, attrs.evolve(msg, reply_to=msg.reply_to or sender))
         self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("run", msg.corr))
 
-    def receiveMsg_RunDone(self, msg: m.RunDone, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_RunDone(self, msg: m.RunDone, sender: Any) -> None:
         """A runner finished; it exits by itself."""
         self._runners = [r for r in self._runners if r[2].corr != msg.corr]
 

@@ -97,7 +97,7 @@ class SupervisorActor(SandboxMember):
 
     # -- start ---------------------------------------------------------------------------
 
-    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:
         """Started as a nested supervisor by its parent."""
         self.context, self.parent = msg.context, sender
         self.actor_name, self.incarnation = msg.name, msg.incarnation
@@ -147,7 +147,7 @@ class SupervisorActor(SandboxMember):
                 return child
         return None
 
-    def receiveMsg_Started(self, msg: m.Started, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Started(self, msg: m.Started, sender: Any) -> None:
         """A child finished ``init``."""
         child = self._find(msg.name, msg.incarnation)
         if child is None or child.status != "starting":
@@ -176,13 +176,13 @@ class SupervisorActor(SandboxMember):
         """Hook: every child runs.  A nested supervisor tells its parent."""
         self.send(self.parent, m.Started(self.actor_name, self.incarnation))
 
-    def receiveMsg_StartFailed(self, msg: m.StartFailed, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_StartFailed(self, msg: m.StartFailed, sender: Any) -> None:
         """A child's ``init`` raised; it exits next."""
         child = self._find(msg.name, msg.incarnation)
         if child is not None:
             child.exit_reason, child.normal_exit = msg.reason, False
 
-    def receiveMsg_Exiting(self, msg: m.Exiting, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Exiting(self, msg: m.Exiting, sender: Any) -> None:
         """A child says why it is about to exit; it runs no plugin code any more.
 
         A crashed worker is replaced at once instead of after Thespian reports its exit:
@@ -196,7 +196,7 @@ class SupervisorActor(SandboxMember):
             self._gone(child)
             self._crashed(child, msg.reason, msg.normal)
 
-    def receiveMsg_SupervisorFailed(self, msg: m.SupervisorFailed, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_SupervisorFailed(self, msg: m.SupervisorFailed, sender: Any) -> None:
         """A nested supervisor gave up; its exit counts as a crash."""
         for child in self.children:
             if child.spec.name == msg.name and child.alive:
@@ -204,7 +204,7 @@ class SupervisorActor(SandboxMember):
 
     # -- exits ---------------------------------------------------------------------------
 
-    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         """Thespian reports a child process gone: decide what to do about it."""
         child = next((c for c in self.children if c.alive and c.address == msg.childAddress), None)
         if child is None:
@@ -317,7 +317,7 @@ class SupervisorActor(SandboxMember):
         self.phase = "stopped"
         self.send(self.myAddress, ActorExitRequest())
 
-    def receiveMsg_Stop(self, msg: m.Stop, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Stop(self, msg: m.Stop, sender: Any) -> None:
         """Stop every child, last started first, then report."""
         self._shut_down_all("stopping", msg.reason)
 
@@ -343,7 +343,7 @@ class SupervisorActor(SandboxMember):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.context.heartbeat_interval), payload="heartbeat")
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         """Heartbeat tick: kill children that stopped answering, ping the others."""
         if msg.payload != "heartbeat":
             self.on_wakeup(msg.payload)
@@ -382,20 +382,20 @@ class SupervisorActor(SandboxMember):
         except ProcessLookupError:
             pass
 
-    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:
         """A child answered a heartbeat."""
         child = self._find(msg.name, msg.incarnation)
         if child is not None:
             child.last_heard, child.messages = time.monotonic(), msg.messages
 
-    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:
         """Supervisors run no plugin code: a call to one is a caller's mistake."""
         self.send(
             msg.reply_to or sender,
             Failed(BadRequestError(f"{msg.name!r} is a supervisor; supervisors do not handle calls"), msg.corr),
         )
 
-    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:
         """A reload committed: children this supervisor restarts from now on run the new code."""
         try:
             Staged(msg.sources, msg.order, msg.environment)

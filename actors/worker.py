@@ -25,10 +25,10 @@ from plugin_host.messages import Call, Cast, Failed, Ok, pack, unblob
 
 from . import _inflight
 from . import _messages as m
-from ._codeswap import Staged
 from ._audit import Auditor
-from ._limits import CpuBudget, apply_rlimits
 from ._base import SandboxMember, describe_exception, plugin_error
+from ._codeswap import Staged
+from ._limits import CpuBudget, apply_rlimits
 from ._spec import ChildSpec
 from .plugin import Plugin
 
@@ -89,7 +89,7 @@ class WorkerActor(SandboxMember):
 
     # -- start --------------------------------------------------------------------
 
-    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:
         """Become the named actor: build the plugin and run its ``init``."""
         self.context, self.parent = msg.context, sender
         self.actor_name, self.incarnation = msg.name, msg.incarnation
@@ -120,7 +120,7 @@ class WorkerActor(SandboxMember):
 
     # -- requests ------------------------------------------------------------------
 
-    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:
         """Run ``handle_call`` and answer ``Ok(reply)`` (a Blob unless plain data) or ``Failed``."""
         reply_to = msg.reply_to or sender
         if not self._accepts(msg):
@@ -155,12 +155,12 @@ class WorkerActor(SandboxMember):
             self.send(reply_to, Ok(payload, msg.corr))
         self._after_callback()
 
-    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:
         """Run ``handle_cast``."""
         if self._accepts(msg):
             self._run_callback("handle_cast", unblob(msg.message))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         """Deliver a ``send_after`` timer to ``handle_info``; expire a forgotten reload."""
         payload = msg.payload
         if isinstance(payload, tuple) and len(payload) == 2 and payload[0] == "plugin":
@@ -168,7 +168,7 @@ class WorkerActor(SandboxMember):
         elif isinstance(payload, tuple) and payload[0] == "reload":
             self.receiveMsg_AbortCode(m.AbortCode(payload[1]), sender)
 
-    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
+    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         """Any other message (from another actor) goes to ``handle_info``."""
         if type(message).__module__.startswith("thespian."):
             return
@@ -176,7 +176,7 @@ class WorkerActor(SandboxMember):
 
     # -- supervision plumbing ----------------------------------------------------------
 
-    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         """Stopped by the supervisor (or exiting on our own): run ``terminate`` once."""
         if self.plugin is not None and not self.dead:
             self.dead = True
@@ -255,14 +255,14 @@ class WorkerActor(SandboxMember):
 
     # -- hot reload ------------------------------------------------------------------------
 
-    def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 (Thespian API)
+    def receiveMessage(self, message: Any, sender: Any) -> Any:
         """While a reload is prepared, hold plugin messages: the new code will handle them."""
         if self._prepared is not None and _is_plugin_traffic(message):
             self._held.append((message, sender))
             return None
         return super().receiveMessage(message, sender)
 
-    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:
         """Load new code; migrate the state with ``code_change`` (or the caller's state handler)."""
         try:
             staged = Staged(msg.sources, msg.order, msg.environment)
@@ -313,14 +313,14 @@ class WorkerActor(SandboxMember):
         if swap is not None:
             self.plugin, self.state = swap
 
-    def receiveMsg_CommitCode(self, msg: m.CommitCode, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_CommitCode(self, msg: m.CommitCode, sender: Any) -> None:
         """Switch to the prepared code and state, then handle what arrived meanwhile."""
         if self._prepared is not None and self._prepared[0] == msg.reload_id:
             _, _, swap = self._prepared
             self._swap(swap)
             self._release()
 
-    def receiveMsg_AbortCode(self, msg: m.AbortCode, sender: Any) -> None:  # noqa: N802
+    def receiveMsg_AbortCode(self, msg: m.AbortCode, sender: Any) -> None:
         """Keep the old code and state."""
         if self._prepared is not None and self._prepared[0] == msg.reload_id:
             self._prepared[1].abort()

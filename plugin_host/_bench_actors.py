@@ -41,7 +41,7 @@ class Echo(Actor):
         super().__init__(*args, **kwargs)
         self.ticks = 0
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802 - Thespian API
+    def receiveMessage(self, message: Any, sender: Any) -> None:
         """Handle one message."""
         if message == "pid":
             self.send(sender, os.getpid())
@@ -61,7 +61,7 @@ class RemoteEcho(Echo):
     """
 
     @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:  # noqa: N802
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:
         """Whether a system with ``capabilities`` may run this actor for ``requirements``."""
         return all(capabilities.get(key) == value for key, value in (requirements or {}).items())
 
@@ -73,7 +73,7 @@ class Sink(Actor):
         super().__init__(*args, **kwargs)
         self.count, self.t0, self.t_last = 0, 0.0, 0.0
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802 - Thespian API
+    def receiveMessage(self, message: Any, sender: Any) -> None:
         """Handle one message."""
         if isinstance(message, tuple) and message[0] == "tick":
             self.count += 1
@@ -88,7 +88,7 @@ class Sink(Actor):
 class Sender(Actor):
     """On ``("burst", n, sink)``, sends ``n`` ticks to ``sink`` from one handler, then answers."""
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802 - Thespian API
+    def receiveMessage(self, message: Any, sender: Any) -> None:
         """Handle one message."""
         if isinstance(message, tuple) and message[0] == "burst":
             _, count, sink = message
@@ -113,7 +113,7 @@ class RawParent(Actor):
         self.waiting: list[tuple[Any, int]] = []
         self.stopping = False
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802 - Thespian API
+    def receiveMessage(self, message: Any, sender: Any) -> None:
         """Handle one message."""
         if isinstance(message, ChildActorExited):
             self._replace(message.childAddress)

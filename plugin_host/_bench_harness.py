@@ -29,6 +29,8 @@ from .errors import PluginHostError
 if TYPE_CHECKING:  # the host loads only when a bench runs: `plugin-host --help` stays fast
     from .host import Host
 
+__all__ = ["Row"]
+
 _T = TypeVar("_T")
 
 

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 import psutil
 
 from . import _launcher
-from ._launcher import apply_bind_patch
 from ._bench_harness import _BenchError, _wait
+from ._launcher import apply_bind_patch
 
 __all__ = ["_Node", "_RawConvention"]
 

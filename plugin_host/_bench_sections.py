@@ -26,6 +26,8 @@ from .errors import PluginError
 if TYPE_CHECKING:  # the host loads only when a bench runs
     from .host import Host
 
+__all__ = ["MIB", "THREADS"]
+
 MIB = 1024 * 1024
 """Bytes in a MiB (the memory rows' unit)."""
 
@@ -437,7 +439,8 @@ def _reload(b: _Bench) -> list[Row]:
         folder, code = b.fleet(size)
         with b.sandbox(f"bench-{name}", "root:Root", folder=folder) as sid:
             before = b.host.call(sid, "c0", "inc")
-            samples = b.timed(count, lambda: _updated(b.host.hot_reload(sid, code[(next(turn) + 1) % 2]), size))
+            reload = functools.partial(_reload_once, b.host, sid, code, turn, size)
+            samples = b.timed(count, reload)
             _expect(b.host.call(sid, "c0", "inc"), before + 1)  # state kept across every reload
         note = "quick mode: 20 actors (full mode: 100)" if size == 20 else "variants a/b alternate; state kept"
         rows.append(
@@ -451,6 +454,11 @@ def _reload(b: _Bench) -> list[Row]:
             )
         )
     return rows
+
+
+def _reload_once(host: Host, sandbox_id: str, code: Any, turn: Iterator[int], size: int) -> Any:
+    """One timed reload of the fleet's next variant (a and b alternate)."""
+    return _updated(host.hot_reload(sandbox_id, code[(next(turn) + 1) % 2]), size)
 
 
 def _updated(result: Any, size: int) -> Any:
@@ -603,7 +611,7 @@ def _lost(b: _Bench) -> list[Row]:
             thread.join(60)
         final = b.host.call(sid, "c0", "inc")
     sequence = [*replies, final]
-    bad = len(errors) + sum(1 for before, now in zip([0, *sequence], sequence) if now != before + 1)
+    bad = len(errors) + sum(1 for before, now in zip([0, *sequence], sequence, strict=False) if now != before + 1)
     return [
         Row(
             "lost",

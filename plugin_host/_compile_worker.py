@@ -181,7 +181,7 @@ def _run_forked(channel: socket.socket, message: dict[str, str], fds: list[int],
     try:
         channel.close()  # plugin code must not reach the worker, nor keep its socket open
         os.setsid()  # its own process group: the host kills it, and all it starts, at once
-        for target, fd in zip((1, 2), fds):
+        for target, fd in zip((1, 2), fds, strict=True):
             os.dup2(fd, target)
             os.close(fd)
         payload_path = message["payload"]

@@ -12,6 +12,7 @@ tells the same story and leaves no history behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import shutil
 import tempfile
@@ -218,7 +219,7 @@ def _crash_and_restart(host: Host, samples: Path, console: Console) -> None:
                 f"call('crashy', 'crashy', {how!r}) -> [red]{type(exc).__name__}[/]: "
                 f"{escape(str(exc).splitlines()[0])}",
             )
-        _wait_for(lambda: _restarted(host, "crashy", "crashy", before.restarts), "a restart")
+        _wait_for(functools.partial(_restarted, host, "crashy", "crashy", before.restarts), "a restart")
         pid = host.call("crashy", "crashy", "pid")
         _say(
             console,
@@ -334,7 +335,7 @@ def _fail_past_intensity(host: Host, samples: Path, console: Console) -> None:
             host.call("fragile", "crashy", "raise")
         _wait_for(
             lambda: (
-                _restarted(host, "fragile", "crashy", before.restarts)
+                _restarted(host, "fragile", "crashy", before.restarts)  # noqa: B023 - called within this turn
                 or host.get_sandbox_info("fragile").status == "failed"
             ),
             "a restart or a failure",

@@ -82,7 +82,7 @@ class EventListener:
         for callback in callbacks:
             try:
                 callback(event)
-            except Exception:  # noqa: BLE001 - one bad subscriber must not silence the others
+            except Exception:
                 log.exception("an event callback raised")
 
     def close(self) -> None:

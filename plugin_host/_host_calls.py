@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 from actors import _messages as m
 
 from . import _wire
+from ._system import DEAD, ActorSystemHandle
 from .errors import (
     ActorNotFoundError,
     CallTimeoutError,
@@ -30,7 +31,6 @@ from .messages import (
     pack,
     unblob,
 )
-from ._system import DEAD, ActorSystemHandle
 
 if TYPE_CHECKING:
     from .config import HostConfig

@@ -14,8 +14,8 @@ from .codeload import CodeTable
 from .errors import HotReloadError, PluginHostError
 from .messages import (
     BatchHotReload,
-    Failed,
     Blob,
+    Failed,
     GetModuleVersion,
     GetVersionHistory,
     HotReload,

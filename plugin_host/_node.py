@@ -126,9 +126,8 @@ def _check_leader_accepts(config: Any) -> None:
     import attrs
 
     from . import _statedir, _wire
-    from .errors import CredentialError, HostStartError
-
     from ._system import port_in_use
+    from .errors import CredentialError, HostStartError
 
     leader = config.convention_leader
     address, _, port = leader.rpartition(":")

@@ -1,8 +1,8 @@
 """Operator access to a host that runs in another process, through its admin port.
 
 The ``status``, ``destroy``, ``reload``, ``rollback`` and ``history`` commands attach to the
-actor system a ``Host`` already runs and speak the ``plugin_host.messages`` protocol to its admin actor.  They never start that
-system and never shut it down: closing an :class:`AdminClient` only detaches from it.
+actor system a ``Host`` already runs and speak the ``plugin_host.messages`` protocol to its admin
+actor.  They never start that system and never shut it down: closing an :class:`AdminClient` only detaches from it.
 
 An operator holds the host's credential, as an Erlang node holds the cookie and a Jupyter client
 the connection file: the ``state_dir`` a host runs with names it (``run/<port>.json``, mode
@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import attrs
 
 from . import __version__, _statedir, compiler
+from ._system import DEAD, ActorSystemHandle
 from .config import HostConfig
 from .errors import CallTimeoutError, HostClosedError, HostStartError, PluginHostError
 from .messages import (
@@ -38,7 +39,6 @@ from .messages import (
     Request,
     RollbackModule,
 )
-from ._system import DEAD, ActorSystemHandle
 from .values import (
     Artifact,
     AuditRecord,
@@ -123,7 +123,7 @@ class AdminClient:
         except PluginHostError:
             self._system.detach()
             raise
-        except Exception as exc:  # noqa: BLE001 - Thespian raises its own types for a bad peer
+        except Exception as exc:
             self._system.detach()
             raise HostStartError(f"cannot reach a plugin host on port {self.port}: {exc}", port=self.port) from exc
 

@@ -14,16 +14,14 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import uuid
 import weakref
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-from datetime import timedelta
 
 import attrs
 import psutil

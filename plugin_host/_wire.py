@@ -155,7 +155,7 @@ def host_key_from_cookie(cookie: bytes) -> bytearray:
     return bytearray(hmac.digest(cookie, _HOST_LABEL, "sha256"))
 
 
-class Rejected(Exception):
+class Rejected(Exception):  # noqa: N818 - a refusal the transport counts, named as the README names it
     """A frame was dropped: ``unauthenticated`` (no key of ours made its tag), ``refused`` (content a
     sandbox may not send), or ``ignored`` (a Thespian message a sandbox's runtime sends by itself)."""
 
@@ -957,7 +957,7 @@ def install() -> None:
         with keys_for_new_systems(getattr(self, "_ph_keys", None)):
             return originals["clone"](self)
 
-    def _handleOneMessage(self: Any, envelope: Any) -> Any:  # noqa: N802 (Thespian's name)
+    def _handleOneMessage(self: Any, envelope: Any) -> Any:
         previous = getattr(_local, "principal", None)
         _local.principal = getattr(envelope, "_ph_principal", None)
         try:
@@ -968,13 +968,13 @@ def install() -> None:
     def _pendingActorReady(
         self: Any,
         childInstance: Any,
-        actualAddress: Any,  # noqa: N802,N803
+        actualAddress: Any,
         isMyChild: bool = True,
-    ) -> Any:  # noqa: N803
+    ) -> Any:
         _quietly(lambda: _keys_of(self).child_ready(childInstance, actualAddress))
         return originals["ready"](self, childInstance, actualAddress, isMyChild)
 
-    def h_PendingActor(self: Any, envelope: Any) -> Any:  # noqa: N802 (Thespian's name)
+    def h_PendingActor(self: Any, envelope: Any) -> Any:
         # A system's admin creating an actor another admin asked for (a sandbox root on a convention
         # member): the request carries the root's key id, so the child takes its key at fork and what
         # this admin sends it is signed for it.
@@ -989,11 +989,11 @@ def install() -> None:
                 keys.expect_child(instance, principal)
         return result
 
-    def admin_pending_ready(self: Any, childInstance: Any, actualAddress: Any) -> Any:  # noqa: N803
+    def admin_pending_ready(self: Any, childInstance: Any, actualAddress: Any) -> Any:
         _quietly(lambda: _keys_of(self).child_ready(childInstance, actualAddress))
         return originals["admin_ready"](self, childInstance, actualAddress)
 
-    def _handleChildExited(self: Any, childAddress: Any) -> Any:  # noqa: N802,N803
+    def _handleChildExited(self: Any, childAddress: Any) -> Any:
         _quietly(lambda: _keys_of(self).forget(childAddress))  # its port may serve someone else next
         return originals["exited"](self, childAddress)
 
@@ -1106,7 +1106,7 @@ def _bounded_receive_buffer() -> type:
                 self._release()  # whole: it is the frame's receiver's memory now, not a stranger's
             return super().completed()
 
-        def addMore(self, buf: bytes) -> None:  # noqa: N802 (Thespian's name)
+        def addMore(self, buf: bytes) -> None:
             if self._size is not None:
                 if len(self._buf) == self._size:
                     self._extra += buf
@@ -1183,7 +1183,7 @@ def _decode(keys: Keyring | None, buffer: Any) -> tuple[Principal | None, Any]:
 def _added_data_to_incoming(
     self: Any,
     inc: Any,
-    skipFinish: bool = False,  # noqa: N803 (Thespian's names)
+    skipFinish: bool = False,
     has_exclusive_flag: bool = False,
 ) -> Any:
     """``TCPTransport._addedDataToIncoming`` (Thespian 4.0.1), with the frame checked before it is decoded."""

@@ -13,6 +13,11 @@ import psutil
 from actors import _messages as m
 from actors.admin import AdminActor
 
+from . import deps
+from ._events import EventListener, Subscription
+from ._host_calls import _ADMIN_SLACK, CallMethods
+from ._host_reload import ReloadMethods
+from ._system import DEAD, ActorSystemHandle
 from .config import HostConfig, ResourceLimits
 from .errors import (
     CallTimeoutError,
@@ -40,11 +45,6 @@ from .messages import (
     Request,
     RestartSandbox,
 )
-from . import deps
-from ._events import EventListener, Subscription
-from ._host_calls import _ADMIN_SLACK, CallMethods
-from ._host_reload import ReloadMethods
-from ._system import DEAD, ActorSystemHandle
 from .values import AuditRecord, Event, NodeInfo, ResourceUsage, SandboxInfo
 
 __all__ = ["Host"]

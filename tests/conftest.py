@@ -8,6 +8,7 @@ process whose command line names it after the test is a leak, and fails the test
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -92,10 +93,8 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def terminate(proc: "subprocess.Popen[bytes]", timeout: float = 15.0) -> None:
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     """SIGTERM a process this test started, as an operator would; SIGKILL it if it does not stop in time."""
-    import subprocess
-
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -16,9 +16,9 @@ from typing import Any
 
 import attrs
 import pytest
+from conftest import ROOT
 
 from actors._audit import PROFILES, Auditor
-from conftest import ROOT
 from plugin_host.errors import ConfigError
 
 _SCRIPT = """\

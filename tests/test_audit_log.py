@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 
 from plugin_host import Host
 from plugin_host.errors import PluginError
-
-from conftest import eventually
 
 AUDIT = os.path.join(os.path.dirname(__file__), "plugins", "audit")
 SLY = os.path.join(os.path.dirname(__file__), "plugins", "sly")

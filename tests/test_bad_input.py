@@ -21,11 +21,11 @@ from typing import Any, Iterator
 
 import attrs
 import pytest
+from conftest import sample
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from plugin_host import Host, HostConfig
-from plugin_host import compiler
+from plugin_host import Host, HostConfig, compiler
 from plugin_host import messages as msgs
 from plugin_host.config import PLUGIN_VALUES, SECURITY_PROFILES, SUPPORTED_BASES, ResourceLimits
 from plugin_host.errors import (
@@ -38,8 +38,6 @@ from plugin_host.errors import (
     SandboxNotFoundError,
 )
 from plugin_host.values import Artifact
-
-from conftest import sample
 
 with warnings.catch_warnings():
     # Hypothesis imports this (and libcst, which warns on import) only to report a failure;

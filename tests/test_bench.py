@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, processes_naming
+
 from plugin_host.bench import ROWS, TARGETS, Target, evaluate_targets
 
 

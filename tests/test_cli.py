@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SAMPLES, eventually, pid_alive, sample
 from rich.console import Console
 
 from plugin_host import Host, _status, cli
@@ -23,8 +24,6 @@ from plugin_host._system import free_port
 from plugin_host.cli import main
 from plugin_host.messages import Blob, Call, unblob
 from plugin_host.values import SandboxInfo
-
-from conftest import ROOT, SAMPLES, eventually, pid_alive, sample
 
 AUDIT = ROOT / "tests" / "plugins" / "audit"
 
@@ -153,7 +152,8 @@ def test_status_json_lists_the_sandboxes_of_a_running_host(
 
 
 def actor_rows(out: str, sandbox_id: str) -> dict[str, list[str]]:
-    """The rows of sandbox ``sandbox_id`` in a status table, by actor: [pid, rss MiB, cpu s, messages, restarts, version, node]."""
+    """The rows of sandbox ``sandbox_id`` in a status table, by actor:
+    [pid, rss MiB, cpu s, messages, restarts, version, node]."""
     rows = [line.split() for line in out.splitlines()]
     return {row[2]: row[3:] for row in rows if len(row) == 10 and row[0] == sandbox_id}
 

@@ -14,12 +14,11 @@ from typing import Iterator
 
 import psutil
 import pytest
+from conftest import SAMPLES, eventually, pid_alive, processes_naming
 
 from plugin_host import Host, HostConfig
 from plugin_host.compiler import CompilePool, compile_sandbox
 from plugin_host.errors import CompilationError, CompilationTimeoutError
-
-from conftest import SAMPLES, eventually, pid_alive, processes_naming
 
 
 @pytest.fixture

@@ -19,6 +19,10 @@ from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
+from conftest import eventually, sample, terminate
+from test_deps import _write_wheel
+from test_deps_host import plugin_folder
+from test_reload import counter, make_folder
 
 from plugin_host import Host, HostConfig, _wire
 from plugin_host.cli import main
@@ -31,11 +35,6 @@ from plugin_host.errors import (
     SandboxStartError,
 )
 from plugin_host.values import Event
-
-from conftest import eventually, sample, terminate
-from test_deps import _write_wheel
-from test_deps_host import plugin_folder
-from test_reload import counter, make_folder
 
 NODE_TIMEOUT = 2.0
 

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import psutil
 import pytest
+from conftest import eventually
 
 from plugin_host import deps
 from plugin_host.cli import main
@@ -31,8 +32,6 @@ from plugin_host.deps import (
     read_requirements,
 )
 from plugin_host.errors import DependencyError
-
-from conftest import eventually
 
 
 def _write_wheel(folder: Path, version: str) -> Path:

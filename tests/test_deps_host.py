@@ -8,11 +8,10 @@ from pathlib import Path
 
 import attrs
 import pytest
+from test_deps import _write_wheel
 
 from plugin_host import Host, HostConfig
 from plugin_host.errors import DependencyError
-
-from test_deps import _write_wheel
 
 
 def plugin_folder(path: Path, requirement: str) -> str:

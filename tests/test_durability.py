@@ -8,16 +8,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from conftest import eventually, pid_alive
 
 from plugin_host import Host, HostConfig
 from plugin_host.store import VersionStore
-
-from conftest import eventually, pid_alive
 
 ROOT = """
 from actors import ChildSpec, Supervisor

@@ -7,11 +7,10 @@ import queue
 import signal
 
 import pytest
+from conftest import sample
 
 from plugin_host import Event, Host
 from plugin_host.errors import PluginError
-
-from conftest import sample
 
 
 def next_kinds(events: queue.Queue[Event], count: int) -> list[tuple[str, str]]:

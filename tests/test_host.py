@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import eventually, pid_alive, sample
 
 from plugin_host import Host, HostConfig, SandboxInfo
 from plugin_host.errors import (
@@ -22,8 +23,6 @@ from plugin_host.errors import (
     SandboxNotFoundError,
     SandboxStartError,
 )
-
-from conftest import eventually, pid_alive, sample
 
 STRATEGIES = os.path.join(os.path.dirname(__file__), "plugins", "strategies")
 

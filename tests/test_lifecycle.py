@@ -11,14 +11,13 @@ import textwrap
 import threading
 from pathlib import Path
 
-import psutil
 import attrs
+import psutil
 import pytest
+from conftest import eventually, pid_alive, sample
 
 from plugin_host import Host, HostConfig
-from plugin_host.errors import CallTimeoutError, HostClosedError, HostStartError, PluginError
-
-from conftest import eventually, pid_alive, sample
+from plugin_host.errors import CallTimeoutError, HostClosedError, HostStartError, PluginError, PluginHostError
 
 STRATEGIES = os.path.join(os.path.dirname(__file__), "plugins", "strategies")
 
@@ -36,7 +35,9 @@ def test_close_ends_every_process_even_hung_and_stubborn_ones(config: HostConfig
 
         host.create_sandbox("stubborn", Stubborn)
         hung = host.call("w", "a", "pid")
-        caller = threading.Thread(target=lambda: pytest.raises(Exception, host.call, "w", "a", "hang", timeout=30))
+        caller = threading.Thread(
+            target=lambda: pytest.raises(PluginHostError, host.call, "w", "a", "hang", timeout=30)
+        )
         caller.start()
         pids = tree_pids(host)
         assert hung in pids and len(pids) >= 8

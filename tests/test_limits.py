@@ -10,12 +10,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import eventually, pid_alive, sample
 
 from actors.monitor import HISTORY
 from plugin_host import Event, Host, HostConfig, ResourceLimits
 from plugin_host.errors import LimitExceededError, OverloadedError, PluginError, SandboxStartError
-
-from conftest import eventually, pid_alive, sample
 
 LIMITS = os.path.join(os.path.dirname(__file__), "plugins", "limits")
 

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
-from plugin_host.values import Artifact, Event
 import pytest
 
 from plugin_host import messages
 from plugin_host.errors import BadRequestError, SandboxNotFoundError
 from plugin_host.messages import Blob, CreateSandbox, Failed, Ok, Request, unblob
+from plugin_host.values import Artifact, Event
 
 MESSAGE_CLASSES = [getattr(messages, n) for n in messages.__all__ if inspect.isclass(getattr(messages, n))]
 REQUEST_CLASSES = [c for c in MESSAGE_CLASSES if issubclass(c, Request)]

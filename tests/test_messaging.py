@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import eventually
 
 from plugin_host import Host
 from plugin_host.errors import PluginError
-
-from conftest import eventually
 
 SIBLINGS = os.path.join(os.path.dirname(__file__), "plugins", "siblings")
 

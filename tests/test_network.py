@@ -11,10 +11,9 @@ import socket
 
 import psutil
 import pytest
+from conftest import sample
 
 from plugin_host import Host, HostConfig
-
-from conftest import sample
 
 OTHER_LOCAL_ADDRESS = "127.0.0.2"
 

@@ -18,13 +18,12 @@ from typing import Any, Callable, Iterator
 import attrs
 import psutil
 import pytest
+from conftest import ROOT, eventually, processes_naming, terminate
 from thespian.actors import Actor, NoCompatibleSystemForActor
 
 from plugin_host import Host, HostConfig
 from plugin_host._system import free_port
 from plugin_host.config import NODE_CAPABILITY, PYTHON_CAPABILITY
-
-from conftest import ROOT, eventually, processes_naming, terminate
 
 TESTS = Path(__file__).resolve().parent
 
@@ -37,10 +36,10 @@ class NodeProbe(Actor):
     """
 
     @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:  # noqa: N802
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:
         return all(capabilities.get(key) == value for key, value in (requirements or {}).items())
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:  # noqa: N802
+    def receiveMessage(self, message: Any, sender: Any) -> None:
         if message == "pid":
             self.send(sender, os.getpid())
 

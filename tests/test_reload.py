@@ -11,11 +11,10 @@ from typing import Iterator
 
 import attrs
 import pytest
+from conftest import eventually
 
 from plugin_host import Event, Host, HostConfig, ReloadResult
 from plugin_host.errors import CompilationError, HotReloadError, PluginError, UnknownModuleError, VersionNotFoundError
-
-from conftest import eventually
 
 ROOT = """
 from actors import ChildSpec, Supervisor
@@ -204,7 +203,10 @@ def test_a_raising_code_change_changes_nothing(sandbox: Host) -> None:
     """All or nothing: one failing actor leaves every actor's code, state and version as they were."""
     for name in ("c1", "c2", "c3"):
         sandbox.call("s", name, "inc")
-    bad = 'if self.name == "c2":\n                    raise ValueError("cannot migrate")\n                return old_state'
+    bad = (
+        'if self.name == "c2":\n                    raise ValueError("cannot migrate")\n'
+        "                return old_state"
+    )
     with pytest.raises(HotReloadError) as caught:
         sandbox.hot_reload_source("s", counter(tag="v2", code_change=bad), module="counter")
     assert caught.value.actor == "c2" and "cannot migrate" in caught.value.cause
@@ -219,7 +221,10 @@ def test_an_actor_restarted_after_a_refused_reload_runs_the_old_code(sandbox: Ho
     """All or nothing holds after the reload too: every actor that crashes once a reload was refused comes
     back on the version the registry names current (a root that kept the staged code brought it back on
     the refused one)."""
-    bad = 'if self.name == "c2":\n                    raise ValueError("cannot migrate")\n                return old_state'
+    bad = (
+        'if self.name == "c2":\n                    raise ValueError("cannot migrate")\n'
+        "                return old_state"
+    )
     with pytest.raises(HotReloadError):
         sandbox.hot_reload_source("s", counter(tag="v2", code_change=bad), module="counter")
     for name in ("c1", "c2", "c3"):

@@ -6,11 +6,10 @@ import time
 from typing import Callable
 
 import pytest
+from conftest import SAMPLES, sample
 
 from plugin_host import Host
 from plugin_host.errors import PluginError
-
-from conftest import SAMPLES, sample
 
 SAMPLE_NAMES = sorted(p.name for p in SAMPLES.iterdir() if (p / "root.py").is_file())
 

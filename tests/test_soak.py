@@ -16,10 +16,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import sample
 
 from plugin_host import Host
-
-from conftest import sample
 
 SANDBOXES = [f"soak-{i:02d}" for i in range(20)]
 THREADS = 4

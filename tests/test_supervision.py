@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 import signal
+import time
 
 import pytest
+from conftest import eventually, pid_alive
 
 from plugin_host import Host
 from plugin_host.errors import ActorNotFoundError, PluginError, SandboxStartError
-
-from conftest import eventually, pid_alive
 
 STRATEGIES = os.path.join(os.path.dirname(__file__), "plugins", "strategies")
 

@@ -23,17 +23,17 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import attrs
 import cloudpickle
 import psutil
 import pytest
+from conftest import eventually, pid_alive, sample
 from thespian.actors import ActorAddress, ActorExitRequest
 from thespian.system.transport.IPBase import TCPv4ActorAddress
 
 from actors import _messages as m
-from conftest import eventually, pid_alive, sample
 from plugin_host import Host, HostConfig, ResourceLimits, _wire
 from plugin_host import messages as msgs
 from plugin_host.errors import ConfigError, PluginError, PluginHostError, StateDirInUseError
@@ -246,7 +246,8 @@ ATTACKER = textwrap.dedent('''
         event = getattr(message, "event", None)
         text = f"{event.kind} {event.sandbox_id}" if event is not None else str(
             getattr(message, "error", getattr(message, "value", "")))
-        return type(message).__name__, type(getattr(message, "error", None)).__name__, getattr(message, "corr", None), text
+        error = type(getattr(message, "error", None)).__name__
+        return type(message).__name__, error, getattr(message, "corr", None), text
 
 
     class Root(Supervisor):

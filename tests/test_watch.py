@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import eventually
 
 from plugin_host import Host
 from plugin_host._watch import FolderSnapshot, ReloadReport, Watcher
 from plugin_host.errors import CompilationError, HotReloadError, SandboxNotFoundError
-
-from conftest import eventually
 
 ROOT = """
 from actors import ChildSpec, Supervisor

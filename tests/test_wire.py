@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import thespian
+from conftest import ROOT
 
 from plugin_host import _wire
-from plugin_host.messages import Failed, Ok
 from plugin_host.errors import PluginError
-from conftest import ROOT
+from plugin_host.messages import Failed, Ok
 
 # sha256 of each Thespian 4.0.1 file whose internals plugin-host patches or copies (see _wire.PATCHED and
 # _launcher.apply_bind_patch).  A new Thespian must be read again before these change.
@@ -111,7 +111,7 @@ def test_a_sandbox_keyring_holds_its_own_key_only() -> None:
     with pytest.raises(ValueError):
         sandbox.seal(b"h", b"x")  # it cannot speak as the host
     with pytest.raises(ValueError):
-        sandbox.host_key
+        _ = sandbox.host_key
     assert sandbox.kid_for(object()) == alice.kid  # whatever the target, it signs as itself
 
 

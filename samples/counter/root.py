@@ -1,8 +1,8 @@
 """The counter sandbox's root supervisor."""
 
-from actors import ChildSpec, Supervisor
-
 from counter import Counter
+
+from actors import ChildSpec, Supervisor
 
 
 class Root(Supervisor):

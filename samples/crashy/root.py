@@ -1,9 +1,9 @@
 """The crashy sandbox's root: a misbehaving child next to a steady one."""
 
-from actors import ChildSpec, Supervisor
-
 from crashy import Crashy
 from steady import Steady
+
+from actors import ChildSpec, Supervisor
 
 
 class Root(Supervisor):

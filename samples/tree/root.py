@@ -8,9 +8,9 @@ root (one_for_one)
     └── api     (restarted when db or cache restarts)
 """
 
-from actors import ChildSpec, Supervisor
-
 from workers import Worker
+
+from actors import ChildSpec, Supervisor
 
 
 class Backend(Supervisor):

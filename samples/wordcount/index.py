@@ -1,8 +1,8 @@
 """The word-count index: documents in, word counts out."""
 
-from actors import Plugin
-
 from tokenizer import tokenize
+
+from actors import Plugin
 
 
 class Index(Plugin):

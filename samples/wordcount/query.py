@@ -5,9 +5,9 @@ waits for the answer), and request/reply over casts (nobody waits; the answer ar
 message and is kept in the state).
 """
 
-from actors import Plugin
-
 from tokenizer import tokenize
+
+from actors import Plugin
 
 
 class Query(Plugin):

@@ -1,9 +1,9 @@
 """The word-count sandbox: an index and a query front end, side by side."""
 
-from actors import ChildSpec, Supervisor
-
 from index import Index
 from query import Query
+
+from actors import ChildSpec, Supervisor
 
 
 class Root(Supervisor):

@@ -21,11 +21,10 @@ from typing import Any, Callable, Iterator
 
 import attrs
 import pytest
+from conftest import eventually, pid_alive
 
 from plugin_host import Host, HostConfig
 from plugin_host.errors import HotReloadError, PluginError, PluginHostError
-
-from conftest import eventually, pid_alive
 
 CHAOS_SECONDS = float(os.environ.get("PLUGIN_HOST_CHAOS_SECONDS", "40"))
 SEED = int(os.environ.get("PLUGIN_HOST_CHAOS_SEED") or random.SystemRandom().randrange(1 << 32))
@@ -158,7 +157,7 @@ def load(chaos: Chaos, index: int, stop: threading.Event) -> None:
     while not stop.is_set():
         key = (rng.choice(SANDBOXES), rng.choice(WORKERS))
         reply, error = chaos.timed(
-            f"load{index} {key}", LOAD_TIMEOUT, lambda: chaos.host.call(*key, "inc", timeout=LOAD_TIMEOUT)
+            f"load{index} {key}", LOAD_TIMEOUT, lambda key=key: chaos.host.call(*key, "inc", timeout=LOAD_TIMEOUT)
         )
         with chaos.lock:
             chaos.calls += 1
@@ -298,7 +297,7 @@ def chaos_host(config: HostConfig) -> Iterator[Host]:
 
 
 def run_schedule(chaos: Chaos) -> None:
-    actions, weights = zip(*ACTIONS)
+    actions, weights = zip(*ACTIONS, strict=True)
     end = time.monotonic() + CHAOS_SECONDS
     while time.monotonic() < end:
         chaos.rng.choices(actions, weights)[0](chaos)

@@ -27,10 +27,11 @@ def read_frame(sock, buf):
 
 
 def hijack(admin_port, victim_port, own_id, seconds):
-    from plugin_host import _wire
-    from plugin_host.messages import GetSandboxInfo
     from thespian.actors import ActorAddress
     from thespian.system.transport.IPBase import TCPv4ActorAddress
+
+    from plugin_host import _wire
+    from plugin_host.messages import GetSandboxInfo
 
     keys = _wire.process_keys()
     claimed = ActorAddress(TCPv4ActorAddress("127.0.0.1", victim_port, external=True))
@@ -62,9 +63,10 @@ class Hijacker(Plugin):
 
 def send_as_others(admin_port, messages):
     """Send each message to the admin on a connection of its own, each naming a made-up address as its sender."""
-    from plugin_host import _wire
     from thespian.actors import ActorAddress
     from thespian.system.transport.IPBase import TCPv4ActorAddress
+
+    from plugin_host import _wire
 
     keys = _wire.process_keys()
     for number, message in enumerate(messages):

@@ -1,7 +1,6 @@
 """A plugin that races sandbox roots as they start: it sends each new listening port a StartChild whose
 spec runs code when unpickled (the review's attack on a root that still held the host key)."""
 
-import os
 import pickle
 import socket
 import threading
@@ -37,8 +36,8 @@ def listening():
 
 
 def race(me, marker, seconds):
-    from plugin_host import _wire
     from actors import _messages as m
+    from plugin_host import _wire
 
     keys = _wire.process_keys()
     message = m.StartChild(m.SandboxContext("x", None, 1.0, 1.0, 1.0), "x", 1, pickle.dumps(Evil(marker)))

@@ -1,8 +1,8 @@
 """Supervision trees used by the tests, one per strategy."""
 
-from actors import ChildSpec, Supervisor
-
 from workers import Worker
+
+from actors import ChildSpec, Supervisor
 
 
 def three(restart="permanent"):
