@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -10,11 +11,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import types
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
+from plugin_host import store as store_module
 from plugin_host.errors import BadRequestError, PluginHostError, UnknownModuleError, VersionNotFoundError
 from plugin_host.store import SCHEMA_VERSION, VersionStore, sha256_of
 
@@ -203,8 +206,12 @@ def test_a_file_that_is_not_a_database_raises_the_base_error(tmp_path: Path) -> 
     """Opening garbage fails with PluginHostError naming the file, not a raw sqlite error."""
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not sqlite " * 100)
-    with pytest.raises(PluginHostError, match="junk.sqlite"):
+    with pytest.raises(PluginHostError, match="junk.sqlite: open failed") as caught:
         VersionStore(junk)
+    assert getattr(caught.value, "path", None) == str(junk)
+    with pytest.raises(PluginHostError, match="cannot open version store") as caught:
+        VersionStore(tmp_path)  # a folder
+    assert getattr(caught.value, "path", None) == str(tmp_path)
 
 
 def test_a_store_written_by_a_newer_release_is_refused(db: Path) -> None:
@@ -213,17 +220,144 @@ def test_a_store_written_by_a_newer_release_is_refused(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(PluginHostError, match="newer"):
+    with pytest.raises(PluginHostError, match="newer") as caught:
         VersionStore(db)
+    assert getattr(caught.value, "path", None) == str(db)
 
 
-def test_a_closed_store_raises_the_base_error(db: Path) -> None:
-    """Use after close is a PluginHostError, and close is idempotent."""
+def test_a_closed_store_raises_the_base_error_naming_the_file_and_the_operation(db: Path) -> None:
+    """Use after close is a PluginHostError saying which operation failed on which file; close is idempotent."""
     store = VersionStore(db)
     store.close()
     store.close()
-    with pytest.raises(PluginHostError):
-        store.sandboxes()
+    calls: dict[str, Callable[[], object]] = {
+        "register": lambda: store.register("s", "m", "v = 1"),
+        "mark_current": lambda: store.mark_current("s", "m", 1),
+        "mark_failed": lambda: store.mark_failed("s", "m", 1, "x"),
+        "prune": lambda: store.prune("s", "m"),
+        "known": lambda: store.known("s"),
+        "current_version": lambda: store.current_version("s", "m"),
+        "get": lambda: store.get("s", "m", 1),
+        "history": lambda: store.history("s", "m"),
+        "events": lambda: store.events("s"),
+        "modules": lambda: store.modules("s"),
+        "sandboxes": store.sandboxes,
+        "integrity_check": store.integrity_check,
+    }
+    for operation, call in calls.items():
+        with pytest.raises(PluginHostError, match=f": {operation} failed: ") as caught:
+            call()
+        assert getattr(caught.value, "path", None) == str(db)
+
+
+def test_refusals_carry_the_field_or_the_version_they_are_about(store: VersionStore) -> None:
+    """Each refusal names, as attributes, the argument at fault or the (sandbox, module, version) it is about."""
+    load(store, "s", "m", "v = 1")
+    cases: list[tuple[Callable[[], object], str, dict[str, Any]]] = [
+        (lambda: store.register(7, "m", "x"), "sandbox_id must be a str, got int", {"field": "sandbox_id"}),  # type: ignore[arg-type]
+        (lambda: store.register("s", None, "x"), "module must be a str", {"field": "module"}),  # type: ignore[arg-type]
+        (lambda: store.register("s", "m", "\ud800"), "source is not valid Unicode", {"field": "source"}),
+        (lambda: store.register("s", "m", "x", checksum="0" * 64), "does not match", {"field": "checksum"}),
+        (
+            lambda: store.mark_current("s", "m", 1, event="x"),
+            "one of created, reloaded, rolled_back, got 'x'",
+            {"field": "event"},
+        ),
+        (
+            lambda: store.mark_current("s", "m", 9),
+            "has no stored version 9 of module 'm'",
+            {"sandbox_id": "s", "module": "m", "version": 9},
+        ),
+        (
+            lambda: store.mark_failed("s", "m", 1, "x"),
+            "make another version current before marking it failed",
+            {"sandbox_id": "s", "module": "m", "version": 1},
+        ),
+        (
+            lambda: store.current_version("s", "n"),
+            "sandbox 's' has no current version of module 'n'",
+            {"sandbox_id": "s", "module": "n"},
+        ),
+        (lambda: store.history("s", "n"), "sandbox 's' has no module 'n'", {"sandbox_id": "s", "module": "n"}),
+    ]
+    for call, message, attributes in cases:
+        with pytest.raises(PluginHostError, match=message) as caught:
+            call()
+        assert {name: getattr(caught.value, name, None) for name in attributes} == attributes, message
+
+
+@pytest.mark.parametrize("bad", [0, -1, True])
+def test_max_versions_must_be_a_positive_int_or_none(db: Path, bad: int) -> None:
+    """A store that would keep no version (or a bool taken for a number) is refused up front."""
+    with pytest.raises(BadRequestError, match="max_versions must be a positive int or None"):
+        VersionStore(db, max_versions=bad)
+
+
+def test_a_store_in_a_folder_that_does_not_exist_yet_creates_the_folder(tmp_path: Path) -> None:
+    """The folders on the way to the file are made, and the history is there when reopened."""
+    path = tmp_path / "a" / "b" / "registry.sqlite"
+    with VersionStore(path) as store:
+        load(store, "s", "m", "v = 1")
+    with VersionStore(path) as store:
+        assert store.current_version("s", "m") == 1
+
+
+def test_loaded_at_is_the_last_time_a_version_was_made_current(
+    store: VersionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback moves loaded_at to the rollback's time; a version never loaded reports when it was recorded."""
+    ticks = itertools.count(1)  # a clock that always moves, however fast the calls
+    monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+    load(store, "s", "m", "v = 1")
+    load(store, "s", "m", "v = 2")
+    store.mark_current("s", "m", 1, event="rolled_back")
+    store.register("s", "m", "v = 3")
+    v3, v2, v1 = store.versions("s", "m")
+    rollback, reload, first = store.events("s", "m")
+    assert (v1.loaded_at, v2.loaded_at) == (rollback.time, reload.time)
+    assert first.time < reload.time < rollback.time < v3.loaded_at
+    assert [e.details for e in (rollback, reload, first)] == ["", "", ""]
+
+
+def test_events_limit_keeps_the_newest(store: VersionStore) -> None:
+    """events(limit=n) is the newest n of the log, for the sandbox or one of its modules."""
+    for i in range(4):
+        load(store, "s", "m", f"v = {i}")
+    load(store, "s", "other", "x = 1")
+    everything = store.events("s")
+    assert len(everything) == 5 and everything[0].module == "other"
+    assert store.events("s", limit=2) == everything[:2]
+    assert store.events("s", "m", limit=3) == everything[1:4]
+    assert store.events("s", "m", limit=0) == []
+
+
+def test_prune_drops_what_a_smaller_max_versions_no_longer_keeps(db: Path) -> None:
+    """Reopened with a lower max_versions, prune() drops the oldest versions of that module only."""
+    with VersionStore(db) as store:
+        for i in range(1, 5):
+            load(store, "s", "m", f"v = {i}")
+            load(store, "t", "m", f"v = {i}")
+    with VersionStore(db, max_versions=2) as store:
+        assert store.prune("s", "m") == [1, 2]
+        assert [v.version for v in store.versions("s", "m")] == [4, 3]
+        assert store.prune("s", "m") == []
+        assert len(store.versions("t", "m")) == 4
+
+
+def test_known_gives_what_numbering_needs_after_a_restart(db: Path) -> None:
+    """Per module: the highest number ever handed out (pruned ones too), the current one (0: none), checksums."""
+    with VersionStore(db, max_versions=2) as store:
+        for i in range(1, 4):
+            load(store, "s", "m", f"v = {i}")  # version 1 is pruned when 3 is registered
+        store.mark_current("s", "m", 2, event="rolled_back")  # the current one is not the newest
+        store.mark_failed("s", "m", store.register("s", "m", "v = 4")[0], "broken")
+        store.register("s", "new", "x = 1")
+        load(store, "other", "m", "v = 9")
+        assert store.known("s") == {
+            "m": (4, 2, {sha256_of(f"v = {i}"): i for i in (2, 3, 4)}),
+            "new": (1, 0, {sha256_of("x = 1"): 1}),
+        }
+        assert store.known("nobody") == {}
 
 
 def test_two_stores_on_one_file_see_each_others_writes(db: Path) -> None:
