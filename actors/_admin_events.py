@@ -13,9 +13,10 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from plugin_host import _wire
+from plugin_host import lowlevel
 from plugin_host.errors import AccessDeniedError, SandboxNotFoundError
-from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, Subscribe, Unsubscribe
+from plugin_host.messages import EventNotice, GetAuditLog, GetResourceUsage, HostBreach, Subscribe, Unsubscribe
+from plugin_host.states import EventKind
 from plugin_host.values import AuditRecord, Event
 
 from . import _messages as m
@@ -40,7 +41,7 @@ class EventsAdmin:
     sandboxes: dict[str, Any]
     config: Any
     monitor: Any
-    subscribers: list[tuple[Any, _wire.Principal]]
+    subscribers: list[tuple[Any, lowlevel.Principal]]
     events: deque[Event]
     send: Callable[[Any, Any], None]
     reply: Callable[[Any, Any, str], None]
@@ -51,18 +52,18 @@ class EventsAdmin:
 
     def emit(self, kind: str, sandbox_id: str, actor: str = "", reason: str = "", **details: Any) -> None:
         """Record an event and push it to every subscriber (a sandbox's subscribers get its own events only)."""
-        event = Event(kind, sandbox_id, actor, reason, time.time(), details)
+        event = Event(EventKind(kind), sandbox_id, actor, reason, time.time(), details)
         self.events.append(event)
         for subscriber, principal in self.subscribers:
             if principal.is_host:
                 self.send(subscriber, EventNotice(event))
             elif principal.sandbox_id == sandbox_id:
-                with _wire.signing_for(subscriber, principal):
+                with lowlevel.signing_for(subscriber, principal):
                     self.send(subscriber, EventNotice(event))
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:
         """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
-        principal = _wire.sender_principal()
+        principal = lowlevel.sender_principal()
         if not principal.is_host and sum(p == principal for _, p in self.subscribers) >= SANDBOX_SUBSCRIPTIONS:
             error = AccessDeniedError(
                 f"sandbox {principal.sandbox_id!r} already has {SANDBOX_SUBSCRIPTIONS} subscriptions",
@@ -82,7 +83,7 @@ class EventsAdmin:
 
     def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
         """Stop pushing events to the sender."""
-        principal = _wire.sender_principal()
+        principal = lowlevel.sender_principal()
         self.subscribers = [(s, p) for s, p in self.subscribers if not (s == sender and p == principal)]
         self.reply(sender, None, msg.corr)
 
@@ -104,7 +105,7 @@ class EventsAdmin:
             maximum=msg.maximum,
         )
 
-    def receiveMsg_HostBreach(self, msg: m.HostBreach, sender: Any) -> None:
+    def receiveMsg_HostBreach(self, msg: HostBreach, sender: Any) -> None:
         """A host refused a call past ``max_mailbox``."""
         self.emit(
             "limit_breached",

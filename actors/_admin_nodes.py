@@ -22,6 +22,7 @@ from plugin_host import deps
 from plugin_host.config import NODE_CAPABILITY, PYTHON_CAPABILITY, VERSION_CAPABILITY, node_name, system_capabilities
 from plugin_host.errors import BadRequestError, NoCapableNodeError, PluginHostError
 from plugin_host.messages import ListNodes
+from plugin_host.states import NodeStatus
 from plugin_host.values import NodeInfo
 
 from . import _messages as m
@@ -282,7 +283,7 @@ class NodesAdmin:
             NodeInfo(
                 self.node,
                 system_capabilities(self.config, self.config.admin_port or 0),
-                "up",
+                NodeStatus.UP,
                 True,
                 on.get("", []),
                 self.rejected_frames(),
@@ -290,7 +291,7 @@ class NodesAdmin:
             )
         ]
         nodes += [
-            NodeInfo(name, dict(member.capabilities), member.status, False, on.get(name, []))
+            NodeInfo(name, dict(member.capabilities), NodeStatus(member.status), False, on.get(name, []))
             for name, member in sorted(self.members.items())
         ]
         self.reply(sender, nodes, msg.corr)

@@ -12,9 +12,19 @@ from typing import Any, Callable
 
 import attrs
 
-from plugin_host import _wire
+from plugin_host import lowlevel
 from plugin_host.errors import ActorNotFoundError, BadRequestError, PluginHostError, SandboxNotFoundError
-from plugin_host.messages import ActorRef, Blob, Call, Cast, GetSandboxInfo, ListSandboxes, LookupActor, Run
+from plugin_host.messages import (
+    ActorRef,
+    Blob,
+    Call,
+    Cast,
+    GetSandboxCode,
+    GetSandboxInfo,
+    ListSandboxes,
+    LookupActor,
+    Run,
+)
 
 from . import _messages as m
 
@@ -30,7 +40,7 @@ class RoutingAdmin:
     """Mixed into the admin actor (needs ``sandboxes``, ``_parked``, ``_info``, ``send``, ``reply``, ``_tick``)."""
 
     sandboxes: dict[str, Any]
-    _parked: list[tuple[LookupActor, Any, float, _wire.Principal]]
+    _parked: list[tuple[LookupActor, Any, float, lowlevel.Principal]]
     _info: Callable[[str, Any], Any]
     _tick: Callable[[], None]
     send: Callable[[Any, Any], None]
@@ -51,7 +61,7 @@ class RoutingAdmin:
         """Every sandbox, by id."""
         self.reply(sender, [self._info(i, r) for i, r in sorted(self.sandboxes.items())], msg.corr)
 
-    def receiveMsg_GetSandboxCode(self, msg: m.GetSandboxCode, sender: Any) -> None:
+    def receiveMsg_GetSandboxCode(self, msg: GetSandboxCode, sender: Any) -> None:
         """The sandbox's current sources (for compiling a new version against them)."""
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is not None:
@@ -92,7 +102,7 @@ class RoutingAdmin:
         if isinstance(msg.wait, bool) or not isinstance(msg.wait, (int, float)):
             self.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
             return
-        principal = _wire.sender_principal()
+        principal = lowlevel.sender_principal()
         wait = msg.wait
         if not principal.is_host:  # a sandbox's lookups wait briefly, and a few at a time
             wait = min(wait, SANDBOX_LOOKUP_WAIT)
@@ -128,7 +138,7 @@ class RoutingAdmin:
     def _retry_parked(self, now: float) -> None:
         parked, self._parked = self._parked, []
         for msg, sender, deadline, principal in parked:
-            with _wire.signing_for(sender, principal):  # a sandbox asked: its answer is signed for it
+            with lowlevel.signing_for(sender, principal):  # a sandbox asked: its answer is signed for it
                 answered = self._answer_lookup(msg, sender, final=now >= deadline)
             if not answered:
                 self._parked.append((msg, sender, deadline, principal))
@@ -150,7 +160,7 @@ class RoutingAdmin:
         if rec.principal is None:
             self.send(address, message)
             return
-        with _wire.signing_for(address, rec.principal):
+        with lowlevel.signing_for(address, rec.principal):
             self.send(address, message)
 
     def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from thespian.actors import ActorTypeDispatcher
 
-from plugin_host import _wire
+from plugin_host import lowlevel
 from plugin_host.errors import AccessDeniedError, BadRequestError, PluginError, PluginHostError
 from plugin_host.messages import Failed, Ok, Request
 
@@ -38,7 +38,7 @@ class HostActor(ActorTypeDispatcher):
             if self.multiprocess:
                 harden_process()
             self.setup_process()
-        principal = _wire.sender_principal()
+        principal = lowlevel.sender_principal()
         if principal.is_host or not _in_host_process():
             return self._dispatch(message, sender)
         try:
@@ -52,15 +52,15 @@ class HostActor(ActorTypeDispatcher):
             self.refuse(message, sender, principal)
             return None
         if admission == "request":
-            with _wire.signing_for(sender, principal):
+            with lowlevel.signing_for(sender, principal):
                 return self._dispatch(message, sender)
         return self._dispatch(message, sender)
 
-    def admit(self, message: Any, principal: _wire.Principal) -> Admission:
+    def admit(self, message: Any, principal: lowlevel.Principal) -> Admission:
         """What to do with ``message`` from a sandbox's process; host actors take orders from the host only."""
         return "refused"
 
-    def refuse(self, message: Any, sender: Any, principal: _wire.Principal) -> AccessDeniedError:
+    def refuse(self, message: Any, sender: Any, principal: lowlevel.Principal) -> AccessDeniedError:
         """Drop a message a sandbox may not send here; one with a ``corr`` is answered ``Failed(AccessDeniedError)``."""
         about = getattr(message, "sandbox_id", None)
         target = f" about sandbox {about!r}" if isinstance(about, str) and about != principal.sandbox_id else ""
@@ -73,7 +73,7 @@ class HostActor(ActorTypeDispatcher):
         log.warning("refused: %s", error)
         corr = getattr(message, "corr", None)
         if isinstance(corr, str) and not isinstance(message, (Ok, Failed)):  # answering answers would loop
-            with _wire.signing_for(sender, principal):  # in its key: only it can read the answer
+            with lowlevel.signing_for(sender, principal):  # in its key: only it can read the answer
                 self.send(sender, Failed(error, corr))
         return error
 
@@ -102,7 +102,7 @@ class HostActor(ActorTypeDispatcher):
         return all(
             capabilities.get(key) == value
             for key, value in dict(requirements or {}).items()
-            if key != _wire.KID_REQUIREMENT
+            if key != lowlevel.KID_REQUIREMENT
         )
 
     @property
@@ -143,7 +143,7 @@ class HostActor(ActorTypeDispatcher):
 class SandboxMember(HostActor):
     """An actor of a sandbox's tree (worker or supervisor): its identity, heartbeat and directory."""
 
-    def admit(self, message: Any, principal: _wire.Principal) -> Admission:
+    def admit(self, message: Any, principal: lowlevel.Principal) -> Admission:
         """Asked only in a root that still holds the host key (one made by hand, before its start):
         it takes nothing from sandboxes.  Once it holds its own key, only its sandbox and the host can
         reach it at all."""
@@ -172,7 +172,7 @@ class SandboxMember(HostActor):
 
 def _in_host_process() -> bool:
     """Whether this process holds the host key (sandbox processes only ever verify their own)."""
-    keys = _wire.process_keys()
+    keys = lowlevel.process_keys()
     return keys is not None and keys.is_host
 
 

@@ -25,9 +25,6 @@ __all__ = [
     "Route",
     "StartSandbox",
     "SandboxStatus",
-    "HostBoot",
-    "HostBooted",
-    "HostShutdown",
     "RunDone",
     "ReloadSandbox",
     "SandboxReloaded",
@@ -35,7 +32,6 @@ __all__ = [
     "CodeLoaded",
     "CommitCode",
     "AbortCode",
-    "GetSandboxCode",
     "TreeEvent",
     "Usage",
     "CountMessages",
@@ -43,7 +39,6 @@ __all__ = [
     "Sample",
     "UsageQuery",
     "AuditRecords",
-    "HostBreach",
     "NodePing",
     "NodePong",
     "RootGone",
@@ -232,43 +227,6 @@ class SandboxStatus:
 
 
 @attrs.frozen
-class HostBoot:
-    """Host -> admin: claim a fresh system (the token detects stale ones)."""
-
-    token: str
-    host_pid: int
-    host_create_time: float
-    config: Any
-
-    @property
-    def corr(self) -> str:
-        """The token doubles as the correlation id."""
-        return self.token
-
-
-@attrs.frozen
-class HostBooted:
-    """Admin -> host: the system is ours."""
-
-    token: str
-    admin_pid: int
-    system_pid: int
-    pgid: int
-
-    @property
-    def corr(self) -> str:
-        """The token doubles as the correlation id."""
-        return self.token
-
-
-@attrs.frozen
-class HostShutdown:
-    """Host -> admin: stop every sandbox gracefully; answered with ``Ok(pids)``."""
-
-    corr: str = ""
-
-
-@attrs.frozen
 class RunDone:
     """Runner -> sandbox root: a ``Host.run`` function finished (so the root can forget it)."""
 
@@ -347,13 +305,6 @@ class AbortCode:
     reload_id: str
 
 
-@attrs.frozen(kw_only=True)
-class GetSandboxCode(Request):
-    """Host -> admin: the sandbox's current module sources (name -> (path, source, is_package))."""
-
-    sandbox_id: str
-
-
 @attrs.frozen
 class TreeEvent:
     """Sandbox root -> admin: something happened to an actor (crashed, restarted, limit_breached)."""
@@ -421,17 +372,6 @@ class AuditRecords:
 
     sandbox_id: str
     records: tuple[Any, ...]
-
-
-@attrs.frozen
-class HostBreach:
-    """Host -> admin: a limit the host enforced itself (``max_mailbox``), to announce as an event."""
-
-    sandbox_id: str
-    actor: str
-    limit: str
-    value: float
-    maximum: float
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ import attrs
 import psutil
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
-from plugin_host import _wire, codeload
+from plugin_host import codeload, lowlevel
 from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
 from plugin_host.errors import (
     AccessDeniedError,
@@ -43,12 +43,16 @@ from plugin_host.messages import (
     Failed,
     GetResourceUsage,
     GetSandboxInfo,
+    HostBoot,
+    HostBooted,
+    HostShutdown,
     LookupActor,
     Ok,
     RestartSandbox,
     Subscribe,
     Unsubscribe,
 )
+from plugin_host.states import SandboxStatus
 from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
 
@@ -79,8 +83,8 @@ Done = Callable[[Any], None]
 
 
 @contextmanager
-def _forking(principal: _wire.Principal) -> Iterator[None]:
-    keys = _wire.process_keys()
+def _forking(principal: lowlevel.Principal) -> Iterator[None]:
+    keys = lowlevel.process_keys()
     if keys is None:  # simpleSystemBase: nothing is forked, nothing goes on a wire
         yield
         return
@@ -149,7 +153,7 @@ class _Sandbox:
     """The member of the convention its root runs on; ``""`` for the host's own system."""
     lost_reason: str | None = None
     """Set when the admin gave the root up as lost (its system died, left or fell silent)."""
-    principal: _wire.Principal | None = None
+    principal: lowlevel.Principal | None = None
     """The key identity of the current root's incarnation (a new one each start)."""
     stopping: list[tuple[int, float]] = attrs.field(factory=list)
     """Its local processes when it was told to stop (pid, create time): a destroy answers once they end."""
@@ -166,7 +170,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.sandboxes: dict[str, _Sandbox] = {}
         self._ticking = False
         self._shutdown_waiters: list[Done] = []
-        self._parked: list[tuple[LookupActor, Any, float, _wire.Principal]] = []
+        self._parked: list[tuple[LookupActor, Any, float, lowlevel.Principal]] = []
         self.counting: dict[str, tuple[GetResourceUsage, Any, float]] = {}
         """Usage queries waiting for a root's message counts (corr -> query, asker, deadline)."""
         self.registry: Any = None
@@ -174,18 +178,18 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.module_versions: dict[str, Any] = {}
         self.reloads: dict[str, Any] = {}
         self.monitor: Any = None
-        self.subscribers: list[tuple[Any, _wire.Principal]] = []
+        self.subscribers: list[tuple[Any, lowlevel.Principal]] = []
         self.events: deque[Any] = deque(maxlen=EVENT_LOG)
         self.members: dict[str, Member] = {}
         self.denied = 0
         """Requests refused to sandboxes since the host started."""
-        self._rejections: _wire.RejectionTail | None = None
+        self._rejections: lowlevel.RejectionTail | None = None
         self._vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
         """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
 
     # -- who may ask what -------------------------------------------------------------------
 
-    def admit(self, message: Any, principal: _wire.Principal) -> Admission:
+    def admit(self, message: Any, principal: lowlevel.Principal) -> Admission:
         """A sandbox may ask about itself (:data:`_SANDBOX_REQUESTS`) and report on itself; nothing else."""
         if isinstance(message, ChildActorExited):
             return "report"  # a root's goodbye: the transport let it through only about that root itself
@@ -203,7 +207,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             return "refused"  # an ended incarnation, or another host's sandbox (hosts sharing a cookie)
         return "request" if isinstance(message, _SANDBOX_REQUESTS) else "refused"
 
-    def refuse(self, message: Any, sender: Any, principal: _wire.Principal) -> AccessDeniedError:
+    def refuse(self, message: Any, sender: Any, principal: lowlevel.Principal) -> AccessDeniedError:
         """Refuse, answer, and record a ``denied`` event for the sandbox that asked."""
         error = super().refuse(message, sender, principal)
         self.denied += 1
@@ -220,14 +224,14 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def from_root(self, rec: _Sandbox, sender: Any) -> bool:
         """Whether a report comes from ``rec``'s current root: signed with its incarnation's key (or, from
         the host's own processes, sent from its address)."""
-        principal = _wire.sender_principal()
+        principal = lowlevel.sender_principal()
         if not principal.is_host:
             return principal == rec.principal
         return rec.root is not None and rec.root == sender
 
     # -- boot and the host watchdog ----------------------------------------------------
 
-    def receiveMsg_HostBoot(self, msg: m.HostBoot, sender: Any) -> None:
+    def receiveMsg_HostBoot(self, msg: HostBoot, sender: Any) -> None:
         """Claim this system for a host; a second, different claim means it is stale."""
         if self.token is not None and self.token != msg.token:
             self.send(
@@ -242,7 +246,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.token, self.config = msg.token, msg.config
         self.host = (msg.host_pid, msg.host_create_time)
         if self.config.admin_port and self._rejections is None:
-            self._rejections = _wire.RejectionTail(
+            self._rejections = lowlevel.RejectionTail(
                 str(Path(self.config.state_dir) / "logs" / f"rejected-{self.config.admin_port}.log")
             )
         if self.registry is None:
@@ -252,7 +256,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             self.send(self.registry, OpenRegistry(path, self.config.max_versions))
             self.monitor = self.createActor(MonitorActor)
             self.join_convention()
-        self.send(sender, m.HostBooted(msg.token, os.getpid(), os.getppid(), os.getpgid(0)))
+        self.send(sender, HostBooted(msg.token, os.getpid(), os.getppid(), os.getpgid(0)))
         self._tick()
 
     def _tick(self) -> None:
@@ -361,19 +365,19 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         return _Sandbox(req, sources, self.register_created(req.sandbox_id, sources), limits, time.time(), node=node)
 
     def _start_root(self, sandbox_id: str, rec: _Sandbox) -> None:
-        rec.principal = _wire.new_sandbox_principal(sandbox_id)
+        rec.principal = lowlevel.new_sandbox_principal(sandbox_id)
         if rec.node:  # Thespian places it: the pinned node's admin forks it there (and signs for its key)
             wanted = {
                 **(rec.request.requirements or {}),
                 NODE_CAPABILITY: rec.node,
-                _wire.KID_REQUIREMENT: rec.principal.kid.hex(),
+                lowlevel.KID_REQUIREMENT: rec.principal.kid.hex(),
             }
             rec.root, rec.pid = self.createActor(SandboxActor, targetActorRequirements=wanted), None
         else:
             with _forking(rec.principal):  # the child takes the sandbox's key as it is forked
                 rec.root = self.createActor(SandboxActor)
             rec.pid = getattr(self.child_process(), "pid", None)
-        keys = _wire.process_keys()
+        keys = lowlevel.process_keys()
         if keys is not None:  # everything to the root, queued or not, is signed with its incarnation's key
             keys.expect_child(rec.root, rec.principal)
         rec.status, rec.reason, rec.children, rec.directory = "starting", None, (), {}
@@ -412,7 +416,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is None or not self.from_root(rec, sender):
             # A stale root: one given up while it stopped, or created late on a member that was lost.
-            with _wire.signing_for(sender, _wire.sender_principal()):
+            with lowlevel.signing_for(sender, lowlevel.sender_principal()):
                 self.send(sender, ActorExitRequest())
             return
         rec.children, rec.directory, rec.restart_count = msg.children, msg.directory, msg.restart_count
@@ -632,7 +636,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if rec.action != "restart":
             self._stop_root(msg.sandbox_id, rec, "restart")
 
-    def receiveMsg_HostShutdown(self, msg: m.HostShutdown, sender: Any) -> None:
+    def receiveMsg_HostShutdown(self, msg: HostShutdown, sender: Any) -> None:
         """Destroy every sandbox, then answer (the host shuts the system down next)."""
         self._shutdown_waiters.append(self._replier(sender, msg.corr))
         for sandbox_id in list(self.sandboxes):
@@ -684,7 +688,9 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     # -- queries ---------------------------------------------------------------------------
 
     def _info(self, sandbox_id: str, rec: _Sandbox) -> SandboxInfo:
-        status = "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
+        status = SandboxStatus(
+            "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
+        )
         supervisor = rec.request.supervisor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
         return SandboxInfo(

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from plugin_host import _wire, codeload
+from plugin_host import codeload, lowlevel
 from plugin_host.deps import activate_environment
 from plugin_host.errors import (
     ActorNotFoundError,
@@ -28,6 +28,7 @@ from plugin_host.errors import (
     SandboxStartError,
 )
 from plugin_host.messages import Blob, Call, Failed, Run, unblob
+from plugin_host.states import ChildStatus
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
@@ -113,12 +114,14 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
 
     def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: Any) -> None:
         """Take this incarnation's key (and only it), then load the sandbox's code and start the tree."""
-        keys = _wire.process_keys()
+        keys = lowlevel.process_keys()
         if keys is not None and keys.is_host:
             # Before any plugin code: the host key, and every key derived from it, are wiped here;
             # every actor of the tree is forked from this process and inherits only this one.  (A
             # root started by hand, without a key id, still never runs plugin code with the host's.)
-            principal = _wire.Principal(msg.kid) if msg.kid else _wire.new_sandbox_principal(msg.context.sandbox_id)
+            principal = (
+                lowlevel.Principal(msg.kid) if msg.kid else lowlevel.new_sandbox_principal(msg.context.sandbox_id)
+            )
             keys.become_sandbox(principal)
         self.admin, self.parent = sender, sender
         self.context = attrs.evolve(msg.context, root=self.myAddress)
@@ -203,7 +206,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             msg.restarts,
             msg.module,
             self.modules.get(msg.module),
-            "running",
+            ChildStatus.RUNNING,
             msg.supervisor,
             msg.kind,
         )
@@ -236,7 +239,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
                 self._event("limit_breached", msg.name, first_line, limit=limit)
         info = self.infos.get(msg.name)
         if info is not None:
-            status = "restarting" if msg.restarting else msg.status
+            status = ChildStatus.RESTARTING if msg.restarting else ChildStatus(msg.status)
             self.infos[msg.name] = attrs.evolve(info, pid=None, status=status)
         entry = self.live.get(msg.name)
         if entry is not None and entry[1] == msg.incarnation:

@@ -7,8 +7,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
-from actors import _messages as m
-
 from . import _wire
 from ._system import DEAD, ActorSystemHandle
 from .errors import (
@@ -25,6 +23,7 @@ from .messages import (
     Call,
     Cast,
     Failed,
+    HostBreach,
     LookupActor,
     Request,
     Run,
@@ -150,7 +149,7 @@ class CallMethods:
             waiting = self._waiting.get(key, 0)
             if ref.max_mailbox is not None and waiting >= ref.max_mailbox:
                 self._system.tell(
-                    self._admin, m.HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting, ref.max_mailbox)
+                    self._admin, HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting, ref.max_mailbox)
                 )
                 raise OverloadedError(
                     f"{ref.sandbox_id}/{ref.name} already has {waiting} calls waiting (max_mailbox {ref.max_mailbox})",

@@ -7,8 +7,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
-from actors import _messages as m
-
 from . import compiler
 from .codeload import CodeTable
 from .errors import HotReloadError, PluginHostError
@@ -17,6 +15,7 @@ from .messages import (
     Blob,
     Failed,
     GetModuleVersion,
+    GetSandboxCode,
     GetVersionHistory,
     HotReload,
     ListModuleVersions,
@@ -191,7 +190,7 @@ class ReloadMethods:
             HotReloadError: as :meth:`hot_reload`.
         """
         wire = self._request(
-            m.GetSandboxCode(sandbox_id=sandbox_id),
+            GetSandboxCode(sandbox_id=sandbox_id),
             self.config.call_timeout,
             lambda: HotReloadError("no answer from the admin", actor="", cause="timeout"),
         )

@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any
 
 from .errors import UnknownModuleError, VersionNotFoundError
+from .states import VersionStatus
 from .values import ModuleVersion, VersionHistory
 
 __all__ = [
@@ -152,7 +153,7 @@ def module_version(row: tuple[Any, ...]) -> ModuleVersion:
         version=int(version),
         checksum=checksum,
         loaded_at=recorded_at if loaded_at is None else loaded_at,
-        status="previous" if status == "pending" else status,
+        status=VersionStatus.PREVIOUS if status == VersionStatus.PENDING else VersionStatus(status),
         source=source,
     )
 

@@ -486,7 +486,13 @@ def _where(address: Any) -> Any:
 
 # -- the restricted decoder for sandbox frames in host processes -----------------------------------
 
-_ALLOWED_MODULES = ("plugin_host.messages", "plugin_host.values", "plugin_host.errors", "actors._messages")
+_ALLOWED_MODULES = (
+    "plugin_host.messages",
+    "plugin_host.values",
+    "plugin_host.errors",
+    "plugin_host.states",
+    "actors._messages",
+)
 _ALLOWED_NAMES = {
     ("plugin_host.errors", "_rebuild"),  # PluginHostError.__reduce__: cls(message), then its __dict__
     ("plugin_host.config", "ResourceLimits"),

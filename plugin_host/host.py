@@ -10,7 +10,6 @@ from typing import Any, Callable, Iterable, Mapping, cast
 import attrs
 import psutil
 
-from actors import _messages as m
 from actors.admin import AdminActor
 
 from . import deps
@@ -39,6 +38,9 @@ from .messages import (
     GetAuditLog,
     GetResourceUsage,
     GetSandboxInfo,
+    HostBoot,
+    HostBooted,
+    HostShutdown,
     ListNodes,
     ListSandboxes,
     Ok,
@@ -91,11 +93,11 @@ class Host(CallMethods, ReloadMethods):
         self._admin = self._system.create_actor(AdminActor, ADMIN_GLOBAL_NAME)
         config = attrs.evolve(self.config, admin_port=self._system.port or None)
         token = self._system.new_corr()
-        boot = m.HostBoot(token, os.getpid(), psutil.Process().create_time(), config)
+        boot = HostBoot(token, os.getpid(), psutil.Process().create_time(), config)
         reply = self._system.ask(self._admin, boot, 30.0)  # matched on boot.corr, the token
         if isinstance(reply, Failed):
             raise reply.error
-        if not isinstance(reply, m.HostBooted) or reply.token != token:
+        if not isinstance(reply, HostBooted) or reply.token != token:
             raise HostStartError(f"the admin actor did not answer the boot request (got {reply!r})")
         if self.config.base != "simpleSystemBase":
             self._system.adopt(reply.system_pid, reply.pgid)
@@ -124,7 +126,7 @@ class Host(CallMethods, ReloadMethods):
         try:
             if self._admin is not None:
                 timeout = self._stop_wait()
-                self._system.ask(self._admin, m.HostShutdown(self._system.new_corr()), timeout)
+                self._system.ask(self._admin, HostShutdown(self._system.new_corr()), timeout)
         except Exception:  # noqa: BLE001 - closing must go on whatever happened
             pass
         finally:

@@ -350,3 +350,61 @@ class GetAuditLog(Request):
     """Replies ``Ok(list[AuditRecord])``, oldest first (a bounded log per sandbox)."""
 
     sandbox_id: str
+
+
+# -- between a Host and its own admin (not for operators; outside __all__) ----------------------------
+
+
+@attrs.frozen
+class HostBoot:
+    """Host -> admin: claim a fresh system (the token detects stale ones)."""
+
+    token: str
+    host_pid: int
+    host_create_time: float
+    config: Any
+
+    @property
+    def corr(self) -> str:
+        """The token doubles as the correlation id."""
+        return self.token
+
+
+@attrs.frozen
+class HostBooted:
+    """Admin -> host: the system is ours."""
+
+    token: str
+    admin_pid: int
+    system_pid: int
+    pgid: int
+
+    @property
+    def corr(self) -> str:
+        """The token doubles as the correlation id."""
+        return self.token
+
+
+@attrs.frozen
+class HostShutdown:
+    """Host -> admin: stop every sandbox gracefully; answered with ``Ok(pids)``."""
+
+    corr: str = ""
+
+
+@attrs.frozen
+class HostBreach:
+    """Host -> admin: a limit the host enforced itself (``max_mailbox``), to announce as an event."""
+
+    sandbox_id: str
+    actor: str
+    limit: str
+    value: float
+    maximum: float
+
+
+@attrs.frozen(kw_only=True)
+class GetSandboxCode(Request):
+    """Host -> admin: the sandbox's current module sources (name -> (path, source, is_package))."""
+
+    sandbox_id: str

@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 
+from .states import ChildStatus, EventKind, NodeStatus, SandboxStatus, VersionStatus
+
 __all__ = [
     "ActorUsage",
     "Artifact",
@@ -26,7 +28,7 @@ __all__ = [
     "SANDBOX_STATUSES",
 ]
 
-SANDBOX_STATUSES = ("starting", "running", "failed", "stopped", "lost")
+SANDBOX_STATUSES = tuple(str(status) for status in SandboxStatus)
 """Every value ``SandboxInfo.status`` can take."""
 
 
@@ -44,8 +46,8 @@ class ChildInfo:
     """Module its behaviour comes from."""
     version: int | None
     """Version of that module it runs (``None`` when not tracked by the registry)."""
-    status: str
-    """``starting``, ``running``, ``restarting``, ``stopped`` or ``failed``."""
+    status: ChildStatus
+    """``running``, ``restarting``, ``stopping``, ``stopped``, ``failed`` or ``crashed`` (see :class:`ChildStatus`)."""
     supervisor: str = ""
     """Name of its supervisor (``""`` for the sandbox root)."""
     kind: str = "worker"
@@ -57,8 +59,8 @@ class SandboxInfo:
     """A snapshot of one sandbox."""
 
     id: str
-    status: str
-    """One of :data:`SANDBOX_STATUSES`."""
+    status: SandboxStatus
+    """One of :data:`SANDBOX_STATUSES` (a :class:`SandboxStatus`, equal to its plain string)."""
     supervisor: str
     """The root supervisor spec it was created from (``module:Class``)."""
     created_at: float
@@ -86,7 +88,7 @@ class NodeInfo:
     """``host:port`` of its admin (its ``plugin_host.node`` capability)."""
     capabilities: dict[str, Any]
     """What it offers (the ``plugin_host.*`` ones included)."""
-    status: str
+    status: NodeStatus
     """``up``, or ``lost`` (left the convention or stopped answering)."""
     local: bool
     """Whether it is this host's own actor system."""
@@ -140,7 +142,7 @@ class ModuleVersion:
     version: int
     checksum: str
     loaded_at: float
-    status: str
+    status: VersionStatus
     """``current``, ``previous`` or ``failed``."""
     source: str
 
@@ -185,9 +187,9 @@ class ResourceUsage:
 class Event:
     """Something that happened to a sandbox, as delivered to ``Host.subscribe`` callbacks."""
 
-    kind: str
+    kind: EventKind
     """``started``, ``crashed``, ``restarted``, ``failed``, ``limit_breached``, ``reloaded``,
-    ``rolled_back``, ``stopped`` or ``lost``."""
+    ``rolled_back``, ``stopped``, ``lost``, ``denied`` or ``frame_rejected`` (see :class:`EventKind`)."""
     sandbox_id: str
     actor: str = ""
     reason: str = ""

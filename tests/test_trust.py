@@ -37,6 +37,7 @@ from actors import _messages as m
 from plugin_host import Host, HostConfig, ResourceLimits, _wire
 from plugin_host import messages as msgs
 from plugin_host.errors import ConfigError, PluginError, PluginHostError, StateDirInUseError
+from plugin_host.messages import GetSandboxCode, HostBoot, HostBreach, HostShutdown
 from plugin_host.values import Artifact, AuditRecord, Event
 
 NOBODY = 65534
@@ -312,14 +313,14 @@ def test_a_plugin_cannot_read_rewrite_or_destroy_another_sandbox(host: Host, att
         requests = [
             msgs.DestroySandbox(sandbox_id="b"),
             msgs.RestartSandbox(sandbox_id="b"),
-            m.HostShutdown(),
+            HostShutdown(),
             msgs.CreateSandbox(sandbox_id="c", supervisor="root:Root", sandbox_path=sample("counter")),
             msgs.BatchCreate(specs=[]),
             msgs.BatchDestroy(sandbox_ids=["b"]),
             msgs.HotReload(sandbox_id="b", artifacts=[artifact], state_handler=steal),
             msgs.RollbackModule(sandbox_id="b", module="counter", version=1),
             msgs.BatchHotReload(sandbox_ids=["b"], artifacts=[artifact]),
-            m.GetSandboxCode(sandbox_id="b"),
+            GetSandboxCode(sandbox_id="b"),
             msgs.GetSandboxInfo(sandbox_id="b"),
             msgs.ListSandboxes(),
             msgs.ListNodes(),
@@ -340,13 +341,13 @@ def test_a_plugin_cannot_read_rewrite_or_destroy_another_sandbox(host: Host, att
             m.SandboxStatus("b", "failed", reason="forged"),
             m.TreeEvent("b", "crashed", "counter", "forged"),
             m.Sample("b", "counter", "max_memory_mb", 1.0, 1.0),
-            m.HostBreach("b", "counter", "max_mailbox", 1, 1),
+            HostBreach("b", "counter", "max_mailbox", 1, 1),
             m.Usage({"counter": 10**6}, "b"),
             m.AuditRecords("b", (AuditRecord("b", "counter", "open", "forged", time.time(), True),)),
             m.RootGone("b", before.root_pid or 0),
         ]
         unreadable = [
-            m.HostBoot("boot", os.getpid(), 0.0, HostConfig()),  # a class no sandbox may send
+            HostBoot("boot", os.getpid(), 0.0, HostConfig()),  # a class no sandbox may send
             ("exploit", str(marker)),
         ]
         to_admin = [(admin, message) for message in requests + reports + unreadable]

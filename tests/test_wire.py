@@ -275,6 +275,23 @@ def test_the_opcode_count_reads_pickles_as_the_unpickler_does() -> None:
         assert _wire._count_opcodes(data[:-1]) is None
 
 
+def test_named_states_cross_from_a_sandbox_and_a_state_that_does_not_exist_is_refused() -> None:
+    """A root reports its children with :mod:`plugin_host.states` members: they decode in a host process as
+    the same members; a frame naming a state no enum has is refused, not turned into a new value."""
+    from plugin_host.states import ChildStatus
+    from plugin_host.values import ChildInfo
+
+    keys = keyring()
+    alice = _wire.new_sandbox_principal("alice")
+    info = ChildInfo("c1", 42, 0, "counter", 1, ChildStatus.RESTARTING)
+    _, decoded = from_sandbox(keys, alice, pickle.dumps(("addr", info)))
+    assert decoded[1] == info and decoded[1].status is ChildStatus.RESTARTING
+    assert repr(decoded[1]).count("status='restarting'") == 1  # shown as the plain string it was
+    forged = pickle.dumps(("addr", info)).replace(b"restarting", b"overlord!!")
+    with pytest.raises(_wire.Rejected):
+        from_sandbox(keys, alice, forged)
+
+
 def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is_rebuilt() -> None:
     """A sandbox's log record is rebuilt from typed fields: a non-string logger name (which made the host's
     logger fail), a NaN time and a huge line number are refused; a long dotted name (logging keeps a

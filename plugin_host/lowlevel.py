@@ -1,0 +1,26 @@
+"""The transport's trust primitives, for the actor processes of :mod:`actors` (as ``trio.lowlevel`` is
+for trio's own parts): who signed the frame being handled, signing for a given key, the keys of this
+process.  Not re-exported by :mod:`plugin_host`; no stability promise beyond plugin-host's own use.
+"""
+
+from __future__ import annotations
+
+from ._wire import (
+    KID_REQUIREMENT,
+    Principal,
+    RejectionTail,
+    new_sandbox_principal,
+    process_keys,
+    sender_principal,
+    signing_for,
+)
+
+__all__ = [
+    "KID_REQUIREMENT",
+    "Principal",
+    "RejectionTail",
+    "new_sandbox_principal",
+    "process_keys",
+    "sender_principal",
+    "signing_for",
+]
