@@ -12,6 +12,7 @@ from conftest import ROOT
 
 PACKAGES = ("plugin_host", "actors")
 
+
 def modules() -> list[tuple[str, Path]]:
     """Every module of the two packages, by dotted name."""
     found = []
