@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import enum
 import hmac
 import io
 import json
@@ -726,7 +727,7 @@ class _FastSandboxUnpickler(pickle.Unpickler):
 
 def _find_sandbox_class(module: str, name: str) -> Any:
     if (module, name) in _SAFE_CONSTRUCTORS:
-        return _SAFE_CONSTRUCTORS[module, name]
+        return _hardened(_SAFE_CONSTRUCTORS[module, name])
     if (module, name) in _IGNORED_NAMES:
         raise _Ignored(f"{module}.{name}")
     if (module, name) in _ALLOWED_NAMES or module in _ALLOWED_MODULES:
@@ -736,8 +737,58 @@ def _find_sandbox_class(module: str, name: str) -> Any:
             else None
         )
         if (module, name) in _ALLOWED_NAMES or (isinstance(found, type) and found.__module__ == module):
-            return found
+            return _hardened(found)
     raise pickle.UnpicklingError(f"a sandbox may not send {module}.{name}")
+
+
+def _hardened(found: Any) -> Any:
+    """``found``, made to refuse a pickle BUILD aimed at itself (or, for an enum, at one of its members).
+
+    Both unpicklers apply a BUILD through the target's ``__setstate__`` or, without one, by writing its
+    ``__dict__`` and attributes: aimed at a class, a function or an enum member a frame fetched by name
+    (shared by the whole process), that would rewrite it for every later frame and for the process's own
+    code.  A class gets a ``__setstate__`` taking an instance (called on the class, it lacks an argument and
+    raises); an enum, and a function, one that always refuses.  Instances are built as before.
+    """
+    if found in _HARDENED:
+        return found
+    guard: Any = None
+    if isinstance(found, type) and issubclass(found, enum.Enum):
+        guard = _refuse_build
+    elif isinstance(found, type):
+        guard = None if getattr(found, "__setstate__", None) is not None else _plain_setstate
+    elif callable(found):
+        guard = _refuse_build
+    if guard is not None:
+        try:
+            setattr(found, "__setstate__", guard)  # noqa: B010 - a dunder of a class that is not ours
+        except (TypeError, AttributeError):
+            pass  # a builtin: nothing can be written on it, BUILD included
+    _HARDENED.add(found)
+    return found
+
+
+_HARDENED: set[Any] = set()
+
+
+def _refuse_build(*_: Any) -> None:
+    raise pickle.UnpicklingError("a sandbox may not rewrite what it names (pickle BUILD on a shared object)")
+
+
+def _plain_setstate(self: Any, state: Any) -> None:
+    """What pickle's BUILD does without a ``__setstate__``, for a fresh instance, refusing dunder names."""
+    slots = None
+    if isinstance(state, tuple) and len(state) == 2:
+        state, slots = state
+    for part in (state, slots):
+        if part is not None and not (
+            isinstance(part, dict) and all(isinstance(key, str) and not key.startswith("__") for key in part)
+        ):
+            raise pickle.UnpicklingError(f"a malformed state for {type(self).__name__}")
+    if state:
+        self.__dict__.update(state)
+    for key, value in (slots or {}).items():
+        setattr(self, key, value)
 
 
 _LOG_FIELDS: dict[str, tuple[type, ...]] = {

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import os
 import pickle
+import socket
 import struct
 import sys
 import time
@@ -290,6 +292,53 @@ def test_named_states_cross_from_a_sandbox_and_a_state_that_does_not_exist_is_re
     forged = pickle.dumps(("addr", info)).replace(b"restarting", b"overlord!!")
     with pytest.raises(_wire.Rejected):
         from_sandbox(keys, alice, forged)
+
+
+def _everything_a_sandbox_may_name() -> list[tuple[str, str]]:
+    """Every (module, name) the restricted decoder resolves: the allowed modules' classes, the allowed names,
+    the safe constructors."""
+    import inspect
+
+    names = set(_wire._ALLOWED_NAMES) | set(_wire._SAFE_CONSTRUCTORS)
+    for module in _wire._ALLOWED_MODULES:
+        loaded = importlib.import_module(module)
+        names |= {(module, n) for n, v in vars(loaded).items() if inspect.isclass(v) and v.__module__ == module}
+    return sorted(names)
+
+
+@pytest.mark.parametrize("unpickler", ["_FastSandboxUnpickler", "_SandboxUnpickler"])
+def test_a_frame_cannot_rewrite_a_class_function_or_state_it_names(unpickler: str) -> None:
+    """A pickle BUILD aimed at what a frame fetched by name (a class, ``errors._rebuild``, a safe
+    constructor) or at a shared enum member (a state, ``socket.AF_INET``) is refused, by both unpicklers,
+    and leaves it unchanged: one frame rewrote ``ChildStatus.RUNNING`` or ``ActorAddress.__eq__`` for the
+    whole host process.  A legitimate frame still decodes."""
+    reader = getattr(_wire, unpickler)
+
+    def load(payload: bytes) -> Any:
+        return reader(io.BytesIO(payload)).load()
+
+    targets = _everything_a_sandbox_may_name()
+    assert len(targets) > 60 and ("plugin_host.errors", "_rebuild") in targets
+    for module, name in targets:
+        glob = b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+        for state in (b"}X\x06\x00\x00\x00pwned_K\x01s", b"N}X\x06\x00\x00\x00__eq__Ns\x86"):
+            with pytest.raises(Exception):  # noqa: B017 - any refusal: the point is that nothing changed
+                load(b"\x80\x02" + glob + state + b"b.")
+        target = getattr(importlib.import_module(module), name)
+        assert not hasattr(target, "pwned_"), (module, name)
+    for member in (
+        b"cplugin_host.states\nChildStatus\nX\x07\x00\x00\x00running\x85R",
+        b"csocket\nAddressFamily\nK\x02\x85R",
+    ):
+        with pytest.raises(Exception):  # noqa: B017
+            load(b"\x80\x02" + member + b"}X\x06\x00\x00\x00_value_K\x01sb.")
+    from plugin_host.states import ChildStatus
+
+    assert ChildStatus.RUNNING.value == "running" and socket.AF_INET.value == 2
+    from plugin_host.values import ChildInfo
+
+    info = ChildInfo("c1", 42, 0, "counter", 1, ChildStatus.RUNNING)
+    assert load(pickle.dumps(info)) == info  # an ordinary frame still goes through
 
 
 def test_a_log_record_with_fields_of_the_wrong_type_is_refused_and_a_good_one_is_rebuilt() -> None:
