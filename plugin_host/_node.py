@@ -125,7 +125,8 @@ def _check_leader_accepts(config: Any) -> None:
     refuses this node's credential (one signed frame; the leader logs a refused one)."""
     import attrs
 
-    from . import _statedir, _wire
+    from . import _wire
+    from ._store import statedir as _statedir
     from ._system import port_in_use
     from .errors import CredentialError, HostStartError
 
