@@ -214,7 +214,7 @@ def run_bench(
     started, load = time.monotonic(), os.getloadavg()[0]
     sections = [s for s in _SECTIONS if not only or s.name in only]
     progress = _Progress(len(sections))
-    from ._demo import scratch_state_dir
+    from ._cli.demo import scratch_state_dir
 
     with scratch_state_dir(prefix="bench-") as work:
         raw = _Raw(work)  # first: its admin forks from this process, which has no thread yet
