@@ -202,7 +202,7 @@ def set_status(
     )
 
 
-def append_event(conn: sqlite3.Connection, *row: Any) -> None:
+def append_event(conn: sqlite3.Connection, *row: object) -> None:
     """Append one row to the event log, in :class:`~plugin_host.store.VersionEvent` field order."""
     conn.execute(
         "INSERT INTO events (time, sandbox_id, module, from_version, to_version, kind, outcome, details)"
