@@ -136,7 +136,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("CONVENTION_RESTART_PERIOD", "0:05")
     apply_bind_patch(spec["bind"])
     if key is not None:
-        from plugin_host import _statedir, _wire
+        from plugin_host import _wire
+        from plugin_host._store import statedir as _statedir
 
         _wire.install()
         log_fd = _statedir.open_private(Path(spec["rejections"]))

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import attrs
 
-from . import __version__, _statedir, compiler
+from . import __version__, compiler
+from ._store import statedir as _statedir
 from ._system import DEAD, ActorSystemHandle
 from .config import HostConfig
 from .errors import CallTimeoutError, HostClosedError, HostStartError, PluginHostError

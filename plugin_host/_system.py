@@ -29,7 +29,8 @@ from thespian.actors import ActorSystem
 from thespian.system import isInternalActorSystemMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
-from . import _launcher, _statedir, _wire
+from . import _launcher, _wire
+from ._store import statedir as _statedir
 from .config import HostConfig, system_capabilities
 from .errors import CredentialError, HostClosedError, HostStartError
 

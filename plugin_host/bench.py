@@ -3,7 +3,7 @@
 One process runs the embedded default (a ``Host`` whose ``state_dir`` is a scratch folder,
 removed afterwards, so a bench never touches the user's registry) and, next to it, raw
 Thespian ``multiprocTCPBase`` doing the same operations with the bare actors of
-:mod:`plugin_host._bench_actors`.  Each row reports the median, the p99 and ``n`` (warm-ups not
+:mod:`plugin_host._bench.actors`.  Each row reports the median, the p99 and ``n`` (warm-ups not
 counted) and the ratio to the raw baseline where one exists; the targets of the project's
 anchors are checked per row.  The ``remote`` section (last) also starts a ``plugin-host node``
 that joins the host's convention, and a raw leader and member of their own, all on loopback;
@@ -25,9 +25,9 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 import psutil
 
-from . import _bench_actors as acts
-from ._bench_harness import Row, _Bench, _Progress, _Raw, _write
-from ._bench_sections import (
+from ._bench import actors as acts
+from ._bench.harness import Row, _Bench, _Progress, _Raw, _write
+from ._bench.sections import (
     _CRASHES,
     THREADS,
     _auth,
@@ -214,7 +214,7 @@ def run_bench(
     started, load = time.monotonic(), os.getloadavg()[0]
     sections = [s for s in _SECTIONS if not only or s.name in only]
     progress = _Progress(len(sections))
-    from ._demo import scratch_state_dir
+    from ._cli.demo import scratch_state_dir
 
     with scratch_state_dir(prefix="bench-") as work:
         raw = _Raw(work)  # first: its admin forks from this process, which has no thread yet

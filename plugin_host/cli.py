@@ -4,7 +4,7 @@ Output goes through ``rich`` (colour and tables on a terminal, plain text otherw
 is imported only when a command runs, so importing ``plugin_host`` never pulls it in.
 Errors from :mod:`plugin_host.errors` print as one ``error: ...`` line and exit with 1;
 a usage error exits with 2.  What ``status`` shows, and the tables of the other commands, are
-rendered by :mod:`plugin_host._status`.
+rendered by :mod:`plugin_host._cli.status`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ._status import artifacts_table, history_for, run_status, table_for
+from ._cli.status import artifacts_table, history_for, run_status, table_for
 from .config import SECURITY_PROFILES
 from .errors import PluginHostError
+from .states import EventKind
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ._watch import ReloadReport
+    from ._cli.watch import ReloadReport
     from .host import Host
     from .values import Event, ReloadResult, VersionHistory
 
@@ -91,7 +92,7 @@ def _deps_parser(commands: Any) -> None:
 
 
 def _node_parser(commands: Any) -> None:
-    from ._node import add_arguments  # light: Thespian is imported only when the node runs
+    from ._cli.node import add_arguments  # light: Thespian is imported only when the node runs
 
     node = commands.add_parser("node", help="join a convention and offer capacity (no sandboxes of its own)")
     add_arguments(node)
@@ -99,7 +100,7 @@ def _node_parser(commands: Any) -> None:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from ._node import run_node
+    from ._cli.node import run_node
 
     return run_node(args)
 
@@ -215,7 +216,7 @@ def _reload_line(result: ReloadResult, verb: str = "reloaded") -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo, samples_folder, scratch_state_dir
+    from ._cli.demo import run_demo, samples_folder, scratch_state_dir
     from .host import Host
 
     console = _console()
@@ -250,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _serve(host: Host, args: argparse.Namespace, console: Console, stop: threading.Event) -> None:
     """Create the sandbox and wait for ``stop``; with ``--watch``, hot-reload on every save meanwhile."""
-    from ._watch import Watcher
+    from ._cli.watch import Watcher
 
     sandbox_id = args.sandbox_id or Path(args.path).resolve().name
     # Made before the sandbox, so an edit saved while it starts is not missed.
@@ -272,15 +273,15 @@ def _serve(host: Host, args: argparse.Namespace, console: Console, stop: threadi
             watcher.stop()  # before the host closes: a reload under way finishes first
 
 
-_EVENT_STYLES = {
-    "crashed": "red",
-    "failed": "bold red",
-    "limit_breached": "magenta",
-    "restarted": "yellow",
-    "reloaded": "green",
-    "rolled_back": "yellow",
-    "started": "green",
-    "stopped": "dim",
+_EVENT_STYLES: dict[str, str] = {
+    EventKind.CRASHED: "red",
+    EventKind.FAILED: "bold red",
+    EventKind.LIMIT_BREACHED: "magenta",
+    EventKind.RESTARTED: "yellow",
+    EventKind.RELOADED: "green",
+    EventKind.ROLLED_BACK: "yellow",
+    EventKind.STARTED: "green",
+    EventKind.STOPPED: "dim",
 }
 
 

@@ -4,13 +4,13 @@ Compiling a sandbox folder (or one module of it) goes through these steps, cheap
 
 1. every module is compiled to bytecode in this process (no code runs), and every syntax error
    is reported at once;
-2. the AST security scan of the profile (:mod:`plugin_host._scan`): ``restricted`` rejects,
+2. the AST security scan of the profile (:mod:`plugin_host._compile.scan`): ``restricted`` rejects,
    ``standard`` warns, ``permissive`` skips it;
 3. with ``validate``, the modules are imported in a separate Python process that is killed at
-   the timeout (:mod:`plugin_host._compile_worker`), so top-level code never runs in the caller;
+   the timeout (:mod:`plugin_host._compile.worker`), so top-level code never runs in the caller;
    with a :class:`CompilePool`, that process is forked from a warm worker instead of started
    afresh (the same result, without the interpreter's start-up);
-4. a successful result is kept in a content-hash cache (:mod:`plugin_host._compile_cache`)
+4. a successful result is kept in a content-hash cache (:mod:`plugin_host._compile.cache`)
    under the caller's ``cache_dir`` (a folder of the host's ``state_dir``); nothing is ever
    written into the source tree.
 
@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import attrs
-
-from ._compile_cache import cache_key, cache_load, cache_store, manifest_load
-from ._compile_worker import CompilePool, CompilePoolStatistics, run_validator
-from ._import_graph import import_graph, in_dependency_order
-from ._scan import Finding, scan_source
+from ._compile.cache import cache_key, cache_load, cache_store, manifest_load
+from ._compile.import_graph import import_graph, in_dependency_order
+from ._compile.job import Job as _Job
+from ._compile.job import Options as _Options
+from ._compile.pool import CompilePool, CompilePoolStatistics
+from ._compile.scan import Finding, scan_source
+from ._compile.validator import run_validator
 from .codeload import CodeTable, ModuleSource, check_syntax, read_sandbox_folder
 from .config import SECURITY_PROFILES
 from .errors import (
@@ -98,7 +99,7 @@ def compile_sandbox(
     """
     start = time.perf_counter()
     root = Path(path).resolve()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool, import_paths)
+    options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool, import_paths)
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
 
@@ -141,7 +142,7 @@ def compile_source(
         ConfigError: an invalid profile or timeout.
     """
     start = time.perf_counter()
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
+    options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
     file = str(path) if path is not None else (old.path if old else f"<{module}>")
@@ -171,7 +172,7 @@ def compile_file(
     root, name, is_package = _module_of_file(file)
     # No cache-inside-the-tree check here: the folder is only read for imports, and a file in
     # the home folder would otherwise refuse a state_dir under it.
-    options = _Options.make(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
+    options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
     try:
         text = _as_text(file.read_bytes(), str(file))
     except OSError as exc:
@@ -194,56 +195,32 @@ def dependents(table: CodeTable, module: str) -> list[str]:
 # -- the pipeline --------------------------------------------------------------------------
 
 
-@attrs.frozen
-class _Options:
-    timeout: float
-    validate: bool
-    profile: str
-    cache_dir: Path | None
-    plugin_classes: tuple[str, ...]
-    pool: CompilePool | None = attrs.field(default=None, eq=False)
-    """Where validation runs; not part of what a compile means (nor of its cache key)."""
-    import_paths: tuple[str, ...] = ()
-    """Folders put first on the validator's import path (a sandbox's dependency environment)."""
-
-    @classmethod
-    def make(
-        cls,
-        timeout: float,
-        validate: bool,
-        profile: str,
-        cache_dir: str | os.PathLike[str] | None,
-        plugin_classes: Iterable[str],
-        source_root: Path | None,
-        pool: CompilePool | None = None,
-        import_paths: Sequence[str] = (),
-    ) -> _Options:
-        if profile not in SECURITY_PROFILES:
-            raise ConfigError(
-                f"security_profile must be one of {', '.join(SECURITY_PROFILES)}, got {profile!r}",
-                field="security_profile",
-            )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout")
-        folder = Path(cache_dir).resolve() if cache_dir is not None else None
-        if folder is not None and source_root is not None and folder.is_relative_to(source_root):
-            raise ConfigError(
-                f"cache_dir {str(folder)!r} is inside the source tree {str(source_root)!r}", field="cache_dir"
-            )
-        classes = tuple(plugin_classes)
-        _check_class_specs(classes)
-        return cls(float(timeout), bool(validate), profile, folder, classes, pool, tuple(map(str, import_paths)))
-
-
-@attrs.frozen
-class _Job:
-    table: CodeTable
-    targets: tuple[str, ...]
-    """The modules compiled: syntax-checked, scanned, returned as artifacts."""
-    label: str
-    options: _Options
-    whole_tree: bool
-    """Every module is a target, so modules unchanged since the last success need no re-import."""
+def _options(
+    timeout: float,
+    validate: bool,
+    profile: str,
+    cache_dir: str | os.PathLike[str] | None,
+    plugin_classes: Iterable[str],
+    source_root: Path | None,
+    pool: CompilePool | None = None,
+    import_paths: Sequence[str] = (),
+) -> _Options:
+    """The checked settings of a compile; a clear ``ConfigError`` for a bad one."""
+    if profile not in SECURITY_PROFILES:
+        raise ConfigError(
+            f"security_profile must be one of {', '.join(SECURITY_PROFILES)}, got {profile!r}",
+            field="security_profile",
+        )
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout")
+    folder = Path(cache_dir).resolve() if cache_dir is not None else None
+    if folder is not None and source_root is not None and folder.is_relative_to(source_root):
+        raise ConfigError(
+            f"cache_dir {str(folder)!r} is inside the source tree {str(source_root)!r}", field="cache_dir"
+        )
+    classes = tuple(plugin_classes)
+    _check_class_specs(classes)
+    return _Options(float(timeout), bool(validate), profile, folder, classes, pool, tuple(map(str, import_paths)))
 
 
 def _compile_module(entry: ModuleSource, base: CodeTable, options: _Options, start: float) -> CompileInfo:

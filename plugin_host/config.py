@@ -323,7 +323,7 @@ class HostConfig:
     """The only address any socket of the actor system binds to."""
     state_dir: Path = attrs.field(default=_from_env("state_dir", Path, _default_state_dir), converter=_to_path)
     """Where the registry, caches and logs live (default: the XDG state folder). It must be this
-    user's alone (see :mod:`plugin_host._statedir`); a running host's ``config`` holds its real
+    user's alone (see :mod:`plugin_host._store.statedir`); a running host's ``config`` holds its real
     path, symlinks resolved."""
     max_versions: int | None = attrs.field(
         default=_from_env("max_versions", _parse_optional_int, lambda: None), validator=_positive_int

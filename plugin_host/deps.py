@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-from . import _statedir
+from ._store import statedir as _statedir
 from .errors import DependencyError
 
 if TYPE_CHECKING:

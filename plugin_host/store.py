@@ -21,8 +21,8 @@ Crash safety.  Every logical operation is one ``BEGIN IMMEDIATE`` transaction in
 ``kill -9`` of the host at any instant leaves either all of an operation or none of it.  Ids and
 module names are bound as SQL parameters and never become file names.
 
-The file's layout, migrations and connection set-up live in :mod:`plugin_host._store_schema`;
-the statements the operations are made of, in :mod:`plugin_host._store_sql`.
+The file's layout, migrations and connection set-up live in :mod:`plugin_host._store.schema`;
+the statements the operations are made of, in :mod:`plugin_host._store.sql`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ from typing import Iterator
 
 import attrs
 
-from . import _store_sql as sql
-from ._store_schema import SCHEMA_VERSION, connect, sqlite_errors
+from ._store import sql
+from ._store.schema import SCHEMA_VERSION, connect, sqlite_errors
 from .errors import BadRequestError, UnknownModuleError
+from .states import VersionStatus
 from .values import ModuleVersion, VersionHistory
 
 __all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "VersionEvent", "VersionStore", "sha256_of"]
@@ -230,9 +231,11 @@ class VersionStore:
             sql.require(conn, sandbox_id, module, version)
             old = sql.current_version(conn, sandbox_id, module)
             if old is not None and old != version:
-                sql.set_status(conn, sandbox_id, module, old, "failed" if old_failed else "previous")
+                sql.set_status(
+                    conn, sandbox_id, module, old, VersionStatus.FAILED if old_failed else VersionStatus.PREVIOUS
+                )
             now = time.time()
-            sql.set_status(conn, sandbox_id, module, version, "current", loaded_at=now)
+            sql.set_status(conn, sandbox_id, module, version, VersionStatus.CURRENT, loaded_at=now)
             sql.append_event(conn, now, sandbox_id, module, old, version, event, "ok", details)
 
     def mark_failed(self, sandbox_id: str, module: str, version: int, reason: str, *, event: str = "reloaded") -> None:
@@ -261,7 +264,7 @@ class VersionStore:
                     module=module,
                     version=version,
                 )
-            sql.set_status(conn, sandbox_id, module, version, "failed")
+            sql.set_status(conn, sandbox_id, module, version, VersionStatus.FAILED)
             sql.append_event(conn, time.time(), sandbox_id, module, current, version, event, "failed", reason)
 
     @staticmethod

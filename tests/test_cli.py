@@ -17,8 +17,9 @@ import pytest
 from conftest import ROOT, SAMPLES, eventually, pid_alive, sample
 from rich.console import Console
 
-from plugin_host import Host, _status, cli
-from plugin_host._demo import samples_folder
+from plugin_host import Host, cli
+from plugin_host._cli import status as _status
+from plugin_host._cli.demo import samples_folder
 from plugin_host._operator import AdminClient
 from plugin_host._system import free_port
 from plugin_host.cli import main

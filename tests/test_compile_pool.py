@@ -231,7 +231,7 @@ def test_host_compiles_on_a_warm_worker_that_host_close_ends(
     """The host's compile methods share one worker, named by its state_dir; close() ends it."""
 
     def workers() -> list[psutil.Process]:
-        return [p for p in processes_naming(str(state_dir)) if "_compile_worker" in " ".join(p.cmdline())]
+        return [p for p in processes_naming(str(state_dir)) if "_compile.worker" in " ".join(p.cmdline())]
 
     host = Host(config)
     try:

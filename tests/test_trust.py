@@ -178,7 +178,7 @@ def test_another_user_with_a_cookie_of_their_own_is_refused(host: Host, tmp_path
     (Path(host.config.state_dir) / "run" / f"{port}.json").read_text()  # the host published itself
 
     def attach() -> str:
-        from plugin_host import _statedir
+        from plugin_host._store import statedir as _statedir
         from plugin_host._system import ActorSystemHandle
 
         config = HostConfig(state_dir=own)

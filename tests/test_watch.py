@@ -12,7 +12,7 @@ import pytest
 from conftest import eventually
 
 from plugin_host import Host
-from plugin_host._watch import FolderSnapshot, ReloadReport, Watcher
+from plugin_host._cli.watch import FolderSnapshot, ReloadReport, Watcher
 from plugin_host.errors import CompilationError, HotReloadError, SandboxNotFoundError
 
 ROOT = """

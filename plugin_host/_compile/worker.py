@@ -2,7 +2,7 @@
 
 The host starts it with ``sys.executable -P -c`` and a one-line bootstrap that imports this
 module from the host's checkout.  The host's ends of its protocols are
-:mod:`plugin_host._validator` (one validation) and :mod:`plugin_host._compile_pool` (the warm
+:mod:`plugin_host._compile.validator` (one validation) and :mod:`plugin_host._compile.pool` (the warm
 worker's socket); each changes together with this module.  It has two entry points:
 
 * :func:`main`, a validator: it serves the sandbox's modules from memory under their plain names
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
 
 import attrs
 
-from . import codeload
-from ._compile_pool import MAX_MESSAGE, CompilePool, CompilePoolStatistics
-from ._validator import ROOT, Error, ValidatorResult, kill_group, run_validator
-from .errors import SandboxStartError
+from .. import codeload
+from ..errors import SandboxStartError
+from .pool import MAX_MESSAGE, CompilePool, CompilePoolStatistics
+from .validator import ROOT, Error, ValidatorResult, kill_group, run_validator
 
 if TYPE_CHECKING:
     # Imported lazily at run time: ``socket`` must not be among the modules a fresh validator

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .errors import UnknownModuleError, VersionNotFoundError
-from .states import VersionStatus
-from .values import ModuleVersion, VersionHistory
+from ..errors import UnknownModuleError, VersionNotFoundError
+from ..states import VersionStatus
+from ..values import ModuleVersion, VersionHistory
 
 __all__ = [
     "append_event",
@@ -52,7 +52,7 @@ def known(conn: sqlite3.Connection, sandbox_id: str) -> dict[str, tuple[int, int
         _, current, by_checksum = result.setdefault(module, (last, 0, {}))
         if version is not None:
             by_checksum.setdefault(checksum, version)
-            if status == "current":
+            if status == VersionStatus.CURRENT:
                 result[module] = (last, version, by_checksum)
     return result
 
@@ -117,7 +117,7 @@ def version_history(conn: sqlite3.Connection, sandbox_id: str, module: str) -> V
         (sandbox_id, module),
     ).fetchall()
     versions = [module_version(r) for r in rows]
-    current = next((v.version for v in versions if v.status == "current"), 0)
+    current = next((v.version for v in versions if v.status == VersionStatus.CURRENT), 0)
     return VersionHistory(current_version=current, total_versions=len(versions), versions=versions)
 
 
@@ -186,7 +186,13 @@ def insert_pending(
 
 
 def set_status(
-    conn: sqlite3.Connection, sandbox_id: str, module: str, version: int, status: str, *, loaded_at: float | None = None
+    conn: sqlite3.Connection,
+    sandbox_id: str,
+    module: str,
+    version: int,
+    status: VersionStatus,
+    *,
+    loaded_at: float | None = None,
 ) -> None:
     """Set the status of one version, and its ``loaded_at`` when one is given."""
     conn.execute(
@@ -196,7 +202,7 @@ def set_status(
     )
 
 
-def append_event(conn: sqlite3.Connection, *row: Any) -> None:
+def append_event(conn: sqlite3.Connection, *row: object) -> None:
     """Append one row to the event log, in :class:`~plugin_host.store.VersionEvent` field order."""
     conn.execute(
         "INSERT INTO events (time, sandbox_id, module, from_version, to_version, kind, outcome, details)"

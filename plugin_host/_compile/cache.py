@@ -17,10 +17,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .compiler import _Job
+from .job import Job
 
 __all__ = ["cache_key", "cache_load", "cache_store", "manifest_load"]
 
@@ -30,7 +28,7 @@ _CACHE_LIMIT = 512
 """Cache entries kept; the least recently used go first."""
 
 
-def _settings(job: _Job) -> list[object]:
+def _settings(job: Job) -> list[object]:
     o = job.options
     return [
         _CACHE_FORMAT,
@@ -43,7 +41,7 @@ def _settings(job: _Job) -> list[object]:
     ]
 
 
-def cache_key(job: _Job) -> str:
+def cache_key(job: Job) -> str:
     """The cache key of ``job``: its settings, its targets and every module's name, path and checksum."""
     digest = hashlib.sha256(json.dumps(_settings(job) + [list(job.targets)]).encode())
     for name in sorted(job.table.modules):
@@ -69,7 +67,7 @@ def cache_load(folder: Path | None, key: str) -> str | None:
     return output
 
 
-def cache_store(folder: Path, job: _Job, key: str, output: str) -> None:
+def cache_store(folder: Path, job: Job, key: str, output: str) -> None:
     """Keep the output of a successful ``job`` under ``key`` (and, for a validated whole tree, its manifest).
 
     Never fails: a cache that cannot be written is only a slower next compile.
@@ -81,12 +79,12 @@ def cache_store(folder: Path, job: _Job, key: str, output: str) -> None:
     _prune(folder)
 
 
-def _manifest_name(job: _Job) -> str:
+def _manifest_name(job: Job) -> str:
     digest = hashlib.sha256(json.dumps(_settings(job) + [job.label]).encode()).hexdigest()
     return f"manifest-{digest}.json"
 
 
-def manifest_load(job: _Job) -> dict[str, str] | None:
+def manifest_load(job: Job) -> dict[str, str] | None:
     """Module -> checksum of the last successful validation of this folder with these settings."""
     if job.options.cache_dir is None:
         return None

@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.markup import escape
 
-from .config import HostConfig, ResourceLimits
-from .errors import ActorNotFoundError, CallTimeoutError, HotReloadError, PluginError, PluginHostError
-from .values import ChildInfo, Event, SandboxInfo, VersionHistory
+from ..config import HostConfig, ResourceLimits
+from ..errors import ActorNotFoundError, CallTimeoutError, HotReloadError, PluginError, PluginHostError
+from ..states import ChildStatus, EventKind, SandboxStatus
+from ..values import ChildInfo, Event, SandboxInfo, VersionHistory
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .host import Host
+    from ..host import Host
 
 __all__ = ["run_demo", "samples_folder", "scratch_state_dir"]
 
@@ -127,7 +128,7 @@ def samples_folder(shipped: Path | None = None) -> Iterator[Path]:
     Args:
         shipped: where to look for the samples first (default: next to the package).
     """
-    shipped = Path(__file__).resolve().parent.parent / "samples" if shipped is None else shipped
+    shipped = Path(__file__).resolve().parent.parent.parent / "samples" if shipped is None else shipped
     if (shipped / "counter" / "root.py").is_file() and (shipped / "crashy" / "root.py").is_file():
         yield shipped
         return
@@ -317,7 +318,7 @@ def _memory_bomb(host: Host, folder: Path, console: Console) -> None:
             break
     unsubscribe()
     seen = [events.get_nowait() for _ in range(events.qsize())]
-    breaches = sum(1 for event in seen if event.kind == "limit_breached")
+    breaches = sum(1 for event in seen if event.kind == EventKind.LIMIT_BREACHED)
     _say(
         console,
         f"{breaches} limit_breached events; 'bomb' is [red]{host.get_sandbox_info('bomb').status}[/] "
@@ -336,7 +337,7 @@ def _fail_past_intensity(host: Host, samples: Path, console: Console) -> None:
         _wait_for(
             lambda: (
                 _restarted(host, "fragile", "crashy", before.restarts)  # noqa: B023 - called within this turn
-                or host.get_sandbox_info("fragile").status == "failed"
+                or host.get_sandbox_info("fragile").status == SandboxStatus.FAILED
             ),
             "a restart or a failure",
         )
@@ -352,7 +353,7 @@ def _child(host: Host, sandbox_id: str, name: str) -> ChildInfo:
 
 def _restarted(host: Host, sandbox_id: str, name: str, restarts: int) -> bool:
     child = _child(host, sandbox_id, name)
-    return child.restarts > restarts and child.status == "running" and child.pid is not None
+    return child.restarts > restarts and child.status == ChildStatus.RUNNING and child.pid is not None
 
 
 def _wait_for(condition: Callable[[], bool], what: str) -> None:

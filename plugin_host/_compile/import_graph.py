@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from typing import Iterable
 
-from .codeload import CodeTable, ModuleSource
+from ..codeload import CodeTable, ModuleSource
 
 __all__ = ["import_graph", "in_dependency_order"]
 

@@ -16,28 +16,29 @@ from typing import TYPE_CHECKING, Callable
 
 import attrs
 
-from .errors import SandboxNotFoundError
+from ..errors import SandboxNotFoundError
+from ..states import SandboxStatus, VersionStatus
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from ._operator import AdminClient
-    from .config import HostConfig
-    from .values import AuditRecord, CompileInfo, ResourceUsage, SandboxInfo, VersionHistory
+    from .._operator import AdminClient
+    from ..config import HostConfig
+    from ..values import AuditRecord, CompileInfo, ResourceUsage, SandboxInfo, VersionHistory
 
     Snapshot = list[tuple[SandboxInfo, ResourceUsage | None]]
     """Every sandbox with its resource usage (``None`` when it is not running)."""
 
 __all__ = ["artifacts_table", "history_for", "run_status", "table_for"]
 
-_STATUS_STYLES = {
-    "running": "green",
-    "starting": "yellow",
-    "failed": "bold red",
-    "lost": "red",
-    "stopped": "dim",
-    "current": "green",
-    "previous": "dim",
+_STATUS_STYLES: dict[str, str] = {
+    SandboxStatus.RUNNING: "green",
+    SandboxStatus.STARTING: "yellow",
+    SandboxStatus.FAILED: "bold red",
+    SandboxStatus.LOST: "red",
+    SandboxStatus.STOPPED: "dim",
+    VersionStatus.CURRENT: "green",
+    VersionStatus.PREVIOUS: "dim",
 }
 _MIB = 1024 * 1024
 _USAGE_COLUMNS = ("sandbox", "status", "actor", "pid", "rss MiB", "cpu s", "messages", "restarts", "version", "node")
@@ -125,7 +126,7 @@ def run_status(
         SandboxNotFoundError: ``sandbox_id`` names no sandbox of the host.
         PluginHostError: the host cannot be reached, or went away during the live view.
     """
-    from ._operator import AdminClient
+    from .._operator import AdminClient
 
     with AdminClient(port, config) as client:
         if audit:
@@ -195,7 +196,7 @@ def _snapshot(client: AdminClient, sandbox_id: str | None = None) -> Snapshot:
 
 
 def _usage_of(client: AdminClient, info: SandboxInfo) -> ResourceUsage | None:
-    if info.status != "running":
+    if info.status != SandboxStatus.RUNNING:
         return None
     try:
         return client.resource_usage(info.id)

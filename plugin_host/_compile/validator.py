@@ -1,9 +1,9 @@
 """Import-time validation of a sandbox's modules in a separate, killable Python process: the host's end.
 
 :func:`run_validator` writes the code table as JSON to a scratch folder and has it validated by
-the child program of :mod:`plugin_host._compile_worker`: by default ``sys.executable`` started
+the child program of :mod:`plugin_host._compile.worker`: by default ``sys.executable`` started
 there in a new session (its own process group) with stdin from ``/dev/null``, or a child forked
-by a :class:`~plugin_host._compile_pool.CompilePool`'s warm worker.  Either way it reads the
+by a :class:`~plugin_host._compile.pool.CompilePool`'s warm worker.  Either way it reads the
 child's stdout and stderr through pipes to their end (keeping a bounded tail of each) and turns
 the JSON lines of the protocol into a :class:`ValidatorResult`.
 
@@ -24,16 +24,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import attrs
 
-from . import codeload
+from .. import codeload
 
-if TYPE_CHECKING:
-    from ._compile_pool import CompilePool
-
-__all__ = ["ROOT", "Error", "Outcome", "ValidatorResult", "collect", "kill_group", "run_validator"]
+__all__ = ["ROOT", "Error", "Forker", "Outcome", "ValidatorResult", "collect", "kill_group", "run_validator"]
 
 Error = tuple[str, int, str]
 """(file, line, message)."""
@@ -46,14 +43,22 @@ _MAX_CHATTER = 20_000
 """Bytes of the modules' own printing kept for ``CompileInfo.output`` (the last ones)."""
 _MAX_PROTOCOL = 1_000_000
 """Bytes of the protocol stream kept; events are small, this only bounds a misbehaving child."""
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = str(Path(__file__).resolve().parent.parent.parent)
 """The folder holding ``plugin_host``, first on a validator's ``sys.path`` while it starts."""
 # The child must import plugin_host even when it is not installed (a checkout on PYTHONPATH);
 # ``-P`` keeps the scratch working folder off sys.path.
 _BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from plugin_host._compile_worker import main; main(sys.argv[1:])"
+    "import sys; sys.path.insert(0, sys.argv[1]); from plugin_host._compile.worker import main; main(sys.argv[1:])"
 )
 _FRAME = re.compile(r'File "(?P<file>.*)", line (?P<line>\d+)')
+
+
+class Forker(Protocol):
+    """What :func:`run_validator` needs of a warm worker (a :class:`~plugin_host._compile.pool.CompilePool`)."""
+
+    def _run(self, payload: Path, label: str, timeout: float) -> Outcome | None:
+        """The outcome of the validation of ``payload`` in a forked child, or None to run it afresh."""
+        ...
 
 
 @attrs.frozen
@@ -77,7 +82,7 @@ def run_validator(
     *,
     timeout: float,
     label: str,
-    pool: CompilePool | None = None,
+    pool: Forker | None = None,
     paths: Sequence[str] = (),
 ) -> ValidatorResult:
     """Import ``targets`` (and check ``plugin_classes``) in a separate, throwaway Python process.

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, HostStartError, StateDirInUseError
+from ..errors import ConfigError, HostStartError, StateDirInUseError
 
 __all__ = [
     "HostLock",
@@ -259,7 +259,7 @@ def _runtime_folder(state_dir: Path) -> Path:
 
 def write_runtime(state_dir: Path, port: int, bind: str, extra: dict[str, Any] | None = None) -> Path:
     """Record a running host (pid, port, address, version) for operator commands; returns the file."""
-    from . import __version__
+    from .. import __version__
 
     info = {
         "pid": os.getpid(),

@@ -2,7 +2,7 @@
 
 A :class:`Row` holds the samples of one row (plugin-host and, where one exists, raw Thespian)
 and gives its JSON form.  ``_Bench`` carries what every section of
-:mod:`plugin_host._bench_sections` needs: the embedded ``Host``, the raw-Thespian system
+:mod:`plugin_host._bench.sections` needs: the embedded ``Host``, the raw-Thespian system
 (``_Raw``), the scratch folders, the sample counts of the mode and the progress display.
 The small helpers time, wait for and check what a section does.  Rich (the progress bar)
 and the host are imported only when a bench runs.
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Ty
 import attrs
 import psutil
 
-from . import _bench_actors as acts
-from ._launcher import apply_bind_patch, log_defs
-from .errors import PluginHostError
+from .._launcher import apply_bind_patch, log_defs
+from ..errors import PluginHostError
+from . import actors as acts
 
 if TYPE_CHECKING:  # the host loads only when a bench runs: `plugin-host --help` stays fast
-    from .host import Host
+    from ..host import Host
 
 __all__ = ["Row"]
 
@@ -152,7 +152,7 @@ class _Raw:
     def __init__(self, folder: Path) -> None:
         from thespian.actors import ActorSystem
 
-        from ._system import free_port
+        from .._system import free_port
 
         apply_bind_patch("127.0.0.1")  # never expose a pickle port beyond loopback
         saved = {k: os.environ.get(k) for k in ("THESPLOG_FILE", "THESPIAN_BASE_IPADDR")}

@@ -18,9 +18,9 @@ from typing import Any, Mapping, Sequence
 
 import psutil
 
-from . import _launcher
-from ._bench_harness import _BenchError, _wait
-from ._launcher import apply_bind_patch
+from .. import _launcher
+from .._launcher import apply_bind_patch
+from .harness import _BenchError, _wait
 
 __all__ = ["_Node", "_RawConvention"]
 
@@ -179,7 +179,7 @@ class _RawConvention:
     def _launch(self, name: str, capabilities: Mapping[str, Any], leader: str | None) -> int:
         from thespian.actors import ActorSystem
 
-        from ._system import free_port
+        from .._system import free_port
 
         port = free_port("127.0.0.1")
         spec = {

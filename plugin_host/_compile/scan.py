@@ -14,7 +14,7 @@ import ast
 import re
 from typing import Iterable
 
-from .errors import CompilationError
+from ..errors import CompilationError
 
 __all__ = ["Finding", "scan_source"]
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import PluginHostError
+from ..errors import PluginHostError
 
 __all__ = ["SCHEMA_VERSION", "connect", "sqlite_errors"]
 

@@ -1,6 +1,6 @@
 """The measuring sections of ``plugin-host bench``: each row on plugin-host and on raw Thespian.
 
-Each section takes the run's ``_Bench`` (:mod:`plugin_host._bench_harness`) and returns its
+Each section takes the run's ``_Bench`` (:mod:`plugin_host._bench.harness`) and returns its
 rows; :mod:`plugin_host.bench` lists the sections (``SECTIONS``), runs them and reports.
 The host and the compiler are imported inside the sections, when a bench runs.
 """
@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Seque
 import attrs
 import psutil
 
-from . import _bench_actors as acts
-from ._bench_harness import Row, _Bench, _BenchError, _expect, _gone, _ms, _pair, _Raw, _wait, _write
-from ._bench_remote import _Node, _RawConvention
-from .errors import PluginError
+from ..errors import PluginError
+from ..states import NodeStatus
+from . import actors as acts
+from .harness import Row, _Bench, _BenchError, _expect, _gone, _ms, _pair, _Raw, _wait, _write
+from .remote import _Node, _RawConvention
 
 if TYPE_CHECKING:  # the host loads only when a bench runs
-    from .host import Host
+    from ..host import Host
 
 __all__ = ["MIB", "THREADS"]
 
@@ -50,8 +51,8 @@ def _auth(b: _Bench) -> list[Row]:
     process (the restricted decoder), against pickling and unpickling the same envelope."""
     import pickle
 
-    from . import _wire
-    from .messages import Ok
+    from .. import _wire
+    from ..messages import Ok
 
     keys = b.host._system.keys
     if keys is None:
@@ -120,7 +121,7 @@ def _remote(b: _Bench) -> list[Row]:
             raise _BenchError("raw Thespian: the echo actor did not land on the member system")
         name = node.ready()["node"]
         _wait(
-            lambda: any(n.name == name and n.status == "up" for n in b.host.nodes()),
+            lambda: any(n.name == name and n.status == NodeStatus.UP for n in b.host.nodes()),
             timeout=30,
             what=f"the host did not list the member {name} as up",
         )
@@ -412,7 +413,7 @@ def _crash(b: _Bench) -> list[Row]:
 
 
 def _hang(b: _Bench) -> list[Row]:
-    from .host import Host
+    from ..host import Host
 
     config = attrs.evolve(b.host.config, state_dir=str(b.work / "state-hang"), heartbeat_interval=0.1, hang_timeout=0.5)
     with Host(config) as host, b.sandbox("bench-hang", "roots:One", host) as sid:
@@ -503,7 +504,7 @@ def _rollback(b: _Bench) -> list[Row]:
 
 
 def _compile(b: _Bench) -> list[Row]:
-    from . import compiler
+    from .. import compiler
 
     folder = _write(b.work / "compile-50", acts.many_modules(50))
     config, serial = b.host.config, iter(range(1_000_000))

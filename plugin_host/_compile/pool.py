@@ -2,17 +2,17 @@
 
 A :class:`CompilePool` skips the start-up of a fresh interpreter (most of a small validation's
 time): its *warm worker*, started on first use, is the validator program of
-:mod:`plugin_host._compile_worker` with the runtime already imported, waiting on a Unix socket
-(:func:`~plugin_host._compile_worker.serve`).  For each job it forks a child that becomes exactly
+:mod:`plugin_host._compile.worker` with the runtime already imported, waiting on a Unix socket
+(:func:`~plugin_host._compile.worker.serve`).  For each job it forks a child that becomes exactly
 what a fresh validator would be (own session, the job's pipes as stdout and stderr, the scratch
 folder as working folder) and runs the same code, so plugin code still runs only in a throwaway
 process.  The host reads the child's pipes, passed with the job, and enforces the timeout as for
-a fresh process (:func:`~plugin_host._validator.collect`); the worker only forks, reports the
+a fresh process (:func:`~plugin_host._compile.validator.collect`); the worker only forks, reports the
 child's pid and exit code, and reaps it when told.  Whenever the worker fails, the job runs in a
 fresh process and the next job starts a new worker.
 
 This module is the host's end of that socket; the worker's end is in
-:mod:`plugin_host._compile_worker`, and both change together.
+:mod:`plugin_host._compile.worker`, and both change together.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, final
 
 import attrs
 
-from ._validator import ROOT, Outcome, collect, kill_group
+from .validator import ROOT, Outcome, collect, kill_group
 
 if TYPE_CHECKING:
     # Imported lazily at run time: ``socket`` must not be among the modules a fresh validator
@@ -50,7 +50,7 @@ _STOP_SECONDS = 2.0
 MAX_MESSAGE = 65536
 """Bytes of one control message between the host and its warm worker (paths and small events)."""
 _SERVE_BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from plugin_host._compile_worker import serve; serve(sys.argv[1:])"
+    "import sys; sys.path.insert(0, sys.argv[1]); from plugin_host._compile.worker import serve; serve(sys.argv[1:])"
 )
 
 

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._system import ActorSystemHandle
+    from .._system import ActorSystemHandle
 
 __all__ = ["add_arguments", "parse_capability", "run_node"]
 
@@ -86,7 +86,7 @@ def run_node(args: argparse.Namespace) -> int:
         PluginHostError: a bad option value (e.g. a reserved capability), a busy port, or a
             system that did not start or join.
     """
-    from .config import HostConfig
+    from ..config import HostConfig
 
     fields: dict[str, Any] = {"convention_leader": args.leader, "capabilities": dict(args.capabilities)}
     for name, value in (
@@ -103,7 +103,7 @@ def run_node(args: argparse.Namespace) -> int:
 
     _check_leader_accepts(config)
 
-    from ._system import ActorSystemHandle
+    from .._system import ActorSystemHandle
 
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -125,9 +125,10 @@ def _check_leader_accepts(config: Any) -> None:
     refuses this node's credential (one signed frame; the leader logs a refused one)."""
     import attrs
 
-    from . import _statedir, _wire
-    from ._system import port_in_use
-    from .errors import CredentialError, HostStartError
+    from .. import _wire
+    from .._store import statedir as _statedir
+    from .._system import port_in_use
+    from ..errors import CredentialError, HostStartError
 
     leader = config.convention_leader
     address, _, port = leader.rpartition(":")
@@ -161,8 +162,8 @@ def _boot(handle: ActorSystemHandle, stop: threading.Event) -> bool:
 
     from actors.node import NODE_GLOBAL_NAME, NodeActor, NodeBoot, NodeBooted
 
-    from .errors import HostStartError
-    from .messages import Failed
+    from ..errors import HostStartError
+    from ..messages import Failed
 
     node = handle.create_actor(NodeActor, NODE_GLOBAL_NAME)
     boot = NodeBoot(handle.new_corr(), os.getpid(), psutil.Process().create_time(), JOIN_TIMEOUT)
@@ -193,7 +194,7 @@ def _boot(handle: ActorSystemHandle, stop: threading.Event) -> bool:
 
 def _startup_line(handle: ActorSystemHandle, as_json: bool) -> str:
     """The one line printed once the node has joined (human text, or one JSON object)."""
-    from .config import node_name
+    from ..config import node_name
 
     config = handle.config
     name = node_name(config.bind_address, handle.port)

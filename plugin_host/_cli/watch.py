@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Callable
 
 import attrs
 
-from .errors import PluginHostError
+from ..errors import PluginHostError
 
 if TYPE_CHECKING:
-    from .host import Host
+    from ..host import Host
 
 __all__ = ["FolderSnapshot", "ReloadReport", "Watcher", "reload_folder"]
 
