@@ -237,7 +237,7 @@ def _check_leader(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         return
     host, _, port = str(value).rpartition(":")
     # isdigit() alone takes "²" (int() then raises ValueError) and other scripts' digits.
-    if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"convention_leader must be 'host:port', got {value!r}", field="convention_leader")
 
 

@@ -436,6 +436,7 @@ CONFIG_SAMPLES = [
     "localhost:1",
     "h:\u0661",
     "h:\u00b2",
+    "h:" + "1" * 5000,  # past Python's 4,300 digits, int() raises ValueError
     "h:0",
     {"plugin_host.node": "x"},
     {"max_threads": 1},
@@ -525,7 +526,7 @@ def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any,
         if value is None:
             return None, {field}
         host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
-        ok = bool(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+        ok = bool(host) and port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
         return (value if ok else INVALID), {field}
     if field == "capabilities":
         ok = isinstance(value, dict) and all(
