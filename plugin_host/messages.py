@@ -12,10 +12,12 @@ cloudpickle bytes.  The class names here are API (Thespian dispatches on them).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 import cloudpickle
+
+from .values import AuditRecord, ModuleVersion, NodeInfo, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
 
 __all__ = [
     "ADMIN_GLOBAL_NAME",
@@ -50,6 +52,9 @@ __all__ = [
     "pack",
     "unblob",
 ]
+
+T = TypeVar("T")
+"""What a request's ``Ok`` reply carries (``Request[T]``): typing only, nothing of it is pickled."""
 
 ADMIN_GLOBAL_NAME = "plugin_host.admin"
 """The Thespian global name of the admin actor."""
@@ -131,14 +136,18 @@ class ActorRef:
 
 
 @attrs.frozen(kw_only=True)
-class Request:
-    """Base of every admin request; ``corr`` is echoed in the reply."""
+class Request(Generic[T]):
+    """Base of every admin request; ``corr`` is echoed in the reply.
+
+    ``T`` is the type of the value its ``Ok`` reply carries (``GetSandboxInfo`` is a
+    ``Request[SandboxInfo]``), so a client's typed ``request(req) -> T`` needs no cast.
+    """
 
     corr: str = ""
 
 
 @attrs.frozen(kw_only=True)
-class CreateSandbox(Request):
+class CreateSandbox(Request[SandboxInfo]):
     """Create and start a sandbox; replies ``Ok(SandboxInfo)``."""
 
     sandbox_id: str
@@ -159,38 +168,38 @@ class CreateSandbox(Request):
 
 
 @attrs.frozen(kw_only=True)
-class DestroySandbox(Request):
+class DestroySandbox(Request[None]):
     """Stop a sandbox and forget its processes; replies ``Ok(None)``."""
 
     sandbox_id: str
 
 
 @attrs.frozen(kw_only=True)
-class RestartSandbox(Request):
+class RestartSandbox(Request[SandboxInfo]):
     """Stop and start a sandbox again from its current code; replies ``Ok(SandboxInfo)``."""
 
     sandbox_id: str
 
 
 @attrs.frozen(kw_only=True)
-class ListSandboxes(Request):
+class ListSandboxes(Request[list[SandboxInfo]]):
     """Replies ``Ok(list[SandboxInfo])``."""
 
 
 @attrs.frozen(kw_only=True)
-class ListNodes(Request):
+class ListNodes(Request[list[NodeInfo]]):
     """Replies ``Ok(list[NodeInfo])``: this host's system and every member of its convention it knows."""
 
 
 @attrs.frozen(kw_only=True)
-class GetSandboxInfo(Request):
+class GetSandboxInfo(Request[SandboxInfo]):
     """Replies ``Ok(SandboxInfo)``."""
 
     sandbox_id: str
 
 
 @attrs.frozen(kw_only=True)
-class LookupActor(Request):
+class LookupActor(Request[ActorRef]):
     """Replies ``Ok(ActorRef)`` for a running actor of a sandbox."""
 
     sandbox_id: str
@@ -202,7 +211,7 @@ class LookupActor(Request):
 
 
 @attrs.frozen(kw_only=True)
-class Call(Request):
+class Call(Request[Any]):
     """A request to a plugin actor; replies ``Ok(reply)`` or ``Failed(PluginError)``.
 
     ``request`` and the reply travel as themselves when plain data, else as a :class:`Blob`
@@ -222,7 +231,7 @@ class Call(Request):
 
 
 @attrs.frozen(kw_only=True)
-class Cast(Request):
+class Cast(Request[None]):
     """A one-way message to a plugin actor; no reply."""
 
     sandbox_id: str
@@ -232,7 +241,7 @@ class Cast(Request):
 
 
 @attrs.frozen(kw_only=True)
-class Run(Request):
+class Run(Request[Any]):
     """Run ``fn()`` (a :class:`Blob`) inside the sandbox; replies ``Ok(value)`` (a Blob unless plain data)."""
 
     sandbox_id: str
@@ -242,21 +251,21 @@ class Run(Request):
 
 
 @attrs.frozen(kw_only=True)
-class BatchCreate(Request):
+class BatchCreate(Request[list[Ok | Failed]]):
     """Create many sandboxes; replies ``Ok(list[Ok | Failed])``, one per spec, in order."""
 
     specs: list[CreateSandbox]
 
 
 @attrs.frozen(kw_only=True)
-class BatchDestroy(Request):
+class BatchDestroy(Request[list[Ok | Failed]]):
     """Destroy many sandboxes; replies ``Ok(list[Ok | Failed])``, one per id, in order."""
 
     sandbox_ids: list[str]
 
 
 @attrs.frozen(kw_only=True)
-class HotReload(Request):
+class HotReload(Request[ReloadResult]):
     """Swap new code into a running sandbox; replies ``Ok(ReloadResult)`` or ``Failed(HotReloadError)``.
 
     ``artifacts`` come from a compilation (``Host.compile_*``); modules that import a
@@ -278,7 +287,7 @@ class HotReload(Request):
 
 
 @attrs.frozen(kw_only=True)
-class RollbackModule(Request):
+class RollbackModule(Request[ReloadResult]):
     """Hot-reload the stored code of ``version``; replies ``Ok(ReloadResult)``."""
 
     sandbox_id: str
@@ -288,7 +297,7 @@ class RollbackModule(Request):
 
 
 @attrs.frozen(kw_only=True)
-class BatchHotReload(Request):
+class BatchHotReload(Request[list[Ok | Failed]]):
     """The same artifacts into many sandboxes; replies ``Ok(list[Ok | Failed])`` in order."""
 
     sandbox_ids: list[str]
@@ -297,7 +306,7 @@ class BatchHotReload(Request):
 
 
 @attrs.frozen(kw_only=True)
-class GetModuleVersion(Request):
+class GetModuleVersion(Request[int]):
     """Replies ``Ok(int)``: the current version of a module of a sandbox."""
 
     sandbox_id: str
@@ -305,7 +314,7 @@ class GetModuleVersion(Request):
 
 
 @attrs.frozen(kw_only=True)
-class ListModuleVersions(Request):
+class ListModuleVersions(Request[list[ModuleVersion]]):
     """Replies ``Ok(list[ModuleVersion])``, newest first."""
 
     sandbox_id: str
@@ -313,7 +322,7 @@ class ListModuleVersions(Request):
 
 
 @attrs.frozen(kw_only=True)
-class GetVersionHistory(Request):
+class GetVersionHistory(Request[VersionHistory]):
     """Replies ``Ok(VersionHistory)``."""
 
     sandbox_id: str
@@ -321,12 +330,12 @@ class GetVersionHistory(Request):
 
 
 @attrs.frozen(kw_only=True)
-class Subscribe(Request):
+class Subscribe(Request[None]):
     """Send this actor (or context) every sandbox :class:`~plugin_host.values.Event` as an ``EventNotice``."""
 
 
 @attrs.frozen(kw_only=True)
-class Unsubscribe(Request):
+class Unsubscribe(Request[None]):
     """Stop the ``EventNotice`` messages to the sender."""
 
 
@@ -339,14 +348,14 @@ class EventNotice:
 
 
 @attrs.frozen(kw_only=True)
-class GetResourceUsage(Request):
+class GetResourceUsage(Request[ResourceUsage]):
     """Replies ``Ok(ResourceUsage)``: memory, CPU, messages and restarts per actor."""
 
     sandbox_id: str
 
 
 @attrs.frozen(kw_only=True)
-class GetAuditLog(Request):
+class GetAuditLog(Request[list[AuditRecord]]):
     """Replies ``Ok(list[AuditRecord])``, oldest first (a bounded log per sandbox)."""
 
     sandbox_id: str
@@ -404,7 +413,7 @@ class HostBreach:
 
 
 @attrs.frozen(kw_only=True)
-class GetSandboxCode(Request):
+class GetSandboxCode(Request[dict[str, tuple[str, str, bool]]]):
     """Host -> admin: the sandbox's current module sources (name -> (path, source, is_package))."""
 
     sandbox_id: str
