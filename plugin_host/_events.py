@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .messages import EventNotice, Subscribe, Unsubscribe
+from .messages import EventNotice
 from .values import Event
+
+if TYPE_CHECKING:
+    from ._client.channel import AdminChannel
 
 __all__ = ["EventListener", "Subscription"]
 
@@ -37,8 +40,8 @@ class EventListener:
     exception in a callback is logged and does not stop the others.
     """
 
-    def __init__(self, system: Any, admin: Any) -> None:
-        self._system, self._admin = system, admin
+    def __init__(self, channel: AdminChannel) -> None:
+        self._channel = channel
         self._callbacks: list[Callable[[Event], Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -65,16 +68,16 @@ class EventListener:
 
     def _run(self) -> None:
         try:
-            self._system.ask(self._admin, Subscribe(corr=self._system.new_corr()), 10.0)
+            self._channel.subscribe(10.0)
         except BaseException as exc:  # noqa: BLE001 - handed to the subscriber
             self._error = exc
         finally:
             self._ready.set()
         while not self._stop.is_set():
-            message = self._system.receive(_POLL)  # from the host's own processes only
+            message = self._channel.receive(_POLL)  # from the host's own processes only
             if isinstance(message, EventNotice):
                 self._dispatch(message.event)
-        self._system.ask(self._admin, Unsubscribe(corr=self._system.new_corr()), 2.0)
+        self._channel.unsubscribe(2.0)
 
     def _dispatch(self, event: Event) -> None:
         with self._lock:

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import attrs
 
 from . import __version__, compiler
+from ._client.channel import AdminChannel, connect
 from ._store import statedir as _statedir
-from ._system import DEAD, ActorSystemHandle
+from ._system import ActorSystemHandle
 from .config import HostConfig
-from .errors import CallTimeoutError, HostClosedError, HostStartError, PluginHostError
+from .errors import HostStartError, PluginHostError
 from .messages import (
-    ADMIN_GLOBAL_NAME,
     DestroySandbox,
-    Failed,
     GetAuditLog,
     GetResourceUsage,
     GetVersionHistory,
@@ -52,6 +51,8 @@ from .values import (
 )
 
 __all__ = ["AdminClient", "compile_path", "find_host"]
+
+T = TypeVar("T")
 
 _SLACK = 5.0  # seconds on top of the admin's own deadlines, so that it answers first
 
@@ -117,10 +118,7 @@ class AdminClient:
         self._system = ActorSystemHandle(self.config)
         try:
             self._system.attach_existing(self.port)
-            # Global names are idempotent: this finds the running admin, it starts none.
-            from actors.admin import AdminActor
-
-            self._admin = self._system.create_actor(AdminActor, ADMIN_GLOBAL_NAME)
+            self._channel = AdminChannel(self._system, connect(self._system), self._where, self.port)
         except PluginHostError:
             self._system.detach()
             raise
@@ -138,7 +136,11 @@ class AdminClient:
         """Detach from the host's actor system, leaving it running.  Idempotent."""
         self._system.detach()
 
-    def request(self, request: Request, timeout: float) -> Any:
+    @property
+    def _where(self) -> str:
+        return f"the plugin host on port {self.port}"
+
+    def request(self, request: Request[T], timeout: float) -> T:
         """Send one admin request and return the value of its ``Ok`` reply.
 
         Raises:
@@ -146,16 +148,7 @@ class AdminClient:
             HostClosedError: the host went away (its admin refused the request).
             PluginHostError: the admin answered ``Failed`` (its error is raised as is).
         """
-        request = attrs.evolve(request, corr=self._system.new_corr())
-        about = getattr(request, "sandbox_id", None)
-        reply = self._system.ask(self._admin, request, timeout, about if isinstance(about, str) else None)
-        if reply is DEAD:
-            raise HostClosedError(f"the plugin host on port {self.port} went away", port=self.port)
-        if reply is None:
-            raise CallTimeoutError(f"the admin actor did not answer {type(request).__name__} in time")
-        if isinstance(reply, Failed):
-            raise reply.error
-        return reply.value
+        return self._channel.request(request, timeout)
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of the host, sorted by id."""
@@ -172,7 +165,7 @@ class AdminClient:
             SandboxNotFoundError: no such sandbox.
         """
         request = GetResourceUsage(sandbox_id=sandbox_id)
-        return self.request(request, self.config.call_timeout + _SLACK)  # type: ignore[no-any-return]
+        return self.request(request, self.config.call_timeout + _SLACK)
 
     def audit_log(self, sandbox_id: str) -> list[AuditRecord]:
         """The sandbox's recent audit records, oldest first, as ``Host.audit_log`` does.
@@ -199,7 +192,7 @@ class AdminClient:
         """
         timeout = self.config.reload_timeout
         request = HotReload(sandbox_id=sandbox_id, artifacts=list(artifacts), timeout=timeout)
-        return self.request(request, timeout + _SLACK)  # type: ignore[no-any-return]
+        return self.request(request, timeout + _SLACK)
 
     def rollback_module(self, sandbox_id: str, module: str, version: int) -> ReloadResult:
         """Hot-reload the stored code of ``version``, as ``Host.rollback_module`` does.
@@ -210,7 +203,7 @@ class AdminClient:
         """
         timeout = self.config.reload_timeout
         request = RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout)
-        return self.request(request, timeout + _SLACK)  # type: ignore[no-any-return]
+        return self.request(request, timeout + _SLACK)
 
     def get_version_history(self, sandbox_id: str, module: str) -> VersionHistory:
         """Every stored version of ``module`` in the sandbox, newest first.
@@ -219,7 +212,7 @@ class AdminClient:
             UnknownModuleError: the registry knows no such module for that sandbox.
         """
         request = GetVersionHistory(sandbox_id=sandbox_id, module=module)
-        return self.request(request, self.config.call_timeout + _SLACK)  # type: ignore[no-any-return]
+        return self.request(request, self.config.call_timeout + _SLACK)
 
 
 def compile_path(

@@ -5,29 +5,26 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, cast
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import attrs
 import psutil
 
-from actors.admin import AdminActor
-
 from . import deps
+from ._client.channel import AdminChannel, connect, unwrap
 from ._events import EventListener, Subscription
 from ._host_calls import _ADMIN_SLACK, CallMethods
 from ._host_reload import ReloadMethods
-from ._system import DEAD, ActorSystemHandle
+from ._system import ActorSystemHandle
 from .config import HostConfig, ResourceLimits
 from .errors import (
     CallTimeoutError,
-    HostClosedError,
     HostStartError,
     InvalidSpecError,
     PluginHostError,
     SandboxStartError,
 )
 from .messages import (
-    ADMIN_GLOBAL_NAME,
     ActorRef,
     BatchCreate,
     BatchDestroy,
@@ -43,13 +40,14 @@ from .messages import (
     HostShutdown,
     ListNodes,
     ListSandboxes,
-    Ok,
     Request,
     RestartSandbox,
 )
 from .values import AuditRecord, Event, NodeInfo, ResourceUsage, SandboxInfo
 
 __all__ = ["Host"]
+
+T = TypeVar("T")
 
 
 class Host(CallMethods, ReloadMethods):
@@ -90,11 +88,12 @@ class Host(CallMethods, ReloadMethods):
     def _boot(self) -> None:
         self._system.start()
         self.config = self._system.config  # state_dir resolved: a symlink on the way may change later
-        self._admin = self._system.create_actor(AdminActor, ADMIN_GLOBAL_NAME)
-        config = attrs.evolve(self.config, admin_port=self._system.port or None)
+        self._admin = connect(self._system)
+        self._channel = AdminChannel(self._system, self._admin, "the plugin host's admin actor", self.admin_port)
+        config = attrs.evolve(self.config, admin_port=self.admin_port)
         token = self._system.new_corr()
         boot = HostBoot(token, os.getpid(), psutil.Process().create_time(), config)
-        reply = self._system.ask(self._admin, boot, 30.0)  # matched on boot.corr, the token
+        reply = self._channel.ask(boot, 30.0)  # matched on boot.corr, the token
         if isinstance(reply, Failed):
             raise reply.error
         if not isinstance(reply, HostBooted) or reply.token != token:
@@ -126,7 +125,7 @@ class Host(CallMethods, ReloadMethods):
         try:
             if self._admin is not None:
                 timeout = self._stop_wait()
-                self._system.ask(self._admin, HostShutdown(self._system.new_corr()), timeout)
+                self._channel.ask(HostShutdown(self._system.new_corr()), timeout)
         except Exception:  # noqa: BLE001 - closing must go on whatever happened
             pass
         finally:
@@ -159,21 +158,8 @@ class Host(CallMethods, ReloadMethods):
 
     # -- admin requests -------------------------------------------------------------------
 
-    def _request(self, request: Request, timeout: float, on_timeout: Callable[[], PluginHostError]) -> Any:
-        if self._system.closed:
-            raise HostClosedError("the host is closed")
-        about = getattr(request, "sandbox_id", None)  # its processes may answer too (a run, a routed call)
-        reply = self._system.ask(
-            self._admin,
-            attrs.evolve(request, corr=self._system.new_corr()),
-            timeout,
-            about if isinstance(about, str) else None,
-        )
-        if reply is None or reply is DEAD:
-            raise on_timeout()
-        if isinstance(reply, Failed):
-            raise reply.error
-        return reply.value
+    def _request(self, request: Request[T], timeout: float, on_timeout: Callable[[], PluginHostError]) -> T:
+        return self._channel.request(request, timeout, on_timeout)
 
     def _admin_timeout(self, what: str) -> Callable[[], PluginHostError]:
         return lambda: CallTimeoutError(f"the admin actor did not answer {what} in time")
@@ -237,10 +223,7 @@ class Host(CallMethods, ReloadMethods):
         if request.sandbox_path is not None:
             self._sandbox_paths[sandbox_id] = request.sandbox_path
         timeout = self.config.start_timeout + self._stop_wait()
-        return cast(
-            SandboxInfo,
-            self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}")),
-        )
+        return self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}"))
 
     def _create_request(
         self,
@@ -312,21 +295,15 @@ class Host(CallMethods, ReloadMethods):
         """
         self._forget(sandbox_id)
         timeout = self.config.start_timeout + self._stop_wait()
-        return cast(
-            SandboxInfo,
-            self._request(
-                RestartSandbox(sandbox_id=sandbox_id),
-                timeout,
-                lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}"),
-            ),
+        return self._request(
+            RestartSandbox(sandbox_id=sandbox_id),
+            timeout,
+            lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}"),
         )
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of this host, sorted by id."""
-        return cast(
-            "list[SandboxInfo]",
-            self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes")),
-        )
+        return self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes"))
 
     def nodes(self) -> list[NodeInfo]:
         """This host's actor system and every member of its convention, local one first.
@@ -334,9 +311,7 @@ class Host(CallMethods, ReloadMethods):
         A host that leads the convention sees every member; one that joined another leader
         sees that leader only (Thespian tells members about the leader, not each other).
         """
-        return cast(
-            "list[NodeInfo]", self._request(ListNodes(), self.config.call_timeout, self._admin_timeout("nodes"))
-        )
+        return self._request(ListNodes(), self.config.call_timeout, self._admin_timeout("nodes"))
 
     def get_sandbox_info(self, sandbox_id: str) -> SandboxInfo:
         """A snapshot of one sandbox.
@@ -344,11 +319,8 @@ class Host(CallMethods, ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return cast(
-            SandboxInfo,
-            self._request(
-                GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("get_sandbox_info")
-            ),
+        return self._request(
+            GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("get_sandbox_info")
         )
 
     def batch_create(self, specs: Iterable[Mapping[str, Any]]) -> list[SandboxInfo | PluginHostError]:
@@ -360,7 +332,7 @@ class Host(CallMethods, ReloadMethods):
         Returns:
             One item per spec, in order: its ``SandboxInfo``, or the error it raised.
         """
-        requests: list[Any] = []
+        requests: list[CreateSandbox | PluginHostError] = []
         for spec in specs:
             try:
                 requests.append(self._create_request(**dict(spec)))
@@ -368,8 +340,9 @@ class Host(CallMethods, ReloadMethods):
                 requests.append(exc if isinstance(exc, PluginHostError) else InvalidSpecError(str(exc)))
         good = [r for r in requests if isinstance(r, CreateSandbox)]
         timeout = self.config.start_timeout + self._stop_wait()
-        replies = iter(self._request(BatchCreate(specs=good), timeout, self._admin_timeout("batch_create")))
-        return [_unwrap(next(replies)) if isinstance(r, CreateSandbox) else r for r in requests]
+        answers = self._request(BatchCreate(specs=good), timeout, self._admin_timeout("batch_create"))
+        replies = iter(answers)
+        return [unwrap(next(replies)) if isinstance(r, CreateSandbox) else r for r in requests]
 
     def batch_destroy(self, sandbox_ids: Iterable[str]) -> list[None | PluginHostError]:
         """Destroy many sandboxes concurrently; returns ``None`` or the error, per id."""
@@ -378,7 +351,7 @@ class Host(CallMethods, ReloadMethods):
             self._forget(sandbox_id)
         timeout = self._stop_wait()
         return [
-            _unwrap(r)
+            unwrap(r)
             for r in self._request(BatchDestroy(sandbox_ids=ids), timeout, self._admin_timeout("batch_destroy"))
         ]
 
@@ -390,11 +363,8 @@ class Host(CallMethods, ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return cast(
-            ResourceUsage,
-            self._request(
-                GetResourceUsage(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("resource_usage")
-            ),
+        return self._request(
+            GetResourceUsage(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("resource_usage")
         )
 
     def audit_log(self, sandbox_id: str) -> list[AuditRecord]:
@@ -403,11 +373,8 @@ class Host(CallMethods, ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return cast(
-            "list[AuditRecord]",
-            self._request(
-                GetAuditLog(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("audit_log")
-            ),
+        return self._request(
+            GetAuditLog(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("audit_log")
         )
 
     def subscribe(self, callback: Callable[[Event], Any]) -> Subscription:
@@ -421,13 +388,5 @@ class Host(CallMethods, ReloadMethods):
         call it to unsubscribe.
         """
         if self._listener is None:
-            self._listener = EventListener(self._system, self._admin)
+            self._listener = EventListener(self._channel)
         return self._listener.add(callback)
-
-
-def _unwrap(result: Any) -> Any:
-    if isinstance(result, Failed):
-        return result.error
-    if isinstance(result, Ok):
-        return result.value
-    return result

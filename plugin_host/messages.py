@@ -53,7 +53,7 @@ __all__ = [
     "unblob",
 ]
 
-T = TypeVar("T")
+T = TypeVar("T", covariant=True)
 """What a request's ``Ok`` reply carries (``Request[T]``): typing only, nothing of it is pickled."""
 
 ADMIN_GLOBAL_NAME = "plugin_host.admin"

@@ -50,6 +50,22 @@ def test_close_ends_every_process_even_hung_and_stubborn_ones(config: HostConfig
         host.list_sandboxes()
 
 
+def test_a_host_whose_admin_actor_is_gone_raises_host_closed(config: HostConfig) -> None:
+    """A request the admin's address refuses (its process is gone) is ``HostClosedError`` at once, as for an
+    operator, never the method's timeout error; ``close`` still ends every process."""
+    host = Host(config)
+    try:
+        tree = host._system.process_tree()
+        # The admin actor is the system's child that has children of its own (the registry and the monitor).
+        [admin] = [p for p in tree if p.pid != host._system.system_pid and p.children()]
+        os.kill(admin.pid, signal.SIGKILL)
+        with pytest.raises(HostClosedError, match="went away"):
+            host.list_sandboxes()
+    finally:
+        host.close()
+    assert not [p.pid for p in tree if pid_alive(p.pid)]
+
+
 def test_leaving_the_with_block_by_an_exception_closes_the_host(config: HostConfig) -> None:
     """The context manager closes on errors too."""
     with pytest.raises(RuntimeError, match="app error"):
