@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -11,9 +10,9 @@ import attrs
 import psutil
 
 from . import deps
+from ._client.caller import ADMIN_SLACK, Caller
 from ._client.channel import AdminChannel, connect, unwrap
 from ._events import EventListener, Subscription
-from ._host_calls import _ADMIN_SLACK, CallMethods
 from ._host_reload import ReloadMethods
 from ._system import ActorSystemHandle
 from .config import HostConfig, ResourceLimits
@@ -25,7 +24,6 @@ from .errors import (
     SandboxStartError,
 )
 from .messages import (
-    ActorRef,
     BatchCreate,
     BatchDestroy,
     Blob,
@@ -50,7 +48,7 @@ __all__ = ["Host"]
 T = TypeVar("T")
 
 
-class Host(CallMethods, ReloadMethods):
+class Host(ReloadMethods):
     """Runs plugin sandboxes in a private Thespian actor system and talks to them.
 
     The embedded default starts a ``multiprocTCPBase`` system on a free loopback port, in
@@ -71,11 +69,7 @@ class Host(CallMethods, ReloadMethods):
         config = config or HostConfig()
         self.config: HostConfig = attrs.evolve(config, **overrides) if overrides else config
         self._system = ActorSystemHandle(self.config)
-        self._refs: dict[tuple[str, str], ActorRef] = {}
-        self._gone: dict[tuple[str, str], int] = {}
-        self._waiting: dict[tuple[str, str], int] = {}
         self._sandbox_paths: dict[str, str] = {}
-        self._waiting_lock = threading.Lock()
         self._listener: EventListener | None = None
         self._admin: Any = None
         self.pid = os.getpid()
@@ -90,6 +84,7 @@ class Host(CallMethods, ReloadMethods):
         self.config = self._system.config  # state_dir resolved: a symlink on the way may change later
         self._admin = connect(self._system)
         self._channel = AdminChannel(self._system, self._admin, "the plugin host's admin actor", self.admin_port)
+        self._caller = Caller(self._channel, self.config)
         config = attrs.evolve(self.config, admin_port=self.admin_port)
         token = self._system.new_corr()
         boot = HostBoot(token, os.getpid(), psutil.Process().create_time(), config)
@@ -134,7 +129,7 @@ class Host(CallMethods, ReloadMethods):
 
     def _stop_wait(self) -> float:
         """How long the admin may take to stop a sandbox (the root, then its children), plus slack."""
-        return 2 * self.config.shutdown_timeout + _ADMIN_SLACK
+        return 2 * self.config.shutdown_timeout + ADMIN_SLACK
 
     @property
     def closed(self) -> bool:
@@ -282,7 +277,7 @@ class Host(CallMethods, ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        self._forget(sandbox_id)
+        self._caller.forget(sandbox_id)
         timeout = self._stop_wait()
         self._request(DestroySandbox(sandbox_id=sandbox_id), timeout, self._admin_timeout("destroy_sandbox"))
 
@@ -293,7 +288,7 @@ class Host(CallMethods, ReloadMethods):
             SandboxNotFoundError: no such sandbox.
             SandboxStartError: it did not start again.
         """
-        self._forget(sandbox_id)
+        self._caller.forget(sandbox_id)
         timeout = self.config.start_timeout + self._stop_wait()
         return self._request(
             RestartSandbox(sandbox_id=sandbox_id),
@@ -348,12 +343,58 @@ class Host(CallMethods, ReloadMethods):
         """Destroy many sandboxes concurrently; returns ``None`` or the error, per id."""
         ids = list(sandbox_ids)
         for sandbox_id in ids:
-            self._forget(sandbox_id)
+            self._caller.forget(sandbox_id)
         timeout = self._stop_wait()
         return [
             unwrap(r)
             for r in self._request(BatchDestroy(sandbox_ids=ids), timeout, self._admin_timeout("batch_destroy"))
         ]
+
+    # -- plugins ----------------------------------------------------------------------------
+
+    def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
+        """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
+
+        A call that reaches an actor while it restarts waits for the new incarnation
+        (within ``timeout``) and is sent again: it provably never ran.  A call the actor
+        crashed on, or was running when its process died, is never run twice.  While
+        waiting, the host checks now and then (after 5 ms, then up to every 0.5 s) that the
+        actor still runs, so a hard crash mid-call (``os._exit``, a signal, a hang killed by
+        the heartbeat) fails the call promptly instead of at its timeout.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+            ActorNotFoundError: no such actor, or the sandbox has failed.
+            CallTimeoutError: no reply within ``timeout`` (default ``HostConfig.call_timeout``).
+            PluginError: the plugin raised or its process died (the actor is being restarted), or, with
+                ``HostConfig.plugin_values="plain"``, its reply is not plain data.
+        """
+        return self._caller.call(sandbox_id, name, request, timeout)
+
+    def cast(self, sandbox_id: str, name: str, message: Any) -> None:
+        """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
+
+        Sent straight to the actor, so casts and calls from one thread to one actor arrive
+        in the order sent.  A cast refused by a dead actor, or sent while the actor restarts,
+        goes through the admin, which delivers it once the actor runs again; one that meets
+        a process in the middle of dying may be lost, as a message to a dying process is in
+        OTP.  It never waits longer than a second for the transmit.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+            ActorNotFoundError: the sandbox has no actor of that name.
+        """
+        self._caller.cast(sandbox_id, name, message)
+
+    def run(self, sandbox_id: str, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn()`` in a fresh process of the sandbox (it sees the sandbox's modules).
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+            RunTimeoutError: ``fn`` did not return within ``timeout`` (its process is killed).
+            PluginError: ``fn`` raised (or returned other than plain data, with ``plugin_values="plain"``).
+        """
+        return self._caller.run(sandbox_id, fn, timeout)
 
     # -- monitoring and events ------------------------------------------------------------
 

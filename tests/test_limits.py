@@ -112,7 +112,7 @@ def test_resource_usage_counts_every_message_handled_before_it_was_asked(state_d
         busy = threading.Thread(target=host.call, args=("c", "hog", ("sleep", 4.0)))
         busy.start()
         try:
-            eventually(lambda: host._waiting.get(("c", "hog"), 0) == 1)
+            eventually(lambda: host._caller.waiting.get(("c", "hog"), 0) == 1)
             started = time.monotonic()
             usage = host.resource_usage("c")
             assert time.monotonic() - started < 2.0
@@ -135,7 +135,7 @@ def test_calls_past_max_mailbox_fail_fast(host: Host) -> None:
     thread = threading.Thread(target=first)
     thread.start()
     started.wait()
-    eventually(lambda: host._waiting.get(("slow", "hog"), 0) == 1)
+    eventually(lambda: host._caller.waiting.get(("slow", "hog"), 0) == 1)
     events = events_of(host)
     with pytest.raises(OverloadedError):
         host.call("slow", "hog", "pid")

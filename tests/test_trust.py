@@ -646,7 +646,7 @@ def test_sandbox_processes_hold_no_host_key_and_no_other_sandboxs_key(
     host.create_sandbox("b", "root:Root", sandbox_path=sample("counter"))
     key = host_key(config)
     host.call("b", "counter", "inc")
-    b_kid = host._refs[("b", "counter")].kid
+    b_kid = host._caller.refs[("b", "counter")].kid
     b_key = hmac.digest(key, b"plugin-host/1 sandbox key\0" + b_kid, "sha256")
     assert memory_holds(os.getpid(), key)  # the scan finds keys where they are: the application holds it
     info = host.get_sandbox_info("a")

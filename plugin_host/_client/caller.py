@@ -1,15 +1,15 @@
-"""The ``Host`` methods for talking to plugins: call, cast and run, and the address cache behind them."""
+"""Talking to plugins from the application: call, cast and run (at most once), and the address cache behind them."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from . import _wire
-from ._system import DEAD, ActorSystemHandle
-from .errors import (
+from .. import _wire
+from .._system import DEAD, Pending
+from ..errors import (
     ActorNotFoundError,
     CallTimeoutError,
     OverloadedError,
@@ -17,7 +17,7 @@ from .errors import (
     PluginHostError,
     RunTimeoutError,
 )
-from .messages import (
+from ..messages import (
     ActorRef,
     Blob,
     Call,
@@ -25,18 +25,18 @@ from .messages import (
     Failed,
     HostBreach,
     LookupActor,
-    Request,
     Run,
     pack,
     unblob,
 )
 
 if TYPE_CHECKING:
-    from .config import HostConfig
+    from ..config import HostConfig
+    from .channel import AdminChannel
 
-__all__ = ["CallMethods"]
+__all__ = ["ADMIN_SLACK", "Caller"]
 
-_ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
+ADMIN_SLACK = 5.0  # seconds added to server-side deadlines, so the server answers first
 _LIVENESS_SLICES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # when a waiting call checks its actor still runs
 _CAST_SEND = 1.0  # longest a cast waits for Thespian to hand its message over
 _GRACE = 0.005  # after an actor is seen gone, how long its last reply may still take (it left before)
@@ -52,51 +52,64 @@ def _principal(ref: ActorRef) -> _wire.Principal | None:
     return _wire.Principal(ref.kid) if ref.kid else None
 
 
-class CallMethods:
-    """Mixed into :class:`~plugin_host.Host`."""
+def _admin_timeout(what: str) -> Callable[[], PluginHostError]:
+    return lambda: CallTimeoutError(f"the admin actor did not answer {what} in time")
 
-    config: HostConfig
-    _system: ActorSystemHandle
-    _admin: Any
-    _refs: dict[tuple[str, str], ActorRef]
-    _gone: dict[tuple[str, str], int]
-    _waiting: dict[tuple[str, str], int]
-    _waiting_lock: threading.Lock
-    _request: Callable[[Request, float, Callable[[], PluginHostError]], Any]  # provided by Host
-    _admin_timeout: Callable[[str], Callable[[], PluginHostError]]  # provided by Host
 
-    def _forget(self, sandbox_id: str) -> None:
-        for key in [k for k in self._refs if k[0] == sandbox_id]:
-            self._refs.pop(key, None)
+class Caller:
+    """A host's calls, casts and runs: sent straight to the actor where it can be, never run twice.
+
+    Owns the address cache (``refs``), the incarnations known gone (``gone``) and the count of calls
+    waiting per actor (``waiting``, for ``max_mailbox``).
+
+    Args:
+        channel: the line to the admin (lookups, routed casts, runs).
+        config: the host's configuration (``call_timeout``, ``plugin_values``).
+    """
+
+    def __init__(self, channel: AdminChannel, config: HostConfig) -> None:
+        self._channel = channel
+        self._system = channel.system
+        self.config = config
+        self.refs: dict[tuple[str, str], ActorRef] = {}
+        """Where each named actor ran when last looked up: ``(sandbox_id, name)`` -> its address."""
+        self.gone: dict[tuple[str, str], int] = {}
+        """The incarnation of each actor last seen dead (a lookup waits for a newer one)."""
+        self.waiting: dict[tuple[str, str], int] = {}
+        """This host's calls waiting on each actor now."""
+        self.lock = threading.Lock()
+        """Guards ``waiting`` (calls come from any thread)."""
+
+    def forget(self, sandbox_id: str) -> None:
+        """Drop the cached addresses of a sandbox's actors (it is being destroyed or restarted)."""
+        for key in [k for k in self.refs if k[0] == sandbox_id]:
+            self.refs.pop(key, None)
 
     def _resolve(self, sandbox_id: str, name: str, deadline: float) -> ActorRef:
         key = (sandbox_id, name)
-        gone = self._gone.get(key)
-        ref = self._refs.get(key)
+        gone = self.gone.get(key)
+        ref = self.refs.get(key)
         if ref is not None and ref.incarnation != gone:
             return ref
         wait = max(0.0, deadline - time.monotonic())
         lookup = LookupActor(sandbox_id=sandbox_id, name=name, wait=wait, not_incarnation=gone)
-        ref = cast(
-            ActorRef,
-            self._request(
-                lookup, wait + _ADMIN_SLACK, lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time")
-            ),
+        ref = self._channel.request(
+            lookup, wait + ADMIN_SLACK, lambda: CallTimeoutError(f"{sandbox_id}/{name}: not running again in time")
         )
-        self._refs[key] = ref
+        self.refs[key] = ref
         return ref
 
     def _mark_gone(self, ref: ActorRef) -> None:
         key = (ref.sandbox_id, ref.name)
-        self._gone[key] = ref.incarnation
-        self._refs.pop(key, None)
+        self.gone[key] = ref.incarnation
+        self.refs.pop(key, None)
 
     def _still_running(self, ref: ActorRef) -> bool:
         try:
-            now = self._request(
+            now = self._channel.request(
                 LookupActor(sandbox_id=ref.sandbox_id, name=ref.name),
                 self.config.call_timeout,
-                self._admin_timeout("a lookup"),
+                _admin_timeout("a lookup"),
             )
         except PluginHostError:
             return False
@@ -124,7 +137,7 @@ class CallMethods:
                 type_name="ProcessDied",
             )
 
-    def _await(self, pending: Any, ref: ActorRef, deadline: float) -> Any:
+    def _await(self, pending: Pending, ref: ActorRef, deadline: float) -> Any:
         """Wait for a call's reply, checking now and then that its actor still runs."""
         reply = pending.wait(_slice(deadline, 0))
         attempt = 0
@@ -145,41 +158,24 @@ class CallMethods:
     def _mailbox_slot(self, ref: ActorRef) -> Iterator[None]:
         """Count this host's calls waiting on an actor; past ``max_mailbox``, fail fast."""
         key = (ref.sandbox_id, ref.name)
-        with self._waiting_lock:
-            waiting = self._waiting.get(key, 0)
+        with self.lock:
+            waiting = self.waiting.get(key, 0)
             if ref.max_mailbox is not None and waiting >= ref.max_mailbox:
-                self._system.tell(
-                    self._admin, HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting, ref.max_mailbox)
-                )
+                self._channel.tell(HostBreach(ref.sandbox_id, ref.name, "max_mailbox", waiting, ref.max_mailbox))
                 raise OverloadedError(
                     f"{ref.sandbox_id}/{ref.name} already has {waiting} calls waiting (max_mailbox {ref.max_mailbox})",
                     sandbox_id=ref.sandbox_id,
                     name=ref.name,
                 )
-            self._waiting[key] = waiting + 1
+            self.waiting[key] = waiting + 1
         try:
             yield
         finally:
-            with self._waiting_lock:
-                self._waiting[key] -= 1
+            with self.lock:
+                self.waiting[key] -= 1
 
     def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
-        """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
-
-        A call that reaches an actor while it restarts waits for the new incarnation
-        (within ``timeout``) and is sent again: it provably never ran.  A call the actor
-        crashed on, or was running when its process died, is never run twice.  While
-        waiting, the host checks now and then (after 5 ms, then up to every 0.5 s) that the
-        actor still runs, so a hard crash mid-call (``os._exit``, a signal, a hang killed by
-        the heartbeat) fails the call promptly instead of at its timeout.
-
-        Raises:
-            SandboxNotFoundError: no such sandbox.
-            ActorNotFoundError: no such actor, or the sandbox has failed.
-            CallTimeoutError: no reply within ``timeout`` (default ``HostConfig.call_timeout``).
-            PluginError: the plugin raised or its process died (the actor is being restarted), or, with
-                ``HostConfig.plugin_values="plain"``, its reply is not plain data.
-        """
+        """Send ``request`` to the actor ``name`` and return the reply (see :meth:`plugin_host.Host.call`)."""
         timeout = self.config.call_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         payload = pack(request)
@@ -227,18 +223,7 @@ class CallMethods:
         return unblob(value)
 
     def cast(self, sandbox_id: str, name: str, message: Any) -> None:
-        """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
-
-        Sent straight to the actor, so casts and calls from one thread to one actor arrive
-        in the order sent.  A cast refused by a dead actor, or sent while the actor restarts,
-        goes through the admin, which delivers it once the actor runs again; one that meets
-        a process in the middle of dying may be lost, as a message to a dying process is in
-        OTP.  It never waits longer than a second for the transmit.
-
-        Raises:
-            SandboxNotFoundError: no such sandbox.
-            ActorNotFoundError: the sandbox has no actor of that name.
-        """
+        """Send ``message`` to the actor ``name``; no reply (see :meth:`plugin_host.Host.cast`)."""
         payload = pack(message)
         try:
             ref = self._resolve(sandbox_id, name, time.monotonic())
@@ -262,21 +247,15 @@ class CallMethods:
             if sent is not DEAD:
                 return  # delivered, or lost with a process dying right now (as in OTP)
             self._mark_gone(ref)
-        self._system.tell(self._admin, Cast(sandbox_id=sandbox_id, name=name, message=payload))
+        self._channel.tell(Cast(sandbox_id=sandbox_id, name=name, message=payload))
 
     def run(self, sandbox_id: str, fn: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Run ``fn()`` in a fresh process of the sandbox (it sees the sandbox's modules).
-
-        Raises:
-            SandboxNotFoundError: no such sandbox.
-            RunTimeoutError: ``fn`` did not return within ``timeout`` (its process is killed).
-            PluginError: ``fn`` raised (or returned other than plain data, with ``plugin_values="plain"``).
-        """
+        """Run ``fn()`` in a fresh process of the sandbox (see :meth:`plugin_host.Host.run`)."""
         timeout = self.config.call_timeout if timeout is None else timeout
         request = Run(sandbox_id=sandbox_id, fn=Blob.dump(fn), timeout=timeout)
-        value = self._request(
+        value = self._channel.request(
             request,
-            timeout + _ADMIN_SLACK,
+            timeout + ADMIN_SLACK,
             lambda: RunTimeoutError(f"run in {sandbox_id!r} did not finish within {timeout} s"),
         )
         return self._from_plugin(value, f"run in {sandbox_id!r}")
