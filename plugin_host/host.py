@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 import psutil
@@ -12,8 +12,8 @@ import psutil
 from . import deps
 from ._client.caller import ADMIN_SLACK, Caller
 from ._client.channel import AdminChannel, connect, unwrap
+from ._client.code import CodeOps
 from ._events import EventListener, Subscription
-from ._host_reload import ReloadMethods
 from ._system import ActorSystemHandle
 from .config import HostConfig, ResourceLimits
 from .errors import (
@@ -38,17 +38,25 @@ from .messages import (
     HostShutdown,
     ListNodes,
     ListSandboxes,
-    Request,
     RestartSandbox,
 )
-from .values import AuditRecord, Event, NodeInfo, ResourceUsage, SandboxInfo
+from .values import (
+    Artifact,
+    AuditRecord,
+    CompileInfo,
+    Event,
+    ModuleVersion,
+    NodeInfo,
+    ReloadResult,
+    ResourceUsage,
+    SandboxInfo,
+    VersionHistory,
+)
 
 __all__ = ["Host"]
 
-T = TypeVar("T")
 
-
-class Host(ReloadMethods):
+class Host:
     """Runs plugin sandboxes in a private Thespian actor system and talks to them.
 
     The embedded default starts a ``multiprocTCPBase`` system on a free loopback port, in
@@ -69,7 +77,6 @@ class Host(ReloadMethods):
         config = config or HostConfig()
         self.config: HostConfig = attrs.evolve(config, **overrides) if overrides else config
         self._system = ActorSystemHandle(self.config)
-        self._sandbox_paths: dict[str, str] = {}
         self._listener: EventListener | None = None
         self._admin: Any = None
         self.pid = os.getpid()
@@ -85,6 +92,7 @@ class Host(ReloadMethods):
         self._admin = connect(self._system)
         self._channel = AdminChannel(self._system, self._admin, "the plugin host's admin actor", self.admin_port)
         self._caller = Caller(self._channel, self.config)
+        self._code = CodeOps(self._channel, self.config, self.prepare_dependencies)
         config = attrs.evolve(self.config, admin_port=self.admin_port)
         token = self._system.new_corr()
         boot = HostBoot(token, os.getpid(), psutil.Process().create_time(), config)
@@ -124,7 +132,7 @@ class Host(ReloadMethods):
         except Exception:  # noqa: BLE001 - closing must go on whatever happened
             pass
         finally:
-            self._compile_pool_close()
+            self._code.close()
             self._system.shutdown()
 
     def _stop_wait(self) -> float:
@@ -152,9 +160,6 @@ class Host(ReloadMethods):
         return self._system.port or None
 
     # -- admin requests -------------------------------------------------------------------
-
-    def _request(self, request: Request[T], timeout: float, on_timeout: Callable[[], PluginHostError]) -> T:
-        return self._channel.request(request, timeout, on_timeout)
 
     def _admin_timeout(self, what: str) -> Callable[[], PluginHostError]:
         return lambda: CallTimeoutError(f"the admin actor did not answer {what} in time")
@@ -216,9 +221,9 @@ class Host(ReloadMethods):
         if environment is not None:
             request = attrs.evolve(request, environment=str(environment))
         if request.sandbox_path is not None:
-            self._sandbox_paths[sandbox_id] = request.sandbox_path
+            self._code.sandbox_paths[sandbox_id] = request.sandbox_path
         timeout = self.config.start_timeout + self._stop_wait()
-        return self._request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}"))
+        return self._channel.request(request, timeout, lambda: SandboxStartError(f"no answer creating {sandbox_id!r}"))
 
     def _create_request(
         self,
@@ -279,7 +284,7 @@ class Host(ReloadMethods):
         """
         self._caller.forget(sandbox_id)
         timeout = self._stop_wait()
-        self._request(DestroySandbox(sandbox_id=sandbox_id), timeout, self._admin_timeout("destroy_sandbox"))
+        self._channel.request(DestroySandbox(sandbox_id=sandbox_id), timeout, self._admin_timeout("destroy_sandbox"))
 
     def restart_sandbox(self, sandbox_id: str) -> SandboxInfo:
         """Stop the whole sandbox and start it again (also brings a ``failed`` one back).
@@ -290,7 +295,7 @@ class Host(ReloadMethods):
         """
         self._caller.forget(sandbox_id)
         timeout = self.config.start_timeout + self._stop_wait()
-        return self._request(
+        return self._channel.request(
             RestartSandbox(sandbox_id=sandbox_id),
             timeout,
             lambda: SandboxStartError(f"no answer restarting {sandbox_id!r}"),
@@ -298,7 +303,7 @@ class Host(ReloadMethods):
 
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of this host, sorted by id."""
-        return self._request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes"))
+        return self._channel.request(ListSandboxes(), self.config.call_timeout, self._admin_timeout("list_sandboxes"))
 
     def nodes(self) -> list[NodeInfo]:
         """This host's actor system and every member of its convention, local one first.
@@ -306,7 +311,7 @@ class Host(ReloadMethods):
         A host that leads the convention sees every member; one that joined another leader
         sees that leader only (Thespian tells members about the leader, not each other).
         """
-        return self._request(ListNodes(), self.config.call_timeout, self._admin_timeout("nodes"))
+        return self._channel.request(ListNodes(), self.config.call_timeout, self._admin_timeout("nodes"))
 
     def get_sandbox_info(self, sandbox_id: str) -> SandboxInfo:
         """A snapshot of one sandbox.
@@ -314,7 +319,7 @@ class Host(ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return self._request(
+        return self._channel.request(
             GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("get_sandbox_info")
         )
 
@@ -335,7 +340,7 @@ class Host(ReloadMethods):
                 requests.append(exc if isinstance(exc, PluginHostError) else InvalidSpecError(str(exc)))
         good = [r for r in requests if isinstance(r, CreateSandbox)]
         timeout = self.config.start_timeout + self._stop_wait()
-        answers = self._request(BatchCreate(specs=good), timeout, self._admin_timeout("batch_create"))
+        answers = self._channel.request(BatchCreate(specs=good), timeout, self._admin_timeout("batch_create"))
         replies = iter(answers)
         return [unwrap(next(replies)) if isinstance(r, CreateSandbox) else r for r in requests]
 
@@ -347,7 +352,7 @@ class Host(ReloadMethods):
         timeout = self._stop_wait()
         return [
             unwrap(r)
-            for r in self._request(BatchDestroy(sandbox_ids=ids), timeout, self._admin_timeout("batch_destroy"))
+            for r in self._channel.request(BatchDestroy(sandbox_ids=ids), timeout, self._admin_timeout("batch_destroy"))
         ]
 
     # -- plugins ----------------------------------------------------------------------------
@@ -396,6 +401,122 @@ class Host(ReloadMethods):
         """
         return self._caller.run(sandbox_id, fn, timeout)
 
+    # -- code --------------------------------------------------------------------------------
+
+    def compile_sandbox(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        validate: bool = True,
+        security_profile: str | None = None,
+    ) -> CompileInfo:
+        """Compile a sandbox folder in a separate process (see :func:`plugin_host.compiler.compile_sandbox`).
+
+        Raises:
+            CompilationError: syntax or import errors (``errors`` lists file, line, message).
+            CompilationTimeoutError: the import-time validation ran past ``timeout``.
+            SecurityViolationError: the ``restricted`` profile found something.
+        """
+        return self._code.compile_sandbox(path, timeout=timeout, validate=validate, security_profile=security_profile)
+
+    def compile_file(self, path: str | os.PathLike[str], timeout: float | None = None) -> CompileInfo:
+        """Compile one module file (its folder's modules importable) in a separate process."""
+        return self._code.compile_file(path, timeout)
+
+    def hot_reload(
+        self,
+        sandbox_id: str,
+        code: Artifact | CompileInfo | Iterable[Artifact],
+        *,
+        state_handler: Callable[[Any, Any, Any], Any] | None = None,
+        timeout: float | None = None,
+        probation: float | None = None,
+    ) -> ReloadResult:
+        """Swap new code into every actor of the sandbox that runs it, keeping their state.
+
+        Each affected actor builds the new behaviour and calls its
+        ``code_change(old_state, old_vsn, new_vsn)`` (or ``state_handler`` with the same
+        arguments) between two messages; messages that arrive meanwhile are handled by the new
+        code.  All or nothing: if any actor fails, every actor keeps its old code and state.
+        Modules that import a reloaded module are reloaded with it.  Code identical to the
+        current version is a no-op; identical to a stored version, it switches to that number.
+        When the sandbox's folder now declares other requirements, they are installed first,
+        outside the sandbox (a failure raises ``DependencyError`` and changes nothing), and
+        every module is re-executed against the new environment.
+
+        Args:
+            code: a ``CompileInfo``, an ``Artifact`` or a list of them.
+            probation: seconds during which a crash of a reloaded actor rolls back by itself
+                (default ``HostConfig.probation_seconds``; 0 disables).
+
+        Returns:
+            ``ReloadResult``; for several modules it names the first in dependency order.
+
+        Raises:
+            HotReloadError: an actor could not load the code or its ``code_change`` raised
+                (``actor`` and ``cause`` say which and why).
+            SandboxNotFoundError: no such sandbox.
+        """
+        return self._code.hot_reload(
+            sandbox_id, code, state_handler=state_handler, timeout=timeout, probation=probation
+        )
+
+    def hot_reload_source(
+        self,
+        sandbox_id: str,
+        source: str,
+        module: str,
+        *,
+        state_handler: Callable[[Any, Any, Any], Any] | None = None,
+        timeout: float | None = None,
+        probation: float | None = None,
+    ) -> ReloadResult:
+        """Compile ``source`` as the new version of ``module`` (validated against the sandbox's
+        other modules, in a separate process) and hot-reload it (``state_handler``, ``timeout`` and
+        ``probation`` as for :meth:`hot_reload`).
+
+        Raises:
+            CompilationError: it does not compile or import.
+            HotReloadError: as :meth:`hot_reload`.
+        """
+        return self._code.hot_reload_source(
+            sandbox_id, source, module, state_handler=state_handler, timeout=timeout, probation=probation
+        )
+
+    def batch_hot_reload(
+        self, sandbox_ids: Iterable[str], code: Artifact | CompileInfo | Iterable[Artifact]
+    ) -> list[ReloadResult | PluginHostError]:
+        """Reload the same code into many sandboxes; one item per id: its result or its error."""
+        return self._code.batch_hot_reload(sandbox_ids, code)
+
+    def rollback_module(
+        self, sandbox_id: str, module: str, version: int, *, timeout: float | None = None
+    ) -> ReloadResult:
+        """Hot-reload the stored code of ``version`` (``code_change(state, current, version)``).
+
+        Raises:
+            VersionNotFoundError: the registry has no such version.
+            HotReloadError: as :meth:`hot_reload`.
+        """
+        return self._code.rollback_module(sandbox_id, module, version, timeout=timeout)
+
+    def get_module_version(self, sandbox_id: str, module: str) -> int:
+        """The current version of ``module`` in the sandbox (running or not, as the registry knows it).
+
+        Raises:
+            UnknownModuleError: the registry knows no such module for that sandbox.
+        """
+        return self._code.get_module_version(sandbox_id, module)
+
+    def list_module_versions(self, sandbox_id: str, module: str) -> list[ModuleVersion]:
+        """Every stored version of ``module``, newest first."""
+        return self._code.list_module_versions(sandbox_id, module)
+
+    def get_version_history(self, sandbox_id: str, module: str) -> VersionHistory:
+        """``VersionHistory(current_version, total_versions, versions)``, newest first."""
+        return self._code.get_version_history(sandbox_id, module)
+
     # -- monitoring and events ------------------------------------------------------------
 
     def resource_usage(self, sandbox_id: str) -> ResourceUsage:
@@ -404,7 +525,7 @@ class Host(ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return self._request(
+        return self._channel.request(
             GetResourceUsage(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("resource_usage")
         )
 
@@ -414,7 +535,7 @@ class Host(ReloadMethods):
         Raises:
             SandboxNotFoundError: no such sandbox.
         """
-        return self._request(
+        return self._channel.request(
             GetAuditLog(sandbox_id=sandbox_id), self.config.call_timeout, self._admin_timeout("audit_log")
         )
 

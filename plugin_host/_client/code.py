@@ -1,19 +1,18 @@
-"""The ``Host`` methods for code: compile, hot reload, rollback and version history."""
+"""A host's code operations: compile (with its warm compile worker), hot reload, rollback and version history."""
 
 from __future__ import annotations
 
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
-from . import compiler
-from .codeload import CodeTable
-from .errors import HotReloadError, PluginHostError
-from .messages import (
+from .. import compiler
+from ..codeload import CodeTable
+from ..errors import HotReloadError, PluginHostError
+from ..messages import (
     BatchHotReload,
     Blob,
-    Failed,
     GetModuleVersion,
     GetSandboxCode,
     GetVersionHistory,
@@ -22,12 +21,16 @@ from .messages import (
     Request,
     RollbackModule,
 )
-from .values import Artifact, CompileInfo, ModuleVersion, ReloadResult, VersionHistory
+from ..values import Artifact, CompileInfo, ModuleVersion, ReloadResult, VersionHistory
+from .channel import unwrap
 
 if TYPE_CHECKING:
-    from .config import HostConfig
+    from ..config import HostConfig
+    from .channel import AdminChannel
 
-__all__ = ["ReloadMethods"]
+__all__ = ["CodeOps"]
+
+T = TypeVar("T")
 
 _SLACK = 5.0
 _POOL_LOCK = threading.Lock()
@@ -42,15 +45,30 @@ def _artifacts(code: Artifact | CompileInfo | Iterable[Artifact]) -> list[Artifa
     return list(code)
 
 
-class ReloadMethods:
-    """Mixed into :class:`~plugin_host.Host`."""
+class CodeOps:
+    """Compile, hot reload, rollback and version queries for one host.
 
-    config: HostConfig
-    _request: Callable[[Request, float, Callable[[], PluginHostError]], Any]  # provided by Host
-    _sandbox_paths: dict[str, str]
-    prepare_dependencies: Callable[[str | os.PathLike[str]], Path | None]
-    _compile_pool_made: compiler.CompilePool | None = None
-    """The warm compile worker of this host's validations; see :meth:`_compile_pool`."""
+    Owns the host's compile pool (made on first use) and the folder each sandbox was created from.
+
+    Args:
+        channel: the line to the admin.
+        config: the host's configuration (timeouts, ``state_dir``, security profile).
+        prepare_dependencies: installs a folder's requirements (``Host.prepare_dependencies``).
+    """
+
+    def __init__(
+        self,
+        channel: AdminChannel,
+        config: HostConfig,
+        prepare_dependencies: Callable[[str | os.PathLike[str]], Path | None],
+    ) -> None:
+        self._channel = channel
+        self.config = config
+        self.prepare_dependencies = prepare_dependencies
+        self.sandbox_paths: dict[str, str] = {}
+        """The folder each sandbox was created from: its requirements are read again at a reload."""
+        self._compile_pool_made: compiler.CompilePool | None = None
+        """The warm compile worker of this host's validations; see :meth:`_compile_pool`."""
 
     def _cache_dir(self) -> Path:
         return Path(self.config.state_dir) / "compile-cache"
@@ -65,7 +83,7 @@ class ReloadMethods:
                 self._compile_pool_made = compiler.CompilePool(label=str(self.config.state_dir))
             return self._compile_pool_made
 
-    def _compile_pool_close(self) -> None:
+    def close(self) -> None:
         """End the warm compile worker (``Host.close`` calls this); later compiles run cold.
 
         Never raises: closing the host must go on.
@@ -83,13 +101,7 @@ class ReloadMethods:
         validate: bool = True,
         security_profile: str | None = None,
     ) -> CompileInfo:
-        """Compile a sandbox folder in a separate process (see :func:`plugin_host.compiler.compile_sandbox`).
-
-        Raises:
-            CompilationError: syntax or import errors (``errors`` lists file, line, message).
-            CompilationTimeoutError: the import-time validation ran past ``timeout``.
-            SecurityViolationError: the ``restricted`` profile found something.
-        """
+        """Compile a sandbox folder in a separate process (see :meth:`plugin_host.Host.compile_sandbox`)."""
         environment = self.prepare_dependencies(path) if validate else None
         return compiler.compile_sandbox(
             path,
@@ -102,7 +114,7 @@ class ReloadMethods:
         )
 
     def compile_file(self, path: str | os.PathLike[str], timeout: float | None = None) -> CompileInfo:
-        """Compile one module file (its folder's modules importable) in a separate process."""
+        """Compile one module file in a separate process (see :meth:`plugin_host.Host.compile_file`)."""
         return compiler.compile_file(
             path,
             timeout=timeout or self.config.compile_timeout,
@@ -120,31 +132,7 @@ class ReloadMethods:
         timeout: float | None = None,
         probation: float | None = None,
     ) -> ReloadResult:
-        """Swap new code into every actor of the sandbox that runs it, keeping their state.
-
-        Each affected actor builds the new behaviour and calls its
-        ``code_change(old_state, old_vsn, new_vsn)`` (or ``state_handler`` with the same
-        arguments) between two messages; messages that arrive meanwhile are handled by the new
-        code.  All or nothing: if any actor fails, every actor keeps its old code and state.
-        Modules that import a reloaded module are reloaded with it.  Code identical to the
-        current version is a no-op; identical to a stored version, it switches to that number.
-        When the sandbox's folder now declares other requirements, they are installed first,
-        outside the sandbox (a failure raises ``DependencyError`` and changes nothing), and
-        every module is re-executed against the new environment.
-
-        Args:
-            code: a ``CompileInfo``, an ``Artifact`` or a list of them.
-            probation: seconds during which a crash of a reloaded actor rolls back by itself
-                (default ``HostConfig.probation_seconds``; 0 disables).
-
-        Returns:
-            ``ReloadResult``; for several modules it names the first in dependency order.
-
-        Raises:
-            HotReloadError: an actor could not load the code or its ``code_change`` raised
-                (``actor`` and ``cause`` say which and why).
-            SandboxNotFoundError: no such sandbox.
-        """
+        """Swap new code into the sandbox (see :meth:`plugin_host.Host.hot_reload`)."""
         timeout = timeout or self.config.reload_timeout
         request = HotReload(
             sandbox_id=sandbox_id,
@@ -154,18 +142,15 @@ class ReloadMethods:
             state_handler=None if state_handler is None else Blob.dump(state_handler),
             environment=self._environment_for(sandbox_id),
         )
-        return cast(
-            ReloadResult,
-            self._request(
-                request,
-                timeout + _SLACK,
-                lambda: HotReloadError(f"no answer reloading {sandbox_id!r}", actor="", cause="timeout"),
-            ),
+        return self._channel.request(
+            request,
+            timeout + _SLACK,
+            lambda: HotReloadError(f"no answer reloading {sandbox_id!r}", actor="", cause="timeout"),
         )
 
     def _environment_for(self, sandbox_id: str) -> str | None:
         """The sandbox's requirements as its folder declares them now, installed first (outside it)."""
-        folder = self._sandbox_paths.get(sandbox_id)
+        folder = self.sandbox_paths.get(sandbox_id)
         if folder is None or not os.path.isdir(folder):
             return None
         environment = self.prepare_dependencies(folder)
@@ -181,15 +166,8 @@ class ReloadMethods:
         timeout: float | None = None,
         probation: float | None = None,
     ) -> ReloadResult:
-        """Compile ``source`` as the new version of ``module`` (validated against the sandbox's
-        other modules, in a separate process) and hot-reload it (``state_handler``, ``timeout`` and
-        ``probation`` as for :meth:`hot_reload`).
-
-        Raises:
-            CompilationError: it does not compile or import.
-            HotReloadError: as :meth:`hot_reload`.
-        """
-        wire = self._request(
+        """Compile ``source`` as ``module`` and hot-reload it (see :meth:`plugin_host.Host.hot_reload_source`)."""
+        wire = self._channel.request(
             GetSandboxCode(sandbox_id=sandbox_id),
             self.config.call_timeout,
             lambda: HotReloadError("no answer from the admin", actor="", cause="timeout"),
@@ -211,53 +189,39 @@ class ReloadMethods:
     def batch_hot_reload(
         self, sandbox_ids: Iterable[str], code: Artifact | CompileInfo | Iterable[Artifact]
     ) -> list[ReloadResult | PluginHostError]:
-        """Reload the same code into many sandboxes; one item per id: its result or its error."""
+        """The same code into many sandboxes (see :meth:`plugin_host.Host.batch_hot_reload`)."""
         timeout = self.config.reload_timeout
         request = BatchHotReload(sandbox_ids=list(sandbox_ids), artifacts=_artifacts(code), timeout=timeout)
-        replies = self._request(
+        replies = self._channel.request(
             request, timeout + _SLACK, lambda: HotReloadError("no answer to a batch reload", actor="", cause="timeout")
         )
-        return [
-            cast(PluginHostError, r.error) if isinstance(r, Failed) else cast(ReloadResult, r.value) for r in replies
-        ]
+        return [unwrap(r) for r in replies]
 
     def rollback_module(
         self, sandbox_id: str, module: str, version: int, *, timeout: float | None = None
     ) -> ReloadResult:
-        """Hot-reload the stored code of ``version`` (``code_change(state, current, version)``).
-
-        Raises:
-            VersionNotFoundError: the registry has no such version.
-            HotReloadError: as :meth:`hot_reload`.
-        """
+        """Hot-reload a stored version (see :meth:`plugin_host.Host.rollback_module`)."""
         timeout = timeout or self.config.reload_timeout
-        return cast(
-            ReloadResult,
-            self._request(
-                RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout),
-                timeout + _SLACK,
-                lambda: HotReloadError(f"no answer rolling back {sandbox_id!r}", actor="", cause="timeout"),
-            ),
+        return self._channel.request(
+            RollbackModule(sandbox_id=sandbox_id, module=module, version=version, timeout=timeout),
+            timeout + _SLACK,
+            lambda: HotReloadError(f"no answer rolling back {sandbox_id!r}", actor="", cause="timeout"),
         )
 
     def get_module_version(self, sandbox_id: str, module: str) -> int:
-        """The current version of ``module`` in the sandbox (running or not, as the registry knows it).
-
-        Raises:
-            UnknownModuleError: the registry knows no such module for that sandbox.
-        """
-        return cast(int, self._query(GetModuleVersion(sandbox_id=sandbox_id, module=module)))
+        """The current version of ``module`` (see :meth:`plugin_host.Host.get_module_version`)."""
+        return self._query(GetModuleVersion(sandbox_id=sandbox_id, module=module))
 
     def list_module_versions(self, sandbox_id: str, module: str) -> list[ModuleVersion]:
         """Every stored version of ``module``, newest first."""
-        return cast("list[ModuleVersion]", self._query(ListModuleVersions(sandbox_id=sandbox_id, module=module)))
+        return self._query(ListModuleVersions(sandbox_id=sandbox_id, module=module))
 
     def get_version_history(self, sandbox_id: str, module: str) -> VersionHistory:
         """``VersionHistory(current_version, total_versions, versions)``, newest first."""
-        return cast(VersionHistory, self._query(GetVersionHistory(sandbox_id=sandbox_id, module=module)))
+        return self._query(GetVersionHistory(sandbox_id=sandbox_id, module=module))
 
-    def _query(self, request: Request) -> Any:
-        return self._request(
+    def _query(self, request: Request[T]) -> T:
+        return self._channel.request(
             request,
             self.config.call_timeout,
             lambda: HotReloadError("no answer from the registry", actor="registry", cause="timeout"),
