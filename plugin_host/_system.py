@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 import psutil
-from thespian.actors import ActorSystem
+from thespian.actors import ActorAddress, ActorSystem
 from thespian.system import isInternalActorSystemMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
@@ -234,12 +234,12 @@ class ActorSystemHandle:
         mailbox = self._context()
         return mailbox if self._serial is not None else mailbox.ctx
 
-    def create_actor(self, actor_class: Any, global_name: str | None = None) -> Any:
+    def create_actor(self, actor_class: type, global_name: str | None = None) -> ActorAddress:
         """Create a top-level actor (the admin)."""
         assert self.system is not None
         return self.system.createActor(actor_class, globalName=global_name)
 
-    def ask(self, address: Any, message: Any, timeout: float, about: str | None = None) -> Any:
+    def ask(self, address: ActorAddress, message: object, timeout: float, about: str | None = None) -> Any:
         """Send ``message`` (which has a ``corr``) and return the reply with the same ``corr``.
 
         Args:
@@ -255,7 +255,7 @@ class ActorSystemHandle:
             pending.close()
 
     def send(
-        self, address: Any, message: Any, about: str | None = None, principal: _wire.Principal | None = None
+        self, address: ActorAddress, message: Any, about: str | None = None, principal: _wire.Principal | None = None
     ) -> Pending:
         """Send ``message`` and return a handle to wait for its reply (see :class:`Pending`).
 
@@ -268,7 +268,7 @@ class ActorSystemHandle:
         with _wire.signing_for(address, principal):
             return Pending(self, self._context(), address, message, about)
 
-    def accepts(self, envelope: Any, about: str | None) -> bool:
+    def accepts(self, envelope: ReceiveEnvelope, about: str | None) -> bool:
         """Whether a received envelope's signer may answer a request about sandbox ``about``."""
         if self.keys is None:
             return True
@@ -291,7 +291,7 @@ class ActorSystemHandle:
                 return response.message
         return None
 
-    def tell(self, address: Any, message: Any) -> None:
+    def tell(self, address: ActorAddress, message: object) -> None:
         """Fire and forget (only to actors that cannot be dead, i.e. the admin)."""
         if self._serial is not None:
             with self._serial:
@@ -388,7 +388,7 @@ class Pending:
     """
 
     def __init__(
-        self, handle: ActorSystemHandle, mailbox: Any, address: Any, message: Any, about: str | None = None
+        self, handle: ActorSystemHandle, mailbox: Any, address: ActorAddress, message: Any, about: str | None = None
     ) -> None:
         self.corr: str = message.corr
         self.about = about
@@ -411,12 +411,12 @@ class Pending:
             None, TransmitIntent(address, message, onSuccess=self._sent, onError=self._failed)
         )
 
-    def _sent(self, result: Any, intent: Any) -> None:  # Thespian calls back with (result, intent)
+    def _sent(self, result: object, intent: TransmitIntent) -> None:  # Thespian calls back with (result, intent)
         self.delivered = True
         if self._until_sent:
             self._ctx._systemBase.transport.abort_run()  # a cast waits for nothing more
 
-    def _failed(self, result: Any, intent: Any) -> None:
+    def _failed(self, result: object, intent: TransmitIntent) -> None:
         self.refused = True
         self._ctx._systemBase.transport.abort_run()  # stop waiting: nothing will come
 

@@ -230,15 +230,15 @@ class Host:
         sandbox_id: str,
         supervisor: str | type,
         *,
-        sandbox_path: Any = None,
-        args: Any = None,
-        limits: Any = None,
+        sandbox_path: str | os.PathLike[str] | None = None,
+        args: object = None,
+        limits: ResourceLimits | Mapping[str, Any] | None = None,
         security_profile: str | None = None,
         requirements: Mapping[str, Any] | None = None,
         restart_elsewhere: bool = False,
     ) -> CreateSandbox:
         if isinstance(supervisor, type):
-            ref: Any = Blob.dump(supervisor)
+            ref: Blob | str = Blob.dump(supervisor)
             label = f"{supervisor.__module__}:{supervisor.__qualname__}"
         elif isinstance(supervisor, str):
             ref = label = supervisor

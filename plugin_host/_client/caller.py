@@ -207,7 +207,7 @@ class Caller:
                 raise reply.error
             return self._from_plugin(reply.value, f"{sandbox_id}/{name}")
 
-    def _from_plugin(self, value: Any, who: str) -> Any:
+    def _from_plugin(self, value: object, who: str) -> Any:
         """A value a plugin sent back: rebuilt as it was, or, with ``plugin_values="plain"``, only builtin data.
 
         Raises:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 import attrs
+from thespian.actors import ActorAddress
 
 from .._system import DEAD, ActorSystemHandle
 from ..errors import CallTimeoutError, HostClosedError, PluginHostError
@@ -21,7 +22,7 @@ __all__ = ["AdminChannel", "connect", "unwrap"]
 T = TypeVar("T")
 
 
-def connect(system: ActorSystemHandle) -> Any:
+def connect(system: ActorSystemHandle) -> ActorAddress:
     """The address of the system's admin actor: the running one, or a new one if there is none.
 
     Global names are idempotent, so an operator attaching to a running host finds its admin and starts none.
@@ -41,7 +42,7 @@ class AdminChannel:
         port: the admin port, set on the errors raised (``None`` on ``simpleSystemBase``).
     """
 
-    def __init__(self, system: ActorSystemHandle, address: Any, label: str, port: int | None = None) -> None:
+    def __init__(self, system: ActorSystemHandle, address: ActorAddress, label: str, port: int | None = None) -> None:
         self.system = system
         self.address = address
         self._label = label
@@ -103,7 +104,7 @@ class AdminChannel:
         return self.system.receive(timeout)
 
 
-def unwrap(result: Any) -> Any:
+def unwrap(result: object) -> Any:
     """One item of a batch reply: the ``Ok``'s value, the ``Failed``'s error, anything else as is."""
     if isinstance(result, Failed):
         return result.error
