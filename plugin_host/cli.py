@@ -169,7 +169,7 @@ def _with_port(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace) -> Any:
     """An :class:`AdminClient` for the host the operator command names (``--port``, ``--state-dir``)."""
-    from ._operator import AdminClient
+    from ._client.operator import AdminClient
 
     return AdminClient(args.port, _operator_config(args))
 
@@ -380,7 +380,7 @@ def _destroy(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from ._operator import compile_path
+    from ._client.operator import compile_path
 
     info = compile_path(args.path, security_profile=args.security_profile)
     console = _console()
@@ -396,7 +396,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from ._operator import compile_path
+    from ._client.operator import compile_path
 
     config = _operator_config(args)
     info = compile_path(args.path, config)  # locally and first: broken code never reaches the host

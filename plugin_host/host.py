@@ -13,8 +13,8 @@ from . import deps
 from ._client.caller import ADMIN_SLACK, Caller
 from ._client.channel import AdminChannel, connect, unwrap
 from ._client.code import CodeOps
-from ._events import EventListener, Subscription
-from ._system import ActorSystemHandle
+from ._client.events import EventListener, Subscription
+from ._client.system import ActorSystemHandle
 from .config import HostConfig, ResourceLimits
 from .errors import (
     CallTimeoutError,

@@ -20,8 +20,8 @@ from rich.console import Console
 from plugin_host import Host, cli
 from plugin_host._cli import status as _status
 from plugin_host._cli.demo import samples_folder
-from plugin_host._operator import AdminClient
-from plugin_host._system import free_port
+from plugin_host._client.operator import AdminClient
+from plugin_host._client.system import free_port
 from plugin_host.cli import main
 from plugin_host.messages import Blob, Call, unblob
 from plugin_host.values import SandboxInfo

@@ -195,7 +195,7 @@ def test_a_signal_to_the_host_process_group_is_not_needed_to_clean_up(config: Ho
 
 def test_a_message_to_a_dead_actor_is_known_to_be_refused(host: Host) -> None:
     """The host tells 'refused' (never delivered, safe to resend) from 'no reply yet'."""
-    from plugin_host._system import DEAD
+    from plugin_host._client.system import DEAD
     from plugin_host.messages import Call, LookupActor
 
     host.create_sandbox("k", "trees:Kinds", sandbox_path=STRATEGIES)  # "temp" is never restarted

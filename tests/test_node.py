@@ -22,7 +22,7 @@ from conftest import ROOT, eventually, processes_naming, terminate
 from thespian.actors import Actor, NoCompatibleSystemForActor
 
 from plugin_host import Host, HostConfig
-from plugin_host._system import free_port
+from plugin_host._client.system import free_port
 from plugin_host.config import NODE_CAPABILITY, PYTHON_CAPABILITY
 
 TESTS = Path(__file__).resolve().parent

@@ -147,7 +147,7 @@ def test_another_local_user_runs_no_code_through_any_port_and_cannot_drive_the_h
         operator = {}
         for attempt in ({}, {"port": host.admin_port}):
             try:
-                from plugin_host._operator import AdminClient
+                from plugin_host._client.operator import AdminClient
 
                 AdminClient(config=HostConfig(state_dir=config.state_dir), **attempt).list_sandboxes()
                 operator[str(attempt)] = "listed the sandboxes"
@@ -178,8 +178,8 @@ def test_another_user_with_a_cookie_of_their_own_is_refused(host: Host, tmp_path
     (Path(host.config.state_dir) / "run" / f"{port}.json").read_text()  # the host published itself
 
     def attach() -> str:
+        from plugin_host._client.system import ActorSystemHandle
         from plugin_host._store import statedir as _statedir
-        from plugin_host._system import ActorSystemHandle
 
         config = HostConfig(state_dir=own)
         _statedir.prepare(own)
@@ -713,7 +713,7 @@ def test_a_state_dir_others_may_write_is_refused(tmp_path: Path, mode: int) -> N
 def test_a_state_dir_of_another_user_with_a_planted_cache_entry_is_refused(tmp_path: Path) -> None:
     """F7: a state_dir another user owns (and filled: a compile-cache entry, an environment) is refused by
     the host and by the compiler before anything is read from it."""
-    from plugin_host._operator import compile_path
+    from plugin_host._client.operator import compile_path
 
     state = tmp_path / "state"
     (state / "compile-cache").mkdir(parents=True)

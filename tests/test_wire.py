@@ -24,7 +24,7 @@ from plugin_host.errors import PluginError
 from plugin_host.messages import Failed, Ok
 
 # sha256 of each Thespian 4.0.1 file whose internals plugin-host patches or copies (see _wire.PATCHED and
-# _launcher.apply_bind_patch).  A new Thespian must be read again before these change.
+# _client.launcher.apply_bind_patch).  A new Thespian must be read again before these change.
 THESPIAN_FILES = {
     "transport/TCPTransport.py": "303b9a9b3871ca949f70c5f57654fc8147e44f8d0e9981c55902a1b0f16a2c59",
     "transport/streamBuffer.py": "3aa2191109c9aec9b7c96a6617eb7799dbe63e866de0d403075eb11e8f53f850",

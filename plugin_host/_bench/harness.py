@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Ty
 import attrs
 import psutil
 
-from .._launcher import apply_bind_patch, log_defs
+from .._client.launcher import apply_bind_patch, log_defs
 from ..errors import PluginHostError
 from . import actors as acts
 
@@ -152,7 +152,7 @@ class _Raw:
     def __init__(self, folder: Path) -> None:
         from thespian.actors import ActorSystem
 
-        from .._system import free_port
+        from .._client.system import free_port
 
         apply_bind_patch("127.0.0.1")  # never expose a pickle port beyond loopback
         saved = {k: os.environ.get(k) for k in ("THESPLOG_FILE", "THESPIAN_BASE_IPADDR")}

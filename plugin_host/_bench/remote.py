@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import psutil
 
-from .. import _launcher
-from .._launcher import apply_bind_patch
+from .._client import launcher
+from .._client.launcher import apply_bind_patch
 from .harness import _BenchError, _wait
 
 __all__ = ["_Node", "_RawConvention"]
@@ -179,7 +179,7 @@ class _RawConvention:
     def _launch(self, name: str, capabilities: Mapping[str, Any], leader: str | None) -> int:
         from thespian.actors import ActorSystem
 
-        from .._system import free_port
+        from .._client.system import free_port
 
         port = free_port("127.0.0.1")
         spec = {
@@ -193,7 +193,7 @@ class _RawConvention:
             "thesplog": str(self.folder / f"raw-{name}-thespian.log"),
         }
         out = self.folder / f"raw-{name}-launcher.out"
-        code, command = _launcher.start(spec, None, out, 30.0, new_session=True)  # raw: no frame authentication
+        code, command = launcher.start(spec, None, out, 30.0, new_session=True)  # raw: no frame authentication
         if code is None:
             raise _BenchError(f"raw Thespian {name} system did not start within 30 s; see {out}")
         admin = _admin_of(command)

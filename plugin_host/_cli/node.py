@@ -19,12 +19,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .._system import ActorSystemHandle
+    from .._client.system import ActorSystemHandle
 
 __all__ = ["add_arguments", "parse_capability", "run_node"]
 
 JOIN_TIMEOUT = 15.0
-"""How long the leader may take to register the node (a member retries every 5 s; see ``_launcher``)."""
+"""How long the leader may take to register the node (a member retries every 5 s; see ``_client.launcher``)."""
 _BOOT_SLACK = 10.0  # beyond JOIN_TIMEOUT, for the node actor's own start
 
 
@@ -103,7 +103,7 @@ def run_node(args: argparse.Namespace) -> int:
 
     _check_leader_accepts(config)
 
-    from .._system import ActorSystemHandle
+    from .._client.system import ActorSystemHandle
 
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -126,8 +126,8 @@ def _check_leader_accepts(config: Any) -> None:
     import attrs
 
     from .. import _wire
+    from .._client.system import port_in_use
     from .._store import statedir as _statedir
-    from .._system import port_in_use
     from ..errors import CredentialError, HostStartError
 
     leader = config.convention_leader

@@ -22,7 +22,7 @@ from ..states import SandboxStatus, VersionStatus
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from .._operator import AdminClient
+    from .._client.operator import AdminClient
     from ..config import HostConfig
     from ..values import AuditRecord, CompileInfo, ResourceUsage, SandboxInfo, VersionHistory
 
@@ -126,7 +126,7 @@ def run_status(
         SandboxNotFoundError: ``sandbox_id`` names no sandbox of the host.
         PluginHostError: the host cannot be reached, or went away during the live view.
     """
-    from .._operator import AdminClient
+    from .._client.operator import AdminClient
 
     with AdminClient(port, config) as client:
         if audit:

@@ -8,7 +8,6 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import _wire
-from .._system import DEAD, Pending
 from ..errors import (
     ActorNotFoundError,
     CallTimeoutError,
@@ -29,6 +28,7 @@ from ..messages import (
     pack,
     unblob,
 )
+from .system import DEAD, Pending
 
 if TYPE_CHECKING:
     from ..config import HostConfig

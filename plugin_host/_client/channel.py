@@ -13,9 +13,9 @@ from typing import Any, Callable, TypeVar
 import attrs
 from thespian.actors import ActorAddress
 
-from .._system import DEAD, ActorSystemHandle
 from ..errors import CallTimeoutError, HostClosedError, PluginHostError
 from ..messages import ADMIN_GLOBAL_NAME, Failed, Ok, Request, Subscribe, Unsubscribe
+from .system import DEAD, ActorSystemHandle
 
 __all__ = ["AdminChannel", "connect", "unwrap"]
 

@@ -6,11 +6,11 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from .messages import EventNotice
-from .values import Event
+from ..messages import EventNotice
+from ..values import Event
 
 if TYPE_CHECKING:
-    from ._client.channel import AdminChannel
+    from .channel import AdminChannel
 
 __all__ = ["EventListener", "Subscription"]
 

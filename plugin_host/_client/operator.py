@@ -22,13 +22,11 @@ from typing import Any, Sequence, TypeVar
 
 import attrs
 
-from . import __version__, compiler
-from ._client.channel import AdminChannel, connect
-from ._store import statedir as _statedir
-from ._system import ActorSystemHandle
-from .config import HostConfig
-from .errors import HostStartError, PluginHostError
-from .messages import (
+from .. import __version__, compiler
+from .._store import statedir as _statedir
+from ..config import HostConfig
+from ..errors import HostStartError, PluginHostError
+from ..messages import (
     DestroySandbox,
     GetAuditLog,
     GetResourceUsage,
@@ -39,7 +37,7 @@ from .messages import (
     Request,
     RollbackModule,
 )
-from .values import (
+from ..values import (
     Artifact,
     AuditRecord,
     CompileInfo,
@@ -49,6 +47,8 @@ from .values import (
     SandboxInfo,
     VersionHistory,
 )
+from .channel import AdminChannel, connect
+from .system import ActorSystemHandle
 
 __all__ = ["AdminClient", "compile_path", "find_host"]
 

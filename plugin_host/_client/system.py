@@ -29,10 +29,11 @@ from thespian.actors import ActorAddress, ActorSystem
 from thespian.system import isInternalActorSystemMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
-from . import _launcher, _wire
-from ._store import statedir as _statedir
-from .config import HostConfig, system_capabilities
-from .errors import CredentialError, HostClosedError, HostStartError
+from .. import _wire
+from .._store import statedir as _statedir
+from ..config import HostConfig, system_capabilities
+from ..errors import CredentialError, HostClosedError, HostStartError
+from . import launcher
 
 __all__ = ["ActorSystemHandle", "DEAD", "Pending", "free_port"]
 
@@ -124,7 +125,7 @@ class ActorSystemHandle:
         return _wire.Keyring(_wire.host_key_from_cookie(secret), log_fd)
 
     def _attach(self) -> None:
-        _launcher.apply_bind_patch(self.config.bind_address)
+        launcher.apply_bind_patch(self.config.bind_address)
         _wire.install()
         if self.config.state_dir.is_dir():  # this process's own Thespian log: never a fixed name in /tmp
             _thespian_log_to(Path(self.config.state_dir) / "logs" / f"thespian-app-{self.port}.log")
@@ -153,7 +154,7 @@ class ActorSystemHandle:
             },
         }
         assert self.keys is not None
-        code, _ = _launcher.start(spec, self.keys.host_key, files["launcher"], _LAUNCH_TIMEOUT)
+        code, _ = launcher.start(spec, self.keys.host_key, files["launcher"], _LAUNCH_TIMEOUT)
         if code is None:
             raise HostStartError(f"the actor system did not start within {_LAUNCH_TIMEOUT} s; see {files['launcher']}")
         if code != 0:

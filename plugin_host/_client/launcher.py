@@ -76,7 +76,17 @@ def start(
         Its exit code (``None`` if it did not finish within ``timeout``: it is killed) and its
         command line (every process of the system carries it).
     """
-    command = [sys.executable, __file__, "--state-dir", str(spec.get("state_dir", "")), "--port", str(spec["port"])]
+    # -P: run by path, the script's folder would come first on sys.path, and this folder's code.py and
+    # operator.py would hide the standard library's modules of those names.
+    command = [
+        sys.executable,
+        "-P",
+        __file__,
+        "--state-dir",
+        str(spec.get("state_dir", "")),
+        "--port",
+        str(spec["port"]),
+    ]
     data = json.dumps({**spec, "authenticated": key is not None}).encode()
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
