@@ -20,13 +20,12 @@ from plugin_host.states import EventKind
 from plugin_host.values import AuditRecord, Event
 
 from . import _messages as m
+from ._admin.record import AUDIT_LOG, SandboxRecord
 
 __all__ = ["EventsAdmin", "EVENT_LOG", "AUDIT_LOG", "SANDBOX_SUBSCRIPTIONS"]
 
 EVENT_LOG = 1000
 """Events the admin keeps (host-wide)."""
-AUDIT_LOG = 1000
-"""Audit records kept per sandbox."""
 SANDBOX_SUBSCRIPTIONS = 8
 """Event subscriptions one sandbox incarnation may hold (each costs a send per event)."""
 COUNT_DEADLINE = 2.0
@@ -38,14 +37,14 @@ _count_ids = itertools.count(1)
 class EventsAdmin:
     """Mixed into the admin actor (needs ``sandboxes``, ``config``, ``monitor``, ``send``...)."""
 
-    sandboxes: dict[str, Any]
+    sandboxes: dict[str, SandboxRecord]
     config: Any
     monitor: Any
     subscribers: list[tuple[Any, lowlevel.Principal]]
     events: deque[Event]
     send: Callable[[Any, Any], None]
     reply: Callable[[Any, Any, str], None]
-    _get: Callable[[Any, Any, str], Any]
+    _get: Callable[[object, Any, str], SandboxRecord | None]
     monitor_of: Callable[[str], Any]
     from_root: Callable[[Any, Any], bool]
     counting: dict[str, tuple[GetResourceUsage, Any, float]]
@@ -128,7 +127,7 @@ class EventsAdmin:
             del self.counting[msg.corr]
             self._ask_monitor(rec, *query[:2])
 
-    def watch(self, sandbox_id: str, rec: Any) -> None:
+    def watch(self, sandbox_id: str, rec: SandboxRecord) -> None:
         """Tell the monitor which processes the sandbox has now."""
         pids: dict[str, int] = {}
         registered = sandbox_id in self.sandboxes and self.sandboxes[sandbox_id] is rec
@@ -161,7 +160,7 @@ class EventsAdmin:
                 if rec is not None:
                     self._ask_monitor(rec, msg, sender)
 
-    def _ask_monitor(self, rec: Any, msg: GetResourceUsage, sender: Any) -> None:
+    def _ask_monitor(self, rec: SandboxRecord, msg: GetResourceUsage, sender: Any) -> None:
         restarts = {child.name: child.restarts for child in rec.children}
         monitor = self.monitor_of(rec.node)
         if monitor is None:
@@ -200,11 +199,6 @@ class EventsAdmin:
         rec = self._get(msg.sandbox_id, sender, msg.corr)
         if rec is not None:
             self.reply(sender, list(rec.audit), msg.corr)
-
-    @staticmethod
-    def new_audit_log() -> deque[AuditRecord]:
-        """An empty bounded audit log."""
-        return deque(maxlen=AUDIT_LOG)
 
 
 _AUDIT_TEXT = 1000

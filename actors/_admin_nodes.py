@@ -26,6 +26,7 @@ from plugin_host.states import NodeStatus
 from plugin_host.values import NodeInfo
 
 from . import _messages as m
+from ._admin.record import SandboxRecord
 from .monitor import MonitorActor
 
 __all__ = ["NodesAdmin", "Member", "remote_packages"]
@@ -59,7 +60,7 @@ creation at once, and re-creating on each failure would flood both systems' admi
 class NodesAdmin:
     """Mixed into the admin actor (needs ``sandboxes``, ``config``, ``monitor``, ``send``, ``emit``...)."""
 
-    sandboxes: dict[str, Any]
+    sandboxes: dict[str, SandboxRecord]
     config: Any
     monitor: Any
     multiprocess: bool
@@ -214,7 +215,7 @@ class NodesAdmin:
             if rec.node == member.name:
                 self.sandbox_lost(sandbox_id, rec, f"its node {member.name} was lost: {why}")
 
-    def sandbox_lost(self, sandbox_id: str, rec: Any, reason: str) -> None:  # pragma: no cover - the admin's
+    def sandbox_lost(self, sandbox_id: str, rec: SandboxRecord, reason: str) -> None:  # pragma: no cover - the admin's
         """Hook (the admin): mark one sandbox lost, or start it elsewhere."""
         raise NotImplementedError
 

@@ -29,6 +29,7 @@ from plugin_host.store import VersionStore
 from plugin_host.values import Artifact, ReloadResult
 
 from . import _messages as m
+from ._admin.record import Probation, SandboxRecord
 from ._admin_nodes import remote_packages
 from .registry import RecordOutcome, RecordVersions, RegistryQuery
 
@@ -69,15 +70,6 @@ class _PendingReload:
     environment: str | None = None
 
 
-@attrs.define
-class _Probation:
-    deadline: float
-    actors: frozenset[str]
-    baseline: dict[str, int]
-    old_sources: dict[str, tuple[str, str, bool]]
-    new_versions: dict[str, int]
-
-
 def _checksum(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
@@ -85,7 +77,7 @@ def _checksum(source: str) -> str:
 class VersionsAdmin:
     """Mixed into the admin actor (needs ``sandboxes``, ``config``, ``registry``, ``reader``...)."""
 
-    sandboxes: dict[str, Any]
+    sandboxes: dict[str, SandboxRecord]
     config: Any
     registry: Any
     reader: VersionStore | None
@@ -363,7 +355,7 @@ class VersionsAdmin:
             actors=list(msg.actors_updated),
         )
         if rec is not None and pending.probation > 0 and old_sources:
-            rec.probation = _Probation(
+            rec.probation = Probation(
                 time.monotonic() + pending.probation,
                 frozenset(msg.actors_updated),
                 dict(rec.crashes),
@@ -390,7 +382,7 @@ class VersionsAdmin:
 
     # -- probation ------------------------------------------------------------------------
 
-    def check_probation(self, sandbox_id: str, rec: Any) -> None:
+    def check_probation(self, sandbox_id: str, rec: SandboxRecord) -> None:
         """A reloaded actor crashed inside its probation window: roll back on our own."""
         probation = rec.probation
         if probation is None:

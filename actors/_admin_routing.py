@@ -13,7 +13,7 @@ from typing import Any, Callable
 import attrs
 
 from plugin_host import lowlevel
-from plugin_host.errors import ActorNotFoundError, BadRequestError, PluginHostError, SandboxNotFoundError
+from plugin_host.errors import ActorNotFoundError, BadRequestError, PluginHostError
 from plugin_host.messages import (
     ActorRef,
     Blob,
@@ -25,8 +25,10 @@ from plugin_host.messages import (
     LookupActor,
     Run,
 )
+from plugin_host.values import SandboxInfo
 
 from . import _messages as m
+from ._admin.record import SandboxRecord, not_found
 
 __all__ = ["RoutingAdmin", "not_found", "SANDBOX_LOOKUPS", "SANDBOX_LOOKUP_WAIT"]
 
@@ -39,9 +41,9 @@ SANDBOX_LOOKUP_WAIT = 30.0
 class RoutingAdmin:
     """Mixed into the admin actor (needs ``sandboxes``, ``_parked``, ``_info``, ``send``, ``reply``, ``_tick``)."""
 
-    sandboxes: dict[str, Any]
+    sandboxes: dict[str, SandboxRecord]
     _parked: list[tuple[LookupActor, Any, float, lowlevel.Principal]]
-    _info: Callable[[str, Any], Any]
+    _info: Callable[[str, SandboxRecord], SandboxInfo]
     _tick: Callable[[], None]
     send: Callable[[Any, Any], None]
     reply: Callable[[Any, Any, str], None]
@@ -51,7 +53,7 @@ class RoutingAdmin:
         """The error for an unknown sandbox id."""
         return not_found(sandbox_id)
 
-    def _get(self, sandbox_id: Any, sender: Any, corr: str) -> Any:
+    def _get(self, sandbox_id: object, sender: Any, corr: str) -> SandboxRecord | None:
         rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
         if rec is None:
             self.reply(sender, not_found(sandbox_id), corr)
@@ -73,7 +75,7 @@ class RoutingAdmin:
         if rec is not None:
             self.reply(sender, self._info(msg.sandbox_id, rec), msg.corr)
 
-    def _lookup(self, sandbox_id: str, rec: Any, name: Any) -> ActorRef:
+    def _lookup(self, sandbox_id: str, rec: SandboxRecord, name: Any) -> ActorRef:
         entry = rec.directory.get(name) if isinstance(name, str) else None
         if entry is not None and rec.status == "running":
             return ActorRef(
@@ -155,7 +157,7 @@ class RoutingAdmin:
             return
         self.to_actor(rec, ref.address, attrs.evolve(msg, reply_to=msg.reply_to or sender, incarnation=ref.incarnation))
 
-    def to_actor(self, rec: Any, address: Any, message: Any) -> None:
+    def to_actor(self, rec: SandboxRecord, address: Any, message: Any) -> None:
         """Send to an actor of a sandbox's tree: signed with its incarnation's key, the only one it holds."""
         if rec.principal is None:
             self.send(address, message)
@@ -167,7 +169,7 @@ class RoutingAdmin:
         """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
         rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
         entry = rec.directory.get(msg.name) if rec is not None and isinstance(msg.name, str) else None
-        if entry is not None:
+        if rec is not None and entry is not None:
             self.to_actor(rec, entry[0], attrs.evolve(msg, incarnation=entry[1]))
         elif rec is not None and isinstance(msg.name, str):
             self.send(rec.root, m.Route(msg.name, msg))
@@ -186,10 +188,3 @@ class RoutingAdmin:
             )
             return
         self.send(rec.root, attrs.evolve(msg, reply_to=msg.reply_to or sender))
-
-
-def not_found(sandbox_id: Any) -> PluginHostError:
-    """The error for an unknown (or malformed) sandbox id."""
-    if not isinstance(sandbox_id, str):
-        return BadRequestError(f"a sandbox id is a string, got {sandbox_id!r}")
-    return SandboxNotFoundError(f"no sandbox {sandbox_id!r}", sandbox_id=sandbox_id)

@@ -47,20 +47,20 @@ from plugin_host.messages import (
     HostBooted,
     HostShutdown,
     LookupActor,
-    Ok,
     RestartSandbox,
     Subscribe,
     Unsubscribe,
 )
-from plugin_host.states import SandboxStatus
+from plugin_host.states import AdminAction, ChildStatus, EventKind, RecordStatus, RootStatus
 from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
 
 from . import _messages as m
+from ._admin.record import Done, SandboxRecord, batch, not_found
 from ._admin_events import EVENT_LOG, EventsAdmin
 from ._admin_nodes import Member, NodesAdmin, remote_packages
 from ._admin_reload import VersionsAdmin
-from ._admin_routing import RoutingAdmin, not_found
+from ._admin_routing import RoutingAdmin
 from ._base import Admission, HostActor, log
 from ._hardening import kill_group, process_alive
 from .monitor import MonitorActor
@@ -77,9 +77,6 @@ _SANDBOX_REPORTS = (m.SandboxStatus, m.TreeEvent, m.Usage, m.AuditRecords, m.San
 
 _VANISHING = "plugin_host.vanishing"
 """Payload of the short wakeups that check killed processes are gone."""
-
-Done = Callable[[Any], None]
-"""Called with the result (a value, or a PluginHostError) of an admin operation."""
 
 
 @contextmanager
@@ -117,48 +114,6 @@ def check_sandbox_id(sandbox_id: Any) -> None:
         raise BadRequestError(f"sandbox id {sandbox_id!r} has control characters or path separators")
 
 
-@attrs.define
-class _Sandbox:
-    """The admin's mirror of one sandbox."""
-
-    request: CreateSandbox
-    sources: dict[str, tuple[str, str, bool]]
-    modules: dict[str, int]
-    limits: ResourceLimits
-    created_at: float
-    root: Any = None
-    pid: int | None = None
-    status: str = "starting"
-    reason: str | None = None
-    restart_count: int = 0
-    """Actor restarts in the current incarnation (the root's own count)."""
-    earlier_restarts: int = 0
-    """Restarts of earlier incarnations, each whole-sandbox restart counted too: the reported count only grows."""
-    children: tuple[Any, ...] = ()
-    directory: dict[str, tuple[Any, int]] = attrs.field(factory=dict)
-    deaths: dict[str, tuple[tuple[int, str], ...]] = attrs.field(factory=dict)
-    action: str = "create"
-    deadline: float | None = None
-    waiters: list[Done] = attrs.field(factory=list)
-    error: PluginHostError | None = None
-    """Why a start failed; answered once the root is gone."""
-    restarted: bool = False
-    """Whether the current start is a ``restart_sandbox`` (a failure then keeps the record)."""
-    crashes: dict[str, int] = attrs.field(factory=dict)
-    """Crashes per actor name (probation watches them)."""
-    probation: Any = None
-    messages: dict[str, int] = attrs.field(factory=dict)
-    audit: Any = attrs.field(factory=EventsAdmin.new_audit_log)
-    node: str = ""
-    """The member of the convention its root runs on; ``""`` for the host's own system."""
-    lost_reason: str | None = None
-    """Set when the admin gave the root up as lost (its system died, left or fell silent)."""
-    principal: lowlevel.Principal | None = None
-    """The key identity of the current root's incarnation (a new one each start)."""
-    stopping: list[tuple[int, float]] = attrs.field(factory=list)
-    """Its local processes when it was told to stop (pid, create time): a destroy answers once they end."""
-
-
 class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
     """Front door of a host's actor system (and its view of the convention, see ``NodesAdmin``)."""
 
@@ -167,7 +122,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.config = HostConfig()
         self.token: str | None = None
         self.host: tuple[int, float] | None = None
-        self.sandboxes: dict[str, _Sandbox] = {}
+        self.sandboxes: dict[str, SandboxRecord] = {}
         self._ticking = False
         self._shutdown_waiters: list[Done] = []
         self._parked: list[tuple[LookupActor, Any, float, lowlevel.Principal]] = []
@@ -213,7 +168,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.denied += 1
         about = getattr(message, "sandbox_id", None)
         self.emit(
-            "denied",
+            EventKind.DENIED,
             principal.sandbox_id or "",
             reason=str(error),
             request=type(message).__name__,
@@ -221,7 +176,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         )
         return error
 
-    def from_root(self, rec: _Sandbox, sender: Any) -> bool:
+    def from_root(self, rec: SandboxRecord, sender: Any) -> bool:
         """Whether a report comes from ``rec``'s current root: signed with its incarnation's key (or, from
         the host's own processes, sent from its address)."""
         principal = lowlevel.sender_principal()
@@ -315,7 +270,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             detail = str(records[-1].get("detail", ""))
             text = f"{count} {reason} frame(s) dropped, from {', '.join(peers[:5])}: {detail}"
             log.warning("%s%s", f"sandbox {sandbox_id}: " if sandbox_id else "", text)
-            self.emit("frame_rejected", sandbox_id, reason=text, count=count, rejected_as=reason, peers=peers)
+            self.emit(EventKind.FRAME_REJECTED, sandbox_id, reason=text, count=count, rejected_as=reason, peers=peers)
 
     def _emergency_stop(self) -> None:
         """The host died without closing: take every process of this system down."""
@@ -343,7 +298,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.sandboxes[req.sandbox_id] = rec
         self._start_root(req.sandbox_id, rec)
 
-    def _new_record(self, req: CreateSandbox) -> _Sandbox:
+    def _new_record(self, req: CreateSandbox) -> SandboxRecord:
         check_sandbox_id(req.sandbox_id)
         if req.sandbox_id in self.sandboxes:
             raise SandboxExistsError(f"sandbox {req.sandbox_id!r} already exists", sandbox_id=req.sandbox_id)
@@ -362,9 +317,11 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             table = codeload.read_sandbox_folder(req.sandbox_path)
             codeload.check_syntax(table)
             sources = table.as_wire()
-        return _Sandbox(req, sources, self.register_created(req.sandbox_id, sources), limits, time.time(), node=node)
+        return SandboxRecord(
+            req, sources, self.register_created(req.sandbox_id, sources), limits, time.time(), node=node
+        )
 
-    def _start_root(self, sandbox_id: str, rec: _Sandbox) -> None:
+    def _start_root(self, sandbox_id: str, rec: SandboxRecord) -> None:
         rec.principal = lowlevel.new_sandbox_principal(sandbox_id)
         if rec.node:  # Thespian places it: the pinned node's admin forks it there (and signs for its key)
             wanted = {
@@ -380,7 +337,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         keys = lowlevel.process_keys()
         if keys is not None:  # everything to the root, queued or not, is signed with its incarnation's key
             keys.expect_child(rec.root, rec.principal)
-        rec.status, rec.reason, rec.children, rec.directory = "starting", None, (), {}
+        rec.status, rec.reason, rec.children, rec.directory = RecordStatus.STARTING, None, (), {}
         rec.lost_reason = None
         rec.deadline = time.monotonic() + self.config.start_timeout
         cfg = self.config
@@ -423,25 +380,25 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         rec.deaths, rec.crashes = msg.deaths, msg.crashes
         if rec.node:  # a local root's pid is known from its fork: a report cannot move it elsewhere
             rec.pid = msg.pid or rec.pid
-        if msg.status == "running" and rec.status == "starting":
-            rec.status, rec.deadline = "running", None
+        if msg.status == RootStatus.RUNNING and rec.status == RecordStatus.STARTING:
+            rec.status, rec.deadline = RecordStatus.RUNNING, None
             self._fire(rec, self._info(msg.sandbox_id, rec))
-            self.emit("started", msg.sandbox_id)
-        elif msg.status == "failed" and rec.status in ("running", "starting"):
-            rec.status, rec.reason = "failed", msg.reason
-            self.emit("failed", msg.sandbox_id, reason=msg.reason or "")
-        elif msg.status == "start_failed":
+            self.emit(EventKind.STARTED, msg.sandbox_id)
+        elif msg.status == RootStatus.FAILED and rec.status in (RecordStatus.RUNNING, RecordStatus.STARTING):
+            rec.status, rec.reason = RecordStatus.FAILED, msg.reason
+            self.emit(EventKind.FAILED, msg.sandbox_id, reason=msg.reason or "")
+        elif msg.status == RootStatus.START_FAILED:
             rec.error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
-            if rec.action != "destroy":
-                self._stop_root(msg.sandbox_id, rec, "start_failed")
-        elif msg.status == "stopped" and rec.status == "stopping":
+            if rec.action != AdminAction.DESTROY:
+                self._stop_root(msg.sandbox_id, rec, AdminAction.START_FAILED)
+        elif msg.status == RootStatus.STOPPED and rec.status == RecordStatus.STOPPING:
             self.send(rec.root, ActorExitRequest())
         self._retry_parked(time.monotonic())
-        if rec.status == "running":
+        if rec.status == RecordStatus.RUNNING:
             self.check_probation(msg.sandbox_id, rec)
         self.watch(msg.sandbox_id, rec)
 
-    def _fire(self, rec: _Sandbox, result: Any) -> None:
+    def _fire(self, rec: SandboxRecord, result: Any) -> None:
         waiters, rec.waiters = rec.waiters, []
         for done in waiters:
             done(result)
@@ -464,17 +421,17 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             rec.lost_reason = rec.lost_reason or f"its root process on {rec.node} is gone"
             self._root_gone(msg.sandbox_id, rec)
 
-    def _kill_sandbox_group(self, rec: _Sandbox) -> None:
+    def _kill_sandbox_group(self, rec: SandboxRecord) -> None:
         """SIGKILL the sandbox's process group, wherever it runs (its node's monitor does it there)."""
         if not rec.node:
             kill_group(rec.pid)
         else:
             self.kill_on_node(rec.node, rec.pid)
 
-    def _destroyed(self, sandbox_id: str, rec: _Sandbox) -> None:
-        self._fire(rec, rec.error if rec.action == "start_failed" else None)
-        if rec.action == "destroy":
-            self.emit("stopped", sandbox_id)
+    def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:
+        self._fire(rec, rec.error if rec.action == AdminAction.START_FAILED else None)
+        if rec.action == AdminAction.DESTROY:
+            self.emit(EventKind.STOPPED, sandbox_id)
         self._check_shutdown_done()
 
     def _when_gone(self, pids: list[tuple[int, float]], then: Callable[[], None]) -> None:
@@ -493,30 +450,30 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if self._vanishing and self.multiprocess:
             self.wakeupAfter(timedelta(milliseconds=5), payload=_VANISHING)
 
-    def _root_gone(self, sandbox_id: str, rec: _Sandbox) -> None:
+    def _root_gone(self, sandbox_id: str, rec: SandboxRecord) -> None:
         # Its local processes, to wait for when it is destroyed (a member's are the monitor's there).
         pids = [] if rec.node else rec.stopping + _with_start_times(rec.pid, *(c.pid for c in rec.children))
         self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
         self.forget_subscribers(sandbox_id)
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
-        if rec.action == "restart":
-            rec.action, rec.restarted = "create", True
-            _next_incarnation(rec)
+        if rec.action == AdminAction.RESTART:
+            rec.action, rec.restarted = AdminAction.CREATE, True
+            rec.next_incarnation()
             member = self.members.get(rec.node)
             if rec.node and (member is None or member.status != "up"):
                 self._elsewhere(sandbox_id, rec, f"its node {rec.node} is lost")
                 return
             self._start_root(sandbox_id, rec)
-        elif rec.action == "start_failed" and rec.restarted:
-            rec.action, rec.status, rec.reason = "create", "failed", str(rec.error)
+        elif rec.action == AdminAction.START_FAILED and rec.restarted:
+            rec.action, rec.status, rec.reason = AdminAction.CREATE, RecordStatus.FAILED, str(rec.error)
             rec.children = ()
             self._fire(rec, rec.error)
-        elif rec.action in ("destroy", "start_failed"):
+        elif rec.action in (AdminAction.DESTROY, AdminAction.START_FAILED):
             del self.sandboxes[sandbox_id]
             # Answered once its processes are gone (killed above, they end within milliseconds):
             # destroy_sandbox promises that no process of the sandbox runs when it returns.
             self._when_gone(pids, lambda: self._destroyed(sandbox_id, rec))
-        elif rec.status == "starting" and not rec.restarted:
+        elif rec.status == RecordStatus.STARTING and not rec.restarted:
             del self.sandboxes[sandbox_id]  # died while starting: as a failed start, the id is free again
             self._fire(
                 rec,
@@ -527,22 +484,22 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
                     "top-level code?)"
                 ),
             )
-        elif rec.status == "failed":  # gave up already (restart intensity): its root going changes nothing
-            rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
+        elif rec.status == RecordStatus.FAILED:  # gave up already (restart intensity): its root going changes nothing
+            rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
         elif rec.node:
-            rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
+            rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
             self._elsewhere(sandbox_id, rec, rec.lost_reason or f"its root on node {rec.node} exited")
         else:
-            rec.status, rec.reason = "failed", "the sandbox root process exited unexpectedly"
-            rec.children = tuple(attrs.evolve(c, pid=None, status="stopped") for c in rec.children)
+            rec.status, rec.reason = RecordStatus.FAILED, "the sandbox root process exited unexpectedly"
+            rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
             self._fire(rec, SandboxStartError(rec.reason))
-            self.emit("failed", sandbox_id, reason=rec.reason)
+            self.emit(EventKind.FAILED, sandbox_id, reason=rec.reason)
         self.watch(sandbox_id, rec)
 
-    def sandbox_lost(self, sandbox_id: str, rec: _Sandbox, reason: str) -> None:
+    def sandbox_lost(self, sandbox_id: str, rec: SandboxRecord, reason: str) -> None:
         """Its system is lost: give the root up (it ends itself if it still runs, cut off)."""
         if rec.root is None:
-            if rec.status in ("running", "starting"):
+            if rec.status in (RecordStatus.RUNNING, RecordStatus.STARTING):
                 self._elsewhere(sandbox_id, rec, reason)
             return
         if rec.pid is None:
@@ -552,7 +509,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         rec.lost_reason = reason  # else its process group is killed should the member answer again
         self._root_gone(sandbox_id, rec)
 
-    def _elsewhere(self, sandbox_id: str, rec: _Sandbox, reason: str) -> None:
+    def _elsewhere(self, sandbox_id: str, rec: SandboxRecord, reason: str) -> None:
         """A sandbox whose system was lost: start it on another capable one, or mark it ``lost``."""
         old_monitor = self.monitor_of(rec.node)
         if old_monitor is not None:  # its pids there mean nothing any more (and may be reused)
@@ -564,23 +521,23 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             except PluginHostError as exc:
                 reason = f"{reason}; no other system can take it: {exc}"
             else:
-                self.emit("lost", sandbox_id, reason=reason, restarting_on=node or self.node)
-                rec.node, rec.restarted, rec.action = node, True, "create"
-                _next_incarnation(rec)
+                self.emit(EventKind.LOST, sandbox_id, reason=reason, restarting_on=node or self.node)
+                rec.node, rec.restarted, rec.action = node, True, AdminAction.CREATE
+                rec.next_incarnation()
                 self._start_root(sandbox_id, rec)
                 self.watch(sandbox_id, rec)
                 return
-        rec.status, rec.reason, rec.action = "lost", reason, "create"
+        rec.status, rec.reason, rec.action = RecordStatus.LOST, reason, AdminAction.CREATE
         self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} is lost: {reason}", sandbox_id=sandbox_id))
-        self.emit("lost", sandbox_id, reason=reason)
+        self.emit(EventKind.LOST, sandbox_id, reason=reason)
 
-    def _deadline_passed(self, sandbox_id: str, rec: _Sandbox) -> None:
+    def _deadline_passed(self, sandbox_id: str, rec: SandboxRecord) -> None:
         rec.deadline = None
-        if rec.status == "starting":
+        if rec.status == RecordStatus.STARTING:
             rec.error = SandboxStartError(
                 f"sandbox {sandbox_id!r} did not start within {self.config.start_timeout} s (hung import or init?)"
             )
-            rec.action = "start_failed"
+            rec.action = AdminAction.START_FAILED
         self._kill_sandbox_group(rec)  # a stop or start past its deadline: ChildActorExited follows
         if rec.node and rec.root is not None and rec.pid is None:
             # A remote root that never reported (its creation may have failed there): no exit will come.
@@ -590,14 +547,14 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     # -- destroy / restart / shutdown -----------------------------------------------------
 
-    def _stop_root(self, sandbox_id: str, rec: _Sandbox, action: str) -> None:
+    def _stop_root(self, sandbox_id: str, rec: SandboxRecord, action: AdminAction) -> None:
         rec.action = action
         if not rec.node:  # its processes as of now: the reports while it stops clear their pids
             rec.stopping = _with_start_times(rec.pid, *(c.pid for c in rec.children))
         if rec.root is None:
             self._root_gone(sandbox_id, rec)
             return
-        rec.status = "stopping"
+        rec.status = RecordStatus.STOPPING
         rec.deadline = time.monotonic() + 2 * self.config.shutdown_timeout + 1.0
         self.send(rec.root, m.Stop("shutdown"))
         self._tick()
@@ -611,13 +568,13 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if rec is None:
             done(not_found(sandbox_id))
             return
-        if rec.status == "starting" and rec.action == "create":
+        if rec.status == RecordStatus.STARTING and rec.action == AdminAction.CREATE:
             self._fire(
                 rec, SandboxStartError(f"sandbox {sandbox_id!r} was destroyed before it started", sandbox_id=sandbox_id)
             )
         rec.waiters.append(done)
-        if rec.action not in ("destroy", "start_failed"):
-            self._stop_root(sandbox_id, rec, "destroy")
+        if rec.action not in (AdminAction.DESTROY, AdminAction.START_FAILED):
+            self._stop_root(sandbox_id, rec, AdminAction.DESTROY)
 
     def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Any) -> None:
         """Stop the whole sandbox and start it again from its current code."""
@@ -625,7 +582,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if rec is None:
             self.reply(sender, not_found(msg.sandbox_id), msg.corr)
             return
-        if rec.action in ("destroy", "start_failed"):
+        if rec.action in (AdminAction.DESTROY, AdminAction.START_FAILED):
             self.reply(
                 sender,
                 SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is being destroyed", sandbox_id=msg.sandbox_id),
@@ -633,8 +590,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             )
             return
         rec.waiters.append(self._replier(sender, msg.corr))
-        if rec.action != "restart":
-            self._stop_root(msg.sandbox_id, rec, "restart")
+        if rec.action != AdminAction.RESTART:
+            self._stop_root(msg.sandbox_id, rec, AdminAction.RESTART)
 
     def receiveMsg_HostShutdown(self, msg: HostShutdown, sender: Any) -> None:
         """Destroy every sandbox, then answer (the host shuts the system down next)."""
@@ -668,29 +625,12 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self._batch(len(ids), sender, msg.corr, lambda i, done: self._destroy(ids[i], done))
 
     def _batch(self, count: int, sender: Any, corr: str, start: Callable[[int, Done], None]) -> None:
-        results: list[Any] = [None] * count
-        left = [count]
-
-        def slot(index: int) -> Done:
-            def done(result: Any) -> None:
-                results[index] = Failed(result) if isinstance(result, BaseException) else Ok(result)
-                left[0] -= 1
-                if left[0] == 0:
-                    self.reply(sender, results, corr)
-
-            return done
-
-        if count == 0:
-            self.reply(sender, [], corr)
-        for index in range(count):
-            start(index, slot(index))
+        batch(count, lambda results: self.reply(sender, results, corr), start)
 
     # -- queries ---------------------------------------------------------------------------
 
-    def _info(self, sandbox_id: str, rec: _Sandbox) -> SandboxInfo:
-        status = SandboxStatus(
-            "starting" if rec.action == "restart" else {"stopping": "stopped"}.get(rec.status, rec.status)
-        )
+    def _info(self, sandbox_id: str, rec: SandboxRecord) -> SandboxInfo:
+        status = rec.public_status()
         supervisor = rec.request.supervisor
         label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
         return SandboxInfo(
@@ -705,9 +645,3 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             rec.reason,
             rec.pid,
         )
-
-
-def _next_incarnation(rec: _Sandbox) -> None:
-    """The sandbox starts again as a whole: its restarts so far, and this one, carry over."""
-    rec.earlier_restarts += rec.restart_count + 1
-    rec.restart_count = 0

@@ -1,0 +1,3 @@
+"""The admin actor's components (:mod:`actors.admin` is their only front door: it holds every handler)."""
+
+__all__: list[str] = []
