@@ -271,7 +271,7 @@ class NodesAdmin:
 
     # -- queries ---------------------------------------------------------------------------
 
-    denied: int
+    denied: Callable[[], int]
     rejected_frames: Callable[[], int]
 
     def receiveMsg_ListNodes(self, msg: ListNodes, sender: Any) -> None:
@@ -288,7 +288,7 @@ class NodesAdmin:
                 True,
                 on.get("", []),
                 self.rejected_frames(),
-                self.denied,
+                self.denied(),
             )
         ]
         nodes += [

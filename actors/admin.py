@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import deque
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -41,13 +40,18 @@ from plugin_host.messages import (
     CreateSandbox,
     DestroySandbox,
     Failed,
+    GetAuditLog,
     GetResourceUsage,
+    GetSandboxCode,
     GetSandboxInfo,
     HostBoot,
     HostBooted,
+    HostBreach,
     HostShutdown,
+    ListSandboxes,
     LookupActor,
     RestartSandbox,
+    Run,
     Subscribe,
     Unsubscribe,
 )
@@ -56,11 +60,11 @@ from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
 
 from . import _messages as m
-from ._admin.record import Done, SandboxRecord, batch, not_found
-from ._admin_events import EVENT_LOG, EventsAdmin
+from ._admin.events import Events
+from ._admin.record import Address, Done, SandboxRecord, batch, not_found
+from ._admin.routing import Routing
 from ._admin_nodes import Member, NodesAdmin, remote_packages
 from ._admin_reload import VersionsAdmin
-from ._admin_routing import RoutingAdmin
 from ._base import Admission, HostActor, log
 from ._hardening import kill_group, process_alive
 from .monitor import MonitorActor
@@ -114,7 +118,7 @@ def check_sandbox_id(sandbox_id: Any) -> None:
         raise BadRequestError(f"sandbox id {sandbox_id!r} has control characters or path separators")
 
 
-class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor):
+class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
     """Front door of a host's actor system (and its view of the convention, see ``NodesAdmin``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -125,22 +129,18 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         self.sandboxes: dict[str, SandboxRecord] = {}
         self._ticking = False
         self._shutdown_waiters: list[Done] = []
-        self._parked: list[tuple[LookupActor, Any, float, lowlevel.Principal]] = []
-        self.counting: dict[str, tuple[GetResourceUsage, Any, float]] = {}
-        """Usage queries waiting for a root's message counts (corr -> query, asker, deadline)."""
         self.registry: Any = None
         self.reader: VersionStore | None = None
         self.module_versions: dict[str, Any] = {}
         self.reloads: dict[str, Any] = {}
         self.monitor: Any = None
-        self.subscribers: list[tuple[Any, lowlevel.Principal]] = []
-        self.events: deque[Any] = deque(maxlen=EVENT_LOG)
         self.members: dict[str, Member] = {}
-        self.denied = 0
-        """Requests refused to sandboxes since the host started."""
-        self._rejections: lowlevel.RejectionTail | None = None
         self._vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
         """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
+        self.events = Events(
+            self, self.sandboxes, lambda: self.config, lambda node: self.monitor_of(node), self.from_root
+        )
+        self.routing = Routing(self, self.sandboxes, self._info, self._tick)
 
     # -- who may ask what -------------------------------------------------------------------
 
@@ -165,15 +165,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def refuse(self, message: Any, sender: Any, principal: lowlevel.Principal) -> AccessDeniedError:
         """Refuse, answer, and record a ``denied`` event for the sandbox that asked."""
         error = super().refuse(message, sender, principal)
-        self.denied += 1
-        about = getattr(message, "sandbox_id", None)
-        self.emit(
-            EventKind.DENIED,
-            principal.sandbox_id or "",
-            reason=str(error),
-            request=type(message).__name__,
-            target=about if isinstance(about, str) else None,
-        )
+        self.events.refused(message, principal, error)
         return error
 
     def from_root(self, rec: SandboxRecord, sender: Any) -> bool:
@@ -200,8 +192,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             return
         self.token, self.config = msg.token, msg.config
         self.host = (msg.host_pid, msg.host_create_time)
-        if self.config.admin_port and self._rejections is None:
-            self._rejections = lowlevel.RejectionTail(
+        if self.config.admin_port:
+            self.events.open_rejections(
                 str(Path(self.config.state_dir) / "logs" / f"rejected-{self.config.admin_port}.log")
             )
         if self.registry is None:
@@ -234,11 +226,11 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             # others, nor the next tick that watches whether the host is alive.
             for duty in (
                 lambda: self._deadlines(now),
-                lambda: self._retry_parked(now),
+                lambda: self.routing.retry_parked(now),
                 lambda: self.reload_deadlines(now),
-                lambda: self.count_deadlines(now),
+                lambda: self.events.count_deadlines(now),
                 lambda: self.ping_members(now),
-                self._report_rejections,
+                self.events.report_rejections,
             ):
                 try:
                     duty()
@@ -251,26 +243,6 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         for sandbox_id, rec in list(self.sandboxes.items()):
             if rec.deadline is not None and now > rec.deadline:
                 self._deadline_passed(sandbox_id, rec)
-
-    def rejected_frames(self) -> int:
-        """Frames this system's processes dropped since the host started."""
-        self._report_rejections()
-        return self._rejections.total if self._rejections is not None else 0
-
-    def _report_rejections(self) -> None:
-        """Turn what this system's processes dropped since the last tick into ``frame_rejected`` events."""
-        if self._rejections is None:
-            return
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for record in self._rejections.read():
-            groups.setdefault((str(record.get("reason")), str(record.get("sandbox", ""))), []).append(record)
-        for (reason, sandbox_id), records in groups.items():
-            count = sum(int(r.get("count", 1)) for r in records)
-            peers = sorted({str(r.get("peer")) for r in records})
-            detail = str(records[-1].get("detail", ""))
-            text = f"{count} {reason} frame(s) dropped, from {', '.join(peers[:5])}: {detail}"
-            log.warning("%s%s", f"sandbox {sandbox_id}: " if sandbox_id else "", text)
-            self.emit(EventKind.FRAME_REJECTED, sandbox_id, reason=text, count=count, rejected_as=reason, peers=peers)
 
     def _emergency_stop(self) -> None:
         """The host died without closing: take every process of this system down."""
@@ -383,20 +355,20 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         if msg.status == RootStatus.RUNNING and rec.status == RecordStatus.STARTING:
             rec.status, rec.deadline = RecordStatus.RUNNING, None
             self._fire(rec, self._info(msg.sandbox_id, rec))
-            self.emit(EventKind.STARTED, msg.sandbox_id)
+            self.events.emit(EventKind.STARTED, msg.sandbox_id)
         elif msg.status == RootStatus.FAILED and rec.status in (RecordStatus.RUNNING, RecordStatus.STARTING):
             rec.status, rec.reason = RecordStatus.FAILED, msg.reason
-            self.emit(EventKind.FAILED, msg.sandbox_id, reason=msg.reason or "")
+            self.events.emit(EventKind.FAILED, msg.sandbox_id, reason=msg.reason or "")
         elif msg.status == RootStatus.START_FAILED:
             rec.error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
             if rec.action != AdminAction.DESTROY:
                 self._stop_root(msg.sandbox_id, rec, AdminAction.START_FAILED)
         elif msg.status == RootStatus.STOPPED and rec.status == RecordStatus.STOPPING:
             self.send(rec.root, ActorExitRequest())
-        self._retry_parked(time.monotonic())
+        self.routing.retry_parked(time.monotonic())
         if rec.status == RecordStatus.RUNNING:
             self.check_probation(msg.sandbox_id, rec)
-        self.watch(msg.sandbox_id, rec)
+        self.events.watch(msg.sandbox_id, rec)
 
     def _fire(self, rec: SandboxRecord, result: Any) -> None:
         waiters, rec.waiters = rec.waiters, []
@@ -431,7 +403,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
     def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:
         self._fire(rec, rec.error if rec.action == AdminAction.START_FAILED else None)
         if rec.action == AdminAction.DESTROY:
-            self.emit(EventKind.STOPPED, sandbox_id)
+            self.events.emit(EventKind.STOPPED, sandbox_id)
         self._check_shutdown_done()
 
     def _when_gone(self, pids: list[tuple[int, float]], then: Callable[[], None]) -> None:
@@ -454,7 +426,7 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
         # Its local processes, to wait for when it is destroyed (a member's are the monitor's there).
         pids = [] if rec.node else rec.stopping + _with_start_times(rec.pid, *(c.pid for c in rec.children))
         self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
-        self.forget_subscribers(sandbox_id)
+        self.events.forget_subscribers(sandbox_id)
         rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
         if rec.action == AdminAction.RESTART:
             rec.action, rec.restarted = AdminAction.CREATE, True
@@ -493,8 +465,8 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             rec.status, rec.reason = RecordStatus.FAILED, "the sandbox root process exited unexpectedly"
             rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
             self._fire(rec, SandboxStartError(rec.reason))
-            self.emit(EventKind.FAILED, sandbox_id, reason=rec.reason)
-        self.watch(sandbox_id, rec)
+            self.events.emit(EventKind.FAILED, sandbox_id, reason=rec.reason)
+        self.events.watch(sandbox_id, rec)
 
     def sandbox_lost(self, sandbox_id: str, rec: SandboxRecord, reason: str) -> None:
         """Its system is lost: give the root up (it ends itself if it still runs, cut off)."""
@@ -521,15 +493,15 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
             except PluginHostError as exc:
                 reason = f"{reason}; no other system can take it: {exc}"
             else:
-                self.emit(EventKind.LOST, sandbox_id, reason=reason, restarting_on=node or self.node)
+                self.events.emit(EventKind.LOST, sandbox_id, reason=reason, restarting_on=node or self.node)
                 rec.node, rec.restarted, rec.action = node, True, AdminAction.CREATE
                 rec.next_incarnation()
                 self._start_root(sandbox_id, rec)
-                self.watch(sandbox_id, rec)
+                self.events.watch(sandbox_id, rec)
                 return
         rec.status, rec.reason, rec.action = RecordStatus.LOST, reason, AdminAction.CREATE
         self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} is lost: {reason}", sandbox_id=sandbox_id))
-        self.emit(EventKind.LOST, sandbox_id, reason=reason)
+        self.events.emit(EventKind.LOST, sandbox_id, reason=reason)
 
     def _deadline_passed(self, sandbox_id: str, rec: SandboxRecord) -> None:
         rec.deadline = None
@@ -626,6 +598,95 @@ class AdminActor(RoutingAdmin, NodesAdmin, EventsAdmin, VersionsAdmin, HostActor
 
     def _batch(self, count: int, sender: Any, corr: str, start: Callable[[int, Done], None]) -> None:
         batch(count, lambda results: self.reply(sender, results, corr), start)
+
+    # -- events, monitoring, audit (Events) ------------------------------------------------
+
+    def emit(self, kind: EventKind, sandbox_id: str, actor: str = "", reason: str = "", **details: object) -> None:
+        """Record an event and push it to its subscribers (see :meth:`Events.emit`)."""
+        self.events.emit(kind, sandbox_id, actor, reason, **details)
+
+    def watch(self, sandbox_id: str, rec: SandboxRecord) -> None:
+        """Tell the monitor which processes the sandbox has now."""
+        self.events.watch(sandbox_id, rec)
+
+    def rejected_frames(self) -> int:
+        """Frames this system's processes dropped since the host started."""
+        return self.events.rejected_frames()
+
+    def denied(self) -> int:
+        """Requests refused to sandboxes since the host started."""
+        return self.events.denied
+
+    def receiveMsg_Subscribe(self, msg: Subscribe, sender: Address) -> None:
+        """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
+        self.events.subscribe(msg, sender)
+
+    def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Address) -> None:
+        """Stop pushing events to the sender."""
+        self.events.unsubscribe(msg, sender)
+
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Address) -> None:
+        """Crashes, restarts and limit breaches reported by a sandbox root."""
+        self.events.tree_event(msg, sender)
+
+    def receiveMsg_Sample(self, msg: m.Sample, sender: Address) -> None:
+        """The monitor killed a process over a limit."""
+        self.events.sample(msg)
+
+    def receiveMsg_HostBreach(self, msg: HostBreach, sender: Address) -> None:
+        """A host refused a call past ``max_mailbox``."""
+        self.events.host_breach(msg)
+
+    def receiveMsg_Usage(self, msg: m.Usage, sender: Address) -> None:
+        """Message counts from a sandbox root: after a heartbeat, or asked for by a usage query."""
+        self.events.usage(msg, sender)
+
+    def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: Address) -> None:
+        """Memory, CPU, messages and restarts per actor: counts asked of the root now, figures sampled now."""
+        self.events.resource_usage(msg, sender)
+
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Address) -> None:
+        """Audit records of a sandbox, from its root."""
+        self.events.audit_records(msg, sender)
+
+    def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Address) -> None:
+        """The sandbox's recent audit records, oldest first."""
+        self.events.audit_log(msg, sender)
+
+    # -- queries and routing (Routing) -------------------------------------------------------
+
+    @staticmethod
+    def not_found(sandbox_id: object) -> PluginHostError:
+        """The error for an unknown sandbox id."""
+        return not_found(sandbox_id)
+
+    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Address) -> None:
+        """Every sandbox, by id."""
+        self.routing.list_sandboxes(msg, sender)
+
+    def receiveMsg_GetSandboxCode(self, msg: GetSandboxCode, sender: Address) -> None:
+        """The sandbox's current sources (for compiling a new version against them)."""
+        self.routing.sandbox_code(msg, sender)
+
+    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Address) -> None:
+        """One sandbox."""
+        self.routing.sandbox_info(msg, sender)
+
+    def receiveMsg_LookupActor(self, msg: LookupActor, sender: Address) -> None:
+        """Where a named actor runs now; with ``wait``, answered once it runs again."""
+        self.routing.lookup(msg, sender)
+
+    def receiveMsg_Call(self, msg: Call, sender: Address) -> None:
+        """Route a call to its actor; the actor answers the caller directly."""
+        self.routing.call(msg, sender)
+
+    def receiveMsg_Cast(self, msg: Cast, sender: Address) -> None:
+        """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
+        self.routing.cast(msg)
+
+    def receiveMsg_Run(self, msg: Run, sender: Address) -> None:
+        """Run a function in a fresh process of the sandbox."""
+        self.routing.run(msg, sender)
 
     # -- queries ---------------------------------------------------------------------------
 

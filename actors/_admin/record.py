@@ -8,7 +8,7 @@ the actor a component may use; everything else it needs comes as a callable at c
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Protocol, TypeAlias
+from typing import Any, Callable, Mapping, Protocol, TypeAlias
 
 import attrs
 
@@ -28,6 +28,7 @@ __all__ = [
     "Sources",
     "SandboxRecord",
     "batch",
+    "find",
     "not_found",
 ]
 
@@ -149,6 +150,16 @@ class SandboxRecord:
         """The sandbox starts again as a whole: its restarts so far, and this one, carry over."""
         self.earlier_restarts += self.restart_count + 1
         self.restart_count = 0
+
+
+def find(
+    records: Mapping[str, SandboxRecord], port: AdminPort, sandbox_id: object, sender: Address, corr: str
+) -> SandboxRecord | None:
+    """The record of ``sandbox_id``; if there is none, answer ``sender`` that it was not found."""
+    rec = records.get(sandbox_id) if isinstance(sandbox_id, str) else None
+    if rec is None:
+        port.reply(sender, not_found(sandbox_id), corr)
+    return rec
 
 
 def not_found(sandbox_id: object) -> PluginHostError:
