@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import attrs
 import psutil
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from plugin_host import codeload, lowlevel
 from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
@@ -34,6 +34,7 @@ from plugin_host.errors import (
 from plugin_host.messages import (
     BatchCreate,
     BatchDestroy,
+    BatchHotReload,
     Blob,
     Call,
     Cast,
@@ -41,34 +42,37 @@ from plugin_host.messages import (
     DestroySandbox,
     Failed,
     GetAuditLog,
+    GetModuleVersion,
     GetResourceUsage,
     GetSandboxCode,
     GetSandboxInfo,
+    GetVersionHistory,
     HostBoot,
     HostBooted,
     HostBreach,
     HostShutdown,
+    HotReload,
+    ListModuleVersions,
+    ListNodes,
     ListSandboxes,
     LookupActor,
     RestartSandbox,
+    RollbackModule,
     Run,
     Subscribe,
     Unsubscribe,
 )
 from plugin_host.states import AdminAction, ChildStatus, EventKind, RecordStatus, RootStatus
-from plugin_host.store import VersionStore
 from plugin_host.values import SandboxInfo
 
 from . import _messages as m
 from ._admin.events import Events
+from ._admin.nodes import Nodes, remote_packages
 from ._admin.record import Address, Done, SandboxRecord, batch, not_found
 from ._admin.routing import Routing
-from ._admin_nodes import Member, NodesAdmin, remote_packages
-from ._admin_reload import VersionsAdmin
+from ._admin.versions import Versions
 from ._base import Admission, HostActor, log
 from ._hardening import kill_group, process_alive
-from .monitor import MonitorActor
-from .registry import OpenRegistry, RegistryActor
 from .sandbox import SandboxActor
 
 __all__ = ["AdminActor", "check_sandbox_id"]
@@ -118,8 +122,8 @@ def check_sandbox_id(sandbox_id: Any) -> None:
         raise BadRequestError(f"sandbox id {sandbox_id!r} has control characters or path separators")
 
 
-class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
-    """Front door of a host's actor system (and its view of the convention, see ``NodesAdmin``)."""
+class AdminActor(HostActor):
+    """Front door of a host's actor system (and its view of the convention, see :class:`actors._admin.nodes.Nodes`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,18 +133,18 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
         self.sandboxes: dict[str, SandboxRecord] = {}
         self._ticking = False
         self._shutdown_waiters: list[Done] = []
-        self.registry: Any = None
-        self.reader: VersionStore | None = None
-        self.module_versions: dict[str, Any] = {}
-        self.reloads: dict[str, Any] = {}
-        self.monitor: Any = None
-        self.members: dict[str, Member] = {}
         self._vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
         """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
-        self.events = Events(
-            self, self.sandboxes, lambda: self.config, lambda node: self.monitor_of(node), self.from_root
-        )
+        # The components share the records (only this actor's lifecycle code writes them); the cycle
+        # Events -> Nodes -> Events is closed with a lambda.
+        config = self._config  # read when used: the config arrives with HostBoot
+        self.events = Events(self, self.sandboxes, config, lambda node: self.nodes.monitor_of(node), self.from_root)
         self.routing = Routing(self, self.sandboxes, self._info, self._tick)
+        self.versions = Versions(self, self.sandboxes, config, self.events.emit, self.from_root)
+        self.nodes = Nodes(self, self.sandboxes, config, self.events.watch, self.sandbox_lost)
+
+    def _config(self) -> HostConfig:
+        return self.config
 
     # -- who may ask what -------------------------------------------------------------------
 
@@ -149,8 +153,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
         if isinstance(message, ChildActorExited):
             return "report"  # a root's goodbye: the transport let it through only about that root itself
         if isinstance(message, m.SandboxReloaded):
-            pending = self.reloads.get(message.reload_id)
-            about: Any = pending.sandbox_id if pending is not None else None
+            about: object = self.versions.sandbox_of(message.reload_id)
         else:
             about = getattr(message, "sandbox_id", principal.sandbox_id)
         if about != principal.sandbox_id:
@@ -196,13 +199,9 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
             self.events.open_rejections(
                 str(Path(self.config.state_dir) / "logs" / f"rejected-{self.config.admin_port}.log")
             )
-        if self.registry is None:
-            path = str(Path(self.config.state_dir) / "registry.sqlite3")
-            self.reader = VersionStore(path, max_versions=self.config.max_versions)
-            self.registry = self.createActor(RegistryActor)
-            self.send(self.registry, OpenRegistry(path, self.config.max_versions))
-            self.monitor = self.createActor(MonitorActor)
-            self.join_convention()
+        if self.versions.registry is None:
+            self.versions.open(str(Path(self.config.state_dir) / "registry.sqlite3"), self.config.max_versions)
+            self.nodes.boot()
         self.send(sender, HostBooted(msg.token, os.getpid(), os.getppid(), os.getpgid(0)))
         self._tick()
 
@@ -227,9 +226,9 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
             for duty in (
                 lambda: self._deadlines(now),
                 lambda: self.routing.retry_parked(now),
-                lambda: self.reload_deadlines(now),
+                lambda: self.versions.deadlines(now),
                 lambda: self.events.count_deadlines(now),
-                lambda: self.ping_members(now),
+                lambda: self.nodes.ping(now),
                 self.events.report_rejections,
             ):
                 try:
@@ -282,7 +281,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
             raise BadRequestError(f"security_profile must be one of {SECURITY_PROFILES}")
         if not isinstance(req.restart_elsewhere, bool):
             raise BadRequestError(f"restart_elsewhere must be a bool, got {req.restart_elsewhere!r}")
-        node = self.place(req.requirements)
+        node = self.nodes.place(req.requirements)
         limits = self.config.limits if req.limits is None else ResourceLimits.from_mapping(req.limits)
         sources: dict[str, tuple[str, str, bool]] = {}
         if req.sandbox_path is not None:
@@ -290,7 +289,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
             codeload.check_syntax(table)
             sources = table.as_wire()
         return SandboxRecord(
-            req, sources, self.register_created(req.sandbox_id, sources), limits, time.time(), node=node
+            req, sources, self.versions.register_created(req.sandbox_id, sources), limits, time.time(), node=node
         )
 
     def _start_root(self, sandbox_id: str, rec: SandboxRecord) -> None:
@@ -367,7 +366,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
             self.send(rec.root, ActorExitRequest())
         self.routing.retry_parked(time.monotonic())
         if rec.status == RecordStatus.RUNNING:
-            self.check_probation(msg.sandbox_id, rec)
+            self.versions.check_probation(msg.sandbox_id, rec)
         self.events.watch(msg.sandbox_id, rec)
 
     def _fire(self, rec: SandboxRecord, result: Any) -> None:
@@ -377,7 +376,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         """A sandbox root exited: finish a stop, or record an unexpected death."""
-        if self.monitor_exited(msg.childAddress):
+        if self.nodes.monitor_exited(msg.childAddress):
             return
         for sandbox_id, rec in list(self.sandboxes.items()):
             if rec.root is not None and rec.root == msg.childAddress:
@@ -389,7 +388,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
         rec = self.sandboxes.get(msg.sandbox_id)
         if rec is None or not rec.node or rec.root is None or rec.pid != msg.pid:
             return  # the host's own system tells root exits itself; or an older root
-        if self.monitor_of(rec.node) == sender:
+        if self.nodes.monitor_of(rec.node) == sender:
             rec.lost_reason = rec.lost_reason or f"its root process on {rec.node} is gone"
             self._root_gone(msg.sandbox_id, rec)
 
@@ -398,7 +397,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
         if not rec.node:
             kill_group(rec.pid)
         else:
-            self.kill_on_node(rec.node, rec.pid)
+            self.nodes.kill_on_node(rec.node, rec.pid)
 
     def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:
         self._fire(rec, rec.error if rec.action == AdminAction.START_FAILED else None)
@@ -431,8 +430,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
         if rec.action == AdminAction.RESTART:
             rec.action, rec.restarted = AdminAction.CREATE, True
             rec.next_incarnation()
-            member = self.members.get(rec.node)
-            if rec.node and (member is None or member.status != "up"):
+            if rec.node and not self.nodes.member_up(rec.node):
                 self._elsewhere(sandbox_id, rec, f"its node {rec.node} is lost")
                 return
             self._start_root(sandbox_id, rec)
@@ -483,17 +481,17 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
 
     def _elsewhere(self, sandbox_id: str, rec: SandboxRecord, reason: str) -> None:
         """A sandbox whose system was lost: start it on another capable one, or mark it ``lost``."""
-        old_monitor = self.monitor_of(rec.node)
+        old_monitor = self.nodes.monitor_of(rec.node)
         if old_monitor is not None:  # its pids there mean nothing any more (and may be reused)
             self.send(old_monitor, m.Watch(sandbox_id, {}, rec.limits))
-        self.fail_reloads(sandbox_id, f"the sandbox was lost: {reason}")
+        self.versions.fail_reloads(sandbox_id, f"the sandbox was lost: {reason}")
         if rec.request.restart_elsewhere:
             try:
-                node = self.place(rec.request.requirements, exclude=frozenset({rec.node}))
+                node = self.nodes.place(rec.request.requirements, exclude=frozenset({rec.node}))
             except PluginHostError as exc:
                 reason = f"{reason}; no other system can take it: {exc}"
             else:
-                self.events.emit(EventKind.LOST, sandbox_id, reason=reason, restarting_on=node or self.node)
+                self.events.emit(EventKind.LOST, sandbox_id, reason=reason, restarting_on=node or self.nodes.node)
                 rec.node, rec.restarted, rec.action = node, True, AdminAction.CREATE
                 rec.next_incarnation()
                 self._start_root(sandbox_id, rec)
@@ -513,7 +511,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
         self._kill_sandbox_group(rec)  # a stop or start past its deadline: ChildActorExited follows
         if rec.node and rec.root is not None and rec.pid is None:
             # A remote root that never reported (its creation may have failed there): no exit will come.
-            if self.monitor_of(rec.node) is not None:
+            if self.nodes.monitor_of(rec.node) is not None:
                 self.send(rec.root, ActorExitRequest())
             self._root_gone(sandbox_id, rec)
 
@@ -601,22 +599,6 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
 
     # -- events, monitoring, audit (Events) ------------------------------------------------
 
-    def emit(self, kind: EventKind, sandbox_id: str, actor: str = "", reason: str = "", **details: object) -> None:
-        """Record an event and push it to its subscribers (see :meth:`Events.emit`)."""
-        self.events.emit(kind, sandbox_id, actor, reason, **details)
-
-    def watch(self, sandbox_id: str, rec: SandboxRecord) -> None:
-        """Tell the monitor which processes the sandbox has now."""
-        self.events.watch(sandbox_id, rec)
-
-    def rejected_frames(self) -> int:
-        """Frames this system's processes dropped since the host started."""
-        return self.events.rejected_frames()
-
-    def denied(self) -> int:
-        """Requests refused to sandboxes since the host started."""
-        return self.events.denied
-
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Address) -> None:
         """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
         self.events.subscribe(msg, sender)
@@ -655,11 +637,6 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
 
     # -- queries and routing (Routing) -------------------------------------------------------
 
-    @staticmethod
-    def not_found(sandbox_id: object) -> PluginHostError:
-        """The error for an unknown sandbox id."""
-        return not_found(sandbox_id)
-
     def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Address) -> None:
         """Every sandbox, by id."""
         self.routing.list_sandboxes(msg, sender)
@@ -688,6 +665,54 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
         """Run a function in a fresh process of the sandbox."""
         self.routing.run(msg, sender)
 
+    # -- versions: reloads, rollbacks, queries (Versions) -------------------------------------
+
+    def receiveMsg_HotReload(self, msg: HotReload, sender: Address) -> None:
+        """Reload compiled artifacts into a sandbox."""
+        self.versions.hot_reload(msg, self._replier(sender, msg.corr))
+
+    def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: Address) -> None:
+        """Reload the stored code of an earlier (or later) version."""
+        self.versions.rollback(msg, self._replier(sender, msg.corr))
+
+    def receiveMsg_BatchHotReload(self, msg: BatchHotReload, sender: Address) -> None:
+        """The same code into many sandboxes; one failure never stops the others."""
+        ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
+        if ids is None:
+            self.reply(sender, BadRequestError("BatchHotReload.sandbox_ids must be a list"), msg.corr)
+            return
+        self._batch(len(ids), sender, msg.corr, lambda i, done: self.versions.batch_item(msg, ids[i], done))
+
+    def receiveMsg_SandboxReloaded(self, msg: m.SandboxReloaded, sender: Address) -> None:
+        """The root's verdict on a reload: record it and answer."""
+        self.versions.on_reloaded(msg, sender)
+
+    def receiveMsg_GetModuleVersion(self, msg: GetModuleVersion, sender: Address) -> None:
+        """The current version of a module: answered by the registry actor."""
+        self.versions.forward_query(msg, sender)
+
+    def receiveMsg_ListModuleVersions(self, msg: ListModuleVersions, sender: Address) -> None:
+        """Every stored version of a module: answered by the registry actor."""
+        self.versions.forward_query(msg, sender)
+
+    def receiveMsg_GetVersionHistory(self, msg: GetVersionHistory, sender: Address) -> None:
+        """A module's version history: answered by the registry actor."""
+        self.versions.forward_query(msg, sender)
+
+    # -- the convention (Nodes) -------------------------------------------------------------
+
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Address) -> None:
+        """A system joined or left the convention."""
+        self.nodes.on_update(msg)
+
+    def receiveMsg_NodePong(self, msg: m.NodePong, sender: Address) -> None:
+        """A member's monitor answered: that system is alive (again, if it was lost)."""
+        self.nodes.on_pong(sender)
+
+    def receiveMsg_ListNodes(self, msg: ListNodes, sender: Address) -> None:
+        """This system and every member known, each with this host's sandboxes on it."""
+        self.reply(sender, self.nodes.list_nodes(self.events.rejected_frames(), self.events.denied), msg.corr)
+
     # -- queries ---------------------------------------------------------------------------
 
     def _info(self, sandbox_id: str, rec: SandboxRecord) -> SandboxInfo:
@@ -702,7 +727,7 @@ class AdminActor(NodesAdmin, VersionsAdmin, HostActor):
             rec.earlier_restarts + rec.restart_count,
             list(rec.children),
             dict(rec.modules),
-            rec.node or self.node,
+            rec.node or self.nodes.node,
             rec.reason,
             rec.pid,
         )

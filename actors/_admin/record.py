@@ -16,7 +16,7 @@ from plugin_host import lowlevel
 from plugin_host.config import ResourceLimits
 from plugin_host.errors import BadRequestError, PluginHostError, SandboxNotFoundError
 from plugin_host.messages import CreateSandbox, Failed, Ok
-from plugin_host.states import AdminAction, RecordStatus, SandboxStatus
+from plugin_host.states import AdminAction, EventKind, RecordStatus, SandboxStatus
 from plugin_host.values import AuditRecord, ChildInfo
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Address",
     "AdminPort",
     "Done",
+    "Emit",
     "Probation",
     "Sources",
     "SandboxRecord",
@@ -64,6 +65,18 @@ class AdminPort(Protocol):
     def createActor(self, actorClass: type, targetActorRequirements: dict[str, object] | None = None) -> Address:  # noqa: N803 - Thespian's names
         """Create a child actor (on the system offering ``targetActorRequirements``)."""
         ...
+
+    def notifyOnSystemRegistrationChanges(self, on: bool) -> None:
+        """Hear (or stop hearing) about systems joining and leaving the convention."""
+        ...
+
+
+class Emit(Protocol):
+    """Record an event and push it to its subscribers (:meth:`actors._admin.events.Events.emit`)."""
+
+    def __call__(
+        self, kind: EventKind, sandbox_id: str, actor: str = "", reason: str = "", **details: object
+    ) -> None: ...
 
 
 @attrs.define

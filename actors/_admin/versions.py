@@ -1,4 +1,4 @@
-"""The admin's side of versions: numbering, hot reload and rollback requests, probation.
+"""The admin's side of versions (:class:`Versions`): numbering, hot reload and rollback requests, probation.
 
 Version numbers are assigned here from an in-memory copy of the registry (loaded from the
 store the first time a sandbox id is seen), so a reload never waits on a disk write; the
@@ -10,33 +10,38 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from typing import Any, Callable
+from typing import Callable, Mapping, Sequence
 
 import attrs
 
 from plugin_host.codeload import CodeTable
 from plugin_host.compiler import dependents
+from plugin_host.config import HostConfig
 from plugin_host.errors import BadRequestError, HotReloadError, PluginHostError
 from plugin_host.messages import (
     BatchHotReload,
+    Blob,
     GetModuleVersion,
     GetVersionHistory,
     HotReload,
     ListModuleVersions,
     RollbackModule,
 )
+from plugin_host.states import EventKind, RecordStatus
 from plugin_host.store import VersionStore
 from plugin_host.values import Artifact, ReloadResult
 
-from . import _messages as m
-from ._admin.record import Probation, SandboxRecord
-from ._admin_nodes import remote_packages
-from .registry import RecordOutcome, RecordVersions, RegistryQuery
+from .. import _messages as m
+from ..registry import OpenRegistry, RecordOutcome, RecordVersions, RegistryActor, RegistryQuery
+from .nodes import remote_packages
+from .record import Address, AdminPort, Done, Emit, Probation, SandboxRecord, Sources, not_found
 
-__all__ = ["ModuleVersions", "VersionsAdmin"]
+__all__ = ["ModuleVersions", "Versions"]
 
-Done = Callable[[Any], None]
 _reload_ids = itertools.count(1)
+
+VersionQuery = GetModuleVersion | ListModuleVersions | GetVersionHistory
+"""The version queries the registry actor answers."""
 
 
 @attrs.define
@@ -60,7 +65,7 @@ class ModuleVersions:
 class _PendingReload:
     sandbox_id: str
     done: Done
-    changed: dict[str, tuple[str, str, bool]]
+    changed: Sources
     checksums: dict[str, str]
     versions: dict[str, tuple[int, int]]
     event: str
@@ -74,35 +79,55 @@ def _checksum(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
-class VersionsAdmin:
-    """Mixed into the admin actor (needs ``sandboxes``, ``config``, ``registry``, ``reader``...)."""
+class Versions:
+    """Owns the version tables, the reloads in progress, the store reader and the registry actor's address."""
 
-    sandboxes: dict[str, SandboxRecord]
-    config: Any
-    registry: Any
-    reader: VersionStore | None
-    module_versions: dict[str, dict[str, ModuleVersions]]
-    reloads: dict[str, _PendingReload]
-    send: Callable[[Any, Any], None]  # provided by the admin actor
-    reply: Callable[[Any, Any, str], None]
-    _replier: Callable[[Any, str], Done]
-    _batch: Callable[[int, Any, str, Callable[[int, Done], None]], None]
-    not_found: Callable[[Any], PluginHostError]
-    emit: Callable[..., None]
-    from_root: Callable[[Any, Any], bool]
+    def __init__(
+        self,
+        port: AdminPort,
+        records: Mapping[str, SandboxRecord],
+        config: Callable[[], HostConfig],
+        emit: Emit,
+        from_root: Callable[[SandboxRecord, Address], bool],
+    ) -> None:
+        self.port = port
+        self.records = records
+        """Every sandbox's record (read only, but for what a committed reload changes: its code, its
+        module versions, its environment and its probation)."""
+        self.config = config
+        self.emit = emit
+        self.from_root = from_root
+        self.tables: dict[str, dict[str, ModuleVersions]] = {}
+        """Sandbox id -> module -> what is known of its versions."""
+        self.pending: dict[str, _PendingReload] = {}
+        """Reloads sent to a root and not answered yet, by reload id."""
+        self.reader: VersionStore | None = None
+        self.registry: Address | None = None
+        """The registry actor (it writes the store)."""
+
+    def open(self, path: str, max_versions: int | None) -> None:
+        """Open the store at ``path``: read here, written by a registry actor made now (once, at boot)."""
+        self.reader = VersionStore(path, max_versions=max_versions)
+        self.registry = self.port.createActor(RegistryActor)
+        self.port.send(self.registry, OpenRegistry(path, max_versions))
+
+    def sandbox_of(self, reload_id: str) -> str | None:
+        """The sandbox a reload in progress is for."""
+        pending = self.pending.get(reload_id)
+        return pending.sandbox_id if pending is not None else None
 
     # -- numbering -----------------------------------------------------------------------
 
     def versions_of(self, sandbox_id: str) -> dict[str, ModuleVersions]:
         """This sandbox's version table, read from the store the first time."""
-        table = self.module_versions.get(sandbox_id)
+        table = self.tables.get(sandbox_id)
         if table is None:
             known = self.reader.known(sandbox_id) if self.reader is not None else {}
             table = {name: ModuleVersions(last, current, dict(sums)) for name, (last, current, sums) in known.items()}
-            self.module_versions[sandbox_id] = table
+            self.tables[sandbox_id] = table
         return table
 
-    def register_created(self, sandbox_id: str, sources: dict[str, tuple[str, str, bool]]) -> dict[str, int]:
+    def register_created(self, sandbox_id: str, sources: Sources) -> dict[str, int]:
         """Number the code a sandbox starts with (version 1, or the identical stored version)."""
         table, entries, current = self.versions_of(sandbox_id), [], {}
         for module, (_, source, _) in sorted(sources.items()):
@@ -111,14 +136,14 @@ class VersionsAdmin:
             info.current = current[module] = info.assign(checksum)
             entries.append((module, source, checksum, info.current))
         if entries:
-            self.send(self.registry, RecordVersions(sandbox_id, tuple(entries), "created"))
+            self.port.send(self.registry, RecordVersions(sandbox_id, tuple(entries), "created"))
         return current
 
     # -- requests -------------------------------------------------------------------------
 
-    def receiveMsg_HotReload(self, msg: HotReload, sender: Any) -> None:
+    def hot_reload(self, msg: HotReload, done: Done) -> None:
         """Reload compiled artifacts into a sandbox."""
-        probation = self.config.probation_seconds if msg.probation is None else msg.probation
+        probation = self.config().probation_seconds if msg.probation is None else msg.probation
         self.start_reload(
             msg.sandbox_id,
             msg.artifacts,
@@ -127,19 +152,21 @@ class VersionsAdmin:
             probation,
             msg.event,
             "",
-            self._replier(sender, msg.corr),
+            done,
             msg.environment,
         )
 
-    def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: Any) -> None:
+    def rollback(self, msg: RollbackModule, done: Done) -> None:
         """Reload the stored code of an earlier (or later) version."""
-        done = self._replier(sender, msg.corr)
+        reader = self.reader
+        if reader is None:  # the host boots the admin before it asks anything
+            raise RuntimeError("the version store is not open yet")
         try:
-            source = self.reader.source(msg.sandbox_id, msg.module, msg.version)  # type: ignore[union-attr]
+            source = reader.source(msg.sandbox_id, msg.module, msg.version)
         except PluginHostError as exc:
             done(exc)
             return
-        rec = self.sandboxes.get(msg.sandbox_id)
+        rec = self.records.get(msg.sandbox_id)
         path = rec.sources.get(msg.module, (f"<{msg.module}>",))[0] if rec is not None else f"<{msg.module}>"
         artifact = Artifact(msg.module, path, _checksum(source), source)
         self.start_reload(
@@ -148,29 +175,21 @@ class VersionsAdmin:
             None,
             msg.timeout,
             0.0,
-            "rolled_back",
+            EventKind.ROLLED_BACK,
             f"rollback to version {msg.version}",
             done,
         )
 
-    def receiveMsg_BatchHotReload(self, msg: BatchHotReload, sender: Any) -> None:
-        """The same code into many sandboxes; one failure never stops the others."""
-        ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
-        if ids is None:
-            self.reply(sender, BadRequestError("BatchHotReload.sandbox_ids must be a list"), msg.corr)
-            return
-        self._batch(
-            len(ids),
-            sender,
-            msg.corr,
-            lambda i, done: self.start_reload(
-                ids[i], msg.artifacts, None, msg.timeout, self.config.probation_seconds, "reloaded", "", done
-            ),
+    def batch_item(self, msg: BatchHotReload, sandbox_id: str, done: Done) -> None:
+        """One sandbox of a ``BatchHotReload``."""
+        self.start_reload(
+            sandbox_id, msg.artifacts, None, msg.timeout, self.config().probation_seconds, EventKind.RELOADED, "", done
         )
 
-    def _forward_query(self, msg: Any, sender: Any) -> None:
+    def forward_query(self, msg: VersionQuery, sender: Address) -> None:
+        """A version query: answered by the registry actor."""
         if not (isinstance(msg.sandbox_id, str) and isinstance(msg.module, str)):
-            self.reply(
+            self.port.reply(
                 sender,
                 BadRequestError(
                     f"{type(msg).__name__}: sandbox_id and module are strings, got "
@@ -179,27 +198,15 @@ class VersionsAdmin:
                 msg.corr,
             )
             return
-        self.send(self.registry, RegistryQuery(msg, sender))
-
-    def receiveMsg_GetModuleVersion(self, msg: GetModuleVersion, sender: Any) -> None:
-        """The current version of a module: answered by the registry actor."""
-        self._forward_query(msg, sender)
-
-    def receiveMsg_ListModuleVersions(self, msg: ListModuleVersions, sender: Any) -> None:
-        """Every stored version of a module: answered by the registry actor."""
-        self._forward_query(msg, sender)
-
-    def receiveMsg_GetVersionHistory(self, msg: GetVersionHistory, sender: Any) -> None:
-        """A module's version history: answered by the registry actor."""
-        self._forward_query(msg, sender)
+        self.port.send(self.registry, RegistryQuery(msg, sender))
 
     # -- the reload -----------------------------------------------------------------------
 
     def start_reload(
         self,
         sandbox_id: str,
-        artifacts: Any,
-        state_handler: Any,
+        artifacts: object,
+        state_handler: Blob | None,
         timeout: float,
         probation: float,
         event: str,
@@ -212,13 +219,13 @@ class VersionsAdmin:
         A new ``environment`` (changed requirements) re-executes every module of the sandbox.
         """
         try:
-            rec, changed, checksums = self._changes(sandbox_id, artifacts)
+            rec, changed, checksums, valid = self._changes(sandbox_id, artifacts)
         except PluginHostError as exc:
             done(exc)
             return
         new_environment = environment if environment and environment != rec.request.environment else None
         if not changed and new_environment is None:
-            module = sorted(a.module for a in artifacts)[0]
+            module = sorted(a.module for a in valid)[0]
             current = self.versions_of(sandbox_id).get(module, ModuleVersions()).current
             done(ReloadResult(sandbox_id, module, current, current, []))
             return
@@ -232,7 +239,7 @@ class VersionsAdmin:
             info = table.setdefault(module, ModuleVersions())
             new = info.assign(checksums[module]) if module in changed else info.current
             versions[module] = (info.current, new)
-        self.send(
+        self.port.send(
             self.registry,
             RecordVersions(
                 sandbox_id,
@@ -242,7 +249,7 @@ class VersionsAdmin:
             ),
         )
         reload_id = f"r{next(_reload_ids)}"
-        self.reloads[reload_id] = _PendingReload(
+        self.pending[reload_id] = _PendingReload(
             sandbox_id,
             done,
             changed,
@@ -255,7 +262,7 @@ class VersionsAdmin:
             new_environment,
         )
         handler = state_handler.data if state_handler is not None else None
-        self.send(
+        self.port.send(
             rec.root,
             m.ReloadSandbox(
                 reload_id,
@@ -270,11 +277,13 @@ class VersionsAdmin:
             ),
         )
 
-    def _changes(self, sandbox_id: str, artifacts: Any) -> tuple[Any, dict[str, tuple[str, str, bool]], dict[str, str]]:
-        rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
+    def _changes(
+        self, sandbox_id: object, artifacts: object
+    ) -> tuple[SandboxRecord, Sources, dict[str, str], Sequence[Artifact]]:
+        rec = self.records.get(sandbox_id) if isinstance(sandbox_id, str) else None
         if rec is None:
-            raise self.not_found(sandbox_id)
-        if rec.status != "running" or rec.root is None:
+            raise not_found(sandbox_id)
+        if rec.status != RecordStatus.RUNNING or rec.root is None:
             raise HotReloadError(
                 f"sandbox {sandbox_id!r} is {rec.status}; only a running sandbox can be reloaded",
                 actor="",
@@ -286,8 +295,9 @@ class VersionsAdmin:
             or not all(isinstance(a, Artifact) for a in artifacts)
         ):
             raise BadRequestError("a reload needs a non-empty list of Artifact values")
+        valid: Sequence[Artifact] = artifacts
         changed, checksums = {}, {}
-        for artifact in artifacts:
+        for artifact in valid:
             if not isinstance(artifact.source, str) or _checksum(artifact.source) != artifact.checksum:
                 raise BadRequestError(f"artifact {artifact.module!r}: the checksum does not match the source")
             checksums[artifact.module] = artifact.checksum
@@ -297,23 +307,23 @@ class VersionsAdmin:
                 changed[artifact.module] = (artifact.path, artifact.source, is_package)
         for module, (_, source, _) in rec.sources.items():
             checksums.setdefault(module, _checksum(source))
-        return rec, changed, checksums
+        return rec, changed, checksums, valid
 
-    def receiveMsg_SandboxReloaded(self, msg: m.SandboxReloaded, sender: Any) -> None:
-        """The root's verdict: record it and answer."""
-        pending = self.reloads.get(msg.reload_id)
+    def on_reloaded(self, msg: m.SandboxReloaded, sender: Address | None) -> None:
+        """The root's verdict (``sender`` None: the admin's own, for a lost root): record it and answer."""
+        pending = self.pending.get(msg.reload_id)
         if pending is None:
             return
-        rec = self.sandboxes.get(pending.sandbox_id)
+        rec = self.records.get(pending.sandbox_id)
         if sender is not None and rec is not None and not self.from_root(rec, sender):
             return  # an old root's word: its sandbox was lost (and its reloads failed) since
-        del self.reloads[msg.reload_id]
+        del self.pending[msg.reload_id]
         table = self.versions_of(pending.sandbox_id)
         if not msg.ok:
             for module in sorted(pending.changed):
                 new = pending.versions[module][1]
                 if new != table[module].current:
-                    self.send(
+                    self.port.send(
                         self.registry,
                         RecordOutcome(
                             pending.sandbox_id, module, new, False, pending.event, f"{msg.actor}: {msg.cause}"
@@ -334,7 +344,7 @@ class VersionsAdmin:
         for module in sorted(pending.changed):
             old, new = pending.versions[module]
             table[module].current = new
-            self.send(
+            self.port.send(
                 self.registry, RecordOutcome(pending.sandbox_id, module, new, True, pending.event, pending.details)
             )
             if rec is not None:
@@ -346,7 +356,7 @@ class VersionsAdmin:
         old, new = pending.versions[first]
         pending.done(ReloadResult(pending.sandbox_id, first, old, new, list(msg.actors_updated)))
         self.emit(
-            pending.event,
+            EventKind(pending.event),
             pending.sandbox_id,
             reason=pending.details,
             module=first,
@@ -365,15 +375,15 @@ class VersionsAdmin:
 
     def fail_reloads(self, sandbox_id: str, cause: str) -> None:
         """Fail every reload of a sandbox whose root is gone for good (its system was lost)."""
-        for reload_id, pending in list(self.reloads.items()):
+        for reload_id, pending in list(self.pending.items()):
             if pending.sandbox_id == sandbox_id:
-                self.receiveMsg_SandboxReloaded(m.SandboxReloaded(reload_id, False, actor="root", cause=cause), None)
+                self.on_reloaded(m.SandboxReloaded(reload_id, False, actor="root", cause=cause), None)
 
-    def reload_deadlines(self, now: float) -> None:
+    def deadlines(self, now: float) -> None:
         """Answer reloads whose root never did (it died, or hung in a plugin's import)."""
-        for reload_id, pending in list(self.reloads.items()):
+        for reload_id, pending in list(self.pending.items()):
             if now > pending.deadline:
-                del self.reloads[reload_id]
+                del self.pending[reload_id]
                 pending.done(
                     HotReloadError(
                         f"hot reload of {pending.sandbox_id!r} got no answer in time", actor="root", cause="timeout"
@@ -402,17 +412,19 @@ class VersionsAdmin:
         ]
         reason = f"probation: {crashed[0]} crashed after the reload"
 
-        def rolled_back(result: Any) -> None:
+        def rolled_back(result: object) -> None:
             if not isinstance(result, BaseException):
                 for module, version in probation.new_versions.items():
-                    self.send(self.registry, RecordOutcome(sandbox_id, module, version, False, "reloaded", reason))
+                    self.port.send(
+                        self.registry, RecordOutcome(sandbox_id, module, version, False, EventKind.RELOADED, reason)
+                    )
 
         self.start_reload(
-            sandbox_id, artifacts, None, self.config.reload_timeout, 0.0, "rolled_back", reason, rolled_back
+            sandbox_id, artifacts, None, self.config().reload_timeout, 0.0, EventKind.ROLLED_BACK, reason, rolled_back
         )
 
 
-def _reload_order(sources: dict[str, tuple[str, str, bool]], changed: list[str]) -> list[str]:
+def _reload_order(sources: Sources, changed: list[str]) -> list[str]:
     """The changed modules, then every module that imports one of them (dependency order)."""
     table = CodeTable.from_wire(sources)
     order: list[str] = []
