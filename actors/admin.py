@@ -11,31 +11,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import attrs
-import psutil
-from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
+from thespian.actors import ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
-from plugin_host import codeload, lowlevel
-from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
-from plugin_host.errors import (
-    AccessDeniedError,
-    BadRequestError,
-    HostStartError,
-    PluginHostError,
-    SandboxExistsError,
-    SandboxNotFoundError,
-    SandboxStartError,
-)
+from plugin_host import lowlevel
+from plugin_host.config import HostConfig
+from plugin_host.errors import AccessDeniedError, BadRequestError, HostStartError
 from plugin_host.messages import (
     BatchCreate,
     BatchDestroy,
     BatchHotReload,
-    Blob,
     Call,
     Cast,
     CreateSandbox,
@@ -62,18 +50,16 @@ from plugin_host.messages import (
     Subscribe,
     Unsubscribe,
 )
-from plugin_host.states import AdminAction, ChildStatus, EventKind, RecordStatus, RootStatus
-from plugin_host.values import SandboxInfo
 
 from . import _messages as m
 from ._admin.events import Events
-from ._admin.nodes import Nodes, remote_packages
-from ._admin.record import Address, Done, SandboxRecord, batch, not_found
+from ._admin.lifecycle import VANISHING, Sandboxes, check_sandbox_id
+from ._admin.nodes import Nodes
+from ._admin.record import Address, Done, SandboxRecord, batch
 from ._admin.routing import Routing
 from ._admin.versions import Versions
 from ._base import Admission, HostActor, log
-from ._hardening import kill_group, process_alive
-from .sandbox import SandboxActor
+from ._hardening import process_alive
 
 __all__ = ["AdminActor", "check_sandbox_id"]
 
@@ -83,72 +69,48 @@ its own actors); everything else is the host's."""
 _SANDBOX_REPORTS = (m.SandboxStatus, m.TreeEvent, m.Usage, m.AuditRecords, m.SandboxReloaded)
 """What a sandbox's root reports, about its own sandbox only."""
 
-_VANISHING = "plugin_host.vanishing"
-"""Payload of the short wakeups that check killed processes are gone."""
-
-
-@contextmanager
-def _forking(principal: lowlevel.Principal) -> Iterator[None]:
-    keys = lowlevel.process_keys()
-    if keys is None:  # simpleSystemBase: nothing is forked, nothing goes on a wire
-        yield
-        return
-    with keys.forking(principal):
-        yield
-
-
-def _with_start_times(*pids: int | None) -> list[tuple[int, float]]:
-    """``(pid, create time)`` of each pid given, to tell later whether that process still runs."""
-    return [(pid, _create_time(pid)) for pid in pids if pid]
-
-
-def _create_time(pid: int) -> float:
-    """When ``pid`` started (a pid that is gone, or recycled since, counts as gone)."""
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return -1.0
-
-
-def check_sandbox_id(sandbox_id: Any) -> None:
-    """Sandbox ids are 1-128 printable characters without path separators.
-
-    Raises:
-        BadRequestError: the id is not acceptable.
-    """
-    if not isinstance(sandbox_id, str) or not 1 <= len(sandbox_id) <= 128:
-        raise BadRequestError(f"sandbox id must be a string of 1 to 128 characters, got {sandbox_id!r}")
-    if not sandbox_id.isprintable() or "/" in sandbox_id or "\\" in sandbox_id or sandbox_id in (".", ".."):
-        raise BadRequestError(f"sandbox id {sandbox_id!r} has control characters or path separators")
-
 
 class AdminActor(HostActor):
-    """Front door of a host's actor system (and its view of the convention, see :class:`actors._admin.nodes.Nodes`)."""
+    """Front door of a host's actor system (and its view of the convention, see :class:`actors._admin.nodes.Nodes`).
+
+    Its state lives in five components (``actors._admin``): ``lifecycle`` (the sandboxes' records, and
+    every move between their states), ``events``, ``routing``, ``versions`` and ``nodes``.  Thespian
+    dispatches each message to a ``receiveMsg_<Class>`` method of the actor class: every one is here,
+    handing the message to the component that owns what it is about.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config = HostConfig()
         self.token: str | None = None
         self.host: tuple[int, float] | None = None
-        self.sandboxes: dict[str, SandboxRecord] = {}
         self._ticking = False
-        self._shutdown_waiters: list[Done] = []
-        self._vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
-        """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
-        # The components share the records (only this actor's lifecycle code writes them); the cycle
-        # Events -> Nodes -> Events is closed with a lambda.
+        # One records dict, written by the lifecycle only, read by the others.  The cycles (Events and
+        # Nodes, Nodes and the lifecycle) are closed with lambdas.
+        records: dict[str, SandboxRecord] = {}
         config = self._config  # read when used: the config arrives with HostBoot
-        self.events = Events(self, self.sandboxes, config, lambda node: self.nodes.monitor_of(node), self.from_root)
-        self.routing = Routing(self, self.sandboxes, self._info, self._tick)
-        self.versions = Versions(self, self.sandboxes, config, self.events.emit, self.from_root)
-        self.nodes = Nodes(self, self.sandboxes, config, self.events.watch, self.sandbox_lost)
+        self.events = Events(self, records, config, lambda node: self.nodes.monitor_of(node), self.from_root)
+        self.routing = Routing(self, records, lambda i, rec: self.lifecycle.info(i, rec), self._tick)
+        self.versions = Versions(self, records, config, self.events.emit, self.from_root)
+        self.nodes = Nodes(
+            self, records, config, self.events.watch, lambda i, rec, why: self.lifecycle.lost(i, rec, why)
+        )
+        self.lifecycle = Sandboxes(
+            self, config, self._tick, self.from_root, self.events, self.nodes, self.versions, self.routing, records
+        )
 
     def _config(self) -> HostConfig:
         return self.config
 
+    def _replier(self, target: Address, corr: str) -> Done:
+        return lambda result: self.reply(target, result, corr)
+
+    def _batch(self, count: int, sender: Address, corr: str, start: Callable[[int, Done], None]) -> None:
+        batch(count, lambda results: self.reply(sender, results, corr), start)
+
     # -- who may ask what -------------------------------------------------------------------
 
-    def admit(self, message: Any, principal: lowlevel.Principal) -> Admission:
+    def admit(self, message: object, principal: lowlevel.Principal) -> Admission:
         """A sandbox may ask about itself (:data:`_SANDBOX_REQUESTS`) and report on itself; nothing else."""
         if isinstance(message, ChildActorExited):
             return "report"  # a root's goodbye: the transport let it through only about that root itself
@@ -160,18 +122,18 @@ class AdminActor(HostActor):
             return "refused"
         if isinstance(message, _SANDBOX_REPORTS):
             return "report"  # each handler checks it comes from the sandbox's current root (from_root)
-        rec = self.sandboxes.get(principal.sandbox_id or "")
+        rec = self.lifecycle.records.get(principal.sandbox_id or "")
         if rec is None or rec.principal != principal:
             return "refused"  # an ended incarnation, or another host's sandbox (hosts sharing a cookie)
         return "request" if isinstance(message, _SANDBOX_REQUESTS) else "refused"
 
-    def refuse(self, message: Any, sender: Any, principal: lowlevel.Principal) -> AccessDeniedError:
+    def refuse(self, message: object, sender: Address, principal: lowlevel.Principal) -> AccessDeniedError:
         """Refuse, answer, and record a ``denied`` event for the sandbox that asked."""
         error = super().refuse(message, sender, principal)
         self.events.refused(message, principal, error)
         return error
 
-    def from_root(self, rec: SandboxRecord, sender: Any) -> bool:
+    def from_root(self, rec: SandboxRecord, sender: Address) -> bool:
         """Whether a report comes from ``rec``'s current root: signed with its incarnation's key (or, from
         the host's own processes, sent from its address)."""
         principal = lowlevel.sender_principal()
@@ -181,7 +143,7 @@ class AdminActor(HostActor):
 
     # -- boot and the host watchdog ----------------------------------------------------
 
-    def receiveMsg_HostBoot(self, msg: HostBoot, sender: Any) -> None:
+    def receiveMsg_HostBoot(self, msg: HostBoot, sender: Address) -> None:
         """Claim this system for a host; a second, different claim means it is stale."""
         if self.token is not None and self.token != msg.token:
             self.send(
@@ -210,10 +172,10 @@ class AdminActor(HostActor):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=min(1.0, self.config.heartbeat_interval)))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         """Tick: host still alive? sandboxes past their start or stop deadline?"""
-        if msg.payload == _VANISHING:
-            self._check_vanishing()
+        if msg.payload == VANISHING:
+            self.lifecycle.check_vanishing()
             return
         self._ticking = False
         if self.host is not None and not process_alive(*self.host):
@@ -224,7 +186,7 @@ class AdminActor(HostActor):
             # Each duty on its own: one that fails (say, on a malformed rejection log line) must not stop the
             # others, nor the next tick that watches whether the host is alive.
             for duty in (
-                lambda: self._deadlines(now),
+                lambda: self.lifecycle.deadlines(now),
                 lambda: self.routing.retry_parked(now),
                 lambda: self.versions.deadlines(now),
                 lambda: self.events.count_deadlines(now),
@@ -238,364 +200,57 @@ class AdminActor(HostActor):
         finally:
             self._tick()
 
-    def _deadlines(self, now: float) -> None:
-        for sandbox_id, rec in list(self.sandboxes.items()):
-            if rec.deadline is not None and now > rec.deadline:
-                self._deadline_passed(sandbox_id, rec)
-
     def _emergency_stop(self) -> None:
         """The host died without closing: take every process of this system down."""
-        for rec in self.sandboxes.values():
-            if not rec.node:  # on another system, the monitor there ends it once the pings stop
-                kill_group(rec.pid)
+        self.lifecycle.kill_local()
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
-    # -- create ---------------------------------------------------------------------------
+    # -- sandboxes: create, reports from roots, destroy, restart, shutdown (Sandboxes) --------------
 
-    def receiveMsg_CreateSandbox(self, msg: CreateSandbox, sender: Any) -> None:
+    def receiveMsg_CreateSandbox(self, msg: CreateSandbox, sender: Address) -> None:
         """Create a sandbox; the reply comes once it runs (or failed to start)."""
-        self._create(msg, self._replier(sender, msg.corr))
+        self.lifecycle.create(msg, self._replier(sender, msg.corr))
 
-    def _replier(self, target: Any, corr: str) -> Done:
-        return lambda result: self.reply(target, result, corr)
-
-    def _create(self, req: CreateSandbox, done: Done) -> None:
-        try:
-            rec = self._new_record(req)
-        except PluginHostError as exc:
-            done(exc)
-            return
-        rec.waiters.append(done)
-        self.sandboxes[req.sandbox_id] = rec
-        self._start_root(req.sandbox_id, rec)
-
-    def _new_record(self, req: CreateSandbox) -> SandboxRecord:
-        check_sandbox_id(req.sandbox_id)
-        if req.sandbox_id in self.sandboxes:
-            raise SandboxExistsError(f"sandbox {req.sandbox_id!r} already exists", sandbox_id=req.sandbox_id)
-        if req.sandbox_path is not None and not isinstance(req.sandbox_path, str):
-            raise BadRequestError(f"sandbox_path must be a folder path, got {req.sandbox_path!r}")
-        if not isinstance(req.supervisor, (str, Blob)):
-            raise BadRequestError("supervisor must be 'module:Class', a dotted path or a Blob of a class")
-        if req.security_profile is not None and req.security_profile not in SECURITY_PROFILES:
-            raise BadRequestError(f"security_profile must be one of {SECURITY_PROFILES}")
-        if not isinstance(req.restart_elsewhere, bool):
-            raise BadRequestError(f"restart_elsewhere must be a bool, got {req.restart_elsewhere!r}")
-        node = self.nodes.place(req.requirements)
-        limits = self.config.limits if req.limits is None else ResourceLimits.from_mapping(req.limits)
-        sources: dict[str, tuple[str, str, bool]] = {}
-        if req.sandbox_path is not None:
-            table = codeload.read_sandbox_folder(req.sandbox_path)
-            codeload.check_syntax(table)
-            sources = table.as_wire()
-        return SandboxRecord(
-            req, sources, self.versions.register_created(req.sandbox_id, sources), limits, time.time(), node=node
-        )
-
-    def _start_root(self, sandbox_id: str, rec: SandboxRecord) -> None:
-        rec.principal = lowlevel.new_sandbox_principal(sandbox_id)
-        if rec.node:  # Thespian places it: the pinned node's admin forks it there (and signs for its key)
-            wanted = {
-                **(rec.request.requirements or {}),
-                NODE_CAPABILITY: rec.node,
-                lowlevel.KID_REQUIREMENT: rec.principal.kid.hex(),
-            }
-            rec.root, rec.pid = self.createActor(SandboxActor, targetActorRequirements=wanted), None
-        else:
-            with _forking(rec.principal):  # the child takes the sandbox's key as it is forked
-                rec.root = self.createActor(SandboxActor)
-            rec.pid = getattr(self.child_process(), "pid", None)
-        keys = lowlevel.process_keys()
-        if keys is not None:  # everything to the root, queued or not, is signed with its incarnation's key
-            keys.expect_child(rec.root, rec.principal)
-        rec.status, rec.reason, rec.children, rec.directory = RecordStatus.STARTING, None, (), {}
-        rec.lost_reason = None
-        rec.deadline = time.monotonic() + self.config.start_timeout
-        cfg = self.config
-        context = m.SandboxContext(
-            sandbox_id,
-            rec.root,
-            cfg.heartbeat_interval,
-            cfg.hang_timeout,
-            cfg.shutdown_timeout,
-            rec.limits,
-            rec.request.security_profile or cfg.security_profile,
-        )
-        self.send(
-            rec.root,
-            m.StartSandbox(
-                context,
-                rec.request.supervisor,
-                rec.sources,
-                rec.request.args,
-                dict(rec.modules),
-                rec.request.environment,
-                codeload.wire_checksums(rec.sources),
-                remote_packages(rec.node, rec.request.environment),
-                rec.principal.kid,
-            ),
-        )
-        self._tick()
-
-    # -- reports from sandbox roots ------------------------------------------------------
-
-    def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: Any) -> None:
+    def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: Address) -> None:
         """Mirror a sandbox's state and answer whoever waits on it."""
-        rec = self.sandboxes.get(msg.sandbox_id)
-        if rec is None or not self.from_root(rec, sender):
-            # A stale root: one given up while it stopped, or created late on a member that was lost.
-            with lowlevel.signing_for(sender, lowlevel.sender_principal()):
-                self.send(sender, ActorExitRequest())
-            return
-        rec.children, rec.directory, rec.restart_count = msg.children, msg.directory, msg.restart_count
-        rec.deaths, rec.crashes = msg.deaths, msg.crashes
-        if rec.node:  # a local root's pid is known from its fork: a report cannot move it elsewhere
-            rec.pid = msg.pid or rec.pid
-        if msg.status == RootStatus.RUNNING and rec.status == RecordStatus.STARTING:
-            rec.status, rec.deadline = RecordStatus.RUNNING, None
-            self._fire(rec, self._info(msg.sandbox_id, rec))
-            self.events.emit(EventKind.STARTED, msg.sandbox_id)
-        elif msg.status == RootStatus.FAILED and rec.status in (RecordStatus.RUNNING, RecordStatus.STARTING):
-            rec.status, rec.reason = RecordStatus.FAILED, msg.reason
-            self.events.emit(EventKind.FAILED, msg.sandbox_id, reason=msg.reason or "")
-        elif msg.status == RootStatus.START_FAILED:
-            rec.error = msg.error or SandboxStartError(msg.reason or "the sandbox failed to start")
-            if rec.action != AdminAction.DESTROY:
-                self._stop_root(msg.sandbox_id, rec, AdminAction.START_FAILED)
-        elif msg.status == RootStatus.STOPPED and rec.status == RecordStatus.STOPPING:
-            self.send(rec.root, ActorExitRequest())
-        self.routing.retry_parked(time.monotonic())
-        if rec.status == RecordStatus.RUNNING:
-            self.versions.check_probation(msg.sandbox_id, rec)
-        self.events.watch(msg.sandbox_id, rec)
+        self.lifecycle.on_status(msg, sender)
 
-    def _fire(self, rec: SandboxRecord, result: Any) -> None:
-        waiters, rec.waiters = rec.waiters, []
-        for done in waiters:
-            done(result)
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Address) -> None:
+        """A member's monitor, or a sandbox root, exited: finish a stop, or record an unexpected death."""
+        if not self.nodes.monitor_exited(msg.childAddress):
+            self.lifecycle.root_exited(msg.childAddress)
 
-    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
-        """A sandbox root exited: finish a stop, or record an unexpected death."""
-        if self.nodes.monitor_exited(msg.childAddress):
-            return
-        for sandbox_id, rec in list(self.sandboxes.items()):
-            if rec.root is not None and rec.root == msg.childAddress:
-                self._root_gone(sandbox_id, rec)
-                return
-
-    def receiveMsg_RootGone(self, msg: m.RootGone, sender: Any) -> None:
+    def receiveMsg_RootGone(self, msg: m.RootGone, sender: Address) -> None:
         """A member's monitor saw a sandbox root's process end (its exit notice may never come)."""
-        rec = self.sandboxes.get(msg.sandbox_id)
-        if rec is None or not rec.node or rec.root is None or rec.pid != msg.pid:
-            return  # the host's own system tells root exits itself; or an older root
-        if self.nodes.monitor_of(rec.node) == sender:
-            rec.lost_reason = rec.lost_reason or f"its root process on {rec.node} is gone"
-            self._root_gone(msg.sandbox_id, rec)
+        self.lifecycle.root_process_gone(msg, sender)
 
-    def _kill_sandbox_group(self, rec: SandboxRecord) -> None:
-        """SIGKILL the sandbox's process group, wherever it runs (its node's monitor does it there)."""
-        if not rec.node:
-            kill_group(rec.pid)
-        else:
-            self.nodes.kill_on_node(rec.node, rec.pid)
-
-    def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:
-        self._fire(rec, rec.error if rec.action == AdminAction.START_FAILED else None)
-        if rec.action == AdminAction.DESTROY:
-            self.events.emit(EventKind.STOPPED, sandbox_id)
-        self._check_shutdown_done()
-
-    def _when_gone(self, pids: list[tuple[int, float]], then: Callable[[], None]) -> None:
-        """Call ``then`` once none of ``pids`` (pid, create time) runs any more (checked every few ms, 2 s at most)."""
-        self._vanishing.append((pids, then, time.monotonic() + 2.0))
-        self._check_vanishing()
-
-    def _check_vanishing(self) -> None:
-        now, waiting, self._vanishing = time.monotonic(), self._vanishing, []
-        for pids, then, deadline in waiting:
-            left = [(pid, started) for pid, started in pids if process_alive(pid, started)]
-            if left and now < deadline:
-                self._vanishing.append((left, then, deadline))
-            else:
-                then()
-        if self._vanishing and self.multiprocess:
-            self.wakeupAfter(timedelta(milliseconds=5), payload=_VANISHING)
-
-    def _root_gone(self, sandbox_id: str, rec: SandboxRecord) -> None:
-        # Its local processes, to wait for when it is destroyed (a member's are the monitor's there).
-        pids = [] if rec.node else rec.stopping + _with_start_times(rec.pid, *(c.pid for c in rec.children))
-        self._kill_sandbox_group(rec)  # stragglers a plugin may have forked
-        self.events.forget_subscribers(sandbox_id)
-        rec.root, rec.pid, rec.directory, rec.deadline = None, None, {}, None
-        if rec.action == AdminAction.RESTART:
-            rec.action, rec.restarted = AdminAction.CREATE, True
-            rec.next_incarnation()
-            if rec.node and not self.nodes.member_up(rec.node):
-                self._elsewhere(sandbox_id, rec, f"its node {rec.node} is lost")
-                return
-            self._start_root(sandbox_id, rec)
-        elif rec.action == AdminAction.START_FAILED and rec.restarted:
-            rec.action, rec.status, rec.reason = AdminAction.CREATE, RecordStatus.FAILED, str(rec.error)
-            rec.children = ()
-            self._fire(rec, rec.error)
-        elif rec.action in (AdminAction.DESTROY, AdminAction.START_FAILED):
-            del self.sandboxes[sandbox_id]
-            # Answered once its processes are gone (killed above, they end within milliseconds):
-            # destroy_sandbox promises that no process of the sandbox runs when it returns.
-            self._when_gone(pids, lambda: self._destroyed(sandbox_id, rec))
-        elif rec.status == RecordStatus.STARTING and not rec.restarted:
-            del self.sandboxes[sandbox_id]  # died while starting: as a failed start, the id is free again
-            self._fire(
-                rec,
-                SandboxStartError(
-                    f"sandbox {sandbox_id!r} was lost while starting: {rec.lost_reason}"
-                    if rec.lost_reason
-                    else "the sandbox root process exited while starting (os._exit or a fatal signal in a module's "
-                    "top-level code?)"
-                ),
-            )
-        elif rec.status == RecordStatus.FAILED:  # gave up already (restart intensity): its root going changes nothing
-            rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
-        elif rec.node:
-            rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
-            self._elsewhere(sandbox_id, rec, rec.lost_reason or f"its root on node {rec.node} exited")
-        else:
-            rec.status, rec.reason = RecordStatus.FAILED, "the sandbox root process exited unexpectedly"
-            rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
-            self._fire(rec, SandboxStartError(rec.reason))
-            self.events.emit(EventKind.FAILED, sandbox_id, reason=rec.reason)
-        self.events.watch(sandbox_id, rec)
-
-    def sandbox_lost(self, sandbox_id: str, rec: SandboxRecord, reason: str) -> None:
-        """Its system is lost: give the root up (it ends itself if it still runs, cut off)."""
-        if rec.root is None:
-            if rec.status in (RecordStatus.RUNNING, RecordStatus.STARTING):
-                self._elsewhere(sandbox_id, rec, reason)
-            return
-        if rec.pid is None:
-            # Never reported: maybe not even created yet there.  Thespian holds this until the address
-            # resolves (nothing is pending towards the member), so a late creation ends at once.
-            self.send(rec.root, ActorExitRequest())
-        rec.lost_reason = reason  # else its process group is killed should the member answer again
-        self._root_gone(sandbox_id, rec)
-
-    def _elsewhere(self, sandbox_id: str, rec: SandboxRecord, reason: str) -> None:
-        """A sandbox whose system was lost: start it on another capable one, or mark it ``lost``."""
-        old_monitor = self.nodes.monitor_of(rec.node)
-        if old_monitor is not None:  # its pids there mean nothing any more (and may be reused)
-            self.send(old_monitor, m.Watch(sandbox_id, {}, rec.limits))
-        self.versions.fail_reloads(sandbox_id, f"the sandbox was lost: {reason}")
-        if rec.request.restart_elsewhere:
-            try:
-                node = self.nodes.place(rec.request.requirements, exclude=frozenset({rec.node}))
-            except PluginHostError as exc:
-                reason = f"{reason}; no other system can take it: {exc}"
-            else:
-                self.events.emit(EventKind.LOST, sandbox_id, reason=reason, restarting_on=node or self.nodes.node)
-                rec.node, rec.restarted, rec.action = node, True, AdminAction.CREATE
-                rec.next_incarnation()
-                self._start_root(sandbox_id, rec)
-                self.events.watch(sandbox_id, rec)
-                return
-        rec.status, rec.reason, rec.action = RecordStatus.LOST, reason, AdminAction.CREATE
-        self._fire(rec, SandboxStartError(f"sandbox {sandbox_id!r} is lost: {reason}", sandbox_id=sandbox_id))
-        self.events.emit(EventKind.LOST, sandbox_id, reason=reason)
-
-    def _deadline_passed(self, sandbox_id: str, rec: SandboxRecord) -> None:
-        rec.deadline = None
-        if rec.status == RecordStatus.STARTING:
-            rec.error = SandboxStartError(
-                f"sandbox {sandbox_id!r} did not start within {self.config.start_timeout} s (hung import or init?)"
-            )
-            rec.action = AdminAction.START_FAILED
-        self._kill_sandbox_group(rec)  # a stop or start past its deadline: ChildActorExited follows
-        if rec.node and rec.root is not None and rec.pid is None:
-            # A remote root that never reported (its creation may have failed there): no exit will come.
-            if self.nodes.monitor_of(rec.node) is not None:
-                self.send(rec.root, ActorExitRequest())
-            self._root_gone(sandbox_id, rec)
-
-    # -- destroy / restart / shutdown -----------------------------------------------------
-
-    def _stop_root(self, sandbox_id: str, rec: SandboxRecord, action: AdminAction) -> None:
-        rec.action = action
-        if not rec.node:  # its processes as of now: the reports while it stops clear their pids
-            rec.stopping = _with_start_times(rec.pid, *(c.pid for c in rec.children))
-        if rec.root is None:
-            self._root_gone(sandbox_id, rec)
-            return
-        rec.status = RecordStatus.STOPPING
-        rec.deadline = time.monotonic() + 2 * self.config.shutdown_timeout + 1.0
-        self.send(rec.root, m.Stop("shutdown"))
-        self._tick()
-
-    def receiveMsg_DestroySandbox(self, msg: DestroySandbox, sender: Any) -> None:
+    def receiveMsg_DestroySandbox(self, msg: DestroySandbox, sender: Address) -> None:
         """Stop a sandbox (``terminate`` runs in every actor) and forget it."""
-        self._destroy(msg.sandbox_id, self._replier(sender, msg.corr))
+        self.lifecycle.destroy(msg.sandbox_id, self._replier(sender, msg.corr))
 
-    def _destroy(self, sandbox_id: str, done: Done) -> None:
-        rec = self.sandboxes.get(sandbox_id) if isinstance(sandbox_id, str) else None
-        if rec is None:
-            done(not_found(sandbox_id))
-            return
-        if rec.status == RecordStatus.STARTING and rec.action == AdminAction.CREATE:
-            self._fire(
-                rec, SandboxStartError(f"sandbox {sandbox_id!r} was destroyed before it started", sandbox_id=sandbox_id)
-            )
-        rec.waiters.append(done)
-        if rec.action not in (AdminAction.DESTROY, AdminAction.START_FAILED):
-            self._stop_root(sandbox_id, rec, AdminAction.DESTROY)
-
-    def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Any) -> None:
+    def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Address) -> None:
         """Stop the whole sandbox and start it again from its current code."""
-        rec = self.sandboxes.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
-        if rec is None:
-            self.reply(sender, not_found(msg.sandbox_id), msg.corr)
-            return
-        if rec.action in (AdminAction.DESTROY, AdminAction.START_FAILED):
-            self.reply(
-                sender,
-                SandboxNotFoundError(f"sandbox {msg.sandbox_id!r} is being destroyed", sandbox_id=msg.sandbox_id),
-                msg.corr,
-            )
-            return
-        rec.waiters.append(self._replier(sender, msg.corr))
-        if rec.action != AdminAction.RESTART:
-            self._stop_root(msg.sandbox_id, rec, AdminAction.RESTART)
+        self.lifecycle.restart(msg.sandbox_id, self._replier(sender, msg.corr))
 
-    def receiveMsg_HostShutdown(self, msg: HostShutdown, sender: Any) -> None:
+    def receiveMsg_HostShutdown(self, msg: HostShutdown, sender: Address) -> None:
         """Destroy every sandbox, then answer (the host shuts the system down next)."""
-        self._shutdown_waiters.append(self._replier(sender, msg.corr))
-        for sandbox_id in list(self.sandboxes):
-            self._destroy(sandbox_id, lambda result: None)
-        self._check_shutdown_done()
+        self.lifecycle.shutdown(self._replier(sender, msg.corr))
 
-    def _check_shutdown_done(self) -> None:
-        if self._shutdown_waiters and not self.sandboxes:
-            waiters, self._shutdown_waiters = self._shutdown_waiters, []
-            for done in waiters:
-                done(None)
-
-    # -- batch -------------------------------------------------------------------------
-
-    def receiveMsg_BatchCreate(self, msg: BatchCreate, sender: Any) -> None:
+    def receiveMsg_BatchCreate(self, msg: BatchCreate, sender: Address) -> None:
         """Create many sandboxes at once; one bad spec never fails the others."""
         specs = msg.specs if isinstance(msg.specs, (list, tuple)) else None
         if specs is None or not all(isinstance(s, CreateSandbox) for s in specs):
             self.reply(sender, BadRequestError("BatchCreate.specs must be a list of CreateSandbox"), msg.corr)
             return
-        self._batch(len(specs), sender, msg.corr, lambda i, done: self._create(specs[i], done))
+        self._batch(len(specs), sender, msg.corr, lambda i, done: self.lifecycle.create(specs[i], done))
 
-    def receiveMsg_BatchDestroy(self, msg: BatchDestroy, sender: Any) -> None:
+    def receiveMsg_BatchDestroy(self, msg: BatchDestroy, sender: Address) -> None:
         """Destroy many sandboxes at once."""
         ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
         if ids is None:
             self.reply(sender, BadRequestError("BatchDestroy.sandbox_ids must be a list"), msg.corr)
             return
-        self._batch(len(ids), sender, msg.corr, lambda i, done: self._destroy(ids[i], done))
-
-    def _batch(self, count: int, sender: Any, corr: str, start: Callable[[int, Done], None]) -> None:
-        batch(count, lambda results: self.reply(sender, results, corr), start)
+        self._batch(len(ids), sender, msg.corr, lambda i, done: self.lifecycle.destroy(ids[i], done))
 
     # -- events, monitoring, audit (Events) ------------------------------------------------
 
@@ -712,22 +367,3 @@ class AdminActor(HostActor):
     def receiveMsg_ListNodes(self, msg: ListNodes, sender: Address) -> None:
         """This system and every member known, each with this host's sandboxes on it."""
         self.reply(sender, self.nodes.list_nodes(self.events.rejected_frames(), self.events.denied), msg.corr)
-
-    # -- queries ---------------------------------------------------------------------------
-
-    def _info(self, sandbox_id: str, rec: SandboxRecord) -> SandboxInfo:
-        status = rec.public_status()
-        supervisor = rec.request.supervisor
-        label = supervisor if isinstance(supervisor, str) else (rec.request.supervisor_label or "<class>")
-        return SandboxInfo(
-            sandbox_id,
-            status,
-            label,
-            rec.created_at,
-            rec.earlier_restarts + rec.restart_count,
-            list(rec.children),
-            dict(rec.modules),
-            rec.node or self.nodes.node,
-            rec.reason,
-            rec.pid,
-        )
