@@ -13,7 +13,7 @@ from plugin_host.errors import AccessDeniedError, BadRequestError, PluginError, 
 from plugin_host.messages import Failed, Ok, Request
 
 from . import _messages as m
-from ._hardening import harden_process
+from ._process.hardening import harden_process
 
 __all__ = ["Admission", "HostActor", "SandboxMember", "plugin_error", "describe_exception"]
 

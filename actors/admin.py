@@ -59,7 +59,7 @@ from ._admin.record import Address, Done, SandboxRecord, batch
 from ._admin.routing import Routing
 from ._admin.versions import Versions
 from ._base import Admission, HostActor, log
-from ._hardening import process_alive
+from ._process.hardening import process_alive
 
 __all__ = ["AdminActor", "check_sandbox_id"]
 

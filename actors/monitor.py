@@ -26,8 +26,8 @@ from plugin_host.values import ActorUsage, ResourceUsage
 
 from . import _messages as m
 from ._base import HostActor, log
-from ._hardening import kill_group, process_alive
-from ._orphan import ORPHAN_CHECK, OrphanWatch
+from ._process.hardening import kill_group, process_alive
+from ._process.orphan import ORPHAN_CHECK, OrphanWatch
 
 __all__ = ["MonitorActor", "HISTORY"]
 

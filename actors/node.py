@@ -22,7 +22,7 @@ from plugin_host.errors import HostStartError
 from plugin_host.messages import Failed
 
 from ._base import HostActor
-from ._hardening import process_alive
+from ._process.hardening import process_alive
 
 __all__ = ["NODE_GLOBAL_NAME", "NodeActor", "NodeBoot", "NodeBooted"]
 

@@ -33,9 +33,9 @@ from plugin_host.values import ChildInfo
 
 from . import _messages as m
 from ._base import describe_exception
-from ._codeswap import local_environment
-from ._hardening import new_process_group
-from ._reload import ReloadCoordinator
+from ._code.codeswap import local_environment
+from ._code.reload import ReloadCoordinator
+from ._process.hardening import new_process_group
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
 from .runner import RunnerActor

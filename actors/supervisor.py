@@ -23,10 +23,10 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 from plugin_host.errors import BadRequestError
 from plugin_host.messages import Call, Failed
 
-from . import _inflight
 from . import _messages as m
 from ._base import SandboxMember, describe_exception
-from ._codeswap import Staged
+from ._code.codeswap import Staged
+from ._process import inflight
 from ._spec import ChildSpec, Supervisor
 from .worker import WorkerActor
 
@@ -59,7 +59,7 @@ class _Child:
     exit_reason: str | None = None
     normal_exit: bool = False
     slot: Any = None
-    """Shared page where a worker notes the call it runs (see ``_inflight``)."""
+    """Shared page where a worker notes the call it runs (see :mod:`actors._process.inflight`)."""
     last_call: str = ""
     messages: int = 0
 
@@ -118,7 +118,7 @@ class SupervisorActor(SandboxMember):
         kind = SupervisorActor if child.spec.is_supervisor else WorkerActor
         child.incarnation = _next_incarnation()
         child.exit_reason, child.normal_exit = None, False
-        child.slot = None if child.spec.is_supervisor else _inflight.new_slot()
+        child.slot = None if child.spec.is_supervisor else inflight.new_slot()
         gc.freeze()  # what the child inherits stays out of its collector: fewer copy-on-write pages
         try:
             child.address = self.createActor(kind)
@@ -126,7 +126,7 @@ class SupervisorActor(SandboxMember):
             child.status, child.address = "restarting", None
             self._crashed(child, f"could not start: {describe_exception(exc)}", normal=False)
             return
-        _inflight.take_slot()  # the fork has its copy; never hand this one to another child
+        inflight.take_slot()  # the fork has its copy; never hand this one to another child
         child.process = self.child_process()
         child.pid = getattr(child.process, "pid", None)
         child.status, child.last_heard = "starting", time.monotonic()
@@ -221,7 +221,7 @@ class SupervisorActor(SandboxMember):
     def _gone(self, child: _Child) -> str:
         """Forget a child's process; return why it ended."""
         reason = child.exit_reason or _exit_description(child.process)
-        child.last_call = _inflight.read(child.slot)
+        child.last_call = inflight.read(child.slot)
         child.address = child.pid = child.process = child.slot = None
         return reason
 

@@ -23,12 +23,12 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 from plugin_host.errors import ActorNotFoundError, CallTimeoutError, OverloadedError, PluginError
 from plugin_host.messages import Call, Cast, Failed, Ok, pack, unblob
 
-from . import _inflight
 from . import _messages as m
-from ._audit import Auditor
 from ._base import SandboxMember, describe_exception, plugin_error
-from ._codeswap import Staged
-from ._limits import CpuBudget, apply_rlimits
+from ._code.codeswap import Staged
+from ._process import inflight
+from ._process.audit import Auditor
+from ._process.limits import CpuBudget, apply_rlimits
 from ._spec import ChildSpec
 from .plugin import Plugin
 
@@ -80,7 +80,7 @@ class WorkerActor(SandboxMember):
         self.stop_reason: str | None = None
         self.dead = False
         self._calls = itertools.count()
-        self._slot = _inflight.take_slot()
+        self._slot = inflight.take_slot()
         self._prepared: tuple[str, Staged, tuple[Plugin, Any] | None] | None = None
         self._held: list[tuple[Any, Any]] = []
         self._budget = CpuBudget(None, "")
@@ -127,7 +127,7 @@ class WorkerActor(SandboxMember):
             self.send(reply_to, Failed(self._not_me(msg.name), msg.corr))
             return
         self.messages += 1
-        _inflight.write(self._slot, msg.corr)
+        inflight.write(self._slot, msg.corr)
         try:
             with self._plugin_code():
                 result = self.plugin.handle_call(unblob(msg.request), self.state)  # type: ignore[union-attr]
@@ -373,7 +373,7 @@ class WorkerActor(SandboxMember):
         A sibling whose address this actor does not know (yet: it is starting or restarting)
         is reached through the sandbox root, which holds the call until it runs.
         """
-        from ._sibling import blocking_call, endpoint_address
+        from ._process.sibling import blocking_call, endpoint_address
 
         if not self.multiprocess:
             raise ActorNotFoundError(

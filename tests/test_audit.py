@@ -1,4 +1,4 @@
-"""``actors._audit``: the PEP 578 runtime audit of a sandbox process.
+"""``actors._process.audit``: the PEP 578 runtime audit of a sandbox process.
 
 Audit hooks cannot be removed, so every test that installs one runs its plugin code in a
 fresh interpreter (``python -c``) and reads back one JSON line per record the ``emit``
@@ -18,13 +18,13 @@ import attrs
 import pytest
 from conftest import ROOT
 
-from actors._audit import PROFILES, Auditor
+from actors._process.audit import PROFILES, Auditor
 from plugin_host.errors import ConfigError
 
 _SCRIPT = """\
 import json, os, socket, subprocess, sys
 import attrs
-from actors._audit import Auditor
+from actors._process.audit import Auditor
 TMP = sys.argv[1]
 def emit(record):
     print(json.dumps({{"record": attrs.asdict(record)}}), flush=True)

@@ -45,7 +45,7 @@ from plugin_host.states import AdminAction, ChildStatus, EventKind, RecordStatus
 from plugin_host.values import SandboxInfo
 
 from .. import _messages as m
-from .._hardening import kill_group, process_alive
+from .._process.hardening import kill_group, process_alive
 from ..sandbox import SandboxActor
 from .events import Events
 from .nodes import Nodes, remote_packages

@@ -12,9 +12,9 @@ from thespian.actors import ActorExitRequest
 
 from plugin_host.errors import PluginHostError
 
-from . import _messages as m
-from ._base import HostActor
-from ._codeswap import local_environment
+from .. import _messages as m
+from .._base import HostActor
+from .codeswap import local_environment
 
 __all__ = ["EnvironmentActor"]
 

@@ -20,10 +20,10 @@ from thespian.actors import ActorExitRequest
 
 from plugin_host import codeload
 
-from . import _messages as m
-from ._base import describe_exception
-from ._codeswap import Staged, sandbox_finder
-from ._envprep import EnvironmentActor
+from .. import _messages as m
+from .._base import describe_exception
+from .codeswap import Staged, sandbox_finder
+from .envprep import EnvironmentActor
 
 __all__ = ["ReloadCoordinator"]
 
