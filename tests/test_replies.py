@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 
+from plugin_host import Host
 from plugin_host.lowlevel import Replies
 
 
@@ -150,3 +152,12 @@ def test_waiting_lists_the_requests_with_their_notes() -> None:
     assert dict(replies.waiting) == {"a": "sandbox-1", "b": None}
     replies.forget("a")
     assert dict(replies.waiting) == {"b": None}
+
+
+def test_a_sibling_call_drops_the_late_reply_of_one_that_timed_out(host: Host) -> None:
+    """Inside an actor (``Plugin.call``), the reply to a call that timed out comes later to the same endpoint;
+    the next call gets its own reply, not that late one."""
+    host.create_sandbox("l", "late:Late", sandbox_path=str(Path(__file__).parent / "plugins" / "siblings"))
+    timed_out, reply = host.call("l", "caller", ("late_then_echo", 0.6))
+    assert timed_out is True
+    assert reply == ("echo", "now")
