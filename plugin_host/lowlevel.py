@@ -1,10 +1,12 @@
-"""The transport's trust primitives, for the actor processes of :mod:`actors` (as ``trio.lowlevel`` is
-for trio's own parts): who signed the frame being handled, signing for a given key, the keys of this
-process.  Not re-exported by :mod:`plugin_host`; no stability promise beyond plugin-host's own use.
+"""The transport's primitives, for the actor processes of :mod:`actors` (as ``trio.lowlevel`` is for
+trio's own parts): who signed the frame being handled, signing for a given key, the keys of this
+process, and matching replies to requests by correlation id (:class:`Replies`, the host's calls use it
+too).  Not re-exported by :mod:`plugin_host`; no stability promise beyond plugin-host's own use.
 """
 
 from __future__ import annotations
 
+from ._replies import Replies
 from ._wire import (
     KID_REQUIREMENT,
     Principal,
@@ -19,6 +21,7 @@ __all__ = [
     "KID_REQUIREMENT",
     "Principal",
     "RejectionTail",
+    "Replies",
     "new_sandbox_principal",
     "process_keys",
     "sender_principal",

@@ -14,6 +14,8 @@ from typing import Any
 
 from thespian.system.systemBase import BaseContext
 
+from plugin_host.lowlevel import Replies
+
 __all__ = ["blocking_call"]
 
 _context: Any = None
@@ -41,10 +43,9 @@ def blocking_call(actor: Any, address: Any, message: Any, timeout: float, corr: 
     """
     ctx = _endpoint(actor)
     deadline = time.monotonic() + timeout
-    reply = ctx.ask(address, message, timeout)
-    while reply is not None and getattr(reply, "corr", None) != corr:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        reply = ctx.listen(left)  # a late reply to an earlier call that timed out
-    return reply
+    first = ctx.ask(address, message, timeout)
+    if first is None:
+        return None  # no reply in time, or the target refused the message: ask answers None to both
+    # The actor waits for one call at a time: a reply to any other is late (its call timed out), dropped.
+    replies: Replies[None] = Replies()
+    return replies.await_reply(corr, ctx.listen, deadline, first=first)

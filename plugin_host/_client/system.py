@@ -2,7 +2,7 @@
 
 Thespian's ``ActorSystem`` object is not thread-safe and a timed-out ``ask`` leaves its
 late reply for the next ``ask``, so every thread gets its own private context and every
-request carries a correlation id; replies that do not match are dropped.  Every frame is
+request carries a correlation id (matched by :class:`~plugin_host._replies.Replies`).  Every frame is
 signed with the host's key (:mod:`plugin_host._wire`); a reply counts only when it comes
 from the host's own processes or from the sandbox the request was about.
 """
@@ -30,6 +30,7 @@ from thespian.system import isInternalActorSystemMessage
 from thespian.system.transport import ReceiveEnvelope, TransmitIntent
 
 from .. import _wire
+from .._replies import Replies
 from .._store import statedir as _statedir
 from ..config import HostConfig, system_capabilities
 from ..errors import CredentialError, HostClosedError, HostStartError
@@ -365,18 +366,16 @@ class ActorSystemHandle:
 
 
 class _Mailbox:
-    """One thread's private context, and replies that arrived while it waited for another one.
+    """One thread's private context, and the requests it has in flight there.
 
     A thread may wait for a second reply (an admin lookup) while its call is in flight; the
-    call's reply arriving meanwhile is kept here, not dropped.  Replies to requests nobody
-    waits for any more (timed out) are dropped.
+    call's reply arriving meanwhile is kept for it, not dropped (see :class:`~plugin_host._replies.Replies`).
     """
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.active: dict[str, str | None] = {}
-        """The requests this thread waits on: correlation id -> the sandbox that may answer it too."""
-        self.stash: dict[str, Any] = {}
+        self.replies: Replies[str | None] = Replies()
+        """Its requests in flight, each noted with the sandbox that may answer it too."""
 
 
 class Pending:
@@ -405,7 +404,7 @@ class Pending:
             self.delivered = True
             return
         self._ctx, self._mailbox = mailbox.ctx, mailbox
-        mailbox.active[self.corr] = about
+        mailbox.replies.expect(self.corr, about)
         self._first = None
         base = self._ctx._systemBase  # Thespian internals: the context's transport
         base.transport.scheduleTransmit(
@@ -432,16 +431,8 @@ class Pending:
         mailbox = self._mailbox
         assert mailbox is not None
         deadline = time.monotonic() + timeout
-        while not self.refused:
-            if self.corr in mailbox.stash:
-                return mailbox.stash.pop(self.corr)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            reply = self._pump(left)
-            if reply is not None:
-                return reply
-        return DEAD
+        reply = mailbox.replies.await_reply(self.corr, self._receive, deadline, given_up=lambda: self.refused)
+        return DEAD if reply is None and self.refused else reply
 
     def wait_sent(self, timeout: float) -> Any:
         """Wait until the message is handed over (``True``), refused (:data:`DEAD`) or ``timeout`` (``None``)."""
@@ -453,30 +444,31 @@ class Pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            reply = self._pump(left)
+            reply = self._receive(left)
             if reply is not None and self._mailbox is not None:
-                self._mailbox.stash[self.corr] = reply
+                self._mailbox.replies.file(reply)  # its own reply included: wait() takes it
         return DEAD if self.refused else True
 
-    def _pump(self, seconds: float) -> Any:
-        """Run the transport once: this request's reply, or ``None`` (other replies are kept or dropped)."""
+    def _receive(self, seconds: float) -> Any:
+        """Run the transport once: a reply to one of this thread's requests, or ``None``.
+
+        A reply counts only from the host's processes or the sandbox its request was about: another
+        sandbox may not forge it.  Matching it to its request is :class:`Replies`' job.
+        """
         response = self._ctx._systemBase._run_transport(_at_most_a_while(seconds))
-        if isinstance(response, ReceiveEnvelope) and not isInternalActorSystemMessage(response.message):
-            corr = getattr(response.message, "corr", None)
-            mailbox = self._mailbox
-            if corr == self.corr:
-                # Only from the host's processes or the sandbox asked: another one may not forge it.
-                return response.message if self._handle.accepts(response, self.about) else None
-            if mailbox is not None and corr in mailbox.active and self._handle.accepts(response, mailbox.active[corr]):
-                mailbox.stash[corr] = response.message  # another request of this thread: keep it
-            # anything else answers a request nobody waits for any more: drop it
-        return None
+        if not isinstance(response, ReceiveEnvelope) or isInternalActorSystemMessage(response.message):
+            return None
+        assert self._mailbox is not None
+        waiting = self._mailbox.replies.waiting
+        corr = getattr(response.message, "corr", "")
+        if corr not in waiting or not self._handle.accepts(response, waiting[corr]):
+            return None  # forged, or it answers a request nobody waits for any more
+        return response.message
 
     def close(self) -> None:
         """Stop waiting for this request: a reply arriving later is dropped."""
         if self._mailbox is not None:
-            self._mailbox.active.pop(self.corr, None)
-            self._mailbox.stash.pop(self.corr, None)
+            self._mailbox.replies.forget(self.corr)
 
 
 def _exit_context(manager: Any) -> None:
