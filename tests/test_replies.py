@@ -161,3 +161,10 @@ def test_a_sibling_call_drops_the_late_reply_of_one_that_timed_out(host: Host) -
     timed_out, reply = host.call("l", "caller", ("late_then_echo", 0.6))
     assert timed_out is True
     assert reply == ("echo", "now")
+
+
+def test_a_sibling_call_without_a_timeout_waits_for_its_reply(host: Host) -> None:
+    """``Plugin.call(..., timeout=math.inf)`` inside an actor is answered (it raised ``OverflowError``: Thespian
+    turns a timeout into a ``timedelta``)."""
+    host.create_sandbox("l", "late:Late", sandbox_path=str(Path(__file__).parent / "plugins" / "siblings"))
+    assert host.call("l", "caller", ("forever", "x")) == ("echo", "x")

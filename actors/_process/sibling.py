@@ -19,6 +19,8 @@ from plugin_host.lowlevel import Replies
 __all__ = ["blocking_call"]
 
 _context: Any = None
+_TURN = 3600.0
+"""The longest one wait on the endpoint: Thespian makes a timeout a ``timedelta``, which infinity overflows."""
 
 
 def _endpoint(actor: Any) -> Any:
@@ -42,10 +44,10 @@ def blocking_call(actor: Any, address: Any, message: Any, timeout: float, corr: 
         target refused the message because it no longer exists).
     """
     ctx = _endpoint(actor)
-    deadline = time.monotonic() + timeout
-    first = ctx.ask(address, message, timeout)
-    if first is None:
+    started = time.monotonic()
+    first = ctx.ask(address, message, min(timeout, _TURN))
+    if first is None and (timeout <= _TURN or time.monotonic() - started < _TURN):
         return None  # no reply in time, or the target refused the message: ask answers None to both
     # The actor waits for one call at a time: a reply to any other is late (its call timed out), dropped.
     replies: Replies[None] = Replies()
-    return replies.await_reply(corr, ctx.listen, deadline, first=first)
+    return replies.await_reply(corr, lambda seconds: ctx.listen(min(seconds, _TURN)), started + timeout, first=first)

@@ -1,5 +1,6 @@
 """A caller whose sibling answers too late: that late reply must not pass for the next call's."""
 
+import math
 import time
 
 from actors import ChildSpec, Plugin, Supervisor
@@ -21,13 +22,16 @@ class Slow(Plugin):
 
 
 class Caller(Plugin):
-    """("late_then_echo", s): a call to "slow" that times out (its reply comes s seconds later), then another."""
+    """("late_then_echo", s): a call to "slow" that times out (its reply comes s seconds later), then another;
+    ("forever", x): a call to "slow" with an infinite timeout."""
 
     def init(self, args):
         return None
 
     def handle_call(self, request, state):
         kind, value = request
+        if kind == "forever":  # no timeout at all
+            return self.call("slow", ("echo", value), timeout=math.inf), state
         try:
             self.call("slow", ("sleep", value), timeout=value / 3)
         except CallTimeoutError:
