@@ -391,7 +391,6 @@ class Pending:
         self, handle: ActorSystemHandle, mailbox: Any, address: ActorAddress, message: Any, about: str | None = None
     ) -> None:
         self.corr: str = message.corr
-        self.about = about
         self.delivered = False
         self.refused = False
         self._handle = handle
