@@ -13,7 +13,7 @@ import signal
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from thespian.actors import ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
@@ -79,7 +79,7 @@ class AdminActor(HostActor):
     handing the message to the component that owns what it is about.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.config = HostConfig()
         self.token: str | None = None
