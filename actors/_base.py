@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
-from thespian.actors import ActorTypeDispatcher
+from thespian.actors import ActorAddress, ActorTypeDispatcher
 
 from plugin_host import lowlevel
 from plugin_host.errors import AccessDeniedError, BadRequestError, PluginError, PluginHostError
@@ -27,11 +27,11 @@ request (its answers to the sender are signed for that sandbox); or take it as a
 class HostActor(ActorTypeDispatcher):
     """An ``ActorTypeDispatcher`` that hardens its process and answers bad requests."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self._ph_ready = False
 
-    def receiveMessage(self, message: Any, sender: Any) -> Any:
+    def receiveMessage(self, message: object, sender: ActorAddress) -> Any:
         """Set the process up on the first message, check who sent it, then dispatch on its type."""
         if not self._ph_ready:
             self._ph_ready = True
@@ -56,11 +56,11 @@ class HostActor(ActorTypeDispatcher):
                 return self._dispatch(message, sender)
         return self._dispatch(message, sender)
 
-    def admit(self, message: Any, principal: lowlevel.Principal) -> Admission:
+    def admit(self, message: object, principal: lowlevel.Principal) -> Admission:
         """What to do with ``message`` from a sandbox's process; host actors take orders from the host only."""
         return "refused"
 
-    def refuse(self, message: Any, sender: Any, principal: lowlevel.Principal) -> AccessDeniedError:
+    def refuse(self, message: object, sender: ActorAddress, principal: lowlevel.Principal) -> AccessDeniedError:
         """Drop a message a sandbox may not send here; one with a ``corr`` is answered ``Failed(AccessDeniedError)``."""
         about = getattr(message, "sandbox_id", None)
         target = f" about sandbox {about!r}" if isinstance(about, str) and about != principal.sandbox_id else ""
@@ -77,7 +77,7 @@ class HostActor(ActorTypeDispatcher):
                 self.send(sender, Failed(error, corr))
         return error
 
-    def _dispatch(self, message: Any, sender: Any) -> Any:
+    def _dispatch(self, message: object, sender: ActorAddress) -> Any:
         try:
             return super().receiveMessage(message, sender)
         except Exception as exc:
@@ -97,7 +97,7 @@ class HostActor(ActorTypeDispatcher):
             return None
 
     @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: Any) -> bool:
+    def actorSystemCapabilityCheck(capabilities: dict[str, object], requirements: Mapping[str, object] | None) -> bool:
         """Thespian's placement test: a system fits when it offers every required capability, equal."""
         return all(
             capabilities.get(key) == value
@@ -113,7 +113,7 @@ class HostActor(ActorTypeDispatcher):
     def setup_process(self) -> None:
         """Hook: runs once, in the actor's process, before the first message."""
 
-    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
+    def receiveUnrecognizedMessage(self, message: object, sender: ActorAddress) -> None:
         """Answer a request we do not understand; nothing crashes on garbage."""
         corr = getattr(message, "corr", "") if isinstance(message, Request) else ""
         if isinstance(message, (Ok, Failed)):
@@ -127,7 +127,7 @@ class HostActor(ActorTypeDispatcher):
                 ),
             )
 
-    def reply(self, target: Any, value: Any, corr: str) -> None:
+    def reply(self, target: ActorAddress, value: object, corr: str) -> None:
         """Send ``Ok(value)`` (or ``Failed`` when ``value`` is an error) to ``target``."""
         if isinstance(value, BaseException):
             self.send(target, Failed(value, corr))
@@ -143,29 +143,29 @@ class HostActor(ActorTypeDispatcher):
 class SandboxMember(HostActor):
     """An actor of a sandbox's tree (worker or supervisor): its identity, heartbeat and directory."""
 
-    def admit(self, message: Any, principal: lowlevel.Principal) -> Admission:
+    def admit(self, message: object, principal: lowlevel.Principal) -> Admission:
         """Asked only in a root that still holds the host key (one made by hand, before its start):
         it takes nothing from sandboxes.  Once it holds its own key, only its sandbox and the host can
         reach it at all."""
         return "refused"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.context: m.SandboxContext | None = None
         self.actor_name = ""
         self.incarnation = 0
-        self.parent: Any = None
-        self.directory: dict[str, Any] = {}
+        self.parent: ActorAddress | None = None
+        self.directory: dict[str, ActorAddress] = {}
         """Where the sandbox's named actors run (name -> address), as last told by the root."""
 
     messages = 0
     """Plugin messages handled (workers count them)."""
 
-    def receiveMsg_Ping(self, msg: m.Ping, sender: Any) -> None:
+    def receiveMsg_Ping(self, msg: m.Ping, sender: ActorAddress) -> None:
         """Heartbeat from the supervisor: this process is not stuck in a callback."""
         self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq, self.messages))
 
-    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: Any) -> None:
+    def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: ActorAddress) -> None:
         """Learn where named actors run now."""
         self.directory.update(msg.entries)
 
@@ -176,7 +176,7 @@ def _in_host_process() -> bool:
     return keys is not None and keys.is_host
 
 
-def _is_thespian_system_message(message: Any) -> bool:
+def _is_thespian_system_message(message: object) -> bool:
     return type(message).__module__.startswith("thespian.")
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from thespian.actors import ActorAddress
 
 from plugin_host.config import ResourceLimits
-from plugin_host.messages import Request
+from plugin_host.errors import PluginHostError
+from plugin_host.messages import Blob, Call, Cast, Request
+from plugin_host.values import AuditRecord, ChildInfo
 
 __all__ = [
     "SandboxContext",
@@ -53,7 +56,7 @@ class SandboxContext:
     """What every actor of a sandbox needs to know about it."""
 
     sandbox_id: str
-    root: Any
+    root: ActorAddress
     """Address of the sandbox root (directory, routing)."""
     heartbeat_interval: float
     hang_timeout: float
@@ -71,7 +74,7 @@ class StartChild:
     name: str
     incarnation: int
     spec: bytes
-    directory: dict[str, Any] = attrs.field(factory=dict)
+    directory: dict[str, ActorAddress] = attrs.field(factory=dict)
     """Known sibling addresses (name -> address)."""
     modules: dict[str, int] = attrs.field(factory=dict)
     """Current version of each sandbox module."""
@@ -139,7 +142,7 @@ class ChildUp:
 
     name: str
     incarnation: int
-    address: Any
+    address: ActorAddress
     pid: int | None
     supervisor: str
     kind: str
@@ -172,7 +175,7 @@ class SupervisorFailed:
 class DirectoryUpdate:
     """Sandbox root -> every actor of the sandbox: where named actors are now."""
 
-    entries: dict[str, Any]
+    entries: dict[str, ActorAddress]
 
 
 @attrs.frozen
@@ -180,7 +183,7 @@ class Route:
     """Actor -> sandbox root: deliver ``message`` to the actor named ``name``."""
 
     name: str
-    message: Any
+    message: Call | Cast
 
 
 @attrs.frozen
@@ -188,11 +191,12 @@ class StartSandbox:
     """Admin -> sandbox root: load the code and start the tree."""
 
     context: SandboxContext
-    supervisor: Any
+    supervisor: str | Blob
     """``module:Class`` / dotted path string, or a Blob of a class."""
     sources: dict[str, tuple[str, str, bool]]
     """Module name -> (path, source, is_package)."""
     args: Any
+    """``CreateSandbox.args`` as the host sent it: the plugin's own value (a Blob of it, from a ``Host``)."""
     modules: dict[str, int]
     environment: str | None = None
     """The sandbox's dependency environment, put first on the import path before any plugin code."""
@@ -212,13 +216,13 @@ class SandboxStatus:
     sandbox_id: str
     status: str
     reason: str | None = None
-    children: tuple[Any, ...] = ()
+    children: tuple[ChildInfo, ...] = ()
     """ChildInfo values in start order."""
     restart_count: int = 0
-    directory: dict[str, tuple[Any, int]] = attrs.field(factory=dict)
+    directory: dict[str, tuple[ActorAddress, int]] = attrs.field(factory=dict)
     """name -> (address, incarnation) of running actors."""
     pid: int | None = None
-    error: Any = None
+    error: PluginHostError | None = None
     """The PluginHostError behind a ``start_failed`` status."""
     deaths: dict[str, tuple[tuple[int, str], ...]] = attrs.field(factory=dict)
     """name -> recent (incarnation, last call) of its dead incarnations, newest last."""
@@ -313,7 +317,7 @@ class TreeEvent:
     kind: str
     actor: str
     reason: str = ""
-    details: dict[str, Any] = attrs.field(factory=dict)
+    details: dict[str, object] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -363,7 +367,7 @@ class UsageQuery(Request):
     sandbox_id: str
     messages: dict[str, int]
     restarts: dict[str, int]
-    reply_to: Any
+    reply_to: ActorAddress
 
 
 @attrs.frozen
@@ -371,7 +375,7 @@ class AuditRecords:
     """Worker -> sandbox root -> admin: what the runtime audit saw during a callback."""
 
     sandbox_id: str
-    records: tuple[Any, ...]
+    records: tuple[AuditRecord, ...]
 
 
 @attrs.frozen

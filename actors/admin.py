@@ -13,9 +13,9 @@ import signal
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from thespian.actors import ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
+from thespian.actors import ActorAddress, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from plugin_host import lowlevel
 from plugin_host.config import HostConfig
@@ -55,7 +55,7 @@ from . import _messages as m
 from ._admin.events import Events
 from ._admin.lifecycle import VANISHING, Sandboxes, check_sandbox_id
 from ._admin.nodes import Nodes
-from ._admin.record import Address, Done, SandboxRecord, batch
+from ._admin.record import Done, SandboxRecord, batch
 from ._admin.routing import Routing
 from ._admin.versions import Versions
 from ._base import Admission, HostActor, log
@@ -79,7 +79,7 @@ class AdminActor(HostActor):
     handing the message to the component that owns what it is about.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.config = HostConfig()
         self.token: str | None = None
@@ -102,10 +102,10 @@ class AdminActor(HostActor):
     def _config(self) -> HostConfig:
         return self.config
 
-    def _replier(self, target: Address, corr: str) -> Done:
+    def _replier(self, target: ActorAddress, corr: str) -> Done:
         return lambda result: self.reply(target, result, corr)
 
-    def _batch(self, count: int, sender: Address, corr: str, start: Callable[[int, Done], None]) -> None:
+    def _batch(self, count: int, sender: ActorAddress, corr: str, start: Callable[[int, Done], None]) -> None:
         batch(count, lambda results: self.reply(sender, results, corr), start)
 
     # -- who may ask what -------------------------------------------------------------------
@@ -127,13 +127,13 @@ class AdminActor(HostActor):
             return "refused"  # an ended incarnation, or another host's sandbox (hosts sharing a cookie)
         return "request" if isinstance(message, _SANDBOX_REQUESTS) else "refused"
 
-    def refuse(self, message: object, sender: Address, principal: lowlevel.Principal) -> AccessDeniedError:
+    def refuse(self, message: object, sender: ActorAddress, principal: lowlevel.Principal) -> AccessDeniedError:
         """Refuse, answer, and record a ``denied`` event for the sandbox that asked."""
         error = super().refuse(message, sender, principal)
         self.events.refused(message, principal, error)
         return error
 
-    def from_root(self, rec: SandboxRecord, sender: Address) -> bool:
+    def from_root(self, rec: SandboxRecord, sender: ActorAddress) -> bool:
         """Whether a report comes from ``rec``'s current root: signed with its incarnation's key (or, from
         the host's own processes, sent from its address)."""
         principal = lowlevel.sender_principal()
@@ -143,7 +143,7 @@ class AdminActor(HostActor):
 
     # -- boot and the host watchdog ----------------------------------------------------
 
-    def receiveMsg_HostBoot(self, msg: HostBoot, sender: Address) -> None:
+    def receiveMsg_HostBoot(self, msg: HostBoot, sender: ActorAddress) -> None:
         """Claim this system for a host; a second, different claim means it is stale."""
         if self.token is not None and self.token != msg.token:
             self.send(
@@ -172,7 +172,7 @@ class AdminActor(HostActor):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=min(1.0, self.config.heartbeat_interval)))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Tick: host still alive? sandboxes past their start or stop deadline?"""
         if msg.payload == VANISHING:
             self.lifecycle.check_vanishing()
@@ -207,36 +207,36 @@ class AdminActor(HostActor):
 
     # -- sandboxes: create, reports from roots, destroy, restart, shutdown (Sandboxes) --------------
 
-    def receiveMsg_CreateSandbox(self, msg: CreateSandbox, sender: Address) -> None:
+    def receiveMsg_CreateSandbox(self, msg: CreateSandbox, sender: ActorAddress) -> None:
         """Create a sandbox; the reply comes once it runs (or failed to start)."""
         self.lifecycle.create(msg, self._replier(sender, msg.corr))
 
-    def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: Address) -> None:
+    def receiveMsg_SandboxStatus(self, msg: m.SandboxStatus, sender: ActorAddress) -> None:
         """Mirror a sandbox's state and answer whoever waits on it."""
         self.lifecycle.on_status(msg, sender)
 
-    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Address) -> None:
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: ActorAddress) -> None:
         """A member's monitor, or a sandbox root, exited: finish a stop, or record an unexpected death."""
         if not self.nodes.monitor_exited(msg.childAddress):
             self.lifecycle.root_exited(msg.childAddress)
 
-    def receiveMsg_RootGone(self, msg: m.RootGone, sender: Address) -> None:
+    def receiveMsg_RootGone(self, msg: m.RootGone, sender: ActorAddress) -> None:
         """A member's monitor saw a sandbox root's process end (its exit notice may never come)."""
         self.lifecycle.root_process_gone(msg, sender)
 
-    def receiveMsg_DestroySandbox(self, msg: DestroySandbox, sender: Address) -> None:
+    def receiveMsg_DestroySandbox(self, msg: DestroySandbox, sender: ActorAddress) -> None:
         """Stop a sandbox (``terminate`` runs in every actor) and forget it."""
         self.lifecycle.destroy(msg.sandbox_id, self._replier(sender, msg.corr))
 
-    def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: Address) -> None:
+    def receiveMsg_RestartSandbox(self, msg: RestartSandbox, sender: ActorAddress) -> None:
         """Stop the whole sandbox and start it again from its current code."""
         self.lifecycle.restart(msg.sandbox_id, self._replier(sender, msg.corr))
 
-    def receiveMsg_HostShutdown(self, msg: HostShutdown, sender: Address) -> None:
+    def receiveMsg_HostShutdown(self, msg: HostShutdown, sender: ActorAddress) -> None:
         """Destroy every sandbox, then answer (the host shuts the system down next)."""
         self.lifecycle.shutdown(self._replier(sender, msg.corr))
 
-    def receiveMsg_BatchCreate(self, msg: BatchCreate, sender: Address) -> None:
+    def receiveMsg_BatchCreate(self, msg: BatchCreate, sender: ActorAddress) -> None:
         """Create many sandboxes at once; one bad spec never fails the others."""
         specs = msg.specs if isinstance(msg.specs, (list, tuple)) else None
         if specs is None or not all(isinstance(s, CreateSandbox) for s in specs):
@@ -244,7 +244,7 @@ class AdminActor(HostActor):
             return
         self._batch(len(specs), sender, msg.corr, lambda i, done: self.lifecycle.create(specs[i], done))
 
-    def receiveMsg_BatchDestroy(self, msg: BatchDestroy, sender: Address) -> None:
+    def receiveMsg_BatchDestroy(self, msg: BatchDestroy, sender: ActorAddress) -> None:
         """Destroy many sandboxes at once."""
         ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
         if ids is None:
@@ -254,83 +254,83 @@ class AdminActor(HostActor):
 
     # -- events, monitoring, audit (Events) ------------------------------------------------
 
-    def receiveMsg_Subscribe(self, msg: Subscribe, sender: Address) -> None:
+    def receiveMsg_Subscribe(self, msg: Subscribe, sender: ActorAddress) -> None:
         """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
         self.events.subscribe(msg, sender)
 
-    def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: Address) -> None:
+    def receiveMsg_Unsubscribe(self, msg: Unsubscribe, sender: ActorAddress) -> None:
         """Stop pushing events to the sender."""
         self.events.unsubscribe(msg, sender)
 
-    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Address) -> None:
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: ActorAddress) -> None:
         """Crashes, restarts and limit breaches reported by a sandbox root."""
         self.events.tree_event(msg, sender)
 
-    def receiveMsg_Sample(self, msg: m.Sample, sender: Address) -> None:
+    def receiveMsg_Sample(self, msg: m.Sample, sender: ActorAddress) -> None:
         """The monitor killed a process over a limit."""
         self.events.sample(msg)
 
-    def receiveMsg_HostBreach(self, msg: HostBreach, sender: Address) -> None:
+    def receiveMsg_HostBreach(self, msg: HostBreach, sender: ActorAddress) -> None:
         """A host refused a call past ``max_mailbox``."""
         self.events.host_breach(msg)
 
-    def receiveMsg_Usage(self, msg: m.Usage, sender: Address) -> None:
+    def receiveMsg_Usage(self, msg: m.Usage, sender: ActorAddress) -> None:
         """Message counts from a sandbox root: after a heartbeat, or asked for by a usage query."""
         self.events.usage(msg, sender)
 
-    def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: Address) -> None:
+    def receiveMsg_GetResourceUsage(self, msg: GetResourceUsage, sender: ActorAddress) -> None:
         """Memory, CPU, messages and restarts per actor: counts asked of the root now, figures sampled now."""
         self.events.resource_usage(msg, sender)
 
-    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Address) -> None:
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: ActorAddress) -> None:
         """Audit records of a sandbox, from its root."""
         self.events.audit_records(msg, sender)
 
-    def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: Address) -> None:
+    def receiveMsg_GetAuditLog(self, msg: GetAuditLog, sender: ActorAddress) -> None:
         """The sandbox's recent audit records, oldest first."""
         self.events.audit_log(msg, sender)
 
     # -- queries and routing (Routing) -------------------------------------------------------
 
-    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: Address) -> None:
+    def receiveMsg_ListSandboxes(self, msg: ListSandboxes, sender: ActorAddress) -> None:
         """Every sandbox, by id."""
         self.routing.list_sandboxes(msg, sender)
 
-    def receiveMsg_GetSandboxCode(self, msg: GetSandboxCode, sender: Address) -> None:
+    def receiveMsg_GetSandboxCode(self, msg: GetSandboxCode, sender: ActorAddress) -> None:
         """The sandbox's current sources (for compiling a new version against them)."""
         self.routing.sandbox_code(msg, sender)
 
-    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: Address) -> None:
+    def receiveMsg_GetSandboxInfo(self, msg: GetSandboxInfo, sender: ActorAddress) -> None:
         """One sandbox."""
         self.routing.sandbox_info(msg, sender)
 
-    def receiveMsg_LookupActor(self, msg: LookupActor, sender: Address) -> None:
+    def receiveMsg_LookupActor(self, msg: LookupActor, sender: ActorAddress) -> None:
         """Where a named actor runs now; with ``wait``, answered once it runs again."""
         self.routing.lookup(msg, sender)
 
-    def receiveMsg_Call(self, msg: Call, sender: Address) -> None:
+    def receiveMsg_Call(self, msg: Call, sender: ActorAddress) -> None:
         """Route a call to its actor; the actor answers the caller directly."""
         self.routing.call(msg, sender)
 
-    def receiveMsg_Cast(self, msg: Cast, sender: Address) -> None:
+    def receiveMsg_Cast(self, msg: Cast, sender: ActorAddress) -> None:
         """Route a cast; unknown sandboxes and actors drop it (casts are never answered)."""
         self.routing.cast(msg)
 
-    def receiveMsg_Run(self, msg: Run, sender: Address) -> None:
+    def receiveMsg_Run(self, msg: Run, sender: ActorAddress) -> None:
         """Run a function in a fresh process of the sandbox."""
         self.routing.run(msg, sender)
 
     # -- versions: reloads, rollbacks, queries (Versions) -------------------------------------
 
-    def receiveMsg_HotReload(self, msg: HotReload, sender: Address) -> None:
+    def receiveMsg_HotReload(self, msg: HotReload, sender: ActorAddress) -> None:
         """Reload compiled artifacts into a sandbox."""
         self.versions.hot_reload(msg, self._replier(sender, msg.corr))
 
-    def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: Address) -> None:
+    def receiveMsg_RollbackModule(self, msg: RollbackModule, sender: ActorAddress) -> None:
         """Reload the stored code of an earlier (or later) version."""
         self.versions.rollback(msg, self._replier(sender, msg.corr))
 
-    def receiveMsg_BatchHotReload(self, msg: BatchHotReload, sender: Address) -> None:
+    def receiveMsg_BatchHotReload(self, msg: BatchHotReload, sender: ActorAddress) -> None:
         """The same code into many sandboxes; one failure never stops the others."""
         ids = list(msg.sandbox_ids) if isinstance(msg.sandbox_ids, (list, tuple)) else None
         if ids is None:
@@ -338,32 +338,32 @@ class AdminActor(HostActor):
             return
         self._batch(len(ids), sender, msg.corr, lambda i, done: self.versions.batch_item(msg, ids[i], done))
 
-    def receiveMsg_SandboxReloaded(self, msg: m.SandboxReloaded, sender: Address) -> None:
+    def receiveMsg_SandboxReloaded(self, msg: m.SandboxReloaded, sender: ActorAddress) -> None:
         """The root's verdict on a reload: record it and answer."""
         self.versions.on_reloaded(msg, sender)
 
-    def receiveMsg_GetModuleVersion(self, msg: GetModuleVersion, sender: Address) -> None:
+    def receiveMsg_GetModuleVersion(self, msg: GetModuleVersion, sender: ActorAddress) -> None:
         """The current version of a module: answered by the registry actor."""
         self.versions.forward_query(msg, sender)
 
-    def receiveMsg_ListModuleVersions(self, msg: ListModuleVersions, sender: Address) -> None:
+    def receiveMsg_ListModuleVersions(self, msg: ListModuleVersions, sender: ActorAddress) -> None:
         """Every stored version of a module: answered by the registry actor."""
         self.versions.forward_query(msg, sender)
 
-    def receiveMsg_GetVersionHistory(self, msg: GetVersionHistory, sender: Address) -> None:
+    def receiveMsg_GetVersionHistory(self, msg: GetVersionHistory, sender: ActorAddress) -> None:
         """A module's version history: answered by the registry actor."""
         self.versions.forward_query(msg, sender)
 
     # -- the convention (Nodes) -------------------------------------------------------------
 
-    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Address) -> None:
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: ActorAddress) -> None:
         """A system joined or left the convention."""
         self.nodes.on_update(msg)
 
-    def receiveMsg_NodePong(self, msg: m.NodePong, sender: Address) -> None:
+    def receiveMsg_NodePong(self, msg: m.NodePong, sender: ActorAddress) -> None:
         """A member's monitor answered: that system is alive (again, if it was lost)."""
         self.nodes.on_pong(sender)
 
-    def receiveMsg_ListNodes(self, msg: ListNodes, sender: Address) -> None:
+    def receiveMsg_ListNodes(self, msg: ListNodes, sender: ActorAddress) -> None:
         """This system and every member known, each with this host's sandboxes on it."""
         self.reply(sender, self.nodes.list_nodes(self.events.rejected_frames(), self.events.denied), msg.corr)

@@ -12,11 +12,10 @@ import os
 import signal
 import time
 from datetime import timedelta
-from typing import Any
 
 import attrs
 import psutil
-from thespian.actors import ActorSystemConventionUpdate, WakeupMessage
+from thespian.actors import ActorAddress, ActorSystemConventionUpdate, WakeupMessage
 
 from plugin_host.errors import HostStartError
 from plugin_host.messages import Failed
@@ -68,15 +67,15 @@ class NodeBooted:
 class NodeActor(HostActor):
     """Claims a node's system for its command, reports joining, and ends the system if the command dies."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.command: tuple[int, float] | None = None
         self.token: str | None = None
-        self._pending: tuple[str, Any, float] | None = None
+        self._pending: tuple[str, ActorAddress, float] | None = None
         """The boot to answer: token, requester, join deadline (monotonic)."""
         self._ticking = False
 
-    def receiveMsg_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:
+    def receiveMsg_NodeBoot(self, msg: NodeBoot, sender: ActorAddress) -> None:
         """Claim the system, start the watchdog, and wait for the leader's registration."""
         if self.token is not None and self.token != msg.token:
             pid = self.command[0] if self.command else "?"
@@ -98,7 +97,7 @@ class NodeActor(HostActor):
     def receiveMsg_ActorSystemConventionUpdate(
         self,
         msg: ActorSystemConventionUpdate,
-        sender: Any,
+        sender: ActorAddress,
     ) -> None:
         """The leader registered with this system: the node has joined."""
         if msg.remoteAdded:
@@ -117,7 +116,7 @@ class NodeActor(HostActor):
             self._ticking = True
             self.wakeupAfter(_WATCH_INTERVAL)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Tick: is the node command still alive?  Has the join waited long enough?"""
         self._ticking = False
         if self.command is not None and not process_alive(*self.command):

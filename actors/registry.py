@@ -8,13 +8,14 @@ same queue, so they always see every reload the admin has answered for.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import attrs
+from thespian.actors import ActorAddress, ActorExitRequest
 
 from plugin_host.errors import PluginHostError
 from plugin_host.messages import GetModuleVersion, GetVersionHistory, ListModuleVersions
 from plugin_host.store import VersionStore
+from plugin_host.values import ModuleVersion, VersionHistory
 
 from ._base import HostActor
 
@@ -58,27 +59,33 @@ class RecordOutcome:
 class RegistryQuery:
     """Admin -> registry: answer ``request`` to ``reply_to``."""
 
-    request: Any
-    reply_to: Any
+    request: GetModuleVersion | ListModuleVersions | GetVersionHistory
+    reply_to: ActorAddress
 
 
 class RegistryActor(HostActor):
     """Owns the :class:`~plugin_host.store.VersionStore` of a host."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.store: VersionStore | None = None
 
-    def receiveMsg_OpenRegistry(self, msg: OpenRegistry, sender: Any) -> None:
+    def _opened(self) -> VersionStore:
+        """The store; the admin opens it before it sends anything else."""
+        if self.store is None:
+            raise RuntimeError("the registry was asked before OpenRegistry")
+        return self.store
+
+    def receiveMsg_OpenRegistry(self, msg: OpenRegistry, sender: ActorAddress) -> None:
         """Open the store once."""
         if self.store is None:
             self.store = VersionStore(msg.path, max_versions=msg.max_versions)
 
-    def receiveMsg_RecordVersions(self, msg: RecordVersions, sender: Any) -> None:
+    def receiveMsg_RecordVersions(self, msg: RecordVersions, sender: ActorAddress) -> None:
         """Register versions (deduplicated by checksum) and optionally make them current."""
         for module, source, checksum, expected in msg.entries:
             try:
-                version, _ = self.store.register(msg.sandbox_id, module, source, checksum)  # type: ignore[union-attr]
+                version, _ = self._opened().register(msg.sandbox_id, module, source, checksum)
                 if version != expected:
                     log.warning(
                         "registry numbered %s/%s as %s, the admin expected %s (another host on this state_dir?)",
@@ -88,7 +95,7 @@ class RegistryActor(HostActor):
                         expected,
                     )
                 if msg.event:
-                    self.store.mark_current(  # type: ignore[union-attr]
+                    self._opened().mark_current(
                         msg.sandbox_id,
                         module,
                         version,
@@ -98,11 +105,11 @@ class RegistryActor(HostActor):
             except PluginHostError:
                 log.exception("registry: recording %s/%s failed", msg.sandbox_id, module)
 
-    def receiveMsg_RecordOutcome(self, msg: RecordOutcome, sender: Any) -> None:
+    def receiveMsg_RecordOutcome(self, msg: RecordOutcome, sender: ActorAddress) -> None:
         """Mark a version current (with its event) or failed (with the reason)."""
         try:
             if msg.ok:
-                self.store.mark_current(  # type: ignore[union-attr]
+                self._opened().mark_current(
                     msg.sandbox_id,
                     msg.module,
                     msg.version,
@@ -110,7 +117,7 @@ class RegistryActor(HostActor):
                     details=msg.details,
                 )
             else:
-                self.store.mark_failed(  # type: ignore[union-attr]
+                self._opened().mark_failed(
                     msg.sandbox_id,
                     msg.module,
                     msg.version,
@@ -120,23 +127,24 @@ class RegistryActor(HostActor):
         except PluginHostError:
             log.exception("registry: recording the outcome for %s/%s failed", msg.sandbox_id, msg.module)
 
-    def receiveMsg_RegistryQuery(self, msg: RegistryQuery, sender: Any) -> None:
+    def receiveMsg_RegistryQuery(self, msg: RegistryQuery, sender: ActorAddress) -> None:
         """Answer a version query for the admin's caller."""
-        request, store = msg.request, self.store
+        request = msg.request
+        value: int | list[ModuleVersion] | VersionHistory | PluginHostError
         try:
             if isinstance(request, GetModuleVersion):
-                value: Any = store.current_version(request.sandbox_id, request.module)  # type: ignore[union-attr]
+                value = self._opened().current_version(request.sandbox_id, request.module)
             elif isinstance(request, ListModuleVersions):
-                value = store.versions(request.sandbox_id, request.module)  # type: ignore[union-attr]
+                value = self._opened().versions(request.sandbox_id, request.module)
             elif isinstance(request, GetVersionHistory):
-                value = store.history(request.sandbox_id, request.module)  # type: ignore[union-attr]
+                value = self._opened().history(request.sandbox_id, request.module)
             else:
                 raise PluginHostError(f"the registry does not answer {type(request).__name__}")
         except PluginHostError as exc:
             value = exc
         self.reply(msg.reply_to, value, request.corr)
 
-    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: ActorAddress) -> None:
         """Close the store when the system shuts down."""
         if self.store is not None:
             self.store.close()

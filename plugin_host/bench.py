@@ -235,7 +235,12 @@ def run_bench(
 
 
 def _report(
-    rows: list[Row], errors: dict[str, str], quick: bool, only: Sequence[str] | None, duration: float, json_path: Any
+    rows: list[Row],
+    errors: dict[str, str],
+    quick: bool,
+    only: Sequence[str] | None,
+    duration: float,
+    json_path: str | os.PathLike[str] | None,
 ) -> dict[str, Any]:
     command = (
         "plugin-host bench"

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _deps_parser(commands: Any) -> None:
+def _deps_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     deps = commands.add_parser("deps", help="install a sandbox folder's requirements ahead of time (offline use)")
     deps.add_argument("path", metavar="PATH", help="the sandbox folder (requirements.txt or pyproject.toml)")
     deps.add_argument(
@@ -91,7 +91,7 @@ def _deps_parser(commands: Any) -> None:
     deps.set_defaults(handler=_deps)
 
 
-def _node_parser(commands: Any) -> None:
+def _node_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ._cli.node import add_arguments  # light: Thespian is imported only when the node runs
 
     node = commands.add_parser("node", help="join a convention and offer capacity (no sandboxes of its own)")
@@ -105,7 +105,7 @@ def _node(args: argparse.Namespace) -> int:
     return run_node(args)
 
 
-def _bench_parser(commands: Any) -> None:
+def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .bench import SECTIONS  # light: the bench imports rich and Thespian only when it runs
 
     bench = commands.add_parser("bench", help="measure plugin-host against raw Thespian, in one run")
@@ -117,7 +117,7 @@ def _bench_parser(commands: Any) -> None:
     bench.set_defaults(handler=_bench)
 
 
-def _operator_parsers(commands: Any) -> None:
+def _operator_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The commands that talk to a running host through its admin port (and ``compile``, which needs none)."""
     status = _with_port(commands.add_parser("status", help="actors, memory and CPU of a running host, live"))
     status.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")

@@ -73,7 +73,7 @@ def system_capabilities(config: HostConfig, port: int) -> dict[str, Any]:
 _ENV_PREFIX = "PLUGIN_HOST_"
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _positive(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -83,13 +83,13 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
-def _positive_required(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _positive_required(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is None:
         raise ConfigError(f"{attribute.name} must be a positive number", field=attribute.name)
     _positive(instance, attribute, value)
 
 
-def _positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _positive_int(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -175,18 +175,21 @@ def _parse_paths(text: str) -> tuple[str, ...]:
     return tuple(p for p in text.split(os.pathsep) if p)
 
 
-def _number(value: Any) -> float:
+def _number(value: object) -> float:
     """``value`` when it is a number, else 0 (its own validator reports it)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _from_env(
-    name: str, parse: Callable[[str], Any], default: Callable[[], Any], derived: Callable[[Any], Any] | None = None
+    name: str,
+    parse: Callable[[str], Any],
+    default: Callable[[], Any],
+    derived: Callable[[HostConfig], Any] | None = None,
 ) -> Any:
     """An attrs default that reads ``PLUGIN_HOST_<NAME>`` first; ``derived(instance)``, when given,
     makes the default follow the fields set before it (``default`` is then unused)."""
 
-    def factory(instance: Any) -> Any:
+    def factory(instance: HostConfig) -> Any:
         variable = _ENV_PREFIX + name.upper()
         raw = os.environ.get(variable)
         if raw is None:
@@ -199,7 +202,7 @@ def _from_env(
     return attrs.Factory(factory, takes_self=True)
 
 
-def _check_base(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_base(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value not in SUPPORTED_BASES:
         raise ConfigError(
             f"base must be one of {', '.join(SUPPORTED_BASES)}, got {value!r} (multiprocQueueBase "
@@ -208,14 +211,14 @@ def _check_base(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
-def _check_port(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_port(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ConfigError(f"admin_port must be an integer in 1..65535 or None, got {value!r}", field="admin_port")
 
 
-def _check_address(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_address(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{attribute.name} must be an IPv4 address string, got {value!r}", field=attribute.name)
     try:
@@ -224,7 +227,7 @@ def _check_address(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
         raise ConfigError(f"{attribute.name} must be an IPv4 address, got {value!r}", field=attribute.name) from None
 
 
-def _check_profile(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_profile(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value not in SECURITY_PROFILES:
         raise ConfigError(
             f"security_profile must be one of {', '.join(SECURITY_PROFILES)}, got {value!r}",
@@ -232,7 +235,7 @@ def _check_profile(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
         )
 
 
-def _check_leader(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_leader(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is None:
         return
     host, _, port = str(value).rpartition(":")
@@ -241,13 +244,14 @@ def _check_leader(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ConfigError(f"convention_leader must be 'host:port', got {value!r}", field="convention_leader")
 
 
-def _check_mapping(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_mapping(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ConfigError(f"{attribute.name} must be a mapping with string keys", field=attribute.name)
 
 
-def _check_capabilities(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_capabilities(instance: object, attribute: attrs.Attribute, value: object) -> None:
     _check_mapping(instance, attribute, value)
+    assert isinstance(value, dict)  # _check_mapping raised otherwise
     reserved = sorted(k for k in value if k.startswith(RESERVED_CAPABILITY_PREFIX))
     if reserved:
         raise ConfigError(
@@ -275,7 +279,7 @@ def _to_limits(value: Any) -> ResourceLimits:
         raise ConfigError(f"limits: {exc} (argument or {_ENV_PREFIX}LIMITS)", field="limits") from None
 
 
-def _to_links(value: Any) -> tuple[str, ...]:
+def _to_links(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -291,14 +295,14 @@ PLUGIN_VALUES = ("objects", "plain")
 """What ``HostConfig.plugin_values`` accepts."""
 
 
-def _check_plugin_values(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_plugin_values(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value not in PLUGIN_VALUES:
         raise ConfigError(
             f"plugin_values must be one of {', '.join(PLUGIN_VALUES)}, got {value!r}", field="plugin_values"
         )
 
 
-def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_bool(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{attribute.name} must be True or False, got {value!r}", field=attribute.name)
 
@@ -413,12 +417,12 @@ class HostConfig:
         return self.cookie_file if self.cookie_file is not None else self.state_dir / "cookie"
 
     @probation_seconds.validator
-    def _check_probation(self, attribute: attrs.Attribute, value: Any) -> None:
+    def _check_probation(self, attribute: attrs.Attribute, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ConfigError(f"probation_seconds must be >= 0, got {value!r}", field="probation_seconds")
 
     @node_timeout.validator
-    def _check_node_timeout(self, attribute: attrs.Attribute, value: Any) -> None:
+    def _check_node_timeout(self, attribute: attrs.Attribute, value: object) -> None:
         tick = min(1.0, self.heartbeat_interval)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 2 * tick:
             raise ConfigError(
@@ -428,7 +432,7 @@ class HostConfig:
             )
 
     @hang_timeout.validator
-    def _check_hang(self, attribute: attrs.Attribute, value: Any) -> None:
+    def _check_hang(self, attribute: attrs.Attribute, value: object) -> None:
         if isinstance(value, (int, float)) and value <= self.heartbeat_interval:
             raise ConfigError(
                 f"hang_timeout ({value}) must be longer than heartbeat_interval ({self.heartbeat_interval})",

@@ -170,7 +170,7 @@ class Host:
         supervisor: str | type,
         *,
         sandbox_path: str | os.PathLike[str] | None = None,
-        args: Any = None,
+        args: object = None,
         limits: ResourceLimits | Mapping[str, Any] | None = None,
         security_profile: str | None = None,
         requirements: Mapping[str, Any] | None = None,
@@ -357,7 +357,7 @@ class Host:
 
     # -- plugins ----------------------------------------------------------------------------
 
-    def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
+    def call(self, sandbox_id: str, name: str, request: object, timeout: float | None = None) -> Any:
         """Send ``request`` to the actor ``name`` (its ``handle_call``) and return the reply.
 
         A call that reaches an actor while it restarts waits for the new incarnation
@@ -376,7 +376,7 @@ class Host:
         """
         return self._caller.call(sandbox_id, name, request, timeout)
 
-    def cast(self, sandbox_id: str, name: str, message: Any) -> None:
+    def cast(self, sandbox_id: str, name: str, message: object) -> None:
         """Send ``message`` to the actor ``name`` (its ``handle_cast``); no reply.
 
         Sent straight to the actor, so casts and calls from one thread to one actor arrive

@@ -16,8 +16,20 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 import cloudpickle
+from thespian.actors import ActorAddress
 
-from .values import AuditRecord, ModuleVersion, NodeInfo, ReloadResult, ResourceUsage, SandboxInfo, VersionHistory
+from .config import HostConfig, ResourceLimits
+from .values import (
+    Artifact,
+    AuditRecord,
+    Event,
+    ModuleVersion,
+    NodeInfo,
+    ReloadResult,
+    ResourceUsage,
+    SandboxInfo,
+    VersionHistory,
+)
 
 __all__ = [
     "ADMIN_GLOBAL_NAME",
@@ -67,7 +79,7 @@ class Blob:
     data: bytes
 
     @classmethod
-    def dump(cls, value: Any) -> Blob:
+    def dump(cls, value: object) -> Blob:
         """Serialise ``value`` (by value where its module is not importable)."""
         return cls(cloudpickle.dumps(value))
 
@@ -76,7 +88,7 @@ class Blob:
         return cloudpickle.loads(self.data)
 
 
-def unblob(value: Any) -> Any:
+def unblob(value: object) -> Any:
     """Return ``value.load()`` for a :class:`Blob`, the value itself otherwise."""
     return value.load() if isinstance(value, Blob) else value
 
@@ -84,7 +96,7 @@ def unblob(value: Any) -> Any:
 _PLAIN_TYPES = (str, int, float, bool, bytes, type(None))
 
 
-def pack(value: Any) -> Any:
+def pack(value: object) -> object:
     """``value`` itself when plain pickle carries it anywhere (builtin scalars and containers of
     them, checked by exact type), else a :class:`Blob`; :func:`unblob` undoes either."""
     return value if _is_plain(value, 0) else Blob.dump(value)
@@ -125,7 +137,7 @@ class ActorRef:
 
     sandbox_id: str
     name: str
-    address: Any
+    address: ActorAddress
     incarnation: int
     deaths: tuple[tuple[int, str], ...] = ()
     """Recent earlier incarnations that died, with the correlation id of the call each was running."""
@@ -151,7 +163,7 @@ class CreateSandbox(Request[SandboxInfo]):
     """Create and start a sandbox; replies ``Ok(SandboxInfo)``."""
 
     sandbox_id: str
-    supervisor: Any
+    supervisor: str | Blob
     """``"module:Class"`` (in ``sandbox_path``), a dotted path, or a :class:`Blob` of a class."""
     supervisor_label: str = ""
     """How ``SandboxInfo.supervisor`` shows a supervisor sent as a Blob."""
@@ -159,9 +171,11 @@ class CreateSandbox(Request[SandboxInfo]):
     """A prepared environment of the sandbox's requirements (``plugin_host.deps``), first on its import path."""
     sandbox_path: str | None = None
     args: Any = None
-    limits: Any = None
+    """The plugin's own value for its ``init`` (a :class:`Blob` of it, from a ``Host``)."""
+    limits: ResourceLimits | None = None
+    """``None``: the host's ``HostConfig.limits``."""
     security_profile: str | None = None
-    requirements: Any = None
+    requirements: dict[str, object] | None = None
     """Capabilities the actor system running the sandbox must offer (Thespian's capability check)."""
     restart_elsewhere: bool = False
     """When its system is lost, start the sandbox again on another capable one."""
@@ -226,7 +240,7 @@ class Call(Request[Any]):
     """The request value, a :class:`Blob` or plain data."""
     incarnation: int | None = None
     """When set, an actor of another incarnation answers ``Failed(ActorNotFoundError)``."""
-    reply_to: Any = None
+    reply_to: ActorAddress | None = None
     """Address the reply goes to (default: the sender)."""
 
 
@@ -247,7 +261,7 @@ class Run(Request[Any]):
     sandbox_id: str
     fn: Blob
     timeout: float = 10.0
-    reply_to: Any = None
+    reply_to: ActorAddress | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -273,7 +287,7 @@ class HotReload(Request[ReloadResult]):
     """
 
     sandbox_id: str
-    artifacts: list[Any]
+    artifacts: list[Artifact]
     """``Artifact`` values (module, path, checksum, source)."""
     state_handler: Blob | None = None
     """A Blob of ``fn(old_state, old_vsn, new_vsn) -> new_state`` used instead of ``code_change``."""
@@ -301,7 +315,7 @@ class BatchHotReload(Request[list[Ok | Failed]]):
     """The same artifacts into many sandboxes; replies ``Ok(list[Ok | Failed])`` in order."""
 
     sandbox_ids: list[str]
-    artifacts: list[Any]
+    artifacts: list[Artifact]
     timeout: float = 30.0
 
 
@@ -343,8 +357,7 @@ class Unsubscribe(Request[None]):
 class EventNotice:
     """Admin -> subscriber: one sandbox event."""
 
-    event: Any
-    """A :class:`~plugin_host.values.Event`."""
+    event: Event
 
 
 @attrs.frozen(kw_only=True)
@@ -371,7 +384,7 @@ class HostBoot:
     token: str
     host_pid: int
     host_create_time: float
-    config: Any
+    config: HostConfig
 
     @property
     def corr(self) -> str:

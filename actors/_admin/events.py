@@ -13,6 +13,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Mapping
 
+from thespian.actors import ActorAddress
+
 from plugin_host import lowlevel
 from plugin_host.config import HostConfig
 from plugin_host.errors import AccessDeniedError, SandboxNotFoundError
@@ -22,7 +24,7 @@ from plugin_host.values import AuditRecord, Event
 
 from .. import _messages as m
 from .._base import log
-from .record import AUDIT_LOG, Address, AdminPort, SandboxRecord, find
+from .record import AUDIT_LOG, AdminPort, SandboxRecord, find
 
 __all__ = ["Events", "EVENT_LOG", "SANDBOX_SUBSCRIPTIONS"]
 
@@ -44,8 +46,8 @@ class Events:
         port: AdminPort,
         records: Mapping[str, SandboxRecord],
         config: Callable[[], HostConfig],
-        monitor_of: Callable[[str], Address | None],
-        from_root: Callable[[SandboxRecord, Address], bool],
+        monitor_of: Callable[[str], ActorAddress | None],
+        from_root: Callable[[SandboxRecord, ActorAddress], bool],
     ) -> None:
         self.port = port
         self.records = records
@@ -54,8 +56,8 @@ class Events:
         self.monitor_of = monitor_of
         self.from_root = from_root
         self.log: deque[Event] = deque(maxlen=EVENT_LOG)
-        self.subscribers: list[tuple[Address, lowlevel.Principal]] = []
-        self.counting: dict[str, tuple[GetResourceUsage, Address, float]] = {}
+        self.subscribers: list[tuple[ActorAddress, lowlevel.Principal]] = []
+        self.counting: dict[str, tuple[GetResourceUsage, ActorAddress, float]] = {}
         """Usage queries waiting for a root's message counts (corr -> query, asker, deadline)."""
         self.denied = 0
         """Requests refused to sandboxes since the host started."""
@@ -86,7 +88,7 @@ class Events:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    def subscribe(self, msg: Subscribe, sender: Address) -> None:
+    def subscribe(self, msg: Subscribe, sender: ActorAddress) -> None:
         """Push every event to the sender from now on (a sandbox: its own events only, a few subscriptions)."""
         principal = lowlevel.sender_principal()
         if not principal.is_host and sum(p == principal for _, p in self.subscribers) >= SANDBOX_SUBSCRIPTIONS:
@@ -106,7 +108,7 @@ class Events:
         """A sandbox's processes are gone: so are its subscriptions (a new incarnation subscribes anew)."""
         self.subscribers = [(s, p) for s, p in self.subscribers if p.sandbox_id != sandbox_id]
 
-    def unsubscribe(self, msg: Unsubscribe, sender: Address) -> None:
+    def unsubscribe(self, msg: Unsubscribe, sender: ActorAddress) -> None:
         """Stop pushing events to the sender."""
         principal = lowlevel.sender_principal()
         self.subscribers = [(s, p) for s, p in self.subscribers if not (s == sender and p == principal)]
@@ -114,7 +116,7 @@ class Events:
 
     # -- what roots, monitors and hosts report ------------------------------------------------
 
-    def tree_event(self, msg: m.TreeEvent, sender: Address) -> None:
+    def tree_event(self, msg: m.TreeEvent, sender: ActorAddress) -> None:
         """Crashes, restarts and limit breaches reported by a sandbox root."""
         rec = self.records.get(msg.sandbox_id)
         if rec is not None and self.from_root(rec, sender):
@@ -158,7 +160,7 @@ class Events:
         if monitor is not None:  # none while its system is lost
             self.port.send(monitor, m.Watch(sandbox_id, pids, rec.limits, self.config().monitor_interval))
 
-    def usage(self, msg: m.Usage, sender: Address) -> None:
+    def usage(self, msg: m.Usage, sender: ActorAddress) -> None:
         """Message counts from a sandbox root: after a heartbeat, or asked for by a usage query."""
         rec = self.records.get(msg.sandbox_id)
         if rec is None or not self.from_root(rec, sender):
@@ -169,7 +171,7 @@ class Events:
             del self.counting[msg.corr]
             self._ask_monitor(rec, *query[:2])
 
-    def resource_usage(self, msg: GetResourceUsage, sender: Address) -> None:
+    def resource_usage(self, msg: GetResourceUsage, sender: ActorAddress) -> None:
         """Memory, CPU, messages and restarts per actor: counts asked of the root now, figures sampled now."""
         rec = find(self.records, self.port, msg.sandbox_id, sender, msg.corr)
         if rec is None:
@@ -190,7 +192,7 @@ class Events:
                 if rec is not None:
                     self._ask_monitor(rec, msg, sender)
 
-    def _ask_monitor(self, rec: SandboxRecord, msg: GetResourceUsage, sender: Address) -> None:
+    def _ask_monitor(self, rec: SandboxRecord, msg: GetResourceUsage, sender: ActorAddress) -> None:
         restarts = {child.name: child.restarts for child in rec.children}
         monitor = self.monitor_of(rec.node)
         if monitor is None:
@@ -215,7 +217,7 @@ class Events:
 
     # -- audit records ------------------------------------------------------------------------
 
-    def audit_records(self, msg: m.AuditRecords, sender: Address) -> None:
+    def audit_records(self, msg: m.AuditRecords, sender: ActorAddress) -> None:
         """Audit records of a sandbox, from its root."""
         rec = self.records.get(msg.sandbox_id)
         if rec is not None and self.from_root(rec, sender) and isinstance(msg.records, (tuple, list)):
@@ -226,7 +228,7 @@ class Events:
                 if isinstance(record, AuditRecord)
             )
 
-    def audit_log(self, msg: GetAuditLog, sender: Address) -> None:
+    def audit_log(self, msg: GetAuditLog, sender: ActorAddress) -> None:
         """The sandbox's recent audit records, oldest first."""
         rec = find(self.records, self.port, msg.sandbox_id, sender, msg.corr)
         if rec is not None:

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Protocol
 
 import attrs
 import psutil
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorAddress, ActorExitRequest
 
 from plugin_host import codeload, lowlevel
 from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
@@ -49,7 +49,7 @@ from .._process.hardening import kill_group, process_alive
 from ..sandbox import SandboxActor
 from .events import Events
 from .nodes import Nodes, remote_packages
-from .record import Address, AdminPort, Done, SandboxRecord, Sources, not_found
+from .record import AdminPort, Done, SandboxRecord, Sources, not_found
 from .routing import Routing
 from .versions import Versions
 
@@ -121,7 +121,7 @@ class Sandboxes:
         port: LifecyclePort,
         config: Callable[[], HostConfig],
         tick: Callable[[], None],
-        from_root: Callable[[SandboxRecord, Address], bool],
+        from_root: Callable[[SandboxRecord, ActorAddress], bool],
         events: Events,
         nodes: Nodes,
         versions: Versions,
@@ -259,7 +259,7 @@ class Sandboxes:
 
     # -- reports from sandbox roots ------------------------------------------------------
 
-    def on_status(self, msg: m.SandboxStatus, sender: Address) -> None:
+    def on_status(self, msg: m.SandboxStatus, sender: ActorAddress) -> None:
         """Mirror a sandbox's state and answer whoever waits on it."""
         rec = self.records.get(msg.sandbox_id)
         if rec is None or not self.from_root(rec, sender):
@@ -287,14 +287,14 @@ class Sandboxes:
             self.versions.check_probation(msg.sandbox_id, rec)
         self.events.watch(msg.sandbox_id, rec)
 
-    def root_exited(self, address: Address) -> None:
+    def root_exited(self, address: ActorAddress) -> None:
         """A child of the admin exited: if it was a sandbox's root, finish a stop or record a death."""
         for sandbox_id, rec in list(self.records.items()):
             if rec.root is not None and rec.root == address:
                 self.root_gone(sandbox_id, rec)
                 return
 
-    def root_process_gone(self, msg: m.RootGone, sender: Address) -> None:
+    def root_process_gone(self, msg: m.RootGone, sender: ActorAddress) -> None:
         """A member's monitor saw a sandbox root's process end (its exit notice may never come)."""
         rec = self.records.get(msg.sandbox_id)
         if rec is None or not rec.node or rec.root is None or rec.pid != msg.pid:

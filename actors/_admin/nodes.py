@@ -13,10 +13,10 @@ member silent for ``node_timeout`` is lost, and so is every sandbox on it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import attrs
-from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate
+from thespian.actors import ActorAddress, ActorExitRequest, ActorSystemConventionUpdate
 
 from plugin_host import deps
 from plugin_host.config import (
@@ -33,7 +33,7 @@ from plugin_host.values import NodeInfo
 
 from .. import _messages as m
 from ..monitor import MonitorActor
-from .record import Address, AdminPort, SandboxRecord
+from .record import AdminPort, SandboxRecord
 
 __all__ = ["Member", "Nodes", "remote_packages"]
 
@@ -43,11 +43,11 @@ class Member:
     """Another actor system of the convention, as the admin knows it."""
 
     name: str
-    address: Address
+    address: ActorAddress
     capabilities: dict[str, object]
     status: NodeStatus = NodeStatus.UP
     """Written by :meth:`move` only."""
-    monitor: Address | None = None
+    monitor: ActorAddress | None = None
     last_heard: float = attrs.field(factory=time.monotonic)
     ping_at: float = 0.0
     """When the last ping went (the next one waits for its pong, or ``node_timeout``)."""
@@ -87,7 +87,7 @@ class Nodes:
         self.on_lost = on_lost
         """Called for each sandbox of a member that is lost (the lifecycle marks it lost, or moves it)."""
         self.members: dict[str, Member] = {}
-        self.local_monitor: Address | None = None
+        self.local_monitor: ActorAddress | None = None
         """The monitor actor of this host's own system (made at boot)."""
         self.last_round = 0.0
         """When the members were last pinged."""
@@ -127,7 +127,7 @@ class Nodes:
             self._retire_monitor(member)
             member.monitor = None
 
-    def _new_monitor(self, node: str) -> Address:
+    def _new_monitor(self, node: str) -> ActorAddress:
         return self.port.createActor(MonitorActor, targetActorRequirements={NODE_CAPABILITY: node})
 
     def _retire_monitor(self, member: Member | None) -> None:
@@ -161,7 +161,7 @@ class Nodes:
                 member.ping_at = now
                 self.port.send(member.monitor, m.NodePing(timeout))
 
-    def on_pong(self, sender: Address) -> None:
+    def on_pong(self, sender: ActorAddress) -> None:
         """A member's monitor answered: that system is alive (again, if it was lost)."""
         for member in self.members.values():
             if member.monitor == sender:
@@ -185,7 +185,7 @@ class Nodes:
                 if rec.node == member.name:
                     self.watch(sandbox_id, rec)
 
-    def monitor_exited(self, address: Address) -> bool:
+    def monitor_exited(self, address: ActorAddress) -> bool:
         """A member's monitor exited: start another while the member is up.  Whether it was one.
 
         Not while it is lost: a creation on a member Thespian has dropped fails at once and
@@ -201,7 +201,7 @@ class Nodes:
                 return True
         return False
 
-    def monitor_of(self, node: str) -> Address | None:
+    def monitor_of(self, node: str) -> ActorAddress | None:
         """The monitor actor of the system named ``node`` ("" is this one); ``None`` unless it is up.
 
         Nothing but the ping goes to a lost member: a send to a process that does not read
@@ -316,16 +316,16 @@ class Nodes:
         return nodes
 
 
-def _lacks(capabilities: dict[str, Any], requirements: dict[str, Any]) -> dict[str, Any]:
+def _lacks(capabilities: Mapping[str, object], requirements: Mapping[str, object]) -> dict[str, object]:
     """The required capabilities a system does not offer (as required)."""
     return {k: v for k, v in requirements.items() if capabilities.get(k) != v}
 
 
-def _describe(lacks: dict[str, Any]) -> str:
+def _describe(lacks: Mapping[str, object]) -> str:
     return f"lacks {_pairs(lacks)}" if lacks else "capable"
 
 
-def _pairs(values: dict[str, Any]) -> str:
+def _pairs(values: Mapping[str, object]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 

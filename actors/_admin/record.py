@@ -8,9 +8,10 @@ the actor a component may use; everything else it needs comes as a callable at c
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Mapping, Protocol, TypeAlias
+from typing import Any, Callable, Mapping, Protocol
 
 import attrs
+from thespian.actors import ActorAddress
 
 from plugin_host import lowlevel
 from plugin_host.config import ResourceLimits
@@ -21,7 +22,6 @@ from plugin_host.values import AuditRecord, ChildInfo
 
 __all__ = [
     "AUDIT_LOG",
-    "Address",
     "AdminPort",
     "Done",
     "Emit",
@@ -32,9 +32,6 @@ __all__ = [
     "find",
     "not_found",
 ]
-
-Address: TypeAlias = object
-"""A Thespian actor address (opaque: compared, hashed and sent to)."""
 
 Done = Callable[[object], None]
 """Called with the result (a value, or a PluginHostError) of an admin operation."""
@@ -54,15 +51,15 @@ class AdminPort(Protocol):
         """Whether the actor system forks (a simpleSystemBase does not)."""
         ...
 
-    def send(self, target: Address, message: object) -> None:
+    def send(self, target: ActorAddress, message: object) -> None:
         """Send ``message`` to ``target``."""
         ...
 
-    def reply(self, target: Address, value: object, corr: str) -> None:
+    def reply(self, target: ActorAddress, value: object, corr: str) -> None:
         """Send ``Ok(value)`` (or ``Failed`` when ``value`` is an error) to ``target``."""
         ...
 
-    def createActor(self, actorClass: type, targetActorRequirements: dict[str, object] | None = None) -> Address:  # noqa: N803 - Thespian's names
+    def createActor(self, actorClass: type, targetActorRequirements: dict[str, object] | None = None) -> ActorAddress:  # noqa: N803 - Thespian's names
         """Create a child actor (on the system offering ``targetActorRequirements``)."""
         ...
 
@@ -107,7 +104,7 @@ class SandboxRecord:
     """Module -> current version (versions)."""
     limits: ResourceLimits
     created_at: float
-    root: Address | None = None
+    root: ActorAddress | None = None
     """Its root's address while one runs (lifecycle)."""
     pid: int | None = None
     """Its root's pid (lifecycle; a member's root reports its own)."""
@@ -121,7 +118,7 @@ class SandboxRecord:
     """Restarts of earlier incarnations, each whole-sandbox restart counted too: the reported count only grows."""
     children: tuple[ChildInfo, ...] = ()
     """Its tree as its root last reported it (lifecycle)."""
-    directory: dict[str, tuple[Address, int]] = attrs.field(factory=dict)
+    directory: dict[str, tuple[ActorAddress, int]] = attrs.field(factory=dict)
     """Actor name -> (address, incarnation), as its root last reported it (lifecycle)."""
     deaths: dict[str, tuple[tuple[int, str], ...]] = attrs.field(factory=dict)
     action: AdminAction = AdminAction.CREATE
@@ -166,7 +163,7 @@ class SandboxRecord:
 
 
 def find(
-    records: Mapping[str, SandboxRecord], port: AdminPort, sandbox_id: object, sender: Address, corr: str
+    records: Mapping[str, SandboxRecord], port: AdminPort, sandbox_id: object, sender: ActorAddress, corr: str
 ) -> SandboxRecord | None:
     """The record of ``sandbox_id``; if there is none, answer ``sender`` that it was not found."""
     rec = records.get(sandbox_id) if isinstance(sandbox_id, str) else None

@@ -11,6 +11,7 @@ import time
 from typing import Callable, Mapping
 
 import attrs
+from thespian.actors import ActorAddress
 
 from plugin_host import lowlevel
 from plugin_host.errors import ActorNotFoundError, BadRequestError, PluginHostError
@@ -29,7 +30,7 @@ from plugin_host.states import AdminAction, RecordStatus
 from plugin_host.values import SandboxInfo
 
 from .. import _messages as m
-from .record import Address, AdminPort, SandboxRecord, find, not_found
+from .record import AdminPort, SandboxRecord, find, not_found
 
 __all__ = ["Routing", "SANDBOX_LOOKUPS", "SANDBOX_LOOKUP_WAIT"]
 
@@ -54,19 +55,19 @@ class Routing:
         """Every sandbox's record (read only: the lifecycle component writes it)."""
         self.info = info
         self.tick = tick
-        self.parked: list[tuple[LookupActor, Address, float, lowlevel.Principal]] = []
+        self.parked: list[tuple[LookupActor, ActorAddress, float, lowlevel.Principal]] = []
 
-    def list_sandboxes(self, msg: ListSandboxes, sender: Address) -> None:
+    def list_sandboxes(self, msg: ListSandboxes, sender: ActorAddress) -> None:
         """Every sandbox, by id."""
         self.port.reply(sender, [self.info(i, r) for i, r in sorted(self.records.items())], msg.corr)
 
-    def sandbox_code(self, msg: GetSandboxCode, sender: Address) -> None:
+    def sandbox_code(self, msg: GetSandboxCode, sender: ActorAddress) -> None:
         """The sandbox's current sources (for compiling a new version against them)."""
         rec = find(self.records, self.port, msg.sandbox_id, sender, msg.corr)
         if rec is not None:
             self.port.reply(sender, dict(rec.sources), msg.corr)
 
-    def sandbox_info(self, msg: GetSandboxInfo, sender: Address) -> None:
+    def sandbox_info(self, msg: GetSandboxInfo, sender: ActorAddress) -> None:
         """One sandbox."""
         rec = find(self.records, self.port, msg.sandbox_id, sender, msg.corr)
         if rec is not None:
@@ -96,7 +97,7 @@ class Routing:
             stale=transient and rec.action != AdminAction.DESTROY,
         )
 
-    def lookup(self, msg: LookupActor, sender: Address) -> None:
+    def lookup(self, msg: LookupActor, sender: ActorAddress) -> None:
         """Where a named actor runs now; with ``wait``, answered once it runs again."""
         if isinstance(msg.wait, bool) or not isinstance(msg.wait, (int, float)):
             self.port.reply(sender, BadRequestError(f"LookupActor.wait must be seconds, got {msg.wait!r}"), msg.corr)
@@ -111,7 +112,7 @@ class Routing:
             self.parked.append((msg, sender, time.monotonic() + wait, principal))
             self.tick()
 
-    def _answer_lookup(self, msg: LookupActor, sender: Address, final: bool) -> bool:
+    def _answer_lookup(self, msg: LookupActor, sender: ActorAddress, final: bool) -> bool:
         """Reply to a lookup unless it should wait longer; return whether it was answered."""
         rec = self.records.get(msg.sandbox_id) if isinstance(msg.sandbox_id, str) else None
         if rec is None:
@@ -143,7 +144,7 @@ class Routing:
             if not answered:
                 self.parked.append((msg, sender, deadline, principal))
 
-    def call(self, msg: Call, sender: Address) -> None:
+    def call(self, msg: Call, sender: ActorAddress) -> None:
         """Route a call to its actor; the actor answers the caller directly."""
         rec = find(self.records, self.port, msg.sandbox_id, sender, msg.corr)
         if rec is None:
@@ -155,7 +156,7 @@ class Routing:
             return
         self.to_actor(rec, ref.address, attrs.evolve(msg, reply_to=msg.reply_to or sender, incarnation=ref.incarnation))
 
-    def to_actor(self, rec: SandboxRecord, address: Address, message: object) -> None:
+    def to_actor(self, rec: SandboxRecord, address: ActorAddress, message: object) -> None:
         """Send to an actor of a sandbox's tree: signed with its incarnation's key, the only one it holds."""
         if rec.principal is None:
             self.port.send(address, message)
@@ -172,7 +173,7 @@ class Routing:
         elif rec is not None and isinstance(msg.name, str):
             self.port.send(rec.root, m.Route(msg.name, msg))
 
-    def run(self, msg: Run, sender: Address) -> None:
+    def run(self, msg: Run, sender: ActorAddress) -> None:
         """Run a function in a fresh process of the sandbox."""
         rec = find(self.records, self.port, msg.sandbox_id, sender, msg.corr)
         if rec is None:

@@ -13,6 +13,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 import attrs
+from thespian.actors import ActorAddress
 
 from plugin_host.codeload import CodeTable
 from plugin_host.compiler import dependents
@@ -34,7 +35,7 @@ from plugin_host.values import Artifact, ReloadResult
 from .. import _messages as m
 from ..registry import OpenRegistry, RecordOutcome, RecordVersions, RegistryActor, RegistryQuery
 from .nodes import remote_packages
-from .record import Address, AdminPort, Done, Emit, Probation, SandboxRecord, Sources, not_found
+from .record import AdminPort, Done, Emit, Probation, SandboxRecord, Sources, not_found
 
 __all__ = ["ModuleVersions", "Versions"]
 
@@ -88,7 +89,7 @@ class Versions:
         records: Mapping[str, SandboxRecord],
         config: Callable[[], HostConfig],
         emit: Emit,
-        from_root: Callable[[SandboxRecord, Address], bool],
+        from_root: Callable[[SandboxRecord, ActorAddress], bool],
     ) -> None:
         self.port = port
         self.records = records
@@ -102,7 +103,7 @@ class Versions:
         self.pending: dict[str, _PendingReload] = {}
         """Reloads sent to a root and not answered yet, by reload id."""
         self.reader: VersionStore | None = None
-        self.registry: Address | None = None
+        self.registry: ActorAddress | None = None
         """The registry actor (it writes the store)."""
 
     def open(self, path: str, max_versions: int | None) -> None:
@@ -186,7 +187,7 @@ class Versions:
             sandbox_id, msg.artifacts, None, msg.timeout, self.config().probation_seconds, EventKind.RELOADED, "", done
         )
 
-    def forward_query(self, msg: VersionQuery, sender: Address) -> None:
+    def forward_query(self, msg: VersionQuery, sender: ActorAddress) -> None:
         """A version query: answered by the registry actor."""
         if not (isinstance(msg.sandbox_id, str) and isinstance(msg.module, str)):
             self.port.reply(
@@ -309,7 +310,7 @@ class Versions:
             checksums.setdefault(module, _checksum(source))
         return rec, changed, checksums, valid
 
-    def on_reloaded(self, msg: m.SandboxReloaded, sender: Address | None) -> None:
+    def on_reloaded(self, msg: m.SandboxReloaded, sender: ActorAddress | None) -> None:
         """The root's verdict (``sender`` None: the admin's own, for a lost root): record it and answer."""
         pending = self.pending.get(msg.reload_id)
         if pending is None:

@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from thespian.actors import Actor, ActorExitRequest, ChildActorExited
+from thespian.actors import Actor, ActorAddress, ActorExitRequest, ChildActorExited
 
 __all__ = [
     "Echo",
@@ -37,11 +37,11 @@ __all__ = [
 class Echo(Actor):
     """Answers ``"pid"`` with its pid, counts ``"tick"`` one-way messages, echoes anything else."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.ticks = 0
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:
+    def receiveMessage(self, message: object, sender: ActorAddress) -> None:
         """Handle one message."""
         if message == "pid":
             self.send(sender, os.getpid())
@@ -61,7 +61,7 @@ class RemoteEcho(Echo):
     """
 
     @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:
+    def actorSystemCapabilityCheck(capabilities: dict[str, object], requirements: dict[str, object] | None) -> bool:
         """Whether a system with ``capabilities`` may run this actor for ``requirements``."""
         return all(capabilities.get(key) == value for key, value in (requirements or {}).items())
 
@@ -69,11 +69,11 @@ class RemoteEcho(Echo):
 class Sink(Actor):
     """Counts ``("tick", t0)`` messages of a burst; ``"stats"`` answers ``(count, t0, t_last)``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.count, self.t0, self.t_last = 0, 0.0, 0.0
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:
+    def receiveMessage(self, message: object, sender: ActorAddress) -> None:
         """Handle one message."""
         if isinstance(message, tuple) and message[0] == "tick":
             self.count += 1
@@ -88,7 +88,7 @@ class Sink(Actor):
 class Sender(Actor):
     """On ``("burst", n, sink)``, sends ``n`` ticks to ``sink`` from one handler, then answers."""
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:
+    def receiveMessage(self, message: object, sender: ActorAddress) -> None:
         """Handle one message."""
         if isinstance(message, tuple) and message[0] == "burst":
             _, count, sink = message
@@ -106,14 +106,14 @@ class RawParent(Actor):
     soon as one answered its first ping.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.children: list[list[Any]] = []  # [address, pid or None]; addresses compare with == only
-        self.starter: Any = None
-        self.waiting: list[tuple[Any, int]] = []
+        self.starter: ActorAddress | None = None
+        self.waiting: list[tuple[ActorAddress, int]] = []
         self.stopping = False
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:
+    def receiveMessage(self, message: object, sender: ActorAddress) -> None:
         """Handle one message."""
         if isinstance(message, ChildActorExited):
             self._replace(message.childAddress)
@@ -134,12 +134,12 @@ class RawParent(Actor):
         self.children.append([child, None])
         self.send(child, "pid")
 
-    def _replace(self, address: Any) -> None:
+    def _replace(self, address: ActorAddress) -> None:
         self.children = [c for c in self.children if c[0] != address]
         if not self.stopping:
             self._spawn()
 
-    def _answered(self, child: Any, pid: int) -> None:
+    def _answered(self, child: ActorAddress, pid: int) -> None:
         for entry in self.children:
             if entry[0] == child:
                 entry[1] = pid

@@ -27,6 +27,8 @@ from ..errors import PluginHostError
 from . import actors as acts
 
 if TYPE_CHECKING:  # the host loads only when a bench runs: `plugin-host --help` stays fast
+    from thespian.actors import ActorAddress
+
     from ..host import Host
 
 __all__ = ["Row"]
@@ -173,14 +175,14 @@ class _Raw:
         """Create a top-level actor."""
         return self.system.createActor(cls)
 
-    def ask(self, address: Any, message: Any, timeout: float = 10.0) -> Any:
+    def ask(self, address: ActorAddress, message: object, timeout: float = 10.0) -> Any:
         """Ask and fail loudly on no reply."""
         reply = self.system.ask(address, message, timeout)
         if reply is None:
             raise _BenchError(f"raw Thespian: no reply to {message!r}")
         return reply
 
-    def tell(self, address: Any, message: Any) -> None:
+    def tell(self, address: ActorAddress, message: object) -> None:
         """Fire and forget."""
         self.system.tell(address, message)
 
@@ -272,7 +274,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _expect(value: Any, expected: Any) -> Any:
+def _expect(value: _T, expected: object) -> _T:
     if value != expected:
         raise _BenchError(f"expected {expected!r}, got {value!r}")
     return value

@@ -14,13 +14,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import psutil
 
 from .._client import launcher
 from .._client.launcher import apply_bind_patch
 from .harness import _BenchError, _wait
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
 
 __all__ = ["_Node", "_RawConvention"]
 
@@ -217,7 +220,7 @@ class _RawConvention:
                 os.environ["THESPIAN_BASE_IPADDR"] = saved
         return port
 
-    def ask(self, address: Any, message: Any, timeout: float = 10.0) -> Any:
+    def ask(self, address: ActorAddress, message: object, timeout: float = 10.0) -> Any:
         """Ask through the leader's handle and fail loudly on no reply."""
         reply = self.system.ask(address, message, timeout)
         if reply is None:

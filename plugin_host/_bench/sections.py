@@ -25,7 +25,10 @@ from .harness import Row, _Bench, _BenchError, _expect, _gone, _ms, _pair, _Raw,
 from .remote import _Node, _RawConvention
 
 if TYPE_CHECKING:  # the host loads only when a bench runs
+    from thespian.actors import ActorAddress
+
     from ..host import Host
+    from ..values import Artifact, ReloadResult
 
 __all__ = ["MIB", "THREADS"]
 
@@ -372,7 +375,7 @@ def _crash_once(host: Host, sid: str, request: str | None) -> float:
     return elapsed
 
 
-def _raw_crash_once(raw: _Raw, parent: Any) -> float:
+def _raw_crash_once(raw: _Raw, parent: ActorAddress) -> float:
     old = raw.ask(parent, ("await_new", -1))
     start = time.perf_counter()
     os.kill(old, signal.SIGKILL)
@@ -457,12 +460,14 @@ def _reload(b: _Bench) -> list[Row]:
     return rows
 
 
-def _reload_once(host: Host, sandbox_id: str, code: Any, turn: Iterator[int], size: int) -> Any:
+def _reload_once(
+    host: Host, sandbox_id: str, code: Sequence[Sequence[Artifact]], turn: Iterator[int], size: int
+) -> ReloadResult:
     """One timed reload of the fleet's next variant (a and b alternate)."""
     return _updated(host.hot_reload(sandbox_id, code[(next(turn) + 1) % 2]), size)
 
 
-def _updated(result: Any, size: int) -> Any:
+def _updated(result: ReloadResult, size: int) -> ReloadResult:
     if len(result.actors_updated) < size:
         raise _BenchError(f"only {len(result.actors_updated)} of {size} actors reloaded")
     return result

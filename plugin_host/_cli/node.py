@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .._client.system import ActorSystemHandle
+    from ..config import HostConfig
 
 __all__ = ["add_arguments", "parse_capability", "run_node"]
 
@@ -120,7 +121,7 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_leader_accepts(config: Any) -> None:
+def _check_leader_accepts(config: HostConfig) -> None:
     """Fail at once, not after :data:`JOIN_TIMEOUT`, when nothing listens at the leader's address or it
     refuses this node's credential (one signed frame; the leader logs a refused one)."""
     import attrs
@@ -131,6 +132,7 @@ def _check_leader_accepts(config: Any) -> None:
     from ..errors import CredentialError, HostStartError
 
     leader = config.convention_leader
+    assert leader is not None  # --leader is required
     address, _, port = leader.rpartition(":")
     try:
         listening = port_in_use(address, int(port))

@@ -174,7 +174,7 @@ class Caller:
             with self.lock:
                 self.waiting[key] -= 1
 
-    def call(self, sandbox_id: str, name: str, request: Any, timeout: float | None = None) -> Any:
+    def call(self, sandbox_id: str, name: str, request: object, timeout: float | None = None) -> Any:
         """Send ``request`` to the actor ``name`` and return the reply (see :meth:`plugin_host.Host.call`)."""
         timeout = self.config.call_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -222,7 +222,7 @@ class Caller:
             )
         return unblob(value)
 
-    def cast(self, sandbox_id: str, name: str, message: Any) -> None:
+    def cast(self, sandbox_id: str, name: str, message: object) -> None:
         """Send ``message`` to the actor ``name``; no reply (see :meth:`plugin_host.Host.cast`)."""
         payload = pack(message)
         try:

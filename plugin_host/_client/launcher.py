@@ -43,14 +43,20 @@ def apply_bind_patch(address: str) -> None:
     original = getattr(current, "_plugin_host_original", current)
 
     def __init__(
-        self: Any, af: Any, socktype: Any, proto: Any, baseaddr: Any, port: Any, external: Any = False
+        self: IPBase.IPActorAddress,
+        af: int,
+        socktype: int,
+        proto: int,
+        baseaddr: object,
+        port: object,
+        external: object = False,
     ) -> None:
         if not baseaddr or baseaddr == "0.0.0.0":
             baseaddr = address
         original(self, af, socktype, proto, baseaddr, port, external)
         self.bindname = self.sockname
 
-    __init__._plugin_host_original = original  # type: ignore[attr-defined]
+    vars(__init__)["_plugin_host_original"] = original  # marks the patch (a second call finds the original)
     IPBase.IPActorAddress.__init__ = __init__
 
 
