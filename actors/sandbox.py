@@ -28,13 +28,13 @@ from plugin_host.errors import (
     SandboxStartError,
 )
 from plugin_host.messages import Blob, Call, Failed, Run, unblob
-from plugin_host.states import ChildStatus
+from plugin_host.states import ChildStatus, SupervisorPhase
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
 from ._base import describe_exception
 from ._code.codeswap import local_environment
-from ._code.reload import ReloadCoordinator
+from ._code.reload import RootReload
 from ._process.hardening import new_process_group
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
@@ -83,8 +83,8 @@ def _import_class(path: str) -> Any:
     return obj
 
 
-class SandboxActor(ReloadCoordinator, SupervisorActor):
-    """Root supervisor of one sandbox (and coordinator of its reloads).
+class SandboxActor(SupervisorActor):
+    """Root supervisor of one sandbox; its reloads are a component (:class:`actors._code.reload.RootReload`).
 
     The admin may place it on another actor system of the convention (Thespian's capability
     check, see ``HostActor.actorSystemCapabilityCheck``); the code travels in its start
@@ -106,6 +106,9 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.message_counts: dict[str, int] = {}
         self._counting: dict[str, set[str]] = {}
         """Admin questions being answered (corr -> actors not heard from yet)."""
+        self.reloads = RootReload(
+            self, self.live, self.infos, self.modules, lambda: SupervisorPhase(self.phase), self.commit_versions
+        )
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
@@ -125,7 +128,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             keys.become_sandbox(principal)
         self.admin, self.parent = sender, sender
         self.context = attrs.evolve(msg.context, root=self.myAddress)
-        self.modules = dict(msg.modules)
+        self.modules.update(msg.modules)  # the same dict: the reloads read it
         # The pid first, before any plugin code: a root hung in an import can still be killed by pid
         # (on another system, by the host's monitor there).
         self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, "starting", pid=os.getpid()))
@@ -218,7 +221,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
                 self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
-        self.reload_child_up(msg.name, msg.incarnation, msg.address)
+        self.reloads.child_up(msg.name, msg.incarnation, msg.address)
         if self.phase != "starting":
             # Only now: a caller the admin lets through must find the directory already sent.
             self._report("failed" if self.phase == "failed" else "running")
@@ -245,7 +248,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         if entry is not None and entry[1] == msg.incarnation:
             del self.live[msg.name]
             self.directory.pop(msg.name, None)
-        self.reload_child_down(msg.name)
+        self.reloads.child_down(msg.name)
         if self.phase == "running":
             self._report("running")
 
@@ -343,9 +346,23 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         """A runner finished; it exits by itself."""
         self._runners = [r for r in self._runners if r[2].corr != msg.corr]
 
+    # -- hot reload (the reloads component does the work) -------------------------------------
+
+    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:
+        """Reload code across the sandbox, all or nothing (see :mod:`actors._code.reload`)."""
+        self.reloads.start(msg, sender)
+
+    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: Any) -> None:
+        """One actor's answer to a reload's ``LoadCode``."""
+        self.reloads.code_loaded(msg)
+
+    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: Any) -> None:
+        """A reload's requirements are installed here (or failed): go on with it."""
+        self.reloads.environment_ready(msg)
+
     def commit_versions(self, versions: dict[str, int]) -> None:
-        """A reload committed: the tree's info shows the new versions."""
-        super().commit_versions(versions)
+        """A reload committed: the modules and the tree's info show the new versions."""
+        self.modules.update(versions)
         for name, info in self.infos.items():
             if info.module in versions:
                 self.infos[name] = attrs.evolve(info, version=versions[info.module])
@@ -354,7 +371,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     def on_wakeup(self, payload: Any) -> None:
         """A ``Host.run`` or reload deadline."""
         if isinstance(payload, tuple) and payload[0] == "reload":
-            self.reload_timeout(payload[1])
+            self.reloads.timeout(payload[1])
             return
         if isinstance(payload, tuple) and payload[0] == "count":
             self._counted(payload[1])
@@ -373,7 +390,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
 
     def on_other_exit(self, address: Any) -> None:
         """A runner or an environment installer exited; one that never answered died: say so at once."""
-        self.installer_exited(address)
+        self.reloads.installer_exited(address)
         for runner in [r for r in self._runners if r[0] == address]:
             self._runners.remove(runner)
             run = runner[2]
