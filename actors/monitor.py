@@ -53,7 +53,7 @@ class _Figures:
     threads: int = 0
 
 
-class MonitorActor(OrphanWatch, HostActor):
+class MonitorActor(HostActor):
     """Watches the processes of every sandbox of a host on one actor system.
 
     The admin keeps one on its own system and one on each member of the convention that
@@ -71,6 +71,7 @@ class MonitorActor(OrphanWatch, HostActor):
         self._gone_roots: deque[int] = deque(maxlen=256)
         self._roots: set[int] = set()
         """Pids checked to be sandbox roots of this system while they ran (only their groups are killed)."""
+        self.orphans = OrphanWatch(self.wakeupAfter)
 
     def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:
         """Start, update or stop watching a sandbox.
@@ -102,7 +103,7 @@ class MonitorActor(OrphanWatch, HostActor):
 
     def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:
         """The admin checks this system is alive (and tells this monitor the host is)."""
-        self.note_admin(msg.timeout)
+        self.orphans.note_admin(msg.timeout)
         self.send(sender, m.NodePong())
 
     def _end_orphans(self) -> None:
@@ -110,7 +111,7 @@ class MonitorActor(OrphanWatch, HostActor):
         for sandbox_id, entry in self.watched.items():
             root = entry.pids.get("(root)")
             if root in self._roots:
-                log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id, self._orphan_timeout)
+                log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id, self.orphans.timeout)
                 kill_group(root)
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
@@ -129,7 +130,7 @@ class MonitorActor(OrphanWatch, HostActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         """Sample everything, enforce limits, schedule the next round."""
         if msg.payload == ORPHAN_CHECK:
-            if self.orphaned():
+            if self.orphans.orphaned():
                 self._end_orphans()
             return
         self._ticking = False
