@@ -28,7 +28,7 @@ from plugin_host.errors import (
     SandboxStartError,
 )
 from plugin_host.messages import Blob, Call, Failed, Run, unblob
-from plugin_host.states import ChildStatus, SupervisorPhase
+from plugin_host.states import ChildStatus, EventKind, RootStatus, SupervisorPhase
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
@@ -106,9 +106,7 @@ class SandboxActor(SupervisorActor):
         self.message_counts: dict[str, int] = {}
         self._counting: dict[str, set[str]] = {}
         """Admin questions being answered (corr -> actors not heard from yet)."""
-        self.reloads = RootReload(
-            self, self.live, self.infos, self.modules, lambda: SupervisorPhase(self.phase), self.commit_versions
-        )
+        self.reloads = RootReload(self, self.live, self.infos, self.modules, lambda: self.phase, self.commit_versions)
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
@@ -131,7 +129,7 @@ class SandboxActor(SupervisorActor):
         self.modules.update(msg.modules)  # the same dict: the reloads read it
         # The pid first, before any plugin code: a root hung in an import can still be killed by pid
         # (on another system, by the host's monitor there).
-        self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, "starting", pid=os.getpid()))
+        self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))
         try:
             environment = local_environment(msg.environment, msg.packages)
             if environment:
@@ -150,12 +148,12 @@ class SandboxActor(SupervisorActor):
         self.start_tree(spec)
 
     def _report_start_failure(self, error: PluginHostError) -> None:
-        self.phase = "stopped"
+        self._set_phase(SupervisorPhase.STOPPED)
         self.send(
             self.admin,
             m.SandboxStatus(
                 self.context.sandbox_id,  # type: ignore[union-attr]
-                "start_failed",
+                RootStatus.START_FAILED,
                 reason=str(error),
                 pid=os.getpid(),
                 error=error,
@@ -169,13 +167,13 @@ class SandboxActor(SupervisorActor):
         everyone = m.DirectoryUpdate(dict(self.directory))
         for address, _ in self.live.values():
             self.send(address, everyone)
-        self._report("running")
+        self._report(RootStatus.RUNNING)
 
     def on_all_down(self) -> None:
         """Stopped, aborted or given up: report; the admin decides what comes next."""
-        status = {"stopping": "stopped", "aborting": "start_failed", "failing": "failed"}[self.phase]
-        error = SandboxStartError(self.reason or "") if status == "start_failed" else None
-        self.phase = "failed" if status == "failed" else "stopped"
+        status = _REPORT_WHEN_DOWN[self.phase]
+        error = SandboxStartError(self.reason or "") if status == RootStatus.START_FAILED else None
+        self._set_phase(SupervisorPhase.FAILED if status == RootStatus.FAILED else SupervisorPhase.STOPPED)
         self._report(status, error)
 
     def start_tree(self, spec: type[Supervisor]) -> None:
@@ -183,7 +181,7 @@ class SandboxActor(SupervisorActor):
         self.order = {name: index for index, name in enumerate(_tree_names(spec))}
         super().start_tree(spec)
 
-    def _report(self, status: str, error: PluginHostError | None = None) -> None:
+    def _report(self, status: RootStatus, error: PluginHostError | None = None) -> None:
         children = tuple(sorted(self.infos.values(), key=lambda info: self.order.get(info.name, 0)))
         self.send(
             self.admin,
@@ -215,31 +213,31 @@ class SandboxActor(SupervisorActor):
         )
         self.live[msg.name] = (msg.address, msg.incarnation)
         self.directory[msg.name] = msg.address
-        if self.phase != "starting":  # at start-up, everyone gets the whole directory once, at the end
+        if self.phase != SupervisorPhase.STARTING:  # at start-up, everyone gets the whole directory once, at the end
             update = m.DirectoryUpdate({msg.name: msg.address})
             for name, (address, _) in self.live.items():
                 self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
         self.reloads.child_up(msg.name, msg.incarnation, msg.address)
-        if self.phase != "starting":
+        if self.phase != SupervisorPhase.STARTING:
             # Only now: a caller the admin lets through must find the directory already sent.
-            self._report("failed" if self.phase == "failed" else "running")
+            self._report(RootStatus.FAILED if self.phase == SupervisorPhase.FAILED else RootStatus.RUNNING)
         if msg.restarts:
-            self._event("restarted", msg.name, f"restart #{msg.restarts}", pid=msg.pid)
+            self._event(EventKind.RESTARTED, msg.name, f"restart #{msg.restarts}", pid=msg.pid)
 
     def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: Any) -> None:
         """A child of the tree stopped or crashed."""
         if msg.restarting:
             self.restart_count += 1
         self.deaths[msg.name] = (*self.deaths.get(msg.name, ())[-7:], (msg.incarnation, msg.last_call))
-        if msg.status in ("crashed", "failed"):
+        if msg.status in (ChildStatus.CRASHED, ChildStatus.FAILED):
             self.crashes[msg.name] = self.crashes.get(msg.name, 0) + 1
             first_line = msg.reason.strip().splitlines()[0] if msg.reason.strip() else "unknown"
-            self._event("crashed", msg.name, first_line, restarting=msg.restarting)
+            self._event(EventKind.CRASHED, msg.name, first_line, restarting=msg.restarting)
             limit = _breached_limit(first_line)
             if limit:
-                self._event("limit_breached", msg.name, first_line, limit=limit)
+                self._event(EventKind.LIMIT_BREACHED, msg.name, first_line, limit=limit)
         info = self.infos.get(msg.name)
         if info is not None:
             status = ChildStatus.RESTARTING if msg.restarting else ChildStatus(msg.status)
@@ -249,10 +247,10 @@ class SandboxActor(SupervisorActor):
             del self.live[msg.name]
             self.directory.pop(msg.name, None)
         self.reloads.child_down(msg.name)
-        if self.phase == "running":
-            self._report("running")
+        if self.phase == SupervisorPhase.RUNNING:
+            self._report(RootStatus.RUNNING)
 
-    def _event(self, kind: str, actor: str, reason: str, **details: Any) -> None:
+    def _event(self, kind: EventKind, actor: str, reason: str, **details: Any) -> None:
         self.send(self.admin, m.TreeEvent(self.context.sandbox_id, kind, actor, reason, details))  # type: ignore[union-attr]
 
     def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:
@@ -302,7 +300,7 @@ class SandboxActor(SupervisorActor):
         entry = self.live.get(msg.name)
         if entry is not None:
             self.send(entry[0], msg.message)
-        elif msg.name in self.infos or self.phase == "starting":
+        elif msg.name in self.infos or self.phase == SupervisorPhase.STARTING:
             queue = self._routes.setdefault(msg.name, [])
             if len(queue) < 1000:
                 queue.append(msg.message)
@@ -366,7 +364,7 @@ class SandboxActor(SupervisorActor):
         for name, info in self.infos.items():
             if info.module in versions:
                 self.infos[name] = attrs.evolve(info, version=versions[info.module])
-        self._report("running")
+        self._report(RootStatus.RUNNING)
 
     def on_wakeup(self, payload: Any) -> None:
         """A ``Host.run`` or reload deadline."""
@@ -404,6 +402,14 @@ class SandboxActor(SupervisorActor):
                     run.corr,
                 ),
             )
+
+
+_REPORT_WHEN_DOWN = {
+    SupervisorPhase.STOPPING: RootStatus.STOPPED,
+    SupervisorPhase.ABORTING: RootStatus.START_FAILED,
+    SupervisorPhase.FAILING: RootStatus.FAILED,
+}
+"""What the root reports once its whole tree is down, by why it went down."""
 
 
 def _tree_names(spec: type[Supervisor]) -> list[str]:

@@ -22,6 +22,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from plugin_host.errors import BadRequestError
 from plugin_host.messages import Call, Failed
+from plugin_host.states import ChildStatus, SupervisorPhase
 
 from . import _messages as m
 from ._base import SandboxMember, describe_exception
@@ -44,7 +45,7 @@ def _next_incarnation() -> int:
 
 @attrs.define
 class _Child:
-    """A supervisor's record of one child."""
+    """A supervisor's record of one child; :meth:`move` is the one writer of its ``status``."""
 
     spec: ChildSpec
     blob: bytes
@@ -52,7 +53,7 @@ class _Child:
     pid: int | None = None
     process: Any = None
     incarnation: int = 0
-    status: str = "new"
+    status: ChildStatus = ChildStatus.NEW
     restarts: int = 0
     last_heard: float = 0.0
     stop_since: float = 0.0
@@ -65,7 +66,20 @@ class _Child:
 
     @property
     def alive(self) -> bool:
+        """Whether the child has a process (or is being started)."""
         return self.address is not None
+
+    def move(self, status: ChildStatus) -> None:
+        """Enter ``status``.  Starting or running counts as hearing from the child; stopping starts its stop clock."""
+        self.status = status
+        if status in (ChildStatus.STARTING, ChildStatus.RUNNING):
+            self.last_heard = time.monotonic()
+        elif status == ChildStatus.STOPPING:
+            self.stop_since = time.monotonic()
+
+
+_GOING_DOWN = (SupervisorPhase.STOPPING, SupervisorPhase.ABORTING, SupervisorPhase.FAILING)
+"""Phases that end once every child is down (:meth:`SupervisorActor.on_all_down`)."""
 
 
 def _exit_description(process: Any) -> str:
@@ -87,13 +101,22 @@ class SupervisorActor(SandboxMember):
         super().__init__(*args, **kwargs)
         self.spec: type[Supervisor] = Supervisor
         self.children: list[_Child] = []
-        self.phase = "idle"  # starting | running | stopping | aborting | failing | failed | stopped
+        self._phase = SupervisorPhase.IDLE
         self.reason: str | None = None
         self._restart_times: deque[float] = deque()
         self._pending: list[_Child] = []
         self._ticking = False
         self._ping_seq = 0
         self._reported: dict[str, int] = {}
+
+    @property
+    def phase(self) -> SupervisorPhase:
+        """Where this supervisor is in its life (set by :meth:`_set_phase` only)."""
+        return self._phase
+
+    def _set_phase(self, phase: SupervisorPhase) -> None:
+        """The one writer of :attr:`phase`."""
+        self._phase = phase
 
     # -- start ---------------------------------------------------------------------------
 
@@ -107,7 +130,8 @@ class SupervisorActor(SandboxMember):
 
     def start_tree(self, spec: type[Supervisor]) -> None:
         """Start every child of ``spec`` (all at once; each answers ``Started``)."""
-        self.spec, self.phase = spec, "starting"
+        self.spec = spec
+        self._set_phase(SupervisorPhase.STARTING)
         self.children = [_Child(child, cloudpickle.dumps(child)) for child in spec.children]
         for child in self.children:
             self._spawn(child)
@@ -123,13 +147,14 @@ class SupervisorActor(SandboxMember):
         try:
             child.address = self.createActor(kind)
         except Exception as exc:  # noqa: BLE001 - e.g. fork failure under a memory limit
-            child.status, child.address = "restarting", None
+            child.address = None
+            child.move(ChildStatus.RESTARTING)
             self._crashed(child, f"could not start: {describe_exception(exc)}", normal=False)
             return
         inflight.take_slot()  # the fork has its copy; never hand this one to another child
         child.process = self.child_process()
         child.pid = getattr(child.process, "pid", None)
-        child.status, child.last_heard = "starting", time.monotonic()
+        child.move(ChildStatus.STARTING)
         self.send(
             child.address,
             m.StartChild(
@@ -150,9 +175,9 @@ class SupervisorActor(SandboxMember):
     def receiveMsg_Started(self, msg: m.Started, sender: Any) -> None:
         """A child finished ``init``."""
         child = self._find(msg.name, msg.incarnation)
-        if child is None or child.status != "starting":
+        if child is None or child.status != ChildStatus.STARTING:
             return
-        child.status, child.last_heard = "running", time.monotonic()
+        child.move(ChildStatus.RUNNING)
         self.to_root(
             m.ChildUp(
                 child.spec.name,
@@ -168,8 +193,8 @@ class SupervisorActor(SandboxMember):
         self._check_started()
 
     def _check_started(self) -> None:
-        if self.phase == "starting" and all(c.status == "running" for c in self.children):
-            self.phase = "running"
+        if self.phase == SupervisorPhase.STARTING and all(c.status == ChildStatus.RUNNING for c in self.children):
+            self._set_phase(SupervisorPhase.RUNNING)
             self.on_started()
 
     def on_started(self) -> None:
@@ -192,7 +217,7 @@ class SupervisorActor(SandboxMember):
         if child is None:
             return
         child.exit_reason, child.normal_exit = msg.reason, msg.normal
-        if child.alive and child.status in ("running", "starting") and not child.spec.is_supervisor:
+        if child.alive and child.status in (ChildStatus.RUNNING, ChildStatus.STARTING) and not child.spec.is_supervisor:
             self._gone(child)
             self._crashed(child, msg.reason, msg.normal)
 
@@ -211,9 +236,9 @@ class SupervisorActor(SandboxMember):
             self.on_other_exit(msg.childAddress)
             return
         reason = self._gone(child)
-        if child.status == "stopping":
-            child.status = "stopped"
-            self._report_down(child, "stopped", "shutdown", restarting=child in self._pending)
+        if child.status == ChildStatus.STOPPING:
+            child.move(ChildStatus.STOPPED)
+            self._report_down(child, ChildStatus.STOPPED, "shutdown", restarting=child in self._pending)
             self._advance()
             return
         self._crashed(child, reason, child.normal_exit)
@@ -229,27 +254,27 @@ class SupervisorActor(SandboxMember):
         """Hook: an actor that is not a supervised child exited."""
 
     def _crashed(self, child: _Child, reason: str, normal: bool) -> None:
-        if self.phase == "starting":
-            child.status = "failed"
-            self._report_down(child, "failed", reason, restarting=False)
-            self._shut_down_all("aborting", f"child {child.spec.name!r} failed to start: {reason}")
+        if self.phase == SupervisorPhase.STARTING:
+            child.move(ChildStatus.FAILED)
+            self._report_down(child, ChildStatus.FAILED, reason, restarting=False)
+            self._shut_down_all(SupervisorPhase.ABORTING, f"child {child.spec.name!r} failed to start: {reason}")
             return
-        if self.phase != "running":
-            child.status = "stopped"
-            self._report_down(child, "stopped", reason, restarting=False)
+        if self.phase != SupervisorPhase.RUNNING:
+            child.move(ChildStatus.STOPPED)
+            self._report_down(child, ChildStatus.STOPPED, reason, restarting=False)
             self._advance()
             return
         restart = child.spec.restart == "permanent" or (child.spec.restart == "transient" and not normal)
         if not restart:
-            child.status = "stopped"
-            self._report_down(child, "stopped" if normal else "crashed", reason, restarting=False)
+            child.move(ChildStatus.STOPPED)
+            self._report_down(child, ChildStatus.STOPPED if normal else ChildStatus.CRASHED, reason, restarting=False)
             return
         if not self._allow_restart():
-            child.status = "failed"
-            self._report_down(child, "failed", reason, restarting=False)
+            child.move(ChildStatus.FAILED)
+            self._report_down(child, ChildStatus.FAILED, reason, restarting=False)
             first_line = reason.strip().splitlines()[0] if reason.strip() else reason
             self._shut_down_all(
-                "failing",
+                SupervisorPhase.FAILING,
                 f"reached max restart intensity ({self.spec.max_restarts} restarts "
                 f"in {self.spec.max_seconds} s); last: {child.spec.name}: {first_line}",
             )
@@ -268,10 +293,10 @@ class SupervisorActor(SandboxMember):
         group = {"one_for_one": [crashed], "one_for_all": list(self.children), "rest_for_one": self.children[index:]}[
             self.spec.strategy
         ]
-        crashed.status = "restarting"
-        down = self._down(crashed, "crashed", reason, restarting=True)
+        crashed.move(ChildStatus.RESTARTING)
+        down = self._down(crashed, ChildStatus.CRASHED, reason, restarting=True)
         for child in group:
-            if child is not crashed and child.alive and child.status != "stopping":
+            if child is not crashed and child.alive and child.status != ChildStatus.STOPPING:
                 self._stop_child(child)
             if child not in self._pending:
                 self._pending.append(child)
@@ -280,52 +305,53 @@ class SupervisorActor(SandboxMember):
         self.to_root(down)
 
     def _stop_child(self, child: _Child) -> None:
-        child.status, child.stop_since = "stopping", time.monotonic()
+        child.move(ChildStatus.STOPPING)
         self.send(child.address, m.Stop() if child.spec.is_supervisor else ActorExitRequest())
 
     def _advance(self) -> None:
         """Move on once every child we wait for is down."""
         if any(c.alive for c in self._pending):
             return
-        if self.phase == "running" and self._pending:
+        if self.phase == SupervisorPhase.RUNNING and self._pending:
             group, self._pending = self._pending, []
             for child in group:
-                if child.spec.restart == "temporary" and child.status == "stopped":
+                if child.spec.restart == "temporary" and child.status == ChildStatus.STOPPED:
                     continue  # OTP: a temporary child stopped by a sibling's crash is not restarted
                 child.restarts += 1
                 self._spawn(child)
             return
-        if self.phase in ("stopping", "aborting", "failing") and not any(c.alive for c in self.children):
+        if self.phase in _GOING_DOWN and not any(c.alive for c in self.children):
             self._pending = []
             self.on_all_down()
 
-    def _shut_down_all(self, phase: str, reason: str) -> None:
-        self.phase, self.reason = phase, reason
+    def _shut_down_all(self, phase: SupervisorPhase, reason: str) -> None:
+        self.reason = reason
+        self._set_phase(phase)
         for child in reversed(self.children):
-            if child.alive and child.status != "stopping":
+            if child.alive and child.status != ChildStatus.STOPPING:
                 self._stop_child(child)
         self._advance()
 
     def on_all_down(self) -> None:
         """Hook: every child is down after a stop, an aborted start or a give-up."""
-        if self.phase == "stopping":
+        if self.phase == SupervisorPhase.STOPPING:
             self.send(self.parent, m.Exiting(self.actor_name, self.incarnation, "shutdown", True))
-        elif self.phase == "aborting":
+        elif self.phase == SupervisorPhase.ABORTING:
             self.send(self.parent, m.StartFailed(self.actor_name, self.incarnation, self.reason or ""))
         else:
             self.send(self.parent, m.SupervisorFailed(self.actor_name, self.reason or ""))
-        self.phase = "stopped"
+        self._set_phase(SupervisorPhase.STOPPED)
         self.send(self.myAddress, ActorExitRequest())
 
     def receiveMsg_Stop(self, msg: m.Stop, sender: Any) -> None:
         """Stop every child, last started first, then report."""
-        self._shut_down_all("stopping", msg.reason)
+        self._shut_down_all(SupervisorPhase.STOPPING, msg.reason)
 
-    def _report_down(self, child: _Child, status: str, reason: str, restarting: bool) -> None:
+    def _report_down(self, child: _Child, status: ChildStatus, reason: str, restarting: bool) -> None:
         self.to_root(self._down(child, status, reason, restarting))
 
     @staticmethod
-    def _down(child: _Child, status: str, reason: str, restarting: bool) -> m.ChildDown:
+    def _down(child: _Child, status: ChildStatus, reason: str, restarting: bool) -> m.ChildDown:
         return m.ChildDown(child.spec.name, child.incarnation, status, reason, restarting, child.last_call)
 
     def to_root(self, message: Any) -> None:
@@ -349,14 +375,14 @@ class SupervisorActor(SandboxMember):
             self.on_wakeup(msg.payload)
             return
         self._ticking = False
-        if self.phase == "stopped":
+        if self.phase == SupervisorPhase.STOPPED:
             return
         now, ctx = time.monotonic(), self.context
         self._ping_seq += 1
         for child in self.children:
             if not child.alive:
                 continue
-            if child.status == "stopping":
+            if child.status == ChildStatus.STOPPING:
                 if now - child.stop_since > ctx.shutdown_timeout:  # type: ignore[union-attr]
                     self._kill(child, f"did not stop within {ctx.shutdown_timeout} s")  # type: ignore[union-attr]
             elif now - child.last_heard > ctx.hang_timeout:  # type: ignore[union-attr]
@@ -375,7 +401,7 @@ class SupervisorActor(SandboxMember):
     def _kill(self, child: _Child, reason: str) -> None:
         if child.pid is None:
             return
-        if child.status != "stopping":
+        if child.status != ChildStatus.STOPPING:
             child.exit_reason, child.normal_exit = reason, False
         try:
             os.kill(child.pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 
 from plugin_host.errors import ActorNotFoundError, CallTimeoutError, OverloadedError, PluginError
 from plugin_host.messages import Call, Cast, Failed, Ok, pack, unblob
+from plugin_host.states import EventKind
 
 from . import _messages as m
 from ._base import SandboxMember, describe_exception, plugin_error
@@ -349,7 +350,7 @@ class WorkerActor(SandboxMember):
                     self.context.root,  # type: ignore[union-attr]
                     m.TreeEvent(
                         self.context.sandbox_id,  # type: ignore[union-attr]
-                        "limit_breached",
+                        EventKind.LIMIT_BREACHED,
                         self.actor_name,
                         f"max_mailbox: {queued} messages queued",
                         {"limit": "max_mailbox", "value": queued, "maximum": limit},
