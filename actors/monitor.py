@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 import psutil
-from thespian.actors import ActorExitRequest, WakeupMessage
+from thespian.actors import ActorAddress, ActorExitRequest, WakeupMessage
 
 from plugin_host.config import ResourceLimits
 from plugin_host.values import ActorUsage, ResourceUsage
@@ -67,13 +67,13 @@ class MonitorActor(HostActor):
         self.interval = 1.0
         self._procs: dict[int, psutil.Process] = {}
         self._ticking = False
-        self.admin: Any = None
+        self.admin: ActorAddress | None = None
         self._gone_roots: deque[int] = deque(maxlen=256)
         self._roots: set[int] = set()
         """Pids checked to be sandbox roots of this system while they ran (only their groups are killed)."""
         self.orphans = OrphanWatch(self.wakeupAfter)
 
-    def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:
+    def receiveMsg_Watch(self, msg: m.Watch, sender: ActorAddress) -> None:
         """Start, update or stop watching a sandbox.
 
         The pids come from the sandbox's own reports: the root must be a sandbox root of this
@@ -101,7 +101,7 @@ class MonitorActor(HostActor):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
 
-    def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:
+    def receiveMsg_NodePing(self, msg: m.NodePing, sender: ActorAddress) -> None:
         """The admin checks this system is alive (and tells this monitor the host is)."""
         self.orphans.note_admin(msg.timeout)
         self.send(sender, m.NodePong())
@@ -116,7 +116,7 @@ class MonitorActor(HostActor):
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
 
-    def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: Any) -> None:
+    def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: ActorAddress) -> None:
         """End sandboxes' process groups on this system (a stop past its deadline, stragglers, lost ones).
 
         Only groups of sandbox roots: ones this monitor watches or saw end, or a process that
@@ -127,7 +127,7 @@ class MonitorActor(HostActor):
             if isinstance(pgid, int) and (pgid in roots or _is_root_here(pgid)):
                 kill_group(pgid)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Sample everything, enforce limits, schedule the next round."""
         if msg.payload == ORPHAN_CHECK:
             if self.orphans.orphaned():
@@ -218,7 +218,7 @@ class MonitorActor(HostActor):
             return
         self.send(self.admin, m.Sample(sandbox_id, name, limit, round(value, 3), maximum))
 
-    def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: Any) -> None:
+    def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: ActorAddress) -> None:
         """Sample one sandbox now and answer ``ResourceUsage``."""
         entry = self.watched.get(msg.sandbox_id)
         actors = []

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import attrs
+from thespian.actors import ActorAddress
 
 from plugin_host import codeload, lowlevel
 from plugin_host.deps import activate_environment
@@ -93,13 +94,13 @@ class SandboxActor(SupervisorActor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.admin: Any = None
+        self.admin: ActorAddress | None = None
         self.infos: dict[str, ChildInfo] = {}
-        self.live: dict[str, tuple[Any, int]] = {}
+        self.live: dict[str, tuple[ActorAddress, int]] = {}
         self.restart_count = 0
         self.modules: dict[str, int] = {}
         self._routes: dict[str, list[Any]] = {}
-        self._runners: list[tuple[Any, Any, Run, float]] = []
+        self._runners: list[tuple[ActorAddress, Any, Run, float]] = []
         self.order: dict[str, int] = {}
         self.deaths: dict[str, tuple[tuple[int, str], ...]] = {}
         self.crashes: dict[str, int] = {}
@@ -113,7 +114,7 @@ class SandboxActor(SupervisorActor):
         if self.multiprocess:
             new_process_group()
 
-    def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: Any) -> None:
+    def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: ActorAddress) -> None:
         """Take this incarnation's key (and only it), then load the sandbox's code and start the tree."""
         keys = lowlevel.process_keys()
         if keys is not None and keys.is_host:
@@ -152,7 +153,7 @@ class SandboxActor(SupervisorActor):
         self.send(
             self.admin,
             m.SandboxStatus(
-                self.context.sandbox_id,  # type: ignore[union-attr]
+                self.ctx.sandbox_id,
                 RootStatus.START_FAILED,
                 reason=str(error),
                 pid=os.getpid(),
@@ -186,7 +187,7 @@ class SandboxActor(SupervisorActor):
         self.send(
             self.admin,
             m.SandboxStatus(
-                self.context.sandbox_id,  # type: ignore[union-attr]
+                self.ctx.sandbox_id,
                 status,
                 reason=self.reason,
                 children=children,
@@ -199,7 +200,7 @@ class SandboxActor(SupervisorActor):
             ),
         )
 
-    def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:
+    def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: ActorAddress) -> None:
         """A child of the tree (re)started: update the directory and tell everyone."""
         self.infos[msg.name] = ChildInfo(
             msg.name,
@@ -226,7 +227,7 @@ class SandboxActor(SupervisorActor):
         if msg.restarts:
             self._event(EventKind.RESTARTED, msg.name, f"restart #{msg.restarts}", pid=msg.pid)
 
-    def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: Any) -> None:
+    def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: ActorAddress) -> None:
         """A child of the tree stopped or crashed."""
         if msg.restarting:
             self.restart_count += 1
@@ -251,22 +252,22 @@ class SandboxActor(SupervisorActor):
             self._report(RootStatus.RUNNING)
 
     def _event(self, kind: EventKind, actor: str, reason: str, **details: Any) -> None:
-        self.send(self.admin, m.TreeEvent(self.context.sandbox_id, kind, actor, reason, details))  # type: ignore[union-attr]
+        self.send(self.admin, m.TreeEvent(self.ctx.sandbox_id, kind, actor, reason, details))
 
-    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: ActorAddress) -> None:
         """An event an actor of the tree reports itself (a limit it enforced): on to the admin."""
         self.send(self.admin, msg)
 
-    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: ActorAddress) -> None:
         """A worker's audit records: on to the admin, which keeps the sandbox's log."""
         self.send(self.admin, msg)
 
-    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:
+    def receiveMsg_Usage(self, msg: m.Usage, sender: ActorAddress) -> None:
         """Message counts from a supervisor: keep them and tell the admin."""
         self.message_counts.update(msg.messages)
-        self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id))  # type: ignore[union-attr]
+        self.send(self.admin, m.Usage(dict(self.message_counts), self.ctx.sandbox_id))
 
-    def receiveMsg_CountMessages(self, msg: m.CountMessages, sender: Any) -> None:
+    def receiveMsg_CountMessages(self, msg: m.CountMessages, sender: ActorAddress) -> None:
         """Ask every live actor how many messages it handled; answer once all did, or after ``COUNT_WAIT``."""
         waiting = set(self.live)
         self._counting[msg.corr] = waiting
@@ -277,7 +278,7 @@ class SandboxActor(SupervisorActor):
         else:
             self._counted(msg.corr)
 
-    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:
+    def receiveMsg_Pong(self, msg: m.Pong, sender: ActorAddress) -> None:
         """A heartbeat answer from a child, or a count from any actor of the tree."""
         super().receiveMsg_Pong(msg, sender)
         entry = self.live.get(msg.name)
@@ -293,9 +294,9 @@ class SandboxActor(SupervisorActor):
     def _counted(self, corr: str) -> None:
         entry = self._counting.pop(corr, None)
         if entry is not None:  # anyone still busy keeps the figure it last gave
-            self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id, corr))  # type: ignore[union-attr]
+            self.send(self.admin, m.Usage(dict(self.message_counts), self.ctx.sandbox_id, corr))
 
-    def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:
+    def receiveMsg_Route(self, msg: m.Route, sender: ActorAddress) -> None:
         """Deliver a message for a named actor, holding it while that actor (re)starts."""
         entry = self.live.get(msg.name)
         if entry is not None:
@@ -309,8 +310,8 @@ class SandboxActor(SupervisorActor):
                 msg.message.reply_to or sender,
                 Failed(
                     ActorNotFoundError(
-                        f"no actor {msg.name!r} in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
-                        sandbox_id=self.context.sandbox_id,  # type: ignore[union-attr]
+                        f"no actor {msg.name!r} in sandbox {self.ctx.sandbox_id!r}",
+                        sandbox_id=self.ctx.sandbox_id,
                         name=msg.name,
                     ),
                     msg.message.corr,
@@ -319,15 +320,16 @@ class SandboxActor(SupervisorActor):
 
     # -- Host.run ----------------------------------------------------------------------------
 
-    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:
+    def receiveMsg_Run(self, msg: Run, sender: ActorAddress) -> None:
         """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
-        limit = self.context.limits.max_actors if self.context else None
-        if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
+        context = self.context  # None before StartSandbox: no limit to check yet
+        limit = context.limits.max_actors if context else None
+        if context is not None and limit is not None and len(self.live) + len(self._runners) + 1 > limit:
             self.send(
                 msg.reply_to or sender,
                 Failed(
                     LimitExceededError(
-                        f"sandbox {self.context.sandbox_id!r} already runs {limit} actors (max_actors)",  # type: ignore[union-attr]
+                        f"sandbox {context.sandbox_id!r} already runs {limit} actors (max_actors)",
                         limit="max_actors",
                     ),
                     msg.corr,
@@ -340,21 +342,21 @@ class SandboxActor(SupervisorActor):
         self.send(runner, attrs.evolve(msg, reply_to=msg.reply_to or sender))
         self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("run", msg.corr))
 
-    def receiveMsg_RunDone(self, msg: m.RunDone, sender: Any) -> None:
+    def receiveMsg_RunDone(self, msg: m.RunDone, sender: ActorAddress) -> None:
         """A runner finished; it exits by itself."""
         self._runners = [r for r in self._runners if r[2].corr != msg.corr]
 
     # -- hot reload (the reloads component does the work) -------------------------------------
 
-    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:
+    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: ActorAddress) -> None:
         """Reload code across the sandbox, all or nothing (see :mod:`actors._code.reload`)."""
         self.reloads.start(msg, sender)
 
-    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: Any) -> None:
+    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: ActorAddress) -> None:
         """One actor's answer to a reload's ``LoadCode``."""
         self.reloads.code_loaded(msg)
 
-    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: Any) -> None:
+    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: ActorAddress) -> None:
         """A reload's requirements are installed here (or failed): go on with it."""
         self.reloads.environment_ready(msg)
 
@@ -386,7 +388,7 @@ class SandboxActor(SupervisorActor):
                     pass
             self.send(run.reply_to, Failed(RunTimeoutError(f"run did not finish within {run.timeout} s"), run.corr))
 
-    def on_other_exit(self, address: Any) -> None:
+    def on_other_exit(self, address: ActorAddress) -> None:
         """A runner or an environment installer exited; one that never answered died: say so at once."""
         self.reloads.installer_exited(address)
         for runner in [r for r in self._runners if r[0] == address]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 import cloudpickle
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited, WakeupMessage
 
 from plugin_host.errors import BadRequestError
 from plugin_host.messages import Call, Failed
@@ -49,7 +49,7 @@ class _Child:
 
     spec: ChildSpec
     blob: bytes
-    address: Any = None
+    address: ActorAddress | None = None
     pid: int | None = None
     process: Any = None
     incarnation: int = 0
@@ -118,9 +118,16 @@ class SupervisorActor(SandboxMember):
         """The one writer of :attr:`phase`."""
         self._phase = phase
 
+    @property
+    def ctx(self) -> m.SandboxContext:
+        """The sandbox's context, set by the start message (``StartChild``, or ``StartSandbox`` at the root)."""
+        if self.context is None:
+            raise RuntimeError(f"supervisor {self.actor_name!r} used before its start")
+        return self.context
+
     # -- start ---------------------------------------------------------------------------
 
-    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:
+    def receiveMsg_StartChild(self, msg: m.StartChild, sender: ActorAddress) -> None:
         """Started as a nested supervisor by its parent."""
         self.context, self.parent = msg.context, sender
         self.actor_name, self.incarnation = msg.name, msg.incarnation
@@ -158,7 +165,7 @@ class SupervisorActor(SandboxMember):
         self.send(
             child.address,
             m.StartChild(
-                self.context,  # type: ignore[arg-type]
+                self.ctx,
                 child.spec.name,
                 child.incarnation,
                 child.blob,
@@ -172,7 +179,7 @@ class SupervisorActor(SandboxMember):
                 return child
         return None
 
-    def receiveMsg_Started(self, msg: m.Started, sender: Any) -> None:
+    def receiveMsg_Started(self, msg: m.Started, sender: ActorAddress) -> None:
         """A child finished ``init``."""
         child = self._find(msg.name, msg.incarnation)
         if child is None or child.status != ChildStatus.STARTING:
@@ -201,13 +208,13 @@ class SupervisorActor(SandboxMember):
         """Hook: every child runs.  A nested supervisor tells its parent."""
         self.send(self.parent, m.Started(self.actor_name, self.incarnation))
 
-    def receiveMsg_StartFailed(self, msg: m.StartFailed, sender: Any) -> None:
+    def receiveMsg_StartFailed(self, msg: m.StartFailed, sender: ActorAddress) -> None:
         """A child's ``init`` raised; it exits next."""
         child = self._find(msg.name, msg.incarnation)
         if child is not None:
             child.exit_reason, child.normal_exit = msg.reason, False
 
-    def receiveMsg_Exiting(self, msg: m.Exiting, sender: Any) -> None:
+    def receiveMsg_Exiting(self, msg: m.Exiting, sender: ActorAddress) -> None:
         """A child says why it is about to exit; it runs no plugin code any more.
 
         A crashed worker is replaced at once instead of after Thespian reports its exit:
@@ -221,7 +228,7 @@ class SupervisorActor(SandboxMember):
             self._gone(child)
             self._crashed(child, msg.reason, msg.normal)
 
-    def receiveMsg_SupervisorFailed(self, msg: m.SupervisorFailed, sender: Any) -> None:
+    def receiveMsg_SupervisorFailed(self, msg: m.SupervisorFailed, sender: ActorAddress) -> None:
         """A nested supervisor gave up; its exit counts as a crash."""
         for child in self.children:
             if child.spec.name == msg.name and child.alive:
@@ -229,7 +236,7 @@ class SupervisorActor(SandboxMember):
 
     # -- exits ---------------------------------------------------------------------------
 
-    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: ActorAddress) -> None:
         """Thespian reports a child process gone: decide what to do about it."""
         child = next((c for c in self.children if c.alive and c.address == msg.childAddress), None)
         if child is None:
@@ -250,7 +257,7 @@ class SupervisorActor(SandboxMember):
         child.address = child.pid = child.process = child.slot = None
         return reason
 
-    def on_other_exit(self, address: Any) -> None:
+    def on_other_exit(self, address: ActorAddress) -> None:
         """Hook: an actor that is not a supervised child exited."""
 
     def _crashed(self, child: _Child, reason: str, normal: bool) -> None:
@@ -343,7 +350,7 @@ class SupervisorActor(SandboxMember):
         self._set_phase(SupervisorPhase.STOPPED)
         self.send(self.myAddress, ActorExitRequest())
 
-    def receiveMsg_Stop(self, msg: m.Stop, sender: Any) -> None:
+    def receiveMsg_Stop(self, msg: m.Stop, sender: ActorAddress) -> None:
         """Stop every child, last started first, then report."""
         self._shut_down_all(SupervisorPhase.STOPPING, msg.reason)
 
@@ -356,7 +363,7 @@ class SupervisorActor(SandboxMember):
 
     def to_root(self, message: Any) -> None:
         """Tell the sandbox root about the tree (handled at once when we are the root)."""
-        root = self.context.root  # type: ignore[union-attr]
+        root = self.ctx.root
         if root == self.myAddress:
             self.receiveMessage(message, self.myAddress)
         else:
@@ -369,7 +376,7 @@ class SupervisorActor(SandboxMember):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.context.heartbeat_interval), payload="heartbeat")
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Heartbeat tick: kill children that stopped answering, ping the others."""
         if msg.payload != "heartbeat":
             self.on_wakeup(msg.payload)
@@ -377,16 +384,16 @@ class SupervisorActor(SandboxMember):
         self._ticking = False
         if self.phase == SupervisorPhase.STOPPED:
             return
-        now, ctx = time.monotonic(), self.context
+        now, ctx = time.monotonic(), self.ctx  # heartbeats tick only once started
         self._ping_seq += 1
         for child in self.children:
             if not child.alive:
                 continue
             if child.status == ChildStatus.STOPPING:
-                if now - child.stop_since > ctx.shutdown_timeout:  # type: ignore[union-attr]
-                    self._kill(child, f"did not stop within {ctx.shutdown_timeout} s")  # type: ignore[union-attr]
-            elif now - child.last_heard > ctx.hang_timeout:  # type: ignore[union-attr]
-                self._kill(child, f"hung: no heartbeat for {ctx.hang_timeout} s")  # type: ignore[union-attr]
+                if now - child.stop_since > ctx.shutdown_timeout:
+                    self._kill(child, f"did not stop within {ctx.shutdown_timeout} s")
+            elif now - child.last_heard > ctx.hang_timeout:
+                self._kill(child, f"hung: no heartbeat for {ctx.hang_timeout} s")
             else:
                 self.send(child.address, m.Ping(self._ping_seq))
         counts = {c.spec.name: c.messages for c in self.children if c.messages}
@@ -408,20 +415,20 @@ class SupervisorActor(SandboxMember):
         except ProcessLookupError:
             pass
 
-    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:
+    def receiveMsg_Pong(self, msg: m.Pong, sender: ActorAddress) -> None:
         """A child answered a heartbeat."""
         child = self._find(msg.name, msg.incarnation)
         if child is not None:
             child.last_heard, child.messages = time.monotonic(), msg.messages
 
-    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:
+    def receiveMsg_Call(self, msg: Call, sender: ActorAddress) -> None:
         """Supervisors run no plugin code: a call to one is a caller's mistake."""
         self.send(
             msg.reply_to or sender,
             Failed(BadRequestError(f"{msg.name!r} is a supervisor; supervisors do not handle calls"), msg.corr),
         )
 
-    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:
+    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: ActorAddress) -> None:
         """A reload committed: children this supervisor restarts from now on run the new code."""
         try:
             Staged(msg.sources, msg.order, msg.environment)
