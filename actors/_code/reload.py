@@ -130,28 +130,32 @@ class RootReload:
 
     def start(self, msg: m.ReloadSandbox, sender: ActorAddress) -> None:
         """Reload code across the sandbox (see the module docstring)."""
-        phase = self._phase()
-        if self.reload is not None or self.installing is not None or phase != SupervisorPhase.RUNNING:
-            busy = self.reload is not None or self.installing is not None
-            cause = "another reload is in progress" if busy else f"the sandbox is {phase}"
-            self._port.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
-            return
-        if msg.packages:  # on another system than the host's: install them here first, off this loop
+        refusal = self._refusal()
+        if refusal is not None:
+            self._port.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=refusal))
+        elif msg.packages:  # on another system than the host's: install them here first, off this loop
             installer = self._port.createActor(EnvironmentActor)
             self.installing = _Install(msg, sender, installer, time.monotonic())
             self._port.send(installer, m.PrepareEnvironment(msg.reload_id, msg.packages))
-            return
+        else:
+            self._stage(msg, sender)
+
+    def _refusal(self) -> str | None:
+        """Why no reload can start now (None: one can)."""
+        if self.reload is not None or self.installing is not None:
+            return "another reload is in progress"
+        phase = self._phase()
+        return None if phase == SupervisorPhase.RUNNING else f"the sandbox is {phase}"
+
+    def _stage(self, msg: m.ReloadSandbox, sender: ActorAddress) -> None:
+        """Load the new code here first (a failure stops the reload), then ask the affected workers to prepare."""
         started_ns = time.time_ns()
         try:
             codeload.verify_checksums(msg.sources, msg.checksums)
             staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
-            self._port.send(
-                sender,
-                m.SandboxReloaded(
-                    msg.reload_id, False, actor="root", cause=f"loading the new code failed: {describe_exception(exc)}"
-                ),
-            )
+            cause = f"loading the new code failed: {describe_exception(exc)}"
+            self._port.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
             return
         affected = [
             name
