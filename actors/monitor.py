@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 import psutil
-from thespian.actors import ActorExitRequest, WakeupMessage
+from thespian.actors import ActorAddress, ActorExitRequest, WakeupMessage
 
 from plugin_host.config import ResourceLimits
 from plugin_host.values import ActorUsage, ResourceUsage
@@ -53,7 +53,7 @@ class _Figures:
     threads: int = 0
 
 
-class MonitorActor(OrphanWatch, HostActor):
+class MonitorActor(HostActor):
     """Watches the processes of every sandbox of a host on one actor system.
 
     The admin keeps one on its own system and one on each member of the convention that
@@ -67,12 +67,13 @@ class MonitorActor(OrphanWatch, HostActor):
         self.interval = 1.0
         self._procs: dict[int, psutil.Process] = {}
         self._ticking = False
-        self.admin: Any = None
+        self.admin: ActorAddress | None = None
         self._gone_roots: deque[int] = deque(maxlen=256)
         self._roots: set[int] = set()
         """Pids checked to be sandbox roots of this system while they ran (only their groups are killed)."""
+        self.orphans = OrphanWatch(self.wakeupAfter)
 
-    def receiveMsg_Watch(self, msg: m.Watch, sender: Any) -> None:
+    def receiveMsg_Watch(self, msg: m.Watch, sender: ActorAddress) -> None:
         """Start, update or stop watching a sandbox.
 
         The pids come from the sandbox's own reports: the root must be a sandbox root of this
@@ -100,9 +101,9 @@ class MonitorActor(OrphanWatch, HostActor):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
 
-    def receiveMsg_NodePing(self, msg: m.NodePing, sender: Any) -> None:
+    def receiveMsg_NodePing(self, msg: m.NodePing, sender: ActorAddress) -> None:
         """The admin checks this system is alive (and tells this monitor the host is)."""
-        self.note_admin(msg.timeout)
+        self.orphans.note_admin(msg.timeout)
         self.send(sender, m.NodePong())
 
     def _end_orphans(self) -> None:
@@ -110,12 +111,12 @@ class MonitorActor(OrphanWatch, HostActor):
         for sandbox_id, entry in self.watched.items():
             root = entry.pids.get("(root)")
             if root in self._roots:
-                log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id, self._orphan_timeout)
+                log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id, self.orphans.timeout)
                 kill_group(root)
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
 
-    def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: Any) -> None:
+    def receiveMsg_KillGroups(self, msg: m.KillGroups, sender: ActorAddress) -> None:
         """End sandboxes' process groups on this system (a stop past its deadline, stragglers, lost ones).
 
         Only groups of sandbox roots: ones this monitor watches or saw end, or a process that
@@ -126,10 +127,10 @@ class MonitorActor(OrphanWatch, HostActor):
             if isinstance(pgid, int) and (pgid in roots or _is_root_here(pgid)):
                 kill_group(pgid)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Sample everything, enforce limits, schedule the next round."""
         if msg.payload == ORPHAN_CHECK:
-            if self.orphaned():
+            if self.orphans.orphaned():
                 self._end_orphans()
             return
         self._ticking = False
@@ -217,7 +218,7 @@ class MonitorActor(OrphanWatch, HostActor):
             return
         self.send(self.admin, m.Sample(sandbox_id, name, limit, round(value, 3), maximum))
 
-    def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: Any) -> None:
+    def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: ActorAddress) -> None:
         """Sample one sandbox now and answer ``ResourceUsage``."""
         entry = self.watched.get(msg.sandbox_id)
         actors = []

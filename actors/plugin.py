@@ -12,12 +12,39 @@ supervisor restarts the actor with a fresh ``init`` as its strategy says.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .worker import PluginRuntime
+__all__ = ["Plugin", "PluginServices"]
 
-__all__ = ["Plugin"]
+
+class PluginServices(Protocol):
+    """What a running plugin reaches of its host (its worker actor provides it): see the ``Plugin`` services."""
+
+    @property
+    def name(self) -> str:
+        """The actor's name."""
+        ...
+
+    @property
+    def sandbox_id(self) -> str:
+        """The sandbox's id."""
+        ...
+
+    def call(self, name: str, request: Any, timeout: float) -> Any:
+        """Blocking request/reply to a sibling."""
+        ...
+
+    def cast(self, name: str, message: Any) -> None:
+        """One-way message to a sibling."""
+        ...
+
+    def send_after(self, ms: float, message: Any) -> None:
+        """A timer that delivers ``message`` to ``handle_info``."""
+        ...
+
+    def stop(self, reason: str) -> None:
+        """Stop after the current callback."""
+        ...
 
 
 class Plugin:
@@ -30,7 +57,7 @@ class Plugin:
     vsn: Any = None
     """Optional version tag of the code; the registry numbers versions anyway."""
 
-    _ph_runtime: PluginRuntime | None = None
+    _ph_runtime: PluginServices | None = None
 
     # -- callbacks ------------------------------------------------------------------
 
@@ -118,7 +145,7 @@ class Plugin:
         """
         self._ph_rt().stop(reason)
 
-    def _ph_rt(self) -> PluginRuntime:
+    def _ph_rt(self) -> PluginServices:
         runtime = self._ph_runtime
         if runtime is None:
             raise RuntimeError(

@@ -6,9 +6,7 @@ or hang of the function costs only this process.
 
 from __future__ import annotations
 
-from typing import Any
-
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorAddress, ActorExitRequest
 
 from plugin_host.messages import Failed, Ok, Run, pack
 
@@ -21,7 +19,7 @@ __all__ = ["RunnerActor"]
 class RunnerActor(HostActor):
     """Runs one ``Run`` request and exits."""
 
-    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:
+    def receiveMsg_Run(self, msg: Run, sender: ActorAddress) -> None:
         """Call ``fn()`` and answer ``Ok(value)`` (a Blob unless plain data) or ``Failed(PluginError)``."""
         try:
             value = msg.fn.load()()

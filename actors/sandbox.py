@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import attrs
+from thespian.actors import ActorAddress
 
 from plugin_host import codeload, lowlevel
 from plugin_host.deps import activate_environment
@@ -28,13 +29,13 @@ from plugin_host.errors import (
     SandboxStartError,
 )
 from plugin_host.messages import Blob, Call, Failed, Run, unblob
-from plugin_host.states import ChildStatus
+from plugin_host.states import ChildStatus, EventKind, RootStatus, SupervisorPhase
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
 from ._base import describe_exception
 from ._code.codeswap import local_environment
-from ._code.reload import ReloadCoordinator
+from ._code.reload import RootReload
 from ._process.hardening import new_process_group
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
@@ -83,8 +84,8 @@ def _import_class(path: str) -> Any:
     return obj
 
 
-class SandboxActor(ReloadCoordinator, SupervisorActor):
-    """Root supervisor of one sandbox (and coordinator of its reloads).
+class SandboxActor(SupervisorActor):
+    """Root supervisor of one sandbox; its reloads are a component (:class:`actors._code.reload.RootReload`).
 
     The admin may place it on another actor system of the convention (Thespian's capability
     check, see ``HostActor.actorSystemCapabilityCheck``); the code travels in its start
@@ -93,26 +94,27 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.admin: Any = None
+        self.admin: ActorAddress | None = None
         self.infos: dict[str, ChildInfo] = {}
-        self.live: dict[str, tuple[Any, int]] = {}
+        self.live: dict[str, tuple[ActorAddress, int]] = {}
         self.restart_count = 0
         self.modules: dict[str, int] = {}
         self._routes: dict[str, list[Any]] = {}
-        self._runners: list[tuple[Any, Any, Run, float]] = []
+        self._runners: list[tuple[ActorAddress, Any, Run, float]] = []
         self.order: dict[str, int] = {}
         self.deaths: dict[str, tuple[tuple[int, str], ...]] = {}
         self.crashes: dict[str, int] = {}
         self.message_counts: dict[str, int] = {}
         self._counting: dict[str, set[str]] = {}
         """Admin questions being answered (corr -> actors not heard from yet)."""
+        self.reloads = RootReload(self, self.live, self.infos, self.modules, lambda: self.phase, self.commit_versions)
 
     def setup_process(self) -> None:
         """A process group of its own, so the whole sandbox can be killed at once."""
         if self.multiprocess:
             new_process_group()
 
-    def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: Any) -> None:
+    def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: ActorAddress) -> None:
         """Take this incarnation's key (and only it), then load the sandbox's code and start the tree."""
         keys = lowlevel.process_keys()
         if keys is not None and keys.is_host:
@@ -125,10 +127,10 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             keys.become_sandbox(principal)
         self.admin, self.parent = sender, sender
         self.context = attrs.evolve(msg.context, root=self.myAddress)
-        self.modules = dict(msg.modules)
+        self.modules.update(msg.modules)  # the same dict: the reloads read it
         # The pid first, before any plugin code: a root hung in an import can still be killed by pid
         # (on another system, by the host's monitor there).
-        self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, "starting", pid=os.getpid()))
+        self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))
         try:
             environment = local_environment(msg.environment, msg.packages)
             if environment:
@@ -147,12 +149,12 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.start_tree(spec)
 
     def _report_start_failure(self, error: PluginHostError) -> None:
-        self.phase = "stopped"
+        self._set_phase(SupervisorPhase.STOPPED)
         self.send(
             self.admin,
             m.SandboxStatus(
-                self.context.sandbox_id,  # type: ignore[union-attr]
-                "start_failed",
+                self.ctx.sandbox_id,
+                RootStatus.START_FAILED,
                 reason=str(error),
                 pid=os.getpid(),
                 error=error,
@@ -166,13 +168,13 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         everyone = m.DirectoryUpdate(dict(self.directory))
         for address, _ in self.live.values():
             self.send(address, everyone)
-        self._report("running")
+        self._report(RootStatus.RUNNING)
 
     def on_all_down(self) -> None:
         """Stopped, aborted or given up: report; the admin decides what comes next."""
-        status = {"stopping": "stopped", "aborting": "start_failed", "failing": "failed"}[self.phase]
-        error = SandboxStartError(self.reason or "") if status == "start_failed" else None
-        self.phase = "failed" if status == "failed" else "stopped"
+        status = _REPORT_WHEN_DOWN[self.phase]
+        error = SandboxStartError(self.reason or "") if status == RootStatus.START_FAILED else None
+        self._set_phase(SupervisorPhase.FAILED if status == RootStatus.FAILED else SupervisorPhase.STOPPED)
         self._report(status, error)
 
     def start_tree(self, spec: type[Supervisor]) -> None:
@@ -180,12 +182,12 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.order = {name: index for index, name in enumerate(_tree_names(spec))}
         super().start_tree(spec)
 
-    def _report(self, status: str, error: PluginHostError | None = None) -> None:
+    def _report(self, status: RootStatus, error: PluginHostError | None = None) -> None:
         children = tuple(sorted(self.infos.values(), key=lambda info: self.order.get(info.name, 0)))
         self.send(
             self.admin,
             m.SandboxStatus(
-                self.context.sandbox_id,  # type: ignore[union-attr]
+                self.ctx.sandbox_id,
                 status,
                 reason=self.reason,
                 children=children,
@@ -198,7 +200,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
             ),
         )
 
-    def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: Any) -> None:
+    def receiveMsg_ChildUp(self, msg: m.ChildUp, sender: ActorAddress) -> None:
         """A child of the tree (re)started: update the directory and tell everyone."""
         self.infos[msg.name] = ChildInfo(
             msg.name,
@@ -212,31 +214,31 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         )
         self.live[msg.name] = (msg.address, msg.incarnation)
         self.directory[msg.name] = msg.address
-        if self.phase != "starting":  # at start-up, everyone gets the whole directory once, at the end
+        if self.phase != SupervisorPhase.STARTING:  # at start-up, everyone gets the whole directory once, at the end
             update = m.DirectoryUpdate({msg.name: msg.address})
             for name, (address, _) in self.live.items():
                 self.send(address, m.DirectoryUpdate(dict(self.directory)) if name == msg.name else update)
         for pending in self._routes.pop(msg.name, []):
             self.send(msg.address, pending)
-        self.reload_child_up(msg.name, msg.incarnation, msg.address)
-        if self.phase != "starting":
+        self.reloads.child_up(msg.name, msg.incarnation, msg.address)
+        if self.phase != SupervisorPhase.STARTING:
             # Only now: a caller the admin lets through must find the directory already sent.
-            self._report("failed" if self.phase == "failed" else "running")
+            self._report(RootStatus.FAILED if self.phase == SupervisorPhase.FAILED else RootStatus.RUNNING)
         if msg.restarts:
-            self._event("restarted", msg.name, f"restart #{msg.restarts}", pid=msg.pid)
+            self._event(EventKind.RESTARTED, msg.name, f"restart #{msg.restarts}", pid=msg.pid)
 
-    def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: Any) -> None:
+    def receiveMsg_ChildDown(self, msg: m.ChildDown, sender: ActorAddress) -> None:
         """A child of the tree stopped or crashed."""
         if msg.restarting:
             self.restart_count += 1
         self.deaths[msg.name] = (*self.deaths.get(msg.name, ())[-7:], (msg.incarnation, msg.last_call))
-        if msg.status in ("crashed", "failed"):
+        if msg.status in (ChildStatus.CRASHED, ChildStatus.FAILED):
             self.crashes[msg.name] = self.crashes.get(msg.name, 0) + 1
             first_line = msg.reason.strip().splitlines()[0] if msg.reason.strip() else "unknown"
-            self._event("crashed", msg.name, first_line, restarting=msg.restarting)
+            self._event(EventKind.CRASHED, msg.name, first_line, restarting=msg.restarting)
             limit = _breached_limit(first_line)
             if limit:
-                self._event("limit_breached", msg.name, first_line, limit=limit)
+                self._event(EventKind.LIMIT_BREACHED, msg.name, first_line, limit=limit)
         info = self.infos.get(msg.name)
         if info is not None:
             status = ChildStatus.RESTARTING if msg.restarting else ChildStatus(msg.status)
@@ -245,27 +247,27 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         if entry is not None and entry[1] == msg.incarnation:
             del self.live[msg.name]
             self.directory.pop(msg.name, None)
-        self.reload_child_down(msg.name)
-        if self.phase == "running":
-            self._report("running")
+        self.reloads.child_down(msg.name)
+        if self.phase == SupervisorPhase.RUNNING:
+            self._report(RootStatus.RUNNING)
 
-    def _event(self, kind: str, actor: str, reason: str, **details: Any) -> None:
-        self.send(self.admin, m.TreeEvent(self.context.sandbox_id, kind, actor, reason, details))  # type: ignore[union-attr]
+    def _event(self, kind: EventKind, actor: str, reason: str, **details: Any) -> None:
+        self.send(self.admin, m.TreeEvent(self.ctx.sandbox_id, kind, actor, reason, details))
 
-    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: Any) -> None:
+    def receiveMsg_TreeEvent(self, msg: m.TreeEvent, sender: ActorAddress) -> None:
         """An event an actor of the tree reports itself (a limit it enforced): on to the admin."""
         self.send(self.admin, msg)
 
-    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: Any) -> None:
+    def receiveMsg_AuditRecords(self, msg: m.AuditRecords, sender: ActorAddress) -> None:
         """A worker's audit records: on to the admin, which keeps the sandbox's log."""
         self.send(self.admin, msg)
 
-    def receiveMsg_Usage(self, msg: m.Usage, sender: Any) -> None:
+    def receiveMsg_Usage(self, msg: m.Usage, sender: ActorAddress) -> None:
         """Message counts from a supervisor: keep them and tell the admin."""
         self.message_counts.update(msg.messages)
-        self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id))  # type: ignore[union-attr]
+        self.send(self.admin, m.Usage(dict(self.message_counts), self.ctx.sandbox_id))
 
-    def receiveMsg_CountMessages(self, msg: m.CountMessages, sender: Any) -> None:
+    def receiveMsg_CountMessages(self, msg: m.CountMessages, sender: ActorAddress) -> None:
         """Ask every live actor how many messages it handled; answer once all did, or after ``COUNT_WAIT``."""
         waiting = set(self.live)
         self._counting[msg.corr] = waiting
@@ -276,7 +278,7 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         else:
             self._counted(msg.corr)
 
-    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:
+    def receiveMsg_Pong(self, msg: m.Pong, sender: ActorAddress) -> None:
         """A heartbeat answer from a child, or a count from any actor of the tree."""
         super().receiveMsg_Pong(msg, sender)
         entry = self.live.get(msg.name)
@@ -292,14 +294,14 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
     def _counted(self, corr: str) -> None:
         entry = self._counting.pop(corr, None)
         if entry is not None:  # anyone still busy keeps the figure it last gave
-            self.send(self.admin, m.Usage(dict(self.message_counts), self.context.sandbox_id, corr))  # type: ignore[union-attr]
+            self.send(self.admin, m.Usage(dict(self.message_counts), self.ctx.sandbox_id, corr))
 
-    def receiveMsg_Route(self, msg: m.Route, sender: Any) -> None:
+    def receiveMsg_Route(self, msg: m.Route, sender: ActorAddress) -> None:
         """Deliver a message for a named actor, holding it while that actor (re)starts."""
         entry = self.live.get(msg.name)
         if entry is not None:
             self.send(entry[0], msg.message)
-        elif msg.name in self.infos or self.phase == "starting":
+        elif msg.name in self.infos or self.phase == SupervisorPhase.STARTING:
             queue = self._routes.setdefault(msg.name, [])
             if len(queue) < 1000:
                 queue.append(msg.message)
@@ -308,8 +310,8 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
                 msg.message.reply_to or sender,
                 Failed(
                     ActorNotFoundError(
-                        f"no actor {msg.name!r} in sandbox {self.context.sandbox_id!r}",  # type: ignore[union-attr]
-                        sandbox_id=self.context.sandbox_id,  # type: ignore[union-attr]
+                        f"no actor {msg.name!r} in sandbox {self.ctx.sandbox_id!r}",
+                        sandbox_id=self.ctx.sandbox_id,
                         name=msg.name,
                     ),
                     msg.message.corr,
@@ -318,15 +320,16 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
 
     # -- Host.run ----------------------------------------------------------------------------
 
-    def receiveMsg_Run(self, msg: Run, sender: Any) -> None:
+    def receiveMsg_Run(self, msg: Run, sender: ActorAddress) -> None:
         """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
-        limit = self.context.limits.max_actors if self.context else None
-        if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
+        context = self.context  # None before StartSandbox: no limit to check yet
+        limit = context.limits.max_actors if context else None
+        if context is not None and limit is not None and len(self.live) + len(self._runners) + 1 > limit:
             self.send(
                 msg.reply_to or sender,
                 Failed(
                     LimitExceededError(
-                        f"sandbox {self.context.sandbox_id!r} already runs {limit} actors (max_actors)",  # type: ignore[union-attr]
+                        f"sandbox {context.sandbox_id!r} already runs {limit} actors (max_actors)",
                         limit="max_actors",
                     ),
                     msg.corr,
@@ -339,22 +342,36 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
         self.send(runner, attrs.evolve(msg, reply_to=msg.reply_to or sender))
         self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("run", msg.corr))
 
-    def receiveMsg_RunDone(self, msg: m.RunDone, sender: Any) -> None:
+    def receiveMsg_RunDone(self, msg: m.RunDone, sender: ActorAddress) -> None:
         """A runner finished; it exits by itself."""
         self._runners = [r for r in self._runners if r[2].corr != msg.corr]
 
+    # -- hot reload (the reloads component does the work) -------------------------------------
+
+    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: ActorAddress) -> None:
+        """Reload code across the sandbox, all or nothing (see :mod:`actors._code.reload`)."""
+        self.reloads.start(msg, sender)
+
+    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: ActorAddress) -> None:
+        """One actor's answer to a reload's ``LoadCode``."""
+        self.reloads.code_loaded(msg)
+
+    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: ActorAddress) -> None:
+        """A reload's requirements are installed here (or failed): go on with it."""
+        self.reloads.environment_ready(msg)
+
     def commit_versions(self, versions: dict[str, int]) -> None:
-        """A reload committed: the tree's info shows the new versions."""
-        super().commit_versions(versions)
+        """A reload committed: the modules and the tree's info show the new versions."""
+        self.modules.update(versions)
         for name, info in self.infos.items():
             if info.module in versions:
                 self.infos[name] = attrs.evolve(info, version=versions[info.module])
-        self._report("running")
+        self._report(RootStatus.RUNNING)
 
     def on_wakeup(self, payload: Any) -> None:
         """A ``Host.run`` or reload deadline."""
         if isinstance(payload, tuple) and payload[0] == "reload":
-            self.reload_timeout(payload[1])
+            self.reloads.timeout(payload[1])
             return
         if isinstance(payload, tuple) and payload[0] == "count":
             self._counted(payload[1])
@@ -371,9 +388,9 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
                     pass
             self.send(run.reply_to, Failed(RunTimeoutError(f"run did not finish within {run.timeout} s"), run.corr))
 
-    def on_other_exit(self, address: Any) -> None:
+    def on_other_exit(self, address: ActorAddress) -> None:
         """A runner or an environment installer exited; one that never answered died: say so at once."""
-        self.installer_exited(address)
+        self.reloads.installer_exited(address)
         for runner in [r for r in self._runners if r[0] == address]:
             self._runners.remove(runner)
             run = runner[2]
@@ -387,6 +404,14 @@ class SandboxActor(ReloadCoordinator, SupervisorActor):
                     run.corr,
                 ),
             )
+
+
+_REPORT_WHEN_DOWN = {
+    SupervisorPhase.STOPPING: RootStatus.STOPPED,
+    SupervisorPhase.ABORTING: RootStatus.START_FAILED,
+    SupervisorPhase.FAILING: RootStatus.FAILED,
+}
+"""What the root reports once its whole tree is down, by why it went down."""
 
 
 def _tree_names(spec: type[Supervisor]) -> list[str]:

@@ -18,10 +18,11 @@ from typing import Any
 
 import attrs
 import cloudpickle
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited, WakeupMessage
 
 from plugin_host.errors import BadRequestError
 from plugin_host.messages import Call, Failed
+from plugin_host.states import ChildStatus, SupervisorPhase
 
 from . import _messages as m
 from ._base import SandboxMember, describe_exception
@@ -44,15 +45,15 @@ def _next_incarnation() -> int:
 
 @attrs.define
 class _Child:
-    """A supervisor's record of one child."""
+    """A supervisor's record of one child; :meth:`move` is the one writer of its ``status``."""
 
     spec: ChildSpec
     blob: bytes
-    address: Any = None
+    address: ActorAddress | None = None
     pid: int | None = None
     process: Any = None
     incarnation: int = 0
-    status: str = "new"
+    status: ChildStatus = ChildStatus.NEW
     restarts: int = 0
     last_heard: float = 0.0
     stop_since: float = 0.0
@@ -65,7 +66,20 @@ class _Child:
 
     @property
     def alive(self) -> bool:
+        """Whether the child has a process (or is being started)."""
         return self.address is not None
+
+    def move(self, status: ChildStatus) -> None:
+        """Enter ``status``.  Starting or running counts as hearing from the child; stopping starts its stop clock."""
+        self.status = status
+        if status in (ChildStatus.STARTING, ChildStatus.RUNNING):
+            self.last_heard = time.monotonic()
+        elif status == ChildStatus.STOPPING:
+            self.stop_since = time.monotonic()
+
+
+_GOING_DOWN = (SupervisorPhase.STOPPING, SupervisorPhase.ABORTING, SupervisorPhase.FAILING)
+"""Phases that end once every child is down (:meth:`SupervisorActor.on_all_down`)."""
 
 
 def _exit_description(process: Any) -> str:
@@ -87,7 +101,7 @@ class SupervisorActor(SandboxMember):
         super().__init__(*args, **kwargs)
         self.spec: type[Supervisor] = Supervisor
         self.children: list[_Child] = []
-        self.phase = "idle"  # starting | running | stopping | aborting | failing | failed | stopped
+        self._phase = SupervisorPhase.IDLE
         self.reason: str | None = None
         self._restart_times: deque[float] = deque()
         self._pending: list[_Child] = []
@@ -95,9 +109,25 @@ class SupervisorActor(SandboxMember):
         self._ping_seq = 0
         self._reported: dict[str, int] = {}
 
+    @property
+    def phase(self) -> SupervisorPhase:
+        """Where this supervisor is in its life (set by :meth:`_set_phase` only)."""
+        return self._phase
+
+    def _set_phase(self, phase: SupervisorPhase) -> None:
+        """The one writer of :attr:`phase`."""
+        self._phase = phase
+
+    @property
+    def ctx(self) -> m.SandboxContext:
+        """The sandbox's context, set by the start message (``StartChild``, or ``StartSandbox`` at the root)."""
+        if self.context is None:
+            raise RuntimeError(f"supervisor {self.actor_name!r} used before its start")
+        return self.context
+
     # -- start ---------------------------------------------------------------------------
 
-    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:
+    def receiveMsg_StartChild(self, msg: m.StartChild, sender: ActorAddress) -> None:
         """Started as a nested supervisor by its parent."""
         self.context, self.parent = msg.context, sender
         self.actor_name, self.incarnation = msg.name, msg.incarnation
@@ -107,7 +137,8 @@ class SupervisorActor(SandboxMember):
 
     def start_tree(self, spec: type[Supervisor]) -> None:
         """Start every child of ``spec`` (all at once; each answers ``Started``)."""
-        self.spec, self.phase = spec, "starting"
+        self.spec = spec
+        self._set_phase(SupervisorPhase.STARTING)
         self.children = [_Child(child, cloudpickle.dumps(child)) for child in spec.children]
         for child in self.children:
             self._spawn(child)
@@ -123,17 +154,18 @@ class SupervisorActor(SandboxMember):
         try:
             child.address = self.createActor(kind)
         except Exception as exc:  # noqa: BLE001 - e.g. fork failure under a memory limit
-            child.status, child.address = "restarting", None
+            child.address = None
+            child.move(ChildStatus.RESTARTING)
             self._crashed(child, f"could not start: {describe_exception(exc)}", normal=False)
             return
         inflight.take_slot()  # the fork has its copy; never hand this one to another child
         child.process = self.child_process()
         child.pid = getattr(child.process, "pid", None)
-        child.status, child.last_heard = "starting", time.monotonic()
+        child.move(ChildStatus.STARTING)
         self.send(
             child.address,
             m.StartChild(
-                self.context,  # type: ignore[arg-type]
+                self.ctx,
                 child.spec.name,
                 child.incarnation,
                 child.blob,
@@ -147,12 +179,12 @@ class SupervisorActor(SandboxMember):
                 return child
         return None
 
-    def receiveMsg_Started(self, msg: m.Started, sender: Any) -> None:
+    def receiveMsg_Started(self, msg: m.Started, sender: ActorAddress) -> None:
         """A child finished ``init``."""
         child = self._find(msg.name, msg.incarnation)
-        if child is None or child.status != "starting":
+        if child is None or child.status != ChildStatus.STARTING:
             return
-        child.status, child.last_heard = "running", time.monotonic()
+        child.move(ChildStatus.RUNNING)
         self.to_root(
             m.ChildUp(
                 child.spec.name,
@@ -168,21 +200,21 @@ class SupervisorActor(SandboxMember):
         self._check_started()
 
     def _check_started(self) -> None:
-        if self.phase == "starting" and all(c.status == "running" for c in self.children):
-            self.phase = "running"
+        if self.phase == SupervisorPhase.STARTING and all(c.status == ChildStatus.RUNNING for c in self.children):
+            self._set_phase(SupervisorPhase.RUNNING)
             self.on_started()
 
     def on_started(self) -> None:
         """Hook: every child runs.  A nested supervisor tells its parent."""
         self.send(self.parent, m.Started(self.actor_name, self.incarnation))
 
-    def receiveMsg_StartFailed(self, msg: m.StartFailed, sender: Any) -> None:
+    def receiveMsg_StartFailed(self, msg: m.StartFailed, sender: ActorAddress) -> None:
         """A child's ``init`` raised; it exits next."""
         child = self._find(msg.name, msg.incarnation)
         if child is not None:
             child.exit_reason, child.normal_exit = msg.reason, False
 
-    def receiveMsg_Exiting(self, msg: m.Exiting, sender: Any) -> None:
+    def receiveMsg_Exiting(self, msg: m.Exiting, sender: ActorAddress) -> None:
         """A child says why it is about to exit; it runs no plugin code any more.
 
         A crashed worker is replaced at once instead of after Thespian reports its exit:
@@ -192,11 +224,11 @@ class SupervisorActor(SandboxMember):
         if child is None:
             return
         child.exit_reason, child.normal_exit = msg.reason, msg.normal
-        if child.alive and child.status in ("running", "starting") and not child.spec.is_supervisor:
+        if child.alive and child.status in (ChildStatus.RUNNING, ChildStatus.STARTING) and not child.spec.is_supervisor:
             self._gone(child)
             self._crashed(child, msg.reason, msg.normal)
 
-    def receiveMsg_SupervisorFailed(self, msg: m.SupervisorFailed, sender: Any) -> None:
+    def receiveMsg_SupervisorFailed(self, msg: m.SupervisorFailed, sender: ActorAddress) -> None:
         """A nested supervisor gave up; its exit counts as a crash."""
         for child in self.children:
             if child.spec.name == msg.name and child.alive:
@@ -204,16 +236,16 @@ class SupervisorActor(SandboxMember):
 
     # -- exits ---------------------------------------------------------------------------
 
-    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: ActorAddress) -> None:
         """Thespian reports a child process gone: decide what to do about it."""
         child = next((c for c in self.children if c.alive and c.address == msg.childAddress), None)
         if child is None:
             self.on_other_exit(msg.childAddress)
             return
         reason = self._gone(child)
-        if child.status == "stopping":
-            child.status = "stopped"
-            self._report_down(child, "stopped", "shutdown", restarting=child in self._pending)
+        if child.status == ChildStatus.STOPPING:
+            child.move(ChildStatus.STOPPED)
+            self._report_down(child, ChildStatus.STOPPED, "shutdown", restarting=child in self._pending)
             self._advance()
             return
         self._crashed(child, reason, child.normal_exit)
@@ -225,31 +257,31 @@ class SupervisorActor(SandboxMember):
         child.address = child.pid = child.process = child.slot = None
         return reason
 
-    def on_other_exit(self, address: Any) -> None:
+    def on_other_exit(self, address: ActorAddress) -> None:
         """Hook: an actor that is not a supervised child exited."""
 
     def _crashed(self, child: _Child, reason: str, normal: bool) -> None:
-        if self.phase == "starting":
-            child.status = "failed"
-            self._report_down(child, "failed", reason, restarting=False)
-            self._shut_down_all("aborting", f"child {child.spec.name!r} failed to start: {reason}")
+        if self.phase == SupervisorPhase.STARTING:
+            child.move(ChildStatus.FAILED)
+            self._report_down(child, ChildStatus.FAILED, reason, restarting=False)
+            self._shut_down_all(SupervisorPhase.ABORTING, f"child {child.spec.name!r} failed to start: {reason}")
             return
-        if self.phase != "running":
-            child.status = "stopped"
-            self._report_down(child, "stopped", reason, restarting=False)
+        if self.phase != SupervisorPhase.RUNNING:
+            child.move(ChildStatus.STOPPED)
+            self._report_down(child, ChildStatus.STOPPED, reason, restarting=False)
             self._advance()
             return
         restart = child.spec.restart == "permanent" or (child.spec.restart == "transient" and not normal)
         if not restart:
-            child.status = "stopped"
-            self._report_down(child, "stopped" if normal else "crashed", reason, restarting=False)
+            child.move(ChildStatus.STOPPED)
+            self._report_down(child, ChildStatus.STOPPED if normal else ChildStatus.CRASHED, reason, restarting=False)
             return
         if not self._allow_restart():
-            child.status = "failed"
-            self._report_down(child, "failed", reason, restarting=False)
+            child.move(ChildStatus.FAILED)
+            self._report_down(child, ChildStatus.FAILED, reason, restarting=False)
             first_line = reason.strip().splitlines()[0] if reason.strip() else reason
             self._shut_down_all(
-                "failing",
+                SupervisorPhase.FAILING,
                 f"reached max restart intensity ({self.spec.max_restarts} restarts "
                 f"in {self.spec.max_seconds} s); last: {child.spec.name}: {first_line}",
             )
@@ -268,10 +300,10 @@ class SupervisorActor(SandboxMember):
         group = {"one_for_one": [crashed], "one_for_all": list(self.children), "rest_for_one": self.children[index:]}[
             self.spec.strategy
         ]
-        crashed.status = "restarting"
-        down = self._down(crashed, "crashed", reason, restarting=True)
+        crashed.move(ChildStatus.RESTARTING)
+        down = self._down(crashed, ChildStatus.CRASHED, reason, restarting=True)
         for child in group:
-            if child is not crashed and child.alive and child.status != "stopping":
+            if child is not crashed and child.alive and child.status != ChildStatus.STOPPING:
                 self._stop_child(child)
             if child not in self._pending:
                 self._pending.append(child)
@@ -280,57 +312,58 @@ class SupervisorActor(SandboxMember):
         self.to_root(down)
 
     def _stop_child(self, child: _Child) -> None:
-        child.status, child.stop_since = "stopping", time.monotonic()
+        child.move(ChildStatus.STOPPING)
         self.send(child.address, m.Stop() if child.spec.is_supervisor else ActorExitRequest())
 
     def _advance(self) -> None:
         """Move on once every child we wait for is down."""
         if any(c.alive for c in self._pending):
             return
-        if self.phase == "running" and self._pending:
+        if self.phase == SupervisorPhase.RUNNING and self._pending:
             group, self._pending = self._pending, []
             for child in group:
-                if child.spec.restart == "temporary" and child.status == "stopped":
+                if child.spec.restart == "temporary" and child.status == ChildStatus.STOPPED:
                     continue  # OTP: a temporary child stopped by a sibling's crash is not restarted
                 child.restarts += 1
                 self._spawn(child)
             return
-        if self.phase in ("stopping", "aborting", "failing") and not any(c.alive for c in self.children):
+        if self.phase in _GOING_DOWN and not any(c.alive for c in self.children):
             self._pending = []
             self.on_all_down()
 
-    def _shut_down_all(self, phase: str, reason: str) -> None:
-        self.phase, self.reason = phase, reason
+    def _shut_down_all(self, phase: SupervisorPhase, reason: str) -> None:
+        self.reason = reason
+        self._set_phase(phase)
         for child in reversed(self.children):
-            if child.alive and child.status != "stopping":
+            if child.alive and child.status != ChildStatus.STOPPING:
                 self._stop_child(child)
         self._advance()
 
     def on_all_down(self) -> None:
         """Hook: every child is down after a stop, an aborted start or a give-up."""
-        if self.phase == "stopping":
+        if self.phase == SupervisorPhase.STOPPING:
             self.send(self.parent, m.Exiting(self.actor_name, self.incarnation, "shutdown", True))
-        elif self.phase == "aborting":
+        elif self.phase == SupervisorPhase.ABORTING:
             self.send(self.parent, m.StartFailed(self.actor_name, self.incarnation, self.reason or ""))
         else:
             self.send(self.parent, m.SupervisorFailed(self.actor_name, self.reason or ""))
-        self.phase = "stopped"
+        self._set_phase(SupervisorPhase.STOPPED)
         self.send(self.myAddress, ActorExitRequest())
 
-    def receiveMsg_Stop(self, msg: m.Stop, sender: Any) -> None:
+    def receiveMsg_Stop(self, msg: m.Stop, sender: ActorAddress) -> None:
         """Stop every child, last started first, then report."""
-        self._shut_down_all("stopping", msg.reason)
+        self._shut_down_all(SupervisorPhase.STOPPING, msg.reason)
 
-    def _report_down(self, child: _Child, status: str, reason: str, restarting: bool) -> None:
+    def _report_down(self, child: _Child, status: ChildStatus, reason: str, restarting: bool) -> None:
         self.to_root(self._down(child, status, reason, restarting))
 
     @staticmethod
-    def _down(child: _Child, status: str, reason: str, restarting: bool) -> m.ChildDown:
+    def _down(child: _Child, status: ChildStatus, reason: str, restarting: bool) -> m.ChildDown:
         return m.ChildDown(child.spec.name, child.incarnation, status, reason, restarting, child.last_call)
 
     def to_root(self, message: Any) -> None:
         """Tell the sandbox root about the tree (handled at once when we are the root)."""
-        root = self.context.root  # type: ignore[union-attr]
+        root = self.ctx.root
         if root == self.myAddress:
             self.receiveMessage(message, self.myAddress)
         else:
@@ -343,24 +376,24 @@ class SupervisorActor(SandboxMember):
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.context.heartbeat_interval), payload="heartbeat")
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Heartbeat tick: kill children that stopped answering, ping the others."""
         if msg.payload != "heartbeat":
             self.on_wakeup(msg.payload)
             return
         self._ticking = False
-        if self.phase == "stopped":
+        if self.phase == SupervisorPhase.STOPPED:
             return
-        now, ctx = time.monotonic(), self.context
+        now, ctx = time.monotonic(), self.ctx  # heartbeats tick only once started
         self._ping_seq += 1
         for child in self.children:
             if not child.alive:
                 continue
-            if child.status == "stopping":
-                if now - child.stop_since > ctx.shutdown_timeout:  # type: ignore[union-attr]
-                    self._kill(child, f"did not stop within {ctx.shutdown_timeout} s")  # type: ignore[union-attr]
-            elif now - child.last_heard > ctx.hang_timeout:  # type: ignore[union-attr]
-                self._kill(child, f"hung: no heartbeat for {ctx.hang_timeout} s")  # type: ignore[union-attr]
+            if child.status == ChildStatus.STOPPING:
+                if now - child.stop_since > ctx.shutdown_timeout:
+                    self._kill(child, f"did not stop within {ctx.shutdown_timeout} s")
+            elif now - child.last_heard > ctx.hang_timeout:
+                self._kill(child, f"hung: no heartbeat for {ctx.hang_timeout} s")
             else:
                 self.send(child.address, m.Ping(self._ping_seq))
         counts = {c.spec.name: c.messages for c in self.children if c.messages}
@@ -375,27 +408,27 @@ class SupervisorActor(SandboxMember):
     def _kill(self, child: _Child, reason: str) -> None:
         if child.pid is None:
             return
-        if child.status != "stopping":
+        if child.status != ChildStatus.STOPPING:
             child.exit_reason, child.normal_exit = reason, False
         try:
             os.kill(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    def receiveMsg_Pong(self, msg: m.Pong, sender: Any) -> None:
+    def receiveMsg_Pong(self, msg: m.Pong, sender: ActorAddress) -> None:
         """A child answered a heartbeat."""
         child = self._find(msg.name, msg.incarnation)
         if child is not None:
             child.last_heard, child.messages = time.monotonic(), msg.messages
 
-    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:
+    def receiveMsg_Call(self, msg: Call, sender: ActorAddress) -> None:
         """Supervisors run no plugin code: a call to one is a caller's mistake."""
         self.send(
             msg.reply_to or sender,
             Failed(BadRequestError(f"{msg.name!r} is a supervisor; supervisors do not handle calls"), msg.corr),
         )
 
-    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:
+    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: ActorAddress) -> None:
         """A reload committed: children this supervisor restarts from now on run the new code."""
         try:
             Staged(msg.sources, msg.order, msg.environment)

@@ -18,10 +18,11 @@ from typing import Any, Iterator
 
 import attrs
 import cloudpickle
-from thespian.actors import ActorExitRequest, WakeupMessage
+from thespian.actors import ActorAddress, ActorExitRequest, WakeupMessage
 
 from plugin_host.errors import ActorNotFoundError, CallTimeoutError, OverloadedError, PluginError
 from plugin_host.messages import Call, Cast, Failed, Ok, pack, unblob
+from plugin_host.states import EventKind
 
 from . import _messages as m
 from ._base import SandboxMember, describe_exception, plugin_error
@@ -36,7 +37,8 @@ __all__ = ["WorkerActor", "PluginRuntime"]
 
 
 class PluginRuntime:
-    """The services a running plugin reaches through ``self.call``, ``self.cast`` and friends."""
+    """The services a running plugin reaches through ``self.call``, ``self.cast`` and friends
+    (:class:`actors.plugin.PluginServices`, provided by its worker)."""
 
     def __init__(self, worker: WorkerActor) -> None:
         self._worker = worker
@@ -49,7 +51,7 @@ class PluginRuntime:
     @property
     def sandbox_id(self) -> str:
         """The sandbox's id."""
-        return self._worker.context.sandbox_id  # type: ignore[union-attr]
+        return self._worker.ctx.sandbox_id
 
     def call(self, name: str, request: Any, timeout: float) -> Any:
         """Blocking request/reply to a sibling (see ``Plugin.call``)."""
@@ -82,14 +84,21 @@ class WorkerActor(SandboxMember):
         self._calls = itertools.count()
         self._slot = inflight.take_slot()
         self._prepared: tuple[str, Staged, tuple[Plugin, Any] | None] | None = None
-        self._held: list[tuple[Any, Any]] = []
+        self._held: list[tuple[Any, ActorAddress]] = []
         self._budget = CpuBudget(None, "")
         self._auditor: Auditor | None = None
         self._audited: list[Any] = []
 
+    @property
+    def ctx(self) -> m.SandboxContext:
+        """The sandbox's context, set by ``StartChild`` (always there once the plugin runs)."""
+        if self.context is None:
+            raise RuntimeError(f"worker {self.actor_name!r} used before its StartChild")
+        return self.context
+
     # -- start --------------------------------------------------------------------
 
-    def receiveMsg_StartChild(self, msg: m.StartChild, sender: Any) -> None:
+    def receiveMsg_StartChild(self, msg: m.StartChild, sender: ActorAddress) -> None:
         """Become the named actor: build the plugin and run its ``init``."""
         self.context, self.parent = msg.context, sender
         self.actor_name, self.incarnation = msg.name, msg.incarnation
@@ -120,17 +129,18 @@ class WorkerActor(SandboxMember):
 
     # -- requests ------------------------------------------------------------------
 
-    def receiveMsg_Call(self, msg: Call, sender: Any) -> None:
+    def receiveMsg_Call(self, msg: Call, sender: ActorAddress) -> None:
         """Run ``handle_call`` and answer ``Ok(reply)`` (a Blob unless plain data) or ``Failed``."""
         reply_to = msg.reply_to or sender
-        if not self._accepts(msg):
+        plugin = self._target(msg)
+        if plugin is None:
             self.send(reply_to, Failed(self._not_me(msg.name), msg.corr))
             return
         self.messages += 1
         inflight.write(self._slot, msg.corr)
         try:
             with self._plugin_code():
-                result = self.plugin.handle_call(unblob(msg.request), self.state)  # type: ignore[union-attr]
+                result = plugin.handle_call(unblob(msg.request), self.state)
             if not (isinstance(result, tuple) and len(result) == 2):
                 raise TypeError(f"handle_call must return (reply, new_state), got {type(result).__name__}")
             reply, self.state = result
@@ -155,12 +165,12 @@ class WorkerActor(SandboxMember):
             self.send(reply_to, Ok(payload, msg.corr))
         self._after_callback()
 
-    def receiveMsg_Cast(self, msg: Cast, sender: Any) -> None:
+    def receiveMsg_Cast(self, msg: Cast, sender: ActorAddress) -> None:
         """Run ``handle_cast``."""
-        if self._accepts(msg):
+        if self._target(msg) is not None:
             self._run_callback("handle_cast", unblob(msg.message))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Deliver a ``send_after`` timer to ``handle_info``; expire a forgotten reload."""
         payload = msg.payload
         if isinstance(payload, tuple) and len(payload) == 2 and payload[0] == "plugin":
@@ -168,7 +178,7 @@ class WorkerActor(SandboxMember):
         elif isinstance(payload, tuple) and payload[0] == "reload":
             self.receiveMsg_AbortCode(m.AbortCode(payload[1]), sender)
 
-    def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
+    def receiveUnrecognizedMessage(self, message: Any, sender: ActorAddress) -> None:
         """Any other message (from another actor) goes to ``handle_info``."""
         if type(message).__module__.startswith("thespian."):
             return
@@ -176,7 +186,7 @@ class WorkerActor(SandboxMember):
 
     # -- supervision plumbing ----------------------------------------------------------
 
-    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: ActorAddress) -> None:
         """Stopped by the supervisor (or exiting on our own): run ``terminate`` once."""
         if self.plugin is not None and not self.dead:
             self.dead = True
@@ -202,12 +212,13 @@ class WorkerActor(SandboxMember):
             records, self._audited[:] = tuple(self._audited), []
             self.send(self.context.root, m.AuditRecords(self.context.sandbox_id, records))
 
-    def _accepts(self, msg: Call | Cast) -> bool:
+    def _target(self, msg: Call | Cast) -> Plugin | None:
+        """The plugin, when ``msg`` is for this incarnation of this actor and it runs; else None."""
         if self.dead or self.plugin is None or self.context is None:
-            return False
+            return None
         if msg.sandbox_id != self.context.sandbox_id or msg.name != self.actor_name:
-            return False
-        return msg.incarnation is None or msg.incarnation == self.incarnation
+            return None
+        return self.plugin if msg.incarnation is None or msg.incarnation == self.incarnation else None
 
     def _not_me(self, name: str) -> ActorNotFoundError:
         sandbox = self.context.sandbox_id if self.context else ""
@@ -243,9 +254,12 @@ class WorkerActor(SandboxMember):
         self._exit()
 
     def _terminate(self, reason: Any) -> None:
+        plugin = self.plugin
+        if plugin is None:
+            return  # never built: nothing to terminate
         try:
             with self._plugin_code():
-                self.plugin.terminate(reason, self.state)  # type: ignore[union-attr]
+                plugin.terminate(reason, self.state)
         except Exception:  # noqa: BLE001 - terminate is best effort by contract
             pass
 
@@ -255,14 +269,14 @@ class WorkerActor(SandboxMember):
 
     # -- hot reload ------------------------------------------------------------------------
 
-    def receiveMessage(self, message: Any, sender: Any) -> Any:
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> Any:
         """While a reload is prepared, hold plugin messages: the new code will handle them."""
         if self._prepared is not None and _is_plugin_traffic(message):
             self._held.append((message, sender))
             return None
         return super().receiveMessage(message, sender)
 
-    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: Any) -> None:
+    def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: ActorAddress) -> None:
         """Load new code; migrate the state with ``code_change`` (or the caller's state handler)."""
         try:
             staged = Staged(msg.sources, msg.order, msg.environment)
@@ -277,7 +291,7 @@ class WorkerActor(SandboxMember):
         swap = None
         if self.plugin is not None and not self.dead and self.module in staged.order:
             try:
-                swap = self._migrate(msg)
+                swap = self._migrate(self.plugin, msg)
             except Exception as exc:  # noqa: BLE001 - the sandbox boundary
                 staged.abort()
                 self.send(
@@ -295,15 +309,14 @@ class WorkerActor(SandboxMember):
             self._swap(swap)
         self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, True, updated=swap is not None))
 
-    def _migrate(self, msg: m.LoadCode) -> tuple[Plugin, Any]:
-        old = self.plugin
+    def _migrate(self, old: Plugin, msg: m.LoadCode) -> tuple[Plugin, Any]:
         cls: Any = sys.modules[self.module]
         for part in type(old).__qualname__.split("."):
             cls = getattr(cls, part)
         if not (isinstance(cls, type) and issubclass(cls, Plugin)):
             raise TypeError(f"{self.module}.{type(old).__qualname__} is no longer a Plugin class")
         new = cls()
-        new._ph_runtime = old._ph_runtime  # type: ignore[union-attr]
+        new._ph_runtime = old._ph_runtime
         old_vsn, new_vsn = msg.versions.get(self.module, (None, None))
         migrate = cloudpickle.loads(msg.state_handler) if msg.state_handler else new.code_change
         with self._plugin_code():
@@ -313,14 +326,14 @@ class WorkerActor(SandboxMember):
         if swap is not None:
             self.plugin, self.state = swap
 
-    def receiveMsg_CommitCode(self, msg: m.CommitCode, sender: Any) -> None:
+    def receiveMsg_CommitCode(self, msg: m.CommitCode, sender: ActorAddress) -> None:
         """Switch to the prepared code and state, then handle what arrived meanwhile."""
         if self._prepared is not None and self._prepared[0] == msg.reload_id:
             _, _, swap = self._prepared
             self._swap(swap)
             self._release()
 
-    def receiveMsg_AbortCode(self, msg: m.AbortCode, sender: Any) -> None:
+    def receiveMsg_AbortCode(self, msg: m.AbortCode, sender: ActorAddress) -> None:
         """Keep the old code and state."""
         if self._prepared is not None and self._prepared[0] == msg.reload_id:
             self._prepared[1].abort()
@@ -341,15 +354,16 @@ class WorkerActor(SandboxMember):
         (Thespian's queue of unsent messages in this process reaches the limit) gets
         ``OverloadedError`` instead of queueing more: a flood is stopped, and reported.
         """
-        limit = self.context.limits.max_mailbox if self.context else None
+        context = self.ctx  # plugin code runs only once started
+        limit = context.limits.max_mailbox
         if limit is not None:
             queued = _queued_transmits(self)
             if queued >= limit:
                 self.send(
-                    self.context.root,  # type: ignore[union-attr]
+                    context.root,
                     m.TreeEvent(
-                        self.context.sandbox_id,  # type: ignore[union-attr]
-                        "limit_breached",
+                        context.sandbox_id,
+                        EventKind.LIMIT_BREACHED,
                         self.actor_name,
                         f"max_mailbox: {queued} messages queued",
                         {"limit": "max_mailbox", "value": queued, "maximum": limit},
@@ -360,10 +374,10 @@ class WorkerActor(SandboxMember):
                     name=name,
                     limit="max_mailbox",
                 )
-        cast = Cast(sandbox_id=self.context.sandbox_id, name=name, message=pack(message))  # type: ignore[union-attr]
+        cast = Cast(sandbox_id=context.sandbox_id, name=name, message=pack(message))
         address = self.directory.get(name)
         if address is None:
-            self.send(self.context.root, m.Route(name, cast))  # type: ignore[union-attr]
+            self.send(context.root, m.Route(name, cast))
         else:
             self.send(address, cast)
 
@@ -379,8 +393,7 @@ class WorkerActor(SandboxMember):
             raise ActorNotFoundError(
                 "Plugin.call between actors needs a multiprocess base (not simpleSystemBase)", name=name
             )
-        context = self.context
-        assert context is not None
+        context = self.ctx
         call = Call(
             sandbox_id=context.sandbox_id, name=name, request=pack(request), corr=f"{os.getpid()}-{next(self._calls)}"
         )
@@ -394,7 +407,7 @@ class WorkerActor(SandboxMember):
         if reply is None:
             raise CallTimeoutError(
                 f"{self.actor_name} -> {name}: no reply within {timeout} s",
-                sandbox_id=self.context.sandbox_id,  # type: ignore[union-attr]
+                sandbox_id=context.sandbox_id,
                 name=name,
             )
         if isinstance(reply, Failed):

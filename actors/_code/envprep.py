@@ -6,9 +6,7 @@ be killed as hung).  The root forks this one-shot actor instead and goes on; it 
 
 from __future__ import annotations
 
-from typing import Any
-
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorAddress, ActorExitRequest
 
 from plugin_host.errors import PluginHostError
 
@@ -22,7 +20,7 @@ __all__ = ["EnvironmentActor"]
 class EnvironmentActor(HostActor):
     """Runs ``pip`` for one reload, answers :class:`~actors._messages.EnvironmentReady`, then exits."""
 
-    def receiveMsg_PrepareEnvironment(self, msg: m.PrepareEnvironment, sender: Any) -> None:
+    def receiveMsg_PrepareEnvironment(self, msg: m.PrepareEnvironment, sender: ActorAddress) -> None:
         """Install the packages under this system's ``state_dir`` (or reuse them)."""
         try:
             reply = m.EnvironmentReady(msg.reload_id, local_environment(None, msg.packages))

@@ -13,25 +13,45 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Callable, Mapping, Protocol
 
 import attrs
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorAddress, ActorExitRequest
 
 from plugin_host import codeload
+from plugin_host.states import SupervisorPhase
+from plugin_host.values import ChildInfo
 
 from .. import _messages as m
 from .._base import describe_exception
 from .codeswap import Staged, sandbox_finder
 from .envprep import EnvironmentActor
 
-__all__ = ["ReloadCoordinator"]
+__all__ = ["ReloadPort", "RootReload"]
+
+
+class ReloadPort(Protocol):
+    """What the reload may do as the sandbox root's actor: send, fork an installer, wake up."""
+
+    def send(self, targetAddr: ActorAddress, msg: object) -> None:  # noqa: N803 - Thespian's names
+        """Send ``msg`` to ``targetAddr``."""
+        ...
+
+    def createActor(self, actorClass: type) -> ActorAddress:  # noqa: N803 - Thespian's names
+        """Create a child actor of the root."""
+        ...
+
+    def wakeupAfter(self, timePeriod: timedelta, payload: object = None) -> None:  # noqa: N803 - Thespian's names
+        """Be sent a ``WakeupMessage`` after ``timePeriod``."""
+        ...
 
 
 @attrs.define
 class _Reload:
+    """One reload in progress: who asked, the code staged here, and who has answered."""
+
     request: m.ReloadSandbox
-    admin: Any
+    admin: ActorAddress
     staged: Staged
     affected: list[str]
     started_ns: int
@@ -42,101 +62,117 @@ class _Reload:
     failure: tuple[str, str] | None = None
 
 
-class ReloadCoordinator:
-    """Mixed into the sandbox root; needs ``live``, ``infos``, ``modules``, ``send`` and friends."""
+@attrs.define
+class _Install:
+    """A reload waiting for its requirements to be installed on this system."""
 
-    live: dict[str, tuple[Any, int]]
-    infos: dict[str, Any]
-    modules: dict[str, int]
-    phase: str
-    reload: _Reload | None = None
-    committed_ns = 0
-    """When the last reload committed (``time.time_ns()``)."""
-    aborted_window: tuple[int, int] = (0, -1)
-    """From the start to the end of the last aborted reload (ns): children forked then ran its code."""
-    send: Callable[[Any, Any], None]  # the actor's (Thespian)
-    createActor: Callable[..., Any]
-    wakeupAfter: Callable[..., None]
+    request: m.ReloadSandbox
+    admin: ActorAddress
+    installer: ActorAddress
+    since: float
 
-    installing: tuple[m.ReloadSandbox, Any, Any, float] | None = None
-    """A reload waiting for its requirements to be installed on this system: (request, admin, installer, since)."""
 
-    def receiveMsg_EnvironmentReady(self, msg: m.EnvironmentReady, sender: Any) -> None:
+class RootReload:
+    """The sandbox root's reloads (see the module docstring); the root hands it every reload message.
+
+    Args:
+        port: the root's actor (send, createActor, wakeupAfter).
+        live: the root's directory of running actors (name -> (address, incarnation)), read only.
+        infos: the root's view of its tree (name -> ChildInfo), read only.
+        modules: each sandbox module's current version, read only.
+        phase: the root's supervisor phase, read when a reload is asked.
+        commit: records the modules' new versions when a reload commits (the root's ``commit_versions``).
+    """
+
+    def __init__(
+        self,
+        port: ReloadPort,
+        live: Mapping[str, tuple[ActorAddress, int]],
+        infos: Mapping[str, ChildInfo],
+        modules: Mapping[str, int],
+        phase: Callable[[], SupervisorPhase],
+        commit: Callable[[dict[str, int]], None],
+    ) -> None:
+        self._port, self._live, self._infos, self._modules = port, live, infos, modules
+        self._phase, self._commit = phase, commit
+        self.reload: _Reload | None = None
+        self.installing: _Install | None = None
+        self.committed_ns = 0
+        """When the last reload committed (``time.time_ns()``)."""
+        self.aborted_window: tuple[int, int] = (0, -1)
+        """From the start to the end of the last aborted reload (ns): children forked then ran its code."""
+
+    def environment_ready(self, msg: m.EnvironmentReady) -> None:
         """The reload's requirements are installed here (or failed): go on with it."""
-        if self.installing is None or self.installing[0].reload_id != msg.reload_id:
+        install = self.installing
+        if install is None or install.request.reload_id != msg.reload_id:
             return
-        (request, admin, _, since), self.installing = self.installing, None
-        left = request.timeout - (time.monotonic() - since)
+        self.installing = None
+        request = install.request
+        left = request.timeout - (time.monotonic() - install.since)
         if msg.path is None or left <= 0:
             cause = (
                 f"installing the requirements failed: {msg.error}"
                 if msg.path is None
                 else f"installing the requirements took longer than the reload's {request.timeout:g} s"
             )
-            self.send(admin, m.SandboxReloaded(request.reload_id, False, actor="root", cause=cause))
+            self._port.send(install.admin, m.SandboxReloaded(request.reload_id, False, actor="root", cause=cause))
             return
         # The install used part of the reload's time: the admin waits for the whole of it, no longer.
-        self.receiveMsg_ReloadSandbox(attrs.evolve(request, environment=msg.path, packages=(), timeout=left), admin)
+        self.start(attrs.evolve(request, environment=msg.path, packages=(), timeout=left), install.admin)
 
-    def installer_exited(self, address: Any) -> None:
+    def installer_exited(self, address: ActorAddress) -> None:
         """An environment installer exited; one that never answered died installing: fail its reload."""
-        if self.installing is not None and self.installing[2] == address:
-            self.receiveMsg_EnvironmentReady(
-                m.EnvironmentReady(self.installing[0].reload_id, None, "the installer process died"), address
+        if self.installing is not None and self.installing.installer == address:
+            self.environment_ready(
+                m.EnvironmentReady(self.installing.request.reload_id, None, "the installer process died")
             )
 
-    def receiveMsg_ReloadSandbox(self, msg: m.ReloadSandbox, sender: Any) -> None:
+    def start(self, msg: m.ReloadSandbox, sender: ActorAddress) -> None:
         """Reload code across the sandbox (see the module docstring)."""
-        if self.reload is not None or self.installing is not None or self.phase != "running":
-            busy = self.reload is not None or self.installing is not None
-            cause = "another reload is in progress" if busy else f"the sandbox is {self.phase}"
-            self.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
-            return
-        if msg.packages:  # on another system than the host's: install them here first, off this loop
-            installer = self.createActor(EnvironmentActor)
-            self.installing = (msg, sender, installer, time.monotonic())
-            self.send(installer, m.PrepareEnvironment(msg.reload_id, msg.packages))
-            return
+        refusal = self._refusal()
+        if refusal is not None:
+            self._port.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=refusal))
+        elif msg.packages:  # on another system than the host's: install them here first, off this loop
+            installer = self._port.createActor(EnvironmentActor)
+            self.installing = _Install(msg, sender, installer, time.monotonic())
+            self._port.send(installer, m.PrepareEnvironment(msg.reload_id, msg.packages))
+        else:
+            self._stage(msg, sender)
+
+    def _refusal(self) -> str | None:
+        """Why no reload can start now (None: one can)."""
+        if self.reload is not None or self.installing is not None:
+            return "another reload is in progress"
+        phase = self._phase()
+        return None if phase == SupervisorPhase.RUNNING else f"the sandbox is {phase}"
+
+    def _stage(self, msg: m.ReloadSandbox, sender: ActorAddress) -> None:
+        """Load the new code here first (a failure stops the reload), then ask the affected workers to prepare."""
         started_ns = time.time_ns()
         try:
             codeload.verify_checksums(msg.sources, msg.checksums)
             staged = Staged(msg.sources, msg.order, msg.environment)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
-            self.send(
-                sender,
-                m.SandboxReloaded(
-                    msg.reload_id, False, actor="root", cause=f"loading the new code failed: {describe_exception(exc)}"
-                ),
-            )
+            cause = f"loading the new code failed: {describe_exception(exc)}"
+            self._port.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
             return
         affected = [
             name
-            for name, info in self.infos.items()
-            if info.kind == "worker" and info.module in staged.order and name in self.live
+            for name, info in self._infos.items()
+            if info.kind == "worker" and info.module in staged.order and name in self._live
         ]
         # Always two phases, even for one actor: one that answers too late must still be able
         # to drop the new code (the abort follows its LoadCode, from the same sender).
         self.reload = _Reload(msg, sender, staged, affected, started_ns, set(affected))
         for name in affected:
-            self.send(
-                self.live[name][0],
-                m.LoadCode(
-                    msg.reload_id,
-                    msg.sources,
-                    msg.order,
-                    msg.versions,
-                    msg.state_handler,
-                    True,
-                    msg.timeout,
-                    msg.environment,
-                ),
-            )
+            self._port.send(self._live[name][0], _load_code(msg, msg.state_handler, prepare=True))
         if affected:
-            self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("reload", msg.reload_id))
+            self._port.wakeupAfter(timedelta(seconds=msg.timeout), payload=("reload", msg.reload_id))
         else:
-            self._finish_reload()
+            self._finish()
 
-    def receiveMsg_CodeLoaded(self, msg: m.CodeLoaded, sender: Any) -> None:
+    def code_loaded(self, msg: m.CodeLoaded) -> None:
         """One actor's answer to a ``LoadCode``."""
         reload = self.reload
         if reload is None or msg.reload_id != reload.request.reload_id or msg.name not in reload.waiting:
@@ -149,17 +185,17 @@ class ReloadCoordinator:
             if msg.updated:
                 reload.updated.append(msg.name)
         if not reload.waiting:
-            self._finish_reload()
+            self._finish()
 
-    def reload_child_down(self, name: str) -> None:
+    def child_down(self, name: str) -> None:
         """An actor went down mid-reload: stop waiting for it (its next incarnation gets the outcome)."""
         reload = self.reload
         if reload is not None and name in reload.waiting:
             reload.waiting.discard(name)
             if not reload.waiting:
-                self._finish_reload()
+                self._finish()
 
-    def reload_child_up(self, name: str, incarnation: int, address: Any) -> None:
+    def child_up(self, name: str, incarnation: int, address: ActorAddress) -> None:
         """A child came up: make sure it runs the current code.
 
         Forked mid-reload, it runs the staged code (restarted if the reload aborts); forked
@@ -169,13 +205,13 @@ class ReloadCoordinator:
         if self.reload is not None:
             self.reload.restarted.append(name)
         elif self.aborted_window[0] <= incarnation <= self.aborted_window[1]:
-            self.send(address, ActorExitRequest())  # forked on code that was then aborted: back on the old
+            self._port.send(address, ActorExitRequest())  # forked on code that was then aborted: back on the old
         elif incarnation < self.committed_ns:
             sources = sandbox_finder().table.as_wire()
-            versions = {module: (version, version) for module, version in self.modules.items()}
-            self.send(address, m.LoadCode("catch-up", sources, sorted(sources), versions, None, False, 30.0))
+            versions = {module: (version, version) for module, version in self._modules.items()}
+            self._port.send(address, m.LoadCode("catch-up", sources, sorted(sources), versions, None, False, 30.0))
 
-    def reload_timeout(self, reload_id: str) -> None:
+    def timeout(self, reload_id: str) -> None:
         """The reload's deadline passed with actors still silent."""
         reload = self.reload
         if reload is not None and reload.request.reload_id == reload_id and reload.waiting:
@@ -184,49 +220,48 @@ class ReloadCoordinator:
                 f"no answer within {reload.request.timeout} s (busy or hung)",
             )
             reload.waiting.clear()
-            self._finish_reload()
+            self._finish()
 
-    def _finish_reload(self) -> None:
+    def _finish(self) -> None:
         reload, self.reload = self.reload, None
         assert reload is not None
-        request = reload.request
         if reload.failure is not None:
-            for name in reload.affected:  # the late ones too: they prepare, then drop it at once
-                self._to_live(name, m.AbortCode(request.reload_id))
-            reload.staged.abort()
-            self.aborted_window = (reload.started_ns, time.time_ns())
-            for name in reload.restarted:
-                self._to_live(name, ActorExitRequest())  # forked on the new code: bring it back on the old
-            actor, cause = reload.failure
-            self.send(reload.admin, m.SandboxReloaded(request.reload_id, False, actor=actor, cause=cause))
+            self._abort(reload, *reload.failure)
             return
+        request = reload.request
         prepared = set(reload.prepared)
-        for name, (address, _) in self.live.items():
-            if name in prepared:
-                self.send(address, m.CommitCode(request.reload_id))
-            else:
-                self.send(
-                    address,
-                    m.LoadCode(
-                        request.reload_id,
-                        request.sources,
-                        request.order,
-                        request.versions,
-                        None,
-                        False,
-                        request.timeout,
-                        request.environment,
-                    ),
-                )
+        for name, (address, _) in self._live.items():
+            message = m.CommitCode(request.reload_id) if name in prepared else _load_code(request, None, prepare=False)
+            self._port.send(address, message)
         self.committed_ns = time.time_ns()
-        self.commit_versions({module: new for module, (_, new) in request.versions.items()})
-        self.send(reload.admin, m.SandboxReloaded(request.reload_id, True, tuple(sorted(reload.updated))))
+        self._commit({module: new for module, (_, new) in request.versions.items()})
+        self._port.send(reload.admin, m.SandboxReloaded(request.reload_id, True, tuple(sorted(reload.updated))))
 
-    def _to_live(self, name: str, message: Any) -> None:
-        entry = self.live.get(name)
+    def _abort(self, reload: _Reload, actor: str, cause: str) -> None:
+        reload_id = reload.request.reload_id
+        for name in reload.affected:  # the late ones too: they prepare, then drop it at once
+            self._to_live(name, m.AbortCode(reload_id))
+        reload.staged.abort()
+        self.aborted_window = (reload.started_ns, time.time_ns())
+        for name in reload.restarted:
+            self._to_live(name, ActorExitRequest())  # forked on the new code: bring it back on the old
+        self._port.send(reload.admin, m.SandboxReloaded(reload_id, False, actor=actor, cause=cause))
+
+    def _to_live(self, name: str, message: object) -> None:
+        entry = self._live.get(name)
         if entry is not None:
-            self.send(entry[0], message)
+            self._port.send(entry[0], message)
 
-    def commit_versions(self, versions: dict[str, int]) -> None:
-        """Hook: record the modules' new versions (the root updates its tree info)."""
-        self.modules.update(versions)
+
+def _load_code(request: m.ReloadSandbox, state_handler: bytes | None, prepare: bool) -> m.LoadCode:
+    """The ``LoadCode`` of a reload: a prepare (with the state handler) or a commit-time load."""
+    return m.LoadCode(
+        request.reload_id,
+        request.sources,
+        request.order,
+        request.versions,
+        state_handler,
+        prepare,
+        request.timeout,
+        request.environment,
+    )

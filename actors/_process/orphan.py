@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Callable
 
 __all__ = ["OrphanWatch", "ORPHAN_CHECK"]
 
@@ -25,34 +25,41 @@ _SETTLE = 0.2
 
 
 class OrphanWatch:
-    """Mixed into an actor; call :meth:`note_admin` on each ping and :meth:`orphaned` on each check wakeup."""
+    """Whether the admin has fallen silent: call :meth:`note_admin` on each ping and :meth:`orphaned` on each
+    :data:`ORPHAN_CHECK` wakeup.
 
-    wakeupAfter: Any
-    _orphan_last = 0.0
-    _orphan_timeout: float | None = None
-    _orphan_due: float | None = None
+    Args:
+        wakeup_after: the actor's ``wakeupAfter`` (a period and a payload): how the checks are scheduled.
+    """
+
+    def __init__(self, wakeup_after: Callable[[timedelta, object], None]) -> None:
+        self._wakeup_after = wakeup_after
+        self._last = 0.0
+        self.timeout: float | None = None
+        """The admin's ping timeout (None until its first ping)."""
+        self._due: float | None = None
 
     def note_admin(self, timeout: float) -> None:
         """The admin pinged: it lives; check again within ``timeout``."""
-        self._orphan_last, self._orphan_timeout = time.monotonic(), timeout
-        if self._orphan_due is None:
+        self._last, self.timeout = time.monotonic(), timeout
+        if self._due is None:
             self._arm(timeout / 2)
 
     def orphaned(self) -> bool:
         """On an :data:`ORPHAN_CHECK` wakeup: whether the admin has been silent too long."""
-        due, self._orphan_due = self._orphan_due, None
-        if self._orphan_timeout is None or due is None:
+        due, self._due = self._due, None
+        if self.timeout is None or due is None:
             return False
         now = time.monotonic()
         if now - due > _SETTLE:
             # This check itself came late: pings may be waiting behind it.  Read them first.
             self._arm(_SETTLE)
             return False
-        if now - self._orphan_last > self._orphan_timeout:
+        if now - self._last > self.timeout:
             return True
-        self._arm(self._orphan_timeout / 2)
+        self._arm(self.timeout / 2)
         return False
 
     def _arm(self, seconds: float) -> None:
-        self._orphan_due = time.monotonic() + seconds
-        self.wakeupAfter(timedelta(seconds=seconds), payload=ORPHAN_CHECK)
+        self._due = time.monotonic() + seconds
+        self._wakeup_after(timedelta(seconds=seconds), ORPHAN_CHECK)
