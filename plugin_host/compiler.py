@@ -257,9 +257,9 @@ def _syntax(job: _Job) -> None:
 def _security(job: _Job) -> list[str]:
     if job.options.profile == "permissive":
         return []
-    findings = [
-        f for name in job.targets for f in scan_source(job.table.modules[name].source, job.table.modules[name].path)
-    ]
+    strict = job.options.profile == "restricted"  # the dynamic forms: refused, never warned about
+    modules = [job.table.modules[name] for name in job.targets]
+    findings = [f for m in modules for f in scan_source(m.source, m.path, strict=strict)]
     if findings and job.options.profile == "restricted":
         raise SecurityViolationError(_format(findings, "security violation"), errors=findings, output="")
     return [_format([f], "security warning") for f in findings]
