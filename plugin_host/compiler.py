@@ -15,7 +15,8 @@ Compiling a sandbox folder (or one module of it) goes through these steps, cheap
    written into the source tree.
 
 The static scan is defence in depth, not a security boundary: code can always reach a
-forbidden function in ways no static scan sees (``getattr(os, name)``).
+forbidden function in ways no static scan sees (a module handed to a function that calls
+``getattr`` on its parameter).
 """
 
 from __future__ import annotations
