@@ -2,10 +2,13 @@
 
 :func:`scan_source` reads one module's AST; :mod:`plugin_host.compiler` runs it on every module
 it compiles (``restricted`` turns findings into a :class:`~plugin_host.errors.SecurityViolationError`,
-``standard`` into warnings, ``permissive`` skips the scan).
+``standard`` into warnings, ``permissive`` skips the scan).  ``restricted`` scans with
+``strict=True``, which adds the dynamic forms (names computed at run time, references to dangerous
+callables, writes to paths the scan cannot read); ``standard`` warns about the plain forms only.
 
 The static scan is defence in depth, not a security boundary: code can always reach a
-forbidden function in ways no static scan sees (``getattr(os, name)``).
+forbidden function in ways no static scan sees (a module passed to a function that calls
+``getattr`` on its parameter); the runtime audit is what refuses the operation.
 """
 
 from __future__ import annotations
@@ -35,13 +38,77 @@ _BANNED_MODULES = {
 _OS_MODULES = ("os", "posix")
 _OS_CALLS = re.compile(r"(system|popen|fork|forkpty|exec\w*|spawn\w*)")
 _CODE_BUILTINS = ("eval", "exec", "compile", "__import__")
-_SHADOWABLE = frozenset(_CODE_BUILTINS + ("open",))
+_SHADOWABLE = frozenset(_CODE_BUILTINS + ("open", "getattr", "vars", "globals", "locals"))
 _OPENERS = ("builtins.open", "io.open")
 _PATH_CLASSES = ("pathlib.Path", "pathlib.PosixPath", "pathlib.PurePath", "pathlib.PurePosixPath")
 _PARENT_STEP = re.compile(r"(^|[/\\])\.\.([/\\]|$)")
 
+# -- strict (``restricted``) only ----------------------------------------------------------
 
-def scan_source(source: str, path: str) -> list[Finding]:
+_STRICT_MODULES = {
+    "builtins": "reaches every builtin by name",
+    "asyncio.subprocess": "starts processes",
+    "concurrent.futures.process": "starts processes",
+    "webbrowser": "starts processes",
+    "urllib.request": "opens network connections",
+    "http.client": "opens network connections",
+    "http.server": "opens network connections",
+    "socketserver": "opens network connections",
+    "ftplib": "opens network connections",
+    "smtplib": "opens network connections",
+    "poplib": "opens network connections",
+    "imaplib": "opens network connections",
+    "nntplib": "opens network connections",
+    "telnetlib": "opens network connections",
+    "xmlrpc.client": "opens network connections",
+    "xmlrpc.server": "opens network connections",
+}
+"""Modules refused under ``restricted`` (a module and everything under it), with what they do."""
+_STRICT_CALLABLES = {
+    "asyncio.create_subprocess_exec": "starts processes",
+    "asyncio.create_subprocess_shell": "starts processes",
+    "asyncio.open_connection": "opens network connections",
+    "asyncio.open_unix_connection": "opens network connections",
+    "asyncio.start_server": "opens network connections",
+    "asyncio.start_unix_server": "opens network connections",
+    "concurrent.futures.ProcessPoolExecutor": "starts processes",
+    "importlib.__import__": "runs code built at run time",
+    "sys.modules": "reaches any loaded module by name",
+}
+"""Functions (and objects) refused under ``restricted`` wherever they are named."""
+_STRICT_METHODS = {
+    "subprocess_exec": "starts processes",
+    "subprocess_shell": "starts processes",
+    "create_connection": "opens network connections",
+    "create_server": "opens network connections",
+    "create_datagram_endpoint": "opens network connections",
+    "sock_connect": "opens network connections",
+}
+"""Event-loop methods refused under ``restricted`` on any object (the loop is not known statically)."""
+_POSIX_SPAWN = re.compile(r"posix_spawnp?")
+_NAMESPACE_DUNDERS = ("__dict__", "__builtins__")
+_MUTATORS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"})
+_RUNTIME_PACKAGES = ("actors", "plugin_host")
+_CHECKED_ARGUMENTS = frozenset(
+    {"builtins.open", "io.open", "os.open", "posix.open", "importlib.import_module", "builtins.getattr"}
+)
+"""Callables whose calls the strict scan judges by their arguments, so a bare reference is refused."""
+_READ_ONLY_FLAGS = frozenset({"O_RDONLY", "O_CLOEXEC", "O_NOFOLLOW", "O_DIRECTORY", "O_NONBLOCK", "O_NOCTTY"})
+_PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
+    **{f"os.{f}": ((0, "path"),) for f in ("remove", "unlink", "rmdir", "mkdir", "truncate", "chmod", "mkfifo")},
+    "os.makedirs": ((0, "name"),),
+    **{f"os.{f}": ((0, "src"), (1, "dst")) for f in ("rename", "replace", "renames")},
+    **{f"os.{f}": ((1, "dst"),) for f in ("symlink", "link")},
+    **{f"shutil.{f}": ((1, "dst"),) for f in ("copy", "copy2", "copyfile", "copytree", "copymode", "copystat")},
+    "shutil.move": ((0, "src"), (1, "dst")),
+    "shutil.rmtree": ((0, "path"),),
+}
+"""Functions that change the file system under ``restricted``: (position, keyword) of each path they change."""
+_PATH_WRITE_METHODS = ("write_text", "write_bytes")
+_MODE = re.compile(r"[rwxabtU+]+")
+
+
+def scan_source(source: str, path: str, *, strict: bool = False) -> list[Finding]:
     """Scan one module's AST for what the security profiles forbid; no code runs.
 
     Finds imports of process, network and native-code modules (``subprocess``, ``socket``,
@@ -52,6 +119,18 @@ def scan_source(source: str, path: str) -> list[Finding]:
     ``pathlib.Path(...).open/write_text/write_bytes``) for writing a literal path that is absolute
     or climbs with ``..``.  Names are resolved through the module's imports, so words inside
     identifiers, strings or comments and attributes of other objects never match.
+
+    With ``strict`` (the ``restricted`` profile) it also finds the dynamic forms:
+    ``importlib.import_module`` of a computed name; ``getattr`` with a computed name on anything
+    bound by an import; ``builtins``, ``__builtins__``, ``sys.modules`` and a module's ``__dict__``;
+    changes to ``globals()``/``vars()``/``locals()``; a dangerous or argument-checked callable
+    named without being called (``system = os.system``); ``os.posix_spawn*``, asyncio's
+    process and network functions, ``ProcessPoolExecutor``, the network client and server modules
+    (``urllib.request`` ...); private modules of ``actors`` and ``plugin_host``; and every write
+    to the file system (``open`` in a mode that may write, ``os.open`` with flags that may write,
+    ``.write_text``/``.write_bytes``/``.open`` on any object, ``os.remove``/``rename``/``mkdir``...,
+    ``shutil`` copies, moves and ``rmtree``) whose path is not a literal relative path inside
+    the sandbox folder.
 
     Returns:
         (path, line, message) per finding, in source order.
@@ -68,6 +147,10 @@ def scan_source(source: str, path: str) -> list[Finding]:
     scanner = _Scanner(path, _import_aliases(nodes), _bound_names(nodes))
     for node in nodes:
         scanner.check(node)
+    if strict:
+        strict_scanner = _StrictScanner(scanner, nodes)
+        for node in nodes:
+            strict_scanner.check(node)
     return sorted(scanner.findings, key=lambda f: f[1])
 
 
@@ -135,6 +218,200 @@ class _Scanner:
             self.report(node, f"opens {text!r} for writing, outside the sandbox folder")
 
 
+class _StrictScanner:
+    """The dynamic forms ``restricted`` refuses on top of :class:`_Scanner`'s (which it reports into)."""
+
+    def __init__(self, base: _Scanner, nodes: Iterable[ast.AST]) -> None:
+        self.base = base
+        nodes = list(nodes)
+        self.parents = {child: node for node in nodes for child in ast.iter_child_nodes(node)}
+        self.refused = {m for node in nodes for m in _imported_modules(node) if _strict_module(m)}
+
+    def report(self, node: ast.stmt | ast.expr, message: str) -> None:
+        self.base.report(node, message)
+
+    def check(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                self.check_module(node, alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module:
+                self.check_module(node, node.module)
+                if _strict_module(node.module) is None:  # else refused whole just above
+                    for alias in node.names:
+                        self.check_module(node, f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Call):
+            self.check_call(node)
+        elif isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+            self.check_reference(node)
+
+    def check_module(self, node: ast.stmt | ast.expr, module: str) -> None:
+        reason = _strict_module(module)
+        if reason:
+            self.report(node, f"imports {module!r}, which {reason}")
+
+    def check_call(self, node: ast.Call) -> None:
+        name = self.base.resolve(node.func)
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _STRICT_METHODS and name is None:
+            self.report(node, f"calls .{node.func.attr}(), which {_STRICT_METHODS[node.func.attr]}")
+        self.check_write(node, name)
+        if name is None:
+            return
+        reason = self.danger(name, node.func)
+        if reason:
+            self.report(node, f"calls {name}(), which {reason}")
+        elif name == "importlib.import_module":
+            self.check_import_module(node, _argument(node, 0, "name"))
+        elif name == "builtins.getattr":
+            self.check_getattr(node)
+        elif name in ("builtins.globals", "builtins.vars", "builtins.locals"):
+            self.check_namespace_call(node, name.rpartition(".")[2])
+
+    def check_import_module(self, node: ast.Call, module: ast.expr | None) -> None:
+        if isinstance(module, ast.Constant) and isinstance(module.value, str):
+            self.check_module(node, module.value)
+        else:
+            self.report(node, "calls importlib.import_module() with a module name computed at run time")
+
+    def check_getattr(self, node: ast.Call) -> None:
+        if len(node.args) < 2 or isinstance(node.args[1], ast.Constant):
+            return
+        owner = self.base.resolve(node.args[0])
+        if owner is not None:
+            self.report(node, f"calls getattr() on {owner!r} with an attribute name computed at run time")
+
+    def check_namespace_call(self, node: ast.Call, function: str) -> None:
+        module = self.base.resolve(node.args[0]) if function == "vars" and node.args else None
+        if module is not None:
+            self.report(node, f"calls vars() on {module!r}, which reaches it by name")
+            return
+        parent = self.parents.get(node)
+        stored = isinstance(parent, ast.Subscript) and isinstance(parent.ctx, (ast.Store, ast.Del))
+        mutated = isinstance(parent, ast.Attribute) and parent.attr in _MUTATORS
+        if stored or mutated:
+            self.report(node, f"changes the namespace {function}() returns")
+
+    def check_reference(self, node: ast.Name | ast.Attribute) -> None:
+        """A dangerous name used as a value: it counts as a call (``system = os.system``)."""
+        parent = self.parents.get(node)
+        if isinstance(parent, ast.Attribute) or (isinstance(parent, ast.Call) and parent.func is node):
+            return  # the longer name, or the call, is judged instead
+        if isinstance(node, ast.Name) and node.id == "__builtins__" and node.id not in self.base.bound:
+            self.report(node, "uses __builtins__, which reaches every builtin by name")
+            return
+        name = self.base.resolve(node)
+        if name is None:
+            return
+        reason = self.danger(name, node) or _plain_danger(name)
+        if reason is None and name in _CHECKED_ARGUMENTS:
+            reason = "is judged by its arguments, so only direct calls pass"
+        if reason:
+            self.report(node, f"refers to {_shown(name)} without calling it (a reference counts as a use; it {reason})")
+
+    def danger(self, name: str, node: ast.expr) -> str | None:
+        """Why the strict scan refuses ``name`` (what ``node`` stands for) wherever it is called or named."""
+        owner, _, function = name.rpartition(".")
+        if owner in _OS_MODULES and _POSIX_SPAWN.fullmatch(function):
+            return "starts a process"
+        if function in _NAMESPACE_DUNDERS:
+            return "reaches a module's names by string"
+        if name in _STRICT_CALLABLES:
+            return _STRICT_CALLABLES[name]
+        if not _imported(node, self.base.aliases) or any(_within(name, m) for m in self.refused):
+            return None  # a builtin (``open`` is not ``builtins``' module), or its import is refused already
+        return _strict_module(name)
+
+    def check_write(self, node: ast.Call, name: str | None) -> None:
+        """Any file-system change whose path is not a literal relative path inside the folder."""
+        if name in _OPENERS:
+            mode, target = _argument(node, 1, "mode"), _argument(node, 0, "file")
+            if _may_write(node, mode):
+                self.check_written(node, target, name, reported=_writes(mode) and _outside_text(target) is not None)
+        elif name in ("os.open", "posix.open"):
+            if _flags_may_write(_argument(node, 1, "flags")):
+                self.check_written(node, _argument(node, 0, "path"), name)
+        elif name in _PATH_WRITERS:
+            for position, keyword in _PATH_WRITERS[name]:
+                self.check_written(node, _argument(node, position, keyword), name)
+        elif isinstance(node.func, ast.Attribute) and name is None:
+            self.check_method_write(node, node.func)
+
+    def check_method_write(self, node: ast.Call, func: ast.Attribute) -> None:
+        mode = _argument(node, 0, "mode")
+        if isinstance(mode, ast.Constant) and not (isinstance(mode.value, str) and _MODE.fullmatch(mode.value)):
+            mode = None  # not a mode: another object's ``open(name)`` (zipfile, tarfile ...)
+        if func.attr not in _PATH_WRITE_METHODS and not (func.attr == "open" and _may_write(node, mode, optional=True)):
+            return
+        receiver = func.value
+        if isinstance(receiver, ast.Call) and self.base.resolve(receiver.func) in _PATH_CLASSES:
+            plain = func.attr in _PATH_WRITE_METHODS or _writes(mode)
+            first = receiver.args[0] if receiver.args else None
+            reported = plain and _outside_text(first) is not None
+        elif isinstance(receiver, ast.BinOp) and _literal_text(receiver) is not None:
+            reported = False  # ``Path("data") / "out.txt"``
+        else:
+            message = f"calls .{func.attr}() on a path the scan cannot read, which may write outside the folder"
+            self.report(node, message)
+            return
+        self.check_written(node, receiver, f".{func.attr}", reported=reported)
+
+    def check_written(self, node: ast.Call, target: ast.expr | None, name: str, *, reported: bool = False) -> None:
+        """``reported``: the plain scan already refused this target as outside the folder."""
+        text, shown = _literal_text(target), _shown(name)
+        if text is None:
+            self.report(node, f"writes with {shown}() to a path computed at run time, which may be outside the folder")
+        elif not reported and (text.startswith(("/", "~", "\\")) or _PARENT_STEP.search(text)):
+            self.report(node, f"writes with {shown}() to {text!r}, outside the sandbox folder")
+
+
+def _imported(node: ast.expr, aliases: dict[str, str]) -> bool:
+    """Whether the leftmost name of ``node`` is bound by an import of another package."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name) and bool(aliases.get(node.id))
+
+
+def _imported_modules(node: ast.AST) -> list[str]:
+    """The modules an import statement names (for ``from m import n``: ``m`` and ``m.n``)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return []
+
+
+def _shown(name: str) -> str:
+    """``name`` as the plugin wrote it: builtins without their module."""
+    return name.removeprefix("builtins.")
+
+
+def _within(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
+
+
+def _plain_danger(name: str) -> str | None:
+    """What the plain scan refuses ``name`` for when it is called (None: nothing)."""
+    owner, _, function = name.rpartition(".")
+    if owner == "builtins" and function in _CODE_BUILTINS:
+        return "runs code built at run time"
+    if owner in _OS_MODULES and _OS_CALLS.fullmatch(function):
+        return "starts a process or a shell command"
+    return None
+
+
+def _strict_module(module: str) -> str | None:
+    """Why ``restricted`` refuses ``module`` and everything under it (None: it does not)."""
+    parts = module.split(".")
+    for end in range(1, len(parts) + 1):
+        reason = _STRICT_MODULES.get(".".join(parts[:end]))
+        if reason:
+            return reason
+    private = any(p.startswith("_") and not (p.startswith("__") and p.endswith("__")) for p in parts[1:])
+    if parts[0] in _RUNTIME_PACKAGES and private:
+        return "is private to the host runtime"
+    return None
+
+
 def _import_aliases(nodes: Iterable[ast.AST]) -> dict[str, str]:
     """Local name -> dotted name it is bound to by the module's imports ('' for its own modules)."""
     aliases: dict[str, str] = {}
@@ -172,6 +449,52 @@ def _argument(node: ast.Call, position: int, keyword: str) -> ast.expr | None:
 def _writes(mode: ast.expr | None) -> bool:
     # Only literal modes: a computed one is unknown, and guessing would mean false positives.
     return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and bool(set(mode.value) & set("wax+"))
+
+
+def _may_write(node: ast.Call, mode: ast.expr | None, *, optional: bool = False) -> bool:
+    """Strict: a mode that writes, or one the scan cannot read (computed, ``*args``, ``**kwargs``).
+
+    ``optional``: a method whose absent mode means reading (``Path.open()``); a computed mode of an
+    arbitrary object's ``.open`` is not judged (``zipfile``, ``tarfile`` ... have their own).
+    """
+    unreadable = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+    if mode is None:
+        return unreadable and not optional
+    if isinstance(mode, ast.Constant) and isinstance(mode.value, str):
+        return _writes(mode)
+    return not optional
+
+
+def _flags_may_write(flags: ast.expr | None) -> bool:
+    """Strict: ``os.open`` flags other than ``O_RDONLY`` combined with read-only modifiers."""
+    if flags is None:
+        return True
+    for node in ast.walk(flags):
+        if isinstance(node, ast.Constant):
+            if node.value != 0:
+                return True
+        elif isinstance(node, (ast.Name, ast.Attribute)):
+            name = node.id if isinstance(node, ast.Name) else node.attr
+            if name not in _READ_ONLY_FLAGS and not (isinstance(node, ast.Name) and node.id in _OS_MODULES):
+                return True
+        elif not isinstance(node, (ast.BinOp, ast.BitOr, ast.Load)):
+            return True
+    return False
+
+
+def _literal_text(target: ast.expr | None) -> str | None:
+    """The text of a path written as literals (a string, ``Path("a", "b")``, ``Path("a") / "b"``), else None."""
+    if isinstance(target, ast.Constant) and isinstance(target.value, str):
+        return target.value
+    if isinstance(target, ast.BinOp) and isinstance(target.op, ast.Div):
+        left, right = _literal_text(target.left), _literal_text(target.right)
+        return f"{left}/{right}" if left is not None and right is not None else None
+    if isinstance(target, ast.Call) and isinstance(target.func, (ast.Name, ast.Attribute)) and not target.keywords:
+        called = target.func.id if isinstance(target.func, ast.Name) else target.func.attr
+        pieces = [_literal_text(a) for a in target.args]
+        if called in ("Path", "PosixPath", "PurePath", "PurePosixPath") and pieces and None not in pieces:
+            return "/".join(p for p in pieces if p is not None)
+    return None
 
 
 def _outside_text(target: ast.expr | None) -> str | None:
