@@ -14,6 +14,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 
 from plugin_host.errors import PluginHostError
 from plugin_host.messages import GetModuleVersion, GetVersionHistory, ListModuleVersions
+from plugin_host.states import RegistryEvent
 from plugin_host.store import VersionStore
 from plugin_host.values import ModuleVersion, VersionHistory
 
@@ -39,7 +40,7 @@ class RecordVersions:
     sandbox_id: str
     entries: tuple[tuple[str, str, str, int], ...]
     """(module, source, checksum, version the admin expects)."""
-    event: str | None = None
+    event: RegistryEvent | None = None
     details: str = ""
 
 
@@ -51,7 +52,7 @@ class RecordOutcome:
     module: str
     version: int
     ok: bool
-    event: str
+    event: RegistryEvent
     details: str = ""
 
 

@@ -19,6 +19,7 @@ import cloudpickle
 from thespian.actors import ActorAddress
 
 from .config import HostConfig, ResourceLimits
+from .states import RegistryEvent
 from .values import (
     Artifact,
     AuditRecord,
@@ -294,7 +295,7 @@ class HotReload(Request[ReloadResult]):
     timeout: float = 30.0
     probation: float | None = None
     """Seconds during which a crash of a reloaded actor rolls back by itself (default: the host's)."""
-    event: str = "reloaded"
+    event: RegistryEvent = RegistryEvent.RELOADED
     """How the registry records it (``rolled_back`` for a rollback)."""
     environment: str | None = None
     """A prepared environment for changed requirements (``plugin_host.deps``); ``None`` keeps the current one."""

@@ -17,6 +17,7 @@ __all__ = [
     "EventKind",
     "NodeStatus",
     "RecordStatus",
+    "RegistryEvent",
     "RootStatus",
     "SandboxStatus",
     "SupervisorPhase",
@@ -124,6 +125,14 @@ class EventKind(_State):
     LOST = "lost"
     DENIED = "denied"
     FRAME_REJECTED = "frame_rejected"
+
+
+class RegistryEvent(_State):
+    """``VersionEvent.kind``: how the version registry's history says a version came (or failed) to be current."""
+
+    CREATED = "created"
+    RELOADED = "reloaded"
+    ROLLED_BACK = "rolled_back"
 
 
 class VersionStatus(_State):

@@ -40,12 +40,12 @@ import attrs
 from ._store import sql
 from ._store.schema import SCHEMA_VERSION, connect, sqlite_errors
 from .errors import BadRequestError, UnknownModuleError
-from .states import VersionStatus
+from .states import RegistryEvent, VersionStatus
 from .values import ModuleVersion, VersionHistory
 
 __all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "VersionEvent", "VersionStore", "sha256_of"]
 
-EVENT_KINDS = ("created", "reloaded", "rolled_back")
+EVENT_KINDS = tuple(kind.value for kind in RegistryEvent)
 """Why a version was made current (or failed to be)."""
 
 
@@ -206,7 +206,7 @@ class VersionStore:
         module: str,
         version: int,
         *,
-        event: str = "reloaded",
+        event: str = RegistryEvent.RELOADED,
         details: str = "",
         old_failed: bool = False,
     ) -> None:
@@ -238,7 +238,9 @@ class VersionStore:
             sql.set_status(conn, sandbox_id, module, version, VersionStatus.CURRENT, loaded_at=now)
             sql.append_event(conn, now, sandbox_id, module, old, version, event, "ok", details)
 
-    def mark_failed(self, sandbox_id: str, module: str, version: int, reason: str, *, event: str = "reloaded") -> None:
+    def mark_failed(
+        self, sandbox_id: str, module: str, version: int, reason: str, *, event: str = RegistryEvent.RELOADED
+    ) -> None:
         """Record that loading ``version`` failed; which version is current does not change.
 
         Args:

@@ -28,7 +28,7 @@ from plugin_host.messages import (
     ListModuleVersions,
     RollbackModule,
 )
-from plugin_host.states import EventKind, RecordStatus
+from plugin_host.states import EventKind, RecordStatus, RegistryEvent
 from plugin_host.store import VersionStore
 from plugin_host.values import Artifact, ReloadResult
 
@@ -69,7 +69,7 @@ class _PendingReload:
     changed: Sources
     checksums: dict[str, str]
     versions: dict[str, tuple[int, int]]
-    event: str
+    event: RegistryEvent
     details: str
     probation: float
     deadline: float
@@ -137,7 +137,7 @@ class Versions:
             info.current = current[module] = info.assign(checksum)
             entries.append((module, source, checksum, info.current))
         if entries:
-            self.port.send(self.registry, RecordVersions(sandbox_id, tuple(entries), "created"))
+            self.port.send(self.registry, RecordVersions(sandbox_id, tuple(entries), RegistryEvent.CREATED))
         return current
 
     # -- requests -------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Versions:
             None,
             msg.timeout,
             0.0,
-            EventKind.ROLLED_BACK,
+            RegistryEvent.ROLLED_BACK,
             f"rollback to version {msg.version}",
             done,
         )
@@ -184,7 +184,14 @@ class Versions:
     def batch_item(self, msg: BatchHotReload, sandbox_id: str, done: Done) -> None:
         """One sandbox of a ``BatchHotReload``."""
         self.start_reload(
-            sandbox_id, msg.artifacts, None, msg.timeout, self.config().probation_seconds, EventKind.RELOADED, "", done
+            sandbox_id,
+            msg.artifacts,
+            None,
+            msg.timeout,
+            self.config().probation_seconds,
+            RegistryEvent.RELOADED,
+            "",
+            done,
         )
 
     def forward_query(self, msg: VersionQuery, sender: ActorAddress) -> None:
@@ -210,7 +217,7 @@ class Versions:
         state_handler: Blob | None,
         timeout: float,
         probation: float,
-        event: str,
+        event: RegistryEvent,
         details: str,
         done: Done,
         environment: str | None = None,
@@ -417,11 +424,18 @@ class Versions:
             if not isinstance(result, BaseException):
                 for module, version in probation.new_versions.items():
                     self.port.send(
-                        self.registry, RecordOutcome(sandbox_id, module, version, False, EventKind.RELOADED, reason)
+                        self.registry, RecordOutcome(sandbox_id, module, version, False, RegistryEvent.RELOADED, reason)
                     )
 
         self.start_reload(
-            sandbox_id, artifacts, None, self.config().reload_timeout, 0.0, EventKind.ROLLED_BACK, reason, rolled_back
+            sandbox_id,
+            artifacts,
+            None,
+            self.config().reload_timeout,
+            0.0,
+            RegistryEvent.ROLLED_BACK,
+            reason,
+            rolled_back,
         )
 
 

@@ -242,12 +242,12 @@ class _Worker:
         try:
             data = self.sock.recv(MAX_MESSAGE)
             event = json.loads(data) if data else {}
-            kind = event.get("event")
-            if kind == "ready":
+            said = event.get("event")
+            if said == "ready":
                 self.ready = True
-            elif kind == "started":
+            elif said == "started":
                 self.child = int(event["pid"])
-            elif kind == "exited":
+            elif said == "exited":
                 self.exits[int(event["pid"])] = int(event["code"])
             else:
                 self.dead = True
