@@ -127,7 +127,8 @@ class SandboxActor(SupervisorActor):
             keys.become_sandbox(principal)
         self.admin, self.parent = sender, sender
         self.context = attrs.evolve(msg.context, root=self.myAddress)
-        self.modules.update(msg.modules)  # the same dict: the reloads read it
+        self.modules.clear()  # the same dict, not a new one: the reloads read it
+        self.modules.update(msg.modules)
         # The pid first, before any plugin code: a root hung in an import can still be killed by pid
         # (on another system, by the host's monitor there).
         self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))

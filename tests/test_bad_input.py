@@ -684,3 +684,17 @@ def test_compiling_bytes_that_are_not_utf8_raises_compilation_error(tmp_path: Pa
     """The compiler refuses source bytes that are not UTF-8 with ``CompilationError``."""
     with pytest.raises(CompilationError):
         compiler.compile_source(module, source, validate=False, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("event", ["created", "nonsense", ["reloaded"]], ids=["created", "nonsense", "list"])
+def test_admin_answers_a_hot_reload_naming_no_reload_event_with_bad_request(scene: Scene, event: Any) -> None:
+    """``HotReload(event=...)`` other than ``reloaded``/``rolled_back`` gets ``Failed(BadRequestError)`` and
+    changes nothing (``created`` used to reload, then fail to emit its event and never arm probation)."""
+    before = scene.host.get_module_version(SANDBOX, "counter")
+    source = "from actors import Plugin\n\nclass Counter(Plugin):\n    pass\n"
+    artifact = Artifact("counter", "counter.py", hashlib.sha256(source.encode()).hexdigest(), source)
+    _assert_bad_request(
+        scene, msgs.HotReload(corr=f"reload-{event}", sandbox_id=SANDBOX, artifacts=[artifact], event=event)
+    )
+    assert scene.host.get_module_version(SANDBOX, "counter") == before
+    assert_counter_answers(scene)

@@ -80,6 +80,10 @@ def _checksum(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
+_EVENT_OF = {RegistryEvent.RELOADED: EventKind.RELOADED, RegistryEvent.ROLLED_BACK: EventKind.ROLLED_BACK}
+"""The event a committed reload emits, by how the registry records it (a reload is never ``created``)."""
+
+
 class Versions:
     """Owns the version tables, the reloads in progress, the store reader and the registry actor's address."""
 
@@ -144,6 +148,10 @@ class Versions:
 
     def hot_reload(self, msg: HotReload, done: Done) -> None:
         """Reload compiled artifacts into a sandbox."""
+        if not isinstance(msg.event, str) or msg.event not in _EVENT_OF:  # "created" (or anything else) names no reload
+            kinds = ", ".join(_EVENT_OF)
+            done(BadRequestError(f"event must be one of {kinds}, got {msg.event!r}", field="event"))
+            return
         probation = self.config().probation_seconds if msg.probation is None else msg.probation
         self.start_reload(
             msg.sandbox_id,
@@ -364,7 +372,7 @@ class Versions:
         old, new = pending.versions[first]
         pending.done(ReloadResult(pending.sandbox_id, first, old, new, list(msg.actors_updated)))
         self.emit(
-            EventKind(pending.event),
+            _EVENT_OF[pending.event],
             pending.sandbox_id,
             reason=pending.details,
             module=first,

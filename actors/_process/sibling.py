@@ -47,7 +47,9 @@ def blocking_call(actor: Any, address: Any, message: Any, timeout: float, corr: 
     started = time.monotonic()
     first = ctx.ask(address, message, min(timeout, _TURN))
     if first is None and (timeout <= _TURN or time.monotonic() - started < _TURN):
-        return None  # no reply in time, or the target refused the message: ask answers None to both
+        # No reply in time, or the target refused the message: ask answers None to both (and to a turn of
+        # its transport that brought nothing, so a call longer than a turn may end early: never late).
+        return None
     # The actor waits for one call at a time: a reply to any other is late (its call timed out), dropped.
     replies: Replies[None] = Replies()
     return replies.await_reply(corr, lambda seconds: ctx.listen(min(seconds, _TURN)), started + timeout, first=first)
