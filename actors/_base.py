@@ -161,6 +161,14 @@ class SandboxMember(HostActor):
     messages = 0
     """Plugin messages handled (workers count them)."""
 
+    @property
+    def ctx(self) -> m.SandboxContext:
+        """The sandbox's context, set by the start message (``StartChild``, or ``StartSandbox`` at the root):
+        always there once plugin code runs."""
+        if self.context is None:
+            raise RuntimeError(f"{type(self).__name__} {self.actor_name!r} used before its start message")
+        return self.context
+
     def receiveMsg_Ping(self, msg: m.Ping, sender: ActorAddress) -> None:
         """Heartbeat from the supervisor: this process is not stuck in a callback."""
         self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq, self.messages))

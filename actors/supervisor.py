@@ -118,13 +118,6 @@ class SupervisorActor(SandboxMember):
         """The one writer of :attr:`phase`."""
         self._phase = phase
 
-    @property
-    def ctx(self) -> m.SandboxContext:
-        """The sandbox's context, set by the start message (``StartChild``, or ``StartSandbox`` at the root)."""
-        if self.context is None:
-            raise RuntimeError(f"supervisor {self.actor_name!r} used before its start")
-        return self.context
-
     # -- start ---------------------------------------------------------------------------
 
     def receiveMsg_StartChild(self, msg: m.StartChild, sender: ActorAddress) -> None:

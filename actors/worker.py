@@ -89,13 +89,6 @@ class WorkerActor(SandboxMember):
         self._auditor: Auditor | None = None
         self._audited: list[Any] = []
 
-    @property
-    def ctx(self) -> m.SandboxContext:
-        """The sandbox's context, set by ``StartChild`` (always there once the plugin runs)."""
-        if self.context is None:
-            raise RuntimeError(f"worker {self.actor_name!r} used before its StartChild")
-        return self.context
-
     # -- start --------------------------------------------------------------------
 
     def receiveMsg_StartChild(self, msg: m.StartChild, sender: ActorAddress) -> None:
