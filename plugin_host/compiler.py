@@ -29,13 +29,20 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ._compile.cache import cache_key, cache_load, cache_store, manifest_load
-from ._compile.import_graph import import_graph, in_dependency_order
 from ._compile.job import Job as _Job
 from ._compile.job import Options as _Options
 from ._compile.pool import CompilePool, CompilePoolStatistics
 from ._compile.scan import Finding, scan_source
 from ._compile.validator import run_validator
-from .codeload import CodeTable, ModuleSource, check_syntax, read_sandbox_folder
+from .codeload import (
+    CodeTable,
+    ModuleSource,
+    check_syntax,
+    dependents,
+    import_graph,
+    in_dependency_order,
+    read_sandbox_folder,
+)
 from .config import SECURITY_PROFILES
 from .errors import (
     CompilationError,
@@ -179,18 +186,6 @@ def compile_file(
     except OSError as exc:
         raise _error(f"cannot read {file}: {exc}", [(str(file), 0, str(exc))]) from None
     return _compile_module(ModuleSource(name, str(file), text, is_package), _siblings(root), options, start)
-
-
-def dependents(table: CodeTable, module: str) -> list[str]:
-    """``module`` first, then every module of ``table`` that imports it, directly or not.
-
-    Imports are read from the AST (``import x``, ``from x import y``, relative imports inside
-    packages; no code runs).  The order is a dependency order: a module comes after every
-    module of the list it imports, so reloading in this order never sees stale code.  An
-    import cycle is broken deterministically (by name).  ``module`` need not be in ``table``
-    (it may just have been deleted).
-    """
-    return in_dependency_order(import_graph(table, {module}), module)
 
 
 # -- the pipeline --------------------------------------------------------------------------

@@ -15,8 +15,7 @@ from typing import Callable, Mapping, Sequence
 import attrs
 from thespian.actors import ActorAddress
 
-from plugin_host.codeload import CodeTable
-from plugin_host.compiler import dependents
+from plugin_host.codeload import CodeTable, dependents
 from plugin_host.config import HostConfig
 from plugin_host.errors import BadRequestError, HotReloadError, PluginHostError
 from plugin_host.messages import (
