@@ -15,7 +15,7 @@ import pytest
 
 from plugin_host import Host, compiler
 from plugin_host.compiler import compile_sandbox, scan_source
-from plugin_host.errors import SecurityViolationError
+from plugin_host.errors import CompilationError, SecurityViolationError
 
 # (id, code, lines of the findings (counted in ``code``), text every finding's message contains)
 ATTACKS = [
@@ -157,3 +157,15 @@ def test_create_sandbox_refuses_a_dynamic_import_under_restricted_only(host: Hos
     info = host.create_sandbox("d", "loader:Root", sandbox_path=str(folder), security_profile="standard")
     assert info.status == "running"
     assert host.call("d", "loader", "json") == "json"
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["import os\nx = os" + ".a" * 1200 + "\n", "x = " + " + ".join(["'a'"] * 3000) + "\n"],
+    ids=["attribute-chain", "string-sum"],
+)
+def test_code_nested_too_deeply_to_scan_is_a_compilation_error(source: str) -> None:
+    """Valid Python nested past what the scan can follow is refused as a ``CompilationError`` under
+    ``restricted`` (it raised a bare ``RecursionError``), and never passes unscanned."""
+    with pytest.raises(CompilationError, match="nested too deeply to scan"):
+        scan_source(source, "deep.py", strict=True)

@@ -143,6 +143,15 @@ def scan_source(source: str, path: str, *, strict: bool = False) -> list[Finding
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", 0) or 0
         raise CompilationError(f"{path}:{line}: {exc}", errors=[(path, line, str(exc))], output="") from None
+    except RecursionError:
+        raise _too_deep(path) from None
+    try:
+        return _scan(tree, path, strict)
+    except RecursionError:  # valid Python nested past what a recursive reading of its AST can follow
+        raise _too_deep(path) from None
+
+
+def _scan(tree: ast.Module, path: str, strict: bool) -> list[Finding]:
     nodes = list(ast.walk(tree))  # one walk shared by every pass: scanning is on the compile path
     scanner = _Scanner(path, _import_aliases(nodes), _bound_names(nodes))
     for node in nodes:
@@ -152,6 +161,11 @@ def scan_source(source: str, path: str, *, strict: bool = False) -> list[Finding
         for node in nodes:
             strict_scanner.check(node)
     return sorted(scanner.findings, key=lambda f: f[1])
+
+
+def _too_deep(path: str) -> CompilationError:
+    message = "an expression is nested too deeply to scan"
+    return CompilationError(f"{path}:0: {message}", errors=[(path, 0, message)], output="")
 
 
 class _Scanner:
