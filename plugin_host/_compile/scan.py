@@ -41,6 +41,7 @@ _CODE_BUILTINS = ("eval", "exec", "compile", "__import__")
 _SHADOWABLE = frozenset(_CODE_BUILTINS + ("open", "getattr", "vars", "globals", "locals"))
 _OPENERS = ("builtins.open", "io.open")
 _PATH_CLASSES = ("pathlib.Path", "pathlib.PosixPath", "pathlib.PurePath", "pathlib.PurePosixPath")
+_PATH_CLASS_NAMES = frozenset(name.rpartition(".")[2] for name in _PATH_CLASSES)
 _PARENT_STEP = re.compile(r"(^|[/\\])\.\.([/\\]|$)")
 
 # -- strict (``restricted``) only ----------------------------------------------------------
@@ -209,11 +210,9 @@ class _Scanner:
             self.report(node, f"{verb} {module!r}, which {reason}")
 
     def check_call(self, node: ast.Call, name: str) -> None:
-        owner, _, function = name.rpartition(".")
-        if owner == "builtins" and function in _CODE_BUILTINS:
-            self.report(node, f"calls {function}(), which runs code built at run time")
-        elif owner in _OS_MODULES and _OS_CALLS.fullmatch(function):
-            self.report(node, f"calls {name}(), which starts a process or a shell command")
+        reason = _plain_danger(name)
+        if reason:
+            self.report(node, f"calls {_shown(name)}(), which {reason}")
         elif name == "importlib.import_module" and node.args and isinstance(node.args[0], ast.Constant):
             if isinstance(node.args[0].value, str):
                 self.check_module(node, node.args[0].value, "imports (through importlib.import_module)")
@@ -223,7 +222,7 @@ class _Scanner:
     def check_path_method(self, node: ast.Call, method: str, receiver: ast.Call) -> None:
         if self.resolve(receiver.func) not in _PATH_CLASSES or not receiver.args:
             return
-        if method in ("write_text", "write_bytes") or (method == "open" and _writes(_argument(node, 0, "mode"))):
+        if method in _PATH_WRITE_METHODS or (method == "open" and _writes(_argument(node, 0, "mode"))):
             self.check_target(node, receiver.args[0])
 
     def check_target(self, node: ast.Call, target: ast.expr | None) -> None:
@@ -374,7 +373,7 @@ class _StrictScanner:
         text, shown = _literal_text(target), _shown(name)
         if text is None:
             self.report(node, f"writes with {shown}() to a path computed at run time, which may be outside the folder")
-        elif not reported and (text.startswith(("/", "~", "\\")) or _PARENT_STEP.search(text)):
+        elif not reported and _leaves_folder(text):
             self.report(node, f"writes with {shown}() to {text!r}, outside the sandbox folder")
 
 
@@ -506,7 +505,7 @@ def _literal_text(target: ast.expr | None) -> str | None:
     if isinstance(target, ast.Call) and isinstance(target.func, (ast.Name, ast.Attribute)) and not target.keywords:
         called = target.func.id if isinstance(target.func, ast.Name) else target.func.attr
         pieces = [_literal_text(a) for a in target.args]
-        if called in ("Path", "PosixPath", "PurePath", "PurePosixPath") and pieces and None not in pieces:
+        if called in _PATH_CLASS_NAMES and pieces and None not in pieces:
             return "/".join(p for p in pieces if p is not None)
     return None
 
@@ -516,10 +515,14 @@ def _outside_text(target: ast.expr | None) -> str | None:
     if target is None:
         return None
     pieces = [n.value for n in ast.walk(target) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-    leading = _leading_text(target)
-    if leading.startswith(("/", "~", "\\")) or any(_PARENT_STEP.search(p) for p in pieces):
+    if _leaves_folder(_leading_text(target)) or any(_PARENT_STEP.search(p) for p in pieces):
         return ast.unparse(target)
     return None
+
+
+def _leaves_folder(text: str) -> bool:
+    """Whether a path's literal text is absolute (or the home folder's) or climbs out with ``..``."""
+    return text.startswith(("/", "~", "\\")) or _PARENT_STEP.search(text) is not None
 
 
 def _leading_text(node: ast.expr) -> str:
