@@ -323,14 +323,13 @@ class SandboxActor(SupervisorActor):
 
     def receiveMsg_Run(self, msg: Run, sender: ActorAddress) -> None:
         """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
-        context = self.context  # None before StartSandbox: no limit to check yet
-        limit = context.limits.max_actors if context else None
-        if context is not None and limit is not None and len(self.live) + len(self._runners) + 1 > limit:
+        limit = self.context.limits.max_actors if self.context else None  # no context: not started, no limit yet
+        if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
             self.send(
                 msg.reply_to or sender,
                 Failed(
                     LimitExceededError(
-                        f"sandbox {context.sandbox_id!r} already runs {limit} actors (max_actors)",
+                        f"sandbox {self.ctx.sandbox_id!r} already runs {limit} actors (max_actors)",
                         limit="max_actors",
                     ),
                     msg.corr,
