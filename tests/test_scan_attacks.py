@@ -53,6 +53,30 @@ ATTACKS = [
     ("private-runtime-attribute", "import actors\nactors._audit.Auditor", [2], "private"),
     ("from-runtime-import-private", "from actors import _audit", [1], "'actors._audit'"),
     ("import-module-private-runtime", "import importlib\nimportlib.import_module('actors._audit')", [2], "private"),
+    # the review of the strict scan (session 5): names reached through another name
+    ("dunder-call-of-system", "import os\nos.system.__call__('x')", [2], "os.system.__call__()"),
+    ("dunder-call-of-eval", "eval.__call__('1')", [1], "eval.__call__()"),
+    ("os-through-shutil", "import shutil\nshutil.os.system('x')", [2], "shell command"),
+    ("os-through-os-path", "import os\nos.path.os.system('x')", [2], "shell command"),
+    ("getattribute-literal", "import os\nos.__getattribute__('system')('x')", [2], "os.system"),
+    ("object-getattribute", "import os\nobject.__getattribute__(os, 'system')", [2], "os.system"),
+    ("getattr-literal-on-os", "import os\ngetattr(os, 'system')('x')", [2], "getattr() for os.system"),
+    ("getattr-starred", "import os\ngetattr(*(os, name))", [2], "cannot read"),
+    ("vars-starred", "import os\nvars(*[os])", [2], "cannot read"),
+    ("globals-builtins-read", "globals()['__builtins__']", [1], "globals()"),
+    ("globals-computed-get", "globals().get(name)", [1], "globals()"),
+    ("function-globals", "def f():\n    pass\nf.__globals__['os']", [3], "__globals__"),
+    ("subclasses-walk", "().__class__.__bases__[0].__subclasses__()", [1], "__subclasses__"),
+    ("frame-globals", "import sys\nsys.exc_info()[2].tb_frame.f_globals", [2, 2], "introspection"),
+    ("shadow-only-in-lambda", "(lambda exec: 0)\nexec('x')", [2], "exec()"),
+    ("path-unlink-outside", "from pathlib import Path\nPath('/etc/x').unlink()", [2], "'/etc/x'"),
+    ("path-name-unlink", "from pathlib import Path\np = Path(where)\np.touch()", [3], ".touch()"),
+    ("path-name-rename", "from pathlib import Path\np = Path('a') / 'b'\np.rename('/etc/x')", [3, 3], ".rename()"),
+    ("os-removedirs", "import os\nos.removedirs('/x/y')", [2], "os.removedirs()"),
+    ("os-chown", "import os\nos.chown(target, 0, 0)", [2], "os.chown()"),
+    ("os-utime", "import os\nos.utime('/etc/passwd')", [2], "os.utime()"),
+    ("io-fileio", "import io\nio.FileIO('/x', 'w')", [2], "io.FileIO()"),
+    ("codecs-open", "import codecs\ncodecs.open(target, 'w')", [2], "codecs.open()"),
 ]
 
 CLEAN = [
@@ -74,6 +98,11 @@ CLEAN = [
         "from actors import ChildSpec, Plugin, Supervisor\nimport plugin_host\nplugin_host.__version__",
     ),
     ("modules-passed-around", "import json\ndumps = json.dumps\nhandler(json)"),
+    ("tilde-is-a-folder-name-to-open", "open('~x', 'w')\nopen('~/notes.txt', 'a')"),
+    ("read-only-flags-under-an-alias", "import os as o\no.open(path, o.O_RDONLY | o.O_CLOEXEC)"),
+    ("other-objects-rename-and-replace", "text.replace('a', 'b')\nframe.rename(columns={})"),
+    ("parameter-shadows-a-builtin", "def f(open, exec):\n    return open(1), exec(2)"),
+    ("os-path-helpers", "import os\nos.path.join('a', 'b')\nos.getcwd()\nos.path.exists(p)"),
 ]
 
 
@@ -86,12 +115,15 @@ def test_restricted_scan_refuses_each_attack_at_its_line(code: str, lines: list[
 
 
 @pytest.mark.parametrize(
-    "code", [a[1] for a in ATTACKS if a[0] not in ("dunder-import-variable", "compile")], ids=lambda c: c[:30]
+    "code",
+    [a[1] for a in ATTACKS if a[0] not in ("dunder-import-variable", "compile", "shadow-only-in-lambda")],
+    ids=lambda c: c[:30],
 )
 def test_standard_scan_sees_nothing_new(code: str) -> None:
     """The new forms are refused under ``restricted`` only: the plain scan (``standard``) finds nothing.
 
-    (``__import__`` and ``compile`` calls were findings before #15 and stay so.)"""
+    (``__import__`` and ``compile`` calls were findings before #15 and stay so; an ``exec`` call is one
+    wherever a parameter of the same name elsewhere does not shadow it, under both.)"""
     assert scan_source(code, "m.py") == []
 
 

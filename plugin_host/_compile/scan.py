@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import CompilationError
 
@@ -90,14 +90,53 @@ _POSIX_SPAWN = re.compile(r"posix_spawnp?")
 _NAMESPACE_DUNDERS = ("__dict__", "__builtins__")
 _MUTATORS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"})
 _RUNTIME_PACKAGES = ("actors", "plugin_host")
+_STRICT_OPENERS = (*_OPENERS, "io.FileIO", "_io.FileIO", "codecs.open")
+"""Callables opening a path as ``(file, mode)``: the strict scan judges every one of them."""
 _CHECKED_ARGUMENTS = frozenset(
-    {"builtins.open", "io.open", "os.open", "posix.open", "importlib.import_module", "builtins.getattr"}
+    {
+        *_STRICT_OPENERS,
+        "os.open",
+        "posix.open",
+        "importlib.import_module",
+        "builtins.getattr",
+        "builtins.vars",
+        "builtins.__import__",
+    }
 )
-"""Callables whose calls the strict scan judges by their arguments, so a bare reference is refused."""
+"""Callables whose calls the strict scan judges by their arguments, so a bare reference (or arguments it
+cannot read, ``*args``/``**kwargs``) is refused."""
+_REBASED = frozenset(
+    {"os", "posix", "sys", "builtins", "importlib", "shutil", "subprocess", "socket", "ctypes", "pty", "io", "codecs"}
+)
+"""Modules that other modules hold as an attribute (``shutil.os``, ``os.path.os``, ``os.sys``): reached that
+way, they are judged as themselves."""
+_LOOKUP_METHODS = ("__getattribute__", "__getattr__")
+_INTROSPECTION = frozenset(
+    {
+        "__globals__",
+        "__builtins__",
+        "__subclasses__",
+        "f_globals",
+        "f_builtins",
+        "f_locals",
+        "f_back",
+        "tb_frame",
+        "gi_frame",
+        "cr_frame",
+        "ag_frame",
+    }
+)
+"""Attributes that reach another namespace (a function's globals, a frame's, every class) on any object."""
 _READ_ONLY_FLAGS = frozenset({"O_RDONLY", "O_CLOEXEC", "O_NOFOLLOW", "O_DIRECTORY", "O_NONBLOCK", "O_NOCTTY"})
 _PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
-    **{f"os.{f}": ((0, "path"),) for f in ("remove", "unlink", "rmdir", "mkdir", "truncate", "chmod", "mkfifo")},
+    **{
+        f"os.{f}": ((0, "path"),)
+        for f in ("remove", "unlink", "rmdir", "mkdir", "truncate", "chmod", "lchmod", "mkfifo", "mknod")
+    },
+    **{f"os.{f}": ((0, "path"),) for f in ("chown", "lchown", "chflags", "lchflags", "utime")},
     "os.makedirs": ((0, "name"),),
+    "os.removedirs": ((0, "name"),),
+    "shutil.chown": ((0, "path"),),
     **{f"os.{f}": ((0, "src"), (1, "dst")) for f in ("rename", "replace", "renames")},
     **{f"os.{f}": ((1, "dst"),) for f in ("symlink", "link")},
     **{f"shutil.{f}": ((1, "dst"),) for f in ("copy", "copy2", "copyfile", "copytree", "copymode", "copystat")},
@@ -106,6 +145,10 @@ _PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
 }
 """Functions that change the file system under ``restricted``: (position, keyword) of each path they change."""
 _PATH_WRITE_METHODS = ("write_text", "write_bytes")
+_PATH_CHANGE_METHODS = ("unlink", "touch", "mkdir", "rmdir", "chmod", "lchmod", "symlink_to", "hardlink_to")
+"""Strict: methods that change the file system at their receiver's path, judged on any object."""
+_PATH_MOVE_METHODS = ("rename", "replace")
+"""Strict: ``Path`` methods whose names other objects use too (``str.replace``): judged on known paths only."""
 _MODE = re.compile(r"[rwxabtU+]+")
 
 
@@ -154,11 +197,12 @@ def scan_source(source: str, path: str, *, strict: bool = False) -> list[Finding
 
 def _scan(tree: ast.Module, path: str, strict: bool) -> list[Finding]:
     nodes = list(ast.walk(tree))  # one walk shared by every pass: scanning is on the compile path
-    scanner = _Scanner(path, _import_aliases(nodes), _bound_names(nodes))
+    parents = {child: node for node in nodes for child in ast.iter_child_nodes(node)}
+    scanner = _Scanner(path, _import_aliases(nodes), _Scopes(nodes, parents))
     for node in nodes:
         scanner.check(node)
     if strict:
-        strict_scanner = _StrictScanner(scanner, nodes)
+        strict_scanner = _StrictScanner(scanner, nodes, parents)
         for node in nodes:
             strict_scanner.check(node)
     return sorted(scanner.findings, key=lambda f: f[1])
@@ -170,11 +214,11 @@ def _too_deep(path: str) -> CompilationError:
 
 
 class _Scanner:
-    def __init__(self, path: str, aliases: dict[str, str], bound: set[str]) -> None:
+    def __init__(self, path: str, aliases: dict[str, str], scopes: _Scopes) -> None:
         self.path = path
         self.findings: list[Finding] = []
         self.aliases = aliases
-        self.bound = bound
+        self.scopes = scopes
 
     def report(self, node: ast.stmt | ast.expr, message: str) -> None:
         self.findings.append((self.path, node.lineno, message))
@@ -198,7 +242,7 @@ class _Scanner:
         if isinstance(expr, ast.Name):
             if expr.id in self.aliases:
                 return self.aliases[expr.id] or None
-            return f"builtins.{expr.id}" if expr.id in _SHADOWABLE and expr.id not in self.bound else None
+            return f"builtins.{expr.id}" if expr.id in _SHADOWABLE and not self.scopes.binds(expr) else None
         if isinstance(expr, ast.Attribute):
             base = self.resolve(expr.value)
             return f"{base}.{expr.attr}" if base else None
@@ -234,11 +278,11 @@ class _Scanner:
 class _StrictScanner:
     """The dynamic forms ``restricted`` refuses on top of :class:`_Scanner`'s (which it reports into)."""
 
-    def __init__(self, base: _Scanner, nodes: Iterable[ast.AST]) -> None:
+    def __init__(self, base: _Scanner, nodes: list[ast.AST], parents: dict[ast.AST, ast.AST]) -> None:
         self.base = base
-        nodes = list(nodes)
-        self.parents = {child: node for node in nodes for child in ast.iter_child_nodes(node)}
+        self.parents = parents
         self.refused = {m for node in nodes for m in _imported_modules(node) if _strict_module(m)}
+        self.paths = _path_names(nodes, base.resolve)
 
     def report(self, node: ast.stmt | ast.expr, message: str) -> None:
         self.base.report(node, message)
@@ -255,6 +299,8 @@ class _StrictScanner:
                         self.check_module(node, f"{node.module}.{alias.name}")
         elif isinstance(node, ast.Call):
             self.check_call(node)
+        if isinstance(node, ast.Attribute) and node.attr in _INTROSPECTION:
+            self.report(node, f"uses .{node.attr}, which reaches another namespace by introspection")
         elif isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
             self.check_reference(node)
 
@@ -267,16 +313,20 @@ class _StrictScanner:
         name = self.base.resolve(node.func)
         if isinstance(node.func, ast.Attribute) and node.func.attr in _STRICT_METHODS and name is None:
             self.report(node, f"calls .{node.func.attr}(), which {_STRICT_METHODS[node.func.attr]}")
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _LOOKUP_METHODS:
+            self.check_method_lookup(node, node.func)
         self.check_write(node, name)
         if name is None:
             return
-        reason = self.danger(name, node.func)
+        reason = self.danger(name, node.func) or self.indirect(name, node.func)
         if reason:
-            self.report(node, f"calls {name}(), which {reason}")
+            self.report(node, f"calls {_shown(name)}(), which {reason}")
+        elif name in _CHECKED_ARGUMENTS and _unreadable_arguments(node):
+            self.report(node, f"calls {_shown(name)}() with arguments the scan cannot read (*args, **kwargs)")
         elif name == "importlib.import_module":
             self.check_import_module(node, _argument(node, 0, "name"))
         elif name == "builtins.getattr":
-            self.check_getattr(node)
+            self.check_lookup(node, _argument(node, 0, "o"), _argument(node, 1, "name"), "getattr")
         elif name in ("builtins.globals", "builtins.vars", "builtins.locals"):
             self.check_namespace_call(node, name.rpartition(".")[2])
 
@@ -286,12 +336,25 @@ class _StrictScanner:
         else:
             self.report(node, "calls importlib.import_module() with a module name computed at run time")
 
-    def check_getattr(self, node: ast.Call) -> None:
-        if len(node.args) < 2 or isinstance(node.args[1], ast.Constant):
+    def check_method_lookup(self, node: ast.Call, func: ast.Attribute) -> None:
+        """``os.__getattribute__('system')``, and ``object.__getattribute__(os, 'system')``."""
+        if self.base.resolve(func.value) is not None:
+            self.check_lookup(node, func.value, _argument(node, 0, "name"), func.attr)
+        else:
+            self.check_lookup(node, _argument(node, 0, "o"), _argument(node, 1, "name"), func.attr)
+
+    def check_lookup(self, node: ast.Call, owner: ast.expr | None, attribute: ast.expr | None, function: str) -> None:
+        """An attribute looked up by name on what an import (or a builtin) binds: judged as if written out."""
+        owner_name = self.base.resolve(owner) if owner is not None else None
+        if owner is None or owner_name is None:
             return
-        owner = self.base.resolve(node.args[0])
-        if owner is not None:
-            self.report(node, f"calls getattr() on {owner!r} with an attribute name computed at run time")
+        if not (isinstance(attribute, ast.Constant) and isinstance(attribute.value, str)):
+            self.report(node, f"calls {function}() on {owner_name!r} with an attribute name computed at run time")
+            return
+        name = f"{owner_name}.{attribute.value}"
+        reason = self.danger(name, owner) or _plain_danger(name) or self.indirect(name, owner)
+        if reason:
+            self.report(node, f"calls {function}() for {_shown(name)}, which {reason}")
 
     def check_namespace_call(self, node: ast.Call, function: str) -> None:
         module = self.base.resolve(node.args[0]) if function == "vars" and node.args else None
@@ -303,19 +366,25 @@ class _StrictScanner:
         mutated = isinstance(parent, ast.Attribute) and parent.attr in _MUTATORS
         if stored or mutated:
             self.report(node, f"changes the namespace {function}() returns")
+            return
+        key = _namespace_key(parent, self.parents.get(parent) if parent is not None else None)
+        if key is not None and not (
+            isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value not in _NAMESPACE_DUNDERS
+        ):
+            self.report(node, f"reads the namespace {function}() returns by a name the scan cannot judge")
 
     def check_reference(self, node: ast.Name | ast.Attribute) -> None:
         """A dangerous name used as a value: it counts as a call (``system = os.system``)."""
         parent = self.parents.get(node)
         if isinstance(parent, ast.Attribute) or (isinstance(parent, ast.Call) and parent.func is node):
             return  # the longer name, or the call, is judged instead
-        if isinstance(node, ast.Name) and node.id == "__builtins__" and node.id not in self.base.bound:
+        if isinstance(node, ast.Name) and node.id == "__builtins__" and not self.base.scopes.binds(node):
             self.report(node, "uses __builtins__, which reaches every builtin by name")
             return
         name = self.base.resolve(node)
         if name is None:
             return
-        reason = self.danger(name, node) or _plain_danger(name)
+        reason = self.danger(name, node) or _plain_danger(name) or self.indirect(name, node)
         if reason is None and name in _CHECKED_ARGUMENTS:
             reason = "is judged by its arguments, so only direct calls pass"
         if reason:
@@ -334,12 +403,33 @@ class _StrictScanner:
             return None  # a builtin (``open`` is not ``builtins``' module), or its import is refused already
         return _strict_module(name)
 
+    def indirect(self, name: str, node: ast.expr) -> str | None:
+        """Why ``name`` is refused through something dangerous it starts with (``os.system.__call__``), or
+        through a module reached as another's attribute (``shutil.os.system`` is ``os.system``)."""
+        parts = name.split(".")
+        canonical = _canonical(name)
+        candidates = [".".join(parts[:end]) for end in range(len(parts) - 1, 0, -1)]
+        if canonical != name:
+            top = canonical.split(".")[0]
+            if top in _BANNED_MODULES and top not in self.base.aliases.values():  # else its import is refused
+                return _BANNED_MODULES[top]
+            pieces = canonical.split(".")
+            candidates += [".".join(pieces[:end]) for end in range(len(pieces), 0, -1)]
+        for candidate in candidates:
+            reason = self.danger(candidate, node) or _plain_danger(candidate)
+            if reason is None and candidate in _CHECKED_ARGUMENTS:
+                reason = "is judged by its arguments, so only direct calls pass"
+            if reason:
+                return reason
+        return None
+
     def check_write(self, node: ast.Call, name: str | None) -> None:
         """Any file-system change whose path is not a literal relative path inside the folder."""
-        if name in _OPENERS:
+        if name in _STRICT_OPENERS:
             mode, target = _argument(node, 1, "mode"), _argument(node, 0, "file")
             if _may_write(node, mode):
-                self.check_written(node, target, name, reported=_writes(mode) and _outside_text(target) is not None)
+                plain = name in _OPENERS and _writes(mode) and _outside_text(target) is not None
+                self.check_written(node, target, name, reported=plain)
         elif name in ("os.open", "posix.open"):
             if _flags_may_write(_argument(node, 1, "flags")):
                 self.check_written(node, _argument(node, 0, "path"), name)
@@ -353,11 +443,17 @@ class _StrictScanner:
         mode = _argument(node, 0, "mode")
         if isinstance(mode, ast.Constant) and not (isinstance(mode.value, str) and _MODE.fullmatch(mode.value)):
             mode = None  # not a mode: another object's ``open(name)`` (zipfile, tarfile ...)
-        if func.attr not in _PATH_WRITE_METHODS and not (func.attr == "open" and _may_write(node, mode, optional=True)):
-            return
         receiver = func.value
-        if isinstance(receiver, ast.Call) and self.base.resolve(receiver.func) in _PATH_CLASSES:
-            plain = func.attr in _PATH_WRITE_METHODS or _writes(mode)
+        path_call = isinstance(receiver, ast.Call) and self.base.resolve(receiver.func) in _PATH_CLASSES
+        known_path = path_call or (isinstance(receiver, ast.Name) and receiver.id in self.paths)
+        if func.attr in _PATH_MOVE_METHODS and known_path:
+            self.check_written(node, _argument(node, 0, "target"), f".{func.attr}")
+        elif func.attr not in _PATH_WRITE_METHODS + _PATH_CHANGE_METHODS and not (
+            func.attr == "open" and _may_write(node, mode, optional=True)
+        ):
+            return
+        if isinstance(receiver, ast.Call) and path_call:
+            plain = func.attr in _PATH_WRITE_METHODS or (func.attr == "open" and _writes(mode))
             first = receiver.args[0] if receiver.args else None
             reported = plain and _outside_text(first) is not None
         elif isinstance(receiver, ast.BinOp) and _literal_text(receiver) is not None:
@@ -375,6 +471,48 @@ class _StrictScanner:
             self.report(node, f"writes with {shown}() to a path computed at run time, which may be outside the folder")
         elif not reported and _leaves_folder(text):
             self.report(node, f"writes with {shown}() to {text!r}, outside the sandbox folder")
+
+
+def _canonical(name: str) -> str:
+    """``name`` from the last module it reaches as another module's attribute (``shutil.os.system``:
+    ``os.system``), else ``name``."""
+    parts = name.split(".")
+    for index in range(len(parts) - 1, 0, -1):
+        if parts[index] in _REBASED:
+            return ".".join(parts[index:])
+    return name
+
+
+def _unreadable_arguments(node: ast.Call) -> bool:
+    """Whether a call passes ``*args`` or ``**kwargs``, which the scan cannot read."""
+    return any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+
+
+def _namespace_key(parent: ast.AST | None, grandparent: ast.AST | None) -> ast.expr | None:
+    """The key a namespace dict is read with (``globals()[key]``, ``vars().get(key)``), if it is read."""
+    if isinstance(parent, ast.Subscript):
+        return parent.slice
+    if isinstance(parent, ast.Attribute) and parent.attr in ("get", "__getitem__"):
+        if isinstance(grandparent, ast.Call):
+            return grandparent.args[0] if grandparent.args else ast.Name("?", ast.Load())
+    return None
+
+
+def _path_names(nodes: Iterable[ast.AST], resolve: Callable[[ast.expr], str | None]) -> set[str]:
+    """Names the module assigns a ``Path`` to (``p = Path(x)``, ``p = Path(x) / "y"``)."""
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        while isinstance(value, ast.BinOp) and isinstance(value.op, ast.Div):
+            value = value.left
+        if isinstance(value, ast.Call) and resolve(value.func) in _PATH_CLASSES:
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
 def _imported(node: ast.expr, aliases: dict[str, str]) -> bool:
@@ -440,17 +578,62 @@ def _import_aliases(nodes: Iterable[ast.AST]) -> dict[str, str]:
     return aliases
 
 
-def _bound_names(nodes: Iterable[ast.AST]) -> set[str]:
-    """Names the module binds itself (assignments, defs, parameters): they shadow builtins."""
-    bound: set[str] = set()
-    for node in nodes:
+_SCOPE_NODES = (
+    ast.Module,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+class _Scopes:
+    """Which names each scope binds itself (assignments, defs, parameters), so a builtin is shadowed
+    only where Python would look the name up there: ``(lambda exec: 0)`` leaves ``exec`` elsewhere
+    the builtin."""
+
+    def __init__(self, nodes: list[ast.AST], parents: dict[ast.AST, ast.AST]) -> None:
+        self.parents = parents
+        self.module = nodes[0]  # ast.walk starts at the module
+        self.bound: dict[ast.AST, set[str]] = {}
+        for node in nodes:
+            for name, scope in self._bindings(node):
+                self.bound.setdefault(scope, set()).add(name)
+
+    def _bindings(self, node: ast.AST) -> Iterable[tuple[str, ast.AST]]:
         if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            bound.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
+            yield node.id, self.scope_of(node)
         elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-    return bound
+            yield node.arg, self.scope_of(node)  # the function or lambda the parameter belongs to
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node.name, self.scope_of(node)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            yield node.name, self.scope_of(node)
+        elif isinstance(node, ast.Global):
+            yield from ((name, self.module) for name in node.names)
+
+    def scope_of(self, node: ast.AST) -> ast.AST:
+        """The nearest scope enclosing ``node`` (not ``node`` itself)."""
+        parent = self.parents.get(node)
+        while parent is not None and not isinstance(parent, _SCOPE_NODES):
+            parent = self.parents.get(parent)
+        return parent if parent is not None else node
+
+    def binds(self, name: ast.Name) -> bool:
+        """Whether ``name`` refers to a binding of the module's own code (else a builtin or global)."""
+        scope: ast.AST | None = self.scope_of(name)
+        first = True
+        while scope is not None:
+            # A class body's names are not seen from the functions inside it.
+            if name.id in self.bound.get(scope, ()) and (first or not isinstance(scope, ast.ClassDef)):
+                return True
+            first = False
+            scope = self.scope_of(scope) if not isinstance(scope, ast.Module) else None
+        return False
 
 
 def _argument(node: ast.Call, position: int, keyword: str) -> ast.expr | None:
@@ -482,17 +665,15 @@ def _flags_may_write(flags: ast.expr | None) -> bool:
     """Strict: ``os.open`` flags other than ``O_RDONLY`` combined with read-only modifiers."""
     if flags is None:
         return True
-    for node in ast.walk(flags):
-        if isinstance(node, ast.Constant):
-            if node.value != 0:
-                return True
-        elif isinstance(node, (ast.Name, ast.Attribute)):
-            name = node.id if isinstance(node, ast.Name) else node.attr
-            if name not in _READ_ONLY_FLAGS and not (isinstance(node, ast.Name) and node.id in _OS_MODULES):
-                return True
-        elif not isinstance(node, (ast.BinOp, ast.BitOr, ast.Load)):
-            return True
-    return False
+    if isinstance(flags, ast.BinOp) and isinstance(flags.op, ast.BitOr):
+        return _flags_may_write(flags.left) or _flags_may_write(flags.right)
+    if isinstance(flags, ast.Constant):
+        return flags.value != 0
+    if isinstance(flags, ast.Attribute):  # ``os.O_RDONLY`` under any alias of the module: its name decides
+        return flags.attr not in _READ_ONLY_FLAGS
+    if isinstance(flags, ast.Name):
+        return flags.id not in _READ_ONLY_FLAGS
+    return True
 
 
 def _literal_text(target: ast.expr | None) -> str | None:
@@ -521,8 +702,9 @@ def _outside_text(target: ast.expr | None) -> str | None:
 
 
 def _leaves_folder(text: str) -> bool:
-    """Whether a path's literal text is absolute (or the home folder's) or climbs out with ``..``."""
-    return text.startswith(("/", "~", "\\")) or _PARENT_STEP.search(text) is not None
+    """Whether a path's literal text is absolute or climbs out with ``..`` (``~`` is a folder name to
+    ``open``: only ``expanduser``, a call the strict scan cannot read, makes it the home folder)."""
+    return text.startswith(("/", "\\")) or _PARENT_STEP.search(text) is not None
 
 
 def _leading_text(node: ast.expr) -> str:
