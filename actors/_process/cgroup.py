@@ -1,0 +1,220 @@
+"""A control group per sandbox: limits for the whole sandbox, and every process of it found and ended.
+
+The host's side (the admin's process, which keeps its privileges) creates a sandbox's group with
+:meth:`SandboxGroup.create` before the sandbox's root starts; the root moves itself in with
+:meth:`SandboxGroup.join` before any plugin code runs, so every process forked below it is in the
+group too, including one a plugin detaches with ``setsid`` or a double fork.  The group's memory
+limit is for the whole sandbox (the kernel's OOM killer ends its largest process past it), its
+pids limit stops a fork bomb, and :meth:`SandboxGroup.kill` ends every process in it, freezing the
+group first where a freezer is mounted so that a process forking in a loop cannot outrun it.
+
+This is cgroup v1 with its ``memory`` and ``pids`` hierarchies (``cpu``, ``cpuacct`` and
+``freezer`` are used when mounted), as on this project's machines; cgroup v2 needs a delegated
+subtree (systemd's ``Delegate=``) and is not supported yet.  :func:`support` says where groups go, or
+why they cannot be made (not root, a read-only ``/sys/fs/cgroup``, a hierarchy missing); the caller
+then falls back to rlimits and the monitor and says so once.
+
+What a group does not stop: a process running as uid 0 may write its pid into another group's
+``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that); a
+sandbox run as its own user cannot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import attrs
+
+from plugin_host.config import ResourceLimits
+from plugin_host.errors import ConfigError
+
+__all__ = ["Support", "SandboxGroup", "support", "CPU_PERIOD_US"]
+
+CPU_PERIOD_US = 100_000
+"""The CPU quota's period (the kernel's default)."""
+
+_ROOT = Path("/sys/fs/cgroup")
+_REQUIRED = ("memory", "pids")
+_OPTIONAL = ("cpu", "cpuacct", "freezer")
+_KILL_ROUNDS = 200
+"""Rounds of "kill every pid in the group" before :meth:`SandboxGroup.kill` gives up (each round ends
+every process the round before saw; only a group forking faster than it is killed needs more)."""
+
+
+@attrs.frozen
+class Support:
+    """Where sandbox groups go on this machine (from :func:`support`)."""
+
+    bases: dict[str, Path]
+    """Controller -> the directory of this process's own group in that hierarchy (groups are made below)."""
+
+
+def support(root: Path = _ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Support | str:
+    """Where this process can make sandbox groups, or why it cannot (a sentence for the log)."""
+    if os.geteuid() != 0:
+        return f"control groups need root (the host runs as uid {os.geteuid()})"
+    try:
+        own = _own_groups(proc_cgroup.read_text(encoding="ascii"))
+    except OSError as exc:
+        return f"cannot read {proc_cgroup}: {exc.strerror}"
+    bases = {}
+    for controller in _REQUIRED + _OPTIONAL:
+        base = root / controller / own.get(controller, "/").lstrip("/")
+        if controller in own and (base / "cgroup.procs").exists() and os.access(base, os.W_OK):
+            bases[controller] = base
+        elif controller in _REQUIRED:
+            if (root / "cgroup.controllers").exists() or (root / "unified" / "cgroup.controllers").exists():
+                return f"no writable cgroup v1 {controller!r} hierarchy (cgroup v2 delegation is not supported yet)"
+            return f"no writable cgroup v1 {controller!r} hierarchy under {root}"
+    return Support(bases)
+
+
+def _own_groups(text: str) -> dict[str, str]:
+    """Controller -> this process's group path, from ``/proc/self/cgroup``."""
+    groups = {}
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            if controller:
+                groups[controller] = path
+    return groups
+
+
+@attrs.define
+class SandboxGroup:
+    """One sandbox's control group: a directory in each controller's hierarchy."""
+
+    dirs: dict[str, Path]
+    """Controller -> this group's directory."""
+
+    @classmethod
+    def create(cls, support: Support, host: str, sandbox_id: str, limits: ResourceLimits) -> SandboxGroup:
+        """Make the group of ``sandbox_id`` (under the host's group ``plugin-host-<host>``) with ``limits``.
+
+        The directory name is a digest of the id (ids are free text).  A group left by a host that
+        died is emptied and reused.
+
+        Raises:
+            ConfigError: the group cannot be made or a limit cannot be written (``field="limits"``);
+                nothing is left behind.
+        """
+        name = "sb-" + hashlib.sha256(sandbox_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        group = cls({c: base / f"plugin-host-{host}" / name for c, base in support.bases.items()})
+        try:
+            for directory in group.dirs.values():
+                directory.mkdir(parents=True, exist_ok=True)
+            group.kill()
+            group.set_memory_max(limits.max_memory_mb)
+        except OSError as exc:
+            group.remove()
+            raise ConfigError(
+                f"cannot make the control group of sandbox {sandbox_id!r}: {exc.strerror or exc} ({exc.filename})",
+                field="limits",
+            ) from None
+        return group
+
+    def set_memory_max(self, megabytes: float | None) -> None:
+        """At most ``megabytes`` MiB charged to the whole group (its processes together); None: no limit."""
+        value = "-1" if megabytes is None else str(int(megabytes * 2**20))
+        (self.dirs["memory"] / "memory.limit_in_bytes").write_text(value)
+        swap = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
+        if swap.exists():  # with swap accounting: no swap past the limit either
+            swap.write_text(value)
+
+    def set_pids_max(self, maximum: int | None) -> None:
+        """At most ``maximum`` tasks (processes and threads) in the group at once; None: no limit."""
+        (self.dirs["pids"] / "pids.max").write_text("max" if maximum is None else str(maximum))
+
+    def set_cpu_quota(self, cpus: float | None) -> None:
+        """At most ``cpus`` CPUs' worth of time per period for the whole group; None: no quota.
+
+        Raises:
+            OSError: no ``cpu`` hierarchy on this machine.
+        """
+        if "cpu" not in self.dirs:
+            raise FileNotFoundError(2, "no cgroup v1 cpu hierarchy", "cpu")
+        quota = -1 if cpus is None else max(1000, int(cpus * CPU_PERIOD_US))
+        (self.dirs["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (self.dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def join(self, pid: int = 0) -> None:
+        """Move ``pid`` (0: this process) into the group, in every hierarchy."""
+        for directory in self.dirs.values():
+            (directory / "cgroup.procs").write_text(str(pid or os.getpid()))
+
+    def pids(self) -> set[int]:
+        """Every process in the group now (an empty set once it is gone)."""
+        found: set[int] = set()
+        for directory in self.dirs.values():
+            try:
+                found.update(int(p) for p in (directory / "cgroup.procs").read_text(encoding="ascii").split())
+            except OSError:
+                pass
+        return found
+
+    def memory_bytes(self) -> int:
+        """Memory charged to the group now (resident pages and page cache)."""
+        return _read_int(self.dirs["memory"] / "memory.usage_in_bytes")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the group's processes have used, the dead ones included (None: no ``cpuacct``)."""
+        if "cpuacct" not in self.dirs:
+            return None
+        return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
+
+    def oom_kills(self) -> int:
+        """Processes the kernel has killed in this group for its memory limit."""
+        try:
+            text = (self.dirs["memory"] / "memory.oom_control").read_text(encoding="ascii")
+        except OSError:
+            return 0
+        fields = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+        return int(fields.get("oom_kill", 0))
+
+    def kill(self) -> None:
+        """SIGKILL every process in the group until none is left (frozen first where a freezer is mounted,
+        so that a process forking in a loop cannot outrun the kill)."""
+        for _ in range(_KILL_ROUNDS):
+            pids = self.pids()
+            if not pids:
+                return
+            frozen = self._freeze("FROZEN")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if frozen:
+                self._freeze("THAWED")  # a frozen process dies once thawed
+            time.sleep(0.001)  # let the kernel take them off the list
+
+    def _freeze(self, state: str) -> bool:
+        freezer = self.dirs.get("freezer")
+        if freezer is None:
+            return False
+        try:
+            (freezer / "freezer.state").write_text(state)
+        except OSError:
+            return False
+        return True
+
+    def remove(self) -> None:
+        """Kill what is left and remove the group's directories (and the host's, once empty)."""
+        self.kill()
+        for directory in self.dirs.values():
+            for path in (directory, directory.parent):
+                try:
+                    path.rmdir()
+                except OSError:
+                    break  # still holds processes or other sandboxes' groups, or gone already
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
