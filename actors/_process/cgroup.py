@@ -102,8 +102,7 @@ class SandboxGroup:
             ConfigError: the group cannot be made or a limit cannot be written (``field="limits"``);
                 nothing is left behind.
         """
-        name = "sb-" + hashlib.sha256(sandbox_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-        group = cls({c: base / f"plugin-host-{host}" / name for c, base in support.bases.items()})
+        group = cls.existing(support, host, sandbox_id)
         try:
             for directory in group.dirs.values():
                 directory.mkdir(parents=True, exist_ok=True)
@@ -116,6 +115,12 @@ class SandboxGroup:
                 field="limits",
             ) from None
         return group
+
+    @classmethod
+    def existing(cls, support: Support, host: str, sandbox_id: str) -> SandboxGroup:
+        """The group :meth:`create` makes for ``sandbox_id``, made or not (to empty and remove it)."""
+        name = "sb-" + hashlib.sha256(sandbox_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        return cls({c: base / f"plugin-host-{host}" / name for c, base in support.bases.items()})
 
     def set_memory_max(self, megabytes: float | None) -> None:
         """At most ``megabytes`` MiB charged to the whole group (its processes together); None: no limit."""
