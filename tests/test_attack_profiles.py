@@ -33,6 +33,8 @@ EVIL = CLEAN.replace("from actors import Plugin", "import subprocess\nfrom actor
 )
 """The counter, importing ``subprocess`` at line 3 and adding 1000 on ``inc`` (so its running shows)."""
 EVIL_LINE = 3
+ADMIN_SAYS = "sandbox {!r} runs under the restricted profile"
+"""How the admin's refusal begins (the host's compile says only what it found)."""
 
 
 @attrs.frozen
@@ -81,11 +83,13 @@ def ask(host: Host, message: msgs.Request[Any], timeout: float = 20.0) -> Any:
     return reply
 
 
-def assert_refused(error: BaseException, sandbox_id: str = RESTRICTED) -> None:
-    """A refusal of :data:`EVIL` by the restricted scan: names the file and the line of the import."""
+def assert_refused(error: BaseException, sandbox_id: str = RESTRICTED, *, by_host: bool = False) -> None:
+    """A refusal of :data:`EVIL` by the restricted scan, naming the file and the line of the import: the admin's
+    (which names the sandbox), or with ``by_host`` the host's own compile (before anything was sent)."""
     assert isinstance(error, SecurityViolationError), repr(error)
     assert any(line == EVIL_LINE and "subprocess" in message for _, line, message in error.errors), error.errors
     assert f"counter.py:{EVIL_LINE}" in str(error)
+    assert (ADMIN_SAYS.format(sandbox_id) in str(error)) is not by_host, str(error)
 
 
 def assert_unchanged(host: Host, sandbox_id: str, history: object) -> None:
@@ -98,11 +102,13 @@ def assert_unchanged(host: Host, sandbox_id: str, history: object) -> None:
 
 def test_hot_reload_source_of_a_subprocess_import_is_refused_in_a_restricted_sandbox(scene: Scene) -> None:
     """The review's experiment: ``hot_reload_source`` of ``import subprocess`` into a ``restricted`` sandbox of a
-    ``standard`` host raises SecurityViolationError (file and line) and changes nothing."""
+    ``standard`` host raises SecurityViolationError (file and line) from the host's compile, which uses the
+    sandbox's profile (``SandboxInfo.security_profile``), and changes nothing."""
     history = scene.host.get_version_history(RESTRICTED, "counter")
     with pytest.raises(SecurityViolationError) as caught:
         scene.host.hot_reload_source(RESTRICTED, EVIL, "counter")
-    assert_refused(caught.value)
+    assert_refused(caught.value, by_host=True)  # compiled under the sandbox's profile: refused before sending
+    assert scene.host.get_sandbox_info(RESTRICTED).security_profile == "restricted"
     assert_unchanged(scene.host, RESTRICTED, history)
 
 
@@ -121,13 +127,15 @@ def test_a_compiled_folder_given_to_hot_reload_is_refused_in_a_restricted_sandbo
 def test_the_cli_reload_is_refused_in_a_restricted_sandbox(
     scene: Scene, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``plugin-host reload r FOLDER --port P`` as a user types it exits 1 with the file and line; nothing changes."""
+    """``plugin-host reload r FOLDER --port P`` as a user types it exits 1 with the file and line, from its local
+    compile under the sandbox's profile; nothing changes."""
     monkeypatch.setenv("PLUGIN_HOST_STATE_DIR", str(scene.state_dir))
     history = scene.host.get_version_history(RESTRICTED, "counter")
     folder = counter_folder(scene.base / "evil", EVIL)
     assert main(["reload", RESTRICTED, str(folder), "--port", str(scene.host.admin_port)]) == 1
     err = capsys.readouterr().err
     assert "security violation" in err and f"counter.py:{EVIL_LINE}" in err, err
+    assert ADMIN_SAYS.format(RESTRICTED) not in err  # compiled locally under the sandbox's profile: never sent
     assert_unchanged(scene.host, RESTRICTED, history)
 
 
@@ -178,7 +186,7 @@ def test_a_watched_save_is_refused_in_a_restricted_sandbox(scene: Scene) -> None
             (folder / "counter.py").write_text(EVIL)
             report = reports.get(timeout=30)
         assert report.error is not None
-        assert_refused(report.error, "w")
+        assert_refused(report.error, "w", by_host=True)  # compiled under the sandbox's profile: never sent
         assert report.running == {"counter": 1, "root": 1} and report.versions == {}
         assert_unchanged(scene.host, "w", history)
     finally:

@@ -513,4 +513,5 @@ class Sandboxes:
             rec.node or self.nodes.node,
             rec.reason,
             rec.pid,
+            rec.security_profile(self.config()),
         )
