@@ -219,3 +219,31 @@ def test_a_rollback_to_a_version_the_restricted_profile_refuses_is_refused(host:
         host.rollback_module("x", "counter", 2)
     assert_refused(caught.value, "x")
     assert_unchanged(host, "x", history)
+
+
+def test_a_batch_reload_is_judged_per_sandbox(scene: Scene) -> None:
+    """``batch_hot_reload`` of the same code into a restricted and a standard sandbox: each sandbox's own profile
+    decides, so the restricted one refuses (unchanged) and the standard one takes it."""
+    folder = counter_folder(scene.base / "clean")
+    scene.host.create_sandbox("b", "root:Root", sandbox_path=folder, security_profile="standard")
+    try:
+        history = scene.host.get_version_history(RESTRICTED, "counter")
+        refused, taken = scene.host.batch_hot_reload([RESTRICTED, "b"], evil_artifact())
+        assert_refused(refused)
+        assert not isinstance(taken, BaseException) and taken.new_version == 2, taken
+        assert scene.host.call("b", "counter", "inc") == 1000
+        assert_unchanged(scene.host, RESTRICTED, history)
+    finally:
+        scene.host.destroy_sandbox("b")
+
+
+def test_a_permissive_sandbox_on_a_restricted_host_takes_the_reload(config: HostConfig, tmp_path: Path) -> None:
+    """The other way round: the sandbox's profile, not the host's, also when it is the looser one.
+    ``hot_reload_source`` into a ``permissive`` sandbox of a ``restricted`` host is compiled and accepted."""
+    with Host(attrs.evolve(config, security_profile="restricted")) as host:
+        host.create_sandbox(
+            "p", "root:Root", sandbox_path=counter_folder(tmp_path / "clean"), security_profile="permissive"
+        )
+        assert host.get_sandbox_info("p").security_profile == "permissive"
+        assert host.hot_reload_source("p", EVIL, "counter").new_version == 2
+        assert host.call("p", "counter", "inc") == 1000
