@@ -399,8 +399,10 @@ def _reload(args: argparse.Namespace) -> int:
     from ._client.operator import compile_path
 
     config = _operator_config(args)
-    info = compile_path(args.path, config)  # locally and first: broken code never reaches the host
     with _client(args) as client:
+        profile = client.get_sandbox_info(args.sandbox_id).security_profile
+        # Locally and first, under the sandbox's own profile: broken or refused code never reaches the host.
+        info = compile_path(args.path, config, security_profile=profile)
         result = client.hot_reload(args.sandbox_id, info.artifacts)
     _console().print(_reload_line(result), markup=False, highlight=False, soft_wrap=True)
     return 0

@@ -32,7 +32,6 @@ from ._compile.cache import cache_key, cache_load, cache_store, manifest_load
 from ._compile.job import Job as _Job
 from ._compile.job import Options as _Options
 from ._compile.pool import CompilePool, CompilePoolStatistics
-from ._compile.scan import Finding, scan_source
 from ._compile.validator import run_validator
 from .codeload import (
     CodeTable,
@@ -49,8 +48,8 @@ from .errors import (
     CompilationTimeoutError,
     ConfigError,
     SandboxStartError,
-    SecurityViolationError,
 )
+from .scanning import Finding, check_sources, format_findings, scan_source
 from .values import Artifact, CompileInfo
 
 __all__ = [
@@ -251,14 +250,9 @@ def _syntax(job: _Job) -> None:
 
 
 def _security(job: _Job) -> list[str]:
-    if job.options.profile == "permissive":
-        return []
-    strict = job.options.profile == "restricted"  # the dynamic forms: refused, never warned about
     modules = [job.table.modules[name] for name in job.targets]
-    findings = [f for m in modules for f in scan_source(m.source, m.path, strict=strict)]
-    if findings and job.options.profile == "restricted":
-        raise SecurityViolationError(_format(findings, "security violation"), errors=findings, output="")
-    return [_format([f], "security warning") for f in findings]
+    findings = check_sources(((m.path, m.source) for m in modules), job.options.profile)
+    return [format_findings([f], "security warning") for f in findings]
 
 
 def _validate(job: _Job, lines: list[str]) -> list[str]:
@@ -283,10 +277,10 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
     output = "\n".join(lines + notes)
     if result.timed_out:
         raise CompilationTimeoutError(
-            _format(result.errors, "timeout"), errors=result.errors, output=output, timeout=job.options.timeout
+            format_findings(result.errors, "timeout"), errors=result.errors, output=output, timeout=job.options.timeout
         )
     if result.errors:
-        raise CompilationError(_format(result.errors, "import failed"), errors=result.errors, output=output)
+        raise CompilationError(format_findings(result.errors, "import failed"), errors=result.errors, output=output)
     return notes
 
 
@@ -314,10 +308,6 @@ def _artifacts(job: _Job) -> list[Artifact]:
 
 def _elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
-
-
-def _format(errors: Sequence[Finding], kind: str) -> str:
-    return "\n".join(f"{file}:{line}: {kind}: {message}" for file, line, message in errors)
 
 
 def _error(message: str, errors: list[Finding]) -> CompilationError:

@@ -413,6 +413,9 @@ class Host:
     ) -> CompileInfo:
         """Compile a sandbox folder in a separate process (see :func:`plugin_host.compiler.compile_sandbox`).
 
+        It names no sandbox, so it scans with ``security_profile`` (default: the host's); a reload of
+        the result is scanned again, with the sandbox's own profile, by the admin.
+
         Raises:
             CompilationError: syntax or import errors (``errors`` lists file, line, message).
             CompilationTimeoutError: the import-time validation ran past ``timeout``.
@@ -456,6 +459,8 @@ class Host:
         Raises:
             HotReloadError: an actor could not load the code or its ``code_change`` raised
                 (``actor`` and ``cause`` say which and why).
+            SecurityViolationError: the sandbox runs under ``restricted`` and the admin's scan of the
+                changed modules, with that profile, found something (nothing changed).
             SandboxNotFoundError: no such sandbox.
         """
         return self._code.hot_reload(
@@ -476,8 +481,11 @@ class Host:
         other modules, in a separate process) and hot-reload it (``state_handler``, ``timeout`` and
         ``probation`` as for :meth:`hot_reload`).
 
+        It compiles under the sandbox's own security profile (``SandboxInfo.security_profile``).
+
         Raises:
             CompilationError: it does not compile or import.
+            SecurityViolationError: the sandbox runs under ``restricted`` and the scan found something.
             HotReloadError: as :meth:`hot_reload`.
         """
         return self._code.hot_reload_source(
@@ -487,7 +495,8 @@ class Host:
     def batch_hot_reload(
         self, sandbox_ids: Iterable[str], code: Artifact | CompileInfo | Iterable[Artifact]
     ) -> list[ReloadResult | PluginHostError]:
-        """Reload the same code into many sandboxes; one item per id: its result or its error."""
+        """Reload the same code into many sandboxes; one item per id: its result or its error (each sandbox's
+        own profile decides whether its scan refuses the code)."""
         return self._code.batch_hot_reload(sandbox_ids, code)
 
     def rollback_module(
@@ -497,6 +506,8 @@ class Host:
 
         Raises:
             VersionNotFoundError: the registry has no such version.
+            SecurityViolationError: the sandbox's profile refuses that version's code (it was stored
+                while the same id ran under a looser profile).
             HotReloadError: as :meth:`hot_reload`.
         """
         return self._code.rollback_module(sandbox_id, module, version, timeout=timeout)

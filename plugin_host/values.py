@@ -78,6 +78,9 @@ class SandboxInfo:
     """Why the sandbox failed or was lost, if it did."""
     pid: int | None = None
     """Process id of the sandbox root (its process group id too)."""
+    security_profile: str = "standard"
+    """The profile it runs under (its own, else the host's default): every create, reload and rollback
+    of its code is scanned with it."""
 
 
 @attrs.frozen

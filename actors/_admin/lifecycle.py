@@ -49,7 +49,7 @@ from .._process.hardening import kill_group, process_alive
 from ..sandbox import SandboxActor
 from .events import Events
 from .nodes import Nodes, remote_packages
-from .record import AdminPort, Done, SandboxRecord, Sources, not_found
+from .record import AdminPort, Done, SandboxRecord, Sources, not_found, scan
 from .routing import Routing
 from .versions import Versions
 
@@ -206,6 +206,8 @@ class Sandboxes:
             table = codeload.read_sandbox_folder(req.sandbox_path)
             codeload.check_syntax(table)
             sources = table.as_wire()
+            # What is read here is what runs: the host's scan of the folder was earlier, maybe of other code.
+            scan(req.sandbox_id, req.security_profile or self.config().security_profile, sources)
         return SandboxRecord(
             req, sources, self.versions.register_created(req.sandbox_id, sources), limits, time.time(), node=node
         )
@@ -239,7 +241,7 @@ class Sandboxes:
             cfg.hang_timeout,
             cfg.shutdown_timeout,
             rec.limits,
-            rec.request.security_profile or cfg.security_profile,
+            rec.security_profile(cfg),
         )
         self.port.send(
             rec.root,
@@ -511,4 +513,5 @@ class Sandboxes:
             rec.node or self.nodes.node,
             rec.reason,
             rec.pid,
+            rec.security_profile(self.config()),
         )

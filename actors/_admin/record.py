@@ -14,11 +14,14 @@ import attrs
 from thespian.actors import ActorAddress
 
 from plugin_host import lowlevel
-from plugin_host.config import ResourceLimits
+from plugin_host.config import HostConfig, ResourceLimits
 from plugin_host.errors import BadRequestError, PluginHostError, SandboxNotFoundError
 from plugin_host.messages import CreateSandbox, Failed, Ok
+from plugin_host.scanning import check_sources, format_findings
 from plugin_host.states import AdminAction, EventKind, RecordStatus, SandboxStatus
 from plugin_host.values import AuditRecord, ChildInfo
+
+from .._base import log
 
 __all__ = [
     "AUDIT_LOG",
@@ -31,6 +34,7 @@ __all__ = [
     "batch",
     "find",
     "not_found",
+    "scan",
 ]
 
 Done = Callable[[object], None]
@@ -148,6 +152,10 @@ class SandboxRecord:
     stopping: list[tuple[int, float]] = attrs.field(factory=list)
     """Its local processes when it was told to stop (pid, create time): a destroy answers once they end."""
 
+    def security_profile(self, config: HostConfig) -> str:
+        """The profile it runs under: its own, else the host's default."""
+        return self.request.security_profile or config.security_profile
+
     def public_status(self) -> SandboxStatus:
         """What ``SandboxInfo.status`` says of it: a restarting sandbox is starting, a stopping one stopped."""
         if self.action == AdminAction.RESTART:
@@ -170,6 +178,20 @@ def find(
     if rec is None:
         port.reply(sender, not_found(sandbox_id), corr)
     return rec
+
+
+def scan(sandbox_id: str, profile: str, sources: Sources) -> None:
+    """Scan code bound for a sandbox with its own profile: every path that brings code in crosses here.
+
+    Raises:
+        SecurityViolationError: under ``restricted``, naming each finding's file and line (the
+            ``standard`` findings are logged as warnings; ``permissive`` scans nothing).
+        CompilationError: a source is not valid Python.
+    """
+    what = f"sandbox {sandbox_id!r} runs under the restricted profile, which refuses this code:"
+    findings = check_sources(((path, source) for path, source, _ in sources.values()), profile, what=what)
+    if findings:
+        log.warning("code for sandbox %r:\n%s", sandbox_id, format_findings(findings, "security warning"))
 
 
 def not_found(sandbox_id: object) -> PluginHostError:

@@ -34,7 +34,7 @@ from plugin_host.values import Artifact, ReloadResult
 from .. import _messages as m
 from ..registry import OpenRegistry, RecordOutcome, RecordVersions, RegistryActor, RegistryQuery
 from .nodes import remote_packages
-from .record import AdminPort, Done, Emit, Probation, SandboxRecord, Sources, not_found
+from .record import AdminPort, Done, Emit, Probation, SandboxRecord, Sources, not_found, scan
 
 __all__ = ["ModuleVersions", "Versions"]
 
@@ -322,6 +322,8 @@ class Versions:
                 changed[artifact.module] = (artifact.path, artifact.source, is_package)
         for module, (_, source, _) in rec.sources.items():
             checksums.setdefault(module, _checksum(source))
+        # Every reload, rollback and probation crosses here: scan what changed, with the sandbox's profile.
+        scan(rec.request.sandbox_id, rec.security_profile(self.config()), changed)
         return rec, changed, checksums, valid
 
     def on_reloaded(self, msg: m.SandboxReloaded, sender: ActorAddress | None) -> None:

@@ -132,8 +132,10 @@ def reload_folder(
         A :class:`ReloadReport`; its ``error`` says why nothing changed, if so.
     """
     try:
-        before = dict(host.get_sandbox_info(sandbox_id).modules)
-        result = host.hot_reload(sandbox_id, host.compile_sandbox(path))
+        running = host.get_sandbox_info(sandbox_id)
+        before = dict(running.modules)
+        # Compiled under the sandbox's own profile: a refusal is reported before anything is sent.
+        result = host.hot_reload(sandbox_id, host.compile_sandbox(path, security_profile=running.security_profile))
         after = dict(host.get_sandbox_info(sandbox_id).modules)
     except PluginHostError as exc:
         return ReloadReport(files, running=_modules_now(host, sandbox_id), error=exc)

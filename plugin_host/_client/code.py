@@ -15,6 +15,7 @@ from ..messages import (
     Blob,
     GetModuleVersion,
     GetSandboxCode,
+    GetSandboxInfo,
     GetVersionHistory,
     HotReload,
     ListModuleVersions,
@@ -166,12 +167,13 @@ class CodeOps:
         timeout: float | None = None,
         probation: float | None = None,
     ) -> ReloadResult:
-        """Compile ``source`` as ``module`` and hot-reload it (see :meth:`plugin_host.Host.hot_reload_source`)."""
-        wire = self._channel.request(
-            GetSandboxCode(sandbox_id=sandbox_id),
-            self.config.call_timeout,
-            lambda: HotReloadError("no answer from the admin", actor="", cause="timeout"),
-        )
+        """Compile ``source`` as ``module`` and hot-reload it (see :meth:`plugin_host.Host.hot_reload_source`).
+
+        It compiles under the sandbox's own profile, so a refusal comes before anything is sent; the
+        admin scans again what it receives, and its verdict is the one that holds.
+        """
+        wire = self._ask_admin(GetSandboxCode(sandbox_id=sandbox_id))
+        profile = self._ask_admin(GetSandboxInfo(sandbox_id=sandbox_id)).security_profile
         table = CodeTable.from_wire(wire)
         environment = self._environment_for(sandbox_id)
         info = compiler.compile_source(
@@ -179,12 +181,19 @@ class CodeOps:
             source,
             sandbox_sources=table,
             timeout=self.config.compile_timeout,
-            security_profile=self.config.security_profile,
+            security_profile=profile,
             cache_dir=self._cache_dir(),
             pool=self._compile_pool(),
             import_paths=() if environment is None else (environment,),
         )
         return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout, probation=probation)
+
+    def _ask_admin(self, request: Request[T]) -> T:
+        return self._channel.request(
+            request,
+            self.config.call_timeout,
+            lambda: HotReloadError("no answer from the admin", actor="", cause="timeout"),
+        )
 
     def batch_hot_reload(
         self, sandbox_ids: Iterable[str], code: Artifact | CompileInfo | Iterable[Artifact]

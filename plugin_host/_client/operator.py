@@ -30,6 +30,7 @@ from ..messages import (
     DestroySandbox,
     GetAuditLog,
     GetResourceUsage,
+    GetSandboxInfo,
     GetVersionHistory,
     HotReload,
     ListNodes,
@@ -153,6 +154,14 @@ class AdminClient:
     def list_sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of the host, sorted by id."""
         return list(self.request(ListSandboxes(), self.config.call_timeout + _SLACK))
+
+    def get_sandbox_info(self, sandbox_id: str) -> SandboxInfo:
+        """One sandbox of the host, as ``Host.get_sandbox_info``.
+
+        Raises:
+            SandboxNotFoundError: no such sandbox.
+        """
+        return self.request(GetSandboxInfo(sandbox_id=sandbox_id), self.config.call_timeout + _SLACK)
 
     def nodes(self) -> list[NodeInfo]:
         """The host's actor system (with what it refused) and the members of its convention, as ``Host.nodes``."""
