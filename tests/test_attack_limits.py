@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import resource
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
-from conftest import eventually, sample
+from conftest import eventually, pid_alive, sample
 
 from plugin_host import Host, HostConfig, ResourceLimits
 from plugin_host.errors import ConfigError, PluginError, SandboxStartError
@@ -58,6 +59,42 @@ def test_module_top_level_code_in_the_sandbox_root_is_under_the_memory_limit(hos
     with pytest.raises(SandboxStartError, match="MemoryError"):
         host.create_sandbox("top", "bomb:Root", sandbox_path=LIFTERS_TOP, limits=ResourceLimits(max_memory_mb=64))
     assert [info.id for info in host.list_sandboxes()] == ["calm"]
+    still_calm(host)
+
+
+@pytest.fixture
+def patient(config: HostConfig) -> Iterator[Host]:
+    """A host whose heartbeat does not take a 1 s burn for a hang: only the CPU budget may stop it."""
+    with Host(config, hang_timeout=30.0) as host:
+        yield host
+
+
+def test_disarming_the_cpu_budget_with_setitimer_does_not_stop_it(patient: Host) -> None:
+    """setitimer(ITIMER_VIRTUAL, 0) does not disarm call_cpu_budget_ms: the burn gets
+    LimitExceededError and the actor restarts."""
+    host = patient
+    calm(host)
+    host.create_sandbox("b", "lifter:Root", sandbox_path=LIFTERS, limits=ResourceLimits(call_cpu_budget_ms=50))
+    before = host.call("b", "lifter", "pid")
+    with pytest.raises(PluginError) as caught:
+        host.call("b", "lifter", "disarm_burn")
+    assert caught.value.type_name == "plugin_host.errors.LimitExceededError"
+    assert eventually(lambda: host.call("b", "lifter", "pid") != before)
+    still_calm(host)
+
+
+def test_ignoring_the_budgets_signal_gets_the_callback_killed(patient: Host) -> None:
+    """A plugin that sets SIGVTALRM to SIG_IGN and keeps burning is killed (SIGKILL) within
+    the grace, and its supervisor restarts it."""
+    host = patient
+    calm(host)
+    host.create_sandbox("i", "lifter:Root", sandbox_path=LIFTERS, limits=ResourceLimits(call_cpu_budget_ms=50))
+    before = host.call("i", "lifter", "pid")
+    with pytest.raises(PluginError) as caught:
+        host.call("i", "lifter", "ignore_burn")
+    assert caught.value.type_name == "ProcessDied"
+    assert eventually(lambda: not pid_alive(before))
+    assert eventually(lambda: host.call("i", "lifter", "pid") != before)
     still_calm(host)
 
 

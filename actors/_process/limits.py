@@ -26,27 +26,31 @@ budget needs a control group).
 
 RLIMIT_CORE is 0 always: a core dump would hold the sandbox's key.
 
-``call_cpu_budget_ms`` arms ITIMER_VIRTUAL around each callback: past the budget, the
-callback gets ``LimitExceededError``; a callback that swallows it is killed.
+``call_cpu_budget_ms`` is enforced by :class:`CpuBudget` from a watchdog thread, outside
+the callback's thread: see there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import resource
 import signal
+import threading
+import time
 from typing import Any, Iterator
 
 from plugin_host.config import ResourceLimits
 from plugin_host.errors import ConfigError, LimitExceededError
 
-__all__ = ["CpuBudget", "MIN_MEMORY_MB", "apply_rlimits", "check_rlimits"]
+__all__ = ["CpuBudget", "MIN_MEMORY_MB", "WATCHDOG_THREAD", "apply_rlimits", "check_rlimits"]
 
 MIN_MEMORY_MB = 32
 """The smallest ``max_memory_mb`` a sandbox may have: headroom for the runtime itself (a frame
 received, a thread's stack, a fork), whatever the plugin does."""
+
+WATCHDOG_THREAD = "plugin-host-cpu-budget"
+"""Name of the runtime thread that enforces ``call_cpu_budget_ms`` (never plugin code)."""
 
 _CPU_SIGNAL_GRACE = 1
 """Seconds of CPU between RLIMIT_CPU's soft limit (SIGXCPU, a named crash) and its hard one (SIGKILL)."""
@@ -118,7 +122,19 @@ def apply_rlimits(limits: ResourceLimits) -> None:
 
 
 class CpuBudget:
-    """Interrupts a callback that burns more than ``budget_ms`` of CPU time.
+    """Interrupts a callback that burns more than ``budget_ms`` of CPU time, from outside its thread.
+
+    A watchdog thread (named :data:`WATCHDOG_THREAD`, started only when a budget is set)
+    reads the callback thread's CPU clock and sleeps wall time equal to the budget left (CPU
+    time never runs faster than wall time, so it never polls).  Past the budget it sends the
+    callback's thread SIGVTALRM, whose handler raises ``LimitExceededError`` in the callback;
+    a callback still burning CPU a grace later (``max(budget, 50 ms)``: it swallowed the
+    error, ignored the signal or replaced the handler) is ended with SIGKILL.  Nothing the
+    plugin can do with ``signal.setitimer`` or ``signal.signal`` disarms it.  Without a
+    budget, :meth:`running` costs one attribute check.
+
+    What it cannot stop: C code that holds the GIL without end (the watchdog cannot run
+    Python); a hung callback is then the heartbeat's (``hang_timeout``) and RLIMIT_CPU's.
 
     Args:
         budget_ms: CPU milliseconds one callback may use; ``None`` for no budget.
@@ -128,30 +144,98 @@ class CpuBudget:
     def __init__(self, budget_ms: float | None, actor: str) -> None:
         self.seconds = None if budget_ms is None else budget_ms / 1000.0
         self.actor = actor
-        self._expired = False
+        self._watchdog: _Watchdog | None = None
         if self.seconds is not None:
-            signal.signal(signal.SIGVTALRM, self._on_alarm)
+            self._watchdog = _Watchdog(self.seconds, actor)
 
-    def _on_alarm(self, signum: int, frame: Any) -> None:
-        if self._expired:  # it swallowed the first one and kept burning: no more chances
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._expired = True
-        signal.setitimer(signal.ITIMER_VIRTUAL, max(self.seconds or 0.0, 0.05))
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Hold the budget over one callback, run in the calling thread."""
+        watchdog = self._watchdog
+        if watchdog is None:
+            yield
+            return
+        watchdog.begin()
+        try:
+            yield
+        finally:
+            watchdog.end()
+
+
+class _Watchdog:
+    """The thread behind :class:`CpuBudget`; its functions are bound at start, so patching the
+    ``signal`` or ``time`` modules from plugin code does not reach them."""
+
+    def __init__(self, seconds: float, actor: str) -> None:
+        self.seconds = seconds
+        self.grace = max(seconds, 0.05)
+        self.actor = actor
+        self.thread = threading.get_ident()
+        self.clock = time.pthread_getcpuclockid(self.thread)
+        self.current: tuple[int, float] | None = None
+        """(serial, CPU clock at its start) of the callback running, or None; one assignment, so read whole."""
+        self.serial = 0
+        self.fired = 0
+        """Serial of the callback the signal was sent for: the handler raises only in that one."""
+        self.idle = True
+        self.wake = threading.Event()
+        signal.signal(signal.SIGVTALRM, self._on_signal)
+        threading.Thread(target=self._watch, name=WATCHDOG_THREAD, daemon=True).start()
+
+    def begin(self, _now: Any = time.clock_gettime) -> None:
+        self.serial += 1
+        self.current = (self.serial, _now(self.clock))
+        if self.idle:
+            self.idle = False
+            self.wake.set()
+
+    def end(self) -> None:
+        self.current = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        current = self.current
+        if current is None or current[0] != self.fired:
+            return  # the callback it was sent for has ended: nothing to interrupt
         raise LimitExceededError(
-            f"{self.actor}: a callback used more than {self.seconds * 1000:.0f} ms of CPU",  # type: ignore[operator]
+            f"{self.actor}: a callback used more than {self.seconds * 1000:.0f} ms of CPU",
             limit="call_cpu_budget_ms",
             actor=self.actor,
         )
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        """Arm the budget for one callback."""
-        if self.seconds is None:
-            yield
-            return
-        self._expired = False
-        signal.setitimer(signal.ITIMER_VIRTUAL, self.seconds)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+    def _watch(
+        self,
+        _now: Any = time.clock_gettime,
+        _sleep: Any = time.sleep,
+        _kill: Any = signal.pthread_kill,
+        _alarm: int = signal.SIGVTALRM,
+        _fatal: int = signal.SIGKILL,
+    ) -> None:
+        # Runtime code only: no file, no socket, nothing the audit would take for the plugin's.
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            quiet = 0
+            while quiet < 2:  # two looks without a callback: wait for the next one
+                current = self.current
+                if current is None:
+                    quiet += 1
+                    _sleep(self.seconds)
+                    continue
+                quiet = 0
+                serial, started = current
+                used = _now(self.clock) - started
+                limit = self.seconds if self.fired != serial else self.seconds + self.grace
+                if used < limit:
+                    _sleep(max(limit - used, 0.001))
+                    continue
+                if self.current is not current:
+                    continue
+                if self.fired != serial:
+                    self.fired = serial
+                    _kill(self.thread, _alarm)
+                else:
+                    _kill(self.thread, _fatal)  # swallowed, ignored or replaced: end the process
+            self.idle = True
+            if self.current is not None:  # one began as we went idle, without waking us
+                self.idle = False
+                self.wake.set()
