@@ -327,7 +327,10 @@ class SandboxActor(SupervisorActor):
 
     def receiveMsg_Run(self, msg: Run, sender: ActorAddress) -> None:
         """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
-        limit = self.context.limits.max_actors if self.context else None  # no context: not started, no limit yet
+        if self.context is None:  # not started: neither limits nor a profile to run it under yet
+            self.send(msg.reply_to or sender, Failed(SandboxStartError("the sandbox has not started yet"), msg.corr))
+            return
+        limit = self.context.limits.max_actors
         if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
             self.send(
                 msg.reply_to or sender,
@@ -343,7 +346,7 @@ class SandboxActor(SupervisorActor):
         runner = self.createActor(RunnerActor)
         process = self.child_process()
         self._runners.append((runner, process, msg, time.monotonic() + msg.timeout))
-        self.send(runner, attrs.evolve(msg, reply_to=msg.reply_to or sender))
+        self.send(runner, m.RunIn(self.ctx, attrs.evolve(msg, reply_to=msg.reply_to or sender)))
         self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("run", msg.corr))
 
     def receiveMsg_RunDone(self, msg: m.RunDone, sender: ActorAddress) -> None:

@@ -98,11 +98,48 @@ def test_ignoring_the_budgets_signal_gets_the_callback_killed(patient: Host) -> 
     still_calm(host)
 
 
+def test_host_run_is_under_the_sandboxs_memory_limit(host: Host) -> None:
+    """Host.run's function lifts RLIMIT_AS and takes 300 MiB under max_memory_mb=100: MemoryError."""
+
+    def hog() -> int:
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError):
+            pass
+        return len(bytearray(300 * 2**20)) // 2**20
+
+    calm(host)
+    host.create_sandbox("m", "lifter:Root", sandbox_path=LIFTERS, limits=ResourceLimits(max_memory_mb=100))
+    with pytest.raises(PluginError) as caught:
+        host.run("m", hog)
+    assert caught.value.type_name == "builtins.MemoryError"
+    still_calm(host)
+
+
+def test_host_run_is_audited_under_the_sandboxs_profile(host: Host, tmp_path: Path) -> None:
+    """Under restricted, a file written by Host.run's function is refused and shows in the
+    sandbox's audit log, blocked, under the actor name ``run``."""
+    calm(host)
+    host.create_sandbox("r", "root:Root", sandbox_path=sample("counter"), security_profile="restricted")
+    target = tmp_path / "written-by-run.txt"
+    with pytest.raises(PluginError) as caught:
+        host.run("r", lambda: open(target, "w").write("x"))
+    assert caught.value.type_name == "builtins.PermissionError"
+    assert not target.exists()
+    records = eventually(lambda: host.audit_log("r"))
+    assert [(r.event, r.actor, r.blocked) for r in records] == [("open", "run", True)]
+    assert str(target) in records[0].detail
+    still_calm(host)
+
+
 def test_no_sandbox_process_may_dump_core(host: Host) -> None:
-    """RLIMIT_CORE is (0, 0) in a worker: a core dump would hold the sandbox's key.
+    """RLIMIT_CORE is (0, 0) in a worker and in Host.run: a core dump would hold the sandbox's key.
     (Thespian sets it in its actor processes too; ours does not depend on that.)"""
     host.create_sandbox("c", "lifter:Root", sandbox_path=LIFTERS)
     assert host.call("c", "lifter", "rlimits")["RLIMIT_CORE"] == (0, 0)
+    assert host.run("c", lambda: __import__("resource").getrlimit(__import__("resource").RLIMIT_CORE)) == (0, 0)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capabilities are dropped only when the host runs as root")
