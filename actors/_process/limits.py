@@ -21,8 +21,10 @@ thread or fork, and ``create_sandbox`` fails with ``ConfigError``.
 limit one second later.  At the soft limit the kernel sends SIGXCPU (made fatal at start, so
 the crash names it); a plugin that ignores SIGXCPU is SIGKILLed by the kernel at the hard
 limit.  It is lifetime CPU of each process, the runtime's own work in it (heartbeats,
-routing) included, and a fork starts counting again (the kernel's rule; a sandbox-wide
-budget needs a control group).
+routing) included: an idle root spent about 2 ms a second here, so a root under
+``max_cpu_seconds=60`` ends (and its sandbox fails) after some eight idle hours; a sandbox
+meant to run for days needs a budget to match.  A fork starts counting again (the kernel's
+rule; a sandbox-wide budget needs a control group).
 
 RLIMIT_CORE is 0 always: a core dump would hold the sandbox's key.
 
