@@ -28,6 +28,7 @@ __all__ = [
     "Route",
     "StartSandbox",
     "SandboxStatus",
+    "RunIn",
     "RunDone",
     "ReloadSandbox",
     "SandboxReloaded",
@@ -228,6 +229,15 @@ class SandboxStatus:
     """name -> recent (incarnation, last call) of its dead incarnations, newest last."""
     crashes: dict[str, int] = attrs.field(factory=dict)
     """name -> how many times it crashed (abnormal exits) since the sandbox started."""
+
+
+@attrs.frozen
+class RunIn:
+    """Sandbox root -> its runner: run ``run`` under the sandbox's limits and security profile."""
+
+    context: SandboxContext
+    run: Any
+    """The ``plugin_host.messages.Run`` request, its ``reply_to`` filled in."""
 
 
 @attrs.frozen

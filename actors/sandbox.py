@@ -18,6 +18,7 @@ import attrs
 from thespian.actors import ActorAddress
 
 from plugin_host import codeload, lowlevel
+from plugin_host.config import ResourceLimits
 from plugin_host.deps import activate_environment
 from plugin_host.errors import (
     ActorNotFoundError,
@@ -36,7 +37,8 @@ from . import _messages as m
 from ._base import describe_exception
 from ._code.codeswap import local_environment
 from ._code.reload import RootReload
-from ._process.hardening import new_process_group
+from ._process.hardening import drop_privileges, new_process_group
+from ._process.limits import apply_rlimits, check_rlimits
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
 from .runner import RunnerActor
@@ -133,6 +135,8 @@ class SandboxActor(SupervisorActor):
         # (on another system, by the host's monitor there).
         self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))
         try:
+            if self.multiprocess:  # under simpleSystemBase this is the host's own process
+                _contain(msg.context.limits)
             environment = local_environment(msg.environment, msg.packages)
             if environment:
                 activate_environment(environment)  # inherited by every actor forked from here
@@ -323,7 +327,10 @@ class SandboxActor(SupervisorActor):
 
     def receiveMsg_Run(self, msg: Run, sender: ActorAddress) -> None:
         """Run a function in a fresh process of this sandbox (it counts against ``max_actors``)."""
-        limit = self.context.limits.max_actors if self.context else None  # no context: not started, no limit yet
+        if self.context is None:  # not started: neither limits nor a profile to run it under yet
+            self.send(msg.reply_to or sender, Failed(SandboxStartError("the sandbox has not started yet"), msg.corr))
+            return
+        limit = self.context.limits.max_actors
         if limit is not None and len(self.live) + len(self._runners) + 1 > limit:
             self.send(
                 msg.reply_to or sender,
@@ -339,7 +346,7 @@ class SandboxActor(SupervisorActor):
         runner = self.createActor(RunnerActor)
         process = self.child_process()
         self._runners.append((runner, process, msg, time.monotonic() + msg.timeout))
-        self.send(runner, attrs.evolve(msg, reply_to=msg.reply_to or sender))
+        self.send(runner, m.RunIn(self.ctx, attrs.evolve(msg, reply_to=msg.reply_to or sender)))
         self.wakeupAfter(timedelta(seconds=msg.timeout), payload=("run", msg.corr))
 
     def receiveMsg_RunDone(self, msg: m.RunDone, sender: ActorAddress) -> None:
@@ -412,6 +419,22 @@ _REPORT_WHEN_DOWN = {
     SupervisorPhase.FAILING: RootStatus.FAILED,
 }
 """What the root reports once its whole tree is down, by why it went down."""
+
+
+def _contain(limits: ResourceLimits) -> None:
+    """Before the root's first plugin code: limits it cannot lift, and no privileges; every process of
+    the sandbox is forked from here and inherits both.
+
+    Raises:
+        ConfigError: a limit that cannot be applied here.
+        SandboxStartError: the kernel refused to drop the privileges.
+    """
+    check_rlimits(limits)
+    try:
+        drop_privileges()
+    except OSError as exc:
+        raise SandboxStartError(f"cannot drop the host's privileges: {exc}") from None
+    apply_rlimits(limits)
 
 
 def _tree_names(spec: type[Supervisor]) -> list[str]:

@@ -28,6 +28,7 @@ from . import _messages as m
 from ._base import SandboxMember, describe_exception
 from ._code.codeswap import Staged
 from ._process import inflight
+from ._process.limits import apply_rlimits
 from ._spec import ChildSpec, Supervisor
 from .worker import WorkerActor
 
@@ -125,6 +126,8 @@ class SupervisorActor(SandboxMember):
         self.context, self.parent = msg.context, sender
         self.actor_name, self.incarnation = msg.name, msg.incarnation
         self.directory = dict(msg.directory)
+        if self.multiprocess:  # inherited from the root already; its own spec is plugin code
+            apply_rlimits(msg.context.limits)
         spec: ChildSpec = cloudpickle.loads(msg.spec)
         self.start_tree(spec.plugin)
 

@@ -103,14 +103,18 @@ def _positive_int(instance: object, attribute: attrs.Attribute, value: object) -
 class ResourceLimits:
     """Per-sandbox resource limits; ``None`` means unlimited.
 
-    Validated at construction.  Enforcement (rlimits in every actor process and the
-    monitor actor) is applied to every process of the sandbox.
+    Validated at construction (types and signs); whether this machine can apply them is
+    checked where the sandbox starts, and one that cannot be applied fails
+    ``create_sandbox`` with ``ConfigError`` (``max_memory_mb`` under 32, a limit above the
+    host's own hard rlimit).  Enforcement (hard rlimits in every process of the sandbox, set
+    before its plugin code runs, and the monitor actor): see ``actors._process.limits``.
     """
 
     max_memory_mb: float | None = attrs.field(default=None, validator=_positive)
-    """Memory per actor process, in MiB above the process's size at start."""
+    """Address space per process of the sandbox, in MiB above the sandbox root's size at its start
+    (a hard RLIMIT_AS every process inherits), and resident growth per process (the monitor); at least 32."""
     max_cpu_seconds: float | None = attrs.field(default=None, validator=_positive)
-    """Lifetime CPU seconds per actor process."""
+    """Lifetime CPU seconds per process of the sandbox (the runtime's own work in it included)."""
     call_cpu_budget_ms: float | None = attrs.field(default=None, validator=_positive)
     """CPU milliseconds one callback may burn before it is interrupted."""
     max_actors: int | None = attrs.field(default=None, validator=_positive_int)

@@ -1,8 +1,24 @@
-"""Per-process hardening run at the start of every actor process of a host.
+"""Per-process hardening run at the start of every actor process of a host, and what a
+sandbox root gives up before plugin code runs.
 
 Thespian installs log-only Python handlers for SIGSEGV & co., which turn a segfault into
 a process spinning at 100% CPU that is never reported dead; a SIGKILLed parent leaves its
 whole subtree running.  See THESPIAN_NOTES.md §2.2 and §2.6.
+
+:func:`drop_privileges` runs once in each sandbox root, before its first plugin code; every
+process of the sandbox is forked from the root and inherits it.  It empties the capability
+sets (bounding, ambient, then effective, permitted and inheritable, as container runtimes
+do), so a host running as root keeps no ``CAP_SYS_RESOURCE`` (a hard rlimit holds),
+``CAP_KILL``, ``CAP_DAC_OVERRIDE``, ``CAP_SYS_PTRACE`` ... in its sandboxes, and an empty
+bounding set means no ``exec`` gives them back.  It also sets ``no_new_privs``: no ``exec``
+of a setuid or file-capability binary raises privileges (this matters for a host not run as
+root too: ``sudo``, ``su`` and the like are dead ends).  The host's own processes keep
+their capabilities (they create control groups and switch uids for sandboxes).
+
+What this does not buy while the sandbox runs as uid 0: a process without capabilities but
+uid 0 still owns every root-owned file (it opens and writes them by ordinary permission
+bits) and may signal every other uid-0 process, the host's included.  A separate uid per
+sandbox (``isolation="user"``) is what closes that.
 """
 
 from __future__ import annotations
@@ -15,9 +31,22 @@ import sys
 
 import psutil
 
-__all__ = ["harden_process", "new_process_group", "in_actor_process", "kill_group", "process_alive"]
+__all__ = [
+    "drop_privileges",
+    "harden_process",
+    "new_process_group",
+    "in_actor_process",
+    "kill_group",
+    "process_alive",
+]
 
 _PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAP_SETPCAP = 8
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
 _hardened_pid: int | None = None
 _libc: ctypes.CDLL | None = None
@@ -68,6 +97,50 @@ def _die_with_parent() -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != _forking_parent:
         os._exit(70)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _status_mask(field: str) -> int:
+    """A capability mask of this process from /proc/self/status (``CapEff``, ``CapBnd`` ...)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _prctl(libc: ctypes.CDLL, what: str, *args: int) -> None:
+    if libc.prctl(*args, *(0,) * (5 - len(args))) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
+
+
+def drop_privileges() -> None:
+    """Set ``no_new_privs`` and empty every capability set of this process, for good (see the module docstring).
+
+    Raises:
+        OSError: the kernel refused; the caller must not run plugin code then.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    _prctl(libc, "PR_SET_NO_NEW_PRIVS", _PR_SET_NO_NEW_PRIVS, 1)
+    if _status_mask("CapEff") & (1 << _CAP_SETPCAP):  # dropping from the bounding set needs CAP_SETPCAP
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as last:
+            cap_last_cap = int(last.read())
+        for cap in range(cap_last_cap + 1):
+            _prctl(libc, "PR_CAPBSET_DROP", _PR_CAPBSET_DROP, cap)
+    _prctl(libc, "PR_CAP_AMBIENT_CLEAR_ALL", _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()  # version 3: two 32-bit halves, all zero
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    if _status_mask("CapEff") or _status_mask("CapPrm"):
+        raise OSError(0, "capabilities remain after capset")
 
 
 def new_process_group() -> int:
