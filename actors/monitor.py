@@ -1,11 +1,15 @@
 """The monitor actor: samples every sandbox process with psutil and enforces memory and CPU limits.
 
 Every ``monitor_interval`` it reads each watched process's resident memory and CPU time,
-keeps a short rolling history per sandbox, and kills (by pid) a plugin process whose
-resident memory grew past ``max_memory_mb`` since it started (forked from its supervisor's
-process, it started no bigger than that one), or whose CPU time passed
-``max_cpu_seconds`` (before the kernel's RLIMIT_CPU backstop does); the admin turns each such
-kill into a ``limit_breached`` event.  It also answers resource-usage queries.
+keeps a short rolling history per sandbox, and, for a sandbox with limits, reads the whole tree
+below its root (the root is a subreaper: a plugin's ``setsid`` or double-forked processes stay
+in it, see ``_process.tree``).  Every running process there counts against ``max_actors``
+(past it, the ones the sandbox did not report are killed); ``max_memory_mb`` is the sandbox's
+budget for the resident memory its processes grew since their start (forked from their
+supervisor's process, each started no bigger than that one), and past it the one that grew most
+is killed, then the next; a process whose CPU time passed ``max_cpu_seconds`` is killed (before
+the kernel's RLIMIT_CPU backstop does).  The admin turns each kill into a ``limit_breached``
+event.  It also answers resource-usage queries.
 """
 
 from __future__ import annotations
@@ -182,8 +186,9 @@ class MonitorActor(HostActor):
         only word of it that reaches the admin), and stop watching pids that may be reused.
 
         The root was a subreaper, but once it is gone its orphans went to init: the processes the last round
-        saw below it are still found (by pid and start time) and ended with theirs, and so is what stayed in
-        its group; one forked since that left the group is not (a cgroup, later work, would hold it).
+        saw below it (a sandbox with limits is read whole each round) are still found (by pid and start time)
+        and ended with theirs, and so is what stayed in its group; one forked since that left the group is
+        not (a cgroup, later work, would hold it).
         """
         root = entry.pids["(root)"]
         kill_known(entry.seen)
