@@ -59,6 +59,8 @@ class _Watched:
     """``(pid, create time)`` of every process the last round found below the root."""
     first_seen: dict[int, float] = attrs.field(factory=dict)
     """When each process not reported by the sandbox was first seen below its root (monotonic), by pid."""
+    programs: set[int] = attrs.field(factory=set)
+    """Strays checked for running a program of their own (then their baseline is nothing), by pid."""
     killed: set[int] = attrs.field(factory=set)
     """Pids killed and still below the root (dying, or zombies not reaped yet): never killed nor reported again."""
     history: deque[tuple[float, int, float]] = attrs.field(factory=lambda: deque(maxlen=HISTORY))
@@ -230,6 +232,7 @@ class MonitorActor(HostActor):
         in_tree = {proc.pid for proc in tree}
         entry.baseline = {pid: rss for pid, rss in entry.baseline.items() if pid in in_tree}
         entry.first_seen = {pid: at for pid, at in entry.first_seen.items() if pid in in_tree}
+        entry.programs &= in_tree
         for proc in tree:  # the root runs our code (and plugin modules' top level): not counted here
             sample = samples.get(proc.pid)
             if sample is None or proc.pid in entry.killed:
@@ -237,8 +240,13 @@ class MonitorActor(HostActor):
             start = entry.baseline.get(proc.pid)
             if start is None:
                 start = entry.baseline[proc.pid] = self._start_rss(proc.pid, sample.rss)
-            if proc.pid not in owner and now - entry.first_seen.setdefault(proc.pid, now) < STRAY_GRACE:
-                continue  # maybe an actor its sandbox has not reported yet: judged (and named) once it has
+            if proc.pid not in owner:
+                if now - entry.first_seen.setdefault(proc.pid, now) < STRAY_GRACE:
+                    continue  # maybe an actor its sandbox has not reported yet: judged (and named) once it has
+                if proc.pid not in entry.programs:
+                    entry.programs.add(proc.pid)
+                    if _runs_another_program(proc):  # started from nothing: all of its memory is the plugin's
+                        start = entry.baseline[proc.pid] = 0
             name = owner.get(proc.pid) or owner.get(_parent_pid(proc), "")
             growth[proc.pid] = max(sample.rss - start, 0) / _MiB
             if limits.max_cpu_seconds is not None and sample.cpu > limits.max_cpu_seconds:
@@ -267,7 +275,7 @@ class MonitorActor(HostActor):
     def _start_rss(self, pid: int, rss: int) -> int:
         """Resident memory a plugin process had at its start, as near as can be known now.
 
-        It is forked from its supervisor's process, so it started no bigger than that one is: the
+        It is forked from its parent's process, so it started no bigger than that one is: the
         first sample alone would count nothing a plugin took before it (in ``init``, say).
         """
         try:
@@ -334,6 +342,14 @@ def _is_root_here(pid: int) -> bool:
     try:
         return os.getpgid(pid) == pid and psutil.Process(pid).ppid() == os.getppid()
     except (OSError, psutil.Error):
+        return False
+
+
+def _runs_another_program(proc: psutil.Process) -> bool:
+    """Whether ``proc`` runs another program than its parent (its command line differs): it exec'd one."""
+    try:
+        return bool(proc.cmdline() != psutil.Process(proc.ppid()).cmdline())
+    except psutil.Error:
         return False
 
 

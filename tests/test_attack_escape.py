@@ -161,6 +161,22 @@ def test_a_killed_process_left_a_zombie_is_neither_counted_nor_reported_again(co
         assert {(e.actor, e.details["limit"]) for e in breaches} == {("escaper", "max_actors")}
 
 
+def test_max_memory_mb_is_one_budget_for_the_whole_sandbox_its_largest_process_is_killed(
+    config: HostConfig, marker: str
+) -> None:
+    """Two processes a plugin started, 40 and 30 MiB resident, each under max_memory_mb=56 but together over
+    it: the monitor kills the larger (as the OOM killer would), says so once, and the rest fit."""
+    with Host(config, monitor_interval=0.1) as host:
+        events = events_of(host)
+        host.create_sandbox("mem", "escaper:Root", sandbox_path=ESCAPE, limits=ResourceLimits(max_memory_mb=56))
+        big, small = host.call("mem", "escaper", ("hogs", marker, [40, 30]))
+        eventually(lambda: not pid_alive(big), timeout=15)
+        assert pid_alive(small)
+        breaches = [e for e in drain(events) if e.kind == "limit_breached"]
+        assert len(breaches) == 1 and breaches[0].details["limit"] == "max_memory_mb"
+        assert breaches[0].details["value"] > 56 and breaches[0].actor == "escaper"
+
+
 def test_orphans_that_exit_under_the_root_are_reaped_and_the_tree_still_supervises(
     config: HostConfig, marker: str
 ) -> None:

@@ -12,6 +12,13 @@ from actors import ChildSpec, Plugin, Supervisor
 
 _SLEEPER = "import time; time.sleep(120)"
 
+_HOG = """
+import sys, time
+block = bytearray(int(sys.argv[1]) * 2**20)
+block[::4096] = b"\\x01" * len(range(0, len(block), 4096))  # every page resident
+time.sleep(120)
+"""
+
 _DOUBLE_FORK = """
 import os, sys, time
 if os.fork():
@@ -41,7 +48,8 @@ class Escaper(Plugin):
     """("setsid", marker): a `setsid -f` child; ("double", marker[, seconds]): a double-forked one;
     ("wander", marker, trace, n): n processes that fork and exit without end (each appends its pid
     to the file ``trace``), from a thread that keeps starting more; ("naive", marker, n): n sleeping
-    children it never reaps; "pid": this worker's pid."""
+    children it never reaps; ("hogs", marker, [mib, ...]): children holding that much resident memory
+    each; "pid": this worker's pid."""
 
     def handle_call(self, request, state):
         kind = request if isinstance(request, str) else request[0]
@@ -55,6 +63,10 @@ class Escaper(Plugin):
         if kind == "naive":  # plain children that stay below this worker, never reaped by it
             _KEPT.extend(subprocess.Popen([sys.executable, "-c", _SLEEPER, request[1]]) for _ in range(request[2]))
             return [child.pid for child in _KEPT[-request[2] :]], state
+        if kind == "hogs":  # ("hogs", marker, [mib, ...]): children holding that much memory each
+            started = [subprocess.Popen([sys.executable, "-c", _HOG, str(mib), request[1]]) for mib in request[2]]
+            _KEPT.extend(started)
+            return [child.pid for child in started], state
         if kind == "wander":
             command = [sys.executable, "-c", _WANDERER, request[2], request[1]]
 
