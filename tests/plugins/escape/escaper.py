@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 from actors import ChildSpec, Plugin, Supervisor
 
@@ -31,7 +32,8 @@ time.sleep(float(sys.argv[1]))
 
 _WANDERER = """
 import os, sys, time
-while True:              # a new process every few ms, each one's parent gone at once: no pid lasts
+deadline = float(sys.argv[3])  # a test that fails to end it must not leave a fork loop on the machine
+while time.time() < deadline:  # a new process every few ms, each one's parent gone at once: no pid lasts
     if os.fork():
         os._exit(0)
     os.setsid()
@@ -68,10 +70,11 @@ class Escaper(Plugin):
             _KEPT.extend(started)
             return [child.pid for child in started], state
         if kind == "wander":
-            command = [sys.executable, "-c", _WANDERER, request[2], request[1]]
+            deadline = time.time() + 120.0
+            command = [sys.executable, "-c", _WANDERER, request[2], request[1], str(deadline)]
 
             def keep_starting() -> None:
-                while True:
+                while time.time() < deadline:
                     subprocess.Popen(command)
                     threading.Event().wait(0.5)
 
