@@ -15,7 +15,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
-from thespian.actors import ActorAddress, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
+from thespian.actors import (
+    ActorAddress,
+    ActorExitRequest,
+    ActorSystemConventionUpdate,
+    ChildActorExited,
+    WakeupMessage,
+)
 
 from plugin_host import lowlevel
 from plugin_host.config import HostConfig
@@ -199,6 +205,12 @@ class AdminActor(HostActor):
                     log.exception("the admin's tick failed in one of its duties")
         finally:
             self._tick()
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: ActorAddress) -> None:
+        """The actor system shuts down (``Host.close``, after its shutdown request, or in its place if that
+        timed out): end every local sandbox's whole tree before the roots are told to exit, so that nothing a
+        plugin forked (``setsid`` and double-forked children included) is left to init."""
+        self.lifecycle.kill_local()
 
     def _emergency_stop(self) -> None:
         """The host died without closing: take every process of this system down."""

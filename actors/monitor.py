@@ -1,11 +1,15 @@
 """The monitor actor: samples every sandbox process with psutil and enforces memory and CPU limits.
 
 Every ``monitor_interval`` it reads each watched process's resident memory and CPU time,
-keeps a short rolling history per sandbox, and kills (by pid) a plugin process whose
-resident memory grew past ``max_memory_mb`` since it started (forked from its supervisor's
-process, it started no bigger than that one), or whose CPU time passed
-``max_cpu_seconds`` (before the kernel's RLIMIT_CPU backstop does); the admin turns each such
-kill into a ``limit_breached`` event.  It also answers resource-usage queries.
+keeps a short rolling history per sandbox, and, for a sandbox with limits, reads the whole tree
+below its root (the root is a subreaper: a plugin's ``setsid`` or double-forked processes stay
+in it, see ``_process.tree``).  Every running process there counts against ``max_actors``
+(past it, the ones the sandbox did not report are killed); ``max_memory_mb`` is the sandbox's
+budget for the resident memory its processes grew since their start (forked from their
+supervisor's process, each started no bigger than that one), and past it the one that grew most
+is killed, then the next; a process whose CPU time passed ``max_cpu_seconds`` is killed (before
+the kernel's RLIMIT_CPU backstop does).  The admin turns each kill into a ``limit_breached``
+event.  It also answers resource-usage queries.
 """
 
 from __future__ import annotations
@@ -28,11 +32,19 @@ from . import _messages as m
 from ._base import HostActor, log
 from ._process.hardening import kill_group, process_alive
 from ._process.orphan import ORPHAN_CHECK, OrphanWatch
+from ._process.tree import identities, kill_known, kill_tree, live_descendants
 
-__all__ = ["MonitorActor", "HISTORY"]
+__all__ = ["MonitorActor", "HISTORY", "STRAY", "STRAY_GRACE"]
 
 HISTORY = 60
 """Samples kept per sandbox: (time, total rss bytes, total cpu seconds)."""
+
+STRAY = "(stray)"
+"""``ActorUsage.name`` of a process a plugin forked itself (kept below the root, see ``_process.tree``)."""
+
+STRAY_GRACE = 1.0
+"""Seconds a process below a root that its sandbox has not reported is left out of the memory and CPU checks:
+an actor just started is reported within milliseconds; a process a plugin forked itself never is."""
 
 _MiB = 2**20
 
@@ -42,6 +54,15 @@ class _Watched:
     pids: dict[str, int]
     limits: ResourceLimits
     baseline: dict[int, int] = attrs.field(factory=dict)
+    """Resident memory of each process at its start (see ``MonitorActor._start_rss``), by pid."""
+    seen: list[tuple[int, float]] = attrs.field(factory=list)
+    """``(pid, create time)`` of every process the last round found below the root."""
+    first_seen: dict[int, float] = attrs.field(factory=dict)
+    """When each process not reported by the sandbox was first seen below its root (monotonic), by pid."""
+    programs: set[int] = attrs.field(factory=set)
+    """Strays checked for running a program of their own (then their baseline is nothing), by pid."""
+    killed: set[int] = attrs.field(factory=set)
+    """Pids killed and still below the root (dying, or zombies not reaped yet): never killed nor reported again."""
     history: deque[tuple[float, int, float]] = attrs.field(factory=lambda: deque(maxlen=HISTORY))
 
 
@@ -112,7 +133,11 @@ class MonitorActor(HostActor):
             root = entry.pids.get("(root)")
             if root in self._roots:
                 log.warning("sandbox %s: no word from its host for %.1f s; ending it", sandbox_id, self.orphans.timeout)
-                kill_group(root)
+                if _is_root_here(root):  # it runs: its whole tree, what hid from its group included
+                    kill_tree(root)
+                else:
+                    kill_known(entry.seen)
+                    kill_group(root)
         self.watched.clear()
         self.send(self.myAddress, ActorExitRequest())
 
@@ -124,7 +149,11 @@ class MonitorActor(HostActor):
         """
         roots = self._roots | set(self._gone_roots)  # checked while they ran: a report cannot name another group
         for pgid in msg.pgids:
-            if isinstance(pgid, int) and (pgid in roots or _is_root_here(pgid)):
+            if not isinstance(pgid, int):
+                continue
+            if _is_root_here(pgid):  # it runs: its whole tree, what hid from its group included
+                kill_tree(pgid)
+            elif pgid in roots:
                 kill_group(pgid)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
@@ -138,24 +167,39 @@ class MonitorActor(HostActor):
         for sandbox_id, entry in list(self.watched.items()):
             figures = {name: self._sample(pid) for name, pid in entry.pids.items()}
             if "(root)" in figures and figures["(root)"] is None:
-                # The root is gone: end what a plugin may have forked in its group, say so (on another
-                # system this may be the only word of it that reaches the admin), and stop watching
-                # pids that may be reused.
-                root = entry.pids["(root)"]
-                if root in self._roots:  # only a group checked to be a sandbox root's while it ran
-                    self._roots.discard(root)
-                    kill_group(root)
-                    self._gone_roots.append(root)
-                self.send(self.admin, m.RootGone(sandbox_id, root))
-                del self.watched[sandbox_id]
+                self._root_gone(sandbox_id, entry)
                 continue
-            live = {name: f for name, f in figures.items() if f is not None}
-            entry.history.append((now, sum(f.rss for f in live.values()), sum(f.cpu for f in live.values())))
-            self._enforce(sandbox_id, entry, live)
+            tree = live_descendants(entry.pids.get("(root)")) if _limited(entry.limits) else []
+            entry.seen = identities(tree)
+            samples = {entry.pids[name]: f for name, f in figures.items() if f is not None}
+            for proc in tree:  # the processes a plugin forked itself, wherever they went below the root
+                stray = samples.get(proc.pid) or self._sample(proc.pid)
+                if stray is not None:
+                    samples[proc.pid] = stray
+            entry.history.append((now, sum(f.rss for f in samples.values()), sum(f.cpu for f in samples.values())))
+            self._enforce(sandbox_id, entry, tree, samples)
         self._procs = {pid: proc for pid, proc in self._procs.items() if _alive(proc)}
         if self.watched:
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
+
+    def _root_gone(self, sandbox_id: str, entry: _Watched) -> None:
+        """The root is gone: end what its plugin may have forked, say so (on another system this may be the
+        only word of it that reaches the admin), and stop watching pids that may be reused.
+
+        The root was a subreaper, but once it is gone its orphans went to init: the processes the last round
+        saw below it (a sandbox with limits is read whole each round) are still found (by pid and start time)
+        and ended with theirs, and so is what stayed in its group; one forked since that left the group is
+        not (a cgroup, later work, would hold it).
+        """
+        root = entry.pids["(root)"]
+        kill_known(entry.seen)
+        if root in self._roots:  # only a group checked to be a sandbox root's while it ran
+            self._roots.discard(root)
+            kill_group(root)
+            self._gone_roots.append(root)
+        self.send(self.admin, m.RootGone(sandbox_id, root))
+        del self.watched[sandbox_id]
 
     def _sample(self, pid: int) -> _Figures | None:
         proc = self._procs.get(pid)
@@ -168,30 +212,70 @@ class MonitorActor(HostActor):
         except psutil.Error:
             return None
 
-    def _enforce(self, sandbox_id: str, entry: _Watched, live: dict[str, _Figures]) -> None:
+    def _enforce(
+        self, sandbox_id: str, entry: _Watched, tree: list[psutil.Process], samples: dict[int, _Figures]
+    ) -> None:
+        """Hold the sandbox's processes (``tree``: every one running below its root, sampled in ``samples``
+        by pid) to its limits: a plugin's own processes count as much as its actors."""
         limits = entry.limits
-        if limits.max_actors is not None:
-            self._enforce_processes(sandbox_id, entry, limits.max_actors)
+        entry.killed &= {proc.pid for proc in tree}  # a pid killed and gone may come back as another process
+        owner = {pid: name for name, pid in entry.pids.items()}
+        if limits.max_actors is not None and len(tree) > limits.max_actors:
+            for proc in tree:
+                if proc.pid not in owner:
+                    name = owner.get(_parent_pid(proc), "")
+                    self._kill(entry, sandbox_id, name, proc.pid, "max_actors", len(tree), limits.max_actors)
         if limits.max_memory_mb is None and limits.max_cpu_seconds is None:
             return
-        tree = {proc.pid for proc in _descendants(entry.pids.get("(root)"))}
-        for name, figures in live.items():
-            pid = entry.pids[name]
-            if name == "(root)" or pid not in tree:
-                continue  # the root runs our code, not the plugin's; never a process outside the sandbox
-            start = entry.baseline.get(pid)
+        growth: dict[int, float] = {}
+        now = time.monotonic()
+        in_tree = {proc.pid for proc in tree}
+        entry.baseline = {pid: rss for pid, rss in entry.baseline.items() if pid in in_tree}
+        entry.first_seen = {pid: at for pid, at in entry.first_seen.items() if pid in in_tree}
+        entry.programs &= in_tree
+        for proc in tree:  # the root runs our code (and plugin modules' top level): not counted here
+            sample = samples.get(proc.pid)
+            if sample is None or proc.pid in entry.killed:
+                continue
+            start = entry.baseline.get(proc.pid)
             if start is None:
-                start = entry.baseline[pid] = self._start_rss(pid, figures.rss)
-            grown_mb = (figures.rss - start) / _MiB
-            if limits.max_memory_mb is not None and grown_mb > limits.max_memory_mb:
-                self._kill(sandbox_id, name, pid, "max_memory_mb", grown_mb, limits.max_memory_mb)
-            elif limits.max_cpu_seconds is not None and figures.cpu > limits.max_cpu_seconds:
-                self._kill(sandbox_id, name, pid, "max_cpu_seconds", figures.cpu, limits.max_cpu_seconds)
+                start = entry.baseline[proc.pid] = self._start_rss(proc.pid, sample.rss)
+            if proc.pid not in owner:
+                if now - entry.first_seen.setdefault(proc.pid, now) < STRAY_GRACE:
+                    continue  # maybe an actor its sandbox has not reported yet: judged (and named) once it has
+                if proc.pid not in entry.programs:
+                    entry.programs.add(proc.pid)
+                    if _runs_another_program(proc):  # started from nothing: all of its memory is the plugin's
+                        start = entry.baseline[proc.pid] = 0
+            name = owner.get(proc.pid) or owner.get(_parent_pid(proc), "")
+            growth[proc.pid] = max(sample.rss - start, 0) / _MiB
+            if limits.max_cpu_seconds is not None and sample.cpu > limits.max_cpu_seconds:
+                self._kill(entry, sandbox_id, name, proc.pid, "max_cpu_seconds", sample.cpu, limits.max_cpu_seconds)
+                growth.pop(proc.pid)
+        if limits.max_memory_mb is not None:
+            self._enforce_memory(sandbox_id, entry, tree, growth, limits.max_memory_mb)
+
+    def _enforce_memory(
+        self, sandbox_id: str, entry: _Watched, tree: list[psutil.Process], growth: dict[int, float], maximum: float
+    ) -> None:
+        """``max_memory_mb`` is the whole sandbox's: past it, the process that grew most is killed, then the
+        next, until the rest fit (as the kernel's OOM killer picks the largest)."""
+        total = sum(growth.values())
+        if total <= maximum:
+            return
+        owner = {pid: name for name, pid in entry.pids.items()}
+        parents = {proc.pid: _parent_pid(proc) for proc in tree}
+        for pid in sorted(growth, key=growth.__getitem__, reverse=True):
+            name = owner.get(pid) or owner.get(parents.get(pid, 0), "")
+            self._kill(entry, sandbox_id, name, pid, "max_memory_mb", total, maximum)
+            total -= growth[pid]
+            if total <= maximum:
+                return
 
     def _start_rss(self, pid: int, rss: int) -> int:
         """Resident memory a plugin process had at its start, as near as can be known now.
 
-        It is forked from its supervisor's process, so it started no bigger than that one is: the
+        It is forked from its parent's process, so it started no bigger than that one is: the
         first sample alone would count nothing a plugin took before it (in ``init``, say).
         """
         try:
@@ -200,22 +284,18 @@ class MonitorActor(HostActor):
             parent = None
         return min(rss, parent.rss) if parent is not None else rss
 
-    def _enforce_processes(self, sandbox_id: str, entry: _Watched, maximum: int) -> None:
-        """Processes a plugin forked itself count against ``max_actors``: past it, they are ended."""
-        tree = _descendants(entry.pids.get("(root)"))
-        known = set(entry.pids.values())
-        strays = [proc for proc in tree if proc.pid not in known]
-        if strays and len(tree) > maximum:
-            owner = {pid: name for name, pid in entry.pids.items()}
-            for proc in strays:
-                name = owner.get(_parent_pid(proc), "")
-                self._kill(sandbox_id, name, proc.pid, "max_actors", len(tree), maximum)
-
-    def _kill(self, sandbox_id: str, name: str, pid: int, limit: str, value: float, maximum: float) -> None:
+    def _kill(
+        self, entry: _Watched, sandbox_id: str, name: str, pid: int, limit: str, value: float, maximum: float
+    ) -> None:
+        """SIGKILL one process of the sandbox and report it, once: it may take a moment to die, and then a
+        zombie may stay below the root until reaped, both never reported again."""
+        if pid in entry.killed:
+            return
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
+        entry.killed.add(pid)
         self.send(self.admin, m.Sample(sandbox_id, name, limit, round(value, 3), maximum))
 
     def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: ActorAddress) -> None:
@@ -236,6 +316,11 @@ class MonitorActor(HostActor):
                     figures.threads if figures else 0,
                 )
             )
+        known = {actor.pid for actor in actors}
+        for proc in live_descendants(entry.pids.get("(root)") if entry else None):
+            figures = None if proc.pid in known else self._sample(proc.pid)
+            if figures is not None:  # a process the plugin forked itself: its memory is the sandbox's too
+                actors.append(ActorUsage(STRAY, proc.pid, figures.rss, figures.cpu, 0, 0, figures.fds, figures.threads))
         usage = ResourceUsage(
             msg.sandbox_id,
             actors,
@@ -246,12 +331,10 @@ class MonitorActor(HostActor):
         self.reply(msg.reply_to, usage, msg.corr)
 
 
-def _descendants(root: int | None) -> list[psutil.Process]:
-    """Every process below a root, as of now (none for an unknown root)."""
-    try:
-        return psutil.Process(root).children(recursive=True) if root is not None else []
-    except psutil.Error:
-        return []
+def _limited(limits: ResourceLimits) -> bool:
+    """Whether the monitor enforces any of ``limits``: only then is a sandbox's whole tree read each round (one
+    pass over ``/proc``; ``resource_usage`` reads it when asked)."""
+    return any(value is not None for value in (limits.max_actors, limits.max_memory_mb, limits.max_cpu_seconds))
 
 
 def _is_root_here(pid: int) -> bool:
@@ -259,6 +342,14 @@ def _is_root_here(pid: int) -> bool:
     try:
         return os.getpgid(pid) == pid and psutil.Process(pid).ppid() == os.getppid()
     except (OSError, psutil.Error):
+        return False
+
+
+def _runs_another_program(proc: psutil.Process) -> bool:
+    """Whether ``proc`` runs another program than its parent (its command line differs): it exec'd one."""
+    try:
+        return bool(proc.cmdline() != psutil.Process(proc.ppid()).cmdline())
+    except psutil.Error:
         return False
 
 

@@ -39,6 +39,7 @@ from ._code.codeswap import local_environment
 from ._code.reload import RootReload
 from ._process.hardening import drop_privileges, new_process_group
 from ._process.limits import apply_rlimits, check_rlimits
+from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
 from .runner import RunnerActor
@@ -112,9 +113,12 @@ class SandboxActor(SupervisorActor):
         self.reloads = RootReload(self, self.live, self.infos, self.modules, lambda: self.phase, self.commit_versions)
 
     def setup_process(self) -> None:
-        """A process group of its own, so the whole sandbox can be killed at once."""
+        """A process group of its own, so the whole sandbox can be killed at once, and a subreaper, so a
+        process a plugin hides from both (``setsid``, a double fork) stays in its tree (see ``_process.tree``)."""
         if self.multiprocess:
             new_process_group()
+            become_subreaper()
+            self.wakeupAfter(timedelta(seconds=REAP_INTERVAL), payload=_REAP)
 
     def receiveMsg_StartSandbox(self, msg: m.StartSandbox, sender: ActorAddress) -> None:
         """Take this incarnation's key (and only it), then load the sandbox's code and start the tree."""
@@ -376,7 +380,11 @@ class SandboxActor(SupervisorActor):
         self._report(RootStatus.RUNNING)
 
     def on_wakeup(self, payload: Any) -> None:
-        """A ``Host.run`` or reload deadline."""
+        """A ``Host.run`` or reload deadline, or the round of reaping orphans that exited under the root."""
+        if payload == _REAP:
+            reap_orphans()
+            self.wakeupAfter(timedelta(seconds=REAP_INTERVAL), payload=_REAP)
+            return
         if isinstance(payload, tuple) and payload[0] == "reload":
             self.reloads.timeout(payload[1])
             return
@@ -412,6 +420,9 @@ class SandboxActor(SupervisorActor):
                 ),
             )
 
+
+_REAP = "plugin_host.reap"
+"""Payload of the root's wakeups that reap orphans."""
 
 _REPORT_WHEN_DOWN = {
     SupervisorPhase.STOPPING: RootStatus.STOPPED,

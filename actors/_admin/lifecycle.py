@@ -22,6 +22,7 @@ another system (then -> STARTING), and ``stopped`` when a destroyed sandbox's re
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -46,6 +47,7 @@ from plugin_host.values import SandboxInfo
 
 from .. import _messages as m
 from .._process.hardening import kill_group, process_alive
+from .._process.tree import kill_descendants, kill_tree, leads_group_below
 from ..sandbox import SandboxActor
 from .events import Events
 from .nodes import Nodes, remote_packages
@@ -283,6 +285,11 @@ class Sandboxes:
             if rec.action != AdminAction.DESTROY:
                 self.stop_root(msg.sandbox_id, rec, AdminAction.START_FAILED)
         elif msg.status == RootStatus.STOPPED and rec.status == RecordStatus.STOPPING:
+            if self._ours(rec):
+                # Its actors are down: what still runs below it, the root a subreaper, is what its plugin
+                # forked itself (a setsid or double-forked child included).  End that while the root still
+                # holds it: once the root exits, it would go to init.  Its end is waited for with the rest.
+                rec.stopping += kill_descendants(rec.pid)
             self.port.send(rec.root, ActorExitRequest())
         self.routing.retry_parked(time.monotonic())
         if rec.status == RecordStatus.RUNNING:
@@ -306,11 +313,21 @@ class Sandboxes:
             self.root_gone(msg.sandbox_id, rec)
 
     def _kill_sandbox_group(self, rec: SandboxRecord) -> None:
-        """SIGKILL the sandbox's process group, wherever it runs (its node's monitor does it there)."""
-        if not rec.node:
-            kill_group(rec.pid)
-        else:
+        """SIGKILL the sandbox's processes, wherever they run (its node's monitor does it there): its whole tree
+        while its root runs, else its process group (the root gone, its orphans went to init: only what
+        stayed in its group is found; a cgroup, later work, would hold the rest)."""
+        if rec.node:
             self.nodes.kill_on_node(rec.node, rec.pid)
+        elif self._ours(rec):
+            kill_tree(rec.pid)
+        else:
+            kill_group(rec.pid)
+
+    @staticmethod
+    def _ours(rec: SandboxRecord) -> bool:
+        """Whether ``rec``'s root is a local process that runs, checked to be its root: it leads its own group,
+        forked by this admin (then its pid cannot have been reused for someone else's)."""
+        return not rec.node and rec.pid is not None and leads_group_below(rec.pid, os.getpid())
 
     def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:
         self.fire(rec, rec.error if rec.action == AdminAction.START_FAILED else None)
@@ -491,10 +508,11 @@ class Sandboxes:
                 done(None)
 
     def kill_local(self) -> None:
-        """SIGKILL the process group of every sandbox on this system (the host died without closing)."""
+        """SIGKILL every sandbox on this system, each its whole tree (the host died without closing, or the
+        admin exits: nothing of a sandbox may outlive it)."""
         for rec in self.records.values():
             if not rec.node:  # on another system, the monitor there ends it once the pings stop
-                kill_group(rec.pid)
+                self._kill_sandbox_group(rec)
 
     # -- queries ---------------------------------------------------------------------------
 
