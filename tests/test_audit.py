@@ -383,3 +383,37 @@ def test_a_process_forked_by_plugin_code_stays_audited_and_cannot_claim_the_audi
     outcome = run_plugin(tmp_path, "standard", operation, after=after)
     assert outcome.error is None
     assert [r["event"] for r in outcome.records] == ["os.fork", "socket.bind"]
+
+
+def test_a_signal_handler_the_plugin_installs_runs_audited_even_when_runtime_code_is_interrupted(
+    tmp_path: Path,
+) -> None:
+    """A handler installed by plugin code runs audited when the signal arrives in the runtime's code
+    (outside plugin code, even inside ``runtime()``); one the runtime installed runs unaudited."""
+    operation = """\
+        import signal
+        seen = []
+        def plugin_handler(signum, frame):
+            try:
+                socket.socket().bind(('127.0.0.1', 0))
+            except PermissionError:
+                seen.append('refused')
+        signal.signal(signal.SIGUSR1, plugin_handler)
+    """
+    after = """\
+        with control.runtime():
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert seen == ['refused'], seen
+        signal.signal(signal.SIGUSR2, lambda signum, frame: socket.socket().bind(('127.0.0.3', 0)))
+        os.kill(os.getpid(), signal.SIGUSR2)
+    """
+    outcome = run_plugin(tmp_path, "restricted", operation, after=after)
+    assert outcome.error is None
+    assert [(r["event"], r["detail"]) for r in outcome.records] == [("socket.bind", "127.0.0.1:0")]
+
+
+def test_a_trace_function_that_would_run_in_runtime_code_is_refused(tmp_path: Path) -> None:
+    """``sys.settrace``/``sys.setprofile`` would call plugin code on every line the runtime runs."""
+    outcome = run_plugin(tmp_path, "restricted", "sys.settrace(lambda *args: None)")
+    assert outcome.error == "PermissionError"
+    assert [(r["event"], r["blocked"]) for r in outcome.records] == [("sys.settrace", True)]

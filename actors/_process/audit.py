@@ -41,11 +41,12 @@ import contextlib
 import errno
 import mimetypes
 import os
+import signal
 import sys
 import sysconfig
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from plugin_host.errors import ConfigError
 from plugin_host.values import AuditRecord
@@ -215,6 +216,10 @@ def _describe_setrlimit(args: tuple[Any, ...]) -> str:
     return f"resource {_short(args[0])} to {_short(args[1])}"  # (resource, limits)
 
 
+def _describe_hook(args: tuple[Any, ...]) -> str:
+    return ""  # sys.settrace / sys.setprofile: a function called on every line, in runtime code too
+
+
 def _describe_prlimit(args: tuple[Any, ...]) -> str | None:
     pid, which, limits = args  # limits None: a read of the limit, benign
     return None if limits is None else f"pid {_short(pid)} resource {_short(which)} to {_short(limits)}"
@@ -242,6 +247,8 @@ _DESCRIBERS: dict[str, Callable[[tuple[Any, ...]], str | None]] = {
     "os.link": _describe_two_paths,
     "resource.setrlimit": _describe_setrlimit,
     "resource.prlimit": _describe_prlimit,
+    "sys.settrace": _describe_hook,
+    "sys.setprofile": _describe_hook,
     "socket.connect": _describe_address,
     "socket.bind": _describe_address,
     "socket.sendto": _describe_address,
@@ -336,6 +343,34 @@ class _State:
             pass
         return record
 
+    @contextlib.contextmanager
+    def as_plugin(self) -> Iterator[None]:
+        """The current thread runs plugin code the interpreter calls back (a signal or fork handler),
+        even in the middle of runtime work."""
+        thread = threading.get_ident()
+        saved = self.exempt.pop(thread, None)
+        self.plugin_depth += thread == self.main
+        try:
+            yield
+        finally:
+            self.plugin_depth -= thread == self.main
+            if saved:
+                self.exempt[thread] = saved
+
+    @contextlib.contextmanager
+    def as_runtime(self) -> Iterator[None]:
+        """The current thread runs the runtime's own code (a signal handler it installed)."""
+        thread = threading.get_ident()
+        self.exempt[thread] = self.exempt.get(thread, 0) + 1
+        try:
+            yield
+        finally:
+            left = self.exempt.get(thread, 1) - 1
+            if left:
+                self.exempt[thread] = left
+            else:
+                self.exempt.pop(thread, None)
+
     def after_fork_in_child(self) -> None:
         """Only the forking thread lives on; one forked by audited code stays audited and unclaimable."""
         thread = threading.get_ident()
@@ -384,21 +419,11 @@ class AuditControl:
         finally:
             state.plugin_depth -= 1
 
-    @contextlib.contextmanager
-    def runtime(self) -> Iterator[None]:
+    def runtime(self) -> ContextManager[None]:
         """What the current thread does inside the block is the runtime's work (its transport, its
         timers), done inside plugin code on the plugin's behalf: neither recorded nor refused.
         Never run plugin code (unpickling, ``__reduce__``) inside it."""
-        state, thread = self._state, threading.get_ident()
-        state.exempt[thread] = state.exempt.get(thread, 0) + 1
-        try:
-            yield
-        finally:
-            left = state.exempt.get(thread, 1) - 1
-            if left:
-                state.exempt[thread] = left
-            else:
-                state.exempt.pop(thread, None)
+        return self._state.as_runtime()
 
     @contextlib.contextmanager
     def runtime_thread(self) -> Iterator[None]:
@@ -461,6 +486,8 @@ def _make_install() -> Callable[..., AuditControl]:
             sys.addaudithook(state.check)
             os.register_at_fork(after_in_child=state.after_fork_in_child)
             _audit_fork_handlers(state)
+            _audit_signal_handlers(state)
+        _runtime_signal_handlers(state)
         state.readable.roots = _Readable((*state.readable.roots, *readable)).roots
         state.claimed_pid = os.getpid()
         state.emit = emit
@@ -469,24 +496,25 @@ def _make_install() -> Callable[..., AuditControl]:
     return install
 
 
+def _as(mode: Callable[[], ContextManager[None]], handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler``, called in ``mode`` (the state's ``as_plugin`` or ``as_runtime``)."""
+
+    def run(*args: Any) -> Any:
+        with mode():
+            return handler(*args)
+
+    run.__wrapped__ = handler  # type: ignore[attr-defined]
+    return run
+
+
 def _audit_fork_handlers(state: _State) -> None:
     """Fork handlers that audited code registers run audited in the child (they run before the
     child's runtime claims its audit)."""
     original = os.register_at_fork
 
-    def audited(handler: Callable[[], object]) -> Callable[[], object]:
-        def run() -> object:
-            state.plugin_depth += 1
-            try:
-                return handler()
-            finally:
-                state.plugin_depth -= 1
-
-        return run
-
     def register_at_fork(**handlers: Callable[[], object]) -> None:
         if state.audited(threading.get_ident()):
-            handlers = {when: audited(handler) for when, handler in handlers.items()}
+            handlers = {when: _as(state.as_plugin, handler) for when, handler in handlers.items()}
         original(**handlers)
 
     register_at_fork.__doc__ = original.__doc__
@@ -494,6 +522,35 @@ def _audit_fork_handlers(state: _State) -> None:
     posix = sys.modules.get("posix")
     if posix is not None:
         posix.register_at_fork = register_at_fork  # type: ignore[attr-defined]
+
+
+def _audit_signal_handlers(state: _State) -> None:
+    """A signal handler runs in the main thread whenever the signal comes, in runtime code too: one
+    that audited code installs runs audited, one the runtime installs never is."""
+    import _signal  # signal.signal calls _signal.signal: one patch covers both
+
+    original = _signal.signal
+
+    def install_handler(signalnum: int, handler: Any) -> Any:
+        if callable(handler) and not hasattr(handler, "__wrapped__"):
+            mode = state.as_plugin if state.audited(threading.get_ident()) else state.as_runtime
+            handler = _as(mode, handler)
+        return original(signalnum, handler)
+
+    install_handler.__doc__ = original.__doc__
+    _signal.signal = install_handler
+
+
+def _runtime_signal_handlers(state: _State) -> None:
+    """The handlers this process's runtime installed before its audit (Thespian's SIGCHLD handler
+    wakes its transport up through a socket) run as the runtime's."""
+    for signalnum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signalnum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler) and not hasattr(handler, "__wrapped__"):
+            signal.signal(signalnum, _as(state.as_runtime, handler))
 
 
 install = _make_install()
