@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import traceback
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
@@ -189,6 +190,9 @@ class SandboxMember(HostActor):
             PermissionError: the audit of this process was claimed already (by plugin code).
         """
         if self.multiprocess:
+            # Thespian's log evaluates tempfile.gettempdir() on its first line even when THESPLOG_FILE is
+            # set, and that probe creates files: let the runtime make it once, before any plugin code.
+            tempfile.gettempdir()
             self._audit = audit.install(context.sandbox_id, context.security_profile, self._audited.append, readable)
 
     def allow_reading(self, folder: str) -> None:

@@ -120,11 +120,13 @@ class AttackRoot(Supervisor):
 )
 
 POLITE = '''
+import logging
+
 from actors import ChildSpec, Plugin, Supervisor
 
 
 class Asker(Plugin):
-    """Uses one plugin API per request: call, cast, send_after, stop."""
+    """Uses one plugin API per request: call, cast, send_after, stop, and logging."""
 
     def init(self, args):
         return []
@@ -142,6 +144,9 @@ class Asker(Plugin):
         if kind == "stop":
             self.stop("normal")
             return "stopping", state
+        if kind == "log":
+            logging.getLogger("asker").warning("hello %s", arg)
+            return "logged", state
         if kind == "infos":
             return list(state), state
         raise ValueError(kind)
@@ -191,15 +196,16 @@ def _records(host: Host, sandbox_id: str, event: str, detail: str) -> list[tuple
 # -- the runtime's own work ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("api", ["call", "cast", "send_after", "stop"])
+@pytest.mark.parametrize("api", ["call", "cast", "send_after", "stop", "log"])
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_plugin_api_works_under_every_profile_and_is_never_audited(
     host: Host, tmp_path: Path, profile: str, api: str
 ) -> None:
-    """self.call, self.cast, self.send_after and self.stop are the runtime's work: they work under
-    every profile (a cast under restricted failed with FileNotFoundError: the refused transport made
-    Thespian's log probe the temporary folders), and the audit log of a plugin that only uses them is
-    empty (it held the runtime's sockets and temp files as the plugin's)."""
+    """self.call, self.cast, self.send_after and self.stop, and a log line (forwarded by the runtime's
+    transport), are the runtime's work: they work under every profile (a cast or a log line under
+    restricted failed with FileNotFoundError: the refused transport made Thespian's log probe the
+    temporary folders), and the audit log of a plugin that only uses them is empty (it held the
+    runtime's sockets and temp files as the plugin's)."""
     events: list[Event] = []
     host.subscribe(events.append)
     host.create_sandbox(
@@ -213,6 +219,8 @@ def test_every_plugin_api_works_under_every_profile_and_is_never_audited(
     elif api == "send_after":
         assert host.call("p", "asker", ("send_after", 10)) == "scheduled"
         assert eventually(lambda: host.call("p", "asker", ("infos", None)) == ["tick"])
+    elif api == "log":
+        assert host.call("p", "asker", ("log", "world")) == "logged"
     else:
         assert host.call("p", "asker", ("stop", None)) == "stopping"
         assert eventually(lambda: any(e.kind == "restarted" and e.actor == "asker" for e in events))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import mimetypes
 import os
 import signal
@@ -46,6 +47,7 @@ import sys
 import sysconfig
 import threading
 import time
+import traceback
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from plugin_host.errors import ConfigError
@@ -488,6 +490,7 @@ def _make_install() -> Callable[..., AuditControl]:
             _audit_fork_handlers(state)
             _audit_signal_handlers(state)
         _runtime_signal_handlers(state)
+        _runtime_log_handlers(state)
         state.readable.roots = _Readable((*state.readable.roots, *readable)).roots
         state.claimed_pid = os.getpid()
         state.emit = emit
@@ -551,6 +554,43 @@ def _runtime_signal_handlers(state: _State) -> None:
             continue
         if callable(handler) and not hasattr(handler, "__wrapped__"):
             signal.signal(signalnum, _as(state.as_runtime, handler))
+
+
+_LOG_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _as_text(record: logging.LogRecord) -> None:
+    """Turn what of ``record`` is the caller's objects into text, in the caller's mode: a plugin's
+    ``__str__``/``__repr__`` must not run inside the runtime's log handler."""
+    try:
+        record.msg, record.args = record.getMessage(), None
+    except Exception:  # noqa: BLE001 - the handler reports a message it cannot format
+        return
+    if record.exc_info and not record.exc_text:
+        record.exc_text = "".join(traceback.format_exception(*record.exc_info))
+    for key, value in list(vars(record).items()):
+        if key not in _LOG_RECORD_FIELDS and type(value) not in _PLAIN:
+            record.__dict__[key] = repr(value)
+
+
+def _runtime_log_handlers(state: _State) -> None:
+    """The log handlers this process's runtime set up (Thespian forwards log records through its
+    transport) are the runtime's work: a plugin's log line is neither recorded nor refused as a socket."""
+    loggers = [logging.root, *logging.root.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            handle = handler.handle
+            if hasattr(handle, "__wrapped__"):
+                continue
+
+            def run(record: logging.LogRecord, handle: Callable[[logging.LogRecord], Any] = handle) -> Any:
+                _as_text(record)
+                with state.as_runtime():
+                    return handle(record)
+
+            run.__wrapped__ = handle  # type: ignore[attr-defined]
+            handler.handle = run
 
 
 install = _make_install()
