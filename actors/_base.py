@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import traceback
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from thespian.actors import ActorAddress, ActorTypeDispatcher
 
 from plugin_host import lowlevel
 from plugin_host.errors import AccessDeniedError, BadRequestError, PluginError, PluginHostError
 from plugin_host.messages import Failed, Ok, Request
+from plugin_host.values import AuditRecord
 
 from . import _messages as m
+from ._process import audit
 from ._process.hardening import harden_process
 
 __all__ = ["Admission", "HostActor", "SandboxMember", "plugin_error", "describe_exception"]
@@ -157,6 +161,8 @@ class SandboxMember(HostActor):
         self.parent: ActorAddress | None = None
         self.directory: dict[str, ActorAddress] = {}
         """Where the sandbox's named actors run (name -> address), as last told by the root."""
+        self._audit: audit.AuditControl | None = None
+        self._audited: list[AuditRecord] = []
 
     messages = 0
     """Plugin messages handled (workers count them)."""
@@ -170,8 +176,58 @@ class SandboxMember(HostActor):
         return self.context
 
     def receiveMsg_Ping(self, msg: m.Ping, sender: ActorAddress) -> None:
-        """Heartbeat from the supervisor: this process is not stuck in a callback."""
+        """Heartbeat from the supervisor: this process is not stuck in a callback.  What plugin
+        threads did since the last callback goes to the audit log now."""
         self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq, self.messages))
+        self.flush_audit()
+
+    # -- the runtime audit (actors._process.audit) ----------------------------------------------
+
+    def claim_audit(self, context: m.SandboxContext, readable: Iterable[str] = ()) -> None:
+        """Audit this process for the sandbox, before any plugin code runs in it (multiprocess bases only).
+
+        Raises:
+            PermissionError: the audit of this process was claimed already (by plugin code).
+        """
+        if self.multiprocess:
+            # Thespian's log evaluates tempfile.gettempdir() on its first line even when THESPLOG_FILE is
+            # set, and that probe creates files: let the runtime make it once, before any plugin code.
+            tempfile.gettempdir()
+            self._audit = audit.install(context.sandbox_id, context.security_profile, self._audited.append, readable)
+
+    def allow_reading(self, folder: str) -> None:
+        """Plugin code of this process may read ``folder`` under ``restricted`` (a reload's new environment)."""
+        if self._audit is not None:
+            self._audit.allow_reading(folder)
+
+    @contextlib.contextmanager
+    def plugin_code(self) -> Iterator[None]:
+        """The block runs plugin code (callbacks, module top-level code, unpickling plugin objects): audited."""
+        if self._audit is None:
+            yield
+            return
+        try:
+            with self._audit.plugin_code(self.actor_name or "(root)"):
+                yield
+        finally:
+            self.flush_audit()
+
+    @contextlib.contextmanager
+    def runtime_work(self) -> Iterator[None]:
+        """Inside plugin code, the runtime's own work for it (its transport, its timers): never audited."""
+        if self._audit is None:
+            yield
+            return
+        with self._audit.runtime():
+            yield
+
+    def flush_audit(self) -> None:
+        """Send the records made so far to the sandbox root (the root's own go on to the admin)."""
+        if self._audited and self.context is not None:
+            records = tuple(self._audited)
+            del self._audited[: len(records)]  # a plugin thread may be adding one meanwhile
+            with self.runtime_work():
+                self.send(self.context.root, m.AuditRecords(self.context.sandbox_id, records))
 
     def receiveMsg_DirectoryUpdate(self, msg: m.DirectoryUpdate, sender: ActorAddress) -> None:
         """Learn where named actors run now."""

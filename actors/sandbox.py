@@ -69,6 +69,17 @@ def resolve_supervisor(ref: Any, args: Any) -> type[Supervisor]:
     return cls
 
 
+def _sandbox_folders(sources: dict[str, tuple[str, str, bool]], environment: str | None) -> list[str]:
+    """What the sandbox's plugin code may read under ``restricted``: its folder and its environment."""
+    found = set()
+    for name, (path, _, is_package) in sources.items():
+        if os.path.isabs(path):
+            for _ in range(name.count(".") + 1 + is_package):  # from the file up to the folder the name starts in
+                path = os.path.dirname(path)
+            found.add(path)
+    return sorted(found) + ([environment] if environment else [])
+
+
 def _import_class(path: str) -> Any:
     module_name, sep, qualname = path.partition(":")
     if not sep:
@@ -144,11 +155,15 @@ class SandboxActor(SupervisorActor):
             environment = local_environment(msg.environment, msg.packages)
             if environment:
                 activate_environment(environment)  # inherited by every actor forked from here
+            # The audit first: every process of the tree is forked from here and inherits it.
+            self.claim_audit(self.context, _sandbox_folders(msg.sources, environment))
             if msg.sources:
                 codeload.verify_checksums(msg.sources, msg.checksums)
-                codeload.install(codeload.CodeTable.from_wire(msg.sources))
-            spec = resolve_supervisor(msg.supervisor, unblob(msg.args))
-            _check_max_actors(spec, msg.context.limits.max_actors)
+            with self.plugin_code():  # the modules' top-level code, the spec's class and its args
+                if msg.sources:
+                    codeload.install(codeload.CodeTable.from_wire(msg.sources))
+                spec = resolve_supervisor(msg.supervisor, unblob(msg.args))
+                _check_max_actors(spec, msg.context.limits.max_actors)
         except PluginHostError as exc:
             self._report_start_failure(exc)
             return

@@ -128,14 +128,22 @@ class SupervisorActor(SandboxMember):
         self.directory = dict(msg.directory)
         if self.multiprocess:  # inherited from the root already; its own spec is plugin code
             apply_rlimits(msg.context.limits)
-        spec: ChildSpec = cloudpickle.loads(msg.spec)
+        try:
+            self.claim_audit(msg.context)
+            with self.plugin_code():  # unpickling the spec runs plugin code
+                spec: ChildSpec = cloudpickle.loads(msg.spec)
+        except Exception as exc:  # noqa: BLE001 - the sandbox boundary
+            self.send(sender, m.StartFailed(self.actor_name, self.incarnation, describe_exception(exc)))
+            self.send(self.myAddress, ActorExitRequest())
+            return
         self.start_tree(spec.plugin)
 
     def start_tree(self, spec: type[Supervisor]) -> None:
         """Start every child of ``spec`` (all at once; each answers ``Started``)."""
         self.spec = spec
         self._set_phase(SupervisorPhase.STARTING)
-        self.children = [_Child(child, cloudpickle.dumps(child)) for child in spec.children]
+        with self.plugin_code():  # the spec's children and their args are the plugin's objects
+            self.children = [_Child(child, cloudpickle.dumps(child)) for child in spec.children]
         for child in self.children:
             self._spawn(child)
         self._tick()
@@ -378,6 +386,7 @@ class SupervisorActor(SandboxMember):
             self.on_wakeup(msg.payload)
             return
         self._ticking = False
+        self.flush_audit()  # what plugin threads of this process did lately
         if self.phase == SupervisorPhase.STOPPED:
             return
         now, ctx = time.monotonic(), self.ctx  # heartbeats tick only once started
@@ -427,7 +436,9 @@ class SupervisorActor(SandboxMember):
     def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: ActorAddress) -> None:
         """A reload committed: children this supervisor restarts from now on run the new code."""
         try:
-            Staged(msg.sources, msg.order, msg.environment)
+            if msg.environment:
+                self.allow_reading(msg.environment)
+            Staged(msg.sources, msg.order, msg.environment, self.plugin_code)  # top-level code audited
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, False, describe_exception(exc)))
             return

@@ -28,7 +28,6 @@ from . import _messages as m
 from ._base import SandboxMember, describe_exception, plugin_error
 from ._code.codeswap import Staged
 from ._process import inflight
-from ._process.audit import Auditor
 from ._process.limits import CpuBudget, apply_rlimits
 from ._spec import ChildSpec
 from .plugin import Plugin
@@ -63,7 +62,8 @@ class PluginRuntime:
 
     def send_after(self, ms: float, message: Any) -> None:
         """A timer that delivers ``message`` to ``handle_info``."""
-        self._worker.wakeupAfter(datetime.timedelta(milliseconds=ms), payload=("plugin", message))
+        with self._worker.runtime_work():
+            self._worker.wakeupAfter(datetime.timedelta(milliseconds=ms), payload=("plugin", message))
 
     def stop(self, reason: str) -> None:
         """Stop after the current callback."""
@@ -86,8 +86,6 @@ class WorkerActor(SandboxMember):
         self._prepared: tuple[str, Staged, tuple[Plugin, Any] | None] | None = None
         self._held: list[tuple[Any, ActorAddress]] = []
         self._budget = CpuBudget(None, "")
-        self._auditor: Auditor | None = None
-        self._audited: list[Any] = []
 
     # -- start --------------------------------------------------------------------
 
@@ -103,13 +101,13 @@ class WorkerActor(SandboxMember):
                 signal.signal(signum, signal.SIG_DFL)
             apply_rlimits(msg.context.limits)
             self._budget = CpuBudget(msg.context.limits.call_cpu_budget_ms, msg.name)
-            self._auditor = Auditor(msg.context.sandbox_id, msg.context.security_profile, self._audited.append)
         try:
-            spec: ChildSpec = cloudpickle.loads(msg.spec)
-            self.module = spec.plugin.__module__
-            plugin = spec.plugin()
-            plugin._ph_runtime = PluginRuntime(self)
-            with self._plugin_code():
+            self.claim_audit(msg.context)
+            with self._plugin_code():  # unpickling the spec runs plugin code (and may import modules)
+                spec: ChildSpec = cloudpickle.loads(msg.spec)
+                self.module = spec.plugin.__module__
+                plugin = spec.plugin()
+                plugin._ph_runtime = PluginRuntime(self)
                 self.state = plugin.init(spec.args)
             self.plugin = plugin
         except Exception as exc:  # noqa: BLE001 - the sandbox boundary: any plugin error
@@ -142,7 +140,8 @@ class WorkerActor(SandboxMember):
             self._crash(exc)
             return
         try:
-            payload = pack(reply)
+            with self._plugin_code():  # pickling the reply runs the plugin's __reduce__
+                payload = pack(reply)
         except Exception as exc:  # noqa: BLE001 - an unserialisable reply is the caller's error only
             self.send(
                 reply_to,
@@ -161,7 +160,7 @@ class WorkerActor(SandboxMember):
     def receiveMsg_Cast(self, msg: Cast, sender: ActorAddress) -> None:
         """Run ``handle_cast``."""
         if self._target(msg) is not None:
-            self._run_callback("handle_cast", unblob(msg.message))
+            self._run_callback("handle_cast", msg.message)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         """Deliver a ``send_after`` timer to ``handle_info``; expire a forgotten reload."""
@@ -175,7 +174,7 @@ class WorkerActor(SandboxMember):
         """Any other message (from another actor) goes to ``handle_info``."""
         if type(message).__module__.startswith("thespian."):
             return
-        self._run_callback("handle_info", unblob(message))
+        self._run_callback("handle_info", message)
 
     # -- supervision plumbing ----------------------------------------------------------
 
@@ -190,20 +189,8 @@ class WorkerActor(SandboxMember):
     @contextlib.contextmanager
     def _plugin_code(self) -> Iterator[None]:
         """Around every plugin callback: the CPU budget and the runtime audit."""
-        with self._budget.running():
-            if self._auditor is None:
-                yield
-            else:
-                try:
-                    with self._auditor.watching(self.actor_name):
-                        yield
-                finally:
-                    self._flush_audit()
-
-    def _flush_audit(self) -> None:
-        if self._audited and self.context is not None:
-            records, self._audited[:] = tuple(self._audited), []
-            self.send(self.context.root, m.AuditRecords(self.context.sandbox_id, records))
+        with self._budget.running(), self.plugin_code():
+            yield
 
     def _target(self, msg: Call | Cast) -> Plugin | None:
         """The plugin, when ``msg`` is for this incarnation of this actor and it runs; else None."""
@@ -220,12 +207,13 @@ class WorkerActor(SandboxMember):
         )
 
     def _run_callback(self, hook: str, message: Any) -> None:
+        """Run ``hook`` on ``message`` (a Blob is unpickled in the callback: that runs plugin code)."""
         if self.plugin is None or self.dead:
             return
         self.messages += 1
         try:
             with self._plugin_code():
-                self.state = getattr(self.plugin, hook)(message, self.state)
+                self.state = getattr(self.plugin, hook)(unblob(message), self.state)
         except Exception as exc:  # noqa: BLE001 - the sandbox boundary
             self._crash(exc)
             return
@@ -272,7 +260,9 @@ class WorkerActor(SandboxMember):
     def receiveMsg_LoadCode(self, msg: m.LoadCode, sender: ActorAddress) -> None:
         """Load new code; migrate the state with ``code_change`` (or the caller's state handler)."""
         try:
-            staged = Staged(msg.sources, msg.order, msg.environment)
+            if msg.environment:
+                self.allow_reading(msg.environment)
+            staged = Staged(msg.sources, msg.order, msg.environment, self.plugin_code)  # top-level code audited
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             self.send(
                 sender,
@@ -303,16 +293,16 @@ class WorkerActor(SandboxMember):
         self.send(sender, m.CodeLoaded(msg.reload_id, self.actor_name, True, updated=swap is not None))
 
     def _migrate(self, old: Plugin, msg: m.LoadCode) -> tuple[Plugin, Any]:
-        cls: Any = sys.modules[self.module]
-        for part in type(old).__qualname__.split("."):
-            cls = getattr(cls, part)
-        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-            raise TypeError(f"{self.module}.{type(old).__qualname__} is no longer a Plugin class")
-        new = cls()
-        new._ph_runtime = old._ph_runtime
-        old_vsn, new_vsn = msg.versions.get(self.module, (None, None))
-        migrate = cloudpickle.loads(msg.state_handler) if msg.state_handler else new.code_change
-        with self._plugin_code():
+        with self._plugin_code():  # all plugin code: its class, its __init__, the state handler
+            cls: Any = sys.modules[self.module]
+            for part in type(old).__qualname__.split("."):
+                cls = getattr(cls, part)
+            if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+                raise TypeError(f"{self.module}.{type(old).__qualname__} is no longer a Plugin class")
+            new = cls()
+            new._ph_runtime = old._ph_runtime
+            old_vsn, new_vsn = msg.versions.get(self.module, (None, None))
+            migrate = cloudpickle.loads(msg.state_handler) if msg.state_handler else new.code_change
             return new, migrate(self.state, old_vsn, new_vsn)
 
     def _swap(self, swap: tuple[Plugin, Any] | None) -> None:
@@ -352,27 +342,29 @@ class WorkerActor(SandboxMember):
         if limit is not None:
             queued = _queued_transmits(self)
             if queued >= limit:
-                self.send(
-                    context.root,
-                    m.TreeEvent(
-                        context.sandbox_id,
-                        EventKind.LIMIT_BREACHED,
-                        self.actor_name,
-                        f"max_mailbox: {queued} messages queued",
-                        {"limit": "max_mailbox", "value": queued, "maximum": limit},
-                    ),
-                )
+                with self.runtime_work():
+                    self.send(
+                        context.root,
+                        m.TreeEvent(
+                            context.sandbox_id,
+                            EventKind.LIMIT_BREACHED,
+                            self.actor_name,
+                            f"max_mailbox: {queued} messages queued",
+                            {"limit": "max_mailbox", "value": queued, "maximum": limit},
+                        ),
+                    )
                 raise OverloadedError(
                     f"{self.actor_name} -> {name}: {queued} messages already queued (max_mailbox {limit})",
                     name=name,
                     limit="max_mailbox",
                 )
-        cast = Cast(sandbox_id=context.sandbox_id, name=name, message=pack(message))
+        cast = Cast(sandbox_id=context.sandbox_id, name=name, message=pack(message))  # audited: __reduce__
         address = self.directory.get(name)
-        if address is None:
-            self.send(context.root, m.Route(name, cast))
-        else:
-            self.send(address, cast)
+        with self.runtime_work():  # the runtime's transport (its sockets, its log), not the plugin's
+            if address is None:
+                self.send(context.root, m.Route(name, cast))
+            else:
+                self.send(address, cast)
 
     def sibling_call(self, name: str, request: Any, timeout: float) -> Any:
         """Blocking call to a sibling through this process's own external endpoint.
@@ -390,7 +382,7 @@ class WorkerActor(SandboxMember):
         call = Call(
             sandbox_id=context.sandbox_id, name=name, request=pack(request), corr=f"{os.getpid()}-{next(self._calls)}"
         )
-        with Auditor.paused():  # the runtime's own sockets, not the plugin's
+        with self.runtime_work():  # the runtime's own sockets, not the plugin's; the reply is unpickled after
             address = self.directory.get(name)
             message: Any = call
             if address is None:

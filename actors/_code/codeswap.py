@@ -8,10 +8,11 @@ abort puts everything back exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import types
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 from plugin_host import deps
 from plugin_host.codeload import CodeTable, ModuleSource, SandboxFinder
@@ -39,13 +40,20 @@ class Staged:
     Args:
         sources: module name -> (path, source, is_package) for the changed modules.
         order: every module to re-execute, the changed ones first, then their importers.
+        environment: a dependency environment to put first on the import path (the runtime's work).
+        plugin_code: the context in which the modules' top-level code runs (the process's runtime
+            audit, :meth:`actors._base.SandboxMember.plugin_code`).
 
     Raises:
         Exception: whatever the modules' top-level code raised (the old state is restored).
     """
 
     def __init__(
-        self, sources: dict[str, tuple[str, str, bool]], order: list[str], environment: str | None = None
+        self,
+        sources: dict[str, tuple[str, str, bool]],
+        order: list[str],
+        environment: str | None = None,
+        plugin_code: Callable[[], ContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self._old_path: list[str] | None = None
         self._evicted: dict[str, Any] = {}
@@ -66,9 +74,10 @@ class Staged:
                 elif table.get(name) is None:
                     table[name] = _source_of(name)
                 sys.modules.pop(name, None)
-            for name in self.order:
-                if name not in sys.modules:  # an earlier module of the order may have imported it
-                    importlib.import_module(name)
+            with plugin_code():
+                for name in self.order:
+                    if name not in sys.modules:  # an earlier module of the order may have imported it
+                        importlib.import_module(name)
         except BaseException:
             self.abort()
             raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Callable, Mapping, Protocol
+from typing import Callable, ContextManager, Mapping, Protocol
 
 import attrs
 from thespian.actors import ActorAddress, ActorExitRequest
@@ -43,6 +43,14 @@ class ReloadPort(Protocol):
 
     def wakeupAfter(self, timePeriod: timedelta, payload: object = None) -> None:  # noqa: N803 - Thespian's names
         """Be sent a ``WakeupMessage`` after ``timePeriod``."""
+        ...
+
+    def plugin_code(self) -> ContextManager[None]:
+        """The context plugin code runs in here (the runtime audit)."""
+        ...
+
+    def allow_reading(self, folder: str) -> None:
+        """Let plugin code read ``folder`` (a reload's new environment) under ``restricted``."""
         ...
 
 
@@ -152,7 +160,9 @@ class RootReload:
         started_ns = time.time_ns()
         try:
             codeload.verify_checksums(msg.sources, msg.checksums)
-            staged = Staged(msg.sources, msg.order, msg.environment)
+            if msg.environment:
+                self._port.allow_reading(msg.environment)  # each process of the tree does so as it loads it
+            staged = Staged(msg.sources, msg.order, msg.environment, self._port.plugin_code)
         except Exception as exc:  # noqa: BLE001 - plugin top-level code may raise anything
             cause = f"loading the new code failed: {describe_exception(exc)}"
             self._port.send(sender, m.SandboxReloaded(msg.reload_id, False, actor="root", cause=cause))
