@@ -126,16 +126,18 @@ def test_escapees_count_against_max_actors_and_each_is_reported_once(
     config: HostConfig, marker: str, first: str, second: str
 ) -> None:
     """An escapee counts against max_actors: one fits under max_actors=2 (worker + escapee), a second
-    escape goes past it and the monitor ends the plugin's own processes, escapees included, with one
-    limit_breached event per process killed: a killed one (a zombie until reaped) is never counted nor
-    reported again."""
+    escape goes past it and the monitor ends the plugin's own processes, escapees included, until the
+    tree fits again, with one limit_breached event per process killed: a killed one (a zombie until
+    reaped) is never counted nor reported again."""
     with Host(config, monitor_interval=0.05) as host:
         events = events_of(host)
         host.create_sandbox("esc", "escaper:Root", sandbox_path=ESCAPE, limits=ResourceLimits(max_actors=2))
         host.call("esc", "escaper", (first, marker))
         eventually(lambda: escapees(marker))
         host.call("esc", "escaper", (second, marker))
-        eventually(lambda: not escapees(marker))
+        # Past the limit the monitor kills every process the plugin started that its round saw; one born
+        # after that round (setsid's child as setsid is killed) may stay, since worker + it fit max_actors.
+        eventually(lambda: len(escapees(marker)) <= 1)
         time.sleep(1.0)  # twenty monitor rounds: no event may come for a process already killed
         breaches = [e for e in drain(events) if e.kind == "limit_breached"]
         # each process the plugin started is killed at most once: setsid and its child, the double fork's three
