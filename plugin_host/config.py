@@ -25,6 +25,7 @@ __all__ = [
     "SUPPORTED_BASES",
     "SECURITY_PROFILES",
     "PLUGIN_VALUES",
+    "CONTROL_GROUPS",
     "NODE_CAPABILITY",
     "VERSION_CAPABILITY",
     "PYTHON_CAPABILITY",
@@ -121,6 +122,14 @@ class ResourceLimits:
     """Actors a sandbox may run at once."""
     max_mailbox: int | None = attrs.field(default=None, validator=_positive_int)
     """Messages that may wait for one actor before calls fail fast."""
+    max_cpus: float | None = attrs.field(default=None, validator=_positive)
+    """CPUs' worth of time the whole sandbox may use at once (a CPU quota on its control group: 0.5 is half
+    of one CPU); needs a control group (``HostConfig.control_groups``), else ``create_sandbox`` fails with
+    ``ConfigError``."""
+    max_tasks: int | None = attrs.field(default=None, validator=_positive_int)
+    """Processes and threads the whole sandbox may have at once (``pids.max`` of its control group: a fork
+    bomb gets ``EAGAIN``).  ``None``: derived from ``max_actors`` when that is set (see
+    ``actors._admin.groups.tasks_for``), else no limit.  Without a control group it is not applied."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | ResourceLimits | None) -> ResourceLimits:
@@ -306,6 +315,21 @@ def _check_plugin_values(instance: object, attribute: attrs.Attribute, value: ob
         )
 
 
+CONTROL_GROUPS = ("auto", "off", "required")
+"""What ``HostConfig.control_groups`` accepts."""
+
+
+def _check_control_groups(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if value not in CONTROL_GROUPS:
+        raise ConfigError(
+            f"control_groups must be one of {', '.join(CONTROL_GROUPS)}, got {value!r}", field="control_groups"
+        )
+
+
+def _to_cgroup_root(value: Any) -> Path:
+    return _to_path(value, "cgroup_root")
+
+
 def _check_bool(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{attribute.name} must be True or False, got {value!r}", field=attribute.name)
@@ -414,6 +438,21 @@ class HostConfig:
     """What ``call`` and ``run`` take from a plugin: ``"objects"`` (any value, plugin-defined classes
     included, rebuilt with cloudpickle in this process, which runs code: trust the plugin), or ``"plain"``
     (builtin data only; anything else raises ``PluginError``): for plugins you do not trust."""
+
+    control_groups: str = attrs.field(
+        default=_from_env("control_groups", str, lambda: "auto"), validator=_check_control_groups
+    )
+    """A control group per sandbox (cgroup v1 ``memory``, ``pids``, ``cpu``, ``cpuacct``, ``freezer``; see
+    ``actors._process.cgroup``): every process of the sandbox is in it, whatever it forks or detaches,
+    ``max_cpu_seconds`` counts the whole sandbox's CPU, ``max_cpus`` and ``max_tasks`` apply, and destroy and
+    ``Host.close`` empty it.  ``"auto"``: where this machine allows them (root, the hierarchies mounted and
+    writable), else one warning in the log and rlimits plus the monitor only; ``"off"``: never;
+    ``"required"``: ``Host`` fails to start with ``ConfigError`` (and the reason) where they cannot be made.
+    Local sandboxes only: one on another system of a convention runs without."""
+    cgroup_root: Path = attrs.field(
+        default=_from_env("cgroup_root", Path, lambda: Path("/sys/fs/cgroup")), converter=_to_cgroup_root
+    )
+    """Where the cgroup v1 hierarchies are mounted (one folder per controller)."""
 
     @property
     def credential_file(self) -> Path:

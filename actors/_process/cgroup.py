@@ -29,7 +29,6 @@ from pathlib import Path
 
 import attrs
 
-from plugin_host.config import ResourceLimits
 from plugin_host.errors import ConfigError
 
 __all__ = ["Support", "SandboxGroup", "support", "CPU_PERIOD_US"]
@@ -92,22 +91,24 @@ class SandboxGroup:
     """Controller -> this group's directory."""
 
     @classmethod
-    def create(cls, support: Support, host: str, sandbox_id: str, limits: ResourceLimits) -> SandboxGroup:
-        """Make the group of ``sandbox_id`` (under the host's group ``plugin-host-<host>``) with ``limits``.
+    def create(cls, support: Support, host: str, sandbox_id: str) -> SandboxGroup:
+        """Make the group of ``sandbox_id`` (under the host's group ``plugin-host-<host>``), empty and unlimited.
 
         The directory name is a digest of the id (ids are free text).  A group left by a host that
-        died is emptied and reused.
+        died is emptied, its limits lifted, and reused.
 
         Raises:
-            ConfigError: the group cannot be made or a limit cannot be written (``field="limits"``);
-                nothing is left behind.
+            ConfigError: the group cannot be made (``field="limits"``); nothing is left behind.
         """
         group = cls.existing(support, host, sandbox_id)
         try:
             for directory in group.dirs.values():
                 directory.mkdir(parents=True, exist_ok=True)
             group.kill()
-            group.set_memory_max(limits.max_memory_mb)
+            group.set_memory_max(None)
+            group.set_pids_max(None)
+            if "cpu" in group.dirs:
+                group.set_cpu_quota(None)
         except OSError as exc:
             group.remove()
             raise ConfigError(
@@ -115,6 +116,15 @@ class SandboxGroup:
                 field="limits",
             ) from None
         return group
+
+    def paths(self) -> dict[str, str]:
+        """Controller -> directory, as strings (what travels in a message)."""
+        return {controller: str(directory) for controller, directory in self.dirs.items()}
+
+    @classmethod
+    def at(cls, paths: dict[str, str]) -> SandboxGroup:
+        """The group whose directories :meth:`paths` gave."""
+        return cls({controller: Path(directory) for controller, directory in paths.items()})
 
     @classmethod
     def existing(cls, support: Support, host: str, sandbox_id: str) -> SandboxGroup:
@@ -125,10 +135,19 @@ class SandboxGroup:
     def set_memory_max(self, megabytes: float | None) -> None:
         """At most ``megabytes`` MiB charged to the whole group (its processes together); None: no limit."""
         value = "-1" if megabytes is None else str(int(megabytes * 2**20))
-        (self.dirs["memory"] / "memory.limit_in_bytes").write_text(value)
+        memory = self.dirs["memory"] / "memory.limit_in_bytes"
         swap = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
-        if swap.exists():  # with swap accounting: no swap past the limit either
+        if not swap.exists():
+            memory.write_text(value)
+            return
+        # With swap accounting, no swap past the limit either.  The kernel keeps memory <= memory+swap at
+        # every step: raising, memory+swap goes first; lowering, memory does.
+        try:
+            memory.write_text(value)
             swap.write_text(value)
+        except OSError:
+            swap.write_text(value)
+            memory.write_text(value)
 
     def set_pids_max(self, maximum: int | None) -> None:
         """At most ``maximum`` tasks (processes and threads) in the group at once; None: no limit."""
@@ -170,6 +189,11 @@ class SandboxGroup:
         if "cpuacct" not in self.dirs:
             return None
         return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
+
+    def reset_cpu(self) -> None:
+        """Count the group's CPU time from zero again (a new incarnation of the sandbox: a budget of its own)."""
+        if "cpuacct" in self.dirs:
+            (self.dirs["cpuacct"] / "cpuacct.usage").write_text("0")
 
     def oom_kills(self) -> int:
         """Processes the kernel has killed in this group for its memory limit."""
