@@ -176,7 +176,7 @@ class AdminActor(HostActor):
             try:
                 self.groups.boot(msg.config, self.multiprocess)
             except ConfigError as exc:
-                self.send(sender, Failed(exc))
+                self.reply(sender, exc, msg.corr)
                 return
         self.token, self.config = msg.token, msg.config
         self.host = (msg.host_pid, msg.host_create_time)
