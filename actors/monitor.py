@@ -122,6 +122,8 @@ class MonitorActor(HostActor):
                 del pids["(root)"]
             # a root already gone stays: the next round reports it (RootGone), and kills no group for it
         entry = self.watched.setdefault(msg.sandbox_id, _Watched(pids, msg.limits))
+        if entry.pids.get("(root)") != pids.get("(root)"):
+            entry.over = False  # a new root: its group's CPU counts from zero again
         entry.pids, entry.limits = pids, msg.limits
         entry.group = SandboxGroup.at(msg.group) if msg.group else None
         if self.multiprocess and not self._ticking:

@@ -43,6 +43,19 @@ def config(config: HostConfig) -> HostConfig:
     return attrs.evolve(config, hang_timeout=10.0)
 
 
+@pytest.fixture(autouse=True)
+def no_group_left(config: HostConfig) -> Iterator[None]:
+    """Whatever groups of the test's host a failing test leaves are emptied and removed."""
+    yield
+    assert isinstance(SUPPORT, Support)
+    key = host_key(config)
+    names = {child.name for path in host_dirs(config) for child in path.iterdir() if child.is_dir()}
+    for name in names:
+        SandboxGroup({c: base / f"plugin-host-{key}" / name for c, base in SUPPORT.bases.items()}).remove()
+    for path in host_dirs(config):
+        path.rmdir()
+
+
 @pytest.fixture
 def marker() -> Iterator[str]:
     """A mark unique to the test on every process its plugins start; whatever carries it is killed at the end."""
@@ -164,7 +177,8 @@ def test_a_fork_bomb_is_stopped_by_pids_max_and_emptied_by_destroy(config: HostC
 def test_max_cpu_seconds_counts_the_cpu_of_forked_children(config: HostConfig) -> None:
     """Children forked one after the other each burn 0.15 s, under the per-process limit, 0.75 s together:
     past ``max_cpu_seconds=0.5`` for the sandbox (its group counts the dead), so the sandbox gets one
-    ``limit_breached`` event for ``max_cpu_seconds`` and ends ``failed``, naming the limit."""
+    ``limit_breached`` event for ``max_cpu_seconds`` and ends ``failed``, naming the limit; restarted, it
+    starts a budget of its own."""
     with Host(config, monitor_interval=0.1) as host:
         events = events_of(host)
         host.create_sandbox("cpu", "cgrouper:Root", sandbox_path=CGROUP, limits=ResourceLimits(max_cpu_seconds=0.5))
@@ -180,6 +194,9 @@ def test_max_cpu_seconds_counts_the_cpu_of_forked_children(config: HostConfig) -
         breaches = [e for e in seen if e.kind == "limit_breached"]
         assert len(breaches) == 1 and breaches[0].details["limit"] == "max_cpu_seconds"
         assert breaches[0].details["value"] > 0.5
+        host.restart_sandbox("cpu")  # a new start, a new budget
+        assert host.call("cpu", "cgrouper", "pid")
+        assert (host.resource_usage("cpu").group_cpu_seconds or 0.0) < 0.5
 
 
 def test_resource_usage_reads_the_group(config: HostConfig) -> None:

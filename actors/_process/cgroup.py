@@ -15,8 +15,11 @@ why they cannot be made (not root, a read-only ``/sys/fs/cgroup``, a hierarchy m
 then falls back to rlimits and the monitor and says so once.
 
 What a group does not stop: a process running as uid 0 may write its pid into another group's
-``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that); a
-sandbox run as its own user cannot.
+``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that), so a
+sandbox's plugin may leave its own group (for the host's root group, say), and it may write another
+group's limit files too (checked here: a process with no capabilities left, as a sandbox's are,
+lowered another group's ``pids.max`` and moved itself into the root group).  A sandbox run as its
+own user cannot.  The admin (:mod:`actors._admin.groups`) decides the limits written here.
 """
 
 from __future__ import annotations
