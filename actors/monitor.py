@@ -8,7 +8,9 @@ in it, see ``_process.tree``).  Every running process there counts against ``max
 budget for the resident memory its processes grew since their start (forked from their
 supervisor's process, each started no bigger than that one), and past it the one that grew most
 is killed, then the next; a process whose CPU time passed ``max_cpu_seconds`` is killed (before
-the kernel's RLIMIT_CPU backstop does).  The admin turns each kill into a ``limit_breached``
+the kernel's RLIMIT_CPU backstop does), or, for a sandbox with a control group, the whole sandbox's
+CPU time (the group's, dead processes included) is checked against it: past it the process that
+burned most is killed and the admin ends the sandbox.  The admin turns each kill into a ``limit_breached``
 event.  It also answers resource-usage queries.
 """
 

@@ -113,9 +113,13 @@ class ResourceLimits:
 
     max_memory_mb: float | None = attrs.field(default=None, validator=_positive)
     """Address space per process of the sandbox, in MiB above the sandbox root's size at its start
-    (a hard RLIMIT_AS every process inherits), and resident growth per process (the monitor); at least 32."""
+    (a hard RLIMIT_AS every process inherits), and the resident growth of its processes together (the
+    monitor); with a control group, also a kernel backstop for the group: its charge once the tree runs
+    plus this plus 64 MiB.  At least 32."""
     max_cpu_seconds: float | None = attrs.field(default=None, validator=_positive)
-    """Lifetime CPU seconds per process of the sandbox (the runtime's own work in it included)."""
+    """Lifetime CPU seconds (the runtime's own work included): of the whole sandbox where it has a control
+    group (its processes together, dead ones included, from each start of its root; past it the sandbox
+    ends ``failed``), else of each of its processes; a hard RLIMIT_CPU per process either way."""
     call_cpu_budget_ms: float | None = attrs.field(default=None, validator=_positive)
     """CPU milliseconds one callback may burn before it is interrupted."""
     max_actors: int | None = attrs.field(default=None, validator=_positive_int)

@@ -114,9 +114,13 @@ def events_of(host: Host) -> queue.Queue[Event]:
     return events
 
 
+def _own_group() -> str:
+    return Path("/proc/self/cgroup").read_text()
+
+
 def test_every_process_of_a_sandbox_detached_ones_included_is_in_its_group(config: HostConfig, marker: str) -> None:
-    """The root, its worker, a `setsid -f` child and a double-forked one (both out of the sandbox's process
-    group and session) are all in the sandbox's own group in every hierarchy, one below the host's
+    """The root, its worker, Host.run's process, a `setsid -f` child and a double-forked one (both out of the
+    sandbox's process group and session) are all in the sandbox's own group in every hierarchy, one below the host's
     ``plugin-host-<key>``; another sandbox's processes are in another group."""
     with Host(config) as host:
         host.create_sandbox("a", "escaper:Root", sandbox_path=ESCAPE)
@@ -132,6 +136,7 @@ def test_every_process_of_a_sandbox_detached_ones_included_is_in_its_group(confi
             assert os.getsid(pid) != os.getsid(root)
         for pid in {host.call("a", "escaper", "pid"), *escaped}:
             assert group_of(pid) == expected
+        assert host.run("a", _own_group) == Path(f"/proc/{root}/cgroup").read_text()  # Host.run's process too
         other = group_of(root_pid(host, "b"))
         assert other["pids"] != expected["pids"] and group_of(host.call("b", "escaper", "pid")) == other
 
