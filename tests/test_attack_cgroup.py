@@ -252,6 +252,29 @@ def test_required_control_groups_where_none_can_be_made_fail_the_host_start(conf
     assert text.count("control groups cannot be made here") == 1
 
 
+def test_a_group_that_cannot_be_made_fails_the_create_with_the_reason_leaving_nothing(
+    config: HostConfig, tmp_path: Path
+) -> None:
+    """Under a ``cgroup_root`` whose hierarchies look usable but where the ``pids`` one holds a file in place
+    of the host's group, create_sandbox fails with ``ConfigError`` saying why; no record is left, nor any
+    directory in the other hierarchies; the host goes on."""
+    fake = tmp_path / "cgroups"
+    own = group_of(os.getpid())  # the admin is forked from this process: in the same groups
+    for controller in ("memory", "pids"):
+        base = fake / controller / own[controller].lstrip("/")
+        base.mkdir(parents=True)
+        (base / "cgroup.procs").write_text("")
+    key = host_key(config)
+    (fake / "pids" / own["pids"].lstrip("/") / f"plugin-host-{key}").write_text("in the way")
+    with Host(config, cgroup_root=fake) as host:
+        with pytest.raises(ConfigError, match="cannot make the control group of sandbox 'x'"):
+            host.create_sandbox("x", "cgrouper:Root", sandbox_path=CGROUP)
+        with pytest.raises(SandboxNotFoundError):
+            host.get_sandbox_info("x")
+        assert not (fake / "memory" / own["memory"].lstrip("/") / f"plugin-host-{key}").exists()
+        assert host.list_sandboxes() == []
+
+
 def test_no_group_of_a_host_is_left_after_destroy_and_close(config: HostConfig) -> None:
     """destroy_sandbox removes the sandbox's group, Host.close every other, and then the host's own."""
     with Host(config) as host:
