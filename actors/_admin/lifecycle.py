@@ -562,6 +562,9 @@ class Sandboxes:
         rec = self.records.get(sandbox_id)
         if rec is None or rec.group is None or rec.root is None or rec.action != AdminAction.CREATE:
             return
+        used, maximum = rec.group.cpu_seconds(), rec.limits.max_cpu_seconds
+        if used is None or maximum is None or used <= maximum:
+            return  # a report about an earlier incarnation (a restart counts from zero): not this one's
         if rec.status == RecordStatus.RUNNING:
             rec.ended_by = reason
             rec.group.kill()
