@@ -317,9 +317,7 @@ def test_one_sandbox_sees_only_its_own_processes_in_its_group_and_its_end_spares
     config: HostConfig, marker: str
 ) -> None:
     """Sandbox A's plugin reading its own group finds its own processes only (none of B's); when A's CPU
-    budget ends A (its whole group killed), B's processes run on.  (A runs as uid 0 without capabilities:
-    it may still write to another group's files, see ``actors._process.cgroup``; a uid per sandbox is what
-    closes that.)"""
+    budget ends A (its whole group killed), B's processes run on."""
     with Host(config, monitor_interval=0.1) as host:
         host.create_sandbox("a", "cgrouper:Root", sandbox_path=CGROUP, limits=ResourceLimits(max_cpu_seconds=0.3))
         host.create_sandbox("b", "cgrouper:Root", sandbox_path=CGROUP)
@@ -333,3 +331,24 @@ def test_one_sandbox_sees_only_its_own_processes_in_its_group_and_its_end_spares
         assert eventually(lambda: host.get_sandbox_info("a").status == "failed", timeout=20)
         assert all(psutil.pid_exists(pid) for pid in b_pids)
         assert host.call("b", "cgrouper", "pid") in b_pids
+
+
+def test_a_plugin_cannot_leave_its_group_nor_write_another_groups_files(config: HostConfig) -> None:
+    """A plugin runs as uid 0 (without capabilities), and the groups' files belong to uid 0: what stops it
+    is that every cgroup mount is read-only in its sandbox.  It cannot move itself into the host's group
+    or another sandbox's, nor lower another sandbox's pids.max; it stays in its group and B's limit holds."""
+    assert isinstance(SUPPORT, Support)
+    with Host(config) as host:
+        host.create_sandbox("a", "cgrouper:Root", sandbox_path=CGROUP)
+        host.create_sandbox("b", "cgrouper:Root", sandbox_path=CGROUP, limits=ResourceLimits(max_tasks=50))
+        worker = host.call("a", "cgrouper", "pid")
+        mine, theirs = group_of(worker), group_dir(root_pid(host, "b"), "pids")
+        for path, text in [
+            (SUPPORT.bases["pids"] / "cgroup.procs", str(worker)),
+            (theirs / "cgroup.procs", str(worker)),
+            (theirs / "pids.max", "5"),
+            (group_dir(worker, "pids") / "pids.max", "max"),
+        ]:
+            assert host.call("a", "cgrouper", ("write", str(path), text)) == "OSError: Read-only file system"
+        assert group_of(worker) == mine
+        assert (theirs / "pids.max").read_text().strip() == "50"

@@ -14,16 +14,20 @@ subtree (systemd's ``Delegate=``) and is not supported yet.  :func:`support` say
 why they cannot be made (not root, a read-only ``/sys/fs/cgroup``, a hierarchy missing); the caller
 then falls back to rlimits and the monitor and says so once.
 
-What a group does not stop: a process running as uid 0 may write its pid into another group's
-``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that), so a
-sandbox's plugin may leave its own group (for the host's root group, say), and it may write another
-group's limit files too (checked here: a process with no capabilities left, as a sandbox's are,
-lowered another group's ``pids.max`` and moved itself into the root group).  A sandbox run as its
-own user cannot.  The admin (:mod:`actors._admin.groups`) decides the limits written here.
+A group alone does not stop a process running as uid 0 from writing its pid into another group's
+``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that): it
+could leave its own group (for the host's root group, say) or write another group's limit files
+(checked here: a process with no capabilities left, as a sandbox's are, lowered another group's
+``pids.max`` and moved itself into the root group).  So the root, once in its group and before it
+drops its capabilities, calls :func:`seal`: a mount namespace of its own in which every cgroup
+mount is read-only, inherited by every process of the sandbox, which can no longer mount or
+remount anything.  Where that fails (no ``CAP_SYS_ADMIN``, a seccomp filter), the root logs why and
+the sandbox runs unsealed.  The admin (:mod:`actors._admin.groups`) decides the limits written here.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import signal
@@ -34,7 +38,7 @@ import attrs
 
 from plugin_host.errors import ConfigError
 
-__all__ = ["Support", "SandboxGroup", "support", "CPU_PERIOD_US"]
+__all__ = ["Support", "SandboxGroup", "support", "seal", "CPU_PERIOD_US"]
 
 CPU_PERIOD_US = 100_000
 """The CPU quota's period (the kernel's default)."""
@@ -243,6 +247,49 @@ class SandboxGroup:
                     path.rmdir()
                 except OSError:
                     break  # still holds processes or other sandboxes' groups, or gone already
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+
+
+def seal() -> list[str]:
+    """Make every cgroup mount read-only for this process and all it forks from now on (a private mount
+    namespace: the host's mounts are untouched); returns the mount points made read-only.
+
+    Needs ``CAP_SYS_ADMIN``: call it before dropping capabilities.
+
+    Raises:
+        OSError: the kernel refused the namespace or a remount.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    _check(libc.unshare(_CLONE_NEWNS))
+    _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None))  # nothing propagates back to the host
+    sealed = []
+    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        point, options = fields[4], fields[5].split(",")
+        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY  # this mount only, not the hierarchy's other mounts
+        for name, bit in (("nosuid", _MS_NOSUID), ("nodev", _MS_NODEV), ("noexec", _MS_NOEXEC)):
+            flags |= bit if name in options else 0
+        _check(libc.mount(None, _unescape(point).encode(), None, flags, None))
+        sealed.append(point)
+    return sealed
+
+
+def _unescape(point: str) -> str:
+    """A mount point as ``/proc/self/mountinfo`` writes it (octal escapes for blanks) -> the path."""
+    return point.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def _read_int(path: Path) -> int:

@@ -28,7 +28,8 @@ while time.time() < deadline:
 class Cgrouper(Plugin):
     """("bomb", marker, seconds, steps): a bounded fork bomb, its pid; ("burn", n, seconds): n children
     forked one after the other, each burning that much CPU, then exiting; ("own",): the pids in this
-    process's control group (its pids hierarchy); "pid": this worker's pid."""
+    process's control group (its pids hierarchy); ("write", path, text): write a file, "written" or the
+    error; "pid": this worker's pid."""
 
     def handle_call(self, request, state):
         kind = request if isinstance(request, str) else request[0]
@@ -46,6 +47,13 @@ class Cgrouper(Plugin):
                     os._exit(0)
                 os.waitpid(child, 0)
             return count, state
+        if kind == "write":  # ("write", path, text): "written", or why not
+            try:
+                with open(request[1], "w", encoding="ascii") as target:
+                    target.write(request[2])
+            except OSError as exc:
+                return f"{type(exc).__name__}: {exc.strerror}", state
+            return "written", state
         if kind == "own":
             with open("/proc/self/cgroup", encoding="ascii") as own:
                 path = next(line.split(":", 2)[2].strip() for line in own if ":pids:" in line)
