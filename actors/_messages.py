@@ -208,6 +208,9 @@ class StartSandbox:
     ``state_dir``, ``find_links``, ``no_index``) instead of using the host's ``environment`` folder."""
     kid: bytes = b""
     """The key id of this incarnation of the sandbox: the root switches to its key before running plugin code."""
+    group: dict[str, str] | None = None
+    """The sandbox's control group (controller -> directory, made by the admin): the root moves itself in
+    before it drops its capabilities and before any plugin code; None: the sandbox has none."""
 
 
 @attrs.frozen
@@ -357,6 +360,9 @@ class Watch:
     limits: ResourceLimits
     interval: float = 1.0
     """The monitor's sampling interval."""
+    group: dict[str, str] | None = None
+    """The sandbox's control group (controller -> directory): its CPU time, dead processes included, is
+    what ``max_cpu_seconds`` is checked against; None: the sandbox has none (each process is checked)."""
 
 
 @attrs.frozen
@@ -368,6 +374,9 @@ class Sample:
     limit: str
     value: float
     maximum: float
+    whole_sandbox: bool = False
+    """The limit is the whole sandbox's and stays passed (its group's lifetime CPU): the admin ends the
+    sandbox as ``failed``."""
 
 
 @attrs.frozen(kw_only=True)

@@ -25,7 +25,7 @@ from thespian.actors import (
 
 from plugin_host import lowlevel
 from plugin_host.config import HostConfig
-from plugin_host.errors import AccessDeniedError, BadRequestError, HostStartError
+from plugin_host.errors import AccessDeniedError, BadRequestError, ConfigError, HostStartError
 from plugin_host.messages import (
     BatchCreate,
     BatchDestroy,
@@ -59,6 +59,7 @@ from plugin_host.messages import (
 
 from . import _messages as m
 from ._admin.events import Events
+from ._admin.groups import Groups
 from ._admin.lifecycle import VANISHING, Sandboxes, check_sandbox_id
 from ._admin.nodes import Nodes
 from ._admin.record import Done, SandboxRecord, batch
@@ -101,8 +102,18 @@ class AdminActor(HostActor):
         self.nodes = Nodes(
             self, records, config, self.events.watch, lambda i, rec, why: self.lifecycle.lost(i, rec, why)
         )
+        self.groups = Groups()
         self.lifecycle = Sandboxes(
-            self, config, self._tick, self.from_root, self.events, self.nodes, self.versions, self.routing, records
+            self,
+            config,
+            self._tick,
+            self.from_root,
+            self.events,
+            self.nodes,
+            self.versions,
+            self.routing,
+            records,
+            self.groups,
         )
 
     def _config(self) -> HostConfig:
@@ -161,6 +172,12 @@ class AdminActor(HostActor):
                 ),
             )
             return
+        if self.token is None:  # the first claim: this host's control groups (a killed one's left emptied)
+            try:
+                self.groups.boot(msg.config, self.multiprocess)
+            except ConfigError as exc:
+                self.reply(sender, exc, msg.corr)
+                return
         self.token, self.config = msg.token, msg.config
         self.host = (msg.host_pid, msg.host_create_time)
         if self.config.admin_port:
@@ -279,8 +296,10 @@ class AdminActor(HostActor):
         self.events.tree_event(msg, sender)
 
     def receiveMsg_Sample(self, msg: m.Sample, sender: ActorAddress) -> None:
-        """The monitor killed a process over a limit."""
+        """The monitor killed a process over a limit (over one of the whole sandbox's: it ends the sandbox)."""
         self.events.sample(msg)
+        if msg.whole_sandbox:
+            self.lifecycle.end_over_limit(msg.sandbox_id, f"{msg.limit}: {msg.value} over {msg.maximum}")
 
     def receiveMsg_HostBreach(self, msg: HostBreach, sender: ActorAddress) -> None:
         """A host refused a call past ``max_mailbox``."""

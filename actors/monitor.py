@@ -8,7 +8,9 @@ in it, see ``_process.tree``).  Every running process there counts against ``max
 budget for the resident memory its processes grew since their start (forked from their
 supervisor's process, each started no bigger than that one), and past it the one that grew most
 is killed, then the next; a process whose CPU time passed ``max_cpu_seconds`` is killed (before
-the kernel's RLIMIT_CPU backstop does).  The admin turns each kill into a ``limit_breached``
+the kernel's RLIMIT_CPU backstop does), or, for a sandbox with a control group, the whole sandbox's
+CPU time (the group's, dead processes included) is checked against it: past it the process that
+burned most is killed and the admin ends the sandbox.  The admin turns each kill into a ``limit_breached``
 event.  It also answers resource-usage queries.
 """
 
@@ -30,6 +32,7 @@ from plugin_host.values import ActorUsage, ResourceUsage
 
 from . import _messages as m
 from ._base import HostActor, log
+from ._process.cgroup import SandboxGroup
 from ._process.hardening import kill_group, process_alive
 from ._process.orphan import ORPHAN_CHECK, OrphanWatch
 from ._process.tree import identities, kill_known, kill_tree, live_descendants
@@ -64,6 +67,10 @@ class _Watched:
     killed: set[int] = attrs.field(factory=set)
     """Pids killed and still below the root (dying, or zombies not reaped yet): never killed nor reported again."""
     history: deque[tuple[float, int, float]] = attrs.field(factory=lambda: deque(maxlen=HISTORY))
+    group: SandboxGroup | None = None
+    """The sandbox's control group: its lifetime CPU is what ``max_cpu_seconds`` is checked against."""
+    over: bool = False
+    """Its whole-sandbox CPU budget is spent and was reported (once: the admin ends the sandbox)."""
 
 
 @attrs.frozen
@@ -117,7 +124,10 @@ class MonitorActor(HostActor):
                 del pids["(root)"]
             # a root already gone stays: the next round reports it (RootGone), and kills no group for it
         entry = self.watched.setdefault(msg.sandbox_id, _Watched(pids, msg.limits))
+        if entry.pids.get("(root)") != pids.get("(root)"):
+            entry.over = False  # a new root: its group's CPU counts from zero again
         entry.pids, entry.limits = pids, msg.limits
+        entry.group = SandboxGroup.at(msg.group) if msg.group else None
         if self.multiprocess and not self._ticking:
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
@@ -227,6 +237,9 @@ class MonitorActor(HostActor):
                     self._kill(entry, sandbox_id, name, proc.pid, "max_actors", len(tree), limits.max_actors)
         if limits.max_memory_mb is None and limits.max_cpu_seconds is None:
             return
+        sandbox_cpu = entry.group.cpu_seconds() if entry.group is not None else None
+        if sandbox_cpu is not None and limits.max_cpu_seconds is not None:
+            self._enforce_sandbox_cpu(sandbox_id, entry, tree, samples, sandbox_cpu, limits.max_cpu_seconds)
         growth: dict[int, float] = {}
         now = time.monotonic()
         in_tree = {proc.pid for proc in tree}
@@ -249,11 +262,36 @@ class MonitorActor(HostActor):
                         start = entry.baseline[proc.pid] = 0
             name = owner.get(proc.pid) or owner.get(_parent_pid(proc), "")
             growth[proc.pid] = max(sample.rss - start, 0) / _MiB
-            if limits.max_cpu_seconds is not None and sample.cpu > limits.max_cpu_seconds:
+            if sandbox_cpu is None and limits.max_cpu_seconds is not None and sample.cpu > limits.max_cpu_seconds:
                 self._kill(entry, sandbox_id, name, proc.pid, "max_cpu_seconds", sample.cpu, limits.max_cpu_seconds)
                 growth.pop(proc.pid)
         if limits.max_memory_mb is not None:
             self._enforce_memory(sandbox_id, entry, tree, growth, limits.max_memory_mb)
+
+    def _enforce_sandbox_cpu(
+        self,
+        sandbox_id: str,
+        entry: _Watched,
+        tree: list[psutil.Process],
+        samples: dict[int, _Figures],
+        used: float,
+        maximum: float,
+    ) -> None:
+        """``max_cpu_seconds`` is the whole sandbox's, read from its control group (every process it ever had,
+        dead ones included: a fork starts no fresh budget).  Past it, the process that burned most is killed
+        and named in the one ``limit_breached`` event, and the admin ends the sandbox (``failed``): the budget
+        stays spent."""
+        if entry.over or used <= maximum:
+            return
+        entry.over = True
+        owner = {pid: name for name, pid in entry.pids.items()}
+        burners = [proc for proc in tree if proc.pid in samples and proc.pid not in entry.killed]
+        if not burners:  # the root alone (its plugin's module code): the admin ends it with the rest
+            self.send(self.admin, m.Sample(sandbox_id, "(root)", "max_cpu_seconds", round(used, 3), maximum, True))
+            return
+        top = max(burners, key=lambda proc: samples[proc.pid].cpu)
+        name = owner.get(top.pid) or owner.get(_parent_pid(top), "")
+        self._kill(entry, sandbox_id, name, top.pid, "max_cpu_seconds", used, maximum, whole_sandbox=True)
 
     def _enforce_memory(
         self, sandbox_id: str, entry: _Watched, tree: list[psutil.Process], growth: dict[int, float], maximum: float
@@ -285,7 +323,16 @@ class MonitorActor(HostActor):
         return min(rss, parent.rss) if parent is not None else rss
 
     def _kill(
-        self, entry: _Watched, sandbox_id: str, name: str, pid: int, limit: str, value: float, maximum: float
+        self,
+        entry: _Watched,
+        sandbox_id: str,
+        name: str,
+        pid: int,
+        limit: str,
+        value: float,
+        maximum: float,
+        *,
+        whole_sandbox: bool = False,
     ) -> None:
         """SIGKILL one process of the sandbox and report it, once: it may take a moment to die, and then a
         zombie may stay below the root until reaped, both never reported again."""
@@ -296,7 +343,7 @@ class MonitorActor(HostActor):
         except ProcessLookupError:
             return
         entry.killed.add(pid)
-        self.send(self.admin, m.Sample(sandbox_id, name, limit, round(value, 3), maximum))
+        self.send(self.admin, m.Sample(sandbox_id, name, limit, round(value, 3), maximum, whole_sandbox))
 
     def receiveMsg_UsageQuery(self, msg: m.UsageQuery, sender: ActorAddress) -> None:
         """Sample one sandbox now and answer ``ResourceUsage``."""
@@ -321,12 +368,15 @@ class MonitorActor(HostActor):
             figures = None if proc.pid in known else self._sample(proc.pid)
             if figures is not None:  # a process the plugin forked itself: its memory is the sandbox's too
                 actors.append(ActorUsage(STRAY, proc.pid, figures.rss, figures.cpu, 0, 0, figures.fds, figures.threads))
+        group = entry.group if entry else None
         usage = ResourceUsage(
             msg.sandbox_id,
             actors,
             sum(a.rss_bytes for a in actors),
             sum(a.cpu_seconds for a in actors),
             list(entry.history) if entry else [],
+            group.cpu_seconds() if group is not None else None,
+            group.memory_bytes() if group is not None else None,
         )
         self.reply(msg.reply_to, usage, msg.corr)
 

@@ -34,9 +34,10 @@ from plugin_host.states import ChildStatus, EventKind, RootStatus, SupervisorPha
 from plugin_host.values import ChildInfo
 
 from . import _messages as m
-from ._base import describe_exception
+from ._base import describe_exception, log
 from ._code.codeswap import local_environment
 from ._code.reload import RootReload
+from ._process.cgroup import SandboxGroup, seal
 from ._process.hardening import drop_privileges, new_process_group
 from ._process.limits import apply_rlimits, check_rlimits
 from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
@@ -151,6 +152,7 @@ class SandboxActor(SupervisorActor):
         self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))
         try:
             if self.multiprocess:  # under simpleSystemBase this is the host's own process
+                _join_group(msg.context.sandbox_id, msg.group)
                 _contain(msg.context.limits)
             environment = local_environment(msg.environment, msg.packages)
             if environment:
@@ -445,6 +447,28 @@ _REPORT_WHEN_DOWN = {
     SupervisorPhase.FAILING: RootStatus.FAILED,
 }
 """What the root reports once its whole tree is down, by why it went down."""
+
+
+def _join_group(sandbox_id: str, group: dict[str, str] | None) -> None:
+    """Into the sandbox's control group (the admin made it), while this process may still write there: every
+    process of the sandbox is forked from here, and stays in it whatever it detaches from; then every cgroup
+    mount read-only for the sandbox (see ``_process.cgroup.seal``), so that its plugin cannot move out.
+
+    Raises:
+        SandboxStartError: the group cannot be joined.
+    """
+    if not group:
+        return
+    try:
+        SandboxGroup.at(group).join()
+    except OSError as exc:
+        raise SandboxStartError(f"cannot join the sandbox's control group: {exc}") from None
+    try:
+        seal()
+    except OSError as exc:
+        log.warning(
+            "sandbox %s: cannot make the cgroup mounts read-only (%s): its plugin may leave its group", sandbox_id, exc
+        )
 
 
 def _contain(limits: ResourceLimits) -> None:

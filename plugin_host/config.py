@@ -25,6 +25,7 @@ __all__ = [
     "SUPPORTED_BASES",
     "SECURITY_PROFILES",
     "PLUGIN_VALUES",
+    "CONTROL_GROUPS",
     "NODE_CAPABILITY",
     "VERSION_CAPABILITY",
     "PYTHON_CAPABILITY",
@@ -112,15 +113,27 @@ class ResourceLimits:
 
     max_memory_mb: float | None = attrs.field(default=None, validator=_positive)
     """Address space per process of the sandbox, in MiB above the sandbox root's size at its start
-    (a hard RLIMIT_AS every process inherits), and resident growth per process (the monitor); at least 32."""
+    (a hard RLIMIT_AS every process inherits), and the resident growth of its processes together (the
+    monitor); with a control group, also a kernel backstop for the group: its charge once the tree runs
+    plus this plus 64 MiB.  At least 32."""
     max_cpu_seconds: float | None = attrs.field(default=None, validator=_positive)
-    """Lifetime CPU seconds per process of the sandbox (the runtime's own work in it included)."""
+    """Lifetime CPU seconds (the runtime's own work included): of the whole sandbox where it has a control
+    group (its processes together, dead ones included, from each start of its root; past it the sandbox
+    ends ``failed``), else of each of its processes; a hard RLIMIT_CPU per process either way."""
     call_cpu_budget_ms: float | None = attrs.field(default=None, validator=_positive)
     """CPU milliseconds one callback may burn before it is interrupted."""
     max_actors: int | None = attrs.field(default=None, validator=_positive_int)
     """Actors a sandbox may run at once."""
     max_mailbox: int | None = attrs.field(default=None, validator=_positive_int)
     """Messages that may wait for one actor before calls fail fast."""
+    max_cpus: float | None = attrs.field(default=None, validator=_positive)
+    """CPUs' worth of time the whole sandbox may use at once (a CPU quota on its control group: 0.5 is half
+    of one CPU); needs a control group (``HostConfig.control_groups``), else ``create_sandbox`` fails with
+    ``ConfigError``."""
+    max_tasks: int | None = attrs.field(default=None, validator=_positive_int)
+    """Processes and threads the whole sandbox may have at once (``pids.max`` of its control group: a fork
+    bomb gets ``EAGAIN``).  ``None``: derived from ``max_actors`` when that is set (see
+    ``actors._admin.groups.tasks_for``), else no limit.  Without a control group it is not applied."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | ResourceLimits | None) -> ResourceLimits:
@@ -306,6 +319,21 @@ def _check_plugin_values(instance: object, attribute: attrs.Attribute, value: ob
         )
 
 
+CONTROL_GROUPS = ("auto", "off", "required")
+"""What ``HostConfig.control_groups`` accepts."""
+
+
+def _check_control_groups(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if value not in CONTROL_GROUPS:
+        raise ConfigError(
+            f"control_groups must be one of {', '.join(CONTROL_GROUPS)}, got {value!r}", field="control_groups"
+        )
+
+
+def _to_cgroup_root(value: Any) -> Path:
+    return _to_path(value, "cgroup_root")
+
+
 def _check_bool(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{attribute.name} must be True or False, got {value!r}", field=attribute.name)
@@ -414,6 +442,21 @@ class HostConfig:
     """What ``call`` and ``run`` take from a plugin: ``"objects"`` (any value, plugin-defined classes
     included, rebuilt with cloudpickle in this process, which runs code: trust the plugin), or ``"plain"``
     (builtin data only; anything else raises ``PluginError``): for plugins you do not trust."""
+
+    control_groups: str = attrs.field(
+        default=_from_env("control_groups", str, lambda: "auto"), validator=_check_control_groups
+    )
+    """A control group per sandbox (cgroup v1 ``memory``, ``pids``, ``cpu``, ``cpuacct``, ``freezer``; see
+    ``actors._process.cgroup``): every process of the sandbox is in it, whatever it forks or detaches,
+    ``max_cpu_seconds`` counts the whole sandbox's CPU, ``max_cpus`` and ``max_tasks`` apply, and destroy and
+    ``Host.close`` empty it.  ``"auto"``: where this machine allows them (root, the hierarchies mounted and
+    writable), else one warning in the log and rlimits plus the monitor only; ``"off"``: never;
+    ``"required"``: ``Host`` fails to start with ``ConfigError`` (and the reason) where they cannot be made.
+    Local sandboxes only: one on another system of a convention runs without."""
+    cgroup_root: Path = attrs.field(
+        default=_from_env("cgroup_root", Path, lambda: Path("/sys/fs/cgroup")), converter=_to_cgroup_root
+    )
+    """Where the cgroup v1 hierarchies are mounted (one folder per controller)."""
 
     @property
     def credential_file(self) -> Path:

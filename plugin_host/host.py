@@ -531,7 +531,8 @@ class Host:
     # -- monitoring and events ------------------------------------------------------------
 
     def resource_usage(self, sandbox_id: str) -> ResourceUsage:
-        """Memory, CPU time, messages and restarts per actor of the sandbox, sampled now.
+        """Memory, CPU time, messages and restarts per actor of the sandbox, sampled now; with a control group,
+        also the group's CPU time (dead processes included) and memory charge (``group_*`` fields).
 
         Raises:
             SandboxNotFoundError: no such sandbox.

@@ -176,7 +176,8 @@ class ActorUsage:
 
 @attrs.frozen
 class ResourceUsage:
-    """Resource figures of one sandbox."""
+    """Resource figures of one sandbox: ``actors`` and the ``total_*`` figures are of its processes running
+    now (psutil); the ``group_*`` figures, when it has a control group, are its group's."""
 
     sandbox_id: str
     actors: list[ActorUsage]
@@ -184,6 +185,13 @@ class ResourceUsage:
     total_cpu_seconds: float
     history: list[tuple[float, int, float]] = attrs.field(factory=list)
     """The monitor's recent samples: (unix time, total rss bytes, total cpu seconds), oldest first."""
+    group_cpu_seconds: float | None = None
+    """CPU seconds of the sandbox's control group: every process it had since its root started, dead ones
+    included (what ``max_cpu_seconds`` is checked against there); None: the sandbox has no group, and only
+    ``total_cpu_seconds`` (its processes running now) is known."""
+    group_memory_bytes: int | None = None
+    """Memory charged to the sandbox's control group (pages its processes touched, page cache and the
+    runtime's own included; pages shared with the host's processes are not); None: no group."""
 
 
 @attrs.frozen

@@ -18,7 +18,6 @@ import psutil
 import pytest
 
 from actors._process.cgroup import SandboxGroup, Support, support
-from plugin_host.config import ResourceLimits
 from plugin_host.errors import ConfigError, PluginHostError
 from tests.conftest import eventually, processes_naming
 
@@ -30,8 +29,9 @@ pytestmark = pytest.mark.skipif(isinstance(SUPPORT, str), reason=str(SUPPORT))
 def group(tmp_path: Path) -> Iterator[SandboxGroup]:
     """A group of its own for the test, removed (everything in it killed) afterwards."""
     assert isinstance(SUPPORT, Support)
-    made = SandboxGroup.create(SUPPORT, f"test-{tmp_path.name}", "sandbox", ResourceLimits(max_memory_mb=64))
+    made = SandboxGroup.create(SUPPORT, f"test-{tmp_path.name}", "sandbox")
     try:
+        made.set_memory_max(64)
         yield made
     finally:
         made.remove()
@@ -137,7 +137,7 @@ def test_a_group_that_cannot_be_made_is_a_config_error_leaving_nothing(tmp_path:
     made = SUPPORT.bases["memory"] / f"plugin-host-{host}"
     try:
         with pytest.raises(ConfigError, match="'broken'") as caught:
-            SandboxGroup.create(broken, host, "broken", ResourceLimits())
+            SandboxGroup.create(broken, host, "broken")
         assert isinstance(caught.value, PluginHostError)
         assert not made.exists()
     finally:  # what a failing create would leave (cgroup directories go with rmdir only)
@@ -149,8 +149,8 @@ def test_remove_leaves_no_directory(tmp_path: Path) -> None:
     """``remove`` deletes the sandbox's directories and the host's once it holds no other sandbox."""
     assert isinstance(SUPPORT, Support)
     host = f"test-{tmp_path.name}"
-    first = SandboxGroup.create(SUPPORT, host, "a", ResourceLimits())
-    second = SandboxGroup.create(SUPPORT, host, "b", ResourceLimits())
+    first = SandboxGroup.create(SUPPORT, host, "a")
+    second = SandboxGroup.create(SUPPORT, host, "b")
     first.remove()
     assert all(not d.exists() for d in first.dirs.values())
     assert all(d.parent.exists() for d in second.dirs.values())

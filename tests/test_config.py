@@ -66,6 +66,8 @@ ENV_CASES: dict[str, tuple[str, Any, Any]] = {
     "no_index": ("yes", True, False),
     "cookie_file": ("/etc/ph-cookie", Path("/etc/ph-cookie"), Path("/other")),
     "plugin_values": ("plain", "plain", "objects"),
+    "control_groups": ("off", "off", "required"),
+    "cgroup_root": ("/mnt/cg", Path("/mnt/cg"), Path("/sys/fs/cgroup")),
 }
 
 
@@ -526,3 +528,26 @@ def test_a_default_follows_the_fields_that_were_set_and_only_explicit_values_con
     with pytest.raises(ConfigError) as caught:
         HostConfig(heartbeat_interval=30, hang_timeout=20)
     assert caught.value.field == "hang_timeout"
+
+
+@pytest.mark.parametrize("value", ["sometimes", "", None, True, "AUTO"])
+def test_control_groups_takes_auto_off_or_required_only(value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``control_groups`` is one of ``auto``, ``off``, ``required``: anything else, as an argument or from
+    ``PLUGIN_HOST_CONTROL_GROUPS``, is a ``ConfigError`` naming the field."""
+    with pytest.raises(ConfigError) as info:
+        HostConfig(control_groups=value)
+    assert info.value.field == "control_groups"
+    if isinstance(value, str):
+        monkeypatch.setenv("PLUGIN_HOST_CONTROL_GROUPS", value)
+        with pytest.raises(ConfigError) as info:
+            HostConfig()
+        assert info.value.field == "control_groups"
+    assert HostConfig(control_groups="required").control_groups == "required"
+
+
+def test_max_cpus_and_max_tasks_are_validated_limits() -> None:
+    """``max_cpus`` is a positive number of CPUs (a fraction allowed), ``max_tasks`` a positive count."""
+    assert ResourceLimits(max_cpus=0.5, max_tasks=64).max_cpus == 0.5
+    with pytest.raises(ConfigError) as info:
+        ResourceLimits(max_tasks=2.5)  # type: ignore[arg-type]
+    assert info.value.field == "max_tasks"

@@ -158,7 +158,8 @@ class Events:
                 pids["(root)"] = rec.pid
         monitor = self.monitor_of(rec.node)
         if monitor is not None:  # none while its system is lost
-            self.port.send(monitor, m.Watch(sandbox_id, pids, rec.limits, self.config().monitor_interval))
+            group = rec.group.paths() if rec.group is not None else None
+            self.port.send(monitor, m.Watch(sandbox_id, pids, rec.limits, self.config().monitor_interval, group))
 
     def usage(self, msg: m.Usage, sender: ActorAddress) -> None:
         """Message counts from a sandbox root: after a heartbeat, or asked for by a usage query."""

@@ -46,10 +46,12 @@ from plugin_host.states import AdminAction, ChildStatus, EventKind, RecordStatus
 from plugin_host.values import SandboxInfo
 
 from .. import _messages as m
+from .._base import log
 from .._process.hardening import kill_group, process_alive
 from .._process.tree import kill_descendants, kill_tree, leads_group_below
 from ..sandbox import SandboxActor
 from .events import Events
+from .groups import Groups
 from .nodes import Nodes, remote_packages
 from .record import AdminPort, Done, SandboxRecord, Sources, not_found, scan
 from .routing import Routing
@@ -129,6 +131,7 @@ class Sandboxes:
         versions: Versions,
         routing: Routing,
         records: dict[str, SandboxRecord],
+        groups: Groups,
     ) -> None:
         self.port = port
         self.config = config
@@ -140,6 +143,7 @@ class Sandboxes:
         self.routing = routing
         self.records = records
         """Every sandbox's record, by id: written here only (the other components were given it as a Mapping)."""
+        self.groups = groups
         self.shutdown_waiters: list[Done] = []
         self.vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
         """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
@@ -203,6 +207,8 @@ class Sandboxes:
             raise BadRequestError(f"restart_elsewhere must be a bool, got {req.restart_elsewhere!r}")
         node = self.nodes.place(req.requirements)
         limits = self.config().limits if req.limits is None else ResourceLimits.from_mapping(req.limits)
+        local = not node and self.port.multiprocess
+        self.groups.check(limits, local)
         sources: Sources = {}
         if req.sandbox_path is not None:
             table = codeload.read_sandbox_folder(req.sandbox_path)
@@ -210,8 +216,15 @@ class Sandboxes:
             sources = table.as_wire()
             # What is read here is what runs: the host's scan of the folder was earlier, maybe of other code.
             scan(req.sandbox_id, req.security_profile or self.config().security_profile, sources)
+        group = self.groups.make(req.sandbox_id, limits) if local else None  # last: nothing fails after it
         return SandboxRecord(
-            req, sources, self.versions.register_created(req.sandbox_id, sources), limits, time.time(), node=node
+            req,
+            sources,
+            self.versions.register_created(req.sandbox_id, sources),
+            limits,
+            time.time(),
+            node=node,
+            group=group,
         )
 
     def start_root(self, sandbox_id: str, rec: SandboxRecord) -> None:
@@ -228,12 +241,13 @@ class Sandboxes:
             with _forking(rec.principal):  # the child takes the sandbox's key as it is forked
                 rec.root = self.port.createActor(SandboxActor)
             rec.pid = getattr(self.port.child_process(), "pid", None)
+            self._enter_group(rec)
         keys = lowlevel.process_keys()
         if keys is not None:  # everything to the root, queued or not, is signed with its incarnation's key
             keys.expect_child(rec.root, rec.principal)
         self.move(sandbox_id, rec, RecordStatus.STARTING)
         rec.children, rec.directory = (), {}
-        rec.lost_reason = None
+        rec.lost_reason = rec.ended_by = None
         cfg = self.config()
         rec.deadline = time.monotonic() + cfg.start_timeout
         context = m.SandboxContext(
@@ -257,9 +271,23 @@ class Sandboxes:
                 codeload.wire_checksums(rec.sources),
                 remote_packages(rec.node, rec.request.environment),
                 rec.principal.kid,
+                rec.group.paths() if rec.group is not None else None,
             ),
         )
         self.tick()
+
+    @staticmethod
+    def _enter_group(rec: SandboxRecord) -> None:
+        """Move the new root into the sandbox's group at once (it moves itself too, before any plugin code):
+        a fresh incarnation, with no memory limit until its tree runs and a CPU count of its own."""
+        if rec.group is None or rec.pid is None:
+            return
+        try:
+            rec.group.set_memory_max(None)
+            rec.group.reset_cpu()
+            rec.group.join(rec.pid)
+        except OSError as exc:  # the root's own join then fails its start, with the reason
+            log.warning("sandbox root %s: cannot move it into its control group: %s", rec.pid, exc)
 
     # -- reports from sandbox roots ------------------------------------------------------
 
@@ -277,6 +305,8 @@ class Sandboxes:
             rec.pid = msg.pid or rec.pid
         if msg.status == RootStatus.RUNNING and rec.status == RecordStatus.STARTING:
             rec.deadline = None
+            if rec.group is not None:
+                self.groups.started(rec.group, rec.limits)
             self.move(msg.sandbox_id, rec, RecordStatus.RUNNING, answer=lambda: self.info(msg.sandbox_id, rec))
         elif msg.status == RootStatus.FAILED and rec.status in (RecordStatus.RUNNING, RecordStatus.STARTING):
             self.move(msg.sandbox_id, rec, RecordStatus.FAILED, msg.reason)
@@ -315,13 +345,15 @@ class Sandboxes:
     def _kill_sandbox_group(self, rec: SandboxRecord) -> None:
         """SIGKILL the sandbox's processes, wherever they run (its node's monitor does it there): its whole tree
         while its root runs, else its process group (the root gone, its orphans went to init: only what
-        stayed in its group is found; a cgroup, later work, would hold the rest)."""
+        stayed in its group is found), and, with a control group, everything in that, wherever it went."""
         if rec.node:
             self.nodes.kill_on_node(rec.node, rec.pid)
         elif self._ours(rec):
             kill_tree(rec.pid)
         else:
             kill_group(rec.pid)
+        if rec.group is not None:  # everything in its control group, wherever it went and whoever reaped it
+            rec.group.kill()
 
     @staticmethod
     def _ours(rec: SandboxRecord) -> bool:
@@ -329,7 +361,15 @@ class Sandboxes:
         forked by this admin (then its pid cannot have been reused for someone else's)."""
         return not rec.node and rec.pid is not None and leads_group_below(rec.pid, os.getpid())
 
+    @staticmethod
+    def _remove_group(rec: SandboxRecord) -> None:
+        """The record goes: so does its control group (what is left in it is killed first)."""
+        if rec.group is not None:
+            rec.group.remove()
+            rec.group = None
+
     def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:
+        self._remove_group(rec)
         self.fire(rec, rec.error if rec.action == AdminAction.START_FAILED else None)
         if rec.action == AdminAction.DESTROY:
             self.events.emit(EventKind.STOPPED, sandbox_id)
@@ -376,6 +416,7 @@ class Sandboxes:
             self._when_gone(pids, lambda: self._destroyed(sandbox_id, rec))
         elif rec.status == RecordStatus.STARTING and not rec.restarted:
             del self.records[sandbox_id]  # died while starting: as a failed start, the id is free again
+            self._remove_group(rec)
             self.fire(
                 rec,
                 SandboxStartError(
@@ -391,7 +432,7 @@ class Sandboxes:
             rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
             self._elsewhere(sandbox_id, rec, rec.lost_reason or f"its root on node {rec.node} exited")
         else:
-            reason = "the sandbox root process exited unexpectedly"
+            reason = rec.ended_by or "the sandbox root process exited unexpectedly"
             rec.children = tuple(attrs.evolve(c, pid=None, status=ChildStatus.STOPPED) for c in rec.children)
             self.move(sandbox_id, rec, RecordStatus.FAILED, reason, answer=lambda: SandboxStartError(reason))
         self.events.watch(sandbox_id, rec)
@@ -513,6 +554,20 @@ class Sandboxes:
         for rec in self.records.values():
             if not rec.node:  # on another system, the monitor there ends it once the pings stop
                 self._kill_sandbox_group(rec)
+                self._remove_group(rec)
+
+    def end_over_limit(self, sandbox_id: str, reason: str) -> None:
+        """A limit of the whole sandbox is passed for good (its group's lifetime CPU): end every process of it;
+        its root's exit then moves it to FAILED with ``reason``."""
+        rec = self.records.get(sandbox_id)
+        if rec is None or rec.group is None or rec.root is None or rec.action != AdminAction.CREATE:
+            return
+        used, maximum = rec.group.cpu_seconds(), rec.limits.max_cpu_seconds
+        if used is None or maximum is None or used <= maximum:
+            return  # a report about an earlier incarnation (a restart counts from zero): not this one's
+        if rec.status == RecordStatus.RUNNING:
+            rec.ended_by = reason
+            rec.group.kill()
 
     # -- queries ---------------------------------------------------------------------------
 

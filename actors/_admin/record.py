@@ -22,6 +22,7 @@ from plugin_host.states import AdminAction, EventKind, RecordStatus, SandboxStat
 from plugin_host.values import AuditRecord, ChildInfo
 
 from .._base import log
+from .._process.cgroup import SandboxGroup
 
 __all__ = [
     "AUDIT_LOG",
@@ -151,6 +152,10 @@ class SandboxRecord:
     """The key identity of the current root's incarnation (a new one each start)."""
     stopping: list[tuple[int, float]] = attrs.field(factory=list)
     """Its local processes when it was told to stop (pid, create time): a destroy answers once they end."""
+    group: SandboxGroup | None = None
+    """Its control group (lifecycle: made with the record, removed with it); None: it has none."""
+    ended_by: str | None = None
+    """Why the admin ended it itself (a whole-sandbox limit passed): the reason its ``failed`` status gives."""
 
     def security_profile(self, config: HostConfig) -> str:
         """The profile it runs under: its own, else the host's default."""

@@ -14,13 +14,20 @@ subtree (systemd's ``Delegate=``) and is not supported yet.  :func:`support` say
 why they cannot be made (not root, a read-only ``/sys/fs/cgroup``, a hierarchy missing); the caller
 then falls back to rlimits and the monitor and says so once.
 
-What a group does not stop: a process running as uid 0 may write its pid into another group's
-``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that); a
-sandbox run as its own user cannot.
+A group alone does not stop a process running as uid 0 from writing its pid into another group's
+``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that): it
+could leave its own group (for the host's root group, say) or write another group's limit files
+(checked here: a process with no capabilities left, as a sandbox's are, lowered another group's
+``pids.max`` and moved itself into the root group).  So the root, once in its group and before it
+drops its capabilities, calls :func:`seal`: a mount namespace of its own in which every cgroup
+mount is read-only, inherited by every process of the sandbox, which can no longer mount or
+remount anything.  Where that fails (no ``CAP_SYS_ADMIN``, a seccomp filter), the root logs why and
+the sandbox runs unsealed.  The admin (:mod:`actors._admin.groups`) decides the limits written here.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import signal
@@ -29,10 +36,9 @@ from pathlib import Path
 
 import attrs
 
-from plugin_host.config import ResourceLimits
 from plugin_host.errors import ConfigError
 
-__all__ = ["Support", "SandboxGroup", "support", "CPU_PERIOD_US"]
+__all__ = ["Support", "SandboxGroup", "support", "seal", "CPU_PERIOD_US"]
 
 CPU_PERIOD_US = 100_000
 """The CPU quota's period (the kernel's default)."""
@@ -92,22 +98,24 @@ class SandboxGroup:
     """Controller -> this group's directory."""
 
     @classmethod
-    def create(cls, support: Support, host: str, sandbox_id: str, limits: ResourceLimits) -> SandboxGroup:
-        """Make the group of ``sandbox_id`` (under the host's group ``plugin-host-<host>``) with ``limits``.
+    def create(cls, support: Support, host: str, sandbox_id: str) -> SandboxGroup:
+        """Make the group of ``sandbox_id`` (under the host's group ``plugin-host-<host>``), empty and unlimited.
 
         The directory name is a digest of the id (ids are free text).  A group left by a host that
-        died is emptied and reused.
+        died is emptied, its limits lifted, and reused.
 
         Raises:
-            ConfigError: the group cannot be made or a limit cannot be written (``field="limits"``);
-                nothing is left behind.
+            ConfigError: the group cannot be made (``field="limits"``); nothing is left behind.
         """
         group = cls.existing(support, host, sandbox_id)
         try:
             for directory in group.dirs.values():
                 directory.mkdir(parents=True, exist_ok=True)
             group.kill()
-            group.set_memory_max(limits.max_memory_mb)
+            group.set_memory_max(None)
+            group.set_pids_max(None)
+            if "cpu" in group.dirs:
+                group.set_cpu_quota(None)
         except OSError as exc:
             group.remove()
             raise ConfigError(
@@ -115,6 +123,15 @@ class SandboxGroup:
                 field="limits",
             ) from None
         return group
+
+    def paths(self) -> dict[str, str]:
+        """Controller -> directory, as strings (what travels in a message)."""
+        return {controller: str(directory) for controller, directory in self.dirs.items()}
+
+    @classmethod
+    def at(cls, paths: dict[str, str]) -> SandboxGroup:
+        """The group whose directories :meth:`paths` gave."""
+        return cls({controller: Path(directory) for controller, directory in paths.items()})
 
     @classmethod
     def existing(cls, support: Support, host: str, sandbox_id: str) -> SandboxGroup:
@@ -125,10 +142,19 @@ class SandboxGroup:
     def set_memory_max(self, megabytes: float | None) -> None:
         """At most ``megabytes`` MiB charged to the whole group (its processes together); None: no limit."""
         value = "-1" if megabytes is None else str(int(megabytes * 2**20))
-        (self.dirs["memory"] / "memory.limit_in_bytes").write_text(value)
+        memory = self.dirs["memory"] / "memory.limit_in_bytes"
         swap = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
-        if swap.exists():  # with swap accounting: no swap past the limit either
+        if not swap.exists():
+            memory.write_text(value)
+            return
+        # With swap accounting, no swap past the limit either.  The kernel keeps memory <= memory+swap at
+        # every step: raising, memory+swap goes first; lowering, memory does.
+        try:
+            memory.write_text(value)
             swap.write_text(value)
+        except OSError:
+            swap.write_text(value)
+            memory.write_text(value)
 
     def set_pids_max(self, maximum: int | None) -> None:
         """At most ``maximum`` tasks (processes and threads) in the group at once; None: no limit."""
@@ -170,6 +196,11 @@ class SandboxGroup:
         if "cpuacct" not in self.dirs:
             return None
         return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
+
+    def reset_cpu(self) -> None:
+        """Count the group's CPU time from zero again (a new incarnation of the sandbox: a budget of its own)."""
+        if "cpuacct" in self.dirs:
+            (self.dirs["cpuacct"] / "cpuacct.usage").write_text("0")
 
     def oom_kills(self) -> int:
         """Processes the kernel has killed in this group for its memory limit."""
@@ -216,6 +247,49 @@ class SandboxGroup:
                     path.rmdir()
                 except OSError:
                     break  # still holds processes or other sandboxes' groups, or gone already
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+
+
+def seal() -> list[str]:
+    """Make every cgroup mount read-only for this process and all it forks from now on (a private mount
+    namespace: the host's mounts are untouched); returns the mount points made read-only.
+
+    Needs ``CAP_SYS_ADMIN``: call it before dropping capabilities.
+
+    Raises:
+        OSError: the kernel refused the namespace or a remount.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    _check(libc.unshare(_CLONE_NEWNS))
+    _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None))  # nothing propagates back to the host
+    sealed = []
+    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        point, options = fields[4], fields[5].split(",")
+        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY  # this mount only, not the hierarchy's other mounts
+        for name, bit in (("nosuid", _MS_NOSUID), ("nodev", _MS_NODEV), ("noexec", _MS_NOEXEC)):
+            flags |= bit if name in options else 0
+        _check(libc.mount(None, _unescape(point).encode(), None, flags, None))
+        sealed.append(point)
+    return sealed
+
+
+def _unescape(point: str) -> str:
+    """A mount point as ``/proc/self/mountinfo`` writes it (octal escapes for blanks) -> the path."""
+    return point.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def _read_int(path: Path) -> int:

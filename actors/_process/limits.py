@@ -24,7 +24,7 @@ limit.  It is lifetime CPU of each process, the runtime's own work in it (heartb
 routing) included: an idle root spent about 2 ms a second here, so a root under
 ``max_cpu_seconds=60`` ends (and its sandbox fails) after some eight idle hours; a sandbox
 meant to run for days needs a budget to match.  A fork starts counting again (the kernel's
-rule; a sandbox-wide budget needs a control group).
+rule): the sandbox-wide budget is its control group's, checked by the monitor (``actors._admin.groups``).
 
 RLIMIT_CORE is 0 always: a core dump would hold the sandbox's key.
 
