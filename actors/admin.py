@@ -34,7 +34,6 @@ from plugin_host.messages import (
     Cast,
     CreateSandbox,
     DestroySandbox,
-    Failed,
     GetAuditLog,
     GetModuleVersion,
     GetResourceUsage,
@@ -163,13 +162,9 @@ class AdminActor(HostActor):
     def receiveMsg_HostBoot(self, msg: HostBoot, sender: ActorAddress) -> None:
         """Claim this system for a host; a second, different claim means it is stale."""
         if self.token is not None and self.token != msg.token:
-            self.send(
-                sender,
-                Failed(
-                    HostStartError(
-                        f"this actor system already belongs to another host (pid {self.host[0] if self.host else '?'})"
-                    )
-                ),
+            owner = self.host[0] if self.host else "?"
+            self.reply(
+                sender, HostStartError(f"this actor system already belongs to another host (pid {owner})"), msg.corr
             )
             return
         if self.token is None:  # the first claim: this host's control groups (a killed one's left emptied)
