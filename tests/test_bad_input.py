@@ -464,10 +464,10 @@ def _is_number(value: Any) -> bool:
 
 def _expected_limit(field: str, value: Any) -> Any:
     """What a ``ResourceLimits`` field holds for ``value``, from the docs: ``None`` or a positive number
-    (a positive integer for the counts ``max_actors`` and ``max_mailbox``)."""
+    (a positive integer for the counts ``max_actors``, ``max_mailbox`` and ``max_tasks``)."""
     if value is None:
         return None
-    if field in ("max_actors", "max_mailbox"):
+    if field in ("max_actors", "max_mailbox", "max_tasks"):
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else INVALID
     return value if _is_number(value) and value > 0 else INVALID
 
@@ -498,6 +498,10 @@ def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any,
         return (value if ok else INVALID), {field}
     if field == "bind_address":
         return (value if isinstance(value, str) and _IPV4.fullmatch(value) else INVALID), {field}
+    if field == "cgroup_root":
+        return _expected_path(value), {field}
+    if field == "control_groups":
+        return (value if isinstance(value, str) and value in ("auto", "off", "required") else INVALID), {field}
     if field in ("state_dir", "cookie_file"):
         return (None if value is None and field == "cookie_file" else _expected_path(value)), {field}
     if field == "max_versions":
