@@ -12,11 +12,11 @@ from thespian.actors import ActorAddress, ActorTypeDispatcher
 
 from plugin_host import lowlevel
 from plugin_host.errors import AccessDeniedError, BadRequestError, PluginError, PluginHostError
+from plugin_host.lowlevel import audit
 from plugin_host.messages import Failed, Ok, Request
 from plugin_host.values import AuditRecord
 
 from . import _messages as m
-from ._process import audit
 from ._process.hardening import harden_process
 
 __all__ = ["Admission", "HostActor", "SandboxMember", "plugin_error", "describe_exception"]
@@ -181,7 +181,7 @@ class SandboxMember(HostActor):
         self.send(sender, m.Pong(self.actor_name, self.incarnation, msg.seq, self.messages))
         self.flush_audit()
 
-    # -- the runtime audit (actors._process.audit) ----------------------------------------------
+    # -- the runtime audit (plugin_host._audit) -------------------------------------------------
 
     def claim_audit(self, context: m.SandboxContext, readable: Iterable[str] = ()) -> None:
         """Audit this process for the sandbox, before any plugin code runs in it (multiprocess bases only).

@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 from thespian.actors import ActorAddress, ActorExitRequest
 
+from plugin_host.lowlevel import audit
 from plugin_host.messages import Failed, Ok, Run, pack
 from plugin_host.values import AuditRecord
 
 from . import _messages as m
 from ._base import HostActor, plugin_error
-from ._process import audit
 from ._process.limits import CpuBudget, apply_rlimits
 
 __all__ = ["RunnerActor", "RUN_ACTOR"]

@@ -267,11 +267,15 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
         label=job.label,
         pool=job.options.pool,
         paths=job.options.import_paths,
+        profile=job.options.profile,
     )
     notes = [
         f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "
         f"in a separate process ({result.elapsed * 1000:.0f} ms)"
     ]
+    if result.audited:
+        notes += [f"--- recorded by the runtime audit ({job.options.profile}) while top-level code ran ---"]
+        notes += result.audited
     if result.chatter.strip():
         notes += ["--- printed by the modules' top-level code ---", result.chatter.rstrip()]
     output = "\n".join(lines + notes)

@@ -1,4 +1,4 @@
-"""``actors._process.audit``: the PEP 578 runtime audit of a sandbox process.
+"""``plugin_host._audit``: the PEP 578 runtime audit of a sandbox process.
 
 Audit hooks cannot be removed, so every test that installs one runs its plugin code in a
 fresh interpreter (``python -c``) and reads back one JSON line per record the ``emit``
@@ -18,13 +18,13 @@ import attrs
 import pytest
 from conftest import ROOT
 
-from actors._process.audit import PROFILES, install
+from plugin_host._audit import PROFILES, install
 from plugin_host.errors import ConfigError
 
 _SCRIPT = """\
 import json, os, resource, socket, subprocess, sys
 import attrs
-from actors._process import audit
+from plugin_host import _audit as audit
 TMP = sys.argv[1]
 def emit(record):
     print(json.dumps({{"record": attrs.asdict(record)}}), flush=True)

@@ -469,3 +469,27 @@ def test_scan_of_invalid_source_is_a_compilation_error() -> None:
     """The scan needs an AST; broken source is reported as such."""
     with pytest.raises(CompilationError):
         scan_source("def (:", "m.py")
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["fresh", "warm-pool"])
+def test_top_level_code_in_the_validator_runs_under_the_sandboxs_audit(tmp_path: Path, pool: bool) -> None:
+    """The validator imports a module's top-level code under the sandbox's profile (a fresh validator
+    and one forked from the warm pool alike): ``restricted`` refuses a read outside the sandbox that
+    the static scan lets through, failing the compile at its line; ``standard`` lets it run and lists
+    it in the output; ``permissive`` records nothing."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host data")
+    root = write_tree(tmp_path / "sb", {"a.py": f"import pathlib\nDATA = pathlib.Path({str(secret)!r}).read_text()\n"})
+    warm = compiler.CompilePool(label=str(tmp_path)) if pool else None
+    try:
+        with pytest.raises(CompilationError) as caught:
+            compile_sandbox(root, security_profile="restricted", pool=warm)
+        assert ("a.py", 2) in [(Path(f).name, line) for f, line, _ in caught.value.errors]
+        assert "PermissionError" in str(caught.value)
+        standard = compile_sandbox(root, security_profile="standard", pool=warm)
+        assert f"open {secret}" in standard.output
+        permissive = compile_sandbox(root, security_profile="permissive", pool=warm)
+        assert "recorded by the runtime audit" not in permissive.output
+    finally:
+        if warm is not None:
+            warm.close()

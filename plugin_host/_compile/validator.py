@@ -73,6 +73,9 @@ class ValidatorResult:
     """The run was killed at its timeout; ``errors`` names the module (and line) it was in."""
     elapsed: float
     """Wall-clock seconds, process start-up included."""
+    audited: list[str] = attrs.field(factory=list)
+    """What the runtime audit of the sandbox's profile recorded while top-level code ran (``event detail``,
+    `` (refused)`` under ``restricted``)."""
 
 
 def run_validator(
@@ -84,6 +87,7 @@ def run_validator(
     label: str,
     pool: Forker | None = None,
     paths: Sequence[str] = (),
+    profile: str = "standard",
 ) -> ValidatorResult:
     """Import ``targets`` (and check ``plugin_classes``) in a separate, throwaway Python process.
 
@@ -95,6 +99,8 @@ def run_validator(
         label: what is being compiled; it appears on the child's command line, for ``ps``.
         pool: fork the process from this pool's warm worker; ``None``, or when the pool
             cannot: start a fresh interpreter.
+        paths: folders put first on the import path (the sandbox's dependency environment).
+        profile: the sandbox's security profile: top-level code runs under its runtime audit.
     """
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="plugin-host-compile-") as scratch:
@@ -108,6 +114,7 @@ def run_validator(
                     "targets": list(targets),
                     "plugin_classes": list(plugin_classes),
                     "paths": list(paths),
+                    "profile": profile,
                 }
             ),
             encoding="utf-8",
@@ -250,7 +257,8 @@ def _interpret(
     result = next((e for e in events if e.get("event") == "result"), None)
     if result is not None:
         errors = [(str(f), int(n), str(m)) for f, n, m in result["errors"]]
-        return ValidatorResult(errors, chatter, False, elapsed)
+        audited = [str(line) for line in result.get("audited", [])]
+        return ValidatorResult(errors, chatter, False, elapsed, audited)
     importing = next((e["module"] for e in reversed(events) if e.get("event") == "importing"), None)
     module = table.modules.get(importing or "")
     file = module.path if module else "<validator>"

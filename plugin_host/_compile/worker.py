@@ -37,10 +37,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
 
 import attrs
 
-from .. import codeload
+from .. import _audit, codeload
 from ..errors import SandboxStartError
+from ..values import AuditRecord
 from .pool import MAX_MESSAGE, CompilePool, CompilePoolStatistics
 from .validator import ROOT, Error, ValidatorResult, kill_group, run_validator
+
+_AUDIT_ID = "(compile)"  # the sandbox id of the validator's audit records: the sandbox may not exist yet
 
 if TYPE_CHECKING:
     # Imported lazily at run time: ``socket`` must not be among the modules a fresh validator
@@ -66,12 +69,19 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _validate(results: TextIO, table: codeload.CodeTable, payload: dict[str, Any], bases: tuple[type, ...]) -> NoReturn:
-    sys.path[:0] = payload.get("paths", [])  # the sandbox's dependency environment comes first, as in the sandbox
+    paths = payload.get("paths", [])
+    sys.path[:0] = paths  # the sandbox's dependency environment comes first, as in the sandbox
     errors = _install(table)
+    audited: list[AuditRecord] = []
     if not errors:
-        failed, errors = _import_all(table, payload["targets"], results)
-        errors += _check_classes(table, payload["plugin_classes"], bases, failed)
-    _emit(results, {"event": "result", "errors": errors})
+        # Top-level code runs under the sandbox's profile here as in the sandbox: ``restricted`` refuses
+        # (the import fails, naming the line), ``standard`` records (the host shows what it did).
+        control = _audit.install(_AUDIT_ID, payload.get("profile", "standard"), audited.append, paths)
+        with control.plugin_code("(top level)"):
+            failed, errors = _import_all(table, payload["targets"], results)
+            errors += _check_classes(table, payload["plugin_classes"], bases, failed)
+    report = [f"{r.event} {r.detail}" + (" (refused)" if r.blocked else "") for r in list(audited)]
+    _emit(results, {"event": "result", "errors": errors, "audited": report})
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
