@@ -28,6 +28,8 @@ import attrs
 import psutil
 import pytest
 from conftest import eventually, pid_alive
+from test_deps import _write_wheel
+from test_deps_host import plugin_folder
 
 from plugin_host import Host, HostConfig
 from plugin_host.errors import ConfigError, LimitExceededError, SandboxNotFoundError
@@ -155,6 +157,28 @@ def test_a_sandbox_cannot_reach_another_sandbox_the_host_or_the_state_dir(user_h
     again = host.restart_sandbox("a")
     assert again.uid == a.uid and all(ids_of(pid)[0] == a.uid for pid in tree(again.pid))
     assert host.call("a", "probe", "who")["tag"] == "v2"
+
+
+@as_root
+def test_its_dependency_environment_is_read_as_its_own_user_before_and_after_a_reload(
+    config: HostConfig, tmp_path: Path
+) -> None:
+    """A sandbox's requirements (installed in ``state_dir/envs``, ``0700``, which stays so) are importable by
+    its own uid, at its start and after a reload that changes them (each a root-owned copy in its folder)."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for version in ("1.0", "2.0"):
+        _write_wheel(wheels, version)
+    folder = Path(plugin_folder(tmp_path / "s", "tinylib==1.0"))
+    offline = attrs.evolve(config, find_links=(str(wheels),), no_index=True, isolation="user")
+    with Host(offline) as host:
+        info = host.create_sandbox("s", "uses:Root", sandbox_path=str(folder))
+        assert host.call("s", "uses", "v") == "1.0"
+        assert all(ids_of(pid)[0] == info.uid for pid in tree(info.pid))
+        (folder / "requirements.txt").write_text("tinylib==2.0\n")
+        host.hot_reload("s", host.compile_sandbox(str(folder)))
+        assert host.call("s", "uses", "v") == "2.0"
+        assert (Path(host.config.state_dir) / "envs").stat().st_mode & 0o077 == 0  # never loosened
 
 
 @as_root

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import psutil
 
+from plugin_host.deps import read_runtime_metadata
 from plugin_host.errors import ConfigError, LimitExceededError
 
 from .._messages import SandboxUser
@@ -250,6 +251,7 @@ def become(user: SandboxUser) -> None:
     Raises:
         OSError: the kernel refused, or the ids did not all change.
     """
+    read_runtime_metadata()  # what activating its environment reads of the host's installation, while it may
     _close_inherited_files()
     os.setgroups([])
     os.setresgid(user.gid, user.gid, user.gid)
