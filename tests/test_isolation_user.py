@@ -96,9 +96,10 @@ def user_host(config: HostConfig) -> Iterator[Host]:
 
 @as_root
 def test_two_sandboxes_run_as_two_distinct_non_root_uids(host: Host) -> None:
-    """Every process of each sandbox (its root, its supervisor, its workers) runs as the sandbox's own uid and
-    gid, real, effective, saved and filesystem alike, with no supplementary group; two sandboxes get two
-    uids, neither the host's; ``SandboxInfo`` says so.  The host's default stays ``"process"``."""
+    """Every process of each sandbox (its root, its supervisor, its workers, ``Host.run``'s) runs as the
+    sandbox's own uid and gid, real, effective, saved and filesystem alike, with no supplementary group; two
+    sandboxes get two uids, neither the host's; ``SandboxInfo`` says so; the monitor still samples them.
+    The host's default stays ``"process"``."""
     a = host.create_sandbox("a", "root:Root", sandbox_path=PROBE, isolation="user")
     b = host.create_sandbox("b", "root:Root", sandbox_path=PROBE, isolation="user")
     assert (a.isolation, b.isolation) == ("user", "user")
@@ -114,6 +115,9 @@ def test_two_sandboxes_run_as_two_distinct_non_root_uids(host: Host) -> None:
             assert groups.split() == ["Groups:"], groups
         assert host.call(info.id, "probe", "who")["uid"] == info.uid
         assert host.call(info.id, "inner", "who")["uid"] == info.uid
+        assert host.run(info.id, os.getresuid) == (info.uid,) * 3  # Host.run's process too
+        usage = host.resource_usage(info.id)  # the monitor (root, in the host) still reads them
+        assert {actor.pid for actor in usage.actors} >= set(tree(info.pid)[1:]) and usage.total_rss_bytes > 0
     plain = host.create_sandbox("c", "probe:Probe", sandbox_path=PROBE)
     assert (plain.isolation, plain.uid) == ("process", None)
     assert ids_of(host.call("c", "probe", "who")["pid"])[0] == os.geteuid()
