@@ -235,25 +235,42 @@ class Sandboxes:
             raise ConfigError(f"sandbox {req.sandbox_id!r}: {why}", field="isolation")
 
     def _take_user(self, sandbox_id: str, rec: SandboxRecord) -> bool:
-        """Under ``isolation="user"``, the sandbox's own uid: taken at its first start, kept across restarts.
-        False: none was free, and its start failed (its record goes, unless it was a restart)."""
-        if rec.user is not None or rec.isolation(self.config()) != "user":
+        """Under ``isolation="user"``, the sandbox's own uid (taken at its first start, kept across restarts) and
+        its environment's copy.  False: neither could be had, and its start failed (its record goes, unless it
+        was a restart)."""
+        if rec.isolation(self.config()) != "user":
             return True
         try:
-            if self.users is None:
-                self.users = UserPool(*self.config().sandbox_uids)
-                if hidden_interpreter():
-                    log.warning(
-                        "sandboxes with isolation='user' cannot read %s: they can import only the modules the "
-                        "runtime loaded before they switched uid (install Python where other users can read it)",
-                        hidden_interpreter(),
-                    )
-            rec.user = self.users.take()
+            if rec.user is None:
+                rec.user = self._new_user()
+            readable_environment(rec.user, rec.request.environment)  # copied here, where a failure fails the start
+        except OSError as exc:
+            rec.error = SandboxStartError(f"cannot copy the sandbox's environment for its uid: {exc}")
         except PluginHostError as exc:
-            rec.error, rec.action = exc, AdminAction.START_FAILED
-            self.root_gone(sandbox_id, rec)
-            return False
-        return True
+            rec.error = exc
+        else:
+            return True
+        rec.action = AdminAction.START_FAILED
+        self.root_gone(sandbox_id, rec)
+        return False
+
+    def _new_user(self) -> m.SandboxUser:
+        """A uid from the pool (made, with one warning should the uids not read the interpreter, at first use).
+
+        Raises:
+            ConfigError: the pool's folder is not root's alone.
+            LimitExceededError: the range is used up.
+        """
+        if self.users is None:
+            self.users = UserPool(*self.config().sandbox_uids)
+            hidden = hidden_interpreter()
+            if hidden:
+                log.warning(
+                    "sandboxes with isolation='user' cannot read %s: they can import only the modules the "
+                    "runtime loaded before they switched uid (install Python where other users can read it)",
+                    hidden,
+                )
+        return self.users.take()
 
     def _release_user(self, rec: SandboxRecord) -> None:
         """Its record goes: so does its uid (its processes are gone or being killed)."""

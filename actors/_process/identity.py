@@ -16,13 +16,16 @@ under ``state_dir`` (``0700``, root's) where the sandbox cannot reach them.  Not
 is loosened: the sandbox reads no file of the host (its code comes in its start message).
 
 The sandbox's side is :func:`become`, which the root calls once, after it took its key and joined its
-control group and before any plugin code: it points every file descriptor it inherited from the admin
-at ``/dev/null`` (the registry's database among them), then ``setgroups([])``, ``setgid``, ``setuid``;
-the capabilities go with the uid (see :func:`actors._process.hardening.drop_privileges`).
+control group and before any plugin code: it points every regular file and every socket it inherited
+from the admin at ``/dev/null`` (the registry's database, the host's listening sockets), then
+``setgroups([])``, ``setgid``, ``setuid``; the capabilities go with the uid (see
+:func:`actors._process.hardening.drop_privileges`).  What it reads of the host's installation later
+(activating an environment) it reads before: the uid may not read a Python under a ``0700`` home.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import grp
@@ -37,7 +40,7 @@ from pathlib import Path
 import psutil
 
 from plugin_host.deps import read_runtime_metadata
-from plugin_host.errors import ConfigError, LimitExceededError
+from plugin_host.errors import ConfigError, DependencyError, LimitExceededError
 
 from .._messages import SandboxUser
 
@@ -251,7 +254,10 @@ def become(user: SandboxUser) -> None:
     Raises:
         OSError: the kernel refused, or the ids did not all change.
     """
-    read_runtime_metadata()  # what activating its environment reads of the host's installation, while it may
+    try:
+        read_runtime_metadata()  # what activating an environment reads of the host's installation, while it may
+    except DependencyError:
+        pass  # no packaging library: only an environment needs it, and its activation says so then
     _close_inherited_files()
     os.setgroups([])
     os.setresgid(user.gid, user.gid, user.gid)
@@ -260,8 +266,6 @@ def become(user: SandboxUser) -> None:
         raise OSError(errno.EPERM, f"the switch to uid {user.uid} did not hold")
     # A change of credentials clears the parent-death signal: set it again (and the parent may be gone).
     parent = os.getppid()
-    import ctypes
-
     if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:
