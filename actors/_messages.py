@@ -13,6 +13,7 @@ from plugin_host.messages import Blob, Call, Cast, Request
 from plugin_host.values import AuditRecord, ChildInfo
 
 __all__ = [
+    "SandboxUser",
     "SandboxContext",
     "StartChild",
     "Started",
@@ -53,6 +54,18 @@ __all__ = [
 
 
 @attrs.frozen
+class SandboxUser:
+    """The uid a sandbox runs as (``isolation="user"``, see :mod:`actors._process.identity`), and its folders."""
+
+    uid: int
+    gid: int
+    home: str
+    """``USERS_DIR/uid-<uid>``: root's, group ``gid``, ``0750`` (the environment copies are in it)."""
+    scratch: str
+    """The sandbox's own writable folder (``HOME``, ``TMPDIR``, working directory)."""
+
+
+@attrs.frozen
 class SandboxContext:
     """What every actor of a sandbox needs to know about it."""
 
@@ -65,6 +78,9 @@ class SandboxContext:
     limits: ResourceLimits = ResourceLimits()
     security_profile: str = "standard"
     """``restricted``, ``standard`` or ``permissive``: what the runtime audit does."""
+    user: SandboxUser | None = None
+    """``isolation="user"``: the uid its root switches to before any plugin code (every process of the
+    sandbox runs as it); None: the host's own uid."""
 
 
 @attrs.frozen

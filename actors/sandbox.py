@@ -39,6 +39,7 @@ from ._code.codeswap import local_environment
 from ._code.reload import RootReload
 from ._process.cgroup import SandboxGroup, seal
 from ._process.hardening import drop_privileges, new_process_group
+from ._process.identity import become
 from ._process.limits import apply_rlimits, check_rlimits
 from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
 from ._spec import Supervisor, bare_plugin_supervisor
@@ -154,6 +155,7 @@ class SandboxActor(SupervisorActor):
             if self.multiprocess:  # under simpleSystemBase this is the host's own process
                 _join_group(msg.context.sandbox_id, msg.group)
                 _contain(msg.context.limits)
+                _give_up_privileges(msg.context.user)
             environment = local_environment(msg.environment, msg.packages)
             if environment:
                 activate_environment(environment)  # inherited by every actor forked from here
@@ -472,19 +474,28 @@ def _join_group(sandbox_id: str, group: dict[str, str] | None) -> None:
 
 
 def _contain(limits: ResourceLimits) -> None:
-    """Before the root's first plugin code: limits it cannot lift, and no privileges; every process of
-    the sandbox is forked from here and inherits both.
+    """Before the root's first plugin code: limits it cannot lift (its privileges go next, in
+    :func:`_give_up_privileges`); every process of the sandbox is forked from here and inherits them.
 
     Raises:
         ConfigError: a limit that cannot be applied here.
-        SandboxStartError: the kernel refused to drop the privileges.
     """
     check_rlimits(limits)
+    apply_rlimits(limits)
+
+
+def _give_up_privileges(user: m.SandboxUser | None) -> None:
+    """Before the root's first plugin code, after its key and its control group: no capability, and, with
+    ``isolation="user"``, the sandbox's own uid (:mod:`actors._process.identity`); every process of the
+    sandbox is forked from here and inherits both.
+
+    Raises:
+        SandboxStartError: the kernel refused to drop the privileges or to switch the uid.
+    """
     try:
-        drop_privileges()
+        drop_privileges(None if user is None else lambda: become(user))
     except OSError as exc:
         raise SandboxStartError(f"cannot drop the host's privileges: {exc}") from None
-    apply_rlimits(limits)
 
 
 def _tree_names(spec: type[Supervisor]) -> list[str]:

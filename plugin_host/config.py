@@ -24,6 +24,9 @@ __all__ = [
     "ResourceLimits",
     "SUPPORTED_BASES",
     "SECURITY_PROFILES",
+    "ISOLATION_MODES",
+    "SANDBOX_UIDS",
+    "check_isolation",
     "PLUGIN_VALUES",
     "CONTROL_GROUPS",
     "NODE_CAPABILITY",
@@ -38,6 +41,13 @@ SUPPORTED_BASES = ("multiprocTCPBase", "simpleSystemBase")
 
 SECURITY_PROFILES = ("restricted", "standard", "permissive")
 """Names of the security profiles, strictest first."""
+
+ISOLATION_MODES = ("process", "user")
+"""What ``isolation`` accepts: ``"process"`` (a process group of the host's own uid) or ``"user"`` (a uid of
+the sandbox's own, see ``HostConfig.isolation``)."""
+
+SANDBOX_UIDS = (61184, 65519)
+"""The default ``HostConfig.sandbox_uids``: systemd's ``DynamicUser`` range."""
 
 RESERVED_CAPABILITY_PREFIX = "plugin_host."
 NODE_CAPABILITY = "plugin_host.node"
@@ -252,6 +262,38 @@ def _check_profile(instance: object, attribute: attrs.Attribute, value: object) 
         )
 
 
+def check_isolation(value: object) -> str:
+    """``value`` if it is one of :data:`ISOLATION_MODES`.
+
+    Raises:
+        ConfigError: it is not (``field="isolation"``).
+    """
+    if not isinstance(value, str) or value not in ISOLATION_MODES:
+        raise ConfigError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {value!r}", field="isolation")
+    return value
+
+
+def _check_isolation(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    check_isolation(value)
+
+
+def _to_uid_range(value: Any) -> tuple[int, int]:
+    """``(first, last)`` from a pair of ints, or from ``"first-last"`` (the environment variable)."""
+    if isinstance(value, str):
+        parts = value.split("-")
+        pair: Any = [int(p) if p.isascii() and p.isdigit() else None for p in parts] if len(parts) == 2 else None
+    else:
+        pair = list(value) if isinstance(value, (list, tuple)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) for n in pair):
+        raise ConfigError(f"sandbox_uids must be (first, last), got {value!r}", field="sandbox_uids")
+    first, last = pair
+    if not 0 < first <= last < 2**31 - 1:
+        raise ConfigError(
+            f"sandbox_uids must be two uids with 0 < first <= last < 2**31 - 1, got {value!r}", field="sandbox_uids"
+        )
+    return first, last
+
+
 def _check_leader(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is None:
         return
@@ -389,6 +431,18 @@ class HostConfig:
         default=_from_env("security_profile", str, lambda: "standard"), validator=_check_profile
     )
     """Default security profile: ``restricted``, ``standard`` or ``permissive``."""
+    isolation: str = attrs.field(default=_from_env("isolation", str, lambda: "process"), validator=_check_isolation)
+    """Default isolation of a sandbox (``create_sandbox(isolation=...)`` overrides it): ``"process"``, its own
+    process group and the host's uid; ``"user"``, a uid of its own from ``sandbox_uids``, which every process
+    of the sandbox runs as (see ``actors._process.identity``).  ``"user"`` needs a host running as root (or
+    with ``CAP_SETUID``, ``CAP_SETGID`` and ``CAP_CHOWN``): without, ``create_sandbox`` raises
+    ``ConfigError``."""
+    sandbox_uids: tuple[int, int] = attrs.field(
+        default=_from_env("sandbox_uids", _to_uid_range, lambda: SANDBOX_UIDS), converter=_to_uid_range
+    )
+    """The uids (first, last; each also the sandbox's gid) given to ``isolation="user"`` sandboxes, one per
+    sandbox, never one a passwd or group entry names, a running process holds or another host holds.  The
+    environment variable holds ``first-last``."""
     heartbeat_interval: float = attrs.field(
         default=_from_env("heartbeat_interval", float, lambda: 1.0), validator=_positive_required
     )

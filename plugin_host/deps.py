@@ -45,6 +45,7 @@ __all__ = [
     "MARKER_NAME",
     "activate_environment",
     "check_conflicts",
+    "read_runtime_metadata",
     "environment_key",
     "environment_requirements",
     "prepare_environment",
@@ -402,7 +403,18 @@ def _top_level_names(folder: Path) -> set[str]:
     return names
 
 
+def read_runtime_metadata() -> None:
+    """Read now what :func:`activate_environment` needs of the host's own installation (plugin-host's
+    dependencies, the ``packaging`` library): a sandbox root does so before it switches to a uid of its own,
+    which may not be allowed to read that installation (a Python under a ``0700`` home)."""
+    _packaging("requirements")
+    _packaging("utils")
+    _runtime_closure()
+
+
 def _evictable(names: set[str]) -> set[str]:
+    if not names:  # nothing the environment provides is loaded: no metadata to read
+        return set()
     mapping = importlib.metadata.packages_distributions()
     runtime = _runtime_closure()
     return {

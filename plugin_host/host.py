@@ -15,7 +15,7 @@ from ._client.channel import AdminChannel, connect, unwrap
 from ._client.code import CodeOps
 from ._client.events import EventListener, Subscription
 from ._client.system import ActorSystemHandle
-from .config import HostConfig, ResourceLimits
+from .config import HostConfig, ResourceLimits, check_isolation
 from .errors import (
     CallTimeoutError,
     HostStartError,
@@ -175,6 +175,7 @@ class Host:
         security_profile: str | None = None,
         requirements: Mapping[str, Any] | None = None,
         restart_elsewhere: bool = False,
+        isolation: str | None = None,
     ) -> SandboxInfo:
         """Create a sandbox and wait until every actor of its tree runs.
 
@@ -192,8 +193,13 @@ class Host:
                 of the convention that does (``SandboxInfo.node`` says which).
             restart_elsewhere: when the member it runs on is lost, start it again, from its
                 current code, on another capable member (default: it stays ``lost``).
+            isolation: ``"process"`` or ``"user"``, a uid of its own for every process of the sandbox
+                (default ``HostConfig.isolation``; see there).
 
         Raises:
+            ConfigError: a bad ``isolation``, or ``"user"`` where this host cannot switch uids (not root,
+                on another system of the convention, or ``simpleSystemBase``).
+            LimitExceededError: every uid of ``HostConfig.sandbox_uids`` is taken.
             SandboxExistsError: the id is taken.
             CompilationError: a module of the folder does not compile.
             SecurityViolationError: the ``restricted`` profile's scan found something.
@@ -203,6 +209,8 @@ class Host:
             BadRequestError: a malformed argument (e.g. the id).
             NoCapableNodeError: no system of the convention offers ``requirements``.
         """
+        if isolation is not None:
+            check_isolation(isolation)
         environment = None
         if sandbox_path is not None and os.path.isdir(sandbox_path):
             # Syntax and the security scan here, in the caller (cached): the admin only reads the folder.
@@ -220,6 +228,8 @@ class Host:
         )
         if environment is not None:
             request = attrs.evolve(request, environment=str(environment))
+        if isolation is not None:
+            request = attrs.evolve(request, isolation=isolation)
         if request.sandbox_path is not None:
             self._code.sandbox_paths[sandbox_id] = request.sandbox_path
         timeout = self.config.start_timeout + self._stop_wait()

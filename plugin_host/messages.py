@@ -180,6 +180,8 @@ class CreateSandbox(Request[SandboxInfo]):
     """Capabilities the actor system running the sandbox must offer (Thespian's capability check)."""
     restart_elsewhere: bool = False
     """When its system is lost, start the sandbox again on another capable one."""
+    isolation: str | None = None
+    """``"process"`` or ``"user"`` (a uid of its own); ``None``: the host's ``HostConfig.isolation``."""
 
 
 @attrs.frozen(kw_only=True)

@@ -81,6 +81,10 @@ class SandboxInfo:
     security_profile: str = "standard"
     """The profile it runs under (its own, else the host's default): every create, reload and rollback
     of its code is scanned with it."""
+    isolation: str = "process"
+    """``"process"`` (the host's uid) or ``"user"`` (its own uid): its own, else the host's default."""
+    uid: int | None = None
+    """The uid every process of the sandbox runs as under ``isolation="user"``; None under ``"process"``."""
 
 
 @attrs.frozen

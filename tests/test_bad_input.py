@@ -483,6 +483,21 @@ def _expected_path(value: Any) -> Any:
         return INVALID
 
 
+def _expected_uid_range(value: Any) -> Any:
+    """What ``HostConfig(sandbox_uids=value)`` holds: a pair of ints (or ``"first-last"`` of ASCII digits) with
+    ``0 < first <= last < 2**31 - 1``."""
+    if isinstance(value, str):
+        parts = value.split("-")
+        if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+            return INVALID
+        value = tuple(int(p) for p in parts)
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return INVALID
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in value):
+        return INVALID
+    return tuple(value) if 0 < value[0] <= value[1] < 2**31 - 1 else INVALID
+
+
 def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any, set[str]]:
     """The oracle: what ``HostConfig(**{field: value})`` holds in ``field`` (``INVALID`` when it must raise),
     and the fields its ``ConfigError`` may name. Written from the README and the field docstrings."""
@@ -493,6 +508,10 @@ def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any,
         return (value if value in SECURITY_PROFILES else INVALID), {field}
     if field == "plugin_values":
         return (value if value in PLUGIN_VALUES else INVALID), {field}
+    if field == "isolation":
+        return (value if isinstance(value, str) and value in ("process", "user") else INVALID), {field}
+    if field == "sandbox_uids":
+        return _expected_uid_range(value), {field}
     if field == "admin_port":
         ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535)
         return (value if ok else INVALID), {field}

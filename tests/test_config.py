@@ -54,6 +54,8 @@ ENV_CASES: dict[str, tuple[str, Any, Any]] = {
         ResourceLimits(max_actors=2),
     ),
     "security_profile": ("restricted", "restricted", "permissive"),
+    "isolation": ("user", "user", "process"),
+    "sandbox_uids": ("70000-70009", (70000, 70009), (61184, 61190)),
     "heartbeat_interval": ("0.5", 0.5, 0.25),
     "hang_timeout": ("20", 20.0, 15.0),
     "shutdown_timeout": ("3", 3.0, 4.0),

@@ -33,9 +33,10 @@ import psutil
 from thespian.actors import ActorAddress, ActorExitRequest
 
 from plugin_host import codeload, lowlevel
-from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits
+from plugin_host.config import NODE_CAPABILITY, SECURITY_PROFILES, HostConfig, ResourceLimits, check_isolation
 from plugin_host.errors import (
     BadRequestError,
+    ConfigError,
     PluginHostError,
     SandboxExistsError,
     SandboxNotFoundError,
@@ -48,6 +49,7 @@ from plugin_host.values import SandboxInfo
 from .. import _messages as m
 from .._base import log
 from .._process.hardening import kill_group, process_alive
+from .._process.identity import UserPool, hidden_interpreter, readable_environment, refusal
 from .._process.tree import kill_descendants, kill_tree, leads_group_below
 from ..sandbox import SandboxActor
 from .events import Events
@@ -147,6 +149,8 @@ class Sandboxes:
         self.shutdown_waiters: list[Done] = []
         self.vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
         """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
+        self.users: UserPool | None = None
+        """The uids of ``isolation="user"`` sandboxes (made at the first one's start)."""
 
     # -- the one writer of a record's status ---------------------------------------------------
 
@@ -205,6 +209,7 @@ class Sandboxes:
             raise BadRequestError(f"security_profile must be one of {SECURITY_PROFILES}")
         if not isinstance(req.restart_elsewhere, bool):
             raise BadRequestError(f"restart_elsewhere must be a bool, got {req.restart_elsewhere!r}")
+        self._check_isolation(req)
         node = self.nodes.place(req.requirements)
         limits = self.config().limits if req.limits is None else ResourceLimits.from_mapping(req.limits)
         local = not node and self.port.multiprocess
@@ -227,8 +232,68 @@ class Sandboxes:
             group=group,
         )
 
+    def _check_isolation(self, req: CreateSandbox) -> None:
+        """Raises ConfigError: a bad ``isolation``, or ``"user"`` where this admin cannot give a sandbox its own uid
+        (never a silent fall back to the host's)."""
+        isolation = check_isolation(req.isolation or self.config().isolation)
+        if isolation != "user":
+            return
+        why = refusal()
+        if not self.port.multiprocess:
+            why = "isolation='user' needs multiprocTCPBase (under simpleSystemBase plugins run in the host's process)"
+        elif self.nodes.place(req.requirements):
+            why = "isolation='user' is for sandboxes on the host's own system, and its requirements place it elsewhere"
+        if why:
+            raise ConfigError(f"sandbox {req.sandbox_id!r}: {why}", field="isolation")
+
+    def _take_user(self, sandbox_id: str, rec: SandboxRecord) -> bool:
+        """Under ``isolation="user"``, the sandbox's own uid (taken at its first start, kept across restarts) and
+        its environment's copy.  False: neither could be had, and its start failed (its record goes, unless it
+        was a restart)."""
+        if rec.isolation(self.config()) != "user":
+            return True
+        try:
+            if rec.user is None:
+                rec.user = self._new_user()
+            readable_environment(rec.user, rec.request.environment)  # copied here, where a failure fails the start
+        except OSError as exc:
+            rec.error = SandboxStartError(f"cannot copy the sandbox's environment for its uid: {exc}")
+        except PluginHostError as exc:
+            rec.error = exc
+        else:
+            return True
+        rec.action = AdminAction.START_FAILED
+        self.root_gone(sandbox_id, rec)
+        return False
+
+    def _new_user(self) -> m.SandboxUser:
+        """A uid from the pool (made, with one warning should the uids not read the interpreter, at first use).
+
+        Raises:
+            ConfigError: the pool's folder is not root's alone.
+            LimitExceededError: the range is used up.
+        """
+        if self.users is None:
+            self.users = UserPool(*self.config().sandbox_uids)
+            hidden = hidden_interpreter()
+            if hidden:
+                log.warning(
+                    "sandboxes with isolation='user' cannot read %s: they can import only the modules the "
+                    "runtime loaded before they switched uid (install Python where other users can read it)",
+                    hidden,
+                )
+        return self.users.take()
+
+    def _release_user(self, rec: SandboxRecord) -> None:
+        """Its record goes: so does its uid (its processes are gone or being killed)."""
+        if rec.user is not None and self.users is not None:
+            self.users.release(rec.user.uid)
+            rec.user = None
+
     def start_root(self, sandbox_id: str, rec: SandboxRecord) -> None:
         """Start a root for the sandbox (a new incarnation, with a key of its own): -> STARTING."""
+        if not self._take_user(sandbox_id, rec):
+            return
         rec.principal = lowlevel.new_sandbox_principal(sandbox_id)
         if rec.node:  # Thespian places it: the pinned node's admin forks it there (and signs for its key)
             wanted = {
@@ -258,6 +323,7 @@ class Sandboxes:
             cfg.shutdown_timeout,
             rec.limits,
             rec.security_profile(cfg),
+            rec.user,
         )
         self.port.send(
             rec.root,
@@ -267,7 +333,9 @@ class Sandboxes:
                 rec.sources,
                 rec.request.args,
                 dict(rec.modules),
-                rec.request.environment,
+                rec.request.environment
+                if rec.user is None
+                else readable_environment(rec.user, rec.request.environment),
                 codeload.wire_checksums(rec.sources),
                 remote_packages(rec.node, rec.request.environment),
                 rec.principal.kid,
@@ -411,10 +479,12 @@ class Sandboxes:
             self.move(sandbox_id, rec, RecordStatus.FAILED, str(rec.error), answer=lambda: rec.error, quiet=True)
         elif rec.action in (AdminAction.DESTROY, AdminAction.START_FAILED):
             del self.records[sandbox_id]
+            self._release_user(rec)  # its processes are killed: a dying one keeps its uid out of the next take
             # Answered once its processes are gone (killed above, they end within milliseconds):
             # destroy_sandbox promises that no process of the sandbox runs when it returns.
             self._when_gone(pids, lambda: self._destroyed(sandbox_id, rec))
         elif rec.status == RecordStatus.STARTING and not rec.restarted:
+            self._release_user(rec)
             del self.records[sandbox_id]  # died while starting: as a failed start, the id is free again
             self._remove_group(rec)
             self.fire(
@@ -587,4 +657,6 @@ class Sandboxes:
             rec.reason,
             rec.pid,
             rec.security_profile(self.config()),
+            rec.isolation(self.config()),
+            None if rec.user is None else rec.user.uid,
         )

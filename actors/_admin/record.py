@@ -21,6 +21,7 @@ from plugin_host.scanning import check_sources, format_findings
 from plugin_host.states import AdminAction, EventKind, RecordStatus, SandboxStatus
 from plugin_host.values import AuditRecord, ChildInfo
 
+from .. import _messages as m
 from .._base import log
 from .._process.cgroup import SandboxGroup
 
@@ -150,12 +151,19 @@ class SandboxRecord:
     """Set when the admin gave the root up as lost (its system died, left or fell silent)."""
     principal: lowlevel.Principal | None = None
     """The key identity of the current root's incarnation (a new one each start)."""
+    user: m.SandboxUser | None = None
+    """Its own uid under ``isolation="user"`` (lifecycle: taken at its first start, kept across restarts,
+    given back when the record goes); None: the host's uid."""
     stopping: list[tuple[int, float]] = attrs.field(factory=list)
     """Its local processes when it was told to stop (pid, create time): a destroy answers once they end."""
     group: SandboxGroup | None = None
     """Its control group (lifecycle: made with the record, removed with it); None: it has none."""
     ended_by: str | None = None
     """Why the admin ended it itself (a whole-sandbox limit passed): the reason its ``failed`` status gives."""
+
+    def isolation(self, config: HostConfig) -> str:
+        """How it is isolated: its own ``isolation``, else the host's default."""
+        return self.request.isolation or config.isolation
 
     def security_profile(self, config: HostConfig) -> str:
         """The profile it runs under: its own, else the host's default."""

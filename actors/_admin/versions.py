@@ -32,6 +32,7 @@ from plugin_host.store import VersionStore
 from plugin_host.values import Artifact, ReloadResult
 
 from .. import _messages as m
+from .._process.identity import readable_environment
 from ..registry import OpenRegistry, RecordOutcome, RecordVersions, RegistryActor, RegistryQuery
 from .nodes import remote_packages
 from .record import AdminPort, Done, Emit, Probation, SandboxRecord, Sources, not_found, scan
@@ -286,7 +287,7 @@ class Versions:
                 versions,
                 handler,
                 timeout,
-                new_environment,
+                new_environment if rec.user is None else readable_environment(rec.user, new_environment),
                 {name: checksums[name] for name in changed},
                 remote_packages(rec.node, new_environment),
             ),

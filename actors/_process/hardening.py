@@ -28,6 +28,7 @@ import faulthandler
 import os
 import signal
 import sys
+from typing import Callable
 
 import psutil
 
@@ -121,8 +122,12 @@ def _prctl(libc: ctypes.CDLL, what: str, *args: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
 
 
-def drop_privileges() -> None:
+def drop_privileges(switch_user: Callable[[], None] | None = None) -> None:
     """Set ``no_new_privs`` and empty every capability set of this process, for good (see the module docstring).
+
+    ``switch_user`` (a sandbox with a uid of its own, :func:`actors._process.identity.become`) runs once the
+    bounding set is empty and before the other sets are: it still holds ``CAP_SETUID`` then, and the uid
+    change empties them too.
 
     Raises:
         OSError: the kernel refused; the caller must not run plugin code then.
@@ -135,6 +140,8 @@ def drop_privileges() -> None:
         for cap in range(cap_last_cap + 1):
             _prctl(libc, "PR_CAPBSET_DROP", _PR_CAPBSET_DROP, cap)
     _prctl(libc, "PR_CAP_AMBIENT_CLEAR_ALL", _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    if switch_user is not None:
+        switch_user()
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()  # version 3: two 32-bit halves, all zero
     if libc.capset(ctypes.byref(header), data) != 0:

@@ -1,0 +1,82 @@
+"""A plugin that tries what a sandbox run as its own user must not do (tests/test_isolation_user.py).
+
+Every attempt answers what happened (``"ok"`` or the error's repr) instead of raising, so one call
+reports the whole attempt.  ``os.kill`` sends signal 0: it checks the permission and harms nothing,
+even when the isolation it tests is missing.
+"""
+
+import ctypes
+import os
+import socket
+import tempfile
+
+from actors import Plugin
+
+TAG = "v1"
+_PTRACE_ATTACH, _PTRACE_DETACH = 16, 17
+
+
+def attempt(kind, arg):
+    """Try one thing; what happened."""
+    try:
+        if kind == "kill":
+            os.kill(arg, 0)
+        elif kind == "read":
+            with open(arg, "rb") as source:
+                source.read(16)
+        elif kind == "write":
+            with open(arg, "w") as target:
+                target.write("planted")
+        elif kind == "inherited":  # descriptors open on files under arg that this process can read through
+            found = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{name}").startswith(arg):
+                        os.pread(int(name), 16, 0)
+                        found.append(name)
+                except OSError:
+                    pass
+            return found
+        elif kind == "ptrace":  # attach (and at once detach, should it work)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.ptrace(_PTRACE_ATTACH, arg, None, None) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
+            libc.ptrace(_PTRACE_DETACH, arg, None, None)
+        elif kind == "listening":  # ports of the listening sockets this process holds
+            ports = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    held = socket.socket(fileno=os.dup(int(name)))
+                except OSError:
+                    continue
+                with held:
+                    if held.family == socket.AF_INET and held.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                        ports.append(held.getsockname()[1])
+            return ports
+        elif kind == "scratch":
+            fd, path = tempfile.mkstemp()
+            os.write(fd, b"mine")
+            os.close(fd)
+            return ("ok", path)
+        return "ok"
+    except OSError as exc:
+        return repr(exc)
+
+
+class Probe(Plugin):
+    """Answers who it runs as, and what each attempt gave."""
+
+    def init(self, args):
+        return 0
+
+    def handle_call(self, request, state):
+        if request == "who":
+            return {"pid": os.getpid(), "uid": os.getuid(), "tag": TAG, "count": state}, state
+        if request == "attempts":
+            return {"pid": os.getpid(), "tag": TAG}, state
+        kind, arg = request
+        return attempt(kind, arg), state
+
+    def handle_cast(self, message, state):
+        return state + message
