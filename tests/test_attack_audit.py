@@ -79,7 +79,7 @@ class Attack(Plugin):
 
     def switch_off(self, path):
         """Everything that switched the audit off before #15, then a write."""
-        audit = _attribute(importlib, "import_" + "module")("actors._process." + "audit")
+        audit = _attribute(importlib, "import_" + "module")("plugin_host._" + "audit")
         outcomes = []
         refused = 0
         for profile in ("permissive", "standard", "restricted"):  # whichever is this sandbox's
