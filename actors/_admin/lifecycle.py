@@ -480,6 +480,9 @@ class Sandboxes:
         elif rec.action in (AdminAction.DESTROY, AdminAction.START_FAILED):
             del self.records[sandbox_id]
             self._release_user(rec)  # its processes are killed: a dying one keeps its uid out of the next take
+            # Now, not once they are gone: the id is free at once, and a sandbox created again under it gets
+            # the same group directories, which a late removal would empty under it.
+            self._remove_group(rec)
             # Answered once its processes are gone (killed above, they end within milliseconds):
             # destroy_sandbox promises that no process of the sandbox runs when it returns.
             self._when_gone(pids, lambda: self._destroyed(sandbox_id, rec))
@@ -637,7 +640,11 @@ class Sandboxes:
             return  # a report about an earlier incarnation (a restart counts from zero): not this one's
         if rec.status == RecordStatus.RUNNING:
             rec.ended_by = reason
-            rec.group.kill()
+        elif rec.status == RecordStatus.STARTING and not rec.restarted:
+            rec.lost_reason = reason  # over its budget in its modules' top-level code: the create fails with it
+        else:
+            return
+        rec.group.kill()
 
     # -- queries ---------------------------------------------------------------------------
 
