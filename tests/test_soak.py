@@ -54,7 +54,7 @@ def run_calls(host: Host, total: int, offset: int, replies: dict[str, list[int]]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=180)  # a guard against a hang (each call has its own 10 s timeout), not a timing
     assert not any(thread.is_alive() for thread in threads), "a caller thread hung"
 
 
