@@ -437,7 +437,6 @@ class Sandboxes:
             rec.group = None
 
     def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:
-        self._remove_group(rec)
         self.fire(rec, rec.error if rec.action == AdminAction.START_FAILED else None)
         if rec.action == AdminAction.DESTROY:
             self.events.emit(EventKind.STOPPED, sandbox_id)
