@@ -6,7 +6,7 @@ import contextlib
 import logging
 import tempfile
 import traceback
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 from thespian.actors import ActorAddress, ActorTypeDispatcher
 
@@ -19,7 +19,7 @@ from plugin_host.values import AuditRecord
 from . import _messages as m
 from ._process.hardening import harden_process
 
-__all__ = ["Admission", "HostActor", "SandboxMember", "plugin_error", "describe_exception"]
+__all__ = ["Admission", "HostActor", "SandboxMember", "audit_process", "plugin_error", "describe_exception"]
 
 log = logging.getLogger("plugin_host.actors")
 
@@ -190,10 +190,7 @@ class SandboxMember(HostActor):
             PermissionError: the audit of this process was claimed already (by plugin code).
         """
         if self.multiprocess:
-            # Thespian's log evaluates tempfile.gettempdir() on its first line even when THESPLOG_FILE is
-            # set, and that probe creates files: let the runtime make it once, before any plugin code.
-            tempfile.gettempdir()
-            self._audit = audit.install(context.sandbox_id, context.security_profile, self._audited.append, readable)
+            self._audit = audit_process(context, self._audited.append, readable)
 
     def allow_reading(self, folder: str) -> None:
         """Plugin code of this process may read ``folder`` under ``restricted`` (a reload's new environment)."""
@@ -247,6 +244,20 @@ def _is_thespian_system_message(message: object) -> bool:
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` for logs and reasons."""
     return f"{type(exc).__qualname__}: {exc}"
+
+
+def audit_process(
+    context: m.SandboxContext, emit: Callable[[AuditRecord], None], readable: Iterable[str] = ()
+) -> audit.AuditControl:
+    """Audit this process for ``context``'s sandbox and profile, before any plugin code runs in it.
+
+    Raises:
+        PermissionError: the audit of this process was claimed already (by plugin code).
+    """
+    # Thespian's log evaluates tempfile.gettempdir() on its first line even when THESPLOG_FILE is
+    # set, and that probe creates files: let the runtime make it once, before any plugin code.
+    tempfile.gettempdir()
+    return audit.install(context.sandbox_id, context.security_profile, emit, readable)
 
 
 def plugin_error(exc: BaseException, actor: str) -> PluginHostError:

@@ -9,17 +9,15 @@ profile, whose records join the sandbox's audit log as a worker's do.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any, Callable
 
 from thespian.actors import ActorAddress, ActorExitRequest
 
-from plugin_host.lowlevel import audit
 from plugin_host.messages import Failed, Ok, Run, pack
 from plugin_host.values import AuditRecord
 
 from . import _messages as m
-from ._base import HostActor, plugin_error
+from ._base import HostActor, audit_process, plugin_error
 from ._process.limits import CpuBudget, apply_rlimits
 
 __all__ = ["RunnerActor", "RUN_ACTOR"]
@@ -52,7 +50,6 @@ class RunnerActor(HostActor):
             return pack(run.fn.load()())
         apply_rlimits(context.limits)
         budget = CpuBudget(context.limits.call_cpu_budget_ms, RUN_ACTOR)
-        tempfile.gettempdir()  # the runtime's probe (it creates files), made before any plugin code
-        control = audit.install(context.sandbox_id, context.security_profile, emit)
+        control = audit_process(context, emit)
         with budget.running(), control.plugin_code(RUN_ACTOR):
             return pack(run.fn.load()())
