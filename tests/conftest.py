@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
+import attrs
 import psutil
 import pytest
 
@@ -119,3 +120,12 @@ def eventually(condition, timeout: float = 10.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+@attrs.frozen
+class Scene:
+    """A module-scoped host and its folders: ``base`` (the module's private folder) and its ``state_dir``."""
+
+    host: Host
+    base: Path
+    state_dir: Path

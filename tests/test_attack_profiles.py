@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import attrs
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, Scene
 
 from plugin_host import Host, HostConfig
 from plugin_host import messages as msgs
@@ -35,15 +35,6 @@ EVIL = CLEAN.replace("from actors import Plugin", "import subprocess\nfrom actor
 EVIL_LINE = 3
 ADMIN_SAYS = "sandbox {!r} runs under the restricted profile"
 """How the admin's refusal begins (the host's compile says only what it found)."""
-
-
-@attrs.frozen
-class Scene:
-    """The module's host and its folders."""
-
-    host: Host
-    base: Path
-    state_dir: Path
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import attrs
 import pytest
-from conftest import sample
+from conftest import Scene, sample
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -55,15 +55,6 @@ SANDBOX = "c"
 
 
 # -- the module's host and its surroundings -------------------------------------------------
-
-
-@attrs.define
-class Scene:
-    """The module's host, its state folder, and the folders that must not change."""
-
-    host: Host
-    base: Path
-    state_dir: Path
 
 
 @pytest.fixture(scope="module")
