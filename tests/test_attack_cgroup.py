@@ -352,3 +352,24 @@ def test_a_plugin_cannot_leave_its_group_nor_write_another_groups_files(config: 
             assert host.call("a", "cgrouper", ("write", str(path), text)) == "OSError: Read-only file system"
         assert group_of(worker) == mine
         assert (theirs / "pids.max").read_text().strip() == "50"
+
+
+def test_a_kernel_oom_kill_at_the_groups_memory_limit_is_a_limit_breached_event(config: HostConfig) -> None:
+    """Five forked children of 30 MiB each, allocated at once and gone before the monitor judges a stray
+    (its grace), pass the group's memory limit (charge + ``max_memory_mb=40`` + 64 MiB) before the monitor
+    sees them: the kernel's OOM killer ends one, and the host emits ``limit_breached`` for ``max_memory_mb``
+    with the sandbox's id and a reason naming the OOM killer, as the monitor does for its own kills."""
+    with Host(config, monitor_interval=0.1) as host:
+        events = events_of(host)
+        host.create_sandbox("oom", "cgrouper:Root", sandbox_path=CGROUP, limits=ResourceLimits(max_memory_mb=40))
+        statuses = host.call("oom", "cgrouper", ("hog", 5, 30, 0.5), timeout=30)
+        assert -signal.SIGKILL in statuses  # the kernel's kill (the monitor leaves strays alone for 1 s)
+        breach = None
+        deadline = time.monotonic() + 10
+        while breach is None and time.monotonic() < deadline:
+            event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            if event.kind == "limit_breached" and "OOM killer" in event.reason:
+                breach = event
+        assert breach is not None and breach.sandbox_id == "oom"
+        assert breach.details["limit"] == "max_memory_mb" and breach.details["maximum"] == 40
+        assert host.get_sandbox_info("oom").status == "running"  # a stray's end is no actor's crash

@@ -14,7 +14,8 @@ Limits, from the sandbox's :class:`~plugin_host.config.ResourceLimits` (see the 
 * memory: no group limit until the tree runs, then the group's charge at that moment plus
   ``max_memory_mb`` plus :data:`MEMORY_SLACK_MB` (a backstop behind the monitor, which enforces
   ``max_memory_mb`` itself and reports the breach; the charge holds the runtime's own footprint, about
-  10 MiB per process here, which ``max_memory_mb`` does not count);
+  10 MiB per process here, which ``max_memory_mb`` does not count); a kill of the kernel's OOM killer
+  at it is the monitor's to report (``limit_breached``, from the group's ``memory.oom_control``);
 * ``max_cpu_seconds``: the group's CPU time, dead processes included, is the monitor's to check.
 
 A group the kill cannot empty (a process of it frozen in another freezer group, or stuck in the kernel)

@@ -200,6 +200,10 @@ class SandboxGroup:
         """Memory charged to the group now (resident pages and page cache)."""
         return _read_int(self.dirs["memory"] / "memory.usage_in_bytes")
 
+    def memory_limit_bytes(self) -> int:
+        """The group's memory limit now (the kernel's "no limit" is a huge number)."""
+        return _read_int(self.dirs["memory"] / "memory.limit_in_bytes")
+
     def cpu_seconds(self) -> float | None:
         """CPU time the group's processes have used, the dead ones included (None: no ``cpuacct``)."""
         if "cpuacct" not in self.dirs:
