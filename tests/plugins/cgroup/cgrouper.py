@@ -75,5 +75,21 @@ class Cgrouper(Plugin):
         return os.getpid(), state
 
 
+class SlowStarter(Plugin):
+    """Burns ``args`` seconds of CPU in ``init`` (a sandbox past its CPU budget while it starts); any call: its pid."""
+
+    def init(self, args):
+        end = time.process_time() + args
+        while time.process_time() < end:
+            pass
+
+    def handle_call(self, request, state):
+        return os.getpid(), state
+
+
 class Root(Supervisor):
     children = [ChildSpec("cgrouper", Cgrouper)]
+
+
+class BurnAtStart(Supervisor):
+    children = [ChildSpec("starter", SlowStarter, args=1.5)]
