@@ -424,3 +424,39 @@ def test_a_sandbox_past_its_cpu_budget_while_starting_fails_its_create_leaving_n
         assert host.list_sandboxes() == []
         group = SandboxGroup.existing(SUPPORT, host_key(config), "slow")
         assert not any(directory.exists() for directory in group.dirs.values())
+
+
+def test_a_destroyed_sandboxs_group_the_kill_cannot_empty_is_logged_kept_and_removed_once_empty(
+    config: HostConfig, marker: str
+) -> None:
+    """A process of a sandbox the kill cannot end (the plugin started it; the test freezes it in a trap freezer
+    group, so its SIGKILL waits, while it stays in the sandbox's other hierarchies): destroy still returns, but
+    the admin logs its pid at error level and keeps the group, a create under the id fails with
+    ``ConfigError`` naming it rather than share the group, and once the process is gone the admin's tick
+    removes the group and the id is usable again."""
+    assert isinstance(SUPPORT, Support)
+    if "freezer" not in SUPPORT.bases:
+        pytest.skip("no freezer hierarchy to trap a process in")
+    trap = SUPPORT.bases["freezer"] / f"trap-{marker}"
+    group = SandboxGroup.existing(SUPPORT, host_key(config), "stuck")
+    with Host(config) as host:
+        log = Path(host.config.state_dir) / "logs" / f"actors-{host.admin_port}.log"
+        host.create_sandbox("stuck", "cgrouper:Root", sandbox_path=CGROUP)
+        stuck = host.call("stuck", "cgrouper", ("bomb", marker, 30, 0))  # one process, no forks
+        trap.mkdir()
+        try:
+            (trap / "cgroup.procs").write_text(str(stuck))  # out of the group's freezer directory only
+            (trap / "freezer.state").write_text("FROZEN")
+            host.destroy_sandbox("stuck")
+            assert group.pids() == {stuck}
+            assert eventually(lambda: f"still holds processes [{stuck}]" in log.read_text())
+            assert "ERROR" in next(line for line in log.read_text().splitlines() if "still holds processes" in line)
+            with pytest.raises(ConfigError, match=str(stuck)):
+                host.create_sandbox("stuck", "cgrouper:Root", sandbox_path=CGROUP)
+        finally:
+            (trap / "freezer.state").write_text("THAWED")  # its pending SIGKILL ends it
+            assert eventually(lambda: not pid_alive(stuck))
+            trap.rmdir()
+        assert eventually(lambda: not any(directory.exists() for directory in group.dirs.values()))
+        host.create_sandbox("stuck", "cgrouper:Root", sandbox_path=CGROUP)
+        assert host.call("stuck", "cgrouper", "pid")

@@ -178,9 +178,10 @@ class Groups:
         self.stuck[_name(group)] = group
 
     def retry(self) -> None:
-        """Kill and remove again each group the kill could not empty (the admin's tick); say when one is gone."""
+        """Kill and remove again each group the kill could not empty (the admin's tick: one round each, so that
+        a process stuck for long costs the admin a few system calls a tick); say when one is gone."""
         for name, group in list(self.stuck.items()):
-            if not group.remove():
+            if not group.remove(rounds=1):
                 del self.stuck[name]
                 log.warning("the control group %s is empty at last and removed", name)
 

@@ -224,17 +224,17 @@ class SandboxGroup:
         fields = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
         return int(fields.get("oom_kill", 0))
 
-    def kill(self) -> set[int]:
+    def kill(self, rounds: int = _KILL_ROUNDS) -> set[int]:
         """SIGKILL every process in the group until none is left (frozen first where a freezer is mounted,
         so that a process forking in a loop cannot outrun the kill); returns the pids still in it after
-        :data:`_KILL_ROUNDS` rounds (empty: the group is empty; not: a process the kill cannot end, such
+        ``rounds`` rounds (empty: the group is empty; not: a process the kill cannot end, such
         as one frozen in another freezer group, or one in uninterruptible sleep).
 
         Each round reads the group's pids again and signals each through a pidfd opened before a second
         read: a pid that ended and was reused by a process outside the group between the reads is not
         listed by the second, and one reused after its pidfd was opened is not the pidfd's process.  So a
         kill never hits a process outside the group, with or without a freezer."""
-        for _ in range(_KILL_ROUNDS):
+        for _ in range(rounds):
             pids = self.pids()
             if not pids:
                 return set()
@@ -276,11 +276,11 @@ class SandboxGroup:
             return False
         return True
 
-    def remove(self) -> set[int]:
-        """Kill what is left and remove the group's directories (and the host's, once empty); returns the
-        pids :meth:`kill` could not end (empty: removed).  A group that still holds processes is left in
-        place, directories and all, for the caller to report and to try again."""
-        left = self.kill()
+    def remove(self, rounds: int = _KILL_ROUNDS) -> set[int]:
+        """Kill what is left (``rounds`` of :meth:`kill`) and remove the group's directories (and the host's,
+        once empty); returns the pids the kill could not end (empty: removed).  A group that still holds
+        processes is left in place, directories and all, for the caller to report and to try again."""
+        left = self.kill(rounds)
         if left:
             return left
         for directory in self.dirs.values():
