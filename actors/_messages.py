@@ -393,6 +393,8 @@ class Sample:
     whole_sandbox: bool = False
     """The limit is the whole sandbox's and stays passed (its group's lifetime CPU): the admin ends the
     sandbox as ``failed``."""
+    reason: str = ""
+    """What the event says, where not the limit passed by the value (the kernel's OOM killer acted, say)."""
 
 
 @attrs.frozen(kw_only=True)

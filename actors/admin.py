@@ -210,6 +210,7 @@ class AdminActor(HostActor):
                 lambda: self.events.count_deadlines(now),
                 lambda: self.nodes.ping(now),
                 self.events.report_rejections,
+                self.groups.retry,
             ):
                 try:
                     duty()

@@ -11,7 +11,8 @@ is killed, then the next; a process whose CPU time passed ``max_cpu_seconds`` is
 the kernel's RLIMIT_CPU backstop does), or, for a sandbox with a control group, the whole sandbox's
 CPU time (the group's, dead processes included) is checked against it: past it the process that
 burned most is killed and the admin ends the sandbox.  The admin turns each kill into a ``limit_breached``
-event.  It also answers resource-usage queries.
+event, and so each kill of the kernel's OOM killer in a sandbox's control group (its memory backstop).
+It also answers resource-usage queries.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class _Watched:
     """The sandbox's control group: its lifetime CPU is what ``max_cpu_seconds`` is checked against."""
     over: bool = False
     """Its whole-sandbox CPU budget is spent and was reported (once: the admin ends the sandbox)."""
+    oom_kills: int | None = None
+    """The group's count of the kernel's OOM kills when last read (None: not read yet for this root)."""
 
 
 @attrs.frozen
@@ -124,10 +127,13 @@ class MonitorActor(HostActor):
                 del pids["(root)"]
             # a root already gone stays: the next round reports it (RootGone), and kills no group for it
         entry = self.watched.setdefault(msg.sandbox_id, _Watched(pids, msg.limits))
-        if entry.pids.get("(root)") != pids.get("(root)"):
+        new_root = entry.pids.get("(root)") != pids.get("(root)")
+        if new_root:
             entry.over = False  # a new root: its group's CPU counts from zero again
         entry.pids, entry.limits = pids, msg.limits
         entry.group = SandboxGroup.at(msg.group) if msg.group else None
+        if new_root or entry.oom_kills is None:  # the group outlives a restart: count this root's kills only
+            entry.oom_kills = entry.group.oom_kills() if entry.group is not None else None
         if self.multiprocess and not self._ticking:
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
@@ -176,6 +182,7 @@ class MonitorActor(HostActor):
         now = time.time()
         for sandbox_id, entry in list(self.watched.items()):
             figures = {name: self._sample(pid) for name, pid in entry.pids.items()}
+            self._report_oom_kills(sandbox_id, entry, figures)
             if "(root)" in figures and figures["(root)"] is None:
                 self._root_gone(sandbox_id, entry)
                 continue
@@ -192,6 +199,29 @@ class MonitorActor(HostActor):
         if self.watched:
             self._ticking = True
             self.wakeupAfter(timedelta(seconds=self.interval))
+
+    def _report_oom_kills(self, sandbox_id: str, entry: _Watched, figures: dict[str, _Figures | None]) -> None:
+        """The kernel's OOM killer ended processes of the sandbox at its group's memory limit (the backstop
+        behind ``max_memory_mb``, hit before this monitor saw the growth): one ``limit_breached`` for
+        ``max_memory_mb`` saying so, naming an actor gone since (else none: a process the plugin forked).
+        The process is gone already; its supervisor handles an actor's end as any crash."""
+        if entry.group is None or entry.oom_kills is None:
+            return
+        count = entry.group.oom_kills()
+        killed, entry.oom_kills = count - entry.oom_kills, count
+        if killed <= 0:
+            return
+        limit_mb = round(entry.group.memory_limit_bytes() / _MiB, 1)
+        gone = sorted(name for name, sample in figures.items() if sample is None)
+        reason = (
+            f"max_memory_mb: the kernel's OOM killer ended {killed} process(es) of the sandbox at its control "
+            f"group's memory limit of {limit_mb} MiB (max_memory_mb {entry.limits.max_memory_mb} plus the "
+            "runtime's charge and slack)"
+        )
+        maximum = entry.limits.max_memory_mb or 0.0
+        self.send(
+            self.admin, m.Sample(sandbox_id, gone[0] if gone else "", "max_memory_mb", limit_mb, maximum, reason=reason)
+        )
 
     def _root_gone(self, sandbox_id: str, entry: _Watched) -> None:
         """The root is gone: end what its plugin may have forked, say so (on another system this may be the

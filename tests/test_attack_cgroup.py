@@ -14,6 +14,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,12 +23,12 @@ from typing import Iterator
 import attrs
 import psutil
 import pytest
-from conftest import eventually, processes_naming
+from conftest import eventually, pid_alive, processes_naming
 
 from actors._admin.groups import host_key
 from actors._process.cgroup import SandboxGroup, Support, support
 from plugin_host import Event, Host, HostConfig, ResourceLimits
-from plugin_host.errors import ConfigError, PluginError, SandboxNotFoundError
+from plugin_host.errors import ConfigError, PluginError, SandboxNotFoundError, SandboxStartError
 
 SUPPORT = support()
 pytestmark = pytest.mark.skipif(isinstance(SUPPORT, str), reason=str(SUPPORT))
@@ -352,3 +353,110 @@ def test_a_plugin_cannot_leave_its_group_nor_write_another_groups_files(config: 
             assert host.call("a", "cgrouper", ("write", str(path), text)) == "OSError: Read-only file system"
         assert group_of(worker) == mine
         assert (theirs / "pids.max").read_text().strip() == "50"
+
+
+def test_a_kernel_oom_kill_at_the_groups_memory_limit_is_a_limit_breached_event(config: HostConfig) -> None:
+    """Five forked children of 30 MiB each, allocated at once and gone before the monitor judges a stray
+    (its grace), pass the group's memory limit (charge + ``max_memory_mb=40`` + 64 MiB) before the monitor
+    sees them: the kernel's OOM killer ends one, and the host emits ``limit_breached`` for ``max_memory_mb``
+    with the sandbox's id and a reason naming the OOM killer, as the monitor does for its own kills."""
+    with Host(config, monitor_interval=0.1) as host:
+        events = events_of(host)
+        host.create_sandbox("oom", "cgrouper:Root", sandbox_path=CGROUP, limits=ResourceLimits(max_memory_mb=40))
+        statuses = host.call("oom", "cgrouper", ("hog", 5, 30, 0.5), timeout=30)
+        assert -signal.SIGKILL in statuses  # the kernel's kill (the monitor leaves strays alone for 1 s)
+        breach = None
+        deadline = time.monotonic() + 10
+        while breach is None and time.monotonic() < deadline:
+            event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            if event.kind == "limit_breached" and "OOM killer" in event.reason:
+                breach = event
+        assert breach is not None and breach.sandbox_id == "oom"
+        assert breach.details["limit"] == "max_memory_mb" and breach.details["maximum"] == 40
+        assert host.get_sandbox_info("oom").status == "running"  # a stray's end is no actor's crash
+
+
+def test_a_sandbox_created_again_under_its_id_while_the_old_one_dies_keeps_its_own_group(
+    config: HostConfig, marker: str
+) -> None:
+    """A sandbox destroyed while a process of it is still dying, then created again under the same id at once,
+    gets a group of its own that nothing empties under it: the old group goes as the old record goes, not
+    once the old processes are gone.  The window is held open by a process the plugin started that the
+    test moves out of the group and freezes (a SIGKILL waits for the thaw, so the destroy waits for it),
+    thawed only once the new sandbox runs."""
+    assert isinstance(SUPPORT, Support)
+    if "freezer" not in SUPPORT.bases:
+        pytest.skip("no freezer hierarchy to hold a dying process in")
+    trap = SUPPORT.bases["freezer"] / f"trap-{marker}"
+    with Host(config) as host:
+        host.create_sandbox("same", "cgrouper:Root", sandbox_path=CGROUP)
+        dying = host.call("same", "cgrouper", ("bomb", marker, 30, 0))  # one process, no forks
+        trap.mkdir()
+        destroying = threading.Thread(target=host.destroy_sandbox, args=("same",))
+        try:
+            for controller, base in SUPPORT.bases.items():  # out of the sandbox's group, into the test's own
+                ((trap if controller == "freezer" else base) / "cgroup.procs").write_text(str(dying))
+            (trap / "freezer.state").write_text("FROZEN")
+            destroying.start()
+            assert eventually(lambda: "same" not in {info.id for info in host.list_sandboxes()}, timeout=20)
+            assert destroying.is_alive()  # still waiting for the frozen process
+            host.create_sandbox("same", "cgrouper:Root", sandbox_path=CGROUP)
+            root = root_pid(host, "same")
+        finally:
+            (trap / "freezer.state").write_text("THAWED")  # its pending SIGKILL ends it
+            destroying.join(timeout=30)
+            assert eventually(lambda: not pid_alive(dying))
+            trap.rmdir()
+        assert host.call("same", "cgrouper", "pid")
+        assert host.get_sandbox_info("same").status == "running" and host.get_sandbox_info("same").pid == root
+        assert root in SandboxGroup.at({c: str(group_dir(root, c)) for c in SUPPORT.bases}).pids()
+
+
+def test_a_sandbox_past_its_cpu_budget_while_starting_fails_its_create_leaving_nothing(config: HostConfig) -> None:
+    """A sandbox whose worker burns CPU in ``init`` passes its whole-sandbox ``max_cpu_seconds=0.2`` (its group's
+    CPU time) while still starting: the create fails with ``SandboxStartError`` naming the limit, the id is
+    free, and its group is gone (removed only once empty: no process of it is left)."""
+    assert isinstance(SUPPORT, Support)
+    with Host(config, monitor_interval=0.1) as host:
+        limits = ResourceLimits(max_cpu_seconds=0.2)
+        with pytest.raises(SandboxStartError, match="max_cpu_seconds"):
+            host.create_sandbox("slow", "cgrouper:BurnAtStart", sandbox_path=CGROUP, limits=limits)
+        assert host.list_sandboxes() == []
+        group = SandboxGroup.existing(SUPPORT, host_key(config), "slow")
+        assert not any(directory.exists() for directory in group.dirs.values())
+
+
+def test_a_destroyed_sandboxs_group_the_kill_cannot_empty_is_logged_kept_and_removed_once_empty(
+    config: HostConfig, marker: str
+) -> None:
+    """A process of a sandbox the kill cannot end (the plugin started it; the test freezes it in a trap freezer
+    group, so its SIGKILL waits, while it stays in the sandbox's other hierarchies): destroy still returns, but
+    the admin logs its pid at error level and keeps the group, a create under the id fails with
+    ``ConfigError`` naming it rather than share the group, and once the process is gone the admin's tick
+    removes the group and the id is usable again."""
+    assert isinstance(SUPPORT, Support)
+    if "freezer" not in SUPPORT.bases:
+        pytest.skip("no freezer hierarchy to trap a process in")
+    trap = SUPPORT.bases["freezer"] / f"trap-{marker}"
+    group = SandboxGroup.existing(SUPPORT, host_key(config), "stuck")
+    with Host(config) as host:
+        log = Path(host.config.state_dir) / "logs" / f"actors-{host.admin_port}.log"
+        host.create_sandbox("stuck", "cgrouper:Root", sandbox_path=CGROUP)
+        stuck = host.call("stuck", "cgrouper", ("bomb", marker, 30, 0))  # one process, no forks
+        trap.mkdir()
+        try:
+            (trap / "cgroup.procs").write_text(str(stuck))  # out of the group's freezer directory only
+            (trap / "freezer.state").write_text("FROZEN")
+            host.destroy_sandbox("stuck")
+            assert group.pids() == {stuck}
+            assert eventually(lambda: f"still holds processes [{stuck}]" in log.read_text())
+            assert "ERROR" in next(line for line in log.read_text().splitlines() if "still holds processes" in line)
+            with pytest.raises(ConfigError, match=str(stuck)):
+                host.create_sandbox("stuck", "cgrouper:Root", sandbox_path=CGROUP)
+        finally:
+            (trap / "freezer.state").write_text("THAWED")  # its pending SIGKILL ends it
+            assert eventually(lambda: not pid_alive(stuck))
+            trap.rmdir()
+        assert eventually(lambda: not any(directory.exists() for directory in group.dirs.values()))
+        host.create_sandbox("stuck", "cgrouper:Root", sandbox_path=CGROUP)
+        assert host.call("stuck", "cgrouper", "pid")

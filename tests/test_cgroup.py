@@ -8,6 +8,7 @@ leaves nothing behind when it cannot be made or is removed.  Skipped where group
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from typing import Iterator
 import psutil
 import pytest
 
+from actors._admin.groups import Groups
 from actors._process.cgroup import SandboxGroup, Support, support
 from plugin_host.errors import ConfigError, PluginHostError
 from tests.conftest import eventually, processes_naming
@@ -162,3 +164,43 @@ def test_support_names_what_is_missing(tmp_path: Path) -> None:
     """Without the hierarchies, ``support`` says which one is missing instead of failing later."""
     found = support(root=tmp_path)
     assert isinstance(found, str) and "'memory'" in found
+
+
+def test_a_group_the_kill_cannot_empty_is_reported_kept_and_retried(
+    group: SandboxGroup, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process of the group the kill cannot end (this test's own, frozen in a trap freezer group of its
+    own, where SIGKILL waits until it is thawed) is named by ``kill`` and ``remove``, which keep the group;
+    the admin logs its pids at error level, refuses to make the group again for the same id while it holds
+    them, and removes it on a later ``retry`` once the process is gone."""
+    assert isinstance(SUPPORT, Support)
+    if "freezer" not in SUPPORT.bases:
+        pytest.skip("no freezer hierarchy to trap a process in")
+    trap = SUPPORT.bases["freezer"] / f"trap-{tmp_path.name}"
+    trap.mkdir()
+    proc = _start(group, tmp_path, "print('ready', flush=True)\nsys.stdin.readline()")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        (trap / "cgroup.procs").write_text(str(proc.pid))  # out of the group's freezer dir only
+        (trap / "freezer.state").write_text("FROZEN")
+        assert eventually(lambda: (trap / "freezer.state").read_text().strip() == "FROZEN")
+        assert group.kill() == {proc.pid}
+        assert group.remove() == {proc.pid}
+        assert all(d.exists() for d in group.dirs.values())
+        groups = Groups()
+        groups.support, groups.key = SUPPORT, f"test-{tmp_path.name}"
+        with caplog.at_level(logging.ERROR):
+            groups.remove(group, "'sandbox'")
+        assert any(r.levelno == logging.ERROR and str(proc.pid) in r.getMessage() for r in caplog.records)
+        with pytest.raises(ConfigError, match=str(proc.pid)):
+            SandboxGroup.create(SUPPORT, groups.key, "sandbox")
+        (trap / "freezer.state").write_text("THAWED")  # the pending SIGKILL ends it
+        assert proc.wait(timeout=10) == -9
+        groups.retry()
+        assert not groups.stuck
+        assert all(not d.exists() for d in group.dirs.values())
+    finally:
+        (trap / "freezer.state").write_text("THAWED")
+        proc.kill()
+        proc.wait(timeout=10)
+        trap.rmdir()

@@ -93,6 +93,19 @@ def test_a_second_host_on_the_same_port_is_refused(config: HostConfig, host: Hos
     assert host.list_sandboxes() == []
 
 
+def test_a_stale_second_claim_of_the_system_is_answered_on_its_corr(host: Host) -> None:
+    """A second ``HostBoot`` with another token (a stale host claiming a system that is taken) gets
+    ``Failed(HostStartError)`` carrying its own corr, the token, which is what the host's boot matches the
+    reply on (it timed out instead of raising); the running host's claim stands."""
+    from plugin_host.messages import Failed, HostBoot
+
+    stale = HostBoot("stale-claim", os.getpid(), 0.0, host.config)
+    reply = host._system.ask(host.admin_address, stale, 10)  # the host's own corr-matched ask, as its boot uses
+    assert isinstance(reply, Failed) and reply.corr == stale.corr
+    assert isinstance(reply.error, HostStartError) and "already belongs to another host" in str(reply.error)
+    assert host.list_sandboxes() == []
+
+
 def test_hosts_get_their_own_free_ports(config: HostConfig, host: Host, tmp_path: Path) -> None:
     """Each host picks a fresh free port, so hosts (and tests) run side by side (each on its own state_dir)."""
     with Host(attrs.evolve(config, state_dir=tmp_path / "other")) as other:

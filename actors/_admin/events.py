@@ -128,7 +128,7 @@ class Events:
             EventKind.LIMIT_BREACHED,
             msg.sandbox_id,
             msg.actor,
-            f"{msg.limit}: {msg.value} over {msg.maximum}",
+            msg.reason or f"{msg.limit}: {msg.value} over {msg.maximum}",
             limit=msg.limit,
             value=msg.value,
             maximum=msg.maximum,

@@ -14,8 +14,16 @@ Limits, from the sandbox's :class:`~plugin_host.config.ResourceLimits` (see the 
 * memory: no group limit until the tree runs, then the group's charge at that moment plus
   ``max_memory_mb`` plus :data:`MEMORY_SLACK_MB` (a backstop behind the monitor, which enforces
   ``max_memory_mb`` itself and reports the breach; the charge holds the runtime's own footprint, about
-  10 MiB per process here, which ``max_memory_mb`` does not count);
+  10 MiB per process here, which ``max_memory_mb`` does not count); a kill of the kernel's OOM killer
+  at it is the monitor's to report (``limit_breached``, from the group's ``memory.oom_control``);
 * ``max_cpu_seconds``: the group's CPU time, dead processes included, is the monitor's to check.
+
+A group the kill cannot empty (a process of it frozen in another freezer group, or stuck in the kernel)
+is not removed as if it were: :meth:`Groups.remove` logs its pids at error level and keeps it on a list
+that :meth:`Groups.retry` (the admin's tick) empties and removes once it can.  The destroy or close that
+let it go still returns (the sandbox's record is gone, its id free), but a sandbox created again under
+that id while the group still holds those processes fails its create with ``ConfigError`` rather than
+share the group.
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ class Groups:
         self.key = ""
         self.reason = "control groups are not set up (the host has not booted)"
         """Why there are none (for a sandbox asking for a limit only a group applies)."""
+        self.stuck: dict[str, SandboxGroup] = {}
+        """Groups whose processes the kill could not end, by :func:`_name`: retried on each tick."""
 
     def boot(self, config: HostConfig, multiprocess: bool) -> None:
         """Decide from ``config.control_groups``, empty what a killed host left, and warn once when falling back.
@@ -95,7 +105,8 @@ class Groups:
             if left.is_dir():
                 names.update(child.name for child in left.iterdir() if child.is_dir())
         for name in names:
-            SandboxGroup({c: b / f"plugin-host-{self.key}" / name for c, b in self.support.bases.items()}).remove()
+            group = SandboxGroup({c: b / f"plugin-host-{self.key}" / name for c, b in self.support.bases.items()})
+            self.remove(group, f"left by an earlier host ({name})")
         for base in self.support.bases.values():
             try:
                 (base / f"plugin-host-{self.key}").rmdir()
@@ -126,6 +137,7 @@ class Groups:
         if self.support is None:
             return None
         group = SandboxGroup.create(self.support, self.key, sandbox_id)
+        self.stuck.pop(_name(group), None)  # emptied after all: this sandbox's now, never removed by a retry
         try:
             group.set_pids_max(tasks_for(limits))
             if limits.max_cpus is not None:
@@ -147,3 +159,33 @@ class Groups:
             group.set_memory_max(charge + limits.max_memory_mb + MEMORY_SLACK_MB)
         except OSError as exc:  # the group is gone (the sandbox ended meanwhile): nothing to limit
             log.warning("cannot set the memory limit of a sandbox's control group: %s", exc)
+
+    def remove(self, group: SandboxGroup, label: str) -> None:
+        """Empty and remove ``group`` (of ``label``, for the log); one the kill cannot empty is logged at error
+        level with its pids and kept for :meth:`retry`."""
+        left = group.remove()
+        if not left:
+            self.stuck.pop(_name(group), None)
+            return
+        if _name(group) not in self.stuck:
+            log.error(
+                "the control group of sandbox %s still holds processes %s after the kill: they live on; it is "
+                "kept (%s) and killed again on each tick until it is empty",
+                label,
+                sorted(left),
+                _name(group),
+            )
+        self.stuck[_name(group)] = group
+
+    def retry(self) -> None:
+        """Kill and remove again each group the kill could not empty (the admin's tick: one round each, so that
+        a process stuck for long costs the admin a few system calls a tick); say when one is gone."""
+        for name, group in list(self.stuck.items()):
+            if not group.remove(rounds=1):
+                del self.stuck[name]
+                log.warning("the control group %s is empty at last and removed", name)
+
+
+def _name(group: SandboxGroup) -> str:
+    """A group's key in :attr:`Groups.stuck`: its memory directory (every group has one)."""
+    return str(group.dirs["memory"])

@@ -429,11 +429,11 @@ class Sandboxes:
         forked by this admin (then its pid cannot have been reused for someone else's)."""
         return not rec.node and rec.pid is not None and leads_group_below(rec.pid, os.getpid())
 
-    @staticmethod
-    def _remove_group(rec: SandboxRecord) -> None:
-        """The record goes: so does its control group (what is left in it is killed first)."""
+    def _remove_group(self, rec: SandboxRecord) -> None:
+        """The record goes: so does its control group (what is left in it is killed first; a group the kill
+        cannot empty is logged at error level and retried by the tick, see :meth:`Groups.remove`)."""
         if rec.group is not None:
-            rec.group.remove()
+            self.groups.remove(rec.group, repr(rec.request.sandbox_id))
             rec.group = None
 
     def _destroyed(self, sandbox_id: str, rec: SandboxRecord) -> None:

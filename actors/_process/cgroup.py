@@ -6,7 +6,9 @@ The host's side (the admin's process, which keeps its privileges) creates a sand
 group too, including one a plugin detaches with ``setsid`` or a double fork.  The group's memory
 limit is for the whole sandbox (the kernel's OOM killer ends its largest process past it), its
 pids limit stops a fork bomb, and :meth:`SandboxGroup.kill` ends every process in it, freezing the
-group first where a freezer is mounted so that a process forking in a loop cannot outrun it.
+group first where a freezer is mounted so that a process forking in a loop cannot outrun it, and
+says which processes it could not end (:meth:`SandboxGroup.remove` then keeps the group: the admin
+logs them at error level and tries again on each tick, see :mod:`actors._admin.groups`).
 
 This is cgroup v1 with its ``memory`` and ``pids`` hierarchies (``cpu``, ``cpuacct`` and
 ``freezer`` are used when mounted), as on this project's machines; cgroup v2 needs a delegated
@@ -105,13 +107,14 @@ class SandboxGroup:
         died is emptied, its limits lifted, and reused.
 
         Raises:
-            ConfigError: the group cannot be made (``field="limits"``); nothing is left behind.
+            ConfigError: the group cannot be made (``field="limits"``); nothing is left behind.  Or a group
+                left under this id still holds processes :meth:`kill` cannot end; it is left as it was.
         """
         group = cls.existing(support, host, sandbox_id)
         try:
             for directory in group.dirs.values():
                 directory.mkdir(parents=True, exist_ok=True)
-            group.kill()
+            left = group.kill()
             group.set_memory_max(None)
             group.set_pids_max(None)
             if "cpu" in group.dirs:
@@ -122,6 +125,12 @@ class SandboxGroup:
                 f"cannot make the control group of sandbox {sandbox_id!r}: {exc.strerror or exc} ({exc.filename})",
                 field="limits",
             ) from None
+        if left:  # an earlier sandbox's processes the kill cannot end: not this sandbox's group to share
+            raise ConfigError(
+                f"the control group of sandbox {sandbox_id!r} still holds processes {sorted(left)} of an earlier "
+                "sandbox under this id that cannot be killed",
+                field="limits",
+            )
         return group
 
     def paths(self) -> dict[str, str]:
@@ -191,6 +200,10 @@ class SandboxGroup:
         """Memory charged to the group now (resident pages and page cache)."""
         return _read_int(self.dirs["memory"] / "memory.usage_in_bytes")
 
+    def memory_limit_bytes(self) -> int:
+        """The group's memory limit now (the kernel's "no limit" is a huge number)."""
+        return _read_int(self.dirs["memory"] / "memory.limit_in_bytes")
+
     def cpu_seconds(self) -> float | None:
         """CPU time the group's processes have used, the dead ones included (None: no ``cpuacct``)."""
         if "cpuacct" not in self.dirs:
@@ -211,22 +224,47 @@ class SandboxGroup:
         fields = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
         return int(fields.get("oom_kill", 0))
 
-    def kill(self) -> None:
+    def kill(self, rounds: int = _KILL_ROUNDS) -> set[int]:
         """SIGKILL every process in the group until none is left (frozen first where a freezer is mounted,
-        so that a process forking in a loop cannot outrun the kill)."""
-        for _ in range(_KILL_ROUNDS):
+        so that a process forking in a loop cannot outrun the kill); returns the pids still in it after
+        ``rounds`` rounds (empty: the group is empty; not: a process the kill cannot end, such
+        as one frozen in another freezer group, or one in uninterruptible sleep).
+
+        Each round reads the group's pids again and signals each through a pidfd opened before a second
+        read: a pid that ended and was reused by a process outside the group between the reads is not
+        listed by the second, and one reused after its pidfd was opened is not the pidfd's process.  So a
+        kill never hits a process outside the group, with or without a freezer."""
+        for _ in range(rounds):
             pids = self.pids()
             if not pids:
-                return
+                return set()
             frozen = self._freeze("FROZEN")
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            self._kill_listed(pids)
             if frozen:
                 self._freeze("THAWED")  # a frozen process dies once thawed
             time.sleep(0.001)  # let the kernel take them off the list
+        return self.pids()
+
+    def _kill_listed(self, pids: set[int]) -> None:
+        """SIGKILL those of ``pids`` still in the group once a pidfd holds each (see :meth:`kill`)."""
+        handles = {}
+        for pid in pids:
+            try:
+                handles[pid] = os.pidfd_open(pid)
+            except OSError:  # gone already
+                pass
+        try:
+            still = self.pids()
+            for pid, handle in handles.items():
+                if pid not in still:
+                    continue
+                try:
+                    signal.pidfd_send_signal(handle, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        finally:
+            for handle in handles.values():
+                os.close(handle)
 
     def _freeze(self, state: str) -> bool:
         freezer = self.dirs.get("freezer")
@@ -238,15 +276,20 @@ class SandboxGroup:
             return False
         return True
 
-    def remove(self) -> None:
-        """Kill what is left and remove the group's directories (and the host's, once empty)."""
-        self.kill()
+    def remove(self, rounds: int = _KILL_ROUNDS) -> set[int]:
+        """Kill what is left (``rounds`` of :meth:`kill`) and remove the group's directories (and the host's,
+        once empty); returns the pids the kill could not end (empty: removed).  A group that still holds
+        processes is left in place, directories and all, for the caller to report and to try again."""
+        left = self.kill(rounds)
+        if left:
+            return left
         for directory in self.dirs.values():
             for path in (directory, directory.parent):
                 try:
                     path.rmdir()
                 except OSError:
-                    break  # still holds processes or other sandboxes' groups, or gone already
+                    break  # still holds other sandboxes' groups, or gone already
+        return set()
 
 
 _CLONE_NEWNS = 0x00020000

@@ -29,7 +29,8 @@ class Cgrouper(Plugin):
     """("bomb", marker, seconds, steps): a bounded fork bomb, its pid; ("burn", n, seconds): n children
     forked one after the other, each burning that much CPU, then exiting; ("own",): the pids in this
     process's control group (its pids hierarchy); ("write", path, text): write a file, "written" or the
-    error; "pid": this worker's pid."""
+    error; ("hog", n, mb, seconds): n children forked at once, each holding mb MiB for that long, then
+    their exit statuses (a negative one: the signal that ended it); "pid": this worker's pid."""
 
     def handle_call(self, request, state):
         kind = request if isinstance(request, str) else request[0]
@@ -47,6 +48,18 @@ class Cgrouper(Plugin):
                     os._exit(0)
                 os.waitpid(child, 0)
             return count, state
+        if kind == "hog":
+            _, count, megabytes, seconds = request
+            children = []
+            for _ in range(count):
+                child = os.fork()
+                if child == 0:
+                    block = b"x" * (megabytes * 2**20)
+                    time.sleep(seconds)
+                    del block
+                    os._exit(0)
+                children.append(child)
+            return [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children], state
         if kind == "write":  # ("write", path, text): "written", or why not
             try:
                 with open(request[1], "w", encoding="ascii") as target:
@@ -62,5 +75,21 @@ class Cgrouper(Plugin):
         return os.getpid(), state
 
 
+class SlowStarter(Plugin):
+    """Burns ``args`` seconds of CPU in ``init`` (a sandbox past its CPU budget while it starts); any call: its pid."""
+
+    def init(self, args):
+        end = time.process_time() + args
+        while time.process_time() < end:
+            pass
+
+    def handle_call(self, request, state):
+        return os.getpid(), state
+
+
 class Root(Supervisor):
     children = [ChildSpec("cgrouper", Cgrouper)]
+
+
+class BurnAtStart(Supervisor):
+    children = [ChildSpec("starter", SlowStarter, args=1.5)]
