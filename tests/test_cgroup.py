@@ -20,6 +20,7 @@ import pytest
 
 from actors._admin.groups import Groups
 from actors._process.cgroup import SandboxGroup, Support, support
+from actors._process.tree import kill_descendants
 from plugin_host.errors import ConfigError, PluginHostError
 from tests.conftest import eventually, processes_naming
 
@@ -203,4 +204,48 @@ def test_a_group_the_kill_cannot_empty_is_reported_kept_and_retried(
         (trap / "freezer.state").write_text("THAWED")
         proc.kill()
         proc.wait(timeout=10)
+        trap.rmdir()
+
+
+def test_killing_a_tree_stops_counting_a_process_that_outlives_its_sigkills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill_descendants`` (destroy's kill of a sandbox's tree, in the admin) signals a process that cannot
+    die (this test's own, frozen in a trap freezer group of its own) a few times and then returns, rather
+    than spin its thousand rounds on it and hold the admin up for a second per such process."""
+    assert isinstance(SUPPORT, Support)
+    if "freezer" not in SUPPORT.bases:
+        pytest.skip("no freezer hierarchy to trap a process in")
+    trap = SUPPORT.bases["freezer"] / f"trap-{tmp_path.name}"
+    trap.mkdir()
+    child = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', sys.argv[1]])\n"
+        "print(p.pid, flush=True)\n"
+        "p.wait()"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    signalled: list[int] = []
+    real_kill = psutil.Process.kill
+
+    def counting_kill(proc: psutil.Process) -> None:
+        signalled.append(proc.pid)
+        real_kill(proc)
+
+    try:
+        assert parent.stdout is not None
+        stuck = int(parent.stdout.readline())
+        (trap / "cgroup.procs").write_text(str(stuck))
+        (trap / "freezer.state").write_text("FROZEN")
+        assert eventually(lambda: (trap / "freezer.state").read_text().strip() == "FROZEN")
+        monkeypatch.setattr(psutil.Process, "kill", counting_kill)
+        killed = kill_descendants(parent.pid)
+        assert stuck in dict(killed)
+        assert 1 <= signalled.count(stuck) <= 10, signalled.count(stuck)
+    finally:
+        monkeypatch.undo()
+        (trap / "freezer.state").write_text("THAWED")  # a pending SIGKILL ends it
+        parent.kill()
+        parent.wait(timeout=10)
+        assert eventually(lambda: not (trap / "cgroup.procs").read_text().split())
         trap.rmdir()

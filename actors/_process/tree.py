@@ -40,6 +40,9 @@ _QUIET_ROUNDS = 2
 """Scans in a row that find nothing below the root before it counts as empty."""
 _KILL_ROUNDS = 1000
 """Rounds of killing a tree at most (each round kills what the last one's forks left): about a second."""
+_STUCK_AFTER = 5
+"""SIGKILLs a process outlives before :func:`kill_descendants` stops counting it as running (a process
+with a SIGKILL pending forks no more, so the rounds after are for the others)."""
 
 
 def become_subreaper() -> None:
@@ -139,6 +142,7 @@ def kill_descendants(root: int | None) -> list[tuple[int, float]]:
     members = {pid: proc for pid in _running_below(root) if (proc := _process(pid)) is not None}
     known = _pids()
     killed: list[tuple[int, float]] = []
+    signalled: dict[int, int] = {}
     quiet = 0
     for _ in range(_KILL_ROUNDS):
         running = 0
@@ -148,7 +152,10 @@ def kill_descendants(root: int | None) -> list[tuple[int, float]]:
                     del members[pid]
                     continue
                 proc.kill()  # psutil checks the create time: never a recycled pid
-                running += 1
+                signalled[pid] = signalled.get(pid, 0) + 1
+                # one that outlives a few SIGKILLs is stuck (frozen by someone else, in the kernel): its
+                # caller waits for it to end, rather than this loop spinning its rounds on it
+                running += signalled[pid] <= _STUCK_AFTER
                 killed.append((pid, proc.create_time()))
             except psutil.Error:
                 del members[pid]
