@@ -238,3 +238,30 @@ def test_for_isolation_user_the_validator_cannot_read_the_cookie_or_the_state_di
     assert "uid (65534, 65534, 65534) (65534, 65534, 65534) []" in output
     assert "cookie PermissionError" in output
     assert "state_dir PermissionError" in output
+
+
+@as_root
+def test_a_reload_of_a_user_sandbox_is_validated_as_nobody(host: Host) -> None:
+    """``hot_reload_source`` into an ``isolation="user"`` sandbox of a host whose default is ``"process"``
+    validates as ``nobody`` too: top-level code that would fail the compile if it could read the cookie
+    or the ``state_dir``, or ran as root, is accepted, and the reload runs it as the sandbox's own uid."""
+    probe = Path(__file__).parent / "plugins" / "isolation"
+    info = host.create_sandbox("u", "probe:Probe", sandbox_path=str(probe), isolation="user")
+    guard = textwrap.dedent(
+        f"""
+        import os as _os
+        if _os.getuid() == 0:
+            raise RuntimeError("validated as root")
+        for _reach in (lambda: open({str(host.config.credential_file)!r}).read(),
+                       lambda: _os.listdir({str(host.config.state_dir)!r})):
+            try:
+                _reach()
+            except PermissionError:
+                continue
+            raise RuntimeError("the host's files are readable")
+        """
+    )
+    source = (probe / "probe.py").read_text().replace('TAG = "v1"', 'TAG = "v2"') + guard
+    assert host.hot_reload_source("u", source, "probe").new_version == 2
+    after = host.call("u", "probe", "who")
+    assert (after["tag"], after["uid"]) == ("v2", info.uid)
