@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import mimetypes
 import os
@@ -312,11 +313,17 @@ class _State:
         thread = threading.get_ident()
         if not self.audited(thread):
             return
-        self.exempt[thread] = 1  # what describing and emitting do is not the plugin's doing
+        # What describing and emitting do is not the plugin's doing; but a collection meanwhile would run
+        # the plugin's finalizers (``__del__``, weakref callbacks) as exempt too: none runs in the window.
+        collecting = gc.isenabled()
+        gc.disable()
+        self.exempt[thread] = 1
         try:
             record = self.record(event, describe, args)
         finally:
             self.exempt.pop(thread, None)
+            if collecting:
+                gc.enable()
         if record is not None and record.blocked:
             raise PermissionError(
                 errno.EPERM,

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import attrs
+
 from ._compile.cache import cache_key, cache_load, cache_store, manifest_load
 from ._compile.job import Job as _Job
 from ._compile.job import Options as _Options
@@ -42,7 +44,7 @@ from .codeload import (
     in_dependency_order,
     read_sandbox_folder,
 )
-from .config import SECURITY_PROFILES
+from .config import SECURITY_PROFILES, ResourceLimits
 from .errors import (
     CompilationError,
     CompilationTimeoutError,
@@ -75,6 +77,8 @@ def compile_sandbox(
     plugin_classes: Iterable[str] = (),
     pool: CompilePool | None = None,
     import_paths: Sequence[str] = (),
+    limits: ResourceLimits | None = None,
+    user: tuple[int, int] | None = None,
 ) -> CompileInfo:
     """Compile every module of a sandbox folder in isolation.
 
@@ -93,6 +97,11 @@ def compile_sandbox(
             dependency environment, see :mod:`plugin_host.deps`).
         pool: validate in a process forked from this pool's warm worker; default: a fresh
             Python process per compile (same results, about 100 ms slower).
+        limits: the sandbox's limits: the validator runs under its ``max_memory_mb`` and
+            ``max_cpu_seconds`` as hard rlimits (it always runs without capabilities and with
+            ``no_new_privs``); default: none but ``timeout``.
+        user: ``(uid, gid)`` the validator runs as (the host must be root): a sandbox with
+            ``isolation="user"``; default: the host's uid.
 
     Returns:
         One artifact per module, sorted by module name.
@@ -107,6 +116,7 @@ def compile_sandbox(
     start = time.perf_counter()
     root = Path(path).resolve()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool, import_paths)
+    options = attrs.evolve(options, limits=limits, user=_user(user))
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
 
@@ -124,6 +134,8 @@ def compile_source(
     plugin_classes: Iterable[str] = (),
     pool: CompilePool | None = None,
     import_paths: Sequence[str] = (),
+    limits: ResourceLimits | None = None,
+    user: tuple[int, int] | None = None,
 ) -> CompileInfo:
     """Compile one module given as text, as ``hot_reload_source`` does.
 
@@ -136,8 +148,8 @@ def compile_source(
         path: the file name shown in errors; default: the path it has in ``sandbox_sources``,
             or ``<module>``.
         sandbox_sources: the sandbox's other modules, importable by this one.
-        timeout, validate, security_profile, cache_dir, plugin_classes, pool: as for
-            :func:`compile_sandbox`.
+        timeout, validate, security_profile, cache_dir, plugin_classes, pool, import_paths,
+        limits, user: as for :func:`compile_sandbox`.
 
     Returns:
         One artifact, for ``module``.
@@ -150,6 +162,7 @@ def compile_source(
     """
     start = time.perf_counter()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
+    options = attrs.evolve(options, limits=limits, user=_user(user))
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
     file = str(path) if path is not None else (old.path if old else f"<{module}>")
@@ -167,6 +180,8 @@ def compile_file(
     plugin_classes: Iterable[str] = (),
     pool: CompilePool | None = None,
     import_paths: Sequence[str] = (),
+    limits: ResourceLimits | None = None,
+    user: tuple[int, int] | None = None,
 ) -> CompileInfo:
     """Compile one ``.py`` file; the other modules of its folder are importable by it.
 
@@ -180,6 +195,7 @@ def compile_file(
     # No cache-inside-the-tree check here: the folder is only read for imports, and a file in
     # the home folder would otherwise refuse a state_dir under it.
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
+    options = attrs.evolve(options, limits=limits, user=_user(user))
     try:
         text = _as_text(file.read_bytes(), str(file))
     except OSError as exc:
@@ -216,6 +232,17 @@ def _options(
     classes = tuple(plugin_classes)
     _check_class_specs(classes)
     return _Options(float(timeout), bool(validate), profile, folder, classes, pool, tuple(map(str, import_paths)))
+
+
+def _user(user: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A checked ``(uid, gid)``; ``ConfigError`` for a bad one, or one this process cannot switch to."""
+    if user is None:
+        return None
+    if not (isinstance(user, tuple) and len(user) == 2 and all(type(n) is int and n > 0 for n in user)):
+        raise ConfigError(f"user must be (uid, gid), two positive ints, got {user!r}", field="user")
+    if os.geteuid() != 0:
+        raise ConfigError("the validator can run as another user only when the host runs as root", field="user")
+    return user
 
 
 def _compile_module(entry: ModuleSource, base: CodeTable, options: _Options, start: float) -> CompileInfo:
@@ -268,6 +295,8 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
         pool=job.options.pool,
         paths=job.options.import_paths,
         profile=job.options.profile,
+        limits=job.options.limits,
+        user=job.options.user,
     )
     notes = [
         f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "

@@ -1,13 +1,16 @@
 """The transport's primitives, for the actor processes of :mod:`actors` (as ``trio.lowlevel`` is for
 trio's own parts): who signed the frame being handled, signing for a given key, the keys of this
-process, the runtime audit of a sandbox process (:mod:`plugin_host._audit`, also run by the compile
-validator), and matching replies to requests by correlation id (:class:`Replies`, the host's calls use it
-too).  Not re-exported by :mod:`plugin_host`; no stability promise beyond plugin-host's own use.
+process, the runtime audit of a sandbox process (:mod:`plugin_host._audit`) and what a process gives
+up before plugin code runs (:mod:`plugin_host._confine`: hard rlimits, capabilities), both also used
+by the compile validator, and matching replies to requests by correlation id (:class:`Replies`, the
+host's calls use it too).  Not re-exported by :mod:`plugin_host`; no stability promise beyond
+plugin-host's own use.
 """
 
 from __future__ import annotations
 
 from . import _audit as audit
+from . import _confine as confine
 from ._replies import Replies
 from ._wire import (
     KID_REQUIREMENT,
@@ -22,6 +25,7 @@ from ._wire import (
 __all__ = [
     "KID_REQUIREMENT",
     "audit",
+    "confine",
     "Principal",
     "RejectionTail",
     "Replies",

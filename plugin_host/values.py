@@ -85,6 +85,9 @@ class SandboxInfo:
     """``"process"`` (the host's uid) or ``"user"`` (its own uid): its own, else the host's default."""
     uid: int | None = None
     """The uid every process of the sandbox runs as under ``isolation="user"``; None under ``"process"``."""
+    limits: dict[str, float | None] = attrs.field(factory=dict)
+    """Its resource limits (``ResourceLimits`` as a mapping, ``None`` for unlimited): the compile of a reload
+    validates under its memory and CPU limits."""
 
 
 @attrs.frozen

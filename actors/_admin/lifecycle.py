@@ -665,4 +665,5 @@ class Sandboxes:
             rec.security_profile(self.config()),
             rec.isolation(self.config()),
             None if rec.user is None else rec.user.uid,
+            attrs.asdict(rec.limits),
         )

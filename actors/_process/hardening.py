@@ -28,9 +28,10 @@ import faulthandler
 import os
 import signal
 import sys
-from typing import Callable
 
 import psutil
+
+from plugin_host.lowlevel import confine
 
 __all__ = [
     "drop_privileges",
@@ -42,12 +43,6 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
-_PR_CAPBSET_DROP = 24
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_CLEAR_ALL = 4
-_CAP_SETPCAP = 8
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
 _hardened_pid: int | None = None
 _libc: ctypes.CDLL | None = None
@@ -100,54 +95,10 @@ def _die_with_parent() -> None:
         os._exit(70)
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
-def _status_mask(field: str) -> int:
-    """A capability mask of this process from /proc/self/status (``CapEff``, ``CapBnd`` ...)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1], 16)
-    return 0
-
-
-def _prctl(libc: ctypes.CDLL, what: str, *args: int) -> None:
-    if libc.prctl(*args, *(0,) * (5 - len(args))) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
-
-
-def drop_privileges(switch_user: Callable[[], None] | None = None) -> None:
-    """Set ``no_new_privs`` and empty every capability set of this process, for good (see the module docstring).
-
-    ``switch_user`` (a sandbox with a uid of its own, :func:`actors._process.identity.become`) runs once the
-    bounding set is empty and before the other sets are: it still holds ``CAP_SETUID`` then, and the uid
-    change empties them too.
-
-    Raises:
-        OSError: the kernel refused; the caller must not run plugin code then.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    _prctl(libc, "PR_SET_NO_NEW_PRIVS", _PR_SET_NO_NEW_PRIVS, 1)
-    if _status_mask("CapEff") & (1 << _CAP_SETPCAP):  # dropping from the bounding set needs CAP_SETPCAP
-        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as last:
-            cap_last_cap = int(last.read())
-        for cap in range(cap_last_cap + 1):
-            _prctl(libc, "PR_CAPBSET_DROP", _PR_CAPBSET_DROP, cap)
-    _prctl(libc, "PR_CAP_AMBIENT_CLEAR_ALL", _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
-    if switch_user is not None:
-        switch_user()
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()  # version 3: two 32-bit halves, all zero
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed")
-    if _status_mask("CapEff") or _status_mask("CapPrm"):
-        raise OSError(0, "capabilities remain after capset")
+drop_privileges = confine.drop_privileges
+"""Set ``no_new_privs`` and empty every capability set, for good (:func:`plugin_host.lowlevel.confine.drop_privileges`,
+shared with the compile validator).  ``switch_user`` (a sandbox with a uid of its own,
+:func:`actors._process.identity.become`) runs once the bounding set is empty."""
 
 
 def new_process_group() -> int:

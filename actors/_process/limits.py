@@ -35,7 +35,6 @@ the callback's thread: see there.
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import signal
 import threading
@@ -44,6 +43,7 @@ from typing import Any, Iterator
 
 from plugin_host.config import ResourceLimits
 from plugin_host.errors import ConfigError, LimitExceededError
+from plugin_host.lowlevel import confine
 
 __all__ = ["CpuBudget", "MIN_MEMORY_MB", "WATCHDOG_THREAD", "apply_rlimits", "check_rlimits"]
 
@@ -53,32 +53,6 @@ received, a thread's stack, a fork), whatever the plugin does."""
 
 WATCHDOG_THREAD = "plugin-host-cpu-budget"
 """Name of the runtime thread that enforces ``call_cpu_budget_ms`` (never plugin code)."""
-
-_CPU_SIGNAL_GRACE = 1
-"""Seconds of CPU between RLIMIT_CPU's soft limit (SIGXCPU, a named crash) and its hard one (SIGKILL)."""
-
-
-def _vm_size() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _cpu_used() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _wanted(limits: ResourceLimits) -> dict[int, int]:
-    """The hard limit each rlimit should get in this process (resource -> value)."""
-    wanted = {resource.RLIMIT_CORE: 0}
-    if limits.max_memory_mb is not None:
-        wanted[resource.RLIMIT_AS] = _vm_size() + int(limits.max_memory_mb * 2**20)
-    if limits.max_cpu_seconds is not None:
-        wanted[resource.RLIMIT_CPU] = int(math.ceil(_cpu_used() + limits.max_cpu_seconds)) + _CPU_SIGNAL_GRACE
-    return wanted
 
 
 def check_rlimits(limits: ResourceLimits) -> None:
@@ -110,17 +84,10 @@ def check_rlimits(limits: ResourceLimits) -> None:
             )
 
 
-def apply_rlimits(limits: ResourceLimits) -> None:
-    """Set this process's memory, lifetime-CPU and core-dump limits as hard limits (see the module docstring).
-
-    Never raises an inherited hard limit: a process forked from one that applied them
-    keeps the smaller of the two.
-    """
-    for which, value in _wanted(limits).items():
-        _, hard = resource.getrlimit(which)
-        new_hard = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        soft = new_hard - _CPU_SIGNAL_GRACE if which == resource.RLIMIT_CPU and new_hard > 1 else new_hard
-        resource.setrlimit(which, (soft, new_hard))
+apply_rlimits = confine.apply_rlimits
+"""Set this process's memory, lifetime-CPU and core-dump limits as hard limits (see the module docstring;
+shared with the compile validator: :func:`plugin_host.lowlevel.confine.apply_rlimits`)."""
+_wanted = confine.wanted_rlimits
 
 
 class CpuBudget:

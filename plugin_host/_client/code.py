@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from .. import compiler
 from ..codeload import CodeTable
+from ..config import ResourceLimits
 from ..errors import HotReloadError, PluginHostError
 from ..messages import (
     BatchHotReload,
@@ -29,11 +30,14 @@ if TYPE_CHECKING:
     from ..config import HostConfig
     from .channel import AdminChannel
 
-__all__ = ["CodeOps"]
+__all__ = ["VALIDATION_USER", "CodeOps"]
 
 T = TypeVar("T")
 
 _SLACK = 5.0
+VALIDATION_USER = (65534, 65534)
+"""``nobody``/``nogroup``: the uid and gid of a compile validator for an ``isolation="user"`` sandbox (or
+host).  It owns no file and no process of the host or of any sandbox."""
 _POOL_LOCK = threading.Lock()
 """Makes a host's compile pool once, whichever thread compiles first."""
 
@@ -112,6 +116,7 @@ class CodeOps:
             cache_dir=self._cache_dir(),
             import_paths=() if environment is None else (str(environment),),
             pool=self._compile_pool(),
+            **self._confinement(self.config.isolation, self.config.limits),
         )
 
     def compile_file(self, path: str | os.PathLike[str], timeout: float | None = None) -> CompileInfo:
@@ -122,6 +127,7 @@ class CodeOps:
             security_profile=self.config.security_profile,
             cache_dir=self._cache_dir(),
             pool=self._compile_pool(),
+            **self._confinement(self.config.isolation, self.config.limits),
         )
 
     def hot_reload(
@@ -173,7 +179,7 @@ class CodeOps:
         admin scans again what it receives, and its verdict is the one that holds.
         """
         wire = self._ask_admin(GetSandboxCode(sandbox_id=sandbox_id))
-        profile = self._ask_admin(GetSandboxInfo(sandbox_id=sandbox_id)).security_profile
+        sandbox = self._ask_admin(GetSandboxInfo(sandbox_id=sandbox_id))
         table = CodeTable.from_wire(wire)
         environment = self._environment_for(sandbox_id)
         info = compiler.compile_source(
@@ -181,12 +187,23 @@ class CodeOps:
             source,
             sandbox_sources=table,
             timeout=self.config.compile_timeout,
-            security_profile=profile,
+            security_profile=sandbox.security_profile,
             cache_dir=self._cache_dir(),
             pool=self._compile_pool(),
             import_paths=() if environment is None else (environment,),
+            **self._confinement(sandbox.isolation, ResourceLimits.from_mapping(sandbox.limits or None)),
         )
         return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout, probation=probation)
+
+    @staticmethod
+    def _confinement(isolation: str, limits: ResourceLimits) -> dict[str, Any]:
+        """The validator's limits and uid for a sandbox of ``isolation`` and ``limits``.
+
+        Under ``isolation="user"`` the validator runs as :data:`VALIDATION_USER`: the sandbox's own uid is
+        given out by the admin at the create, after a first compile, and a validation must not reach the
+        running processes of the sandbox whose new code it checks.
+        """
+        return {"limits": limits, "user": VALIDATION_USER if isolation == "user" else None}
 
     def _ask_admin(self, request: Request[T]) -> T:
         return self._channel.request(

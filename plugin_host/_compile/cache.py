@@ -38,6 +38,8 @@ def _settings(job: Job) -> list[object]:
         o.validate,
         sorted(o.plugin_classes),
         list(o.import_paths),
+        None if o.limits is None else [o.limits.max_memory_mb, o.limits.max_cpu_seconds],
+        None if o.user is None else list(o.user),
     ]
 
 

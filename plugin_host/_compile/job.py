@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 
 from ..codeload import CodeTable
+from ..config import ResourceLimits
 from .pool import CompilePool
 
 __all__ = ["Job", "Options"]
@@ -29,6 +30,10 @@ class Options:
     """Where validation runs; not part of what a compile means (nor of its cache key)."""
     import_paths: tuple[str, ...] = ()
     """Folders put first on the validator's import path (a sandbox's dependency environment)."""
+    limits: ResourceLimits | None = None
+    """The sandbox's limits: its memory and CPU limits are the validator's hard rlimits."""
+    user: tuple[int, int] | None = None
+    """(uid, gid) the validator runs as (``isolation="user"``); None: the host's uid, without capabilities."""
 
 
 @attrs.frozen

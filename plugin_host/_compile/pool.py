@@ -127,13 +127,14 @@ class CompilePool:
         pid = worker.pid if worker is not None else None
         return CompilePoolStatistics(pid, counts["warm"], counts["cold"], counts["starts"])
 
-    def _run(self, payload: Path, label: str, timeout: float) -> Outcome | None:
-        """Run one validation on the warm worker; None: run it in a fresh process instead."""
+    def _run(self, payload: Path, label: str, timeout: float, nonce: str) -> Outcome | None:
+        """Run one validation (its result tagged ``nonce``) on the warm worker; None: run it in a fresh
+        process instead."""
         outcome = None
         if not self._closed and os.getpid() == self._owner and self._lock.acquire(blocking=False):
             try:
                 worker = self._worker or self._start()
-                outcome = worker.run(payload, label, timeout) if worker is not None else None
+                outcome = worker.run(payload, label, timeout, nonce) if worker is not None else None
                 if worker is not None and (outcome is None or worker.dead):
                     self._discard(worker)
             finally:
@@ -197,13 +198,13 @@ class _Worker:
         # Ends the process even if the pool is never closed (at garbage collection or exit).
         self._finalizer = weakref.finalize(self, _stop_worker, self.proc, ours, os.getpid())
 
-    def run(self, payload: Path, label: str, timeout: float) -> Outcome | None:
+    def run(self, payload: Path, label: str, timeout: float, nonce: str) -> Outcome | None:
         """Run one job in a child of the worker; None when the worker failed (it must go)."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
             try:
-                self._send_job(payload, label, [out_w, err_w])
+                self._send_job(payload, label, nonce, [out_w, err_w])
             finally:
                 os.close(out_w)  # the child holds the write ends now: their end means its end
                 os.close(err_w)
@@ -217,11 +218,11 @@ class _Worker:
             os.close(out_r)
             os.close(err_r)
 
-    def _send_job(self, payload: Path, label: str, fds: list[int]) -> None:
+    def _send_job(self, payload: Path, label: str, nonce: str, fds: list[int]) -> None:
         import socket
 
         self.child = None
-        message = json.dumps({"payload": str(payload), "label": label}).encode()
+        message = json.dumps({"payload": str(payload), "label": label, "nonce": nonce}).encode()
         socket.send_fds(self.sock, [message], fds)
 
     def _finish(self, child: _ForkedChild, out_r: int, err_r: int, deadline: float) -> Outcome | None:

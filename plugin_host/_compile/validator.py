@@ -7,6 +7,35 @@ by a :class:`~plugin_host._compile.pool.CompilePool`'s warm worker.  Either way 
 child's stdout and stderr through pipes to their end (keeping a bounded tail of each) and turns
 the JSON lines of the protocol into a :class:`ValidatorResult`.
 
+**Which result counts.**  Plugin code runs in the validator's interpreter: it can write to any of
+its file descriptors (the protocol stream is one), start threads, leave finalizers and ``atexit``
+handlers, and walk ``gc`` or frames to read anything in memory.  So the host takes as the
+validator's verdict only the line tagged with a per-job nonce (``secrets.token_hex``, sent over
+stdin or with the warm worker's job, read before any plugin code runs and kept in a local):
+
+* a result line without the nonce (any line plugin code writes without digging in memory) is never
+  taken, and fails the compile as a forgery;
+* the validator writes its line from inside the audited block, then ``os._exit`` at once (see
+  :func:`plugin_host._compile.worker._finish`): no ``atexit`` handler, finalizer or thread of the
+  plugin's writes after it, and whatever runs while it is built runs audited;
+* plugin code that digs the nonce out of memory and writes a tagged line cannot pass it for the
+  validator's while the validator still writes its own: two tagged lines fail the compile, none
+  trusted.  It can still write one and end the process itself before the validator does (or
+  simply catch its own ``PermissionError``): the verdict is made in the process plugin code runs
+  in, so it is advisory, as the audit itself is (README, "What contains a sandbox").  What holds
+  whatever the verdict: the operations ``restricted`` refuses were refused in the validator, and
+  the sandbox root runs the same top-level code under the same audit and limits when it loads it.
+
+**What confines it.**  Before any plugin code, the validator applies the job's hard rlimits (the
+sandbox's ``max_memory_mb`` and ``max_cpu_seconds``, see :mod:`plugin_host._confine`), sets
+``no_new_privs`` and drops every capability; for an ``isolation="user"`` sandbox (or a host whose
+default it is) it also switches to ``nobody`` (``VALIDATION_USER`` of :mod:`plugin_host._client.code`:
+the sandbox's own uid is given out by the admin only at the create, and a validation must not
+reach the running processes of the sandbox whose new code it checks), with a root-owned readable
+copy of the dependency environment in its scratch folder (``state_dir`` is not readable to it).
+A warm pool serves every job: each forked child confines itself, per job, before plugin code;
+the warm worker itself never runs plugin code.
+
 When the time is up, the host asks the child for a stack dump (``faulthandler`` on ``SIGUSR1``,
 written by a C signal handler, so it works even in ``while True: pass``) to name the line that was
 running, then kills the whole process group, descendants the modules started included.
@@ -14,10 +43,13 @@ running, then kills the whole process group, descendants the modules started inc
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
+import secrets
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +61,7 @@ from typing import Any, Protocol, Sequence
 import attrs
 
 from .. import codeload
+from ..config import ResourceLimits
 
 __all__ = ["ROOT", "Error", "Forker", "Outcome", "ValidatorResult", "collect", "kill_group", "run_validator"]
 
@@ -56,8 +89,9 @@ _FRAME = re.compile(r'File "(?P<file>.*)", line (?P<line>\d+)')
 class Forker(Protocol):
     """What :func:`run_validator` needs of a warm worker (a :class:`~plugin_host._compile.pool.CompilePool`)."""
 
-    def _run(self, payload: Path, label: str, timeout: float) -> Outcome | None:
-        """The outcome of the validation of ``payload`` in a forked child, or None to run it afresh."""
+    def _run(self, payload: Path, label: str, timeout: float, nonce: str) -> Outcome | None:
+        """The outcome of the validation of ``payload`` (tagged ``nonce``) in a forked child, or None to run
+        it afresh."""
         ...
 
 
@@ -88,6 +122,8 @@ def run_validator(
     pool: Forker | None = None,
     paths: Sequence[str] = (),
     profile: str = "standard",
+    limits: ResourceLimits | None = None,
+    user: tuple[int, int] | None = None,
 ) -> ValidatorResult:
     """Import ``targets`` (and check ``plugin_classes``) in a separate, throwaway Python process.
 
@@ -101,11 +137,16 @@ def run_validator(
             cannot: start a fresh interpreter.
         paths: folders put first on the import path (the sandbox's dependency environment).
         profile: the sandbox's security profile: top-level code runs under its runtime audit.
+        limits: the sandbox's limits: its memory and CPU limits become the validator's hard rlimits.
+        user: (uid, gid) the validator runs as (``isolation="user"``); None: the host's uid, without
+            capabilities.
     """
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="plugin-host-compile-") as scratch:
         # The scratch folder is the child's working folder too: relative writes by top-level
         # code land there, never in the sources.
+        if user is not None:
+            paths = _readable_copies(paths, Path(scratch))
         payload = Path(scratch, "payload.json")
         payload.write_text(
             json.dumps(
@@ -115,26 +156,61 @@ def run_validator(
                     "plugin_classes": list(plugin_classes),
                     "paths": list(paths),
                     "profile": profile,
+                    "limits": _limits_wire(limits),
+                    "user": None if user is None else list(user),
                 }
             ),
             encoding="utf-8",
         )
-        outcome = pool._run(payload, label, timeout) if pool is not None else None
+        if user is not None:
+            os.chown(scratch, user[0], user[1])  # its working folder: relative writes stay in it
+        nonce = secrets.token_hex(16)
+        outcome = pool._run(payload, label, timeout, nonce) if pool is not None else None
         if outcome is None:
-            outcome = _run_fresh(payload, label, time.monotonic() + timeout)
-    return _interpret(table, *outcome, timeout, time.monotonic() - start)
+            outcome = _run_fresh(payload, label, time.monotonic() + timeout, nonce)
+    return _interpret(table, *outcome, timeout, time.monotonic() - start, nonce)
 
 
-def _run_fresh(payload: Path, label: str, deadline: float) -> Outcome:
+def _readable_copies(paths: Sequence[str], scratch: Path) -> list[str]:
+    """Copies of the dependency environments (under ``state_dir``, which another uid cannot read) in the
+    job's scratch folder, root's and read-only to everyone: what a validator run as another uid imports."""
+    copies = []
+    for number, path in enumerate(paths):
+        copy = scratch / f"env-{number}"
+        shutil.copytree(path, copy, symlinks=True)
+        for folder, _, files in os.walk(copy):
+            os.chmod(folder, 0o755)
+            for name in files:
+                file = os.path.join(folder, name)
+                if not os.path.islink(file):
+                    os.chmod(file, 0o755 if os.stat(file).st_mode & 0o100 else 0o644)
+        copies.append(str(copy))
+    return copies
+
+
+def _limits_wire(limits: ResourceLimits | None) -> dict[str, float] | None:
+    """The limits the validator applies as hard rlimits (the others concern a running sandbox)."""
+    if limits is None:
+        return None
+    wanted = {"max_memory_mb": limits.max_memory_mb, "max_cpu_seconds": limits.max_cpu_seconds}
+    return {name: value for name, value in wanted.items() if value is not None}
+
+
+def _run_fresh(payload: Path, label: str, deadline: float, nonce: str) -> Outcome:
     with subprocess.Popen(
         [sys.executable, "-P", "-c", _BOOTSTRAP, ROOT, str(payload), label],
-        stdin=subprocess.DEVNULL,  # top-level input() gets EOF instead of blocking
+        stdin=subprocess.PIPE,  # the nonce, then EOF (the child reopens it on /dev/null)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=payload.parent,
         start_new_session=True,
     ) as proc:  # leaving closes the pipes and reaps the child
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            proc.stdin.write(nonce.encode() + b"\n")  # far below a pipe's buffer: never blocks
+            proc.stdin.close()
+        except OSError:
+            pass  # it died at start: its exit code says so
         try:
             out, err, expired = collect(_FreshChild(proc), proc.stdout.fileno(), proc.stderr.fileno(), deadline)
         finally:
@@ -251,12 +327,19 @@ def kill_group(pid: int) -> None:
 
 
 def _interpret(
-    table: codeload.CodeTable, out: str, chatter: str, expired: bool, code: int | None, timeout: float, elapsed: float
+    table: codeload.CodeTable,
+    out: str,
+    chatter: str,
+    expired: bool,
+    code: int | None,
+    timeout: float,
+    elapsed: float,
+    nonce: str,
 ) -> ValidatorResult:
     events, dump = _parse(out)
-    result = next((e for e in events if e.get("event") == "result"), None)
+    result, forged = _the_result(events, nonce)
     if result is not None:
-        errors = [(str(f), int(n), str(m)) for f, n, m in result["errors"]]
+        errors = [(str(f), int(n), str(m)) for f, n, m in result["errors"]] + forged
         audited = [str(line) for line in result.get("audited", [])]
         return ValidatorResult(errors, chatter, False, elapsed, audited)
     importing = next((e["module"] for e in reversed(events) if e.get("event") == "importing"), None)
@@ -269,7 +352,26 @@ def _interpret(
     else:
         last = chatter.strip().splitlines()[-1:] or ["no output"]
         message = f"the validator process exited with code {code} while {doing} ({last[0]})"
-    return ValidatorResult([(where[0], where[1], message)], chatter, expired, elapsed)
+    return ValidatorResult([(where[0], where[1], message), *forged], chatter, expired, elapsed)
+
+
+def _the_result(events: list[dict[str, Any]], nonce: str) -> tuple[dict[str, Any] | None, list[Error]]:
+    """The validator's own result among ``events``, and an error for each result line plugin code wrote.
+
+    Only a line tagged with the job's nonce can be the validator's (see :mod:`plugin_host._compile.worker`):
+    plugin code writing to the protocol stream (it is one of the process's file descriptors) does
+    not know it.  Lines without it are forgeries, each an error of the compile.  Two tagged lines
+    mean plugin code dug the nonce out of the validator's memory and wrote one: there is then no
+    telling which is the validator's, and neither counts.
+    """
+    results = [e for e in events if e.get("event") == "result"]
+    tagged = [e for e in results if hmac.compare_digest(str(e.get("nonce", "")).encode(), nonce.encode())]
+    message = "top-level code wrote a result line of its own to the validator's protocol stream"
+    forged = [("<validator>", 0, message)] if len(results) > len(tagged) else []
+    if len(tagged) > 1:
+        message = "more than one result line carries the job's nonce: top-level code forged one; none is trusted"
+        return None, [("<validator>", 0, message)]
+    return (tagged[0] if tagged else None), forged
 
 
 def _parse(text: str) -> tuple[list[dict[str, Any]], list[str]]:

@@ -8,9 +8,12 @@ worker's socket); each changes together with this module.  It has two entry poin
 * :func:`main`, a validator: it serves the sandbox's modules from memory under their plain names
   (the runtime's own :class:`~plugin_host.codeload.SandboxFinder`), imports them, checks the
   declared plugin classes, and writes JSON lines to its original stdout: ``importing`` before each
-  module, then one ``result``.  Whatever the modules print goes to stderr instead, so it can never
-  corrupt the protocol.  On ``SIGUSR1`` it writes a stack dump to the protocol stream
-  (``faulthandler``), which names the line a module that ran out of time was on.
+  module, then one ``result`` tagged with the job's nonce (first line of stdin), after which it
+  ends at once (why, and what the host trusts: :mod:`plugin_host._compile.validator`).  It confines
+  itself first (hard rlimits, no capabilities, ``no_new_privs``, the job's uid).  Whatever the
+  modules print goes to stderr instead, so it can never corrupt the protocol.  On ``SIGUSR1`` it
+  writes a stack dump to the protocol stream (``faulthandler``), which names the line a module
+  that ran out of time was on.
 * :func:`serve`, the warm worker of a :class:`CompilePool`: with the runtime already imported, it
   waits on a Unix socket, and for each job forks a child that becomes exactly what :func:`main`
   would be and runs the same validation.  It only forks, reports the child's pid and exit code,
@@ -24,6 +27,7 @@ runtime uses by exactly the same rule.
 from __future__ import annotations
 
 import ast
+import errno
 import faulthandler
 import importlib
 import json
@@ -38,6 +42,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
 import attrs
 
 from .. import _audit, codeload
+from .. import _confine as confine
+from ..config import ResourceLimits
 from ..errors import SandboxStartError
 from ..values import AuditRecord
 from .pool import MAX_MESSAGE, CompilePool, CompilePoolStatistics
@@ -57,7 +63,9 @@ __all__ = ["CompilePool", "CompilePoolStatistics", "ValidatorResult", "main", "r
 
 
 def main(argv: Sequence[str]) -> None:
-    """Entry point of the validator process: ``argv`` is ``[root, payload, label]``; never returns."""
+    """Entry point of the validator process: ``argv`` is ``[root, payload, label]``, the job's nonce the
+    first line of stdin; never returns."""
+    nonce = _read_nonce()
     results = _claim_stdout()
     faulthandler.register(signal.SIGUSR1, file=results, all_threads=True)
     payload = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
@@ -65,30 +73,93 @@ def main(argv: Sequence[str]) -> None:
     plugin_bases = _plugin_bases() if payload["plugin_classes"] else ()
     if sys.path and sys.path[0] == argv[0]:
         del sys.path[0]  # the bootstrap's entry: sandbox code sees the host's usual sys.path
-    _validate(results, table, payload, plugin_bases)
+    _validate(results, table, payload, plugin_bases, nonce)
 
 
-def _validate(results: TextIO, table: codeload.CodeTable, payload: dict[str, Any], bases: tuple[type, ...]) -> NoReturn:
+def _read_nonce() -> str:
+    """The job's nonce, the first line of stdin; stdin is ``/dev/null`` afterwards (top-level ``input()``
+    gets EOF, and nothing more can be read of the host's pipe)."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < 256:
+        chunk = os.read(0, 256 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return data.decode("ascii", errors="replace").strip()
+
+
+def _validate(
+    results: TextIO, table: codeload.CodeTable, payload: dict[str, Any], bases: tuple[type, ...], nonce: str
+) -> NoReturn:
+    """Confine this process, import the modules under the profile's audit, report, and end at once.
+
+    The result is written from inside the audited block and followed by ``os._exit`` at once: what
+    plugin code left to run later (a ``__del__``, a ``weakref.finalize``, an ``atexit`` handler, a
+    replaced ``sys.stdout``'s ``flush``, a thread) runs audited or never (see :func:`_finish`).
+    """
     paths = payload.get("paths", [])
+    _confine(payload)
     sys.path[:0] = paths  # the sandbox's dependency environment comes first, as in the sandbox
     errors = _install(table)
     audited: list[AuditRecord] = []
-    if not errors:
-        # Top-level code runs under the sandbox's profile here as in the sandbox: ``restricted`` refuses
-        # (the import fails, naming the line), ``standard`` records (the host shows what it did).
-        control = _audit.install(_AUDIT_ID, payload.get("profile", "standard"), audited.append, paths)
-        with control.plugin_code("(top level)"):
-            failed, errors = _import_all(table, payload["targets"], results)
-            errors += _check_classes(table, payload["plugin_classes"], bases, failed)
-    report = [f"{r.event} {r.detail}" + (" (refused)" if r.blocked else "") for r in list(audited)]
-    _emit(results, {"event": "result", "errors": errors, "audited": report})
-    for stream in (sys.stdout, sys.stderr):
+    if errors:
+        _finish(results, nonce, errors, audited)  # no plugin code ran
+    # Top-level code runs under the sandbox's profile here as in the sandbox: ``restricted`` refuses
+    # (the import fails, naming the line), ``standard`` records (the host shows what it did).
+    control = _audit.install(_AUDIT_ID, payload.get("profile", "standard"), audited.append, paths)
+    with control.plugin_code("(top level)"):
+        failed, errors = _import_all(table, payload["targets"], results)
+        errors += _check_classes(table, payload["plugin_classes"], bases, failed)
+        _finish(results, nonce, errors, audited)
+
+
+def _confine(payload: dict[str, Any]) -> None:
+    """Give up, before any plugin code runs, what the sandbox's own processes give up: its hard rlimits
+    (memory, CPU), every capability, ``no_new_privs``, and the host's uid when the job names one
+    (``isolation="user"``: see :mod:`plugin_host._compile.validator`)."""
+    limits = payload.get("limits") or {}
+    confine.apply_rlimits(ResourceLimits(**limits))
+    user = payload.get("user")
+    confine.drop_privileges(None if user is None else lambda: _become(int(user[0]), int(user[1])))
+
+
+def _become(uid: int, gid: int) -> None:
+    """Run as ``uid``/``gid`` for good, with no supplementary group."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid,) * 3 or os.getresgid() != (gid,) * 3:
+        raise OSError(errno.EPERM, f"the switch to uid {uid} did not hold")
+
+
+def _finish(results: TextIO, nonce: str, errors: list[Error], audited: list[AuditRecord]) -> NoReturn:
+    """Write the one result line, tagged with the job's nonce, and end the process at once.
+
+    Called inside the audited block, so what plugin code has the interpreter run meanwhile (a
+    finalizer the collector runs while the line is built, the ``flush`` of a ``sys.stdout`` it
+    replaced) is audited like its top-level code; ``os._exit`` then ends every thread and skips
+    ``atexit`` handlers and the remaining finalizers, so nothing of the plugin's runs after the
+    line (a thread that writes in the instant between the write and the exit is the host's to
+    catch: see :mod:`plugin_host._compile.validator`).
+    """
+    for stream in (sys.stdout, sys.stderr):  # the modules' own output first: they may be plugin objects
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - a plugin's stream may raise anything; the result must go out
             pass
-    # Skip atexit handlers and the join of non-daemon threads that plugin code may have started.
-    os._exit(0)
+    report = [f"{r.event} {r.detail}" + (" (refused)" if r.blocked else "") for r in list(audited)]
+    # A first newline ends whatever partial line plugin code left in the stream.
+    line = ("\n" + json.dumps({"event": "result", "nonce": nonce, "errors": errors, "audited": report}) + "\n").encode()
+    try:
+        results.flush()
+        fd = results.fileno()
+        while line:
+            line = line[os.write(fd, line) :]
+    finally:
+        os._exit(0)
 
 
 # -- warm worker side ----------------------------------------------------------------------
@@ -194,6 +265,7 @@ def _run_forked(channel: socket.socket, message: dict[str, str], fds: list[int],
         for target, fd in zip((1, 2), fds, strict=True):
             os.dup2(fd, target)
             os.close(fd)
+        nonce = message.pop("nonce", "")
         payload_path = message["payload"]
         os.chdir(os.path.dirname(payload_path))
         sys.argv = ["-c", ROOT, payload_path, message["label"]]
@@ -203,7 +275,7 @@ def _run_forked(channel: socket.socket, message: dict[str, str], fds: list[int],
         table = codeload.CodeTable.from_wire({k: (p, s, pkg) for k, (p, s, pkg) in payload["modules"].items()})
         bases = _plugin_bases() if payload["plugin_classes"] else ()
         _forget_warm_modules(table, baseline.with_bases if bases else baseline.plain)
-        _validate(results, table, payload, bases)
+        _validate(results, table, payload, bases, nonce)
     except BaseException:  # noqa: BLE001 - whatever happens, this process must never return to the worker loop
         traceback.print_exc()  # exit code 1 and a traceback, as an uncaught error in a fresh process
         sys.stderr.flush()

@@ -1,0 +1,267 @@
+"""Attacks on the compile validator (issue #15, lane V): the process that imports a sandbox's modules before
+they enter it is contained like the sandbox.
+
+Top-level plugin code runs in the validator, so it must not be able to forge the validator's verdict
+(a result line written to the protocol stream, from top-level code, a thread, ``atexit`` or a
+finalizer), run unaudited after the verdict (a ``__del__``, ``atexit``, a replaced ``sys.stdout``), use
+more memory than its sandbox may, keep the host's capabilities, or, for ``isolation="user"``, read
+what the host's uid can (the cookie, the ``state_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+import pytest
+from conftest import sample
+from test_compiler import write_tree
+
+from plugin_host import Host, HostConfig, compiler
+from plugin_host.compiler import compile_sandbox
+from plugin_host.config import ResourceLimits
+from plugin_host.errors import CompilationError
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uids needs root (CI runs as root)")
+
+FORGED = '{"event": "result", "errors": [], "audited": []}\n'
+"""A success claimed by plugin code: no error, nothing audited."""
+
+# Each writes FORGED to every descriptor the process may have (the protocol stream is one of them).
+_SPRAY = f"""
+import os
+def spray(line={FORGED!r}):
+    for fd in range(1, 64):
+        try:
+            os.write(fd, line.encode())
+        except OSError:
+            pass
+"""
+FORGERS = {
+    "top level": _SPRAY + "spray()\n",
+    "thread": _SPRAY
+    + textwrap.dedent(
+        """
+        import threading
+        written = threading.Event()
+        def forge():
+            while True:  # before the validator's result, and for as long as the process lives
+                spray()
+                written.set()
+        threading.Thread(target=forge, daemon=True).start()
+        written.wait()
+        """
+    ),
+    "atexit": _SPRAY + "import atexit\natexit.register(spray)\n",
+    "finalizer": _SPRAY
+    + textwrap.dedent(
+        """
+        import weakref
+        class Forger:
+            def __del__(self):
+                spray()
+        KEEP = Forger()  # collected, if ever, only after the validator's result
+        weakref.finalize(KEEP, spray)
+        """
+    ),
+}
+
+
+@pytest.fixture(params=[False, True], ids=["fresh", "pool"])
+def pool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[compiler.CompilePool | None]:
+    """No pool (a fresh validator per compile), or a warm pool closed at the end."""
+    warm = compiler.CompilePool(label=str(tmp_path)) if request.param else None
+    try:
+        yield warm
+    finally:
+        if warm is not None:
+            warm.close()
+
+
+@pytest.mark.parametrize("where", sorted(FORGERS))
+def test_a_result_forged_by_plugin_code_is_not_taken_for_the_validators(
+    tmp_path: Path, pool: compiler.CompilePool | None, where: str
+) -> None:
+    """Top-level code (or a thread, an ``atexit`` handler, a finalizer it leaves) writes a forged success line
+    to every descriptor, the protocol stream included, then does what ``restricted`` refuses: the compile
+    still fails at the refused line, the forgery is named, and the forged success is never taken."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host data")
+    source = FORGERS[where] + f"import pathlib\nDATA = pathlib.Path({str(secret)!r}).read_text()\n"
+    refused_line = source.count("\n")
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    with pytest.raises(CompilationError) as caught:
+        compile_sandbox(root, security_profile="restricted", pool=pool)
+    assert ("a.py", refused_line) in [(Path(f).name, line) for f, line, _ in caught.value.errors]
+    assert "PermissionError" in str(caught.value)
+    if where in ("top level", "thread"):  # written before the result: seen, and named as a forgery
+        assert any("result line of its own" in message for _, _, message in caught.value.errors)
+
+
+def test_a_result_tagged_with_a_nonce_dug_out_of_memory_is_refused(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """Top-level code that finds the job's nonce in the validator's frames and writes a tagged success cannot
+    pass it for the validator's: the validator's own line comes too, and two tagged lines fail the compile."""
+    source = _SPRAY + textwrap.dedent(
+        """
+        import json, sys
+        frame, nonce = sys._getframe(), ""
+        while frame is not None and not nonce:
+            nonce = str(frame.f_locals.get("nonce", ""))
+            frame = frame.f_back
+        spray(json.dumps({"event": "result", "nonce": nonce, "errors": [], "audited": []}) + "\\n")
+        raise RuntimeError("the real outcome")
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    with pytest.raises(CompilationError) as caught:
+        compile_sandbox(root, pool=pool)
+    assert "none is trusted" in str(caught.value)
+
+
+def test_what_plugin_code_leaves_to_run_after_its_import_runs_audited_or_never(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """Under ``restricted``, a write refused to top-level code is refused (or never done) when it is left to
+    an ``atexit`` handler, a ``__del__`` the collector runs while the validator reports, or the ``flush`` of
+    a ``sys.stdout`` the module replaced (the validator flushes the streams before its result)."""
+    target = tmp_path / "escaped"
+    source = textwrap.dedent(
+        f"""
+        import atexit, gc, os, sys
+        TARGET = {str(target)!r}
+        MAKE = os.mkdir  # a reference the static scan lets through: the runtime audit is what refuses it
+        def write(suffix):
+            try:
+                MAKE(TARGET + suffix)
+            except OSError:
+                pass
+        atexit.register(write, "-atexit")
+        class Stream:
+            def write(self, text):
+                return len(text)
+            def flush(self):
+                write("-flush")
+        sys.stdout = Stream()
+        class Cycle:
+            def __init__(self):
+                self.me = self
+            def __del__(self):
+                write("-del")
+                Cycle()  # garbage again: the next collection runs this again
+        Cycle()
+        gc.set_threshold(1)  # a collection at nearly every allocation, the validator's own included
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    info = compile_sandbox(root, security_profile="restricted", pool=pool)
+    assert "(refused)" in info.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("escaped")) == []
+
+
+def test_top_level_code_past_the_memory_limit_fails_the_compile(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """The validator applies the sandbox's ``max_memory_mb`` as a hard limit before plugin code: allocating
+    past it fails the compile at the line with ``MemoryError`` (the caller is untouched), and top-level code
+    can neither raise the limit nor keep a capability or gain privileges (``no_new_privs``)."""
+    source = textwrap.dedent(
+        """
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError) as exc:
+            print("raise refused:", type(exc).__name__)
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+        print("caps", status["CapEff"].strip(), status["CapBnd"].strip(), "nnp", status["NoNewPrivs"].strip())
+        DATA = bytearray(256 * 2**20)
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    limits = ResourceLimits(max_memory_mb=64)
+    with pytest.raises(CompilationError) as caught:
+        compile_sandbox(root, pool=pool, limits=limits)
+    assert ("a.py", source.count("\n")) in [(Path(f).name, line) for f, line, _ in caught.value.errors]
+    assert "MemoryError" in str(caught.value)
+    output = caught.value.output
+    assert "raise refused:" in output
+    assert "caps 0000000000000000 0000000000000000 nnp 1" in output
+    assert bytearray(256 * 2**20)  # this process keeps its own limits
+
+
+def test_a_reload_compiles_under_the_sandboxs_memory_limit(host: Host) -> None:
+    """``hot_reload_source`` validates under the sandbox's own ``max_memory_mb``: top-level code allocating
+    past it fails the compile (before anything is sent) and the sandbox goes on with its old code."""
+    host.create_sandbox("s", "root:Root", sandbox_path=sample("counter"), limits={"max_memory_mb": 64})
+    assert host.call("s", "counter", "inc") == 1
+    source = Path(sample("counter"), "counter.py").read_text() + "DATA = bytearray(256 * 2**20)\n"
+    with pytest.raises(CompilationError) as caught:
+        host.hot_reload_source("s", source, "counter")
+    assert "MemoryError" in str(caught.value)
+    assert host.call("s", "counter", "inc") == 2
+    assert host.get_module_version("s", "counter") == 1
+
+
+PEEK = textwrap.dedent(
+    """
+    import os
+    def peek(what, read):
+        try:
+            read()
+            print(what, "readable")
+        except OSError as exc:
+            print(what, type(exc).__name__)
+    print("uid", os.getresuid(), os.getresgid(), os.getgroups())
+    peek("cookie", lambda: open(COOKIE).read())
+    peek("state_dir", lambda: os.listdir(STATE))
+    """
+)
+
+
+@as_root
+def test_for_isolation_user_the_validator_cannot_read_the_cookie_or_the_state_dir(config: HostConfig) -> None:
+    """On a host whose sandboxes are their own users, the validator runs as ``nobody`` (no supplementary
+    group): its top-level code can read neither the cookie nor the ``state_dir``.  (Its dependency environment,
+    under the ``state_dir``, is still importable through a readable copy: ``tests/test_isolation_user.py::
+    test_its_dependency_environment_is_read_as_its_own_user_before_and_after_a_reload`` compiles one.)"""
+    with Host(attrs.evolve(config, isolation="user")) as host:
+        state = Path(host.config.state_dir)
+        assert host.config.credential_file.exists()
+        header = f"COOKIE = {str(host.config.credential_file)!r}\nSTATE = {str(state)!r}\n"
+        folder = write_tree(state.parent / "sb", {"peek.py": header + PEEK})
+        output = host.compile_sandbox(str(folder)).output
+    assert "uid (65534, 65534, 65534) (65534, 65534, 65534) []" in output
+    assert "cookie PermissionError" in output
+    assert "state_dir PermissionError" in output
+
+
+@as_root
+def test_a_reload_of_a_user_sandbox_is_validated_as_nobody(host: Host) -> None:
+    """``hot_reload_source`` into an ``isolation="user"`` sandbox of a host whose default is ``"process"``
+    validates as ``nobody`` too: top-level code that would fail the compile if it could read the cookie
+    or the ``state_dir``, or ran as root, is accepted, and the reload runs it as the sandbox's own uid."""
+    probe = Path(__file__).parent / "plugins" / "isolation"
+    info = host.create_sandbox("u", "probe:Probe", sandbox_path=str(probe), isolation="user")
+    guard = textwrap.dedent(
+        f"""
+        import os as _os
+        if _os.getuid() == 0:
+            raise RuntimeError("validated as root")
+        for _reach in (lambda: open({str(host.config.credential_file)!r}).read(),
+                       lambda: _os.listdir({str(host.config.state_dir)!r})):
+            try:
+                _reach()
+            except PermissionError:
+                continue
+            raise RuntimeError("the host's files are readable")
+        """
+    )
+    source = (probe / "probe.py").read_text().replace('TAG = "v1"', 'TAG = "v2"') + guard
+    assert host.hot_reload_source("u", source, "probe").new_version == 2
+    after = host.call("u", "probe", "who")
+    assert (after["tag"], after["uid"]) == ("v2", info.uid)
