@@ -46,6 +46,8 @@ ATTACKS = [
     ("eval-passed-as-value", "list(map(eval, items))", [1], "eval without calling"),
     ("sys-modules", "import sys\nsys.modules['os']", [2], "sys.modules"),
     ("open-by-reference", "import io\nopener = io.open", [2], "io.open without calling"),
+    ("path-writer-by-reference", "import os\nMAKE = os.mkdir\nMAKE('/tmp/x')", [2], "os.mkdir without calling"),
+    ("path-writer-in-a-table", "import shutil\nops = {'rm': shutil.rmtree}", [2], "shutil.rmtree without calling"),
     ("computed-mode", "open('/etc/x', mode)", [1], "open()"),
     ("shutil-copy-target", "import shutil\nshutil.copy('a', destination)", [2], "shutil.copy()"),
     ("os-remove-outside", "import os\nos.remove('../x')", [2], "'../x'"),

@@ -92,9 +92,26 @@ _MUTATORS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__set
 _RUNTIME_PACKAGES = ("actors", "plugin_host")
 _STRICT_OPENERS = (*_OPENERS, "io.FileIO", "_io.FileIO", "codecs.open")
 """Callables opening a path as ``(file, mode)``: the strict scan judges every one of them."""
+_PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
+    **{
+        f"os.{f}": ((0, "path"),)
+        for f in ("remove", "unlink", "rmdir", "mkdir", "truncate", "chmod", "lchmod", "mkfifo", "mknod")
+    },
+    **{f"os.{f}": ((0, "path"),) for f in ("chown", "lchown", "chflags", "lchflags", "utime")},
+    "os.makedirs": ((0, "name"),),
+    "os.removedirs": ((0, "name"),),
+    "shutil.chown": ((0, "path"),),
+    **{f"os.{f}": ((0, "src"), (1, "dst")) for f in ("rename", "replace", "renames")},
+    **{f"os.{f}": ((1, "dst"),) for f in ("symlink", "link")},
+    **{f"shutil.{f}": ((1, "dst"),) for f in ("copy", "copy2", "copyfile", "copytree", "copymode", "copystat")},
+    "shutil.move": ((0, "src"), (1, "dst")),
+    "shutil.rmtree": ((0, "path"),),
+}
+"""Functions that change the file system under ``restricted``: (position, keyword) of each path they change."""
 _CHECKED_ARGUMENTS = frozenset(
     {
         *_STRICT_OPENERS,
+        *_PATH_WRITERS,
         "os.open",
         "posix.open",
         "importlib.import_module",
@@ -128,22 +145,6 @@ _INTROSPECTION = frozenset(
 )
 """Attributes that reach another namespace (a function's globals, a frame's, every class) on any object."""
 _READ_ONLY_FLAGS = frozenset({"O_RDONLY", "O_CLOEXEC", "O_NOFOLLOW", "O_DIRECTORY", "O_NONBLOCK", "O_NOCTTY"})
-_PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
-    **{
-        f"os.{f}": ((0, "path"),)
-        for f in ("remove", "unlink", "rmdir", "mkdir", "truncate", "chmod", "lchmod", "mkfifo", "mknod")
-    },
-    **{f"os.{f}": ((0, "path"),) for f in ("chown", "lchown", "chflags", "lchflags", "utime")},
-    "os.makedirs": ((0, "name"),),
-    "os.removedirs": ((0, "name"),),
-    "shutil.chown": ((0, "path"),),
-    **{f"os.{f}": ((0, "src"), (1, "dst")) for f in ("rename", "replace", "renames")},
-    **{f"os.{f}": ((1, "dst"),) for f in ("symlink", "link")},
-    **{f"shutil.{f}": ((1, "dst"),) for f in ("copy", "copy2", "copyfile", "copytree", "copymode", "copystat")},
-    "shutil.move": ((0, "src"), (1, "dst")),
-    "shutil.rmtree": ((0, "path"),),
-}
-"""Functions that change the file system under ``restricted``: (position, keyword) of each path they change."""
 _PATH_WRITE_METHODS = ("write_text", "write_bytes")
 _PATH_CHANGE_METHODS = ("unlink", "touch", "mkdir", "rmdir", "chmod", "lchmod", "symlink_to", "hardlink_to")
 """Strict: methods that change the file system at their receiver's path, judged on any object."""
