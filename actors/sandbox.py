@@ -38,6 +38,7 @@ from ._base import describe_exception, log
 from ._code.codeswap import local_environment
 from ._code.reload import RootReload
 from ._process.cgroup import SandboxGroup, seal
+from ._process.descriptors import close_inherited
 from ._process.hardening import drop_privileges, new_process_group
 from ._process.identity import become
 from ._process.limits import apply_rlimits, check_rlimits
@@ -153,6 +154,7 @@ class SandboxActor(SupervisorActor):
         self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))
         try:
             if self.multiprocess:  # under simpleSystemBase this is the host's own process
+                close_inherited()  # the admin's database, logs, sockets, pipes: never the plugin's
                 _join_group(msg.context.sandbox_id, msg.group)
                 _contain(msg.context.limits)
                 _give_up_privileges(msg.context.user)

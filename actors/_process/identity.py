@@ -16,9 +16,8 @@ under ``state_dir`` (``0700``, root's) where the sandbox cannot reach them.  Not
 is loosened: the sandbox reads no file of the host (its code comes in its start message).
 
 The sandbox's side is :func:`become`, which the root calls once, after it took its key and joined its
-control group and before any plugin code: it points every regular file and every socket it inherited
-from the admin at ``/dev/null`` (the registry's database, the host's listening sockets), then
-``setgroups([])``, ``setgid``, ``setuid``; the capabilities go with the uid (see
+control group and before any plugin code (and after closing what it inherited from the admin, as every root does:
+:mod:`actors._process.descriptors`): ``setgroups([])``, ``setgid``, ``setuid``; the capabilities go with the uid (see
 :func:`actors._process.hardening.drop_privileges`).  What it reads of the host's installation later
 (activating an environment) it reads before: the uid may not read a Python under a ``0700`` home.
 """
@@ -96,15 +95,13 @@ class UserPool:
 
     def _in_child(self) -> None:
         """A child forked from the admin holds no lock (POSIX locks are not inherited) and keeps no lock file;
-        it notes the admin's sockets it inherited (:func:`become` closes them)."""
+        its other inherited descriptors are closed by the root (:mod:`actors._process.descriptors`)."""
         for fd in self._held.values():
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._held = {}
-        _INHERITED_SOCKETS.clear()
-        _INHERITED_SOCKETS.update(_open_sockets())
 
     def take(self) -> SandboxUser:
         """A free uid, locked, with its folders made.
@@ -246,7 +243,8 @@ def _named(uid: int) -> bool:
 
 
 def become(user: SandboxUser) -> None:
-    """Run as ``user`` from now on, for good: no inherited file left open, no supplementary group.
+    """Run as ``user`` from now on, for good, with no supplementary group (the root closed what it inherited
+    from the admin before: :func:`actors._process.descriptors.close_inherited`).
 
     Called by a sandbox root between dropping its capability bounding set and emptying its capability
     sets (the uid change empties them anyway).
@@ -258,7 +256,6 @@ def become(user: SandboxUser) -> None:
         read_runtime_metadata()  # what activating an environment reads of the host's installation, while it may
     except DependencyError:
         pass  # no packaging library: only an environment needs it, and its activation says so then
-    _close_inherited_files()
     os.setgroups([])
     os.setresgid(user.gid, user.gid, user.gid)
     os.setresuid(user.uid, user.uid, user.uid)
@@ -273,43 +270,3 @@ def become(user: SandboxUser) -> None:
     os.chdir(user.scratch)
     os.environ.update(HOME=user.scratch, TMPDIR=user.scratch, USER=f"uid-{user.uid}", LOGNAME=f"uid-{user.uid}")
     tempfile.tempdir = user.scratch
-
-
-_INHERITED_SOCKETS: set[tuple[int, int]] = set()
-"""(device, inode) of each socket open in this process when the admin forked it (none in any other process)."""
-
-
-def _open_sockets() -> set[tuple[int, int]]:
-    found = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            info = os.fstat(int(name))
-        except OSError:
-            continue
-        if stat.S_ISSOCK(info.st_mode):
-            found.add((info.st_dev, info.st_ino))
-    return found
-
-
-def _close_inherited_files() -> None:
-    """Point every regular file this process inherited (the admin's registry database, its logs), past the
-    write-only standard streams, and every socket of the admin's it inherited (the system's admin port, the
-    admin's connections) at ``/dev/null``: an open descriptor outlives the uid switch, and through a socket a
-    plugin could take frames meant for the admin.  (dup2, not close: a stale object of the admin's that
-    closes its descriptor later closes ``/dev/null``.)"""
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd == null:
-                continue
-            try:
-                info = os.fstat(fd)
-            except OSError:
-                continue
-            readable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
-            admins_socket = (info.st_dev, info.st_ino) in _INHERITED_SOCKETS
-            if admins_socket or (stat.S_ISREG(info.st_mode) and (fd > 2 or readable)):
-                os.dup2(null, fd, inheritable=os.get_inheritable(fd))
-    finally:
-        os.close(null)

@@ -6,6 +6,7 @@ even when the isolation it tests is missing.
 """
 
 import ctypes
+import fcntl
 import os
 import socket
 import tempfile
@@ -47,13 +48,28 @@ def attempt(kind, arg):
             ports = []
             for name in os.listdir("/proc/self/fd"):
                 try:
-                    held = socket.socket(fileno=os.dup(int(name)))
+                    copy = os.dup(int(name))
                 except OSError:
+                    continue  # the listing's own descriptor, closed by now
+                try:
+                    held = socket.socket(fileno=copy)
+                except OSError:
+                    os.close(copy)  # not a socket: no copy left behind
                     continue
                 with held:
                     if held.family == socket.AF_INET and held.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                         ports.append(held.getsockname()[1])
             return ports
+        elif kind == "descriptors":  # (fd, what it refers to, whether it is open for reading) of each
+            found = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    target = os.readlink(f"/proc/self/fd/{name}")
+                    readable = fcntl.fcntl(int(name), fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
+                except OSError:
+                    continue
+                found.append((int(name), target, readable))
+            return found
         elif kind == "scratch":
             fd, path = tempfile.mkstemp()
             os.write(fd, b"mine")
