@@ -19,7 +19,8 @@ The sandbox's side is :func:`become`, which the root calls once, after it took i
 control group and before any plugin code (and after closing what it inherited from the admin, as every root does:
 :mod:`actors._process.descriptors`): ``setgroups([])``, ``setgid``, ``setuid``; the capabilities go with the uid (see
 :func:`actors._process.hardening.drop_privileges`).  What it reads of the host's installation later
-(activating an environment) it reads before: the uid may not read a Python under a ``0700`` home.
+(activating an environment) it reads before; a Python under a ``0700`` home it reads through the root's
+mount namespace (:func:`actors._process.namespace.reveal`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from plugin_host.errors import ConfigError, DependencyError, LimitExceededError
 
 from .._messages import SandboxUser
 
-__all__ = ["USERS_DIR", "UserPool", "become", "hidden_interpreter", "readable_environment", "refusal"]
+__all__ = ["USERS_DIR", "UserPool", "become", "readable_environment", "refusal"]
 
 USERS_DIR = Path("/run/plugin-host")
 """Where the hosts of a machine lock the uids they gave out, and keep each sandbox's folders."""
@@ -51,14 +52,15 @@ USERS_DIR = Path("/run/plugin-host")
 _CAP_CHOWN = 0
 _CAP_SETGID = 6
 _CAP_SETUID = 7
+_CAP_SYS_ADMIN = 21
 _PR_SET_PDEATHSIG = 1
 
 
 def refusal() -> str | None:
     """Why this process cannot run sandboxes as their own users, or None when it can.
 
-    It needs to switch uids and hand a folder over (root, or ``CAP_SETUID``, ``CAP_SETGID`` and
-    ``CAP_CHOWN``), on Linux.
+    It needs to switch uids, hand a folder over and give the sandbox its own mount and IPC namespace (root, or
+    ``CAP_SETUID``, ``CAP_SETGID``, ``CAP_CHOWN`` and ``CAP_SYS_ADMIN``), on Linux.
     """
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -75,7 +77,12 @@ def refusal() -> str | None:
     return None
 
 
-_NEEDED = ((_CAP_SETUID, "CAP_SETUID"), (_CAP_SETGID, "CAP_SETGID"), (_CAP_CHOWN, "CAP_CHOWN"))
+_NEEDED = (
+    (_CAP_SETUID, "CAP_SETUID"),
+    (_CAP_SETGID, "CAP_SETGID"),
+    (_CAP_CHOWN, "CAP_CHOWN"),
+    (_CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),  # its own mount and IPC namespace (actors._process.namespace)
+)
 
 
 class UserPool:
@@ -185,20 +192,6 @@ class UserPool:
         scratch.mkdir(mode=0o700)
         os.chown(scratch, uid, uid)
         return SandboxUser(uid, uid, str(home), str(scratch))
-
-
-def hidden_interpreter() -> str | None:
-    """The first folder on the way to this interpreter's standard library that other users cannot pass
-    through (a Python under a ``0700`` home), or None: a sandbox's uid then imports only the modules the
-    runtime loaded before the switch."""
-    folder = Path(os.__file__).resolve().parent
-    for path in (*reversed(folder.parents), folder):
-        try:
-            if not os.stat(path).st_mode & stat.S_IXOTH:
-                return str(path)
-        except OSError:
-            return str(path)
-    return None
 
 
 def readable_environment(user: SandboxUser, environment: str | None) -> str | None:
