@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -38,9 +39,11 @@ from ._base import describe_exception, log
 from ._code.codeswap import local_environment
 from ._code.reload import RootReload
 from ._process.cgroup import SandboxGroup, seal
+from ._process.descriptors import close_inherited
 from ._process.hardening import drop_privileges, new_process_group
 from ._process.identity import become
 from ._process.limits import apply_rlimits, check_rlimits
+from ._process.namespace import enter, private_temporaries, reveal
 from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
@@ -153,7 +156,9 @@ class SandboxActor(SupervisorActor):
         self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))
         try:
             if self.multiprocess:  # under simpleSystemBase this is the host's own process
+                close_inherited()  # the admin's database, logs, sockets, pipes: never the plugin's
                 _join_group(msg.context.sandbox_id, msg.group)
+                _enter_namespace(msg.context, sealed=bool(msg.group))
                 _contain(msg.context.limits)
                 _give_up_privileges(msg.context.user)
             environment = local_environment(msg.environment, msg.packages)
@@ -453,8 +458,8 @@ _REPORT_WHEN_DOWN = {
 
 def _join_group(sandbox_id: str, group: dict[str, str] | None) -> None:
     """Into the sandbox's control group (the admin made it), while this process may still write there: every
-    process of the sandbox is forked from here, and stays in it whatever it detaches from; then every cgroup
-    mount read-only for the sandbox (see ``_process.cgroup.seal``), so that its plugin cannot move out.
+    process of the sandbox is forked from here, and stays in it whatever it detaches from (its cgroup mounts
+    are made read-only next, in :func:`_enter_namespace`, so that its plugin cannot move out).
 
     Raises:
         SandboxStartError: the group cannot be joined.
@@ -465,12 +470,53 @@ def _join_group(sandbox_id: str, group: dict[str, str] | None) -> None:
         SandboxGroup.at(group).join()
     except OSError as exc:
         raise SandboxStartError(f"cannot join the sandbox's control group: {exc}") from None
+
+
+def _enter_namespace(context: m.SandboxContext, sealed: bool) -> None:
+    """The sandbox's own mount namespace (see ``_process.namespace``), while this process may still mount: its
+    cgroup mounts read-only (``sealed``: so that its plugin cannot move out of its group) and, for a sandbox
+    run as its own user, its own IPC namespace, ``/tmp``, ``/var/tmp`` and ``/dev/shm``, and the host's
+    Python readable where it lives under a home its uid cannot pass.
+
+    Raises:
+        SandboxStartError: a sandbox run as its own user cannot have its namespace (never run it without).
+    """
+    user = context.user
+    if not sealed and user is None:
+        return
+    try:
+        enter(ipc=user is not None)
+    except OSError as exc:
+        if user is not None:
+            raise SandboxStartError(f"cannot make the sandbox's own mount and IPC namespace: {exc}") from None
+        log.warning(
+            "sandbox %s: no mount namespace of its own (%s): its plugin may leave its group", context.sandbox_id, exc
+        )
+        return
+    if sealed:
+        _seal(context.sandbox_id)
+    if user is None:
+        return
+    try:
+        private_temporaries(context.limits.max_memory_mb or _TMPFS_MB)
+        reveal([*sys.path, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix])
+    except OSError as exc:
+        raise SandboxStartError(f"cannot make the sandbox's own /tmp or show it the interpreter: {exc}") from None
+
+
+def _seal(sandbox_id: str) -> None:
+    """Every cgroup mount read-only in the sandbox's namespace (see ``_process.cgroup.seal``), or a warning."""
     try:
         seal()
     except OSError as exc:
         log.warning(
             "sandbox %s: cannot make the cgroup mounts read-only (%s): its plugin may leave its group", sandbox_id, exc
         )
+
+
+_TMPFS_MB = 256
+"""Size bound of each of a user sandbox's ``/tmp``, ``/var/tmp``, ``/dev/shm`` without ``max_memory_mb``
+(their files are memory: with one, that is each one's bound, and a control group charges them to it)."""
 
 
 def _contain(limits: ResourceLimits) -> None:

@@ -49,7 +49,7 @@ from plugin_host.values import SandboxInfo
 from .. import _messages as m
 from .._base import log
 from .._process.hardening import kill_group, process_alive
-from .._process.identity import UserPool, hidden_interpreter, readable_environment, refusal
+from .._process.identity import UserPool, readable_environment, refusal
 from .._process.tree import kill_descendants, kill_tree, leads_group_below
 from ..sandbox import SandboxActor
 from .events import Events
@@ -267,7 +267,7 @@ class Sandboxes:
         return False
 
     def _new_user(self) -> m.SandboxUser:
-        """A uid from the pool (made, with one warning should the uids not read the interpreter, at first use).
+        """A uid from the pool (made at first use).
 
         Raises:
             ConfigError: the pool's folder is not root's alone.
@@ -275,13 +275,6 @@ class Sandboxes:
         """
         if self.users is None:
             self.users = UserPool(*self.config().sandbox_uids)
-            hidden = hidden_interpreter()
-            if hidden:
-                log.warning(
-                    "sandboxes with isolation='user' cannot read %s: they can import only the modules the "
-                    "runtime loaded before they switched uid (install Python where other users can read it)",
-                    hidden,
-                )
         return self.users.take()
 
     def _release_user(self, rec: SandboxRecord) -> None:

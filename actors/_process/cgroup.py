@@ -21,8 +21,9 @@ A group alone does not stop a process running as uid 0 from writing its pid into
 could leave its own group (for the host's root group, say) or write another group's limit files
 (checked here: a process with no capabilities left, as a sandbox's are, lowered another group's
 ``pids.max`` and moved itself into the root group).  So the root, once in its group and before it
-drops its capabilities, calls :func:`seal`: a mount namespace of its own in which every cgroup
-mount is read-only, inherited by every process of the sandbox, which can no longer mount or
+drops its capabilities, calls :func:`seal` in its mount namespace of its own
+(:mod:`actors._process.namespace`): every cgroup mount read-only there, inherited by every process
+of the sandbox, which can no longer mount or
 remount anything.  Where that fails (no ``CAP_SYS_ADMIN``, a seccomp filter), the root logs why and
 the sandbox runs unsealed.  The admin (:mod:`actors._admin.groups`) decides the limits written here.
 """
@@ -292,23 +293,21 @@ class SandboxGroup:
         return set()
 
 
-_CLONE_NEWNS = 0x00020000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
-_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+_MS_REMOUNT, _MS_BIND = 0x20, 0x1000
 
 
 def seal() -> list[str]:
-    """Make every cgroup mount read-only for this process and all it forks from now on (a private mount
-    namespace: the host's mounts are untouched); returns the mount points made read-only.
+    """Make every cgroup mount read-only for this process and all it forks from now on; returns the mount
+    points made read-only.
 
-    Needs ``CAP_SYS_ADMIN``: call it before dropping capabilities.
+    Call it in the sandbox root's private mount namespace (:func:`actors._process.namespace.enter`: the
+    host's mounts are untouched), before dropping capabilities (it needs ``CAP_SYS_ADMIN``).
 
     Raises:
         OSError: the kernel refused the namespace or a remount.
     """
     libc = ctypes.CDLL(None, use_errno=True)
-    _check(libc.unshare(_CLONE_NEWNS))
-    _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None))  # nothing propagates back to the host
     sealed = []
     for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines():
         fields = line.split()

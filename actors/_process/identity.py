@@ -16,11 +16,11 @@ under ``state_dir`` (``0700``, root's) where the sandbox cannot reach them.  Not
 is loosened: the sandbox reads no file of the host (its code comes in its start message).
 
 The sandbox's side is :func:`become`, which the root calls once, after it took its key and joined its
-control group and before any plugin code: it points every regular file and every socket it inherited
-from the admin at ``/dev/null`` (the registry's database, the host's listening sockets), then
-``setgroups([])``, ``setgid``, ``setuid``; the capabilities go with the uid (see
+control group and before any plugin code (and after closing what it inherited from the admin, as every root does:
+:mod:`actors._process.descriptors`): ``setgroups([])``, ``setgid``, ``setuid``; the capabilities go with the uid (see
 :func:`actors._process.hardening.drop_privileges`).  What it reads of the host's installation later
-(activating an environment) it reads before: the uid may not read a Python under a ``0700`` home.
+(activating an environment) it reads before; a Python under a ``0700`` home it reads through the root's
+mount namespace (:func:`actors._process.namespace.reveal`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from plugin_host.errors import ConfigError, DependencyError, LimitExceededError
 
 from .._messages import SandboxUser
 
-__all__ = ["USERS_DIR", "UserPool", "become", "hidden_interpreter", "readable_environment", "refusal"]
+__all__ = ["USERS_DIR", "UserPool", "become", "readable_environment", "refusal"]
 
 USERS_DIR = Path("/run/plugin-host")
 """Where the hosts of a machine lock the uids they gave out, and keep each sandbox's folders."""
@@ -52,14 +52,15 @@ USERS_DIR = Path("/run/plugin-host")
 _CAP_CHOWN = 0
 _CAP_SETGID = 6
 _CAP_SETUID = 7
+_CAP_SYS_ADMIN = 21
 _PR_SET_PDEATHSIG = 1
 
 
 def refusal() -> str | None:
     """Why this process cannot run sandboxes as their own users, or None when it can.
 
-    It needs to switch uids and hand a folder over (root, or ``CAP_SETUID``, ``CAP_SETGID`` and
-    ``CAP_CHOWN``), on Linux.
+    It needs to switch uids, hand a folder over and give the sandbox its own mount and IPC namespace (root, or
+    ``CAP_SETUID``, ``CAP_SETGID``, ``CAP_CHOWN`` and ``CAP_SYS_ADMIN``), on Linux.
     """
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -76,7 +77,12 @@ def refusal() -> str | None:
     return None
 
 
-_NEEDED = ((_CAP_SETUID, "CAP_SETUID"), (_CAP_SETGID, "CAP_SETGID"), (_CAP_CHOWN, "CAP_CHOWN"))
+_NEEDED = (
+    (_CAP_SETUID, "CAP_SETUID"),
+    (_CAP_SETGID, "CAP_SETGID"),
+    (_CAP_CHOWN, "CAP_CHOWN"),
+    (_CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),  # its own mount and IPC namespace (actors._process.namespace)
+)
 
 
 class UserPool:
@@ -96,15 +102,13 @@ class UserPool:
 
     def _in_child(self) -> None:
         """A child forked from the admin holds no lock (POSIX locks are not inherited) and keeps no lock file;
-        it notes the admin's sockets it inherited (:func:`become` closes them)."""
+        its other inherited descriptors are closed by the root (:mod:`actors._process.descriptors`)."""
         for fd in self._held.values():
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._held = {}
-        _INHERITED_SOCKETS.clear()
-        _INHERITED_SOCKETS.update(_open_sockets())
 
     def take(self) -> SandboxUser:
         """A free uid, locked, with its folders made.
@@ -190,20 +194,6 @@ class UserPool:
         return SandboxUser(uid, uid, str(home), str(scratch))
 
 
-def hidden_interpreter() -> str | None:
-    """The first folder on the way to this interpreter's standard library that other users cannot pass
-    through (a Python under a ``0700`` home), or None: a sandbox's uid then imports only the modules the
-    runtime loaded before the switch."""
-    folder = Path(os.__file__).resolve().parent
-    for path in (*reversed(folder.parents), folder):
-        try:
-            if not os.stat(path).st_mode & stat.S_IXOTH:
-                return str(path)
-        except OSError:
-            return str(path)
-    return None
-
-
 def readable_environment(user: SandboxUser, environment: str | None) -> str | None:
     """A copy of a dependency environment (under ``state_dir``, which the sandbox cannot read) in the
     sandbox's folder, root's and read-only to it; the same copy for the same environment."""
@@ -246,7 +236,8 @@ def _named(uid: int) -> bool:
 
 
 def become(user: SandboxUser) -> None:
-    """Run as ``user`` from now on, for good: no inherited file left open, no supplementary group.
+    """Run as ``user`` from now on, for good, with no supplementary group (the root closed what it inherited
+    from the admin before: :func:`actors._process.descriptors.close_inherited`).
 
     Called by a sandbox root between dropping its capability bounding set and emptying its capability
     sets (the uid change empties them anyway).
@@ -258,7 +249,6 @@ def become(user: SandboxUser) -> None:
         read_runtime_metadata()  # what activating an environment reads of the host's installation, while it may
     except DependencyError:
         pass  # no packaging library: only an environment needs it, and its activation says so then
-    _close_inherited_files()
     os.setgroups([])
     os.setresgid(user.gid, user.gid, user.gid)
     os.setresuid(user.uid, user.uid, user.uid)
@@ -273,43 +263,3 @@ def become(user: SandboxUser) -> None:
     os.chdir(user.scratch)
     os.environ.update(HOME=user.scratch, TMPDIR=user.scratch, USER=f"uid-{user.uid}", LOGNAME=f"uid-{user.uid}")
     tempfile.tempdir = user.scratch
-
-
-_INHERITED_SOCKETS: set[tuple[int, int]] = set()
-"""(device, inode) of each socket open in this process when the admin forked it (none in any other process)."""
-
-
-def _open_sockets() -> set[tuple[int, int]]:
-    found = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            info = os.fstat(int(name))
-        except OSError:
-            continue
-        if stat.S_ISSOCK(info.st_mode):
-            found.add((info.st_dev, info.st_ino))
-    return found
-
-
-def _close_inherited_files() -> None:
-    """Point every regular file this process inherited (the admin's registry database, its logs), past the
-    write-only standard streams, and every socket of the admin's it inherited (the system's admin port, the
-    admin's connections) at ``/dev/null``: an open descriptor outlives the uid switch, and through a socket a
-    plugin could take frames meant for the admin.  (dup2, not close: a stale object of the admin's that
-    closes its descriptor later closes ``/dev/null``.)"""
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd == null:
-                continue
-            try:
-                info = os.fstat(fd)
-            except OSError:
-                continue
-            readable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
-            admins_socket = (info.st_dev, info.st_ino) in _INHERITED_SOCKETS
-            if admins_socket or (stat.S_ISREG(info.st_mode) and (fd > 2 or readable)):
-                os.dup2(null, fd, inheritable=os.get_inheritable(fd))
-    finally:
-        os.close(null)

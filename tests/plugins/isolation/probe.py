@@ -6,14 +6,37 @@ even when the isolation it tests is missing.
 """
 
 import ctypes
+import fcntl
 import os
 import socket
 import tempfile
+import zlib
 
 from actors import Plugin
 
 TAG = "v1"
 _PTRACE_ATTACH, _PTRACE_DETACH = 16, 17
+
+
+PLACES = [place for place in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(place)]
+_IPC_CREAT = 0o1000
+
+
+def _ipc_key(token):
+    return zlib.crc32(token.encode()) & 0x7FFFFFFF
+
+
+def left_behind(token):
+    """What of ``leave(token)`` this process sees: the files, the SysV segment, the POSIX queue."""
+    found = [os.path.join(place, token) for place in PLACES if os.path.exists(os.path.join(place, token))]
+    if ctypes.CDLL(None).shmget(_ipc_key(token), 0, 0) >= 0:
+        found.append("shm")
+    rt = ctypes.CDLL("librt.so.1")
+    queue = rt.mq_open(("/" + token).encode(), os.O_RDONLY, 0, None)
+    if queue >= 0:
+        rt.mq_close(queue)
+        found.append("mq")
+    return found
 
 
 def attempt(kind, arg):
@@ -47,13 +70,46 @@ def attempt(kind, arg):
             ports = []
             for name in os.listdir("/proc/self/fd"):
                 try:
-                    held = socket.socket(fileno=os.dup(int(name)))
+                    copy = os.dup(int(name))
                 except OSError:
+                    continue  # the listing's own descriptor, closed by now
+                try:
+                    held = socket.socket(fileno=copy)
+                except OSError:
+                    os.close(copy)  # not a socket: no copy left behind
                     continue
                 with held:
                     if held.family == socket.AF_INET and held.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                         ports.append(held.getsockname()[1])
             return ports
+        elif kind == "descriptors":  # (fd, what it refers to, whether it is open for reading) of each
+            found = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    target = os.readlink(f"/proc/self/fd/{name}")
+                    readable = fcntl.fcntl(int(name), fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
+                except OSError:
+                    continue
+                found.append((int(name), target, readable))
+            return found
+        elif kind == "leave":  # a file in each shared scratch place, a SysV segment and a POSIX queue
+            for place in PLACES:
+                with open(os.path.join(place, arg), "w") as target:
+                    target.write("left")
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.shmget(_ipc_key(arg), 4096, _IPC_CREAT | 0o666) < 0:
+                raise OSError(ctypes.get_errno(), "shmget")
+            rt = ctypes.CDLL("librt.so.1", use_errno=True)
+            queue = rt.mq_open(("/" + arg).encode(), os.O_CREAT | os.O_RDWR, 0o666, None)
+            if queue < 0:
+                raise OSError(ctypes.get_errno(), "mq_open")
+            rt.mq_close(queue)
+        elif kind == "find":  # which of what "leave" made this process sees
+            return left_behind(arg)
+        elif kind == "import":
+            return __import__(arg).__file__
+        elif kind == "listdir":
+            return sorted(os.listdir(arg))
         elif kind == "scratch":
             fd, path = tempfile.mkstemp()
             os.write(fd, b"mine")

@@ -1,0 +1,145 @@
+"""What a sandbox root inherits from the admin, and what its sandbox shares with the host and other sandboxes
+(issue #15, containment).
+
+A local sandbox root is forked from the admin: without care it (and every worker forked from it) holds
+the admin's registry database, logs, listening sockets and pipes, whatever its isolation.  A sandbox run
+as its own user gets a private ``/tmp``, ``/var/tmp``, ``/dev/shm`` and IPC namespace, so what it leaves
+there dies with it instead of waiting for the next sandbox given the same (reused) uid, and it can import
+the host's Python even where that lives under a ``0700`` home.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import uuid
+import zlib
+from pathlib import Path
+
+import attrs
+import psutil
+from test_isolation_user import PROBE, as_root, free_uid, gone, tree
+
+from plugin_host import Host, HostConfig
+
+_SHARED = ("socket:[", "pipe:[")  # unique names (an anon_inode is not)
+
+
+def descriptors(pid: int) -> dict[int, str]:
+    """fd -> what it refers to, of a process the test may inspect (it runs as the host's user)."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+    return found
+
+
+def test_a_process_sandbox_holds_nothing_of_the_admins(host: Host) -> None:
+    """Under the default ``isolation="process"``, a plugin's process (and its sandbox root) holds no descriptor
+    of a file under the ``state_dir`` (the registry's database and its ``-wal``/``-shm``, the logs, the cookie)
+    but its write-only standard streams, no listening socket but its own Thespian one, and no socket or pipe
+    the admin holds too (the host's connections, other children's sentinels)."""
+    info = host.create_sandbox("a", "probe:Probe", sandbox_path=PROBE)
+    state_dir = str(Path(host.config.state_dir).resolve())
+    held = host.call("a", "probe", ("descriptors", None))
+    leaked = [(fd, target) for fd, target, readable in held if target.startswith(state_dir) and (fd > 2 or readable)]
+    assert leaked == [], leaked
+    assert len(host.call("a", "probe", ("listening", None))) == 1  # its own: none of the admin's or the host's
+    admin = psutil.Process(info.pid).ppid()
+    admins = {target for target in descriptors(admin).values() if target.startswith(_SHARED)}
+    worker = host.call("a", "probe", "who")["pid"]
+    for pid in (info.pid, worker):
+        shared = sorted(set(descriptors(pid).values()) & admins)
+        assert shared == [], (pid, shared)
+        assert not [(fd, t) for fd, t in descriptors(pid).items() if t.startswith(state_dir) and fd > 2], pid
+
+
+_PLACES = [place for place in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(place)]
+_IPC_RMID = 0
+
+
+def left_in_the_host(token: str) -> list[str]:
+    """What of the probe's ``("leave", token)`` is in the host's own ``/tmp``, ``/var/tmp``, ``/dev/shm``
+    and IPC namespace (the same forms the probe's ``find`` answers)."""
+    found = [os.path.join(place, token) for place in _PLACES if os.path.exists(os.path.join(place, token))]
+    if ctypes.CDLL(None).shmget(zlib.crc32(token.encode()) & 0x7FFFFFFF, 0, 0) >= 0:
+        found.append("shm")
+    rt = ctypes.CDLL("librt.so.1")
+    queue = rt.mq_open(("/" + token).encode(), os.O_RDONLY, 0, None)
+    if queue >= 0:
+        rt.mq_close(queue)
+        found.append("mq")
+    return found
+
+
+def remove_from_the_host(token: str) -> None:
+    """Whatever of ``token`` a failing run left in the host's places and IPC namespace: gone."""
+    for place in _PLACES:
+        Path(place, token).unlink(missing_ok=True)
+    libc = ctypes.CDLL(None)
+    segment = libc.shmget(zlib.crc32(token.encode()) & 0x7FFFFFFF, 0, 0)
+    if segment >= 0:
+        libc.shmctl(segment, _IPC_RMID, None)
+    ctypes.CDLL("librt.so.1").mq_unlink(("/" + token).encode())
+
+
+@as_root
+def test_what_a_user_sandbox_leaves_in_tmp_shm_and_ipc_dies_with_it(config: HostConfig) -> None:
+    """A sandbox run as its own user writes ``/tmp``, ``/var/tmp`` and ``/dev/shm`` and makes a SysV shared
+    memory segment and a POSIX message queue: none of it is in the host's places or IPC namespace, and
+    once it is destroyed the next sandbox given the same uid (a range of one) sees none of it."""
+    uid, token = free_uid(), f"ph-{uuid.uuid4().hex[:12]}"
+    try:
+        with Host(attrs.evolve(config, isolation="user", sandbox_uids=(uid, uid))) as host:
+            first = host.create_sandbox("a", "probe:Probe", sandbox_path=PROBE)
+            assert first.uid == uid
+            assert host.call("a", "probe", ("leave", token)) == "ok"
+            assert len(host.call("a", "probe", ("find", token))) == len(_PLACES) + 2  # it sees its own
+            assert left_in_the_host(token) == []
+            pids = tree(first.pid)
+            host.destroy_sandbox("a")
+            assert gone(uid, pids)
+            second = host.create_sandbox("b", "probe:Probe", sandbox_path=PROBE)
+            assert second.uid == uid
+            assert host.call("b", "probe", ("find", token)) == []
+        assert left_in_the_host(token) == []
+    finally:
+        remove_from_the_host(token)
+
+
+@as_root
+def test_two_live_user_sandboxes_do_not_see_each_others_tmp_or_ipc(config: HostConfig) -> None:
+    """What one live sandbox run as its own user leaves in ``/tmp``, ``/var/tmp``, ``/dev/shm`` or its IPC
+    namespace, another live one does not see (nor could it, with files of mode ``0666``)."""
+    token = f"ph-{uuid.uuid4().hex[:12]}"
+    try:
+        with Host(attrs.evolve(config, isolation="user")) as host:
+            host.create_sandbox("a", "probe:Probe", sandbox_path=PROBE)
+            host.create_sandbox("b", "probe:Probe", sandbox_path=PROBE)
+            assert host.call("a", "probe", ("leave", token)) == "ok"
+            assert host.call("b", "probe", ("find", token)) == []
+            assert len(host.call("a", "probe", ("find", token))) == len(_PLACES) + 2
+    finally:
+        remove_from_the_host(token)
+
+
+@as_root
+def test_a_user_sandbox_imports_the_hosts_python_but_sees_nothing_else_of_its_home(config: HostConfig) -> None:
+    """A sandbox run as its own user imports any module of the host's interpreter (``decimal``, loaded by no
+    one before), even where that lives under a ``0700`` home (pyenv under ``/root`` here); of that home it
+    sees only the interpreter's folders, read-only: not the cookie, nor anything else in it."""
+    with Host(attrs.evolve(config, isolation="user")) as host:
+        host.create_sandbox("a", "probe:Probe", sandbox_path=PROBE)
+        found = host.call("a", "probe", ("import", "decimal"))
+        assert isinstance(found, str) and found.endswith("decimal.py"), found
+        planted = os.path.join(os.path.dirname(os.__file__), "planted")
+        assert "Error" in host.call("a", "probe", ("write", planted)) and not os.path.exists(planted)
+        assert "Error" in host.call("a", "probe", ("read", str(host.config.credential_file)))
+        parents = Path(os.__file__).resolve().parents
+        home = next((p for p in reversed(parents) if p.is_dir() and not p.stat().st_mode & 0o001), None)
+        if home is None:
+            return  # a Python others may read: no home to hide
+        shown = host.call("a", "probe", ("listdir", str(home)))
+        assert shown == [Path(os.__file__).resolve().relative_to(home).parts[0]], shown
