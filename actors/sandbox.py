@@ -41,6 +41,7 @@ from ._process.cgroup import SandboxGroup, seal
 from ._process.hardening import drop_privileges, new_process_group
 from ._process.identity import become
 from ._process.limits import apply_rlimits, check_rlimits
+from ._process.syscalls import confine
 from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
@@ -156,6 +157,7 @@ class SandboxActor(SupervisorActor):
                 _join_group(msg.context.sandbox_id, msg.group)
                 _contain(msg.context.limits)
                 _give_up_privileges(msg.context.user)
+                confine(msg.syscall_filter, msg.context.sandbox_id)  # no namespaces, mounts, ptrace ...
             environment = local_environment(msg.environment, msg.packages)
             if environment:
                 activate_environment(environment)  # inherited by every actor forked from here
