@@ -227,6 +227,9 @@ class StartSandbox:
     group: dict[str, str] | None = None
     """The sandbox's control group (controller -> directory, made by the admin): the root moves itself in
     before it drops its capabilities and before any plugin code; None: the sandbox has none."""
+    syscall_filter: str = "off"
+    """The seccomp filter (``actors._process.syscalls.confine``): ``"required"`` (install it or fail the start),
+    ``"auto"`` (where that system can), ``"off"``; the admin decides (``HostConfig.syscall_filter``)."""
 
 
 @attrs.frozen

@@ -58,6 +58,7 @@ from plugin_host.messages import (
 
 from . import _messages as m
 from ._admin.events import Events
+from ._admin.filtering import Filtering
 from ._admin.groups import Groups
 from ._admin.lifecycle import VANISHING, Sandboxes, check_sandbox_id
 from ._admin.nodes import Nodes
@@ -102,6 +103,7 @@ class AdminActor(HostActor):
             self, records, config, self.events.watch, lambda i, rec, why: self.lifecycle.lost(i, rec, why)
         )
         self.groups = Groups()
+        self.filtering = Filtering()
         self.lifecycle = Sandboxes(
             self,
             config,
@@ -113,6 +115,7 @@ class AdminActor(HostActor):
             self.routing,
             records,
             self.groups,
+            self.filtering,
         )
 
     def _config(self) -> HostConfig:
@@ -170,6 +173,7 @@ class AdminActor(HostActor):
         if self.token is None:  # the first claim: this host's control groups (a killed one's left emptied)
             try:
                 self.groups.boot(msg.config, self.multiprocess)
+                self.filtering.boot(msg.config, self.multiprocess)
             except ConfigError as exc:
                 self.reply(sender, exc, msg.corr)
                 return

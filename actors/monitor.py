@@ -248,7 +248,7 @@ class MonitorActor(HostActor):
                 proc = self._procs[pid] = psutil.Process(pid)
             with proc.oneshot():
                 times = proc.cpu_times()
-                return _Figures(proc.memory_info().rss, times.user + times.system, proc.num_fds(), proc.num_threads())
+                return _Figures(proc.memory_info().rss, times.user + times.system, _fds(proc), proc.num_threads())
         except psutil.Error:
             return None
 
@@ -431,6 +431,16 @@ def _runs_another_program(proc: psutil.Process) -> bool:
         return bool(proc.cmdline() != psutil.Process(proc.ppid()).cmdline())
     except psutil.Error:
         return False
+
+
+def _fds(proc: psutil.Process) -> int:
+    """Open files of ``proc``, 0 where they cannot be counted: a sandbox's processes are non-dumpable (see
+    ``actors._process.syscalls``), so only a monitor with ``CAP_SYS_PTRACE`` (a host run as root) may list
+    ``/proc/<pid>/fd``; memory, CPU and threads need no such access."""
+    try:
+        return int(proc.num_fds())
+    except psutil.AccessDenied:
+        return 0
 
 
 def _alive(proc: psutil.Process) -> bool:

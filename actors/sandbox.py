@@ -44,6 +44,7 @@ from ._process.hardening import drop_privileges, new_process_group
 from ._process.identity import become
 from ._process.limits import apply_rlimits, check_rlimits
 from ._process.namespace import enter, private_temporaries, reveal
+from ._process.syscalls import confine
 from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
 from ._spec import Supervisor, bare_plugin_supervisor
 from .plugin import Plugin
@@ -161,6 +162,7 @@ class SandboxActor(SupervisorActor):
                 _enter_namespace(msg.context, sealed=bool(msg.group))
                 _contain(msg.context.limits)
                 _give_up_privileges(msg.context.user)
+                confine(msg.syscall_filter, msg.context.sandbox_id)  # no namespaces, mounts, ptrace ...
             environment = local_environment(msg.environment, msg.packages)
             if environment:
                 activate_environment(environment)  # inherited by every actor forked from here

@@ -29,6 +29,7 @@ __all__ = [
     "check_isolation",
     "PLUGIN_VALUES",
     "CONTROL_GROUPS",
+    "SYSCALL_FILTERS",
     "NODE_CAPABILITY",
     "VERSION_CAPABILITY",
     "PYTHON_CAPABILITY",
@@ -372,6 +373,17 @@ def _check_control_groups(instance: object, attribute: attrs.Attribute, value: o
         )
 
 
+SYSCALL_FILTERS = ("auto", "off", "required")
+"""What ``HostConfig.syscall_filter`` accepts."""
+
+
+def _check_syscall_filter(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if value not in SYSCALL_FILTERS:
+        raise ConfigError(
+            f"syscall_filter must be one of {', '.join(SYSCALL_FILTERS)}, got {value!r}", field="syscall_filter"
+        )
+
+
 def _to_cgroup_root(value: Any) -> Path:
     return _to_path(value, "cgroup_root")
 
@@ -511,6 +523,15 @@ class HostConfig:
         default=_from_env("cgroup_root", Path, lambda: Path("/sys/fs/cgroup")), converter=_to_cgroup_root
     )
     """Where the cgroup v1 hierarchies are mounted (one folder per controller)."""
+    syscall_filter: str = attrs.field(
+        default=_from_env("syscall_filter", str, lambda: "auto"), validator=_check_syscall_filter
+    )
+    """A seccomp filter in every process of a sandbox (see ``actors._process.syscalls``): no namespaces, no
+    mounts, no ``ptrace`` and the other calls container runtimes refuse, so that a plugin cannot lift its control
+    group's limits through a user namespace of its own.  ``"auto"``: where libseccomp can be loaded (through
+    ``pyseccomp``), else one warning in the log; ``"off"``: never; ``"required"``: ``Host`` fails to start with
+    ``ConfigError`` (and the reason) where it cannot filter.  A sandbox on another system of a convention gets the
+    host's setting, applied there."""
 
     @property
     def credential_file(self) -> Path:

@@ -177,7 +177,8 @@ class ActorUsage:
     messages: int
     restarts: int
     open_files: int = 0
-    """File descriptors the process has open."""
+    """File descriptors the process has open (0 where the host may not count them: a host not run as root
+    lacks ``CAP_SYS_PTRACE``, which a sandbox's non-dumpable processes ask of who lists their files)."""
     threads: int = 0
 
 

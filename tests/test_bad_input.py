@@ -510,7 +510,7 @@ def _expected_config(field: str, value: Any, defaults: HostConfig) -> tuple[Any,
         return (value if isinstance(value, str) and _IPV4.fullmatch(value) else INVALID), {field}
     if field == "cgroup_root":
         return _expected_path(value), {field}
-    if field == "control_groups":
+    if field in ("control_groups", "syscall_filter"):
         return (value if isinstance(value, str) and value in ("auto", "off", "required") else INVALID), {field}
     if field in ("state_dir", "cookie_file"):
         return (None if value is None and field == "cookie_file" else _expected_path(value)), {field}

@@ -70,6 +70,7 @@ ENV_CASES: dict[str, tuple[str, Any, Any]] = {
     "plugin_values": ("plain", "plain", "objects"),
     "control_groups": ("off", "off", "required"),
     "cgroup_root": ("/mnt/cg", Path("/mnt/cg"), Path("/sys/fs/cgroup")),
+    "syscall_filter": ("off", "off", "required"),
 }
 
 
@@ -545,6 +546,23 @@ def test_control_groups_takes_auto_off_or_required_only(value: Any, monkeypatch:
             HostConfig()
         assert info.value.field == "control_groups"
     assert HostConfig(control_groups="required").control_groups == "required"
+
+
+@pytest.mark.parametrize("value", ["sometimes", "", None, False, "OFF", ["auto"]])
+def test_syscall_filter_takes_auto_off_or_required_only(value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``syscall_filter`` is one of ``auto`` (the default), ``off``, ``required``: anything else, as an argument
+    or from ``PLUGIN_HOST_SYSCALL_FILTER``, is a ``ConfigError`` naming the field."""
+    with pytest.raises(ConfigError) as info:
+        HostConfig(syscall_filter=value)
+    assert info.value.field == "syscall_filter"
+    if isinstance(value, str):
+        monkeypatch.setenv("PLUGIN_HOST_SYSCALL_FILTER", value)
+        with pytest.raises(ConfigError) as info:
+            HostConfig()
+        assert info.value.field == "syscall_filter"
+        monkeypatch.delenv("PLUGIN_HOST_SYSCALL_FILTER")
+    assert HostConfig().syscall_filter == "auto"
+    assert HostConfig(syscall_filter="required").syscall_filter == "required"
 
 
 def test_max_cpus_and_max_tasks_are_validated_limits() -> None:

@@ -53,6 +53,7 @@ from .._process.identity import UserPool, readable_environment, refusal
 from .._process.tree import kill_descendants, kill_tree, leads_group_below
 from ..sandbox import SandboxActor
 from .events import Events
+from .filtering import Filtering
 from .groups import Groups
 from .nodes import Nodes, remote_packages
 from .record import AdminPort, Done, SandboxRecord, Sources, not_found, scan
@@ -134,6 +135,7 @@ class Sandboxes:
         routing: Routing,
         records: dict[str, SandboxRecord],
         groups: Groups,
+        filtering: Filtering,
     ) -> None:
         self.port = port
         self.config = config
@@ -146,6 +148,7 @@ class Sandboxes:
         self.records = records
         """Every sandbox's record, by id: written here only (the other components were given it as a Mapping)."""
         self.groups = groups
+        self.filtering = filtering
         self.shutdown_waiters: list[Done] = []
         self.vanishing: list[tuple[list[tuple[int, float]], Callable[[], None], float]] = []
         """Destroyed sandboxes' processes, killed and not gone yet, with what to do once they are."""
@@ -333,6 +336,7 @@ class Sandboxes:
                 remote_packages(rec.node, rec.request.environment),
                 rec.principal.kid,
                 rec.group.paths() if rec.group is not None else None,
+                self.filtering.mode(not rec.node),
             ),
         )
         self.tick()
