@@ -1,4 +1,5 @@
-"""What a process gives up before plugin code runs in it: hard rlimits, capabilities, ``no_new_privs``.
+"""What a process gives up before plugin code runs in it: hard rlimits, capabilities, ``no_new_privs``, the
+right to be traced, and (:func:`install_syscall_filter`) the system calls a plugin never needs.
 
 Shared by the sandbox processes of :mod:`actors` (through :mod:`plugin_host.lowlevel`, as the runtime
 audit is) and the compile validator (:mod:`plugin_host._compile.worker`), which imports plugin modules
@@ -19,14 +20,26 @@ keeps no ``CAP_SYS_RESOURCE`` (a hard rlimit holds), ``CAP_KILL``, ``CAP_DAC_OVE
 from __future__ import annotations
 
 import ctypes
+import errno
 import math
+import platform
 import resource
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from .config import ResourceLimits
 
-__all__ = ["CPU_SIGNAL_GRACE", "apply_rlimits", "drop_privileges", "wanted_rlimits"]
+__all__ = [
+    "CPU_SIGNAL_GRACE",
+    "NAMESPACE_FLAGS",
+    "REFUSED_SYSCALLS",
+    "apply_rlimits",
+    "drop_privileges",
+    "install_syscall_filter",
+    "make_non_dumpable",
+    "syscall_filter_support",
+    "wanted_rlimits",
+]
 
 CPU_SIGNAL_GRACE = 1
 """Seconds of CPU between RLIMIT_CPU's soft limit (SIGXCPU, a named crash) and its hard one (SIGKILL)."""
@@ -122,3 +135,134 @@ def drop_privileges(switch_user: Callable[[], None] | None = None) -> None:
         raise OSError(ctypes.get_errno(), "capset failed")
     if _status_mask("CapEff") or _status_mask("CapPrm"):
         raise OSError(0, "capabilities remain after capset")
+
+
+# -- the seccomp filter (see actors._process.syscalls for why and what) ----------------------------
+
+REFUSED_SYSCALLS = (
+    "unshare",
+    "setns",
+    "mount",
+    "umount",
+    "umount2",
+    "pivot_root",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "acct",
+    "swapon",
+    "swapoff",
+    "reboot",
+)
+"""The system calls refused with ``EPERM`` whatever their arguments (one a libseccomp does not know is
+left out: the kernel it was built for has no such call either)."""
+
+NAMESPACE_FLAGS = {
+    "CLONE_NEWTIME": 0x00000080,  # for clone() this bit is in the exit-signal byte: no valid signal has it
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
+"""The ``clone`` flags that make a namespace: a ``clone`` with any of them is refused with ``EPERM``."""
+
+_PR_SET_DUMPABLE = 4
+_PR_GET_SECCOMP = 21
+_FLAGS_ARG = {"x86_64": 0, "aarch64": 0}
+"""Which argument of ``clone`` holds its flags, per machine the filter is made for (s390 has it second)."""
+
+
+def _library() -> Any:
+    """``pyseccomp``, which loads libseccomp as it is imported.
+
+    Raises:
+        OSError: no ``pyseccomp``, or no libseccomp for it to load.
+    """
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError, OSError) as exc:  # RuntimeError: "Unable to find libseccomp"
+        raise OSError(errno.ENOSYS, f"cannot load libseccomp through pyseccomp ({exc})") from None
+    return pyseccomp
+
+
+def _build() -> Any:
+    """The filter, built and not loaded.
+
+    Raises:
+        OSError: no libseccomp, a machine the filter is not made for, or libseccomp refused a rule.
+    """
+    machine = platform.machine()
+    if machine not in _FLAGS_ARG:
+        raise OSError(errno.ENOSYS, f"the syscall filter is not made for {machine!r} machines")
+    seccomp = _library()
+    deny = seccomp.ERRNO(errno.EPERM)
+    built = seccomp.SyscallFilter(seccomp.ALLOW)
+    if machine == "x86_64":  # the 32-bit ABIs reach the same kernel: the same rules for them
+        for arch in (seccomp.Arch.X86, seccomp.Arch.X32):
+            built.add_arch(arch)
+    built.set_attr(seccomp.Attr.CTL_TSYNC, 1)  # every thread of the root, not only the calling one
+    for name in REFUSED_SYSCALLS:
+        number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+        if number != -1:  # -1: unknown to this libseccomp (a number below -1 is another ABI's call)
+            built.add_rule(deny, number)
+    for flag in NAMESPACE_FLAGS.values():
+        built.add_rule(deny, "clone", seccomp.Arg(_FLAGS_ARG[machine], seccomp.MASKED_EQ, flag, flag))
+    built.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    return built
+
+
+def syscall_filter_support() -> str | None:
+    """None where this process can install the filter, else why not (a sentence for the log)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_GET_SECCOMP, 0, 0, 0, 0) < 0:
+        return f"the kernel has no seccomp ({errno.errorcode.get(ctypes.get_errno(), '?')})"
+    try:
+        _build()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def install_syscall_filter() -> None:
+    """Load the filter into this process (all its threads); every process forked from it from now on
+    inherits it, for good.
+
+    Raises:
+        OSError: the filter cannot be built or the kernel refused it (nothing is loaded then).
+    """
+    _build().load()
+
+
+def make_non_dumpable() -> None:
+    """``PR_SET_DUMPABLE`` 0: no process of the same uid without ``CAP_SYS_PTRACE`` may read this one's memory,
+    ``environ`` or open files, nor attach to it (inherited on fork, kept until an ``exec``).
+
+    Raises:
+        OSError: the kernel refused.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_DUMPABLE): {errno.errorcode.get(err, '?')}")

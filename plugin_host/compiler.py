@@ -44,7 +44,7 @@ from .codeload import (
     in_dependency_order,
     read_sandbox_folder,
 )
-from .config import SECURITY_PROFILES, ResourceLimits
+from .config import SECURITY_PROFILES, SYSCALL_FILTERS, ResourceLimits
 from .errors import (
     CompilationError,
     CompilationTimeoutError,
@@ -79,6 +79,7 @@ def compile_sandbox(
     import_paths: Sequence[str] = (),
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
+    syscall_filter: str = "auto",
 ) -> CompileInfo:
     """Compile every module of a sandbox folder in isolation.
 
@@ -102,6 +103,9 @@ def compile_sandbox(
             ``no_new_privs``); default: none but ``timeout``.
         user: ``(uid, gid)`` the validator runs as (the host must be root): a sandbox with
             ``isolation="user"``; default: the host's uid.
+        syscall_filter: the sandbox processes' seccomp filter in the validator too (see
+            ``HostConfig.syscall_filter``): ``"auto"`` where libseccomp loads, ``"required"`` (the
+            compile fails without it) or ``"off"``; the validator is non-dumpable either way.
 
     Returns:
         One artifact per module, sorted by module name.
@@ -116,7 +120,7 @@ def compile_sandbox(
     start = time.perf_counter()
     root = Path(path).resolve()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool, import_paths)
-    options = attrs.evolve(options, limits=limits, user=_user(user))
+    options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
 
@@ -136,6 +140,7 @@ def compile_source(
     import_paths: Sequence[str] = (),
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
+    syscall_filter: str = "auto",
 ) -> CompileInfo:
     """Compile one module given as text, as ``hot_reload_source`` does.
 
@@ -149,7 +154,7 @@ def compile_source(
             or ``<module>``.
         sandbox_sources: the sandbox's other modules, importable by this one.
         timeout, validate, security_profile, cache_dir, plugin_classes, pool, import_paths,
-        limits, user: as for :func:`compile_sandbox`.
+        limits, user, syscall_filter: as for :func:`compile_sandbox`.
 
     Returns:
         One artifact, for ``module``.
@@ -162,7 +167,7 @@ def compile_source(
     """
     start = time.perf_counter()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
-    options = attrs.evolve(options, limits=limits, user=_user(user))
+    options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
     file = str(path) if path is not None else (old.path if old else f"<{module}>")
@@ -182,6 +187,7 @@ def compile_file(
     import_paths: Sequence[str] = (),
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
+    syscall_filter: str = "auto",
 ) -> CompileInfo:
     """Compile one ``.py`` file; the other modules of its folder are importable by it.
 
@@ -195,7 +201,7 @@ def compile_file(
     # No cache-inside-the-tree check here: the folder is only read for imports, and a file in
     # the home folder would otherwise refuse a state_dir under it.
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
-    options = attrs.evolve(options, limits=limits, user=_user(user))
+    options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
     try:
         text = _as_text(file.read_bytes(), str(file))
     except OSError as exc:
@@ -232,6 +238,15 @@ def _options(
     classes = tuple(plugin_classes)
     _check_class_specs(classes)
     return _Options(float(timeout), bool(validate), profile, folder, classes, pool, tuple(map(str, import_paths)))
+
+
+def _syscall_filter(mode: str) -> str:
+    """``mode``, checked: one of :data:`~plugin_host.config.SYSCALL_FILTERS`."""
+    if mode not in SYSCALL_FILTERS:
+        raise ConfigError(
+            f"syscall_filter must be one of {', '.join(SYSCALL_FILTERS)}, got {mode!r}", field="syscall_filter"
+        )
+    return mode
 
 
 def _user(user: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -297,6 +312,7 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
         profile=job.options.profile,
         limits=job.options.limits,
         user=job.options.user,
+        syscall_filter=job.options.syscall_filter,
     )
     notes = [
         f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "

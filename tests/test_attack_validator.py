@@ -23,7 +23,8 @@ from test_compiler import write_tree
 from plugin_host import Host, HostConfig, compiler
 from plugin_host.compiler import compile_sandbox
 from plugin_host.config import ResourceLimits
-from plugin_host.errors import CompilationError
+from plugin_host.errors import CompilationError, ConfigError
+from plugin_host.lowlevel import confine
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uids needs root (CI runs as root)")
 
@@ -265,3 +266,41 @@ def test_a_reload_of_a_user_sandbox_is_validated_as_nobody(host: Host) -> None:
     assert host.hot_reload_source("u", source, "probe").new_version == 2
     after = host.call("u", "probe", "who")
     assert (after["tag"], after["uid"]) == ("v2", info.uid)
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_the_validator_runs_under_the_sandboxes_syscall_filter(
+    tmp_path: Path, pool: compiler.CompilePool | None, mode: str
+) -> None:
+    """Top-level code in the validator runs under the seccomp filter of the sandbox processes (``"auto"``, where
+    libseccomp loads): it cannot make a user namespace (the way a uid-0 process lifts what holds it), and the
+    validator is non-dumpable, as a sandbox's processes are; with ``syscall_filter="off"`` the namespace is made
+    (the filter, not something else, refused it)."""
+    reason = confine.syscall_filter_support()
+    if reason is not None:
+        pytest.skip(reason)
+    source = textwrap.dedent(
+        """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        made = libc.unshare(0x10000000)  # CLONE_NEWUSER
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+        dumpable = libc.prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+        failed = ctypes.get_errno() if made else 0
+        print("seccomp", status["Seccomp"].strip(), "dumpable", dumpable, "unshare", made, failed)
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    output = compile_sandbox(root, pool=pool, syscall_filter=mode).output
+    if mode == "auto":
+        assert "seccomp 2 dumpable 0 unshare -1 1" in output  # EPERM
+    else:
+        assert "seccomp 0 dumpable 0 unshare 0 0" in output
+
+
+def test_a_bad_syscall_filter_for_a_compile_is_a_config_error(tmp_path: Path) -> None:
+    """``syscall_filter`` of a compile takes the values of ``HostConfig.syscall_filter`` only."""
+    root = write_tree(tmp_path / "sb", {"a.py": "X = 1\n"})
+    with pytest.raises(ConfigError) as caught:
+        compile_sandbox(root, syscall_filter="sometimes")
+    assert caught.value.field == "syscall_filter"

@@ -195,15 +195,15 @@ class CodeOps:
         )
         return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout, probation=probation)
 
-    @staticmethod
-    def _confinement(isolation: str, limits: ResourceLimits) -> dict[str, Any]:
-        """The validator's limits and uid for a sandbox of ``isolation`` and ``limits``.
+    def _confinement(self, isolation: str, limits: ResourceLimits) -> dict[str, Any]:
+        """The validator's limits, uid and syscall filter (the host's) for a sandbox of ``isolation`` and ``limits``.
 
         Under ``isolation="user"`` the validator runs as :data:`VALIDATION_USER`: the sandbox's own uid is
         given out by the admin at the create, after a first compile, and a validation must not reach the
         running processes of the sandbox whose new code it checks.
         """
-        return {"limits": limits, "user": VALIDATION_USER if isolation == "user" else None}
+        user = VALIDATION_USER if isolation == "user" else None
+        return {"limits": limits, "user": user, "syscall_filter": self.config.syscall_filter}
 
     def _ask_admin(self, request: Request[T]) -> T:
         return self._channel.request(

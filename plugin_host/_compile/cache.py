@@ -40,6 +40,7 @@ def _settings(job: Job) -> list[object]:
         list(o.import_paths),
         None if o.limits is None else [o.limits.max_memory_mb, o.limits.max_cpu_seconds],
         None if o.user is None else list(o.user),
+        o.syscall_filter,
     ]
 
 

@@ -34,6 +34,8 @@ class Options:
     """The sandbox's limits: its memory and CPU limits are the validator's hard rlimits."""
     user: tuple[int, int] | None = None
     """(uid, gid) the validator runs as (``isolation="user"``); None: the host's uid, without capabilities."""
+    syscall_filter: str = "auto"
+    """The sandboxes' seccomp filter in the validator: ``"auto"``, ``"required"`` or ``"off"``."""
 
 
 @attrs.frozen

@@ -124,6 +124,7 @@ def run_validator(
     profile: str = "standard",
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
+    syscall_filter: str = "auto",
 ) -> ValidatorResult:
     """Import ``targets`` (and check ``plugin_classes``) in a separate, throwaway Python process.
 
@@ -140,6 +141,8 @@ def run_validator(
         limits: the sandbox's limits: its memory and CPU limits become the validator's hard rlimits.
         user: (uid, gid) the validator runs as (``isolation="user"``); None: the host's uid, without
             capabilities.
+        syscall_filter: the sandboxes' seccomp filter: ``"auto"`` (where libseccomp loads), ``"required"``
+            (the validation fails without it) or ``"off"``.
     """
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="plugin-host-compile-") as scratch:
@@ -158,6 +161,7 @@ def run_validator(
                     "profile": profile,
                     "limits": _limits_wire(limits),
                     "user": None if user is None else list(user),
+                    "syscall_filter": syscall_filter,
                 }
             ),
             encoding="utf-8",

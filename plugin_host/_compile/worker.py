@@ -66,6 +66,7 @@ def main(argv: Sequence[str]) -> None:
     """Entry point of the validator process: ``argv`` is ``[root, payload, label]``, the job's nonce the
     first line of stdin; never returns."""
     nonce = _read_nonce()
+    confine.syscall_filter_support()  # libseccomp's imports now, as a warm worker's: see serve
     results = _claim_stdout()
     faulthandler.register(signal.SIGUSR1, file=results, all_threads=True)
     payload = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
@@ -118,12 +119,25 @@ def _validate(
 
 def _confine(payload: dict[str, Any]) -> None:
     """Give up, before any plugin code runs, what the sandbox's own processes give up: its hard rlimits
-    (memory, CPU), every capability, ``no_new_privs``, and the host's uid when the job names one
-    (``isolation="user"``: see :mod:`plugin_host._compile.validator`)."""
+    (memory, CPU), every capability, ``no_new_privs``, the host's uid when the job names one
+    (``isolation="user"``: see :mod:`plugin_host._compile.validator`), being traced, and the system
+    calls the sandboxes' seccomp filter refuses (where libseccomp loads; ``"required"``: or fail).
+
+    Raises:
+        OSError: a limit, the privileges or a required filter could not be given up.
+    """
     limits = payload.get("limits") or {}
     confine.apply_rlimits(ResourceLimits(**limits))
     user = payload.get("user")
     confine.drop_privileges(None if user is None else lambda: _become(int(user[0]), int(user[1])))
+    confine.make_non_dumpable()
+    mode = payload.get("syscall_filter", "auto")
+    if mode != "off":
+        try:
+            confine.install_syscall_filter()
+        except OSError:
+            if mode == "required":
+                raise  # the validator ends with the reason: the compile fails
 
 
 def _become(uid: int, gid: int) -> None:
@@ -177,6 +191,9 @@ class _Baseline:
 
 def serve(argv: Sequence[str]) -> None:
     """Entry point of the warm worker: ``argv`` is ``[root, socket fd, label]``; never returns."""
+    # libseccomp (the syscall filter each child installs) is loaded first, as main loads it: its imports
+    # (subprocess, signal, selectors ...) count as the runtime's in both, for the shadowing rule alike.
+    confine.syscall_filter_support()
     plain = frozenset(sys.modules)  # the bootstrap imported what main's has at the same point
     _plugin_bases()  # the runtime a child needs, imported once for all of them
     baseline = _Baseline(plain, frozenset(sys.modules))
