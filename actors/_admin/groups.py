@@ -8,17 +8,18 @@ empties and removes as it boots.
 
 Limits, from the sandbox's :class:`~plugin_host.config.ResourceLimits` (see the README's limits paragraph):
 
-* ``max_cpus``: ``cpu.cfs_quota_us`` = ``max_cpus`` x the 100 ms period;
+* ``max_cpus``: the CPU quota (v1 ``cpu.cfs_quota_us``, v2 ``cpu.max``) = ``max_cpus`` x the 100 ms period;
 * ``pids.max``: ``max_tasks``, else (``max_actors`` + 1) x :data:`TASKS_PER_PROCESS` when ``max_actors`` is
   set, else none;
 * memory: no group limit until the tree runs, then the group's charge at that moment plus
   ``max_memory_mb`` plus :data:`MEMORY_SLACK_MB` (a backstop behind the monitor, which enforces
   ``max_memory_mb`` itself and reports the breach; the charge holds the runtime's own footprint, about
   10 MiB per process here, which ``max_memory_mb`` does not count); a kill of the kernel's OOM killer
-  at it is the monitor's to report (``limit_breached``, from the group's ``memory.oom_control``);
+  at it is the monitor's to report (``limit_breached``, from the group's v1 ``memory.oom_control`` or v2
+  ``memory.events``);
 * ``max_cpu_seconds``: the group's CPU time, dead processes included, is the monitor's to check.
 
-A group the kill cannot empty (a process of it frozen in another freezer group, or stuck in the kernel)
+A group the kill cannot empty (a process of it frozen in another v1 freezer group, or stuck in the kernel)
 is not removed as if it were: :meth:`Groups.remove` logs its pids at error level and keeps it on a list
 that :meth:`Groups.retry` (the admin's tick) empties and removes once it can.  The destroy or close that
 let it go still returns (the sandbox's record is gone, its id free), but a sandbox created again under
@@ -105,8 +106,7 @@ class Groups:
             if left.is_dir():
                 names.update(child.name for child in left.iterdir() if child.is_dir())
         for name in names:
-            group = SandboxGroup({c: b / f"plugin-host-{self.key}" / name for c, b in self.support.bases.items()})
-            self.remove(group, f"left by an earlier host ({name})")
+            self.remove(SandboxGroup.named(self.support, self.key, name), f"left by an earlier host ({name})")
         for base in self.support.bases.values():
             try:
                 (base / f"plugin-host-{self.key}").rmdir()
@@ -125,8 +125,8 @@ class Groups:
             raise ConfigError("max_cpus needs a control group: a sandbox on another system has none", field="max_cpus")
         if self.support is None:
             raise ConfigError(f"max_cpus needs a control group: {self.reason}", field="max_cpus")
-        if "cpu" not in self.support.bases:
-            raise ConfigError("max_cpus needs the cgroup v1 'cpu' hierarchy, not mounted here", field="max_cpus")
+        if "cpu" not in self.support.controllers:
+            raise ConfigError("max_cpus needs the 'cpu' controller, not available here", field="max_cpus")
 
     def make(self, sandbox_id: str, limits: ResourceLimits) -> SandboxGroup | None:
         """The sandbox's group, made and limited (None: this host makes none).
@@ -187,5 +187,5 @@ class Groups:
 
 
 def _name(group: SandboxGroup) -> str:
-    """A group's key in :attr:`Groups.stuck`: its memory directory (every group has one)."""
-    return str(group.dirs["memory"])
+    """A group's key in :attr:`Groups.stuck`."""
+    return group.label

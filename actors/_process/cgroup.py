@@ -5,16 +5,26 @@ The host's side (the admin's process, which keeps its privileges) creates a sand
 :meth:`SandboxGroup.join` before any plugin code runs, so every process forked below it is in the
 group too, including one a plugin detaches with ``setsid`` or a double fork.  The group's memory
 limit is for the whole sandbox (the kernel's OOM killer ends its largest process past it), its
-pids limit stops a fork bomb, and :meth:`SandboxGroup.kill` ends every process in it, freezing the
-group first where a freezer is mounted so that a process forking in a loop cannot outrun it, and
+pids limit stops a fork bomb, and :meth:`SandboxGroup.kill` ends every process in it (at once through
+v2's ``cgroup.kill``, else freezing the group first where a freezer is, so that a process forking in a
+loop cannot outrun it), and
 says which processes it could not end (:meth:`SandboxGroup.remove` then keeps the group: the admin
 logs them at error level and tries again on each tick, see :mod:`actors._admin.groups`).
 
-This is cgroup v1 with its ``memory`` and ``pids`` hierarchies (``cpu``, ``cpuacct`` and
-``freezer`` are used when mounted), as on this project's machines; cgroup v2 needs a delegated
-subtree (systemd's ``Delegate=``) and is not supported yet.  :func:`support` says where groups go, or
-why they cannot be made (not root, a read-only ``/sys/fs/cgroup``, a hierarchy missing); the caller
-then falls back to rlimits and the monitor and says so once.
+Two kinds, one interface (:class:`SandboxGroup`), chosen by :func:`support`:
+
+* cgroup v1 (:class:`V1Group`), with its ``memory`` and ``pids`` hierarchies (``cpu``, ``cpuacct`` and
+  ``freezer`` are used when mounted): a directory in each, below this process's own group there.  A
+  hybrid machine (v1 controllers, an empty v2 hierarchy at ``/sys/fs/cgroup/unified``) is v1.
+* cgroup v2 (:class:`V2Group`), where ``/sys/fs/cgroup`` is the v2 hierarchy (``cgroup.controllers`` at
+  its root): ``plugin-host-<host>`` directly under the root (the one cgroup the "no internal processes"
+  rule exempts: as root, no delegated subtree is needed), holding no process and enabling ``memory``,
+  ``pids`` (and ``cpu`` where offered) for its children, and one leaf ``sb-<digest>`` per sandbox.  Its
+  CPU count cannot be reset: a baseline taken at each start of the root travels with the group.
+
+:func:`support` says where groups go, or why they cannot be made (not root, a read-only
+``/sys/fs/cgroup``, a hierarchy or controller missing, a v2 root that holds processes); the caller then
+falls back to rlimits and the monitor and says so once.
 
 A group alone does not stop a process running as uid 0 from writing its pid into another group's
 ``cgroup.procs`` (the files belong to uid 0, and dropping capabilities does not change that): it
@@ -30,10 +40,12 @@ the sandbox runs unsealed.  The admin (:mod:`actors._admin.groups`) decides the 
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import hashlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +53,7 @@ import attrs
 
 from plugin_host.errors import ConfigError
 
-__all__ = ["Support", "SandboxGroup", "support", "seal", "CPU_PERIOD_US"]
+__all__ = ["Support", "SandboxGroup", "V1Group", "V2Group", "support", "seal", "CPU_PERIOD_US", "UNIFIED", "CPU_BASE"]
 
 CPU_PERIOD_US = 100_000
 """The CPU quota's period (the kernel's default)."""
@@ -49,6 +61,14 @@ CPU_PERIOD_US = 100_000
 _ROOT = Path("/sys/fs/cgroup")
 _REQUIRED = ("memory", "pids")
 _OPTIONAL = ("cpu", "cpuacct", "freezer")
+_V2_CONTROLLERS = ("memory", "pids", "cpu")
+"""The cgroup v2 controllers a host enables for its groups (``cpu`` where offered: for ``max_cpus``)."""
+
+UNIFIED = "unified"
+"""The key of a cgroup v2 group's one directory in :attr:`SandboxGroup.dirs` and :meth:`SandboxGroup.paths`
+(what marks a group as v2 in a message)."""
+CPU_BASE = "cpu_base_usec"
+"""The key of a v2 group's CPU baseline in :meth:`SandboxGroup.paths` (see :attr:`V2Group.cpu_base_usec`)."""
 _KILL_ROUNDS = 200
 """Rounds of "kill every pid in the group" before :meth:`SandboxGroup.kill` gives up (each round ends
 every process the round before saw; only a group forking faster than it is killed needs more)."""
@@ -56,34 +76,82 @@ every process the round before saw; only a group forking faster than it is kille
 
 @attrs.frozen
 class Support:
-    """Where sandbox groups go on this machine (from :func:`support`)."""
+    """Where sandbox groups go on this machine (from :func:`support`), and with which controllers."""
 
     bases: dict[str, Path]
-    """Controller -> the directory of this process's own group in that hierarchy (groups are made below)."""
+    """cgroup v1: controller -> the directory of this process's own group in that hierarchy; cgroup v2:
+    ``{"unified": the hierarchy's root}``.  Groups are made below, in ``plugin-host-<host>``."""
+    controllers: frozenset[str] = attrs.field()
+    """The controllers the groups have (v1: the hierarchies in :attr:`bases`; v2: those enabled for them)."""
+
+    @controllers.default
+    def _hierarchies(self) -> frozenset[str]:
+        return frozenset(self.bases)
+
+    @property
+    def version(self) -> int:
+        """1 or 2: the cgroup version the groups are made in."""
+        return 2 if UNIFIED in self.bases else 1
 
 
 def support(root: Path = _ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Support | str:
-    """Where this process can make sandbox groups, or why it cannot (a sentence for the log)."""
+    """Where this process can make sandbox groups, or why it cannot (a sentence for the log).
+
+    A pure cgroup v2 machine (``cgroup.controllers`` at ``root``) gets v2 groups; any other, a hybrid one
+    with an empty v2 hierarchy at ``root/unified`` included, v1 groups."""
     if os.geteuid() != 0:
         return f"control groups need root (the host runs as uid {os.geteuid()})"
     try:
-        own = _own_groups(proc_cgroup.read_text(encoding="ascii"))
+        text = proc_cgroup.read_text(encoding="ascii")
     except OSError as exc:
         return f"cannot read {proc_cgroup}: {exc.strerror}"
+    if (root / "cgroup.controllers").exists():
+        return _support_v2(root, text)
+    own = _own_groups(text)
     bases = {}
     for controller in _REQUIRED + _OPTIONAL:
         base = root / controller / own.get(controller, "/").lstrip("/")
         if controller in own and (base / "cgroup.procs").exists() and os.access(base, os.W_OK):
             bases[controller] = base
         elif controller in _REQUIRED:
-            if (root / "cgroup.controllers").exists() or (root / "unified" / "cgroup.controllers").exists():
-                return f"no writable cgroup v1 {controller!r} hierarchy (cgroup v2 delegation is not supported yet)"
             return f"no writable cgroup v1 {controller!r} hierarchy under {root}"
     return Support(bases)
 
 
+def _support_v2(root: Path, proc_cgroup: str) -> Support | str:
+    """Groups directly under the v2 root (exempt from the "no internal processes" rule), with ``memory``
+    and ``pids`` (``cpu`` where offered) enabled for its children; or why not."""
+    own = next((line[3:] for line in proc_cgroup.splitlines() if line.startswith("0::")), None)
+    if own is None:
+        return f"this process is in no cgroup v2 group, though {root} is a cgroup v2 hierarchy"
+    offered = (root / "cgroup.controllers").read_text(encoding="ascii").split()
+    missing = [controller for controller in _REQUIRED if controller not in offered]
+    if missing:
+        return f"the cgroup v2 hierarchy at {root} offers no {' nor '.join(map(repr, missing))} controller"
+    if not os.access(root, os.W_OK):
+        return f"the cgroup v2 hierarchy at {root} is not writable"
+    wanted = [c for c in _V2_CONTROLLERS if c in offered]
+    try:
+        _enable(root, wanted)
+    except OSError as exc:  # EBUSY: a namespace's root that holds processes (the host's own group is {own})
+        return (
+            f"cannot enable the {'/'.join(wanted)} controllers for the children of {root} ({exc.strerror}; this "
+            f"process is in {own}: the cgroup v2 root of a cgroup namespace that holds processes cannot have them)"
+        )
+    return Support({UNIFIED: root}, frozenset(wanted))
+
+
+def _enable(parent: Path, controllers: list[str]) -> None:
+    """Enable ``controllers`` for the children of ``parent`` (cgroup v2), those not enabled yet."""
+    subtree = parent / "cgroup.subtree_control"
+    enabled = {name.lstrip("+") for name in subtree.read_text(encoding="ascii").split()}
+    wanted = [controller for controller in controllers if controller not in enabled]
+    if wanted:
+        subtree.write_text(" ".join(f"+{controller}" for controller in wanted))
+
+
 def _own_groups(text: str) -> dict[str, str]:
-    """Controller -> this process's group path, from ``/proc/self/cgroup``."""
+    """Controller -> this process's group path, from ``/proc/self/cgroup`` (cgroup v1 lines)."""
     groups = {}
     for line in text.splitlines():
         _, controllers, path = line.split(":", 2)
@@ -94,11 +162,12 @@ def _own_groups(text: str) -> dict[str, str]:
 
 
 @attrs.define
-class SandboxGroup:
-    """One sandbox's control group: a directory in each controller's hierarchy."""
+class SandboxGroup(abc.ABC):
+    """One sandbox's control group: what callers use, whichever cgroup version it lives in
+    (:class:`V1Group`, :class:`V2Group`, chosen by :class:`Support` or by what :meth:`paths` gave)."""
 
     dirs: dict[str, Path]
-    """Controller -> this group's directory."""
+    """v1: controller -> this group's directory in its hierarchy; v2: ``{"unified": its one directory}``."""
 
     @classmethod
     def create(cls, support: Support, host: str, sandbox_id: str) -> SandboxGroup:
@@ -113,12 +182,13 @@ class SandboxGroup:
         """
         group = cls.existing(support, host, sandbox_id)
         try:
-            for directory in group.dirs.values():
-                directory.mkdir(parents=True, exist_ok=True)
+            group._make(support.controllers)
             left = group.kill()
-            group.set_memory_max(None)
-            group.set_pids_max(None)
-            if "cpu" in group.dirs:
+            if "memory" in support.controllers:
+                group.set_memory_max(None)
+            if "pids" in support.controllers:
+                group.set_pids_max(None)
+            if "cpu" in support.controllers:
                 group.set_cpu_quota(None)
         except OSError as exc:
             group.remove()
@@ -135,52 +205,79 @@ class SandboxGroup:
         return group
 
     def paths(self) -> dict[str, str]:
-        """Controller -> directory, as strings (what travels in a message)."""
+        """Controller -> directory, as strings (what travels in a message; :meth:`at` reads it back)."""
         return {controller: str(directory) for controller, directory in self.dirs.items()}
 
     @classmethod
     def at(cls, paths: dict[str, str]) -> SandboxGroup:
-        """The group whose directories :meth:`paths` gave."""
-        return cls({controller: Path(directory) for controller, directory in paths.items()})
+        """The group whose directories :meth:`paths` gave (a ``"unified"`` key: a cgroup v2 group)."""
+        if UNIFIED in paths:
+            return V2Group({UNIFIED: Path(paths[UNIFIED])}, int(paths.get(CPU_BASE, "0")))
+        return V1Group({controller: Path(directory) for controller, directory in paths.items()})
 
     @classmethod
     def existing(cls, support: Support, host: str, sandbox_id: str) -> SandboxGroup:
         """The group :meth:`create` makes for ``sandbox_id``, made or not (to empty and remove it)."""
-        name = "sb-" + hashlib.sha256(sandbox_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-        return cls({c: base / f"plugin-host-{host}" / name for c, base in support.bases.items()})
+        return cls.named(
+            support, host, "sb-" + hashlib.sha256(sandbox_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+        )
 
+    @classmethod
+    def named(cls, support: Support, host: str, name: str) -> SandboxGroup:
+        """The group directory ``name`` below the host's group (one a host that died left, say)."""
+        dirs = {c: base / f"plugin-host-{host}" / name for c, base in support.bases.items()}
+        return V2Group(dirs) if support.version == 2 else V1Group(dirs)
+
+    @property
+    def label(self) -> str:
+        """One directory that names the group (for the log and as a key)."""
+        return str(self.dirs.get("memory") or self.dirs[UNIFIED])
+
+    @abc.abstractmethod
+    def _make(self, controllers: frozenset[str]) -> None:
+        """Make the group's directories (and the host's above them)."""
+
+    @abc.abstractmethod
     def set_memory_max(self, megabytes: float | None) -> None:
-        """At most ``megabytes`` MiB charged to the whole group (its processes together); None: no limit."""
-        value = "-1" if megabytes is None else str(int(megabytes * 2**20))
-        memory = self.dirs["memory"] / "memory.limit_in_bytes"
-        swap = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
-        if not swap.exists():
-            memory.write_text(value)
-            return
-        # With swap accounting, no swap past the limit either.  The kernel keeps memory <= memory+swap at
-        # every step: raising, memory+swap goes first; lowering, memory does.
-        try:
-            memory.write_text(value)
-            swap.write_text(value)
-        except OSError:
-            swap.write_text(value)
-            memory.write_text(value)
+        """At most ``megabytes`` MiB charged to the whole group (its processes together), no swap past it;
+        None: no limit."""
 
+    @abc.abstractmethod
     def set_pids_max(self, maximum: int | None) -> None:
         """At most ``maximum`` tasks (processes and threads) in the group at once; None: no limit."""
-        (self.dirs["pids"] / "pids.max").write_text("max" if maximum is None else str(maximum))
 
+    @abc.abstractmethod
     def set_cpu_quota(self, cpus: float | None) -> None:
         """At most ``cpus`` CPUs' worth of time per period for the whole group; None: no quota.
 
         Raises:
-            OSError: no ``cpu`` hierarchy on this machine.
+            OSError: no ``cpu`` controller for the group on this machine.
         """
-        if "cpu" not in self.dirs:
-            raise FileNotFoundError(2, "no cgroup v1 cpu hierarchy", "cpu")
-        quota = -1 if cpus is None else max(1000, int(cpus * CPU_PERIOD_US))
-        (self.dirs["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-        (self.dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+
+    @abc.abstractmethod
+    def memory_bytes(self) -> int:
+        """Memory charged to the group now (resident pages and page cache)."""
+
+    @abc.abstractmethod
+    def memory_limit_bytes(self) -> int:
+        """The group's memory limit now (no limit: a huge number)."""
+
+    @abc.abstractmethod
+    def cpu_seconds(self) -> float | None:
+        """CPU time the group's processes have used since :meth:`reset_cpu`, the dead ones included (None: not
+        counted here)."""
+
+    @abc.abstractmethod
+    def reset_cpu(self) -> None:
+        """Count the group's CPU time from zero again (a new incarnation of the sandbox: a budget of its own)."""
+
+    @abc.abstractmethod
+    def oom_kills(self) -> int:
+        """Processes the kernel has killed in this group for its memory limit."""
+
+    @abc.abstractmethod
+    def _kill_round(self, pids: set[int]) -> None:
+        """One round of :meth:`kill`: end ``pids`` (listed in the group just now) and what forks meanwhile."""
 
     def join(self, pid: int = 0) -> None:
         """Move ``pid`` (0: this process) into the group, in every hierarchy."""
@@ -197,57 +294,26 @@ class SandboxGroup:
                 pass
         return found
 
-    def memory_bytes(self) -> int:
-        """Memory charged to the group now (resident pages and page cache)."""
-        return _read_int(self.dirs["memory"] / "memory.usage_in_bytes")
-
-    def memory_limit_bytes(self) -> int:
-        """The group's memory limit now (the kernel's "no limit" is a huge number)."""
-        return _read_int(self.dirs["memory"] / "memory.limit_in_bytes")
-
-    def cpu_seconds(self) -> float | None:
-        """CPU time the group's processes have used, the dead ones included (None: no ``cpuacct``)."""
-        if "cpuacct" not in self.dirs:
-            return None
-        return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
-
-    def reset_cpu(self) -> None:
-        """Count the group's CPU time from zero again (a new incarnation of the sandbox: a budget of its own)."""
-        if "cpuacct" in self.dirs:
-            (self.dirs["cpuacct"] / "cpuacct.usage").write_text("0")
-
-    def oom_kills(self) -> int:
-        """Processes the kernel has killed in this group for its memory limit."""
-        try:
-            text = (self.dirs["memory"] / "memory.oom_control").read_text(encoding="ascii")
-        except OSError:
-            return 0
-        fields = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
-        return int(fields.get("oom_kill", 0))
-
     def kill(self, rounds: int = _KILL_ROUNDS) -> set[int]:
-        """SIGKILL every process in the group until none is left (frozen first where a freezer is mounted,
-        so that a process forking in a loop cannot outrun the kill); returns the pids still in it after
-        ``rounds`` rounds (empty: the group is empty; not: a process the kill cannot end, such
-        as one frozen in another freezer group, or one in uninterruptible sleep).
+        """SIGKILL every process in the group until none is left (at once with v2's ``cgroup.kill``, else
+        frozen first where a freezer is, so that a process forking in a loop cannot outrun the kill); returns
+        the pids still in it after ``rounds`` rounds (empty: the group is empty; not: a process the kill
+        cannot end, such as one frozen in another v1 freezer group, or one in uninterruptible sleep).
 
-        Each round reads the group's pids again and signals each through a pidfd opened before a second
-        read: a pid that ended and was reused by a process outside the group between the reads is not
-        listed by the second, and one reused after its pidfd was opened is not the pidfd's process.  So a
-        kill never hits a process outside the group, with or without a freezer."""
+        A pid is signalled only through a pidfd opened before a second read of the group (see
+        :meth:`_kill_listed`): a kill never hits a process outside the group, with or without a freezer."""
         for _ in range(rounds):
             pids = self.pids()
             if not pids:
                 return set()
-            frozen = self._freeze("FROZEN")
-            self._kill_listed(pids)
-            if frozen:
-                self._freeze("THAWED")  # a frozen process dies once thawed
+            self._kill_round(pids)
             time.sleep(0.001)  # let the kernel take them off the list
         return self.pids()
 
     def _kill_listed(self, pids: set[int]) -> None:
-        """SIGKILL those of ``pids`` still in the group once a pidfd holds each (see :meth:`kill`)."""
+        """SIGKILL those of ``pids`` still in the group once a pidfd holds each: a pid that ended and was
+        reused outside the group between the two reads is not listed by the second, and one reused after
+        its pidfd was opened is not the pidfd's process."""
         handles = {}
         for pid in pids:
             try:
@@ -267,16 +333,6 @@ class SandboxGroup:
             for handle in handles.values():
                 os.close(handle)
 
-    def _freeze(self, state: str) -> bool:
-        freezer = self.dirs.get("freezer")
-        if freezer is None:
-            return False
-        try:
-            (freezer / "freezer.state").write_text(state)
-        except OSError:
-            return False
-        return True
-
     def remove(self, rounds: int = _KILL_ROUNDS) -> set[int]:
         """Kill what is left (``rounds`` of :meth:`kill`) and remove the group's directories (and the host's,
         once empty); returns the pids the kill could not end (empty: removed).  A group that still holds
@@ -291,6 +347,168 @@ class SandboxGroup:
                 except OSError:
                     break  # still holds other sandboxes' groups, or gone already
         return set()
+
+
+@attrs.define
+class V1Group(SandboxGroup):
+    """A sandbox's group in cgroup v1: a directory in each controller's hierarchy (``memory`` and ``pids``;
+    ``cpu``, ``cpuacct`` and ``freezer`` where mounted)."""
+
+    def _make(self, controllers: frozenset[str]) -> None:
+        for directory in self.dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def set_memory_max(self, megabytes: float | None) -> None:
+        """``memory.limit_in_bytes`` and, with swap accounting, ``memory.memsw.limit_in_bytes`` (see the base)."""
+        value = "-1" if megabytes is None else str(int(megabytes * 2**20))
+        memory = self.dirs["memory"] / "memory.limit_in_bytes"
+        swap = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
+        if not swap.exists():
+            memory.write_text(value)
+            return
+        # The kernel keeps memory <= memory+swap at every step: raising, memory+swap goes first; lowering, memory does.
+        try:
+            memory.write_text(value)
+            swap.write_text(value)
+        except OSError:
+            swap.write_text(value)
+            memory.write_text(value)
+
+    def set_pids_max(self, maximum: int | None) -> None:
+        """``pids.max`` (see the base)."""
+        (self.dirs["pids"] / "pids.max").write_text("max" if maximum is None else str(maximum))
+
+    def set_cpu_quota(self, cpus: float | None) -> None:
+        """``cpu.cfs_period_us`` and ``cpu.cfs_quota_us`` (see the base)."""
+        if "cpu" not in self.dirs:
+            raise FileNotFoundError(2, "no cgroup v1 cpu hierarchy", "cpu")
+        quota = -1 if cpus is None else _quota_us(cpus)
+        (self.dirs["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (self.dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def memory_bytes(self) -> int:
+        """``memory.usage_in_bytes``."""
+        return _read_int(self.dirs["memory"] / "memory.usage_in_bytes")
+
+    def memory_limit_bytes(self) -> int:
+        """``memory.limit_in_bytes``."""
+        return _read_int(self.dirs["memory"] / "memory.limit_in_bytes")
+
+    def cpu_seconds(self) -> float | None:
+        """``cpuacct.usage`` (None: no ``cpuacct`` hierarchy)."""
+        if "cpuacct" not in self.dirs:
+            return None
+        return _read_int(self.dirs["cpuacct"] / "cpuacct.usage") / 1e9
+
+    def reset_cpu(self) -> None:
+        """``cpuacct.usage`` set to 0."""
+        if "cpuacct" in self.dirs:
+            (self.dirs["cpuacct"] / "cpuacct.usage").write_text("0")
+
+    def oom_kills(self) -> int:
+        """``oom_kill`` of ``memory.oom_control``."""
+        return _read_field(self.dirs["memory"] / "memory.oom_control", "oom_kill") or 0
+
+    def _kill_round(self, pids: set[int]) -> None:
+        frozen = self._freeze("FROZEN")
+        self._kill_listed(pids)
+        if frozen:
+            self._freeze("THAWED")  # a frozen process dies once thawed
+
+    def _freeze(self, state: str) -> bool:
+        freezer = self.dirs.get("freezer")
+        if freezer is None:
+            return False
+        try:
+            (freezer / "freezer.state").write_text(state)
+        except OSError:
+            return False
+        return True
+
+
+@attrs.define
+class V2Group(SandboxGroup):
+    """A sandbox's group in cgroup v2: one leaf directory (processes only in leaves: "no internal processes"),
+    below the host's ``plugin-host-<host>``, which holds none and enables the controllers for it."""
+
+    cpu_base_usec: int = 0
+    """``usage_usec`` of ``cpu.stat`` at the last :meth:`reset_cpu` (v2's count cannot be reset): travels in
+    :meth:`paths`, so the monitor counts from the same point as the admin."""
+
+    @property
+    def directory(self) -> Path:
+        """The group's one directory."""
+        return self.dirs[UNIFIED]
+
+    def paths(self) -> dict[str, str]:
+        """``{"unified": directory, "cpu_base_usec": the baseline}`` (see the base)."""
+        return {UNIFIED: str(self.directory), CPU_BASE: str(self.cpu_base_usec)}
+
+    def _make(self, controllers: frozenset[str]) -> None:
+        self.directory.parent.mkdir(exist_ok=True)
+        _enable(self.directory.parent, [c for c in _V2_CONTROLLERS if c in controllers])
+        self.directory.mkdir(exist_ok=True)
+
+    def set_memory_max(self, megabytes: float | None) -> None:
+        """``memory.max`` and, with swap accounting, ``memory.swap.max`` 0: no swap (see the base)."""
+        (self.directory / "memory.max").write_text("max" if megabytes is None else str(int(megabytes * 2**20)))
+        swap = self.directory / "memory.swap.max"
+        if swap.exists():
+            swap.write_text("max" if megabytes is None else "0")
+
+    def set_pids_max(self, maximum: int | None) -> None:
+        """``pids.max`` (see the base)."""
+        (self.directory / "pids.max").write_text("max" if maximum is None else str(maximum))
+
+    def set_cpu_quota(self, cpus: float | None) -> None:
+        """``cpu.max``: ``"<quota> <period>"`` or ``"max <period>"`` (see the base)."""
+        limit = self.directory / "cpu.max"
+        if not limit.exists():
+            raise FileNotFoundError(2, "no cgroup v2 cpu controller for the group", str(limit))
+        limit.write_text(f"{'max' if cpus is None else _quota_us(cpus)} {CPU_PERIOD_US}")
+
+    def memory_bytes(self) -> int:
+        """``memory.current``."""
+        return _read_int(self.directory / "memory.current")
+
+    def memory_limit_bytes(self) -> int:
+        """``memory.max`` (``max``: :data:`sys.maxsize`)."""
+        try:
+            text = (self.directory / "memory.max").read_text(encoding="ascii").strip()
+        except OSError:
+            return 0
+        return sys.maxsize if text == "max" else _read_int(self.directory / "memory.max")
+
+    def cpu_seconds(self) -> float | None:
+        """``usage_usec`` of ``cpu.stat`` past :attr:`cpu_base_usec` (None: unreadable)."""
+        usage = _read_field(self.directory / "cpu.stat", "usage_usec")
+        return None if usage is None else max(usage - self.cpu_base_usec, 0) / 1e6
+
+    def reset_cpu(self) -> None:
+        """:attr:`cpu_base_usec` set to ``usage_usec`` now."""
+        self.cpu_base_usec = _read_field(self.directory / "cpu.stat", "usage_usec") or 0
+
+    def oom_kills(self) -> int:
+        """``oom_kill`` of ``memory.events``."""
+        return _read_field(self.directory / "memory.events", "oom_kill") or 0
+
+    def _kill_round(self, pids: set[int]) -> None:
+        kill = self.directory / "cgroup.kill"
+        if kill.exists():  # kernel >= 5.14: every process of the group, forking or not, at once
+            kill.write_text("1")
+            return
+        freeze = self.directory / "cgroup.freeze"
+        frozen = freeze.exists()
+        if frozen:
+            freeze.write_text("1")
+        self._kill_listed(pids)
+        if frozen:
+            freeze.write_text("0")  # a frozen process dies once thawed
+
+
+def _quota_us(cpus: float) -> int:
+    """The CPU quota per :data:`CPU_PERIOD_US` for ``cpus`` CPUs (the kernel's least is 1 ms)."""
+    return max(1000, int(cpus * CPU_PERIOD_US))
 
 
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
@@ -339,3 +557,17 @@ def _read_int(path: Path) -> int:
         return int(path.read_text(encoding="ascii").split()[0])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _read_field(path: Path, key: str) -> int | None:
+    """The value of ``key`` in a flat keyed file (``key value`` lines: ``cpu.stat``, ``memory.events``); None:
+    unreadable or not there."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == key and fields[1].isdigit():
+            return int(fields[1])
+    return None
