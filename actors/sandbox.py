@@ -157,7 +157,8 @@ class SandboxActor(SupervisorActor):
         self.send(self.admin, m.SandboxStatus(msg.context.sandbox_id, RootStatus.STARTING, pid=os.getpid()))
         try:
             if self.multiprocess:  # under simpleSystemBase this is the host's own process
-                close_inherited()  # the admin's database, logs, sockets, pipes: never the plugin's
+                _private_memory()  # first: no window in which another sandbox may open its /proc/<pid>/mem
+                close_inherited(keep=_kept_descriptors(msg.context.user))  # the admin's database, sockets, pipes
                 _join_group(msg.context.sandbox_id, msg.group)
                 _enter_namespace(msg.context, sealed=bool(msg.group))
                 _contain(msg.context.limits)
@@ -456,6 +457,32 @@ _REPORT_WHEN_DOWN = {
     SupervisorPhase.FAILING: RootStatus.FAILED,
 }
 """What the root reports once its whole tree is down, by why it went down."""
+
+
+def _private_memory() -> None:
+    """Non-dumpable (inherited by every process of the sandbox): a process of the same uid without
+    ``CAP_SYS_PTRACE`` (another sandbox, under ``isolation="process"``) can neither attach to it nor open its
+    ``/proc/<pid>/mem`` or ``environ``.  Done before anything else: the kernel checks at the open, and a
+    descriptor opened while the root was still dumpable (between dropping its capabilities and this, say)
+    would keep working.
+
+    Raises:
+        SandboxStartError: the kernel refused.
+    """
+    try:
+        lowlevel.confine.make_non_dumpable()
+    except OSError as exc:
+        raise SandboxStartError(f"cannot make the sandbox's processes non-dumpable: {exc.strerror}") from None
+
+
+def _kept_descriptors(user: m.SandboxUser | None) -> set[int]:
+    """What the root keeps of what it inherited: under ``isolation="process"``, the log of dropped frames
+    (every process of the host appends there, so that the admin counts them; such a sandbox runs as the host's
+    uid and could open that file by its path anyway); a sandbox of its own uid keeps nothing."""
+    keys = lowlevel.process_keys()
+    if user is not None or keys is None or keys.log.fd is None:
+        return set()
+    return {keys.log.fd}
 
 
 def _join_group(sandbox_id: str, group: dict[str, str] | None) -> None:

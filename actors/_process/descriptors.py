@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+from typing import Iterable
 
 __all__ = ["close_inherited"]
 
@@ -47,16 +48,17 @@ def _note_at_fork() -> None:
 os.register_at_fork(after_in_child=_note_at_fork)
 
 
-def close_inherited() -> list[int]:
-    """Point every descriptor this process inherited when it was forked, but the write-only standard streams
-    and ``/dev/null``, at ``/dev/null``; returns the descriptors so replaced."""
+def close_inherited(keep: Iterable[int] = ()) -> list[int]:
+    """Point every descriptor this process inherited when it was forked, but the write-only standard streams,
+    ``/dev/null`` and those in ``keep``, at ``/dev/null``; returns the descriptors so replaced."""
+    kept = set(keep)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     devnull = os.fstat(null)
     replaced = []
     try:
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
-            if fd == null:
+            if fd == null or fd in kept:
                 continue
             try:
                 info = os.fstat(fd)

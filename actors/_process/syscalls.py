@@ -22,9 +22,10 @@ Thespian's own child start-up are plain ``clone`` calls and pass.  The filter co
 an x86_64 kernel too (i386 ``int 0x80``, x32), as Docker's does; on aarch64 it covers the native ABI only
 (a 32-bit ARM program run there is killed at its first system call, libseccomp's default for another ABI).
 
-The root also makes itself non-dumpable, filter or not (``PR_SET_DUMPABLE`` 0, inherited on fork,
-kept until an ``exec``): a process of the same uid without ``CAP_SYS_PTRACE`` (another sandbox, under
-``isolation="process"``) cannot read its ``/proc/<pid>/mem``, ``environ`` or open files, nor attach to it.
+The root also makes itself non-dumpable, filter or not, first of all (``PR_SET_DUMPABLE`` 0, inherited on
+fork, kept until an ``exec``: see ``actors.sandbox``): a process of the same uid without ``CAP_SYS_PTRACE``
+(another sandbox, under ``isolation="process"``) cannot read its ``/proc/<pid>/mem``, ``environ`` or open
+files, nor attach to it.
 The host's monitor keeps reading what it needs (``/proc/<pid>/stat``, ``statm``, ``status``): those need no
 ptrace access.
 
@@ -52,18 +53,14 @@ install = _shared.install_syscall_filter
 
 
 def confine(mode: str, sandbox_id: str) -> None:
-    """The root's one call, after its privileges are gone and before its first plugin code: non-dumpable
-    always, and the filter as the admin decided for this sandbox (``StartSandbox.syscall_filter``):
-    ``"required"``, or fail the start; ``"auto"``, where this machine can, else say why in the log;
-    ``"off"``, none.
+    """The root's one call, after its privileges are gone and before its first plugin code: the filter as
+    the admin decided for this sandbox (``StartSandbox.syscall_filter``): ``"required"``, or fail the start;
+    ``"auto"``, where this machine can, else say why in the log; ``"off"``, none.  (The root made itself
+    non-dumpable first of all, see ``actors.sandbox``.)
 
     Raises:
-        SandboxStartError: the dump flag cannot be cleared, or ``"required"`` and no filter.
+        SandboxStartError: ``"required"`` and no filter.
     """
-    try:
-        _shared.make_non_dumpable()
-    except OSError as exc:
-        raise SandboxStartError(f"cannot make the sandbox's processes non-dumpable: {exc.strerror}") from None
     if mode == "off":
         return
     try:
