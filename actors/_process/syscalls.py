@@ -14,8 +14,9 @@ can remove it.  It allows everything but:
   a filter cannot read: the C library then falls back to ``clone`` (as Docker's default profile does);
 * mounts: ``mount``, ``umount``/``umount2``, ``pivot_root`` and the new mount API;
 * what container runtimes refuse by default: tracing (``ptrace``, ``process_vm_readv``/``writev``,
-  ``kcmp``), ``bpf``, ``perf_event_open``, ``userfaultfd``, the kernel keyring, kernel modules,
-  ``kexec``, ``acct``, swap and ``reboot``;
+  ``pidfd_getfd``, ``kcmp``), ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring`` (a large kernel
+  surface; none of its operations is a refused call, so it is no way around the list), the kernel
+  keyring, kernel modules, ``kexec``, ``acct``, swap and ``reboot``;
 
 each refused with ``EPERM``.  ``fork``, threads, ``vfork``/``posix_spawn`` (``subprocess``) and
 Thespian's own child start-up are plain ``clone`` calls and pass.  The filter covers the 32-bit ABIs of

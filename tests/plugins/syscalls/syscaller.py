@@ -17,7 +17,7 @@ from actors import ChildSpec, Plugin, Supervisor
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUSER = 0x00020000, 0x02000000, 0x10000000
 _SIGCHLD = 17
-_SYS_CLONE, _SYS_CLONE3, _SYS_SETNS = 56, 435, 308  # x86_64
+_SYS_CLONE, _SYS_CLONE3, _SYS_SETNS, _SYS_IO_URING_SETUP = 56, 435, 308, 425  # x86_64
 _PTRACE_ATTACH, _PTRACE_DETACH = 16, 17
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -90,7 +90,8 @@ def seal_bypass():
 
 
 def namespace_calls():
-    """``clone`` with ``CLONE_NEWUSER``, ``clone3``, ``setns`` and ``unshare``, each once (``unshare`` last: a
+    """``clone`` with ``CLONE_NEWUSER``, ``clone3``, ``setns``, ``io_uring_setup`` (the kernel surface container
+    runtimes refuse) and ``unshare``, each once (``unshare`` last: a
     process in a user namespace with no uid mapped cannot make another one)."""
     found = {}
     child = _libc.syscall(_SYS_CLONE, ctypes.c_ulong(CLONE_NEWUSER | _SIGCHLD), None, None, None, None)
@@ -105,6 +106,11 @@ def namespace_calls():
         found["setns"] = _outcome(_libc.syscall(_SYS_SETNS, own, 0))
     finally:
         os.close(own)
+    params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+    ring = _libc.syscall(_SYS_IO_URING_SETUP, 1, params)
+    found["io_uring_setup"] = _outcome(ring)
+    if ring >= 0:
+        os.close(ring)
     found["unshare"] = _outcome(_libc.unshare(CLONE_NEWUSER))
     return found
 
