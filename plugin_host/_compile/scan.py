@@ -92,17 +92,22 @@ _MUTATORS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__set
 _RUNTIME_PACKAGES = ("actors", "plugin_host")
 _STRICT_OPENERS = (*_OPENERS, "io.FileIO", "_io.FileIO", "codecs.open")
 """Callables opening a path as ``(file, mode)``: the strict scan judges every one of them."""
-_PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
+_OS_PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
     **{
-        f"os.{f}": ((0, "path"),)
+        f: ((0, "path"),)
         for f in ("remove", "unlink", "rmdir", "mkdir", "truncate", "chmod", "lchmod", "mkfifo", "mknod")
     },
-    **{f"os.{f}": ((0, "path"),) for f in ("chown", "lchown", "chflags", "lchflags", "utime")},
+    **{f: ((0, "path"),) for f in ("chown", "lchown", "chflags", "lchflags", "utime", "setxattr", "removexattr")},
+    **{f: ((0, "src"), (1, "dst")) for f in ("rename", "replace")},
+    **{f: ((1, "dst"),) for f in ("symlink", "link")},
+}
+"""The file-system changes of ``os`` that ``posix`` (its C half) has too, under the same names."""
+_PATH_WRITERS: dict[str, tuple[tuple[int, str], ...]] = {
+    **{f"{owner}.{f}": where for owner in _OS_MODULES for f, where in _OS_PATH_WRITERS.items()},
     "os.makedirs": ((0, "name"),),
     "os.removedirs": ((0, "name"),),
+    "os.renames": ((0, "old"), (1, "new")),
     "shutil.chown": ((0, "path"),),
-    **{f"os.{f}": ((0, "src"), (1, "dst")) for f in ("rename", "replace", "renames")},
-    **{f"os.{f}": ((1, "dst"),) for f in ("symlink", "link")},
     **{f"shutil.{f}": ((1, "dst"),) for f in ("copy", "copy2", "copyfile", "copytree", "copymode", "copystat")},
     "shutil.move": ((0, "src"), (1, "dst")),
     "shutil.rmtree": ((0, "path"),),
