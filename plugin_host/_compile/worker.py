@@ -10,10 +10,10 @@ worker's socket); each changes together with this module.  It has two entry poin
   declared plugin classes, and writes JSON lines to its original stdout: ``importing`` before each
   module, then one ``result`` tagged with the job's nonce (first line of stdin), after which it
   ends at once (why, and what the host trusts: :mod:`plugin_host._compile.validator`).  It confines
-  itself first (hard rlimits, no capabilities, ``no_new_privs``, the job's uid).  Whatever the
-  modules print goes to stderr instead, so it can never corrupt the protocol.  On ``SIGUSR1`` it
-  writes a stack dump to the protocol stream (``faulthandler``), which names the line a module
-  that ran out of time was on.
+  itself first (hard rlimits, its own mount namespace as root, no capabilities, ``no_new_privs``, the
+  job's uid).  Whatever the modules print goes to stderr instead, so it can never corrupt the
+  protocol.  On ``SIGUSR1`` it writes a stack dump to the protocol stream (``faulthandler``), which
+  names the line a module that ran out of time was on.
 * :func:`serve`, the warm worker of a :class:`CompilePool`: with the runtime already imported, it
   waits on a Unix socket, and for each job forks a child that becomes exactly what :func:`main`
   would be and runs the same validation.  It only forks, reports the child's pid and exit code,
