@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -43,7 +42,7 @@ from ._process.descriptors import close_inherited
 from ._process.hardening import drop_privileges, new_process_group
 from ._process.identity import become
 from ._process.limits import apply_rlimits, check_rlimits
-from ._process.namespace import enter, private_temporaries, reveal
+from ._process.namespace import enter, import_folders, private_queues, private_temporaries, reveal
 from ._process.syscalls import confine
 from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
 from ._spec import Supervisor, bare_plugin_supervisor
@@ -504,8 +503,9 @@ def _join_group(sandbox_id: str, group: dict[str, str] | None) -> None:
 def _enter_namespace(context: m.SandboxContext, sealed: bool) -> None:
     """The sandbox's own mount namespace (see ``_process.namespace``), while this process may still mount: its
     cgroup mounts read-only (``sealed``: so that its plugin cannot move out of its group) and, for a sandbox
-    run as its own user, its own IPC namespace, ``/tmp``, ``/var/tmp`` and ``/dev/shm``, and the host's
-    Python readable where it lives under a home its uid cannot pass.
+    run as its own user, its own IPC namespace, temporaries and POSIX queues, and the folders it imports from
+    (the interpreter's and the runtime's, not the application's) readable where a home its uid cannot pass or
+    a fresh temporary would hide them.
 
     Raises:
         SandboxStartError: a sandbox run as its own user cannot have its namespace (never run it without).
@@ -527,8 +527,10 @@ def _enter_namespace(context: m.SandboxContext, sealed: bool) -> None:
     if user is None:
         return
     try:
-        private_temporaries(context.limits.max_memory_mb or _TMPFS_MB)
-        reveal([*sys.path, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix])
+        needed = import_folders()  # before the mounts hide any of them
+        private_temporaries(context.limits.max_memory_mb or _TMPFS_MB, keep=needed)
+        private_queues()
+        reveal(needed)
     except OSError as exc:
         raise SandboxStartError(f"cannot make the sandbox's own /tmp or show it the interpreter: {exc}") from None
 

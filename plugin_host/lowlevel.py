@@ -1,16 +1,17 @@
 """The transport's primitives, for the actor processes of :mod:`actors` (as ``trio.lowlevel`` is for
 trio's own parts): who signed the frame being handled, signing for a given key, the keys of this
 process, the runtime audit of a sandbox process (:mod:`plugin_host._audit`) and what a process gives
-up before plugin code runs (:mod:`plugin_host._confine`: hard rlimits, capabilities), both also used
-by the compile validator, and matching replies to requests by correlation id (:class:`Replies`, the
-host's calls use it too).  Not re-exported by :mod:`plugin_host`; no stability promise beyond
-plugin-host's own use.
+up before plugin code runs (:mod:`plugin_host._confine`: hard rlimits, capabilities) and the mount and
+IPC namespace it runs in (:mod:`plugin_host._namespace`), all also used by the compile validator, and
+matching replies to requests by correlation id (:class:`Replies`, the host's calls use it too).  Not re-exported by
+:mod:`plugin_host`; no stability promise beyond plugin-host's own use.
 """
 
 from __future__ import annotations
 
 from . import _audit as audit
 from . import _confine as confine
+from . import _namespace as namespace
 from ._replies import Replies
 from ._wire import (
     KID_REQUIREMENT,
@@ -26,6 +27,7 @@ __all__ = [
     "KID_REQUIREMENT",
     "audit",
     "confine",
+    "namespace",
     "Principal",
     "RejectionTail",
     "Replies",

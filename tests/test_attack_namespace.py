@@ -11,16 +11,25 @@ the host's Python even where that lives under a ``0700`` home.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import subprocess
+import sys
+import sysconfig
 import uuid
 import zlib
 from pathlib import Path
 
 import attrs
 import psutil
+import pytest
+import thespian
+from conftest import ROOT
 from test_isolation_user import PROBE, as_root, free_uid, gone, tree
 
 from plugin_host import Host, HostConfig
+from plugin_host.errors import PluginHostError
+from plugin_host.lowlevel import namespace
 
 _SHARED = ("socket:[", "pipe:[")  # unique names (an anon_inode is not)
 
@@ -150,3 +159,151 @@ def test_a_user_sandbox_imports_the_hosts_python_but_sees_nothing_else_of_its_ho
             return  # a Python others may read: no home to hide
         shown = host.call("a", "probe", ("listdir", str(home)))
         assert shown == [Path(os.__file__).resolve().relative_to(home).parts[0]], shown
+
+
+_HOST_IN_A_VENV = """
+import json, sys
+from plugin_host import Host, HostConfig
+out, state, probe, package, secret, tmp = sys.argv[1:]
+config = HostConfig(state_dir=state, heartbeat_interval=0.2, hang_timeout=1.0, shutdown_timeout=2.0,
+                    call_timeout=10.0, start_timeout=20.0, isolation="user")
+with Host(config) as host:
+    host.create_sandbox("a", "probe:Probe", sandbox_path=probe)
+    seen = {
+        "import": host.call("a", "probe", ("import", "lazypkg")),
+        "write": host.call("a", "probe", ("write", package + "/planted")),
+        "secret": host.call("a", "probe", ("read", secret)),
+        "tmp": host.call("a", "probe", ("listdir", tmp)),
+    }
+with open(out, "w") as target:
+    json.dump(seen, target)
+"""
+
+
+@as_root
+def test_a_user_sandbox_imports_from_a_virtualenv_under_tmp_but_sees_nothing_else_there(tmp_path: Path) -> None:
+    """A host run from a virtualenv under ``/tmp`` (as CI's clone and venv are): its user sandbox imports, at
+    call time, a package of that venv's site-packages no process loaded before, under its own fresh ``/tmp``;
+    that folder is read-only to it, and of the host's ``/tmp`` it sees only the way to the venv (a file the
+    host has next to it stays invisible)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "lazypkg").mkdir()
+    (site / "lazypkg" / "__init__.py").write_text("VALUE = 1\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host data")
+    state, out = tmp_path / "state", tmp_path / "seen.json"
+    state.mkdir()
+    script = tmp_path / "run_host.py"
+    script.write_text(_HOST_IN_A_VENV)
+    argv = [str(venv / "bin" / "python"), str(script), str(out), str(state), PROBE, str(site / "lazypkg")]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([*argv, str(secret), str(tmp_path)], check=True, timeout=120, env=environment)
+    seen = json.loads(out.read_text())
+    assert seen["import"] == str(site / "lazypkg" / "__init__.py"), seen
+    assert "Error" in seen["write"] and not (site / "lazypkg" / "planted").exists()
+    assert "Error" in seen["secret"]
+    assert seen["tmp"] == ["venv"], seen
+
+
+def test_a_sandbox_imports_from_the_interpreters_and_the_runtimes_folders_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a sandbox run as its own user is shown of the host's folders (``import_folders``): the interpreter's
+    (its prefix, stdlib, site-packages) and the folder holding each runtime package, never an application's
+    folder on the import path, be it ``sys.path[0]``, a later entry or the working folder."""
+    app, later = tmp_path / "myapp", tmp_path / "lib"
+    app.mkdir()
+    later.mkdir()
+    monkeypatch.syspath_prepend(str(app))
+    monkeypatch.setattr(sys, "path", [*sys.path, str(later)])
+    monkeypatch.chdir(app)
+    shown = namespace.import_folders()
+    assert not [f for f in shown if f == str(tmp_path) or f.startswith(f"{tmp_path}/")], shown
+    assert str(ROOT) in shown  # the folder holding actors and plugin_host
+
+    def covered(path: str) -> bool:
+        real = os.path.realpath(path)
+        return any(real == f or real.startswith(f + "/") for f in shown)
+
+    assert covered(sysconfig.get_paths()["stdlib"]) and covered(thespian.__file__) and covered(psutil.__file__)
+    barrier = next(p for p in reversed(app.parents) if not p.stat().st_mode & 0o001)  # /tmp/pytest-of-root
+    assert namespace.hidden_folders([str(app), str(later)]) == {str(barrier): [str(later), str(app)]}
+
+
+@as_root
+def test_an_application_folder_on_the_import_path_stays_hidden_from_a_user_sandbox(
+    config: HostConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's own application folder (``sys.path[0]``, under a ``0700`` folder: ``/tmp/pytest-of-root``) with
+    its ``.env``: a sandbox run as its own user cannot list it, read it or import from it."""
+    app = tmp_path / "myapp"
+    app.mkdir()
+    (app / ".env").write_text("TOKEN=hunter2\n")
+    (app / "appmod.py").write_text("SECRET = 'hunter2'\n")
+    monkeypatch.syspath_prepend(str(app))
+    with Host(attrs.evolve(config, isolation="user")) as host:
+        host.create_sandbox("a", "probe:Probe", sandbox_path=PROBE)
+        assert "Error" in host.call("a", "probe", ("listdir", str(app)))
+        assert "Error" in host.call("a", "probe", ("read", str(app / ".env")))
+        with pytest.raises(PluginHostError, match="appmod"):
+            host.call("a", "probe", ("import", "appmod"))
+
+
+_LOCKS = "/run/lock"
+
+
+@as_root
+@pytest.mark.skipif(not os.path.isdir(_LOCKS), reason="no /run/lock on this machine")
+def test_what_a_user_sandbox_leaves_in_run_lock_dies_with_it(config: HostConfig) -> None:
+    """``/run/lock`` (``1777``, like every sticky world-writable place of ``TEMPORARIES``) is fresh for a sandbox run
+    as its own user: a file it leaves there is not in the host's, and the next sandbox given the same uid (a
+    range of one) does not find it."""
+    uid, token = free_uid(), f"ph-{uuid.uuid4().hex[:12]}"
+    left = os.path.join(_LOCKS, token)
+    try:
+        with Host(attrs.evolve(config, isolation="user", sandbox_uids=(uid, uid))) as host:
+            first = host.create_sandbox("a", "probe:Probe", sandbox_path=PROBE)
+            assert host.call("a", "probe", ("write", left)) == "ok"
+            assert host.call("a", "probe", ("read", left)) == "ok"  # it sees its own
+            assert not os.path.exists(left)
+            pids = tree(first.pid)
+            host.destroy_sandbox("a")
+            assert gone(uid, pids)
+            second = host.create_sandbox("b", "probe:Probe", sandbox_path=PROBE)
+            assert second.uid == uid
+            assert "FileNotFoundError" in host.call("b", "probe", ("read", left))
+        assert not os.path.exists(left)
+    finally:
+        Path(left).unlink(missing_ok=True)
+
+
+@as_root
+def test_a_posix_queue_made_after_private_queues_is_not_in_the_hosts_instance(tmp_path: Path) -> None:
+    """Where an ``mqueue`` file system is mounted (``/dev/mqueue`` on systemd hosts; absent here, so the test
+    mounts the host's instance in a folder of its own), a process that entered its own mount and IPC namespace
+    and called ``private_queues`` on it creates its queue in its namespace's instance: the host's instance, and
+    the host's ``mq_open``, never see it."""
+    point, token = tmp_path / "mqueue", f"ph-{uuid.uuid4().hex[:12]}"
+    point.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"mqueue", str(point).encode(), b"mqueue", 0, None) != 0:
+        pytest.skip(f"cannot mount an mqueue here: {os.strerror(ctypes.get_errno())}")
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child process
+            code = 1
+            try:
+                namespace.enter(ipc=True)
+                namespace.private_queues([str(point)])
+                os.close(os.open(point / token, os.O_CREAT | os.O_RDWR, 0o666))  # a queue, through the file system
+                code = 0 if os.path.exists(point / token) else 2
+            finally:
+                os._exit(code)
+        assert os.waitpid(child, 0)[1] == 0
+        assert not (point / token).exists()
+        assert left_in_the_host(token) == []
+    finally:
+        ctypes.CDLL("librt.so.1").mq_unlink(("/" + token).encode())
+        libc.umount2(str(point).encode(), 0)

@@ -227,8 +227,9 @@ PEEK = textwrap.dedent(
 @as_root
 def test_for_isolation_user_the_validator_cannot_read_the_cookie_or_the_state_dir(config: HostConfig) -> None:
     """On a host whose sandboxes are their own users, the validator runs as ``nobody`` (no supplementary
-    group): its top-level code can read neither the cookie nor the ``state_dir``.  (Its dependency environment,
-    under the ``state_dir``, is still importable through a readable copy: ``tests/test_isolation_user.py::
+    group): its top-level code can read neither the cookie nor the ``state_dir`` (nor see them, where its own
+    fresh ``/tmp`` covers them).  (Its dependency environment, under the ``state_dir``, is still importable
+    through a readable copy: ``tests/test_isolation_user.py::
     test_its_dependency_environment_is_read_as_its_own_user_before_and_after_a_reload`` compiles one.)"""
     with Host(attrs.evolve(config, isolation="user")) as host:
         state = Path(host.config.state_dir)
@@ -237,8 +238,8 @@ def test_for_isolation_user_the_validator_cannot_read_the_cookie_or_the_state_di
         folder = write_tree(state.parent / "sb", {"peek.py": header + PEEK})
         output = host.compile_sandbox(str(folder)).output
     assert "uid (65534, 65534, 65534) (65534, 65534, 65534) []" in output
-    assert "cookie PermissionError" in output
-    assert "state_dir PermissionError" in output
+    for what in ("cookie", "state_dir"):  # unreadable; hidden outright where the fresh /tmp covers the state_dir
+        assert f"{what} PermissionError" in output or f"{what} FileNotFoundError" in output, output
 
 
 @as_root
@@ -304,3 +305,44 @@ def test_a_bad_syscall_filter_for_a_compile_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError) as caught:
         compile_sandbox(root, syscall_filter="sometimes")
     assert caught.value.field == "syscall_filter"
+
+
+_PIDS = Path("/sys/fs/cgroup/pids")
+
+
+@as_root
+@pytest.mark.skipif(not os.access(_PIDS, os.W_OK), reason="no writable cgroup v1 pids hierarchy")
+def test_top_level_code_cannot_write_a_control_groups_files(tmp_path: Path, pool: compiler.CompilePool | None) -> None:
+    """The validator runs top-level code as uid 0 without capabilities, like a sandbox root under
+    ``isolation="process"``: in a mount namespace of its own whose cgroup mounts are read-only, so it cannot lift
+    a sandbox group's ``pids.max`` (a group the test made stands for one) or move a process into it: the
+    compile fails at the write and the limit is unchanged."""
+    group = _PIDS / f"plugin-host-test-{os.getpid()}-{tmp_path.name}"
+    group.mkdir()
+    try:
+        (group / "pids.max").write_text("5")
+        source = f"import pathlib\npathlib.Path({str(group / 'pids.max')!r}).write_text('max')\n"
+        root = write_tree(tmp_path / "sb", {"a.py": source})
+        with pytest.raises(CompilationError, match="Read-only file system"):
+            compile_sandbox(root, pool=pool)
+        assert (group / "pids.max").read_text().strip() == "5"
+        procs = f"import os, pathlib\npathlib.Path({str(group / 'cgroup.procs')!r}).write_text(str(os.getpid()))\n"
+        with pytest.raises(CompilationError, match="Read-only file system"):
+            compile_sandbox(write_tree(tmp_path / "sb2", {"b.py": procs}), pool=pool)
+        assert (group / "cgroup.procs").read_text() == ""
+    finally:
+        group.rmdir()
+
+
+@as_root
+def test_a_validator_run_as_nobody_imports_the_hosts_python_under_a_closed_home(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """A compile for ``isolation="user"`` (the validator as ``nobody``) imports stdlib modules no process of it
+    loaded before (``decimal``, ``glob``), even where the host's Python lives under a home ``nobody`` cannot
+    pass (pyenv under ``/root``, ``0700``): the validator reveals the interpreter's folders as a sandbox root
+    does."""
+    root = write_tree(
+        tmp_path / "sb", {"a.py": "import decimal, glob\nprint('imported', decimal.Decimal(1), glob.escape('x'))\n"}
+    )
+    assert "imported 1 x" in compile_sandbox(root, pool=pool, user=(65534, 65534)).output

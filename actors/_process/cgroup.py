@@ -32,16 +32,15 @@ could leave its own group (for the host's root group, say) or write another grou
 (checked here: a process with no capabilities left, as a sandbox's are, lowered another group's
 ``pids.max`` and moved itself into the root group).  So the root, once in its group and before it
 drops its capabilities, calls :func:`seal` in its mount namespace of its own
-(:mod:`actors._process.namespace`): every cgroup mount read-only there, inherited by every process
-of the sandbox, which can no longer mount or
-remount anything.  Where that fails (no ``CAP_SYS_ADMIN``, a seccomp filter), the root logs why and
+(:mod:`actors._process.namespace`; the compile validator does the same): every cgroup mount
+read-only there, inherited by every process of the sandbox, which can no longer mount or remount
+anything.  Where that fails (no ``CAP_SYS_ADMIN``, a seccomp filter), the root logs why and
 the sandbox runs unsealed.  The admin (:mod:`actors._admin.groups`) decides the limits written here.
 """
 
 from __future__ import annotations
 
 import abc
-import ctypes
 import hashlib
 import os
 import signal
@@ -52,6 +51,7 @@ from pathlib import Path
 import attrs
 
 from plugin_host.errors import ConfigError
+from plugin_host.lowlevel import namespace as _namespace
 
 __all__ = ["Support", "SandboxGroup", "V1Group", "V2Group", "support", "seal", "CPU_PERIOD_US", "UNIFIED", "CPU_BASE"]
 
@@ -511,45 +511,9 @@ def _quota_us(cpus: float) -> int:
     return max(1000, int(cpus * CPU_PERIOD_US))
 
 
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
-_MS_REMOUNT, _MS_BIND = 0x20, 0x1000
-
-
-def seal() -> list[str]:
-    """Make every cgroup mount read-only for this process and all it forks from now on; returns the mount
-    points made read-only.
-
-    Call it in the sandbox root's private mount namespace (:func:`actors._process.namespace.enter`: the
-    host's mounts are untouched), before dropping capabilities (it needs ``CAP_SYS_ADMIN``).
-
-    Raises:
-        OSError: the kernel refused the namespace or a remount.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    sealed = []
-    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-        fields = line.split()
-        fstype = fields[fields.index("-") + 1]
-        if fstype not in ("cgroup", "cgroup2"):
-            continue
-        point, options = fields[4], fields[5].split(",")
-        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY  # this mount only, not the hierarchy's other mounts
-        for name, bit in (("nosuid", _MS_NOSUID), ("nodev", _MS_NODEV), ("noexec", _MS_NOEXEC)):
-            flags |= bit if name in options else 0
-        _check(libc.mount(None, _unescape(point).encode(), None, flags, None))
-        sealed.append(point)
-    return sealed
-
-
-def _unescape(point: str) -> str:
-    """A mount point as ``/proc/self/mountinfo`` writes it (octal escapes for blanks) -> the path."""
-    return point.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def _check(result: int) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
+seal = _namespace.seal
+"""Make every cgroup mount read-only for this process and all it forks (in its own mount namespace, before
+dropping capabilities; shared with the compile validator: :mod:`plugin_host._namespace`)."""
 
 
 def _read_int(path: Path) -> int:

@@ -10,10 +10,10 @@ worker's socket); each changes together with this module.  It has two entry poin
   declared plugin classes, and writes JSON lines to its original stdout: ``importing`` before each
   module, then one ``result`` tagged with the job's nonce (first line of stdin), after which it
   ends at once (why, and what the host trusts: :mod:`plugin_host._compile.validator`).  It confines
-  itself first (hard rlimits, no capabilities, ``no_new_privs``, the job's uid).  Whatever the
-  modules print goes to stderr instead, so it can never corrupt the protocol.  On ``SIGUSR1`` it
-  writes a stack dump to the protocol stream (``faulthandler``), which names the line a module
-  that ran out of time was on.
+  itself first (hard rlimits, its own mount namespace as root, no capabilities, ``no_new_privs``, the
+  job's uid).  Whatever the modules print goes to stderr instead, so it can never corrupt the
+  protocol.  On ``SIGUSR1`` it writes a stack dump to the protocol stream (``faulthandler``), which
+  names the line a module that ran out of time was on.
 * :func:`serve`, the warm worker of a :class:`CompilePool`: with the runtime already imported, it
   waits on a Unix socket, and for each job forks a child that becomes exactly what :func:`main`
   would be and runs the same validation.  It only forks, reports the child's pid and exit code,
@@ -43,6 +43,7 @@ import attrs
 
 from .. import _audit, codeload
 from .. import _confine as confine
+from .. import _namespace as namespace
 from ..config import ResourceLimits
 from ..errors import SandboxStartError
 from ..values import AuditRecord
@@ -119,16 +120,19 @@ def _validate(
 
 def _confine(payload: dict[str, Any]) -> None:
     """Give up, before any plugin code runs, what the sandbox's own processes give up: its hard rlimits
-    (memory, CPU), every capability, ``no_new_privs``, the host's uid when the job names one
-    (``isolation="user"``: see :mod:`plugin_host._compile.validator`), being traced, and the system
-    calls the sandboxes' seccomp filter refuses (where libseccomp loads; ``"required"``: or fail).
+    (memory, CPU), the host's mount namespace (see :func:`_own_namespace`), every capability,
+    ``no_new_privs``, the host's uid when the job names one (``isolation="user"``: see
+    :mod:`plugin_host._compile.validator`), being traced, and the system calls the sandboxes' seccomp
+    filter refuses (where libseccomp loads; ``"required"``: or fail).
 
     Raises:
-        OSError: a limit, the privileges or a required filter could not be given up.
+        OSError: a limit, the namespace of a user job, the privileges or a required filter could not be given
+            up.
     """
     limits = payload.get("limits") or {}
     confine.apply_rlimits(ResourceLimits(**limits))
     user = payload.get("user")
+    _own_namespace(user is not None, payload.get("paths", []), limits.get("max_memory_mb"))
     confine.drop_privileges(None if user is None else lambda: _become(int(user[0]), int(user[1])))
     confine.make_non_dumpable()
     mode = payload.get("syscall_filter", "auto")
@@ -138,6 +142,42 @@ def _confine(payload: dict[str, Any]) -> None:
         except OSError:
             if mode == "required":
                 raise  # the validator ends with the reason: the compile fails
+
+
+def _own_namespace(user: bool, paths: list[str], size_mb: float | None) -> None:
+    """As a sandbox root does, while this process may still mount: a mount namespace of its own with every
+    cgroup mount read-only (top-level code running as uid 0 cannot write a sandbox group's limits or
+    ``cgroup.procs``) and, for a ``user`` job, its own IPC namespace, fresh temporaries and POSIX queues, and
+    the folders it imports from (the interpreter's, the runtime's, the job's ``paths``) readable where a home
+    ``nobody`` cannot pass or a fresh temporary would hide them (:mod:`plugin_host._namespace`).
+
+    Where the validator is not root (a host that is not), it keeps the host's namespace: it runs as the
+    host's uid, which owns no cgroup file it could not write anyway, and ``user`` jobs need root.  A root
+    validator that the kernel refuses a namespace (a container without ``CAP_SYS_ADMIN``) runs a
+    ``"process"`` job without one (its top-level code could then write the cgroup files, as a sandbox root
+    that cannot seal logs); a ``user`` job fails instead.
+
+    Raises:
+        OSError: a ``user`` job cannot have its namespace.
+    """
+    if os.geteuid() != 0:
+        return
+    needed = namespace.import_folders(paths) if user else []  # before the mounts hide any of them
+    try:
+        namespace.enter(ipc=user)
+        namespace.seal()
+    except OSError:
+        if user:
+            raise
+        return
+    if user:
+        namespace.private_temporaries(size_mb or _TMPFS_MB, keep=needed)
+        namespace.private_queues()
+        namespace.reveal(needed)
+
+
+_TMPFS_MB = 256
+"""Size bound of each fresh temporary of a ``user`` job without a memory limit (as a sandbox root's)."""
 
 
 def _become(uid: int, gid: int) -> None:
