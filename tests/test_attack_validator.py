@@ -10,12 +10,16 @@ what the host's uid can (the cookie, the ``state_dir``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Iterator
 
 import attrs
+import psutil
 import pytest
 from conftest import sample
 from test_compiler import write_tree
@@ -304,3 +308,111 @@ def test_a_bad_syscall_filter_for_a_compile_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError) as caught:
         compile_sandbox(root, syscall_filter="sometimes")
     assert caught.value.field == "syscall_filter"
+
+
+STRAY = textwrap.dedent(
+    """
+    import os, signal
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        os.setsid()  # out of the validator's process group and session
+        if os.fork() == 0:
+            os.write(write_end, os.readlink("/proc/self").encode())  # its pid as the host sees it
+            while True:
+                signal.pause()
+        os._exit(0)
+    os.close(write_end)
+    print("stray", os.read(read_end, 32).decode(), flush=True)
+    """
+)
+"""Top-level code that leaves a double-forked, ``setsid`` child behind and prints its (host) pid."""
+
+
+def _assert_ended(output: str) -> None:
+    """The stray whose pid ``output`` names has ended (it is killed here, by pid, if it has not)."""
+    found = re.search(r"stray (\d+)", output)
+    assert found, f"the stray did not report its pid: {output!r}"
+    try:
+        stray = psutil.Process(int(found[1]))
+    except psutil.NoSuchProcess:
+        return
+    try:
+        _, alive = psutil.wait_procs([stray], timeout=1.0)
+        assert not alive, f"process {stray.pid}, started by top-level code, outlived the compile"
+    finally:
+        with contextlib.suppress(psutil.Error):
+            stray.kill()  # psutil checks it is still the same process (its start time)
+
+
+@pytest.mark.parametrize("ending", ["success", "timeout"])
+def test_a_double_forked_setsid_child_of_top_level_code_ends_with_the_compile(
+    tmp_path: Path, pool: compiler.CompilePool | None, ending: str
+) -> None:
+    """A child top-level code double-forks into a session of its own (out of the validator's process group,
+    which is all the host used to kill) is gone when ``compile_sandbox`` returns: the validation runs as
+    pid 1 of its own PID namespace, so its end ends every process in it, on success and on timeout alike,
+    in a fresh validator and in a warm pool's child."""
+    source = STRAY + ("import time\ntime.sleep(60)\n" if ending == "timeout" else "")
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    if ending == "timeout":
+        with pytest.raises(CompilationError) as caught:
+            compile_sandbox(root, pool=pool, timeout=1.5)
+        assert caught.value.timeout
+        assert ("a.py", source.count("\n")) in [(Path(f).name, line) for f, line, _ in caught.value.errors]
+        output = caught.value.output
+    else:
+        output = compile_sandbox(root, pool=pool).output
+    _assert_ended(output)
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, os
+    work = os.getcwd()
+    scratch = os.path.dirname(work)
+    payload = os.path.join(scratch, "payload.json")
+    def probe(action):
+        try:
+            action()
+        except OSError as exc:
+            return type(exc).__name__
+        return "done"
+    found = {
+        "list": probe(lambda: os.listdir(scratch)),
+        "read": probe(lambda: open(payload).read()),
+        "rename": probe(lambda: os.rename(payload, os.path.join(work, "moved"))),
+        "replace": probe(lambda: open(payload, "w").close()),
+        "plant": probe(lambda: open(os.path.join(scratch, "planted"), "w").close()),
+        "write here": probe(lambda: open("note.txt", "w").close()),
+    }
+    print("probes", json.dumps({"uid": os.getuid(), "scratch owner": os.stat(scratch).st_uid, **found}))
+    """
+)
+"""Top-level code (run as ``nobody``) trying on its own scratch folder what a process of another
+validation, as ``nobody`` too, would try on this one's."""
+
+
+@as_root
+def test_a_user_validation_keeps_its_payload_from_every_other_process_of_uid_nobody(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """Every ``isolation="user"`` validation runs as ``nobody``, so whatever ``nobody`` may do to one's scratch
+    folder, another's leftover or concurrent processes may do too.  As ``nobody``, top-level code can
+    neither list its scratch folder, nor read, rename or replace its payload (the sandbox's full source),
+    nor plant a file beside it; it can write in its working folder; and a stray it double-forks is gone
+    when the compile returns."""
+    root = write_tree(tmp_path / "sb", {"a.py": STRAY + PROBE})
+    output = compile_sandbox(root, pool=pool, user=(65534, 65534)).output
+    _assert_ended(output)
+    found = re.search(r"probes (\{.*\})", output)
+    assert found, output
+    assert json.loads(found[1]) == {
+        "uid": 65534,
+        "scratch owner": 0,
+        "list": "PermissionError",
+        "read": "PermissionError",
+        "rename": "PermissionError",
+        "replace": "PermissionError",
+        "plant": "PermissionError",
+        "write here": "done",
+    }
