@@ -21,7 +21,7 @@ from typing import Iterator
 import attrs
 import psutil
 import pytest
-from conftest import sample
+from conftest import eventually, sample
 from test_compiler import write_tree
 
 from plugin_host import Host, HostConfig, compiler
@@ -329,19 +329,32 @@ STRAY = textwrap.dedent(
 
 
 def _assert_ended(output: str) -> None:
-    """The stray whose pid ``output`` names has ended (it is killed here, by pid, if it has not)."""
-    found = re.search(r"stray (\d+)", output)
-    assert found, f"the stray did not report its pid: {output!r}"
+    """The processes whose pids ``output`` names (``stray N``, ``validator N``) have ended (each is killed here,
+    by pid, if it has not)."""
+    pids = [int(pid) for pid in re.findall(r"(?:stray|validator) (\d+)", output)]
+    assert "stray" in output and pids, f"the stray did not report its pid: {output!r}"
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
     try:
-        stray = psutil.Process(int(found[1]))
-    except psutil.NoSuchProcess:
-        return
-    try:
-        _, alive = psutil.wait_procs([stray], timeout=1.0)
-        assert not alive, f"process {stray.pid}, started by top-level code, outlived the compile"
+        eventually(lambda: not [p for p in procs if _running(p)], timeout=1.0)
+    except AssertionError:
+        pytest.fail(
+            f"processes {[p.pid for p in procs if _running(p)]}, started for top-level code, outlived the compile"
+        )
     finally:
-        with contextlib.suppress(psutil.Error):
-            stray.kill()  # psutil checks it is still the same process (its start time)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()  # psutil checks it is still the same process (its start time)
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs (a zombie has ended: only its parent's reaping is left)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @pytest.mark.parametrize("ending", ["success", "timeout"])
@@ -363,6 +376,28 @@ def test_a_double_forked_setsid_child_of_top_level_code_ends_with_the_compile(
     else:
         output = compile_sandbox(root, pool=pool).output
     _assert_ended(output)
+
+
+def test_a_validator_that_leaves_its_group_and_parent_is_still_killed_at_its_timeout(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """Top-level code that moves the validator itself out of the process group the host kills (``setsid``) and
+    clears its parent-death signal, then hangs past the timeout, is still killed, with the stray it started:
+    the host kills the validator's children (pid 1 of its namespace) along with its group."""
+    hang = textwrap.dedent(
+        """
+        import ctypes, time
+        print("validator", os.readlink("/proc/self"), flush=True)
+        os.setsid()
+        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+        time.sleep(60)
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": STRAY + hang})
+    with pytest.raises(CompilationError) as caught:
+        compile_sandbox(root, pool=pool, timeout=1.5)
+    assert caught.value.timeout
+    _assert_ended(caught.value.output)
 
 
 PROBE = textwrap.dedent(
