@@ -10,14 +10,18 @@ what the host's uid can (the cookie, the ``state_dir``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Iterator
 
 import attrs
+import psutil
 import pytest
-from conftest import sample
+from conftest import eventually, sample
 from test_compiler import write_tree
 
 from plugin_host import Host, HostConfig, compiler
@@ -346,3 +350,158 @@ def test_a_validator_run_as_nobody_imports_the_hosts_python_under_a_closed_home(
         tmp_path / "sb", {"a.py": "import decimal, glob\nprint('imported', decimal.Decimal(1), glob.escape('x'))\n"}
     )
     assert "imported 1 x" in compile_sandbox(root, pool=pool, user=(65534, 65534)).output
+
+
+STRAY = textwrap.dedent(
+    """
+    import os, signal
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        os.setsid()  # out of the validator's process group and session
+        if os.fork() == 0:
+            os.write(write_end, os.readlink("/proc/self").encode())  # its pid as the host sees it
+            while True:
+                signal.pause()
+        os._exit(0)
+    os.close(write_end)
+    print("stray", os.read(read_end, 32).decode(), flush=True)
+    """
+)
+"""Top-level code that leaves a double-forked, ``setsid`` child behind and prints its (host) pid."""
+
+
+def _assert_ended(output: str) -> None:
+    """The processes whose pids ``output`` names (``stray N``, ``validator N``) have ended (each is killed here,
+    by pid, if it has not)."""
+    pids = [int(pid) for pid in re.findall(r"(?:stray|validator) (\d+)", output)]
+    assert "stray" in output and pids, f"the stray did not report its pid: {output!r}"
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    try:
+        eventually(lambda: not [p for p in procs if _running(p)], timeout=1.0)
+    except AssertionError:
+        pytest.fail(
+            f"processes {[p.pid for p in procs if _running(p)]}, started for top-level code, outlived the compile"
+        )
+    finally:
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()  # psutil checks it is still the same process (its start time)
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs (a zombie has ended: only its parent's reaping is left)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize("ending", ["success", "timeout"])
+def test_a_double_forked_setsid_child_of_top_level_code_ends_with_the_compile(
+    tmp_path: Path, pool: compiler.CompilePool | None, ending: str
+) -> None:
+    """A child top-level code double-forks into a session of its own (out of the validator's process group,
+    which is all the host used to kill) is gone when ``compile_sandbox`` returns: the validation runs as
+    pid 1 of its own PID namespace, so its end ends every process in it, on success and on timeout alike,
+    in a fresh validator and in a warm pool's child."""
+    source = STRAY + ("import time\ntime.sleep(60)\n" if ending == "timeout" else "")
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    if ending == "timeout":
+        with pytest.raises(CompilationError) as caught:
+            compile_sandbox(root, pool=pool, timeout=1.5)
+        assert caught.value.timeout
+        assert ("a.py", source.count("\n")) in [(Path(f).name, line) for f, line, _ in caught.value.errors]
+        output = caught.value.output
+    else:
+        output = compile_sandbox(root, pool=pool).output
+    _assert_ended(output)
+
+
+def test_a_validator_that_leaves_its_group_and_parent_is_still_killed_at_its_timeout(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """Top-level code that moves the validator itself out of the process group the host kills (``setsid``) and
+    clears its parent-death signal, then hangs past the timeout, is still killed, with the stray it started:
+    the host kills the validator's children (pid 1 of its namespace) along with its group."""
+    hang = textwrap.dedent(
+        """
+        import ctypes, time
+        print("validator", os.readlink("/proc/self"), flush=True)
+        os.setsid()
+        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+        time.sleep(60)
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": STRAY + hang})
+    with pytest.raises(CompilationError) as caught:
+        compile_sandbox(root, pool=pool, timeout=1.5)
+    assert caught.value.timeout
+    _assert_ended(caught.value.output)
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, os
+    work = os.getcwd()
+    scratch = os.path.dirname(work)
+    payload = os.path.join(scratch, "payload.json")
+    def probe(action):
+        try:
+            action()
+        except OSError as exc:
+            return type(exc).__name__
+        return "done"
+    found = {
+        "list": probe(lambda: os.listdir(scratch)),
+        "read": probe(lambda: open(payload).read()),
+        "rename": probe(lambda: os.rename(payload, os.path.join(work, "moved"))),
+        "replace": probe(lambda: open(payload, "w").close()),
+        "plant": probe(lambda: open(os.path.join(scratch, "planted"), "w").close()),
+        "write here": probe(lambda: open("note.txt", "w").close()),
+    }
+    try:
+        owner = os.stat(scratch).st_uid
+    except OSError as exc:
+        owner = type(exc).__name__
+    print("probes", json.dumps({"uid": os.getuid(), "scratch owner": owner, **found}))
+    """
+)
+"""Top-level code (run as ``nobody``) trying on its own scratch folder what a process of another
+validation, as ``nobody`` too, would try on this one's."""
+
+
+@as_root
+def test_a_user_validation_keeps_its_payload_from_every_other_process_of_uid_nobody(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """Every ``isolation="user"`` validation runs as ``nobody``, so whatever ``nobody`` may do to one's scratch
+    folder, another's leftover or concurrent processes may do too.  As ``nobody``, top-level code (whose own
+    ``/tmp`` hides the host's, and so every scratch folder) can neither list its scratch folder, nor read,
+    rename or replace its payload (the sandbox's full source),
+    nor plant a file beside it; it can write in its working folder; and a stray it double-forks is gone
+    when the compile returns."""
+    root = write_tree(tmp_path / "sb", {"a.py": STRAY + PROBE})
+    output = compile_sandbox(root, pool=pool, user=(65534, 65534)).output
+    _assert_ended(output)
+    found = re.search(r"probes (\{.*\})", output)
+    assert found, output
+    probes = json.loads(found[1])
+    # Its own /tmp (a user job's private temporaries) hides the scratch folder outright; where it is seen,
+    # the scratch folder is root's, and refuses each of these.
+    unreachable = {"PermissionError", "FileNotFoundError"}
+    assert (probes.pop("uid"), probes.pop("write here")) == (65534, "done")
+    assert probes.pop("scratch owner") in (0, "FileNotFoundError")
+    assert set(probes) == {"list", "read", "rename", "replace", "plant"} and set(probes.values()) <= unreachable, probes
+
+
+def test_a_module_that_forks_and_ends_its_child_compiles(tmp_path: Path, pool: compiler.CompilePool | None) -> None:
+    """Top-level code that forks a child which then ends with ``sys.exit`` (so the child unwinds through the
+    validator's own code) compiles: only the validator's process writes the verdict, and the child's exit is
+    not taken for a forged second verdict."""
+    source = "import os, sys\nchild = os.fork()\nif child == 0:\n    sys.exit(0)\nos.waitpid(child, 0)\nX = 1\n"
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    info = compile_sandbox(root, pool=pool)
+    assert [artifact.module for artifact in info.artifacts] == ["a"]

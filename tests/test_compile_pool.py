@@ -37,9 +37,20 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+PARENT_PROBE = """\
+import os
+def parent_of(pid):
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+parent = parent_of(int(os.readlink("/proc/self")))  # host pids: the validation may be pid 1 of a namespace
+if os.getppid() == 0:  # it is: its parent is the process the host knows, which waits for it
+    parent = parent_of(parent)
+open(MARKER, "w").write(str(parent))
+"""
+
+
 def parent_probe(root: Path, marker: Path) -> Path:
-    """A sandbox whose only module records the pid of the process that ran it (its parent)."""
-    return write_tree(root, {"probe.py": f"import os\nopen({str(marker)!r}, 'w').write(str(os.getppid()))\n"})
+    """A sandbox whose only module records the pid of the process that started its validation."""
+    return write_tree(root, {"probe.py": f"MARKER = {str(marker)!r}\n" + PARENT_PROBE})
 
 
 def validated_by(pool: CompilePool | None, root: Path, marker: Path) -> int:

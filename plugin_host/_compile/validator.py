@@ -33,12 +33,17 @@ default it is) it also switches to ``nobody`` (``VALIDATION_USER`` of :mod:`plug
 the sandbox's own uid is given out by the admin only at the create, and a validation must not
 reach the running processes of the sandbox whose new code it checks), with a root-owned readable
 copy of the dependency environment in its scratch folder (``state_dir`` is not readable to it).
+Every such validation runs as the same uid, so the scratch folder stays the host's (``0711``, not
+listable), the payload (the whole source, read before the switch) readable by the host's uid only,
+the copies read-only; only its working folder ``work`` is ``nobody``'s.
 A warm pool serves every job: each forked child confines itself, per job, before plugin code;
 the warm worker itself never runs plugin code.
 
 When the time is up, the host asks the child for a stack dump (``faulthandler`` on ``SIGUSR1``,
 written by a C signal handler, so it works even in ``while True: pass``) to name the line that was
-running, then kills the whole process group, descendants the modules started included.
+running, then kills the validator, its child and its process group.  The validation runs as pid 1
+of a PID namespace of its own (see :mod:`plugin_host._compile.worker`): when it ends, however it ends,
+the kernel kills every process the modules started, ones that left the process group included.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ import attrs
 from .. import codeload
 from ..config import ResourceLimits
 
-__all__ = ["ROOT", "Error", "Forker", "Outcome", "ValidatorResult", "collect", "kill_group", "run_validator"]
+__all__ = ["ROOT", "WORK", "Error", "Forker", "Outcome", "ValidatorResult", "collect", "kill_group", "run_validator"]
 
 Error = tuple[str, int, str]
 """(file, line, message)."""
@@ -76,6 +81,8 @@ _MAX_CHATTER = 20_000
 """Bytes of the modules' own printing kept for ``CompileInfo.output`` (the last ones)."""
 _MAX_PROTOCOL = 1_000_000
 """Bytes of the protocol stream kept; events are small, this only bounds a misbehaving child."""
+WORK = "work"
+"""The validator's working folder, in the job's scratch folder (the validator's uid owns it)."""
 ROOT = str(Path(__file__).resolve().parent.parent.parent)
 """The folder holding ``plugin_host``, first on a validator's ``sys.path`` while it starts."""
 # The child must import plugin_host even when it is not installed (a checkout on PYTHONPATH);
@@ -146,11 +153,14 @@ def run_validator(
     """
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="plugin-host-compile-") as scratch:
-        # The scratch folder is the child's working folder too: relative writes by top-level
-        # code land there, never in the sources.
+        # Its ``work`` subfolder is the child's working folder: relative writes by top-level code
+        # land there, never in the sources, nor over the payload or the environment copies.
+        work = Path(scratch, WORK)
+        work.mkdir(mode=0o700)
         if user is not None:
             paths = _readable_copies(paths, Path(scratch))
         payload = Path(scratch, "payload.json")
+        payload.touch(mode=0o600)  # read before the validator drops its privileges: the host's uid only
         payload.write_text(
             json.dumps(
                 {
@@ -167,7 +177,10 @@ def run_validator(
             encoding="utf-8",
         )
         if user is not None:
-            os.chown(scratch, user[0], user[1])  # its working folder: relative writes stay in it
+            # Every user validation runs as the same uid: the folder stays the host's and unlistable,
+            # so another's processes can neither read the payload nor rename or replace a thing in it.
+            os.chmod(scratch, 0o711)
+            os.chown(work, user[0], user[1])
         nonce = secrets.token_hex(16)
         outcome = pool._run(payload, label, timeout, nonce) if pool is not None else None
         if outcome is None:
@@ -206,7 +219,7 @@ def _run_fresh(payload: Path, label: str, deadline: float, nonce: str) -> Outcom
         stdin=subprocess.PIPE,  # the nonce, then EOF (the child reopens it on /dev/null)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=payload.parent,
+        cwd=payload.parent / WORK,
         start_new_session=True,
     ) as proc:  # leaving closes the pipes and reaps the child
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -323,11 +336,30 @@ class _FreshChild:
 
 
 def kill_group(pid: int) -> None:
-    """Kill the child's process group: anything its modules started must not outlive the compile."""
+    """Kill the validator ``pid``, its children and its process group: nothing its modules started may
+    outlive the compile.
+
+    Its child is pid 1 of the validation's PID namespace (see :mod:`plugin_host._compile.worker`): killing it
+    kills every process in the namespace, even one plugin code moved to another session.  ``pid`` must
+    not be reaped yet (so neither id can have been reused).
+    """
+    for child in _children(pid):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _children(pid: int) -> list[int]:
+    """The children of process ``pid`` (single-threaded: its main thread's); none if it has exited."""
+    try:
+        return [int(n) for n in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _interpret(

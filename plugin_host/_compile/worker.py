@@ -9,11 +9,12 @@ worker's socket); each changes together with this module.  It has two entry poin
   (the runtime's own :class:`~plugin_host.codeload.SandboxFinder`), imports them, checks the
   declared plugin classes, and writes JSON lines to its original stdout: ``importing`` before each
   module, then one ``result`` tagged with the job's nonce (first line of stdin), after which it
-  ends at once (why, and what the host trusts: :mod:`plugin_host._compile.validator`).  It confines
-  itself first (hard rlimits, its own mount namespace as root, no capabilities, ``no_new_privs``, the
-  job's uid).  Whatever the modules print goes to stderr instead, so it can never corrupt the
-  protocol.  On ``SIGUSR1`` it writes a stack dump to the protocol stream (``faulthandler``), which
-  names the line a module that ran out of time was on.
+  ends at once (why, and what the host trusts: :mod:`plugin_host._compile.validator`).  It runs
+  as pid 1 of a PID namespace of its own (:func:`_own_pid_namespace`: nothing it starts outlives it),
+  and confines itself first (hard rlimits, its own mount namespace as root, no capabilities,
+  ``no_new_privs``, the job's uid).  Whatever the modules print goes to stderr instead, so it can never
+  corrupt the protocol.  On ``SIGUSR1`` it writes a stack dump to the protocol stream (``faulthandler``),
+  which names the line a module that ran out of time was on.
 * :func:`serve`, the warm worker of a :class:`CompilePool`: with the runtime already imported, it
   waits on a Unix socket, and for each job forks a child that becomes exactly what :func:`main`
   would be and runs the same validation.  It only forks, reports the child's pid and exit code,
@@ -27,6 +28,7 @@ runtime uses by exactly the same rule.
 from __future__ import annotations
 
 import ast
+import ctypes
 import errno
 import faulthandler
 import importlib
@@ -48,9 +50,12 @@ from ..config import ResourceLimits
 from ..errors import SandboxStartError
 from ..values import AuditRecord
 from .pool import MAX_MESSAGE, CompilePool, CompilePoolStatistics
-from .validator import ROOT, Error, ValidatorResult, kill_group, run_validator
+from .validator import ROOT, WORK, Error, ValidatorResult, kill_group, run_validator
 
 _AUDIT_ID = "(compile)"  # the sandbox id of the validator's audit records: the sandbox may not exist yet
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWUSER = 0x10000000
+_PR_SET_PDEATHSIG = 1
 
 if TYPE_CHECKING:
     # Imported lazily at run time: ``socket`` must not be among the modules a fresh validator
@@ -66,6 +71,7 @@ __all__ = ["CompilePool", "CompilePoolStatistics", "ValidatorResult", "main", "r
 def main(argv: Sequence[str]) -> None:
     """Entry point of the validator process: ``argv`` is ``[root, payload, label]``, the job's nonce the
     first line of stdin; never returns."""
+    contained = _own_pid_namespace()
     nonce = _read_nonce()
     confine.syscall_filter_support()  # libseccomp's imports now, as a warm worker's: see serve
     results = _claim_stdout()
@@ -75,7 +81,75 @@ def main(argv: Sequence[str]) -> None:
     plugin_bases = _plugin_bases() if payload["plugin_classes"] else ()
     if sys.path and sys.path[0] == argv[0]:
         del sys.path[0]  # the bootstrap's entry: sandbox code sees the host's usual sys.path
-    _validate(results, table, payload, plugin_bases, nonce)
+    _validate(results, table, payload, plugin_bases, nonce, contained)
+
+
+def _own_pid_namespace() -> bool:
+    """Run the rest of the validation as pid 1 of a new PID namespace; True in that process, False where no
+    namespace can be had (the validation then runs in this process, as before).
+
+    When pid 1 of a namespace ends, the kernel kills every other process in it: so nothing plugin code
+    starts (a double fork, ``setsid``) outlives the validation, whichever way it ends.  This process
+    stays outside as the one the host knows: it passes ``SIGUSR1`` (the stack dump) on, waits, and ends
+    as pid 1 ended; the host kills its children with its group (see
+    :func:`plugin_host._compile.validator.kill_group`), and pid 1 dies with it (``PR_SET_PDEATHSIG``).
+    The namespace is made here, before privileges are dropped: the seccomp filter refuses it later.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not _unshare_pid(libc):
+        return False
+    child = os.fork()
+    if child == 0:
+        _die_with_parent()
+        return True
+    _relay(child)
+
+
+def _unshare_pid(libc: ctypes.CDLL) -> bool:
+    """A new PID namespace for this process's next child: with ``CAP_SYS_ADMIN``, or else inside a new user
+    namespace mapping only this process's own uid and gid (where unprivileged ones are allowed)."""
+    if libc.unshare(_CLONE_NEWPID) == 0:
+        return True
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0 or libc.unshare(_CLONE_NEWUSER | _CLONE_NEWPID) != 0:
+        return False
+    try:  # the same ids inside as outside: files, signals and limits see the same user
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+    except OSError:
+        return False  # nothing is forked into it: the validation runs here, as without one
+    return True
+
+
+def _die_with_parent() -> None:
+    """``PR_SET_PDEATHSIG`` ``SIGKILL``: killing the process the host knows ends this one, and so its namespace
+    (a change of uid clears it: set again after the switch)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _relay(child: int) -> NoReturn:
+    """Outside the namespace: pass ``SIGUSR1`` on to ``child`` (pid 1 in it), wait, and end as it ended."""
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGUSR1, forward)
+    try:
+        _, status = os.waitpid(child, 0)
+    except BaseException:  # noqa: BLE001 - this process must never go on to run the validation itself
+        os._exit(1)
+    if os.WIFSIGNALED(status):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))  # the host sees -N, as for a validator without a namespace
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
 def _read_nonce() -> str:
@@ -94,7 +168,12 @@ def _read_nonce() -> str:
 
 
 def _validate(
-    results: TextIO, table: codeload.CodeTable, payload: dict[str, Any], bases: tuple[type, ...], nonce: str
+    results: TextIO,
+    table: codeload.CodeTable,
+    payload: dict[str, Any],
+    bases: tuple[type, ...],
+    nonce: str,
+    contained: bool,
 ) -> NoReturn:
     """Confine this process, import the modules under the profile's audit, report, and end at once.
 
@@ -103,19 +182,22 @@ def _validate(
     replaced ``sys.stdout``'s ``flush``, a thread) runs audited or never (see :func:`_finish`).
     """
     paths = payload.get("paths", [])
+    validator = os.getpid()
     _confine(payload)
+    if contained:
+        _die_with_parent()  # again: the switch of uid cleared it
     sys.path[:0] = paths  # the sandbox's dependency environment comes first, as in the sandbox
     errors = _install(table)
     audited: list[AuditRecord] = []
     if errors:
-        _finish(results, nonce, errors, audited)  # no plugin code ran
+        _finish(results, nonce, errors, audited, validator)  # no plugin code ran
     # Top-level code runs under the sandbox's profile here as in the sandbox: ``restricted`` refuses
     # (the import fails, naming the line), ``standard`` records (the host shows what it did).
     control = _audit.install(_AUDIT_ID, payload.get("profile", "standard"), audited.append, paths)
     with control.plugin_code("(top level)"):
         failed, errors = _import_all(table, payload["targets"], results)
         errors += _check_classes(table, payload["plugin_classes"], bases, failed)
-        _finish(results, nonce, errors, audited)
+        _finish(results, nonce, errors, audited, validator)
 
 
 def _confine(payload: dict[str, Any]) -> None:
@@ -189,7 +271,7 @@ def _become(uid: int, gid: int) -> None:
         raise OSError(errno.EPERM, f"the switch to uid {uid} did not hold")
 
 
-def _finish(results: TextIO, nonce: str, errors: list[Error], audited: list[AuditRecord]) -> NoReturn:
+def _finish(results: TextIO, nonce: str, errors: list[Error], audited: list[AuditRecord], validator: int) -> NoReturn:
     """Write the one result line, tagged with the job's nonce, and end the process at once.
 
     Called inside the audited block, so what plugin code has the interpreter run meanwhile (a
@@ -197,8 +279,12 @@ def _finish(results: TextIO, nonce: str, errors: list[Error], audited: list[Audi
     replaced) is audited like its top-level code; ``os._exit`` then ends every thread and skips
     ``atexit`` handlers and the remaining finalizers, so nothing of the plugin's runs after the
     line (a thread that writes in the instant between the write and the exit is the host's to
-    catch: see :mod:`plugin_host._compile.validator`).
+    catch: see :mod:`plugin_host._compile.validator`).  A process top-level code forked that gets here
+    (its import went on in the child, and failed or ended there) writes nothing: ``validator`` is the pid of
+    the process whose verdict counts.
     """
+    if os.getpid() != validator:
+        os._exit(1)
     for stream in (sys.stdout, sys.stderr):  # the modules' own output first: they may be plugin objects
         try:
             stream.flush()
@@ -319,12 +405,13 @@ def _run_forked(channel: socket.socket, message: dict[str, str], fds: list[int],
     try:
         channel.close()  # plugin code must not reach the worker, nor keep its socket open
         os.setsid()  # its own process group: the host kills it, and all it starts, at once
+        contained = _own_pid_namespace()  # from here on: pid 1 of the job's own namespace
         for target, fd in zip((1, 2), fds, strict=True):
             os.dup2(fd, target)
             os.close(fd)
         nonce = message.pop("nonce", "")
         payload_path = message["payload"]
-        os.chdir(os.path.dirname(payload_path))
+        os.chdir(os.path.join(os.path.dirname(payload_path), WORK))
         sys.argv = ["-c", ROOT, payload_path, message["label"]]
         results = _claim_stdout()
         faulthandler.register(signal.SIGUSR1, file=results, all_threads=True)
@@ -332,7 +419,7 @@ def _run_forked(channel: socket.socket, message: dict[str, str], fds: list[int],
         table = codeload.CodeTable.from_wire({k: (p, s, pkg) for k, (p, s, pkg) in payload["modules"].items()})
         bases = _plugin_bases() if payload["plugin_classes"] else ()
         _forget_warm_modules(table, baseline.with_bases if bases else baseline.plain)
-        _validate(results, table, payload, bases, nonce)
+        _validate(results, table, payload, bases, nonce, contained)
     except BaseException:  # noqa: BLE001 - whatever happens, this process must never return to the worker loop
         traceback.print_exc()  # exit code 1 and a traceback, as an uncaught error in a fresh process
         sys.stderr.flush()
