@@ -45,6 +45,7 @@ __all__ = [
     "MARKER_NAME",
     "activate_environment",
     "check_conflicts",
+    "copy_readable",
     "read_runtime_metadata",
     "environment_key",
     "environment_requirements",
@@ -553,3 +554,17 @@ def _move_into_place(temporary: Path, final: Path) -> None:
             raise DependencyError(f"cannot move the new environment into {final}: {exc}", path=str(final)) from None
         # Another process (one not holding our lock) finished the same set first: keep its folder.
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def copy_readable(environment: str | os.PathLike[str], target: Path) -> None:
+    """Copy a dependency environment to ``target`` (which must not exist), readable by every user: folders
+    ``0755``, files ``0644`` (``0755`` if executable), symlinks as they are; for a process of another uid that
+    cannot read ``state_dir`` (a sandbox or a validation run as a user of its own).  The copy belongs to the
+    caller (root): that uid may read it, never change it."""
+    shutil.copytree(environment, target, symlinks=True)
+    for folder, _, files in os.walk(target):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 
-from plugin_host.deps import read_runtime_metadata
+from plugin_host.deps import copy_readable, read_runtime_metadata
 from plugin_host.errors import ConfigError, DependencyError, LimitExceededError
 
 from .._messages import SandboxUser
@@ -202,13 +202,8 @@ def readable_environment(user: SandboxUser, environment: str | None) -> str | No
     copy = Path(user.home) / ("env-" + Path(environment).name)
     if not copy.exists():
         partial = Path(tempfile.mkdtemp(prefix=".env-", dir=user.home))
-        shutil.copytree(environment, partial / "env", symlinks=True)
-        for folder, _, files in os.walk(partial):
-            os.chmod(folder, 0o755)
-            for name in files:
-                path = os.path.join(folder, name)
-                if not os.path.islink(path):
-                    os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)
+        copy_readable(environment, partial / "env")
+        os.chmod(partial, 0o755)
         os.rename(partial / "env", copy)
         os.rmdir(partial)
     return str(copy)

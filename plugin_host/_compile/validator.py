@@ -54,7 +54,6 @@ import os
 import re
 import secrets
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -191,16 +190,12 @@ def run_validator(
 def _readable_copies(paths: Sequence[str], scratch: Path) -> list[str]:
     """Copies of the dependency environments (under ``state_dir``, which another uid cannot read) in the
     job's scratch folder, root's and read-only to everyone: what a validator run as another uid imports."""
+    from .. import deps  # here, not at the top: a fresh validator imports this module, and must not load deps
+
     copies = []
     for number, path in enumerate(paths):
         copy = scratch / f"env-{number}"
-        shutil.copytree(path, copy, symlinks=True)
-        for folder, _, files in os.walk(copy):
-            os.chmod(folder, 0o755)
-            for name in files:
-                file = os.path.join(folder, name)
-                if not os.path.islink(file):
-                    os.chmod(file, 0o755 if os.stat(file).st_mode & 0o100 else 0o644)
+        deps.copy_readable(path, copy)
         copies.append(str(copy))
     return copies
 
