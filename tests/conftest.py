@@ -129,3 +129,17 @@ class Scene:
     host: Host
     base: Path
     state_dir: Path
+
+
+DETACHED_GRANDCHILD = """
+    import os, time
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            print(os.getpid(), flush=True)
+            time.sleep(60)
+        os._exit(0)
+    time.sleep(60)
+"""
+"""Code (for a process a test starts) whose grandchild, detached with ``setsid`` after a double fork, prints
+its pid: it leaves its parent's process tree and group, not its control group."""

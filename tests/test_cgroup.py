@@ -22,7 +22,7 @@ from actors._admin.groups import Groups
 from actors._process.cgroup import SandboxGroup, Support, support
 from actors._process.tree import kill_descendants
 from plugin_host.errors import ConfigError, PluginHostError
-from tests.conftest import eventually, processes_naming
+from tests.conftest import DETACHED_GRANDCHILD, eventually, processes_naming
 
 SUPPORT = support()
 pytestmark = pytest.mark.skipif(
@@ -83,17 +83,7 @@ def test_the_memory_limit_holds_for_the_processes_together(group: SandboxGroup, 
 def test_detached_descendants_stay_in_the_group_and_die_with_it(group: SandboxGroup, tmp_path: Path) -> None:
     """A grandchild that calls ``setsid`` after a double fork leaves the process tree and group of its
     parent, but not the control group: ``kill`` ends it."""
-    code = """
-        import os, time
-        if os.fork() == 0:
-            os.setsid()
-            if os.fork() == 0:
-                print(os.getpid(), flush=True)
-                time.sleep(60)
-            os._exit(0)
-        time.sleep(60)
-    """
-    proc = _start(group, tmp_path, code)
+    proc = _start(group, tmp_path, DETACHED_GRANDCHILD)
     assert proc.stdout is not None
     escaped = int(proc.stdout.readline())
     assert psutil.Process(escaped).ppid() != proc.pid

@@ -32,7 +32,7 @@ from actors._admin.groups import MEMORY_SLACK_MB, Groups, host_key
 from actors._process.cgroup import CPU_BASE, UNIFIED, SandboxGroup, Support, V2Group, support
 from plugin_host import Host, HostConfig, ResourceLimits
 from plugin_host.errors import ConfigError
-from tests.conftest import eventually, processes_naming
+from tests.conftest import DETACHED_GRANDCHILD, eventually, processes_naming
 
 CGROUP = os.path.join(os.path.dirname(__file__), "plugins", "cgroup")
 
@@ -330,17 +330,7 @@ def test_on_the_kernel_a_v2_group_holds_detached_descendants_and_kill_empties_it
     names the group); its grandchild, detached with ``setsid`` after a double fork, is in it too; ``kill``
     ends both (``cgroup.kill`` where the kernel has it) and the group is empty (``populated 0``); ``remove``
     deletes the group's directory and the host's."""
-    code = """
-        import os, time
-        if os.fork() == 0:
-            os.setsid()
-            if os.fork() == 0:
-                print(os.getpid(), flush=True)
-                time.sleep(60)
-            os._exit(0)
-        time.sleep(60)
-    """
-    proc = _start(kernel_group, tmp_path, code)
+    proc = _start(kernel_group, tmp_path, DETACHED_GRANDCHILD)
     assert proc.stdout is not None
     escaped = int(proc.stdout.readline())
     leaf = kernel_group.dirs[UNIFIED]
