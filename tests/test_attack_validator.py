@@ -430,7 +430,10 @@ def test_a_validator_that_leaves_its_group_and_parent_is_still_killed_at_its_tim
         """
         import ctypes, time
         print("validator", os.readlink("/proc/self"), flush=True)
-        os.setsid()
+        try:
+            os.setsid()
+        except OSError:  # it leads a session of its own already
+            pass
         ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
         time.sleep(60)
         """
@@ -442,12 +445,43 @@ def test_a_validator_that_leaves_its_group_and_parent_is_still_killed_at_its_tim
     _assert_ended(caught.value.output)
 
 
+def test_top_level_code_cannot_kill_the_process_the_host_knows_and_live_on(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """Top-level code that clears its parent-death signal, leaves a child in the group it started in, moves
+    itself to a session of its own, and has that child kill its whole process group (``kill(0, SIGKILL)``,
+    aimed at the validator's process outside the namespace, which the host waits for): the process the host
+    knows is not in that group, and the validator (pid 1 of its namespace) is ended with the compile."""
+    attack = textwrap.dedent(
+        """
+        import ctypes, time
+        print("validator", os.readlink("/proc/self"), flush=True)
+        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+        go_read, go_write = os.pipe()
+        if os.fork() == 0:  # stays in the process group the validator started in
+            os.read(go_read, 1)
+            os.kill(0, signal.SIGKILL)
+            os._exit(0)
+        try:
+            os.setsid()
+        except OSError:  # it leads a session of its own already
+            pass
+        os.write(go_write, b"x")
+        time.sleep(60)
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": STRAY + attack})
+    with pytest.raises(CompilationError) as caught:
+        compile_sandbox(root, pool=pool, timeout=10)
+    _assert_ended(caught.value.output)
+
+
 PROBE = textwrap.dedent(
     """
-    import json, os
-    work = os.getcwd()
-    scratch = os.path.dirname(work)
-    payload = os.path.join(scratch, "payload.json")
+    import json, os, sys
+    payload = next(arg for arg in sys.argv if arg.endswith("payload.json"))
+    scratch = os.path.dirname(payload)
+    work = os.path.join(scratch, "work")
     def probe(action):
         try:
             action()
@@ -461,6 +495,7 @@ PROBE = textwrap.dedent(
         "replace": probe(lambda: open(payload, "w").close()),
         "plant": probe(lambda: open(os.path.join(scratch, "planted"), "w").close()),
         "write here": probe(lambda: open("note.txt", "w").close()),
+        "in the host's /tmp": os.path.exists("../payload.json"),  # its working folder beside the payload?
     }
     try:
         owner = os.stat(scratch).st_uid
@@ -481,7 +516,8 @@ def test_a_user_validation_keeps_its_payload_from_every_other_process_of_uid_nob
     folder, another's leftover or concurrent processes may do too.  As ``nobody``, top-level code (whose own
     ``/tmp`` hides the host's, and so every scratch folder) can neither list its scratch folder, nor read,
     rename or replace its payload (the sandbox's full source),
-    nor plant a file beside it; it can write in its working folder; and a stray it double-forks is gone
+    nor plant a file beside it; it can write in its working folder (in its own ``/tmp``, not beside the
+    payload in the host's); and a stray it double-forks is gone
     when the compile returns."""
     root = write_tree(tmp_path / "sb", {"a.py": STRAY + PROBE})
     output = compile_sandbox(root, pool=pool, user=(65534, 65534)).output
@@ -492,7 +528,7 @@ def test_a_user_validation_keeps_its_payload_from_every_other_process_of_uid_nob
     # Its own /tmp (a user job's private temporaries) hides the scratch folder outright; where it is seen,
     # the scratch folder is root's, and refuses each of these.
     unreachable = {"PermissionError", "FileNotFoundError"}
-    assert (probes.pop("uid"), probes.pop("write here")) == (65534, "done")
+    assert (probes.pop("uid"), probes.pop("write here"), probes.pop("in the host's /tmp")) == (65534, "done", False)
     assert probes.pop("scratch owner") in (0, "FileNotFoundError")
     assert set(probes) == {"list", "read", "rename", "replace", "plant"} and set(probes.values()) <= unreachable, probes
 

@@ -34,6 +34,7 @@ import faulthandler
 import importlib
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -100,9 +101,25 @@ def _own_pid_namespace() -> bool:
         return False
     child = os.fork()
     if child == 0:
+        # A session of its own at once: plugin code in the namespace then shares no process group with the
+        # process outside, so no kill(0, ...) of a process it forks (one that stayed in this group) reaches it.
+        os.setsid()
         _die_with_parent()
+        _ending_signals()
         return True
     _relay(child)
+
+
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGXCPU, signal.SIGHUP)
+"""Signals whose default action ends a process, which the kernel does not deliver to pid 1 of a namespace
+unless it handles them: RLIMIT_CPU's soft SIGXCPU (the named crash before the hard SIGKILL) above all."""
+
+
+def _ending_signals() -> None:
+    """In pid 1: end as a process without a namespace would, by exit code 128 + the signal (which
+    :func:`_relay` passes on as that signal)."""
+    for signum in _ENDING_SIGNALS:
+        signal.signal(signum, lambda number, frame: os._exit(128 + number))
 
 
 def _unshare_pid(libc: ctypes.CDLL) -> bool:
@@ -146,9 +163,13 @@ def _relay(child: int) -> NoReturn:
         _, status = os.waitpid(child, 0)
     except BaseException:  # noqa: BLE001 - this process must never go on to run the validation itself
         os._exit(1)
-    if os.WIFSIGNALED(status):
-        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-        os.kill(os.getpid(), os.WTERMSIG(status))  # the host sees -N, as for a validator without a namespace
+    ended_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) - 128 in _ENDING_SIGNALS:
+        ended_by = os.WEXITSTATUS(status) - 128  # a signal pid 1 handled to end by (see _ending_signals)
+    if ended_by is not None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core of this process for pid 1's crash
+        signal.signal(ended_by, signal.SIG_DFL)
+        os.kill(os.getpid(), ended_by)  # the host sees -N, as for a validator without a namespace
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
@@ -211,12 +232,13 @@ def _confine(payload: dict[str, Any]) -> None:
         OSError: a limit, the namespace of a user job, the privileges or a required filter could not be given
             up.
     """
+    confine.make_non_dumpable()  # first: no window in which a process of the host's uid opens /proc/<pid>/mem
     limits = payload.get("limits") or {}
     confine.apply_rlimits(ResourceLimits(**limits))
     user = payload.get("user")
     _own_namespace(user is not None, payload.get("paths", []), limits.get("max_memory_mb"))
     confine.drop_privileges(None if user is None else lambda: _become(int(user[0]), int(user[1])))
-    confine.make_non_dumpable()
+    confine.make_non_dumpable()  # again: a switch of uid may reset the flag
     mode = payload.get("syscall_filter", "auto")
     if mode != "off":
         try:
@@ -253,9 +275,11 @@ def _own_namespace(user: bool, paths: list[str], size_mb: float | None) -> None:
             raise
         return
     if user:
-        namespace.private_temporaries(size_mb or _TMPFS_MB, keep=needed)
+        fresh = namespace.private_temporaries(size_mb or _TMPFS_MB, keep=needed)
         namespace.private_queues()
         namespace.reveal(needed)
+        if fresh:  # its working folder was in the host's /tmp, now covered: ../.. would still reach it
+            os.chdir(fresh[0])
 
 
 _TMPFS_MB = 256
