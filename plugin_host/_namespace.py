@@ -207,7 +207,9 @@ def _cover(point: str, wanted: list[str], options: str) -> None:
         _mount(b"tmpfs", point, b"tmpfs", _MS_NOSUID | _MS_NODEV, options)
         for folder, original in zip(wanted, originals, strict=True):
             _make_way(Path(point), Path(folder), os.path.isdir(f"/proc/self/fd/{original}"))
-            _mount(f"/proc/self/fd/{original}".encode(), folder, None, _MS_BIND | _MS_REC, None)
+            # Not recursive: the read-only remount below holds for this mount only, so no mount under the
+            # folder comes along (writable as it was).
+            _mount(f"/proc/self/fd/{original}".encode(), folder, None, _MS_BIND, None)
             _mount(None, folder, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, None)
     finally:
         for original in originals:

@@ -48,6 +48,7 @@ the kernel kills every process the modules started, ones that left the process g
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -338,11 +339,19 @@ def kill_group(pid: int) -> None:
     kills every process in the namespace, even one plugin code moved to another session.  ``pid`` must
     not be reaped yet (so neither id can have been reused).
     """
+    handles = {}
     for child in _children(pid):
-        try:
-            os.kill(child, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        with contextlib.suppress(OSError):  # gone already
+            handles[child] = os.pidfd_open(child)
+    try:
+        still = set(_children(pid))  # read again once pidfds hold them: one reaped meanwhile is not listed,
+        for child, handle in handles.items():  # and a pid reused since its pidfd opened is not that pidfd's
+            if child in still:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    signal.pidfd_send_signal(handle, signal.SIGKILL)
+    finally:
+        for handle in handles.values():
+            os.close(handle)
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
