@@ -189,6 +189,24 @@ def test_its_dependency_environment_is_read_as_its_own_user_before_and_after_a_r
 
 
 @as_root
+def test_a_user_sandboxs_output_goes_to_a_file_of_its_own_not_the_hosts_launcher_log(user_host: Host) -> None:
+    """The standard output and error of every process of a user sandbox (what a plugin prints, a fault dump)
+    are ``output.log`` in its own folder, not the host's launcher log that every other process of the host
+    writes (a plugin could overwrite, truncate or fill that through them); the file goes with the uid."""
+    info = user_host.create_sandbox("a", "root:Root", sandbox_path=PROBE)
+    output = Path("/run/plugin-host", f"uid-{info.uid}", "output.log")
+    for pid in tree(info.pid):
+        assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)} == {str(output)}, pid
+    marker = f"printed by a user sandbox {os.getpid()}"
+    user_host.run("a", lambda: print(marker, flush=True))
+    assert marker in output.read_text()
+    launcher = Path(user_host.config.state_dir, "logs", f"launcher-{user_host.admin_port}.log")
+    assert launcher.exists() and marker not in launcher.read_text()
+    user_host.destroy_sandbox("a")
+    assert not output.exists()
+
+
+@as_root
 def test_destroy_and_close_end_every_process_and_give_the_uid_back(config: HostConfig) -> None:
     """``destroy_sandbox`` ends every process of the sandbox, removes its folder and frees its uid's lock;
     ``Host.close`` does the same for every sandbox left.  A sandbox may still ask for the host's uid

@@ -34,6 +34,7 @@ import pwd
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from plugin_host.errors import ConfigError, DependencyError, LimitExceededError
 
 from .._messages import SandboxUser
 
-__all__ = ["USERS_DIR", "UserPool", "become", "readable_environment", "refusal"]
+__all__ = ["OUTPUT_NAME", "own_output", "USERS_DIR", "UserPool", "become", "readable_environment", "refusal"]
 
 USERS_DIR = Path("/run/plugin-host")
 """Where the hosts of a machine lock the uids they gave out, and keep each sandbox's folders."""
@@ -230,6 +231,32 @@ def _named(uid: int) -> bool:
     return False
 
 
+OUTPUT_NAME = "output.log"
+"""The file in a user sandbox's folder (``USERS_DIR/uid-<uid>``) its processes' standard output and error go to."""
+
+
+def own_output(user: SandboxUser) -> str:
+    """Standard output and error (a plugin's prints, fault dumps) to :data:`OUTPUT_NAME` in the sandbox's own
+    folder, appended; returns its path.  They were the host's launcher log, shared by every process of the
+    host: a plugin of another uid could overwrite, truncate or fill it through them.  The file is root's
+    (``0640``, group ``gid``) and goes with the folder when the uid is released.
+
+    Raises:
+        OSError: it cannot be opened.
+    """
+    path = os.path.join(user.home, OUTPUT_NAME)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    try:
+        os.fchown(fd, 0, user.gid)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    return path
+
+
 def become(user: SandboxUser) -> None:
     """Run as ``user`` from now on, for good, with no supplementary group (the root closed what it inherited
     from the admin before: :func:`actors._process.descriptors.close_inherited`).
@@ -244,6 +271,7 @@ def become(user: SandboxUser) -> None:
         read_runtime_metadata()  # what activating an environment reads of the host's installation, while it may
     except DependencyError:
         pass  # no packaging library: only an environment needs it, and its activation says so then
+    own_output(user)
     os.setgroups([])
     os.setresgid(user.gid, user.gid, user.gid)
     os.setresuid(user.uid, user.uid, user.uid)
