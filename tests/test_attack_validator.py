@@ -691,3 +691,21 @@ def test_where_no_validation_group_can_be_made_a_compile_runs_without_or_fails_c
     assert list(fake.glob("memory/**/compile-*")) == []
     with pytest.raises(ConfigError, match="control_groups must be one of"):
         compile_sandbox(root, control_groups="sometimes")
+
+
+@needs_groups
+def test_a_hosts_compile_bounds_its_validation_by_the_hosts_limits_and_control_groups(
+    config: HostConfig, tmp_path: Path
+) -> None:
+    """``Host.compile_sandbox`` gives its validation a group as its ``HostConfig`` says: ``pids.max`` from the
+    host's default ``max_tasks`` (a fork loop stops there, and every child is gone after), and none with
+    ``control_groups="off"``."""
+    root = write_tree(tmp_path / "sb", {"a.py": FORK_LOOP})
+    with Host(config, limits=ResourceLimits(max_tasks=12)) as host:
+        output = host.compile_sandbox(root).output
+    _assert_gone([int(pid) for pid in _found(r"children ([\d ]*)", output).split()])
+    assert 8 <= int(_found(r"forked (\d+)", output)) <= 10, output
+    assert "plugin-host-compile/compile-" in _found(r"validator group (\S+)", output)
+    quiet = write_tree(tmp_path / "quiet", {"b.py": "print(open('/proc/self/cgroup').read())\n"})
+    with Host(config, control_groups="off") as host:
+        assert "plugin-host-compile" not in host.compile_sandbox(quiet).output
