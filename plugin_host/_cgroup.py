@@ -539,6 +539,10 @@ COMPILE_MEMORY_SLACK_MB = 64
 """MiB a validation's group allows above the sandbox's ``max_memory_mb`` (as a sandbox's group does: the
 interpreter's own footprint, kernel memory, page cache)."""
 
+_MAKE_ATTEMPTS = 3
+"""Tries at making a validation's directories: the shared parent may be removed, once empty, by another
+process's compile between this one's making the parent and the group below it."""
+
 
 @attrs.frozen
 class CompileGroups:
@@ -575,7 +579,13 @@ class CompileGroups:
         self.remove_left_over()
         group = SandboxGroup.named(self.support, COMPILE_HOST, f"compile-{os.getpid()}-{os.urandom(6).hex()}")
         try:
-            group._make(self.support.controllers)
+            for attempt in range(_MAKE_ATTEMPTS):
+                try:
+                    group._make(self.support.controllers)
+                    break
+                except FileNotFoundError:  # another process removed the empty parent as this one made it
+                    if attempt == _MAKE_ATTEMPTS - 1:
+                        raise
             group.set_pids_max(max_tasks or COMPILE_TASKS)
             if max_memory_mb is not None:
                 group.set_memory_max(max_memory_mb + COMPILE_MEMORY_SLACK_MB)

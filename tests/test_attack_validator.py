@@ -406,7 +406,7 @@ def test_a_double_forked_setsid_child_of_top_level_code_ends_with_the_compile(
     """A child top-level code double-forks into a session of its own (out of the validator's process group,
     which is all the host used to kill) is gone when ``compile_sandbox`` returns: the validation runs as
     pid 1 of its own PID namespace, so its end ends every process in it, on success and on timeout alike,
-    in a fresh validator and in a warm pool's child."""
+    in a fresh validator and in a warm pool's child; so is its control group, where one is made."""
     source = STRAY + ("import time\ntime.sleep(60)\n" if ending == "timeout" else "")
     root = write_tree(tmp_path / "sb", {"a.py": source})
     if ending == "timeout":
@@ -418,6 +418,8 @@ def test_a_double_forked_setsid_child_of_top_level_code_ends_with_the_compile(
     else:
         output = compile_sandbox(root, pool=pool).output
     _assert_ended(output)
+    parent = _compile_groups()
+    assert parent is None or _mine(parent) == []  # its group too, whichever way it ended
 
 
 def test_a_validator_that_leaves_its_group_and_parent_is_still_killed_at_its_timeout(
