@@ -711,3 +711,22 @@ def test_a_hosts_compile_bounds_its_validation_by_the_hosts_limits_and_control_g
     quiet = write_tree(tmp_path / "quiet", {"b.py": "print(open('/proc/self/cgroup').read())\n"})
     with Host(config, control_groups="off") as host:
         assert "plugin-host-compile" not in host.compile_sandbox(quiet).output
+
+
+@needs_groups
+def test_a_validations_group_holds_the_sandboxs_memory_limit_for_all_its_processes(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """With ``max_memory_mb``, the validation's group limits all its processes together (a fork each under its
+    own rlimit no longer multiplies it) to ``max_memory_mb`` plus 64 MiB: top-level code reads it from its
+    group."""
+    source = textwrap.dedent(
+        """
+        line = next(l for l in open("/proc/self/cgroup").read().splitlines() if ":memory:" in l)
+        path = "/sys/fs/cgroup/memory" + line.split(":", 2)[2] + "/memory.limit_in_bytes"
+        print("group memory", open(path).read().strip())
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    output = compile_sandbox(root, pool=pool, limits=ResourceLimits(max_memory_mb=100)).output
+    assert int(_found(r"group memory (\d+)", output)) == (100 + cgroup.COMPILE_MEMORY_SLACK_MB) * 2**20
