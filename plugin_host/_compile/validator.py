@@ -44,6 +44,9 @@ written by a C signal handler, so it works even in ``while True: pass``) to name
 running, then kills the validator, its child and its process group.  The validation runs as pid 1
 of a PID namespace of its own (see :mod:`plugin_host._compile.worker`): when it ends, however it ends,
 the kernel kills every process the modules started, ones that left the process group included.
+While it runs, where ``groups`` are given (:class:`~plugin_host._cgroup.CompileGroups`), the validation is in
+a control group of its own, made here and joined by the validator before any plugin code: its ``pids.max``
+stops a fork loop, its memory limit bounds every process together; it is killed and removed at the end.
 """
 
 from __future__ import annotations
