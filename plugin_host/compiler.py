@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 
 import attrs
 
+from ._cgroup import CompileGroups
 from ._compile.cache import cache_key, cache_load, cache_store, manifest_load
 from ._compile.job import Job as _Job
 from ._compile.job import Options as _Options
@@ -44,7 +45,7 @@ from .codeload import (
     in_dependency_order,
     read_sandbox_folder,
 )
-from .config import SECURITY_PROFILES, SYSCALL_FILTERS, ResourceLimits
+from .config import CONTROL_GROUPS, SECURITY_PROFILES, SYSCALL_FILTERS, ResourceLimits
 from .errors import (
     CompilationError,
     CompilationTimeoutError,
@@ -80,6 +81,8 @@ def compile_sandbox(
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
     syscall_filter: str = "auto",
+    control_groups: str = "auto",
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
 ) -> CompileInfo:
     """Compile every module of a sandbox folder in isolation.
 
@@ -106,6 +109,12 @@ def compile_sandbox(
         syscall_filter: the sandbox processes' seccomp filter in the validator too (see
             ``HostConfig.syscall_filter``): ``"auto"`` where libseccomp loads, ``"required"`` (the
             compile fails without it) or ``"off"``; the validator is non-dumpable either way.
+        control_groups: a control group per validation (as ``HostConfig.control_groups`` for sandboxes):
+            ``"auto"`` where this process can make them under ``cgroup_root`` (root, cgroup v1 with
+            ``memory`` and ``pids``, or v2), with ``pids.max`` the sandbox's ``max_tasks`` (else 64) and
+            memory ``max_memory_mb`` plus 64 MiB for every process of the validation together; ``"off"``:
+            none; ``"required"``: ``ConfigError`` where they cannot be made.
+        cgroup_root: where control groups are mounted (``HostConfig.cgroup_root``).
 
     Returns:
         One artifact per module, sorted by module name.
@@ -121,6 +130,7 @@ def compile_sandbox(
     root = Path(path).resolve()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool, import_paths)
     options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
+    options = attrs.evolve(options, groups=_groups(options, control_groups, cgroup_root))
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
 
@@ -141,6 +151,8 @@ def compile_source(
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
     syscall_filter: str = "auto",
+    control_groups: str = "auto",
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
 ) -> CompileInfo:
     """Compile one module given as text, as ``hot_reload_source`` does.
 
@@ -154,7 +166,7 @@ def compile_source(
             or ``<module>``.
         sandbox_sources: the sandbox's other modules, importable by this one.
         timeout, validate, security_profile, cache_dir, plugin_classes, pool, import_paths,
-        limits, user, syscall_filter: as for :func:`compile_sandbox`.
+        limits, user, syscall_filter, control_groups, cgroup_root: as for :func:`compile_sandbox`.
 
     Returns:
         One artifact, for ``module``.
@@ -168,6 +180,7 @@ def compile_source(
     start = time.perf_counter()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
     options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
+    options = attrs.evolve(options, groups=_groups(options, control_groups, cgroup_root))
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
     file = str(path) if path is not None else (old.path if old else f"<{module}>")
@@ -188,6 +201,8 @@ def compile_file(
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
     syscall_filter: str = "auto",
+    control_groups: str = "auto",
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
 ) -> CompileInfo:
     """Compile one ``.py`` file; the other modules of its folder are importable by it.
 
@@ -202,6 +217,7 @@ def compile_file(
     # the home folder would otherwise refuse a state_dir under it.
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
     options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
+    options = attrs.evolve(options, groups=_groups(options, control_groups, cgroup_root))
     try:
         text = _as_text(file.read_bytes(), str(file))
     except OSError as exc:
@@ -247,6 +263,15 @@ def _syscall_filter(mode: str) -> str:
             f"syscall_filter must be one of {', '.join(SYSCALL_FILTERS)}, got {mode!r}", field="syscall_filter"
         )
     return mode
+
+
+def _groups(options: _Options, mode: str, root: str | os.PathLike[str]) -> CompileGroups | None:
+    """Where the compile's validation gets its control group (only a validating compile needs one)."""
+    if mode not in CONTROL_GROUPS:
+        raise ConfigError(
+            f"control_groups must be one of {', '.join(CONTROL_GROUPS)}, got {mode!r}", field="control_groups"
+        )
+    return CompileGroups.decide(mode, Path(root)) if options.validate else None
 
 
 def _user(user: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -313,6 +338,7 @@ def _validate(job: _Job, lines: list[str]) -> list[str]:
         limits=job.options.limits,
         user=job.options.user,
         syscall_filter=job.options.syscall_filter,
+        groups=job.options.groups,
     )
     notes = [
         f"validated {len(targets)} of {len(job.table.modules)} module(s) by importing them "

@@ -513,13 +513,14 @@ class HostConfig:
         default=_from_env("control_groups", str, lambda: "auto"), validator=_check_control_groups
     )
     """A control group per sandbox (cgroup v1 ``memory``, ``pids``, ``cpu``, ``cpuacct``, ``freezer``, or
-    cgroup v2 with ``memory``, ``pids``, ``cpu``; see ``actors._process.cgroup``): every process of the sandbox
+    cgroup v2 with ``memory``, ``pids``, ``cpu``; see ``plugin_host._cgroup``): every process of the sandbox
     is in it, whatever it forks or detaches, ``max_cpu_seconds`` counts the whole sandbox's CPU, ``max_cpus``
     and ``max_tasks`` apply, and destroy and ``Host.close`` empty it.  ``"auto"``: where this machine allows
     them (root, the hierarchies mounted and writable, the ``memory`` and ``pids`` controllers there), else one
     warning in the log and rlimits plus the monitor only; ``"off"``: never; ``"required"``: ``Host`` fails to
     start with ``ConfigError`` (and the reason) where they cannot be made.
-    Local sandboxes only: one on another system of a convention runs without."""
+    Local sandboxes only: one on another system of a convention runs without.  The host's compiles give each
+    validation a group of its own the same way (``pids.max`` and memory: see ``compiler.compile_sandbox``)."""
     cgroup_root: Path = attrs.field(
         default=_from_env("cgroup_root", Path, lambda: Path("/sys/fs/cgroup")), converter=_to_cgroup_root
     )

@@ -28,7 +28,7 @@ from plugin_host import Host, HostConfig, compiler
 from plugin_host.compiler import compile_sandbox
 from plugin_host.config import ResourceLimits
 from plugin_host.errors import CompilationError, ConfigError
-from plugin_host.lowlevel import confine
+from plugin_host.lowlevel import cgroup, confine
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uids needs root (CI runs as root)")
 
@@ -406,7 +406,7 @@ def test_a_double_forked_setsid_child_of_top_level_code_ends_with_the_compile(
     """A child top-level code double-forks into a session of its own (out of the validator's process group,
     which is all the host used to kill) is gone when ``compile_sandbox`` returns: the validation runs as
     pid 1 of its own PID namespace, so its end ends every process in it, on success and on timeout alike,
-    in a fresh validator and in a warm pool's child."""
+    in a fresh validator and in a warm pool's child; so is its control group, where one is made."""
     source = STRAY + ("import time\ntime.sleep(60)\n" if ending == "timeout" else "")
     root = write_tree(tmp_path / "sb", {"a.py": source})
     if ending == "timeout":
@@ -418,6 +418,8 @@ def test_a_double_forked_setsid_child_of_top_level_code_ends_with_the_compile(
     else:
         output = compile_sandbox(root, pool=pool).output
     _assert_ended(output)
+    parent = _compile_groups()
+    assert parent is None or _mine(parent) == []  # its group too, whichever way it ended
 
 
 def test_a_validator_that_leaves_its_group_and_parent_is_still_killed_at_its_timeout(
@@ -541,3 +543,190 @@ def test_a_module_that_forks_and_ends_its_child_compiles(tmp_path: Path, pool: c
     root = write_tree(tmp_path / "sb", {"a.py": source})
     info = compile_sandbox(root, pool=pool)
     assert [artifact.module for artifact in info.artifacts] == ["a"]
+
+
+FORK_LOOP = textwrap.dedent(
+    """
+    import os, signal
+    def pids_line():
+        return next(line for line in open("/proc/self/cgroup").read().splitlines() if ":pids:" in line)
+    print("validator group", pids_line(), flush=True)
+    read_end, write_end = os.pipe()
+    started = 0
+    for _ in range(200):  # bounded: a fork bomb's first steps, never a real one
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            os.write(write_end, f"{os.readlink('/proc/self')} {pids_line()}\\n".encode())
+            signal.pause()
+            os._exit(0)
+        started += 1
+    os.close(write_end)
+    reports = b""
+    while reports.count(b"\\n") < started:
+        reports += os.read(read_end, 65536)
+    lines = reports.decode().splitlines()
+    print("forked", started, flush=True)
+    print("children", " ".join(line.split()[0] for line in lines), flush=True)
+    print("child groups", sorted({line.split()[1] for line in lines}), flush=True)
+    """
+)
+"""Top-level code that forks up to 200 children (each pauses), and prints its group, its children's (host) pids
+and groups, and how many forks succeeded."""
+
+
+def _compile_groups() -> Path | None:
+    """This process's validation groups' parent in the pids hierarchy (cgroup v1), or None: none made here."""
+    found = cgroup.support()
+    if isinstance(found, str) or found.version != 1:
+        return None
+    return found.bases["pids"] / f"plugin-host-{cgroup.COMPILE_HOST}"
+
+
+def _mine(parent: Path) -> list[Path]:
+    """The validation groups this process made under ``parent`` (other processes may compile meanwhile)."""
+    return sorted(parent.glob(f"compile-{os.getpid()}-*")) if parent.is_dir() else []
+
+
+needs_groups = pytest.mark.skipif(
+    _compile_groups() is None, reason="no cgroup v1 pids hierarchy this process can make groups in (CI runs as root)"
+)
+
+
+@needs_groups
+@pytest.mark.parametrize("max_tasks", [None, 16])
+def test_a_fork_loop_in_top_level_code_stops_at_the_validations_pids_max(
+    tmp_path: Path, pool: compiler.CompilePool | None, max_tasks: int | None
+) -> None:
+    """Top-level code forking in a loop (as uid 0, which RLIMIT_NPROC does not bind) is stopped at the pids.max
+    of the validation's own control group, ``max_tasks`` or 64 (the process the host knows and pid 1 count
+    too); the validator and every child are in that group (``plugin-host-compile/compile-<host pid>-...``)
+    while it runs; after the compile every child is gone and so is the group."""
+    parent = _compile_groups()
+    assert parent is not None
+    root = write_tree(tmp_path / "sb", {"a.py": FORK_LOOP})
+    output = compile_sandbox(root, pool=pool, limits=ResourceLimits(max_tasks=max_tasks)).output
+    children = [int(pid) for pid in _found(r"children ([\d ]*)", output).split()]
+    _assert_gone(children)
+    bound = max_tasks or cgroup.COMPILE_TASKS
+    forked = int(_found(r"forked (\d+)", output))
+    assert bound - 4 <= forked <= bound - 2, output  # the relay and pid 1 (and a thread of the pool's child)
+    assert len(children) == forked
+    group = _found(r"validator group \d+:pids:(\S+)", output)
+    assert re.fullmatch(rf"/(.+/)?plugin-host-compile/compile-{os.getpid()}-[0-9a-f]+", group), group
+    assert _found(r"child groups \['\d+:pids:([^']+)'\]", output) == group
+    assert _mine(parent) == []
+
+
+def _found(pattern: str, output: str) -> str:
+    """The first group of ``pattern`` in ``output`` (a failure naming the output if it is not there)."""
+    match = re.search(pattern, output)
+    assert match is not None, f"{pattern!r} not in {output!r}"
+    return match[1]
+
+
+def _assert_gone(pids: list[int]) -> None:
+    """Every process of ``pids`` has ended (one still running is killed here, by pid, and fails the test)."""
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    living = [p for p in procs if _running(p)]
+    for proc in living:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert living == [], "children of top-level code outlived the compile"
+
+
+@needs_groups
+def test_a_validation_group_whose_maker_is_gone_is_removed_by_the_next_compile(tmp_path: Path) -> None:
+    """A validation group left by a compiling process that died (a killed host: ``compile-<pid>-...`` of a pid no
+    longer running) is killed and removed when the next compile makes its own; no group of this process is left."""
+    parent = _compile_groups()
+    assert parent is not None
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)  # reaped: its pid names no process
+    left = parent / f"compile-{gone}-0123456789ab"
+    left.mkdir(parents=True)
+    try:
+        compile_sandbox(write_tree(tmp_path / "sb", {"a.py": "X = 1\n"}))
+        assert not left.exists()
+        assert _mine(parent) == []
+    finally:
+        with contextlib.suppress(OSError):
+            left.rmdir()
+
+
+def _fake_cgroup_root(tmp_path: Path) -> Path:
+    """A cgroup v1 root that looks usable (``memory`` and ``pids`` with this process's groups) but is plain
+    folders, where the validation groups' parent is a file in the way in ``pids``."""
+    fake = tmp_path / "cgroups"
+    own = {line.split(":")[1]: line.split(":")[2] for line in Path("/proc/self/cgroup").read_text().splitlines()}
+    for controller in ("memory", "pids"):
+        base = fake / controller / own.get(controller, "/").lstrip("/")
+        base.mkdir(parents=True)
+        (base / "cgroup.procs").write_text("")
+    (fake / "pids" / own.get("pids", "/").lstrip("/") / "plugin-host-compile").write_text("in the way")
+    return fake
+
+
+@as_root
+def test_where_no_validation_group_can_be_made_a_compile_runs_without_or_fails_clearly(tmp_path: Path) -> None:
+    """Under a ``cgroup_root`` with no hierarchy a compile runs as before (its validator in no group of its own),
+    unless ``control_groups="required"`` (``ConfigError`` with the reason); under one whose hierarchies look
+    usable but where the group cannot be made, the compile fails with ``ConfigError`` naming the validation's
+    group, and nothing is left in the other hierarchy."""
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    root = write_tree(tmp_path / "sb", {"a.py": "print(open('/proc/self/cgroup').read())\n"})
+    assert "plugin-host-compile" not in compile_sandbox(root, cgroup_root=nowhere).output
+    with pytest.raises(ConfigError, match="control_groups is 'required'") as caught:
+        compile_sandbox(root, cgroup_root=nowhere, control_groups="required")
+    assert caught.value.field == "control_groups"
+    fake = _fake_cgroup_root(tmp_path)
+    with pytest.raises(ConfigError, match="cannot make the control group of a validation"):
+        compile_sandbox(root, cgroup_root=fake)
+    assert list(fake.glob("memory/**/compile-*")) == []
+    with pytest.raises(ConfigError, match="control_groups must be one of"):
+        compile_sandbox(root, control_groups="sometimes")
+
+
+@needs_groups
+def test_a_hosts_compile_bounds_its_validation_by_the_hosts_limits_and_control_groups(
+    config: HostConfig, tmp_path: Path
+) -> None:
+    """``Host.compile_sandbox`` gives its validation a group as its ``HostConfig`` says: ``pids.max`` from the
+    host's default ``max_tasks`` (a fork loop stops there, and every child is gone after), and none with
+    ``control_groups="off"``."""
+    root = write_tree(tmp_path / "sb", {"a.py": FORK_LOOP})
+    with Host(config, limits=ResourceLimits(max_tasks=12)) as host:
+        output = host.compile_sandbox(root).output
+    _assert_gone([int(pid) for pid in _found(r"children ([\d ]*)", output).split()])
+    assert 8 <= int(_found(r"forked (\d+)", output)) <= 10, output
+    assert "plugin-host-compile/compile-" in _found(r"validator group (\S+)", output)
+    quiet = write_tree(tmp_path / "quiet", {"b.py": "print(open('/proc/self/cgroup').read())\n"})
+    with Host(config, control_groups="off") as host:
+        assert "plugin-host-compile" not in host.compile_sandbox(quiet).output
+
+
+@needs_groups
+def test_a_validations_group_holds_the_sandboxs_memory_limit_for_all_its_processes(
+    tmp_path: Path, pool: compiler.CompilePool | None
+) -> None:
+    """With ``max_memory_mb``, the validation's group limits all its processes together (a fork each under its
+    own rlimit no longer multiplies it) to ``max_memory_mb`` plus 64 MiB: top-level code reads it from its
+    group."""
+    source = textwrap.dedent(
+        """
+        line = next(l for l in open("/proc/self/cgroup").read().splitlines() if ":memory:" in l)
+        path = "/sys/fs/cgroup/memory" + line.split(":", 2)[2] + "/memory.limit_in_bytes"
+        print("group memory", open(path).read().strip())
+        """
+    )
+    root = write_tree(tmp_path / "sb", {"a.py": source})
+    output = compile_sandbox(root, pool=pool, limits=ResourceLimits(max_memory_mb=100)).output
+    assert int(_found(r"group memory (\d+)", output)) == (100 + cgroup.COMPILE_MEMORY_SLACK_MB) * 2**20

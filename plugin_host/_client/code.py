@@ -196,14 +196,21 @@ class CodeOps:
         return self.hot_reload(sandbox_id, info, state_handler=state_handler, timeout=timeout, probation=probation)
 
     def _confinement(self, isolation: str, limits: ResourceLimits) -> dict[str, Any]:
-        """The validator's limits, uid and syscall filter (the host's) for a sandbox of ``isolation`` and ``limits``.
+        """The validator's limits, uid, syscall filter and control groups (the host's) for a sandbox of ``isolation``
+        and ``limits``.
 
         Under ``isolation="user"`` the validator runs as :data:`VALIDATION_USER`: the sandbox's own uid is
         given out by the admin at the create, after a first compile, and a validation must not reach the
         running processes of the sandbox whose new code it checks.
         """
         user = VALIDATION_USER if isolation == "user" else None
-        return {"limits": limits, "user": user, "syscall_filter": self.config.syscall_filter}
+        return {
+            "limits": limits,
+            "user": user,
+            "syscall_filter": self.config.syscall_filter,
+            "control_groups": self.config.control_groups,
+            "cgroup_root": self.config.cgroup_root,
+        }
 
     def _ask_admin(self, request: Request[T]) -> T:
         return self._channel.request(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import attrs
 
+from .._cgroup import CompileGroups
 from ..codeload import CodeTable
 from ..config import ResourceLimits
 from .pool import CompilePool
@@ -36,6 +37,8 @@ class Options:
     """(uid, gid) the validator runs as (``isolation="user"``); None: the host's uid, without capabilities."""
     syscall_filter: str = "auto"
     """The sandboxes' seccomp filter in the validator: ``"auto"``, ``"required"`` or ``"off"``."""
+    groups: CompileGroups | None = attrs.field(default=None, eq=False)
+    """Where each validation gets a control group of its own; None: none (see :mod:`plugin_host._cgroup`)."""
 
 
 @attrs.frozen

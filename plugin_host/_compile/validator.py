@@ -44,6 +44,9 @@ written by a C signal handler, so it works even in ``while True: pass``) to name
 running, then kills the validator, its child and its process group.  The validation runs as pid 1
 of a PID namespace of its own (see :mod:`plugin_host._compile.worker`): when it ends, however it ends,
 the kernel kills every process the modules started, ones that left the process group included.
+While it runs, where ``groups`` are given (:class:`~plugin_host._cgroup.CompileGroups`), the validation is in
+a control group of its own, made here and joined by the validator before any plugin code: its ``pids.max``
+stops a fork loop, its memory limit bounds every process together; it is killed and removed at the end.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from typing import Any, Protocol, Sequence
 import attrs
 
 from .. import codeload
+from .._cgroup import CompileGroups, SandboxGroup
 from ..config import ResourceLimits
 
 __all__ = ["ROOT", "WORK", "Error", "Forker", "Outcome", "ValidatorResult", "collect", "kill_group", "run_validator"]
@@ -132,6 +136,7 @@ def run_validator(
     limits: ResourceLimits | None = None,
     user: tuple[int, int] | None = None,
     syscall_filter: str = "auto",
+    groups: CompileGroups | None = None,
 ) -> ValidatorResult:
     """Import ``targets`` (and check ``plugin_classes``) in a separate, throwaway Python process.
 
@@ -150,8 +155,40 @@ def run_validator(
             capabilities.
         syscall_filter: the sandboxes' seccomp filter: ``"auto"`` (where libseccomp loads), ``"required"``
             (the validation fails without it) or ``"off"``.
+        groups: where the validation gets a control group of its own (made here, joined by the validator
+            before any plugin code, killed and removed once it ends); None: none.
+
+    Raises:
+        ConfigError: ``groups`` are given, but this validation's cannot be made.
     """
     start = time.monotonic()
+    given = limits or ResourceLimits()
+    group = None if groups is None else groups.make(given.max_tasks, given.max_memory_mb)
+    try:
+        outcome, nonce = _run_in(
+            table, targets, plugin_classes, timeout, label, pool, paths, profile, limits, user, syscall_filter, group
+        )
+    finally:
+        if group is not None:
+            group.remove()  # killed first: whatever the validation left, wherever it went in its namespace
+    return _interpret(table, *outcome, timeout, time.monotonic() - start, nonce)
+
+
+def _run_in(
+    table: codeload.CodeTable,
+    targets: Sequence[str],
+    plugin_classes: Sequence[str],
+    timeout: float,
+    label: str,
+    pool: Forker | None,
+    paths: Sequence[str],
+    profile: str,
+    limits: ResourceLimits | None,
+    user: tuple[int, int] | None,
+    syscall_filter: str,
+    group: SandboxGroup | None,
+) -> tuple[Outcome, str]:
+    """Write the job's payload to a scratch folder and run the validator on it; its outcome and nonce."""
     with tempfile.TemporaryDirectory(prefix="plugin-host-compile-") as scratch:
         # Its ``work`` subfolder is the child's working folder: relative writes by top-level code
         # land there, never in the sources, nor over the payload or the environment copies.
@@ -172,6 +209,7 @@ def run_validator(
                     "limits": _limits_wire(limits),
                     "user": None if user is None else list(user),
                     "syscall_filter": syscall_filter,
+                    "cgroup": None if group is None else group.paths(),
                 }
             ),
             encoding="utf-8",
@@ -185,7 +223,7 @@ def run_validator(
         outcome = pool._run(payload, label, timeout, nonce) if pool is not None else None
         if outcome is None:
             outcome = _run_fresh(payload, label, time.monotonic() + timeout, nonce)
-    return _interpret(table, *outcome, timeout, time.monotonic() - start, nonce)
+    return outcome, nonce
 
 
 def _readable_copies(paths: Sequence[str], scratch: Path) -> list[str]:

@@ -47,6 +47,7 @@ import attrs
 from .. import _audit, codeload
 from .. import _confine as confine
 from .. import _namespace as namespace
+from .._cgroup import SandboxGroup
 from ..config import ResourceLimits
 from ..errors import SandboxStartError
 from ..values import AuditRecord
@@ -72,17 +73,28 @@ __all__ = ["CompilePool", "CompilePoolStatistics", "ValidatorResult", "main", "r
 def main(argv: Sequence[str]) -> None:
     """Entry point of the validator process: ``argv`` is ``[root, payload, label]``, the job's nonce the
     first line of stdin; never returns."""
+    payload = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    _join_group(payload)  # first: this process, pid 1 and all it forks are in the validation's group
     contained = _own_pid_namespace()
     nonce = _read_nonce()
     confine.syscall_filter_support()  # libseccomp's imports now, as a warm worker's: see serve
     results = _claim_stdout()
     faulthandler.register(signal.SIGUSR1, file=results, all_threads=True)
-    payload = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
     table = codeload.CodeTable.from_wire({k: (p, s, pkg) for k, (p, s, pkg) in payload["modules"].items()})
     plugin_bases = _plugin_bases() if payload["plugin_classes"] else ()
     if sys.path and sys.path[0] == argv[0]:
         del sys.path[0]  # the bootstrap's entry: sandbox code sees the host's usual sys.path
     _validate(results, table, payload, plugin_bases, nonce, contained)
+
+
+def _join_group(payload: dict[str, Any]) -> None:
+    """Move this process into the validation's control group (the job's ``cgroup`` paths, made by the host:
+    see :mod:`plugin_host._compile.validator`), before any plugin code and while it is still root: whatever
+    it forks is in it too, counted against its ``pids.max`` and memory limit, and killed with it; the seal of
+    :func:`_own_namespace` keeps plugin code from moving out.  No paths: no group (the host makes none)."""
+    paths = payload.get("cgroup")
+    if paths:
+        SandboxGroup.at(paths).join()
 
 
 def _own_pid_namespace() -> bool:
@@ -429,17 +441,18 @@ def _run_forked(channel: socket.socket, message: dict[str, str], fds: list[int],
     try:
         channel.close()  # plugin code must not reach the worker, nor keep its socket open
         os.setsid()  # its own process group: the host kills it, and all it starts, at once
+        payload_path = message["payload"]
+        payload = json.loads(Path(payload_path).read_text(encoding="utf-8"))
+        _join_group(payload)  # as main does, before the namespace
         contained = _own_pid_namespace()  # from here on: pid 1 of the job's own namespace
         for target, fd in zip((1, 2), fds, strict=True):
             os.dup2(fd, target)
             os.close(fd)
         nonce = message.pop("nonce", "")
-        payload_path = message["payload"]
         os.chdir(os.path.join(os.path.dirname(payload_path), WORK))
         sys.argv = ["-c", ROOT, payload_path, message["label"]]
         results = _claim_stdout()
         faulthandler.register(signal.SIGUSR1, file=results, all_threads=True)
-        payload = json.loads(Path(payload_path).read_text(encoding="utf-8"))
         table = codeload.CodeTable.from_wire({k: (p, s, pkg) for k, (p, s, pkg) in payload["modules"].items()})
         bases = _plugin_bases() if payload["plugin_classes"] else ()
         _forget_warm_modules(table, baseline.with_bases if bases else baseline.plain)
