@@ -50,6 +50,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import attrs
 
@@ -57,6 +58,7 @@ from . import _namespace
 from .errors import ConfigError
 
 __all__ = [
+    "kill_still_listed",
     "Support",
     "SandboxGroup",
     "V1Group",
@@ -176,6 +178,26 @@ def _own_groups(text: str) -> dict[str, str]:
             if controller:
                 groups[controller] = path
     return groups
+
+
+def kill_still_listed(pids: Iterable[int], listing: Callable[[], set[int]]) -> None:
+    """SIGKILL those of ``pids`` that ``listing()`` still names once a pidfd holds each: a pid that ended and
+    was reused by another process between the two readings is not named by the second, and one reused after
+    its pidfd was opened is not the pidfd's process; so the kill never hits a process ``listing`` did not
+    name (a group's members, a process's children).  One gone meanwhile, or not ours to signal, is skipped."""
+    handles = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone already
+            handles[pid] = os.pidfd_open(pid)
+    try:
+        still = listing()
+        for pid, handle in handles.items():
+            if pid in still:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    signal.pidfd_send_signal(handle, signal.SIGKILL)
+    finally:
+        for handle in handles.values():
+            os.close(handle)
 
 
 @attrs.define
@@ -328,27 +350,8 @@ class SandboxGroup(abc.ABC):
         return self.pids()
 
     def _kill_listed(self, pids: set[int]) -> None:
-        """SIGKILL those of ``pids`` still in the group once a pidfd holds each: a pid that ended and was
-        reused outside the group between the two reads is not listed by the second, and one reused after
-        its pidfd was opened is not the pidfd's process."""
-        handles = {}
-        for pid in pids:
-            try:
-                handles[pid] = os.pidfd_open(pid)
-            except OSError:  # gone already
-                pass
-        try:
-            still = self.pids()
-            for pid, handle in handles.items():
-                if pid not in still:
-                    continue
-                try:
-                    signal.pidfd_send_signal(handle, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        finally:
-            for handle in handles.values():
-                os.close(handle)
+        """SIGKILL those of ``pids`` still in the group (see :func:`kill_still_listed`)."""
+        kill_still_listed(pids, self.pids)
 
     def remove(self, rounds: int = _KILL_ROUNDS) -> set[int]:
         """Kill what is left (``rounds`` of :meth:`kill`) and remove the group's directories (and the host's,

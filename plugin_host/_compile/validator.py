@@ -51,7 +51,6 @@ stops a fork loop, its memory limit bounds every process together; it is killed 
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import os
@@ -69,7 +68,7 @@ from typing import Any, Protocol, Sequence
 import attrs
 
 from .. import codeload
-from .._cgroup import CompileGroups, SandboxGroup
+from .._cgroup import CompileGroups, SandboxGroup, kill_still_listed
 from ..config import ResourceLimits
 
 __all__ = ["ROOT", "WORK", "Error", "Forker", "Outcome", "ValidatorResult", "collect", "kill_group", "run_validator"]
@@ -377,19 +376,7 @@ def kill_group(pid: int) -> None:
     kills every process in the namespace, even one plugin code moved to another session.  ``pid`` must
     not be reaped yet (so neither id can have been reused).
     """
-    handles = {}
-    for child in _children(pid):
-        with contextlib.suppress(OSError):  # gone already
-            handles[child] = os.pidfd_open(child)
-    try:
-        still = set(_children(pid))  # read again once pidfds hold them: one reaped meanwhile is not listed,
-        for child, handle in handles.items():  # and a pid reused since its pidfd opened is not that pidfd's
-            if child in still:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    signal.pidfd_send_signal(handle, signal.SIGKILL)
-    finally:
-        for handle in handles.values():
-            os.close(handle)
+    kill_still_listed(_children(pid), lambda: set(_children(pid)))  # never a pid reaped and reused meanwhile
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
