@@ -29,11 +29,11 @@ import psutil
 from thespian.actors import ActorAddress, ActorExitRequest, WakeupMessage
 
 from plugin_host.config import ResourceLimits
+from plugin_host.lowlevel import cgroup
 from plugin_host.values import ActorUsage, ResourceUsage
 
 from . import _messages as m
 from ._base import HostActor, log
-from ._process.cgroup import SandboxGroup
 from ._process.hardening import kill_group, process_alive
 from ._process.orphan import ORPHAN_CHECK, OrphanWatch
 from ._process.tree import identities, kill_known, kill_tree, live_descendants
@@ -68,7 +68,7 @@ class _Watched:
     killed: set[int] = attrs.field(factory=set)
     """Pids killed and still below the root (dying, or zombies not reaped yet): never killed nor reported again."""
     history: deque[tuple[float, int, float]] = attrs.field(factory=lambda: deque(maxlen=HISTORY))
-    group: SandboxGroup | None = None
+    group: cgroup.SandboxGroup | None = None
     """The sandbox's control group: its lifetime CPU is what ``max_cpu_seconds`` is checked against."""
     over: bool = False
     """Its whole-sandbox CPU budget is spent and was reported (once: the admin ends the sandbox)."""
@@ -131,7 +131,7 @@ class MonitorActor(HostActor):
         if new_root:
             entry.over = False  # a new root: its group's CPU counts from zero again
         entry.pids, entry.limits = pids, msg.limits
-        entry.group = SandboxGroup.at(msg.group) if msg.group else None
+        entry.group = cgroup.SandboxGroup.at(msg.group) if msg.group else None
         if new_root or entry.oom_kills is None:  # the group outlives a restart: count this root's kills only
             entry.oom_kills = entry.group.oom_kills() if entry.group is not None else None
         if self.multiprocess and not self._ticking:

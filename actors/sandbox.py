@@ -37,12 +37,10 @@ from . import _messages as m
 from ._base import describe_exception, log
 from ._code.codeswap import local_environment
 from ._code.reload import RootReload
-from ._process.cgroup import SandboxGroup, seal
 from ._process.descriptors import close_inherited
 from ._process.hardening import drop_privileges, new_process_group
 from ._process.identity import become
 from ._process.limits import apply_rlimits, check_rlimits
-from ._process.namespace import enter, import_folders, private_queues, private_temporaries, reveal
 from ._process.syscalls import confine
 from ._process.tree import REAP_INTERVAL, become_subreaper, reap_orphans
 from ._spec import Supervisor, bare_plugin_supervisor
@@ -495,17 +493,18 @@ def _join_group(sandbox_id: str, group: dict[str, str] | None) -> None:
     if not group:
         return
     try:
-        SandboxGroup.at(group).join()
+        lowlevel.cgroup.SandboxGroup.at(group).join()
     except OSError as exc:
         raise SandboxStartError(f"cannot join the sandbox's control group: {exc}") from None
 
 
 def _enter_namespace(context: m.SandboxContext, sealed: bool) -> None:
-    """The sandbox's own mount namespace (see ``_process.namespace``), while this process may still mount: its
+    """The sandbox's own mount namespace (see ``plugin_host._namespace``), while this process may still mount: its
     cgroup mounts read-only (``sealed``: so that its plugin cannot move out of its group) and, for a sandbox
     run as its own user, its own IPC namespace, temporaries and POSIX queues, and the folders it imports from
     (the interpreter's and the runtime's, not the application's) readable where a home its uid cannot pass or
-    a fresh temporary would hide them.
+    a fresh temporary would hide them.  A sandbox of the host's own uid (``isolation="process"``) keeps the
+    host's ``/tmp`` and IPC: it runs as the host's user, and a plugin may hand files to the host there.
 
     Raises:
         SandboxStartError: a sandbox run as its own user cannot have its namespace (never run it without).
@@ -514,7 +513,7 @@ def _enter_namespace(context: m.SandboxContext, sealed: bool) -> None:
     if not sealed and user is None:
         return
     try:
-        enter(ipc=user is not None)
+        lowlevel.namespace.enter(ipc=user is not None)
     except OSError as exc:
         if user is not None:
             raise SandboxStartError(f"cannot make the sandbox's own mount and IPC namespace: {exc}") from None
@@ -527,18 +526,18 @@ def _enter_namespace(context: m.SandboxContext, sealed: bool) -> None:
     if user is None:
         return
     try:
-        needed = import_folders()  # before the mounts hide any of them
-        private_temporaries(context.limits.max_memory_mb or _TMPFS_MB, keep=needed)
-        private_queues()
-        reveal(needed)
+        needed = lowlevel.namespace.import_folders()  # before the mounts hide any of them
+        lowlevel.namespace.private_temporaries(context.limits.max_memory_mb or _TMPFS_MB, keep=needed)
+        lowlevel.namespace.private_queues()
+        lowlevel.namespace.reveal(needed)
     except OSError as exc:
         raise SandboxStartError(f"cannot make the sandbox's own /tmp or show it the interpreter: {exc}") from None
 
 
 def _seal(sandbox_id: str) -> None:
-    """Every cgroup mount read-only in the sandbox's namespace (see ``_process.cgroup.seal``), or a warning."""
+    """Every cgroup mount read-only in the sandbox's namespace (see ``plugin_host._namespace.seal``), or a warning."""
     try:
-        seal()
+        lowlevel.namespace.seal()
     except OSError as exc:
         log.warning(
             "sandbox %s: cannot make the cgroup mounts read-only (%s): its plugin may leave its group", sandbox_id, exc

@@ -1,6 +1,6 @@
 """A control group per sandbox (and per compile validation: :class:`CompileGroups`): limits for the whole
-sandbox, and every process of it found and ended.  Shared by :mod:`actors` (re-bound in
-``actors._process.cgroup``) and the compile validator, through :mod:`plugin_host.lowlevel`.
+sandbox, and every process of it found and ended.  Shared by :mod:`actors` (the admin, its monitor, the
+sandbox roots) and the compile validator, through :mod:`plugin_host.lowlevel`.
 
 The host's side (the admin's process, which keeps its privileges) creates a sandbox's group with
 :meth:`SandboxGroup.create` before the sandbox's root starts; the root moves itself in with
@@ -34,7 +34,7 @@ could leave its own group (for the host's root group, say) or write another grou
 (checked here: a process with no capabilities left, as a sandbox's are, lowered another group's
 ``pids.max`` and moved itself into the root group).  So the root, once in its group and before it
 drops its capabilities, calls :func:`seal` in its mount namespace of its own
-(:mod:`actors._process.namespace`; the compile validator does the same): every cgroup mount
+(:mod:`plugin_host._namespace`; the compile validator does the same): every cgroup mount
 read-only there, inherited by every process of the sandbox, which can no longer mount or remount
 anything.  Where that fails (no ``CAP_SYS_ADMIN``, a seccomp filter), the root logs why and
 the sandbox runs unsealed.  The admin (:mod:`actors._admin.groups`) decides the limits written here.

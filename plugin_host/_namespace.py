@@ -1,5 +1,5 @@
 """A mount and IPC namespace of a process's own, for the processes that run plugin code as root or as a uid of
-their own: a sandbox root (``actors/_process/namespace.py``) and the compile validator.
+their own: a sandbox root (``actors.sandbox``) and the compile validator.
 
 Entered once, before the process drops its capabilities (mounting needs ``CAP_SYS_ADMIN``); every process it
 forks shares it, none of them can mount anything once the capabilities are gone (and the seccomp filter

@@ -26,8 +26,8 @@ import pytest
 from conftest import eventually, pid_alive, processes_naming
 
 from actors._admin.groups import host_key
-from actors._process.cgroup import SandboxGroup, Support, support
 from plugin_host import Event, Host, HostConfig, ResourceLimits
+from plugin_host._cgroup import SandboxGroup, Support, support
 from plugin_host.errors import ConfigError, PluginError, SandboxNotFoundError, SandboxStartError
 
 SUPPORT = support()

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from actors._process.cgroup import support as cgroup_support
 from actors._process.syscalls import support
 from plugin_host import Host, HostConfig, ResourceLimits
+from plugin_host._cgroup import support as cgroup_support
 from plugin_host.errors import ConfigError
 
 SYSCALLS = os.path.join(os.path.dirname(__file__), "plugins", "syscalls")

@@ -1,4 +1,4 @@
-"""A sandbox's control group (actors/_process/cgroup.py), on this machine's real cgroup v1 hierarchies.
+"""A sandbox's control group (plugin_host/_cgroup.py), on this machine's real cgroup v1 hierarchies.
 
 The group holds a memory limit for all its processes together, keeps processes that detach
 (``setsid``, a double fork) inside, ends everything in it (a process forking in a loop too), and
@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from actors._admin.groups import Groups
-from actors._process.cgroup import SandboxGroup, Support, support
 from actors._process.tree import kill_descendants
+from plugin_host._cgroup import SandboxGroup, Support, support
 from plugin_host.errors import ConfigError, PluginHostError
 from tests.conftest import DETACHED_GRANDCHILD, eventually, processes_naming
 

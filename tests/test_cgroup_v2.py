@@ -1,4 +1,4 @@
-"""Control groups on cgroup v2 (actors/_process/cgroup.py ``V2Group``), in two halves.
+"""Control groups on cgroup v2 (plugin_host/_cgroup.py ``V2Group``), in two halves.
 
 The limits, the detection and the bookkeeping are checked against a simulated v2 hierarchy under
 ``tmp_path`` (a folder with the files the kernel makes), since this project's machine is cgroup v1 with an
@@ -29,8 +29,8 @@ import psutil
 import pytest
 
 from actors._admin.groups import MEMORY_SLACK_MB, Groups, host_key
-from actors._process.cgroup import CPU_BASE, UNIFIED, SandboxGroup, Support, V2Group, support
 from plugin_host import Host, HostConfig, ResourceLimits
+from plugin_host._cgroup import CPU_BASE, UNIFIED, SandboxGroup, Support, V2Group, support
 from plugin_host.errors import ConfigError
 from tests.conftest import DETACHED_GRANDCHILD, eventually, processes_naming
 

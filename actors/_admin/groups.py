@@ -34,9 +34,9 @@ from pathlib import Path
 
 from plugin_host.config import HostConfig, ResourceLimits
 from plugin_host.errors import ConfigError
+from plugin_host.lowlevel import cgroup
 
 from .._base import log
-from .._process.cgroup import SandboxGroup, Support, support
 
 __all__ = ["Groups", "MEMORY_SLACK_MB", "TASKS_PER_PROCESS", "host_key", "tasks_for"]
 
@@ -69,12 +69,12 @@ class Groups:
     """Whether this host makes control groups, and making, limiting and ending them."""
 
     def __init__(self) -> None:
-        self.support: Support | None = None
+        self.support: cgroup.Support | None = None
         """Where groups go; None: this host makes none (off, unsupported, or not booted yet)."""
         self.key = ""
         self.reason = "control groups are not set up (the host has not booted)"
         """Why there are none (for a sandbox asking for a limit only a group applies)."""
-        self.stuck: dict[str, SandboxGroup] = {}
+        self.stuck: dict[str, cgroup.SandboxGroup] = {}
         """Groups whose processes the kill could not end, by :func:`_name`: retried on each tick."""
 
     def boot(self, config: HostConfig, multiprocess: bool) -> None:
@@ -84,7 +84,7 @@ class Groups:
             ConfigError: ``"required"`` where groups cannot be made (``field="control_groups"``).
         """
         self.key = host_key(config)
-        found = support(config.cgroup_root) if multiprocess else "the actor system runs in one process"
+        found = cgroup.support(config.cgroup_root) if multiprocess else "the actor system runs in one process"
         if config.control_groups == "off":
             self.reason = "control_groups is 'off'"
             return
@@ -106,7 +106,7 @@ class Groups:
             if left.is_dir():
                 names.update(child.name for child in left.iterdir() if child.is_dir())
         for name in names:
-            self.remove(SandboxGroup.named(self.support, self.key, name), f"left by an earlier host ({name})")
+            self.remove(cgroup.SandboxGroup.named(self.support, self.key, name), f"left by an earlier host ({name})")
         for base in self.support.bases.values():
             try:
                 (base / f"plugin-host-{self.key}").rmdir()
@@ -128,7 +128,7 @@ class Groups:
         if "cpu" not in self.support.controllers:
             raise ConfigError("max_cpus needs the 'cpu' controller, not available here", field="max_cpus")
 
-    def make(self, sandbox_id: str, limits: ResourceLimits) -> SandboxGroup | None:
+    def make(self, sandbox_id: str, limits: ResourceLimits) -> cgroup.SandboxGroup | None:
         """The sandbox's group, made and limited (None: this host makes none).
 
         Raises:
@@ -136,7 +136,7 @@ class Groups:
         """
         if self.support is None:
             return None
-        group = SandboxGroup.create(self.support, self.key, sandbox_id)
+        group = cgroup.SandboxGroup.create(self.support, self.key, sandbox_id)
         self.stuck.pop(_name(group), None)  # emptied after all: this sandbox's now, never removed by a retry
         try:
             group.set_pids_max(tasks_for(limits))
@@ -150,7 +150,7 @@ class Groups:
         return group
 
     @staticmethod
-    def started(group: SandboxGroup, limits: ResourceLimits) -> None:
+    def started(group: cgroup.SandboxGroup, limits: ResourceLimits) -> None:
         """The sandbox's tree runs: its memory backstop is its charge now plus ``max_memory_mb`` plus the slack."""
         if limits.max_memory_mb is None:
             return
@@ -160,7 +160,7 @@ class Groups:
         except OSError as exc:  # the group is gone (the sandbox ended meanwhile): nothing to limit
             log.warning("cannot set the memory limit of a sandbox's control group: %s", exc)
 
-    def remove(self, group: SandboxGroup, label: str) -> None:
+    def remove(self, group: cgroup.SandboxGroup, label: str) -> None:
         """Empty and remove ``group`` (of ``label``, for the log); one the kill cannot empty is logged at error
         level with its pids and kept for :meth:`retry`."""
         left = group.remove()
@@ -186,6 +186,6 @@ class Groups:
                 log.warning("the control group %s is empty at last and removed", name)
 
 
-def _name(group: SandboxGroup) -> str:
+def _name(group: cgroup.SandboxGroup) -> str:
     """A group's key in :attr:`Groups.stuck`."""
     return group.label

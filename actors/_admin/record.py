@@ -23,7 +23,6 @@ from plugin_host.values import AuditRecord, ChildInfo
 
 from .. import _messages as m
 from .._base import log
-from .._process.cgroup import SandboxGroup
 
 __all__ = [
     "AUDIT_LOG",
@@ -156,7 +155,7 @@ class SandboxRecord:
     given back when the record goes); None: the host's uid."""
     stopping: list[tuple[int, float]] = attrs.field(factory=list)
     """Its local processes when it was told to stop (pid, create time): a destroy answers once they end."""
-    group: SandboxGroup | None = None
+    group: lowlevel.cgroup.SandboxGroup | None = None
     """Its control group (lifecycle: made with the record, removed with it); None: it has none."""
     ended_by: str | None = None
     """Why the admin ended it itself (a whole-sandbox limit passed): the reason its ``failed`` status gives."""

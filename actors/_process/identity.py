@@ -20,7 +20,7 @@ control group and before any plugin code (and after closing what it inherited fr
 :mod:`actors._process.descriptors`): ``setgroups([])``, ``setgid``, ``setuid``; the capabilities go with the uid (see
 :func:`actors._process.hardening.drop_privileges`).  What it reads of the host's installation later
 (activating an environment) it reads before; a Python under a ``0700`` home it reads through the root's
-mount namespace (:func:`actors._process.namespace.reveal`).
+mount namespace (:func:`plugin_host._namespace.reveal`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ _NEEDED = (
     (_CAP_SETUID, "CAP_SETUID"),
     (_CAP_SETGID, "CAP_SETGID"),
     (_CAP_CHOWN, "CAP_CHOWN"),
-    (_CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),  # its own mount and IPC namespace (actors._process.namespace)
+    (_CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),  # its own mount and IPC namespace (plugin_host._namespace)
 )
 
 

@@ -3,7 +3,7 @@
 A sandbox's root has no capabilities left, but a process may still create a user namespace, and in it
 it holds every capability over what that namespace owns: with a mount and a cgroup namespace of its own
 it could mount the cgroup v1 hierarchies again, writable, and lift its own ``pids.max``, memory limit or
-CPU quota, or move out of its group (the read-only mounts of :func:`actors._process.cgroup.seal` hold
+CPU quota, or move out of its group (the read-only mounts of :func:`plugin_host._namespace.seal` hold
 only in the mount namespace they were made in).  So the root, once its namespaces, limits and
 privileges are set up and before any plugin code runs, loads the filter built here (libseccomp through
 ``pyseccomp``); every process of the sandbox is forked from the root and inherits it, and no process
