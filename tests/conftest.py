@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import attrs
 import psutil
 import pytest
 
 from plugin_host import Host, HostConfig
+
+if TYPE_CHECKING:
+    from plugin_host._cgroup import Support
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -143,3 +147,28 @@ DETACHED_GRANDCHILD = """
 """
 """Code (for a process a test starts) whose grandchild, detached with ``setsid`` after a double fork, prints
 its pid: it leaves its parent's process tree and group, not its control group."""
+
+
+def cgroup_v1_only(found: Support | str) -> pytest.MarkDecorator:
+    """Skip a module whose tests read this machine's cgroup v1 hierarchies where ``found`` (``support()``) is
+    no such machine: groups cannot be made here (its reason), or they are v2 (``tests/test_cgroup_v2.py``)."""
+    if isinstance(found, str):
+        return pytest.mark.skip(reason=found)
+    return pytest.mark.skipif(
+        found.version != 1, reason="these tests read cgroup v1 hierarchies (v2: test_cgroup_v2.py)"
+    )
+
+
+def kill_every_process_naming(mark: str, rounds: int = 50) -> None:
+    """SIGKILL every live process whose command line names ``mark`` (a test's own), again until none is left:
+    a process forking in a loop forks as it is killed."""
+    for _ in range(rounds):
+        procs = processes_naming(mark)
+        if not procs:
+            return
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        time.sleep(0.01)

@@ -23,7 +23,7 @@ from typing import Iterator
 import attrs
 import psutil
 import pytest
-from conftest import eventually, pid_alive, processes_naming
+from conftest import cgroup_v1_only, eventually, kill_every_process_naming, pid_alive, processes_naming
 
 from actors._admin.groups import host_key
 from plugin_host import Event, Host, HostConfig, ResourceLimits
@@ -31,12 +31,7 @@ from plugin_host._cgroup import SandboxGroup, Support, support
 from plugin_host.errors import ConfigError, PluginError, SandboxNotFoundError, SandboxStartError
 
 SUPPORT = support()
-pytestmark = pytest.mark.skipif(
-    isinstance(SUPPORT, str) or SUPPORT.version != 1,
-    reason=str(SUPPORT)
-    if isinstance(SUPPORT, str)
-    else "these tests read cgroup v1 hierarchies (v2: test_cgroup_v2.py)",
-)
+pytestmark = cgroup_v1_only(SUPPORT)
 
 PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 ESCAPE = os.path.join(PLUGINS, "escape")
@@ -69,16 +64,7 @@ def marker() -> Iterator[str]:
     try:
         yield mark
     finally:
-        for _ in range(50):  # a bomb forks as it is killed: until none is left
-            procs = processes_naming(mark)
-            if not procs:
-                break
-            for proc in procs:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            time.sleep(0.01)
+        kill_every_process_naming(mark)  # a bomb forks as it is killed: until none is left
 
 
 def marked(mark: str) -> set[int]:

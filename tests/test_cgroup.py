@@ -22,15 +22,10 @@ from actors._admin.groups import Groups
 from actors._process.tree import kill_descendants
 from plugin_host._cgroup import SandboxGroup, Support, support
 from plugin_host.errors import ConfigError, PluginHostError
-from tests.conftest import DETACHED_GRANDCHILD, eventually, processes_naming
+from tests.conftest import DETACHED_GRANDCHILD, cgroup_v1_only, eventually, processes_naming
 
 SUPPORT = support()
-pytestmark = pytest.mark.skipif(
-    isinstance(SUPPORT, str) or SUPPORT.version != 1,
-    reason=str(SUPPORT)
-    if isinstance(SUPPORT, str)
-    else "these tests read cgroup v1 hierarchies (v2: test_cgroup_v2.py)",
-)
+pytestmark = cgroup_v1_only(SUPPORT)
 
 
 @pytest.fixture

@@ -20,19 +20,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Iterator
 
 import attrs
-import psutil
 import pytest
 
 from actors._admin.groups import MEMORY_SLACK_MB, Groups, host_key
 from plugin_host import Host, HostConfig, ResourceLimits
 from plugin_host._cgroup import CPU_BASE, UNIFIED, SandboxGroup, Support, V2Group, support
 from plugin_host.errors import ConfigError
-from tests.conftest import DETACHED_GRANDCHILD, eventually, processes_naming
+from tests.conftest import DETACHED_GRANDCHILD, eventually, kill_every_process_naming, processes_naming
 
 CGROUP = os.path.join(os.path.dirname(__file__), "plugins", "cgroup")
 
@@ -291,16 +289,7 @@ def kernel_group(tmp_path: Path) -> Iterator[V2Group]:
         yield made
     finally:
         made.remove()
-        for _ in range(50):  # a forking process forks as it is killed: until none is left
-            left = processes_naming(str(tmp_path))
-            if not left:
-                break
-            for proc in left:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            time.sleep(0.01)
+        kill_every_process_naming(str(tmp_path))
         made.remove()  # once what it held is gone
 
 
