@@ -533,36 +533,22 @@ def test_a_default_follows_the_fields_that_were_set_and_only_explicit_values_con
     assert caught.value.field == "hang_timeout"
 
 
-@pytest.mark.parametrize("value", ["sometimes", "", None, True, "AUTO"])
-def test_control_groups_takes_auto_off_or_required_only(value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``control_groups`` is one of ``auto``, ``off``, ``required``: anything else, as an argument or from
-    ``PLUGIN_HOST_CONTROL_GROUPS``, is a ``ConfigError`` naming the field."""
+@pytest.mark.parametrize("field", ["control_groups", "syscall_filter"])
+@pytest.mark.parametrize("value", ["sometimes", "", None, True, False, "AUTO", "OFF", ["auto"]])
+def test_a_mode_field_takes_auto_off_or_required_only(field: str, value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``control_groups`` and ``syscall_filter`` are each one of ``auto`` (the default), ``off``, ``required``:
+    anything else, as an argument or from ``PLUGIN_HOST_<FIELD>``, is a ``ConfigError`` naming the field."""
     with pytest.raises(ConfigError) as info:
-        HostConfig(control_groups=value)
-    assert info.value.field == "control_groups"
+        HostConfig(**{field: value})
+    assert info.value.field == field
     if isinstance(value, str):
-        monkeypatch.setenv("PLUGIN_HOST_CONTROL_GROUPS", value)
+        monkeypatch.setenv(f"PLUGIN_HOST_{field.upper()}", value)
         with pytest.raises(ConfigError) as info:
             HostConfig()
-        assert info.value.field == "control_groups"
-    assert HostConfig(control_groups="required").control_groups == "required"
-
-
-@pytest.mark.parametrize("value", ["sometimes", "", None, False, "OFF", ["auto"]])
-def test_syscall_filter_takes_auto_off_or_required_only(value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``syscall_filter`` is one of ``auto`` (the default), ``off``, ``required``: anything else, as an argument
-    or from ``PLUGIN_HOST_SYSCALL_FILTER``, is a ``ConfigError`` naming the field."""
-    with pytest.raises(ConfigError) as info:
-        HostConfig(syscall_filter=value)
-    assert info.value.field == "syscall_filter"
-    if isinstance(value, str):
-        monkeypatch.setenv("PLUGIN_HOST_SYSCALL_FILTER", value)
-        with pytest.raises(ConfigError) as info:
-            HostConfig()
-        assert info.value.field == "syscall_filter"
-        monkeypatch.delenv("PLUGIN_HOST_SYSCALL_FILTER")
-    assert HostConfig().syscall_filter == "auto"
-    assert HostConfig(syscall_filter="required").syscall_filter == "required"
+        assert info.value.field == field
+        monkeypatch.delenv(f"PLUGIN_HOST_{field.upper()}")
+    assert getattr(HostConfig(), field) == "auto"
+    assert getattr(HostConfig(**{field: "required"}), field) == "required"
 
 
 def test_max_cpus_and_max_tasks_are_validated_limits() -> None:
