@@ -19,6 +19,7 @@ keeps no ``CAP_SYS_RESOURCE`` (a hard rlimit holds), ``CAP_KILL``, ``CAP_DAC_OVE
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import math
@@ -36,6 +37,7 @@ __all__ = [
     "apply_rlimits",
     "drop_privileges",
     "install_syscall_filter",
+    "load_syscall_library",
     "make_non_dumpable",
     "syscall_filter_support",
     "wanted_rlimits",
@@ -196,6 +198,13 @@ _PR_SET_DUMPABLE = 4
 _PR_GET_SECCOMP = 21
 _FLAGS_ARG = {"x86_64": 0, "aarch64": 0}
 """Which argument of ``clone`` holds its flags, per machine the filter is made for (s390 has it second)."""
+
+
+def load_syscall_library() -> None:
+    """Import ``pyseccomp`` (and libseccomp) now, if it can be, building no filter: a process that installs the
+    filter later and must have its imports done by then (the compile validator's module baseline)."""
+    with contextlib.suppress(OSError):
+        _library()
 
 
 def _library() -> Any:

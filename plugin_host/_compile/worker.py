@@ -77,7 +77,7 @@ def main(argv: Sequence[str]) -> None:
     _join_group(payload)  # first: this process, pid 1 and all it forks are in the validation's group
     contained = _own_pid_namespace()
     nonce = _read_nonce()
-    confine.syscall_filter_support()  # libseccomp's imports now, as a warm worker's: see serve
+    confine.load_syscall_library()  # libseccomp's imports now, as a warm worker's: see serve
     results = _claim_stdout()
     faulthandler.register(signal.SIGUSR1, file=results, all_threads=True)
     table = codeload.CodeTable.from_wire({k: (p, s, pkg) for k, (p, s, pkg) in payload["modules"].items()})
@@ -355,7 +355,7 @@ def serve(argv: Sequence[str]) -> None:
     """Entry point of the warm worker: ``argv`` is ``[root, socket fd, label]``; never returns."""
     # libseccomp (the syscall filter each child installs) is loaded first, as main loads it: its imports
     # (subprocess, signal, selectors ...) count as the runtime's in both, for the shadowing rule alike.
-    confine.syscall_filter_support()
+    confine.load_syscall_library()
     plain = frozenset(sys.modules)  # the bootstrap imported what main's has at the same point
     _plugin_bases()  # the runtime a child needs, imported once for all of them
     baseline = _Baseline(plain, frozenset(sys.modules))
