@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import errno
 import math
+import os
 import platform
 import resource
 from typing import TYPE_CHECKING, Any, Callable
@@ -38,6 +39,7 @@ __all__ = [
     "drop_privileges",
     "install_syscall_filter",
     "load_syscall_library",
+    "switch_user",
     "make_non_dumpable",
     "syscall_filter_support",
     "wanted_rlimits",
@@ -110,6 +112,20 @@ def _status_mask(field: str) -> int:
 def _prctl(libc: ctypes.CDLL, what: str, *args: int) -> None:
     if libc.prctl(*args, *(0,) * (5 - len(args))) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
+
+
+def switch_user(uid: int, gid: int) -> None:
+    """Run as ``uid``/``gid`` for good (real, effective and saved), with no supplementary group; for the
+    ``switch_user`` step of :func:`drop_privileges`.
+
+    Raises:
+        OSError: the kernel refused, or the ids did not all change.
+    """
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid,) * 3 or os.getresgid() != (gid,) * 3 or os.getgroups():
+        raise OSError(errno.EPERM, f"the switch to uid {uid} did not hold")
 
 
 def drop_privileges(switch_user: Callable[[], None] | None = None) -> None:

@@ -42,6 +42,7 @@ import psutil
 
 from plugin_host.deps import copy_readable, read_runtime_metadata
 from plugin_host.errors import ConfigError, DependencyError, LimitExceededError
+from plugin_host.lowlevel import confine
 
 from .._messages import SandboxUser
 
@@ -272,11 +273,7 @@ def become(user: SandboxUser) -> None:
     except DependencyError:
         pass  # no packaging library: only an environment needs it, and its activation says so then
     own_output(user)
-    os.setgroups([])
-    os.setresgid(user.gid, user.gid, user.gid)
-    os.setresuid(user.uid, user.uid, user.uid)
-    if os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3 or os.getgroups():
-        raise OSError(errno.EPERM, f"the switch to uid {user.uid} did not hold")
+    confine.switch_user(user.uid, user.gid)
     # A change of credentials clears the parent-death signal: set it again (and the parent may be gone).
     parent = os.getppid()
     if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ast
 import ctypes
-import errno
 import faulthandler
 import importlib
 import json
@@ -249,7 +248,7 @@ def _confine(payload: dict[str, Any]) -> None:
     confine.apply_rlimits(ResourceLimits(**limits))
     user = payload.get("user")
     _own_namespace(user is not None, payload.get("paths", []), limits.get("max_memory_mb"))
-    confine.drop_privileges(None if user is None else lambda: _become(int(user[0]), int(user[1])))
+    confine.drop_privileges(None if user is None else lambda: confine.switch_user(int(user[0]), int(user[1])))
     confine.make_non_dumpable()  # again: a switch of uid may reset the flag
     mode = payload.get("syscall_filter", "auto")
     if mode != "off":
@@ -296,15 +295,6 @@ def _own_namespace(user: bool, paths: list[str], size_mb: float | None) -> None:
 
 _TMPFS_MB = 256
 """Size bound of each fresh temporary of a ``user`` job without a memory limit (as a sandbox root's)."""
-
-
-def _become(uid: int, gid: int) -> None:
-    """Run as ``uid``/``gid`` for good, with no supplementary group."""
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.getresuid() != (uid,) * 3 or os.getresgid() != (gid,) * 3:
-        raise OSError(errno.EPERM, f"the switch to uid {uid} did not hold")
 
 
 def _finish(results: TextIO, nonce: str, errors: list[Error], audited: list[AuditRecord], validator: int) -> NoReturn:
