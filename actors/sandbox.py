@@ -526,10 +526,7 @@ def _enter_namespace(context: m.SandboxContext, sealed: bool) -> None:
     if user is None:
         return
     try:
-        needed = lowlevel.namespace.import_folders()  # before the mounts hide any of them
-        lowlevel.namespace.private_temporaries(context.limits.max_memory_mb or _TMPFS_MB, keep=needed)
-        lowlevel.namespace.private_queues()
-        lowlevel.namespace.reveal(needed)
+        lowlevel.namespace.private_for_user(context.limits.max_memory_mb)
     except OSError as exc:
         raise SandboxStartError(f"cannot make the sandbox's own /tmp or show it the interpreter: {exc}") from None
 
@@ -542,11 +539,6 @@ def _seal(sandbox_id: str) -> None:
         log.warning(
             "sandbox %s: cannot make the cgroup mounts read-only (%s): its plugin may leave its group", sandbox_id, exc
         )
-
-
-_TMPFS_MB = 256
-"""Size bound of each of a user sandbox's ``/tmp``, ``/var/tmp``, ``/dev/shm`` without ``max_memory_mb``
-(their files are memory: with one, that is each one's bound, and a control group charges them to it)."""
 
 
 def _contain(limits: ResourceLimits) -> None:

@@ -48,9 +48,11 @@ __all__ = [
     "QUEUES",
     "RUNTIME_PACKAGES",
     "TEMPORARIES",
+    "TEMPORARY_MB",
     "enter",
     "hidden_folders",
     "import_folders",
+    "private_for_user",
     "private_queues",
     "private_temporaries",
     "reveal",
@@ -138,6 +140,27 @@ def private_temporaries(size_mb: float, keep: Iterable[str] = ()) -> list[str]:
         _cover(place, below, f"mode=1777,size={math.ceil(size_mb)}m")
         mounted.append(place)
     return mounted
+
+
+TEMPORARY_MB = 256
+"""Size bound of each fresh temporary without ``max_memory_mb`` (their files are memory: with one, that is
+each one's bound, and a control group charges them to it)."""
+
+
+def private_for_user(size_mb: float | None, extra: Iterable[str] = ()) -> list[str]:
+    """What a process run as a uid of its own gets in :func:`enter`'s namespace (with ``ipc``): fresh
+    temporaries (at most ``size_mb``, else :data:`TEMPORARY_MB`, MiB each) and POSIX queues, and the folders it
+    imports from (:func:`import_folders`, and ``extra``) bound back under them and revealed where a home it
+    cannot pass holds them; returns the fresh temporaries.
+
+    Raises:
+        OSError: the kernel refused a mount.
+    """
+    needed = import_folders(extra)  # before the mounts hide any of them
+    fresh = private_temporaries(size_mb or TEMPORARY_MB, keep=needed)
+    private_queues()
+    reveal(needed)
+    return fresh
 
 
 def private_queues(points: Iterable[str] = QUEUES) -> list[str]:

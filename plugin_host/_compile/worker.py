@@ -277,7 +277,6 @@ def _own_namespace(user: bool, paths: list[str], size_mb: float | None) -> None:
     """
     if os.geteuid() != 0:
         return
-    needed = namespace.import_folders(paths) if user else []  # before the mounts hide any of them
     try:
         namespace.enter(ipc=user)
         namespace.seal()
@@ -286,15 +285,9 @@ def _own_namespace(user: bool, paths: list[str], size_mb: float | None) -> None:
             raise
         return
     if user:
-        fresh = namespace.private_temporaries(size_mb or _TMPFS_MB, keep=needed)
-        namespace.private_queues()
-        namespace.reveal(needed)
+        fresh = namespace.private_for_user(size_mb, paths)
         if fresh:  # its working folder was in the host's /tmp, now covered: ../.. would still reach it
             os.chdir(fresh[0])
-
-
-_TMPFS_MB = 256
-"""Size bound of each fresh temporary of a ``user`` job without a memory limit (as a sandbox root's)."""
 
 
 def _finish(results: TextIO, nonce: str, errors: list[Error], audited: list[AuditRecord], validator: int) -> NoReturn:
