@@ -83,10 +83,9 @@ def test_a_plugin_cannot_remount_its_control_group_writable_through_a_user_names
 
 @filtering
 def test_namespaces_are_refused_while_fork_threads_and_spawn_work(config: HostConfig) -> None:
-    """In a plugin: ``unshare``, ``setns``, ``clone(CLONE_NEWUSER)`` and ``io_uring_setup`` get ``EPERM``, ``clone3``
-    ``ENOSYS``;
-    ``fork``, a thread, ``os.posix_spawn`` and ``subprocess`` of ``/bin/true`` work.  Every process of the
-    sandbox (root, worker, ``Host.run``'s runner) has the filter."""
+    """In a plugin: ``unshare``, ``setns``, ``clone(CLONE_NEWUSER)``, ``io_uring_setup`` and ``pidfd_getfd``
+    get ``EPERM``, ``clone3`` ``ENOSYS``; ``fork``, a thread, ``os.posix_spawn`` and ``subprocess`` of
+    ``/bin/true`` work.  Every process of the sandbox (root, worker, ``Host.run``'s runner) has the filter."""
     with Host(config) as host:
         host.create_sandbox("a", "syscaller:Root", sandbox_path=SYSCALLS)
         assert host.call("a", "syscaller", "namespaces") == {
@@ -95,6 +94,7 @@ def test_namespaces_are_refused_while_fork_threads_and_spawn_work(config: HostCo
             "clone": "EPERM",
             "clone3": "ENOSYS",
             "io_uring_setup": "EPERM",
+            "pidfd_getfd": "EPERM",
         }
         assert host.call("a", "syscaller", "ordinary") == {
             "fork": 7,
@@ -140,7 +140,7 @@ def test_with_syscall_filter_off_the_seal_bypass_and_namespaces_work(config: Hos
         assert pids_max(host, "a") == "max"
         found = host.call("a", "syscaller", "namespaces")
         assert found["unshare"] == "ok" and found["clone"] == "ok" and found["clone3"] == "EINVAL"
-        assert found["io_uring_setup"] == "ok"  # the kernel has it: the filter is what refuses it
+        assert found["io_uring_setup"] == found["pidfd_getfd"] == "ok"  # the filter is what refuses them
 
 
 def test_required_without_libseccomp_is_a_config_error_and_auto_goes_on(

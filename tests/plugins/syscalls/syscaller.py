@@ -17,7 +17,7 @@ from actors import ChildSpec, Plugin, Supervisor
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUSER = 0x00020000, 0x02000000, 0x10000000
 _SIGCHLD = 17
-_SYS_CLONE, _SYS_CLONE3, _SYS_SETNS, _SYS_IO_URING_SETUP = 56, 435, 308, 425  # x86_64
+_SYS_CLONE, _SYS_CLONE3, _SYS_SETNS, _SYS_IO_URING_SETUP, _SYS_PIDFD_GETFD = 56, 435, 308, 425, 438  # x86_64
 _PTRACE_ATTACH, _PTRACE_DETACH = 16, 17
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,7 +91,7 @@ def seal_bypass():
 
 def namespace_calls():
     """``clone`` with ``CLONE_NEWUSER``, ``clone3``, ``setns``, ``io_uring_setup`` (the kernel surface container
-    runtimes refuse) and ``unshare``, each once (``unshare`` last: a
+    runtimes refuse), ``pidfd_getfd`` of its own descriptor and ``unshare``, each once (``unshare`` last: a
     process in a user namespace with no uid mapped cannot make another one)."""
     found = {}
     child = _libc.syscall(_SYS_CLONE, ctypes.c_ulong(CLONE_NEWUSER | _SIGCHLD), None, None, None, None)
@@ -111,6 +111,14 @@ def namespace_calls():
     found["io_uring_setup"] = _outcome(ring)
     if ring >= 0:
         os.close(ring)
+    own = os.pidfd_open(os.getpid())  # a copy of one of its own descriptors: allowed without the filter
+    try:
+        copy = _libc.syscall(_SYS_PIDFD_GETFD, own, own, 0)
+        found["pidfd_getfd"] = _outcome(copy)
+        if copy >= 0:
+            os.close(copy)
+    finally:
+        os.close(own)
     found["unshare"] = _outcome(_libc.unshare(CLONE_NEWUSER))
     return found
 
