@@ -45,7 +45,7 @@ from .codeload import (
     in_dependency_order,
     read_sandbox_folder,
 )
-from .config import CONTROL_GROUPS, SECURITY_PROFILES, SYSCALL_FILTERS, ResourceLimits
+from .config import CONTROL_GROUPS, SECURITY_PROFILES, SYSCALL_FILTERS, ResourceLimits, check_choice
 from .errors import (
     CompilationError,
     CompilationTimeoutError,
@@ -129,7 +129,12 @@ def compile_sandbox(
     start = time.perf_counter()
     root = Path(path).resolve()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, root, pool, import_paths)
-    options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
+    options = attrs.evolve(
+        options,
+        limits=limits,
+        user=_user(user),
+        syscall_filter=check_choice("syscall_filter", syscall_filter, SYSCALL_FILTERS),
+    )
     options = attrs.evolve(options, groups=_groups(options, control_groups, cgroup_root))
     table = _read_folder(root)
     return _compile(_Job(table, tuple(sorted(table.modules)), str(root), options, whole_tree=True), start)
@@ -179,7 +184,12 @@ def compile_source(
     """
     start = time.perf_counter()
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
-    options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
+    options = attrs.evolve(
+        options,
+        limits=limits,
+        user=_user(user),
+        syscall_filter=check_choice("syscall_filter", syscall_filter, SYSCALL_FILTERS),
+    )
     options = attrs.evolve(options, groups=_groups(options, control_groups, cgroup_root))
     base = sandbox_sources or CodeTable()
     old = base.modules.get(module)
@@ -216,7 +226,12 @@ def compile_file(
     # No cache-inside-the-tree check here: the folder is only read for imports, and a file in
     # the home folder would otherwise refuse a state_dir under it.
     options = _options(timeout, validate, security_profile, cache_dir, plugin_classes, None, pool, import_paths)
-    options = attrs.evolve(options, limits=limits, user=_user(user), syscall_filter=_syscall_filter(syscall_filter))
+    options = attrs.evolve(
+        options,
+        limits=limits,
+        user=_user(user),
+        syscall_filter=check_choice("syscall_filter", syscall_filter, SYSCALL_FILTERS),
+    )
     options = attrs.evolve(options, groups=_groups(options, control_groups, cgroup_root))
     try:
         text = _as_text(file.read_bytes(), str(file))
@@ -239,11 +254,7 @@ def _options(
     import_paths: Sequence[str] = (),
 ) -> _Options:
     """The checked settings of a compile; a clear ``ConfigError`` for a bad one."""
-    if profile not in SECURITY_PROFILES:
-        raise ConfigError(
-            f"security_profile must be one of {', '.join(SECURITY_PROFILES)}, got {profile!r}",
-            field="security_profile",
-        )
+    check_choice("security_profile", profile, SECURITY_PROFILES)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout")
     folder = Path(cache_dir).resolve() if cache_dir is not None else None
@@ -256,21 +267,9 @@ def _options(
     return _Options(float(timeout), bool(validate), profile, folder, classes, pool, tuple(map(str, import_paths)))
 
 
-def _syscall_filter(mode: str) -> str:
-    """``mode``, checked: one of :data:`~plugin_host.config.SYSCALL_FILTERS`."""
-    if mode not in SYSCALL_FILTERS:
-        raise ConfigError(
-            f"syscall_filter must be one of {', '.join(SYSCALL_FILTERS)}, got {mode!r}", field="syscall_filter"
-        )
-    return mode
-
-
 def _groups(options: _Options, mode: str, root: str | os.PathLike[str]) -> CompileGroups | None:
     """Where the compile's validation gets its control group (only a validating compile needs one)."""
-    if mode not in CONTROL_GROUPS:
-        raise ConfigError(
-            f"control_groups must be one of {', '.join(CONTROL_GROUPS)}, got {mode!r}", field="control_groups"
-        )
+    check_choice("control_groups", mode, CONTROL_GROUPS)
     return CompileGroups.decide(mode, Path(root)) if options.validate else None
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "SECURITY_PROFILES",
     "ISOLATION_MODES",
     "SANDBOX_UIDS",
+    "check_choice",
     "check_isolation",
     "PLUGIN_VALUES",
     "CONTROL_GROUPS",
@@ -255,12 +256,24 @@ def _check_address(instance: object, attribute: attrs.Attribute, value: object) 
         raise ConfigError(f"{attribute.name} must be an IPv4 address, got {value!r}", field=attribute.name) from None
 
 
-def _check_profile(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if value not in SECURITY_PROFILES:
-        raise ConfigError(
-            f"security_profile must be one of {', '.join(SECURITY_PROFILES)}, got {value!r}",
-            field="security_profile",
-        )
+def check_choice(field: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices`` (the values ``field`` accepts).
+
+    Raises:
+        ConfigError: it is not (``field=field``).
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{field} must be one of {', '.join(choices)}, got {value!r}", field=field)
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[object, attrs.Attribute, object], None]:
+    """An attrs validator: the field's value is one of ``choices`` (:func:`check_choice`)."""
+
+    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
+        check_choice(attribute.name, value, choices)
+
+    return check
 
 
 def check_isolation(value: object) -> str:
@@ -269,13 +282,7 @@ def check_isolation(value: object) -> str:
     Raises:
         ConfigError: it is not (``field="isolation"``).
     """
-    if not isinstance(value, str) or value not in ISOLATION_MODES:
-        raise ConfigError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {value!r}", field="isolation")
-    return value
-
-
-def _check_isolation(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    check_isolation(value)
+    return check_choice("isolation", value, ISOLATION_MODES)
 
 
 def _to_uid_range(value: Any) -> tuple[int, int]:
@@ -355,33 +362,12 @@ PLUGIN_VALUES = ("objects", "plain")
 """What ``HostConfig.plugin_values`` accepts."""
 
 
-def _check_plugin_values(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if value not in PLUGIN_VALUES:
-        raise ConfigError(
-            f"plugin_values must be one of {', '.join(PLUGIN_VALUES)}, got {value!r}", field="plugin_values"
-        )
-
-
 CONTROL_GROUPS = ("auto", "off", "required")
 """What ``HostConfig.control_groups`` accepts."""
 
 
-def _check_control_groups(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if value not in CONTROL_GROUPS:
-        raise ConfigError(
-            f"control_groups must be one of {', '.join(CONTROL_GROUPS)}, got {value!r}", field="control_groups"
-        )
-
-
 SYSCALL_FILTERS = ("auto", "off", "required")
 """What ``HostConfig.syscall_filter`` accepts."""
-
-
-def _check_syscall_filter(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if value not in SYSCALL_FILTERS:
-        raise ConfigError(
-            f"syscall_filter must be one of {', '.join(SYSCALL_FILTERS)}, got {value!r}", field="syscall_filter"
-        )
 
 
 def _to_cgroup_root(value: Any) -> Path:
@@ -440,10 +426,12 @@ class HostConfig:
     )
     """Default :class:`ResourceLimits` of a sandbox (the environment variable holds JSON)."""
     security_profile: str = attrs.field(
-        default=_from_env("security_profile", str, lambda: "standard"), validator=_check_profile
+        default=_from_env("security_profile", str, lambda: "standard"), validator=_one_of(SECURITY_PROFILES)
     )
     """Default security profile: ``restricted``, ``standard`` or ``permissive``."""
-    isolation: str = attrs.field(default=_from_env("isolation", str, lambda: "process"), validator=_check_isolation)
+    isolation: str = attrs.field(
+        default=_from_env("isolation", str, lambda: "process"), validator=_one_of(ISOLATION_MODES)
+    )
     """Default isolation of a sandbox (``create_sandbox(isolation=...)`` overrides it): ``"process"``, its own
     process group and the host's uid; ``"user"``, a uid of its own from ``sandbox_uids``, which every process
     of the sandbox runs as (see ``actors._process.identity``).  ``"user"`` needs a host running as root (or
@@ -503,14 +491,14 @@ class HostConfig:
     """The credential every frame of the actor system is signed with (default ``state_dir/cookie``, made
     ``0600`` at the first start).  Operators need to read it; convention members share it."""
     plugin_values: str = attrs.field(
-        default=_from_env("plugin_values", str, lambda: "objects"), validator=_check_plugin_values
+        default=_from_env("plugin_values", str, lambda: "objects"), validator=_one_of(PLUGIN_VALUES)
     )
     """What ``call`` and ``run`` take from a plugin: ``"objects"`` (any value, plugin-defined classes
     included, rebuilt with cloudpickle in this process, which runs code: trust the plugin), or ``"plain"``
     (builtin data only; anything else raises ``PluginError``): for plugins you do not trust."""
 
     control_groups: str = attrs.field(
-        default=_from_env("control_groups", str, lambda: "auto"), validator=_check_control_groups
+        default=_from_env("control_groups", str, lambda: "auto"), validator=_one_of(CONTROL_GROUPS)
     )
     """A control group per sandbox (cgroup v1 ``memory``, ``pids``, ``cpu``, ``cpuacct``, ``freezer``, or
     cgroup v2 with ``memory``, ``pids``, ``cpu``; see ``plugin_host._cgroup``): every process of the sandbox
@@ -527,7 +515,7 @@ class HostConfig:
     """Where control groups are mounted: the cgroup v2 hierarchy (``cgroup.controllers`` at its root: v2
     groups), else one folder per cgroup v1 controller (v1 groups, a hybrid machine's too)."""
     syscall_filter: str = attrs.field(
-        default=_from_env("syscall_filter", str, lambda: "auto"), validator=_check_syscall_filter
+        default=_from_env("syscall_filter", str, lambda: "auto"), validator=_one_of(SYSCALL_FILTERS)
     )
     """A seccomp filter in every process of a sandbox (see ``actors._process.syscalls``): no namespaces, no
     mounts, no ``ptrace`` and the other calls container runtimes refuse, so that a plugin cannot lift its control
