@@ -2,7 +2,7 @@
 
 A plugin runs as uid 0 without capabilities when the host runs as root (CI does).  Without the filter it can
 make a user namespace, in which it holds every capability, mount the cgroup v1 hierarchies again writable
-and lift its own group's limits; with it, that and every other call of ``actors._process.syscalls.REFUSED``
+and lift its own group's limits; with it, that and every other call of ``plugin_host._confine.REFUSED_SYSCALLS``
 is refused with ``EPERM``, ``clone3`` gets ``ENOSYS`` (the C library falls back to ``clone``), and fork,
 threads and ``subprocess`` work as ever.  Every process of a sandbox is non-dumpable: another sandbox of the
 same uid cannot trace it or read its memory.  The attacks run in a child the plugin forks, which answers
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from actors._process.syscalls import support
 from plugin_host import Host, HostConfig, ResourceLimits
 from plugin_host._cgroup import support as cgroup_support
+from plugin_host._confine import syscall_filter_support as support
 from plugin_host.errors import ConfigError
 
 SYSCALLS = os.path.join(os.path.dirname(__file__), "plugins", "syscalls")

@@ -1,7 +1,7 @@
 """The admin's side of the syscall filter: whether this host's sandboxes get it (:class:`Filtering`).
 
 The admin decides once, as it boots, from ``HostConfig.syscall_filter`` and whether libseccomp can be
-loaded here (:func:`actors._process.syscalls.support`), and tells each root in its ``StartSandbox``;
+loaded here (:func:`plugin_host._confine.syscall_filter_support`), and tells each root in its ``StartSandbox``;
 the root installs the filter (:func:`actors._process.syscalls.confine`).  Like the control groups: on
 ``"auto"`` a host that cannot filter says why once in its log; on ``"required"`` it does not start.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from plugin_host.config import HostConfig
 from plugin_host.errors import ConfigError
+from plugin_host.lowlevel import confine
 
 from .._base import log
-from .._process.syscalls import support
 
 __all__ = ["Filtering"]
 
@@ -36,7 +36,7 @@ class Filtering:
         if config.syscall_filter == "off":
             self.local = "off"
             return
-        reason = support() if multiprocess else "the actor system runs in one process"
+        reason = confine.syscall_filter_support() if multiprocess else "the actor system runs in one process"
         if reason is not None:
             if config.syscall_filter == "required":
                 raise ConfigError(f"syscall_filter is 'required', but {reason}", field="syscall_filter")

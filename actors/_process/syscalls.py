@@ -30,8 +30,9 @@ files, nor attach to it.
 The host's monitor keeps reading what it needs (``/proc/<pid>/stat``, ``statm``, ``status``): those need no
 ptrace access.
 
-Whether a host filters is ``HostConfig.syscall_filter``; :func:`support` says whether this machine can
-(the admin asks once, at boot), :func:`confine` is the root's one call.
+The filter is built in :mod:`plugin_host._confine` (shared with the compile validator).  Whether a host
+filters is ``HostConfig.syscall_filter``; ``syscall_filter_support`` there says whether this machine can (the
+admin asks once, at boot), :func:`confine` is the root's one call.
 """
 
 from __future__ import annotations
@@ -41,16 +42,7 @@ from plugin_host.lowlevel import confine as _shared
 
 from .._base import log
 
-__all__ = ["REFUSED", "NAMESPACE_FLAGS", "support", "install", "confine"]
-
-REFUSED = _shared.REFUSED_SYSCALLS
-"""The system calls refused with ``EPERM`` whatever their arguments (shared with the compile validator)."""
-NAMESPACE_FLAGS = _shared.NAMESPACE_FLAGS
-"""The ``clone`` flags that make a namespace: a ``clone`` with any of them is refused."""
-support = _shared.syscall_filter_support
-"""None where this process can install the filter, else why not (shared with the compile validator)."""
-install = _shared.install_syscall_filter
-"""Load the filter into this process, for good (shared with the compile validator)."""
+__all__ = ["confine"]
 
 
 def confine(mode: str, sandbox_id: str) -> None:
@@ -65,7 +57,7 @@ def confine(mode: str, sandbox_id: str) -> None:
     if mode == "off":
         return
     try:
-        install()
+        _shared.install_syscall_filter()
     except OSError as exc:
         if mode == "required":
             raise SandboxStartError(f"cannot install the syscall filter: {exc.strerror or exc}") from None
